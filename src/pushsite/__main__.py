@@ -1,0 +1,3 @@
+from pushsite.cli import main
+
+main()

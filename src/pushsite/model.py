@@ -1,0 +1,206 @@
+"""The records every layer passes around: sites, deployments, aliases, manifests."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    READY = "ready"
+    LIVE = "live"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+    @property
+    def servable(self) -> bool:
+        return self in (Status.READY, Status.LIVE)
+
+
+PRODUCTION = "production"
+
+
+def branch_alias(branch: str) -> str:
+    """The alias name of a branch preview."""
+    return f"branch/{branch}"
+
+
+@dataclass
+class Site:
+    name: str
+    production_branch: str = "main"
+    created: float = field(default_factory=time.time)
+    domains: list[str] = field(default_factory=list)
+    webhook_secret: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("webhook_secret")
+        return data
+
+
+@dataclass
+class Deployment:
+    id: str
+    site: str
+    branch: str
+    status: Status = Status.QUEUED
+    commit: str = ""
+    message: str = ""
+    source: str = ""  # where the bundle came from: cli, git, webhook, api, redeploy
+    bundle_key: str = ""  # the bundle in staging, while it waits or runs
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    files: int = 0
+    bytes_in: int = 0
+    bytes_stored: int = 0
+    blobs_new: int = 0
+    blobs_reused: int = 0
+    error: str = ""
+    progress: str = ""  # how far it got, e.g. "1200 files, 34 MB read"
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return round(self.finished - self.started, 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        data["seconds"] = self.seconds
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Deployment:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["status"] = Status(known.get("status", "queued"))
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Alias:
+    site: str
+    name: str  # "production" or "branch/<name>"
+    deployment_id: str
+    moved_by: str  # the id of what moved it last: a deployment id, or a fresh id for a rollback
+    updated: float
+
+
+@dataclass
+class FileEntry:
+    """One published path: its blob and how it is stored."""
+
+    hash: str  # sha256 hex of the identity content
+    size: int
+    type: str  # media type with charset for text
+    encodings: dict[str, int] = field(default_factory=dict)  # "br"/"gzip" -> stored size
+    git: str = ""  # the git blob id when the deployment came from a push
+
+    def to_json(self) -> list[Any]:
+        return [self.hash, self.size, self.type, self.encodings, self.git]
+
+    @classmethod
+    def from_json(cls, row: list[Any]) -> FileEntry:
+        return cls(row[0], row[1], row[2], row[3], row[4] if len(row) > 4 else "")
+
+
+@dataclass
+class Manifest:
+    """A deployment's table: path -> file, plus the site's headers, redirects and 404 page.
+
+    Paths are relative, decoded, '/'-separated, with no leading slash ("about/index.html").
+    `headers` and `redirects` hold the rules siteconfig.py parsed at deploy time.
+    """
+
+    deployment_id: str
+    site: str
+    created: float
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    headers: list[dict[str, Any]] = field(default_factory=list)
+    redirects: list[dict[str, Any]] = field(default_factory=list)
+    not_found: str | None = None
+    commit: str = ""
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "version": 1,
+                "deployment": self.deployment_id,
+                "site": self.site,
+                "created": self.created,
+                "commit": self.commit,
+                "files": {path: entry.to_json() for path, entry in self.files.items()},
+                "headers": self.headers,
+                "redirects": self.redirects,
+                "not_found": self.not_found,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        raw = json.loads(data)
+        return cls(
+            deployment_id=raw["deployment"],
+            site=raw["site"],
+            created=raw["created"],
+            commit=raw.get("commit", ""),
+            files={path: FileEntry.from_json(row) for path, row in raw["files"].items()},
+            headers=raw.get("headers", []),
+            redirects=raw.get("redirects", []),
+            not_found=raw.get("not_found"),
+        )
+
+
+def manifest_key(deployment_id: str) -> str:
+    return f"manifests/{deployment_id}.json"
+
+
+def blob_key(digest: str, encoding: str = "") -> str:
+    """The store key of a blob variant: identity, 'gzip' or 'br'."""
+    suffix = {"": "", "gzip": ".gz", "br": ".br"}[encoding]
+    return f"blobs/{digest[:2]}/{digest}{suffix}"
+
+
+@dataclass
+class LogLine:
+    """One structured line of a deployment's log."""
+
+    deployment_id: str
+    time: float
+    level: str  # debug, info, warning, error
+    stage: str  # accept, read, store, manifest, activate, ...
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0  # position in the deployment's log, set by the state store
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Token:
+    """A deploy token. Only its sha256 is stored; the secret is shown once at creation."""
+
+    id: str
+    name: str
+    hash: str
+    site: str | None = None  # None: every site, and may create sites
+    scopes: list[str] = field(default_factory=lambda: ["deploy"])  # deploy, admin
+    created: float = field(default_factory=time.time)
+
+    def covers(self, site: str) -> bool:
+        return self.site is None or self.site == site

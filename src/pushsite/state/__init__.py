@@ -1,0 +1,117 @@
+"""State stores: sites, deployments, aliases, logs, tokens; chosen by URL.
+
+    sqlite:///path/state.db     state/sqlite.py  (the embedded default)
+    dynamodb://table            state/dynamodb.py
+
+The one rule every backend keeps: `move_alias` is a compare-and-set. An alias moves only when
+it is absent or was last moved by something that sorts before `moved_by` (ids sort by time),
+so a deployment accepted later always wins and one that finishes late never replaces a newer
+one. A rollback passes a fresh id as `moved_by`, so it beats everything accepted before it.
+Nothing here imports service, web, cli or aws.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from pushsite.errors import ConfigError
+from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+
+
+class StateStore(Protocol):
+    # sites ---------------------------------------------------------------------------------
+    def put_site(self, site: Site) -> None:
+        """Create or replace a site record."""
+
+    def get_site(self, name: str) -> Site:
+        """Raises SiteNotFound."""
+
+    def list_sites(self) -> list[Site]: ...
+
+    def delete_site(self, name: str) -> None:
+        """Remove the site, its aliases, domains, deployments and logs."""
+
+    # domains -------------------------------------------------------------------------------
+    def claim_domain(self, host: str, site: str) -> None:
+        """Raises DomainConflict when another site holds the host; idempotent for the same."""
+
+    def release_domain(self, host: str, site: str) -> None: ...
+
+    def domain_site(self, host: str) -> str | None: ...
+
+    # deployments ---------------------------------------------------------------------------
+    def create_deployment(self, deployment: Deployment) -> None: ...
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        """Raises DeploymentNotFound."""
+
+    def update_deployment(
+        self, deployment: Deployment, expect_status: Status | None = None
+    ) -> bool:
+        """Write every field; with expect_status, only if the stored status is that one."""
+
+    def list_deployments(
+        self,
+        site: str | None = None,
+        *,
+        branch: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Deployment]:
+        """Newest first; `before` is an id for paging."""
+
+    # aliases -------------------------------------------------------------------------------
+    def get_alias(self, site: str, name: str) -> Alias | None: ...
+
+    def list_aliases(self, site: str) -> list[Alias]: ...
+
+    def move_alias(self, site: str, name: str, deployment_id: str, moved_by: str) -> bool:
+        """Compare-and-set (see the module docstring); True when the alias moved."""
+
+    def delete_alias(self, site: str, name: str) -> None: ...
+
+    # logs ----------------------------------------------------------------------------------
+    def append_logs(self, lines: list[LogLine]) -> None:
+        """Store lines; each gets the next `seq` of its deployment."""
+
+    def get_logs(self, deployment_id: str, after: int = 0, limit: int = 10_000) -> list[LogLine]:
+        """Lines with seq > after, oldest first."""
+
+    def search_logs(self, site: str, query: str, limit: int = 100) -> list[LogLine]:
+        """Full-text search over every deployment's log of a site, newest first."""
+
+    # tokens --------------------------------------------------------------------------------
+    def put_token(self, token: Token) -> None: ...
+
+    def find_token(self, token_hash: str) -> Token | None: ...
+
+    def list_tokens(self) -> list[Token]: ...
+
+    def delete_token(self, token_id: str) -> None: ...
+
+    # dedup ---------------------------------------------------------------------------------
+    def remember(self, key: str) -> bool:
+        """Record a key (a webhook delivery, an S3 event); True only the first time."""
+
+    def close(self) -> None: ...
+
+
+_BACKENDS = {
+    "sqlite": "pushsite.state.sqlite:SqliteState",
+    "dynamodb": "pushsite.state.dynamodb:DynamoState",
+}
+
+
+def open_state_store(url: str) -> StateStore:
+    """Open the state store a URL names; the backend is imported only when used."""
+    scheme = urlsplit(url).scheme
+    if scheme not in _BACKENDS:
+        known = ", ".join(f"{s}://" for s in _BACKENDS)
+        raise ConfigError(f"unknown state URL {url!r}: expected one of {known}")
+    module_name, class_name = _BACKENDS[scheme].split(":")
+    backend = getattr(importlib.import_module(module_name), class_name)
+    state: StateStore = backend.from_url(url)
+    return state

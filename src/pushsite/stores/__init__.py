@@ -1,0 +1,67 @@
+"""Object stores: where blobs and manifests live, chosen by URL.
+
+    file:///path/to/dir      stores/local.py  (small objects packed in SQLite, large ones as files)
+    s3://bucket/prefix       stores/s3.py     (AWS S3 or any S3-compatible server)
+
+Keys are '/'-separated strings such as `blobs/ab/<sha256>.gz` or `manifests/<id>.json`.
+Nothing here imports service, web, cli or aws.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO, Protocol
+from urllib.parse import urlsplit
+
+from pushsite.errors import ConfigError
+
+
+class ObjectStore(Protocol):
+    """The few things a deployer and an edge need from a place that keeps bytes."""
+
+    def has(self, keys: Iterable[str]) -> set[str]:
+        """Which of these keys exist (one round trip where the backend allows)."""
+
+    def put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:
+        """Store small content; may be buffered until flush()."""
+
+    def put_stream(
+        self, key: str, source: BinaryIO, size: int, meta: dict[str, str] | None = None
+    ) -> None:
+        """Store large content read from a file object, without holding it all in memory."""
+
+    def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
+        """The bytes of [start, end) of an object; raises NotFound."""
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the object; raises NotFound."""
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove these keys; missing ones are ignored."""
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under a prefix."""
+
+    def flush(self) -> None:
+        """Make every put so far durable and visible."""
+
+    def close(self) -> None: ...
+
+
+_BACKENDS = {
+    "file": "pushsite.stores.local:LocalStore",
+    "s3": "pushsite.stores.s3:S3Store",
+}
+
+
+def open_object_store(url: str) -> ObjectStore:
+    """Open the store a URL names; the backend module is imported only when used."""
+    scheme = urlsplit(url).scheme
+    if scheme not in _BACKENDS:
+        known = ", ".join(f"{s}://" for s in _BACKENDS)
+        raise ConfigError(f"unknown store URL {url!r}: expected one of {known}")
+    module_name, class_name = _BACKENDS[scheme].split(":")
+    backend = getattr(importlib.import_module(module_name), class_name)
+    store: ObjectStore = backend.from_url(url)
+    return store

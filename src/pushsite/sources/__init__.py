@@ -1,0 +1,1 @@
+"""Where bundles come from: the built-in git remote, git hosts' webhooks, archive fetches."""

@@ -1,0 +1,144 @@
+"""Host -> site and what to serve: production, a branch preview, one deployment, a custom domain.
+
+    <site>.<base>                  the site's production alias
+    <branch-label>--<site>.<base>  the alias branch/<branch> whose names.branch_label is the label
+    <deployment-id>--<site>.<base> that deployment, while its status is ready or live
+    <custom domain>                the production alias of the site that claimed it
+
+Parsing a host is pure and cached. Which deployment an alias points at is read from the state
+store on every request, so a deploy or a rollback shows on the very next request; only the
+branch-label -> alias-name mapping is cached, and it is checked by that same read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pushsite.errors import NotFound
+from pushsite.ids import looks_like_id
+from pushsite.model import PRODUCTION, branch_alias
+from pushsite.names import branch_label
+from pushsite.state import StateStore
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_BRANCH_PREFIX = branch_alias("")
+_MAX_CACHED_HOSTS = 10_000
+
+
+class Kind(StrEnum):
+    PRODUCTION = "production"
+    PREVIEW = "preview"
+    DEPLOYMENT = "deployment"
+
+
+@dataclass(frozen=True)
+class SiteTarget:
+    """What a host names: a site and which of its versions (`label` is a branch label or id)."""
+
+    site: str
+    kind: Kind
+    label: str = ""
+
+    @property
+    def noindex(self) -> bool:
+        """Previews and permalinks must not compete with production in search engines."""
+        return self.kind is not Kind.PRODUCTION
+
+
+def split_host(host: str) -> str:
+    """The lowercased host name of a Host header value, without port or trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
+def parse_site_host(host: str, base_domain: str) -> SiteTarget | None:
+    """The target of a host under the base domain, or None if it is not a site host there.
+
+    A permalink label wins over a branch label when both could match (a branch label that
+    looks exactly like a 26-character deployment id).
+    """
+    suffix = "." + base_domain
+    if not host.endswith(suffix):
+        return None
+    prefix = host[: -len(suffix)]
+    if not _LABEL.match(prefix):
+        return None
+    left, sep, site = prefix.rpartition("--")
+    if not sep:
+        return SiteTarget(prefix, Kind.PRODUCTION)
+    if not _LABEL.match(site) or not _LABEL.match(left) or "--" in left:
+        return None
+    if looks_like_id(left):
+        return SiteTarget(site, Kind.DEPLOYMENT, left)
+    return SiteTarget(site, Kind.PREVIEW, left)
+
+
+class HostResolver:
+    """Maps hosts to targets and targets to the deployment id to serve right now."""
+
+    def __init__(self, state: StateStore, base_domain: str = "localhost") -> None:
+        self.state = state
+        self.base_domain = split_host(base_domain)
+        self._hosts: dict[str, SiteTarget | None] = {}
+        self._preview_alias: dict[tuple[str, str], str] = {}
+
+    def target(self, host: str) -> SiteTarget | None:
+        """The site a Host header names, or None when the control plane should answer."""
+        cached = self._hosts.get(host, False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        name = split_host(host)
+        target = parse_site_host(name, self.base_domain)
+        if target is not None or "." not in name or name.startswith("["):
+            if len(self._hosts) >= _MAX_CACHED_HOSTS:
+                self._hosts.clear()
+            self._hosts[host] = target
+            return target
+        # Custom domains are claimed and released at any time: never cached.
+        site = self.state.domain_site(name)
+        return SiteTarget(site, Kind.PRODUCTION) if site else None
+
+    def deployment_id(self, target: SiteTarget) -> str | None:
+        """The deployment to serve for a target now, or None when there is none."""
+        if target.kind is Kind.PRODUCTION:
+            alias = self.state.get_alias(target.site, PRODUCTION)
+            return alias.deployment_id if alias else None
+        if target.kind is Kind.DEPLOYMENT:
+            try:
+                deployment = self.state.get_deployment(target.label)
+            except NotFound:
+                return None
+            if deployment.site != target.site or not deployment.status.servable:
+                return None
+            return deployment.id
+        return self._preview(target.site, target.label)
+
+    def _preview(self, site: str, label: str) -> str | None:
+        key = (site, label)
+        name = self._preview_alias.get(key)
+        if name is not None:
+            alias = self.state.get_alias(site, name)
+            if alias is not None:
+                return alias.deployment_id
+            del self._preview_alias[key]
+        for alias in self.state.list_aliases(site):
+            if alias.name.startswith(_BRANCH_PREFIX) and (
+                branch_label(alias.name[len(_BRANCH_PREFIX) :]) == label
+            ):
+                if len(self._preview_alias) >= _MAX_CACHED_HOSTS:
+                    self._preview_alias.clear()
+                self._preview_alias[key] = alias.name
+                return alias.deployment_id
+        # The production branch's preview is production itself when it has no branch alias.
+        try:
+            production_branch = self.state.get_site(site).production_branch
+        except NotFound:
+            return None
+        if branch_label(production_branch) == label:
+            alias = self.state.get_alias(site, PRODUCTION)
+            return alias.deployment_id if alias else None
+        return None

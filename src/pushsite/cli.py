@@ -1,0 +1,440 @@
+"""The `pushsite` command: thin commands that parse, build a Config, and call the service.
+
+Errors are translated here once: any PushsiteError prints `error: <message>` on stderr and
+exits with its exit_code (see errors.py); anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pushsite import __version__
+from pushsite.config import Config, load_config
+from pushsite.deployer import Counters
+from pushsite.errors import PushsiteError
+from pushsite.model import Deployment
+from pushsite.names import branch_label
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console()
+err = Console(stderr=True)
+
+
+def reports_errors(func: F) -> F:
+    """Turn a PushsiteError into one line on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PushsiteError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(ctx: click.Context, **overrides: Any) -> Config:
+    return load_config(home=ctx.obj.get("home"), **overrides)
+
+
+def _service(ctx: click.Context, **overrides: Any):  # type: ignore[no-untyped-def]
+    from pushsite.service import Service
+
+    return Service(_config(ctx, **overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "auto_envvar_prefix": "PUSHSITE"})
+@click.option("--home", type=click.Path(file_okay=False), default=None,
+              help="Data directory (default ./.pushsite; env PUSHSITE_HOME).")
+@click.version_option(__version__, prog_name="pushsite")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """Put a static site on the web with `git push` or `pushsite deploy`.
+
+    \b
+    Quick start:
+      pushsite deploy ./public --site blog     # deploy a folder
+      pushsite serve                           # http://blog.localhost:8000/
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+def deployment_urls(config: Config, deployment: Deployment, production: bool) -> dict[str, str]:
+    urls = {"deployment": config.site_url(f"{deployment.id}--{deployment.site}"),
+            "branch": config.site_url(f"{branch_label(deployment.branch)}--{deployment.site}")}
+    if production:
+        urls["production"] = config.site_url(deployment.site)
+    return urls
+
+
+def _progress_bar() -> tuple[Progress | None, Callable[[Counters], None] | None]:
+    if not err.is_terminal:
+        return None, None
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                        console=err, transient=True)
+    task = progress.add_task("deploying")
+    last = [0.0]
+
+    def update(counters: Counters) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.1:
+            last[0] = now
+            progress.update(task, description=f"deploying: {counters.describe()}")
+
+    return progress, update
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--site", required=True, help="Site name (a DNS label, e.g. blog).")
+@click.option("--branch", default=None, help="Branch (default: the site's production branch).")
+@click.option("--message", "-m", default="", help="A note stored with the deployment.")
+@click.option("--timeout", default=900.0, show_default=True, type=float,
+              help="Seconds before the deploy stops, marked timed_out; the live site stays.")
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON on stdout.")
+@click.option("--server", default=None, help="Deploy to a remote `pushsite serve` (env "
+              "PUSHSITE_SERVER) instead of the local data directory.")
+@click.option("--token", default=None, help="Deploy token for --server (env PUSHSITE_TOKEN).")
+@click.pass_context
+@reports_errors
+def deploy(ctx: click.Context, source: str, site: str, branch: str | None, message: str,
+           timeout: float, as_json: bool, server: str | None, token: str | None) -> None:
+    """Deploy SOURCE (a folder, a .tar.gz, or - for a tar.gz on stdin) to a site.
+
+    Exits 0 once the deployment is live. On any error the live site stays as it was.
+
+    \b
+    Examples:
+      pushsite deploy ./public --site blog
+      git archive --format=tar.gz HEAD | pushsite deploy - --site blog --branch feature-x
+      pushsite deploy site.tar.gz --site blog --server https://deploy.example.com --token T
+    """
+    from pushsite.sources.folder import open_source
+
+    if server:
+        from pushsite.remote import deploy_remote
+
+        deployment = deploy_remote(server, token or "", open_source(source), site=site,
+                                   branch=branch, message=message, timeout=timeout,
+                                   echo=None if as_json else err.print)
+        _report(deployment, as_json)
+        return
+    service = _service(ctx)
+    from pushsite.names import check_site_name
+
+    check_site_name(site)
+    stream = open_source(source)
+    deployment = service.accept(site, None, branch=branch, message=message, enqueue=False)
+    progress, update = _progress_bar()
+    try:
+        if progress:
+            progress.start()
+        try:
+            deployment = service.run(deployment.id, timeout=timeout, progress=update,
+                                     bundle=stream)
+        finally:
+            if progress:
+                progress.stop()
+    except PushsiteError:
+        if as_json:
+            failed = service.state.get_deployment(deployment.id)
+            click.echo(json.dumps(_deployment_json(service.config, failed, service)))
+        raise
+    _report(deployment, as_json, service)
+
+
+def _deployment_json(config: Config, deployment: Deployment, service: Any) -> dict[str, Any]:
+    site = service.state.get_site(deployment.site)
+    data = deployment.to_dict()
+    data["urls"] = deployment_urls(config, deployment, deployment.branch ==
+                                   site.production_branch)
+    return data
+
+
+def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any = None) -> None:
+    if isinstance(deployment, Deployment):
+        data = _deployment_json(service.config, deployment, service)
+    else:
+        data = deployment
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    urls = data["urls"]
+    url = urls.get("production") or urls["branch"]
+    err.print(
+        f"[green]{data['status']}[/]: {url}  ({data['files']} files, {data['blobs_new']} new "
+        f"blobs, {data['blobs_reused']} reused, {data['bytes_stored'] / 1e6:.1f} MB stored, "
+        f"{data['seconds'] or 0:.2f}s; deployment {data['id']})", highlight=False)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to bind.")
+@click.option("--base-domain", default=None, help="Sites answer at <site>.<base-domain> "
+              "(default localhost).")
+@click.option("--store", default=None, help="Object store URL (file:///..., s3://bucket/p).")
+@click.option("--state", default=None, help="State URL (sqlite:///..., dynamodb://table).")
+@click.option("--queue", default=None, help="Queue URL (local:///..., sqs://queue).")
+@click.option("--debug", is_flag=True, help="Show tracebacks in error pages.")
+@click.pass_context
+@reports_errors
+def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, store: str | None,
+          state: str | None, queue: str | None, debug: bool) -> None:
+    """Serve every site, the dashboard, the API and the git remote on one port.
+
+    \b
+    Sites:   http://<site>.localhost:8000/            production
+             http://<branch>--<site>.localhost:8000/  branch preview
+             http://<id>--<site>.localhost:8000/      one deployment, forever
+    Control: http://127.0.0.1:8000/  (dashboard, /api, /<site>.git, /hooks/...)
+    """
+    import uvicorn
+
+    from pushsite.web.app import build_app
+
+    config = _config(ctx, base_domain=base_domain, store=store, state=state, queue=queue,
+                     public_url=f"http://{base_domain or 'localhost'}:{port}")
+    app = build_app(config, debug=debug)
+    err.print(f"pushsite serving on http://{host}:{port}/  (sites at "
+              f"http://<site>.{config.base_domain}:{port}/)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
+
+
+@cli.command()
+@click.option("--queue", default=None, help="Queue URL to consume (local:///..., sqs://...).")
+@click.option("--store", default=None, help="Object store URL.")
+@click.option("--state", default=None, help="State URL.")
+@click.option("--once", is_flag=True, help="Handle what is queued now, then exit.")
+@click.pass_context
+@reports_errors
+def worker(ctx: click.Context, queue: str | None, store: str | None, state: str | None,
+           once: bool) -> None:
+    """Run deployments from a queue (several workers may share one queue)."""
+    from pushsite.worker import run_worker
+
+    service = _service(ctx, queue=queue, store=store, state=state)
+    run_worker(service, once=once, echo=err.print)
+
+
+@cli.command()
+@click.pass_context
+@reports_errors
+def sites(ctx: click.Context) -> None:
+    """List sites with their live deployment."""
+    service = _service(ctx)
+    table = Table("site", "production branch", "live deployment", "commit", "url")
+    for site in service.state.list_sites():
+        alias = service.state.get_alias(site.name, "production")
+        commit = ""
+        if alias:
+            commit = service.state.get_deployment(alias.deployment_id).commit[:12]
+        table.add_row(site.name, site.production_branch, alias.deployment_id if alias else "-",
+                      commit, service.config.site_url(site.name))
+    out.print(table)
+
+
+@cli.command()
+@click.argument("site")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@reports_errors
+def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
+    """List a site's deployments, newest first."""
+    service = _service(ctx)
+    service.site(site)
+    rows = service.state.list_deployments(site, limit=limit)
+    if as_json:
+        for d in rows:
+            click.echo(json.dumps(d.to_dict()))
+        return
+    table = Table("id", "status", "branch", "commit", "message", "files", "new", "seconds",
+                  "error")
+    for d in rows:
+        table.add_row(d.id, str(d.status), d.branch, d.commit[:12], d.message[:40],
+                      str(d.files), str(d.blobs_new), f"{d.seconds or 0:.2f}", d.error[:60])
+    out.print(table)
+
+
+@cli.command()
+@click.argument("deploy_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@reports_errors
+def log(ctx: click.Context, deploy_id: str, as_json: bool) -> None:
+    """Print a deployment's log."""
+    service = _service(ctx)
+    service.state.get_deployment(deploy_id)
+    for line in service.state.get_logs(deploy_id):
+        if as_json:
+            click.echo(json.dumps(line.to_dict()))
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(line.time))
+            click.echo(f"{stamp} {line.level:<7} {line.stage:<9} {line.message}")
+
+
+@cli.command()
+@click.argument("site")
+@click.argument("deploy_id", required=False)
+@click.pass_context
+@reports_errors
+def rollback(ctx: click.Context, site: str, deploy_id: str | None) -> None:
+    """Point production at DEPLOY_ID (default: the one before the live one). Instant."""
+    service = _service(ctx)
+    deployment = service.rollback(site, deploy_id)
+    err.print(f"production of {site} now serves {deployment.id} "
+              f"({deployment.commit[:12] or 'no commit'})", highlight=False)
+
+
+@cli.command()
+@click.argument("deploy_id")
+@click.pass_context
+@reports_errors
+def cancel(ctx: click.Context, deploy_id: str) -> None:
+    """Cancel a queued or running deployment."""
+    _service(ctx).cancel(deploy_id)
+    err.print(f"cancelled {deploy_id}")
+
+
+@cli.command()
+@click.argument("site")
+@click.option("--keep", required=True, type=int, help="How many recent deployments to keep.")
+@click.pass_context
+@reports_errors
+def prune(ctx: click.Context, site: str, keep: int) -> None:
+    """Delete old deployments of SITE and the blobs no kept deployment uses."""
+    result = _service(ctx).prune(site, keep)
+    err.print(f"pruned {result['deployments']} deployments and {result['blobs']} blobs")
+
+
+@cli.command()
+@click.pass_context
+@reports_errors
+def verify(ctx: click.Context) -> None:
+    """Check that every ready deployment's blobs exist and hash right."""
+    problems = _service(ctx).verify()
+    for problem in problems:
+        err.print(f"[red]problem:[/] {problem}", highlight=False)
+    if problems:
+        sys.exit(1)
+    err.print("every manifest's blobs are present and intact")
+
+
+@cli.group()
+def tokens() -> None:
+    """Deploy tokens for git push, webhooks' API and remote deploys."""
+
+
+@tokens.command("create")
+@click.option("--name", default="deploy", show_default=True, help="A label to recognise it.")
+@click.option("--site", default=None, help="Limit the token to one site (default: all sites, "
+              "and it may create sites).")
+@click.option("--admin", is_flag=True, help="Also allow managing sites and tokens.")
+@click.pass_context
+@reports_errors
+def tokens_create(ctx: click.Context, name: str, site: str | None, admin: bool) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    secret = _service(ctx).create_token(name, site, ["deploy", "admin"] if admin else None)
+    click.echo(secret)
+
+
+@tokens.command("list")
+@click.pass_context
+@reports_errors
+def tokens_list(ctx: click.Context) -> None:
+    """List tokens (never their secrets)."""
+    table = Table("id", "name", "site", "scopes")
+    for token in _service(ctx).state.list_tokens():
+        table.add_row(token.id, token.name, token.site or "(all)", ",".join(token.scopes))
+    out.print(table)
+
+
+@tokens.command("delete")
+@click.argument("token_id")
+@click.pass_context
+@reports_errors
+def tokens_delete(ctx: click.Context, token_id: str) -> None:
+    """Revoke a token."""
+    _service(ctx).state.delete_token(token_id)
+
+
+@cli.group()
+def domains() -> None:
+    """Custom domains a site answers on (besides <site>.<base-domain>)."""
+
+
+@domains.command("add")
+@click.argument("site")
+@click.argument("host")
+@click.pass_context
+@reports_errors
+def domains_add(ctx: click.Context, site: str, host: str) -> None:
+    """Claim HOST for SITE; a host belongs to one site at most."""
+    result = _service(ctx).add_domain(site, host)
+    err.print(f"{site} answers on: {', '.join(result.domains)}")
+
+
+@domains.command("remove")
+@click.argument("site")
+@click.argument("host")
+@click.pass_context
+@reports_errors
+def domains_remove(ctx: click.Context, site: str, host: str) -> None:
+    """Release HOST from SITE."""
+    result = _service(ctx).remove_domain(site, host)
+    err.print(f"{site} answers on: {', '.join(result.domains) or '(no custom domain)'}")
+
+
+@domains.command("list")
+@click.argument("site")
+@click.pass_context
+@reports_errors
+def domains_list(ctx: click.Context, site: str) -> None:
+    """List the custom domains of SITE."""
+    for host in _service(ctx).site(site).domains:
+        click.echo(host)
+
+
+@cli.command()
+@click.argument("site")
+@click.argument("target")
+@click.option("--max-delete", default=0.5, show_default=True, type=float,
+              help="Fail rather than delete more than this share of the mirrored objects.")
+@click.pass_context
+@reports_errors
+def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> None:
+    """Write SITE's live deployment as plain files to an S3 bucket (s3://bucket/prefix)."""
+    from pushsite.mirror import mirror_deployment
+
+    service = _service(ctx)
+    alias = service.state.get_alias(service.site(site).name, "production")
+    if alias is None:
+        from pushsite.errors import NotFound
+
+        raise NotFound(f"site {site} has no live deployment to mirror")
+    report = mirror_deployment(service.manifest(alias.deployment_id), service.store, target,
+                               max_delete_share=max_delete)
+    err.print(f"mirrored {site} to {target}: {report.uploaded} uploaded, {report.unchanged} "
+              f"unchanged, {report.deleted} deleted, {report.redirects} redirects")
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Server settings: one table of (name, type, default, help), validated once into a Config.
+
+Each setting is also a `pushsite serve` option and a `PUSHSITE_<NAME>` environment variable,
+so `--help` shows the whole surface. URLs choose the backends (DESIGN.md "Layers").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pushsite.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", str, ".pushsite", "data directory for the embedded defaults"),
+    Setting("store", str, "", "object store URL (default file://$PUSHSITE_HOME/store; "
+            "or s3://bucket/prefix)"),
+    Setting("state", str, "", "state store URL (default sqlite://$PUSHSITE_HOME/state.db; "
+            "or dynamodb://table)"),
+    Setting("queue", str, "", "queue URL (default local://$PUSHSITE_HOME/queue.db; "
+            "or sqs://queue)"),
+    Setting("base_domain", str, "localhost", "sites answer at <site>.<base-domain>"),
+    Setting("public_url", str, "", "how visitors reach the edge, for printed URLs "
+            "(default http://<base-domain>:8000)"),
+    Setting("workers", int, 0, "compression threads per deploy (0: one per core)"),
+    Setting("max_files", int, 200_000, "most files a bundle may hold"),
+    Setting("max_file_mb", int, 4096, "largest file a bundle may hold, in MB"),
+    Setting("max_total_mb", int, 16384, "most bytes a bundle may unpack to, in MB"),
+    Setting("max_path", int, 1024, "longest path in a bundle, in bytes"),
+    Setting("max_ratio", int, 0, "largest compression ratio a bundle may have (0: the "
+            "reader's default); stops gzip bombs"),
+    Setting("wait", float, 60.0, "seconds a git push waits to report the deploy's outcome"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a command needs to open the backends, decided once."""
+
+    home: Path
+    store: str
+    state: str
+    queue: str
+    base_domain: str = "localhost"
+    public_url: str = ""
+    workers: int = 2
+    max_files: int = 200_000
+    max_file_mb: int = 4096
+    max_total_mb: int = 16384
+    max_path: int = 1024
+    max_ratio: int = 0
+    wait: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def staging(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def repos(self) -> Path:
+        return self.home / "repos"
+
+    def site_url(self, label: str) -> str:
+        """The URL of a host label on the edge: `blog`, `preview--blog`, `<id>--blog`."""
+        scheme, _, rest = self.public_url.partition("://")
+        return f"{scheme}://{label}.{rest}/"
+
+    def limits(self) -> Any:
+        from pushsite.bundle import Limits
+
+        values: dict[str, Any] = {
+            "max_files": self.max_files,
+            "max_file_bytes": self.max_file_mb << 20,
+            "max_total_bytes": self.max_total_mb << 20,
+            "max_path_length": self.max_path,
+        }
+        if self.max_ratio:
+            values["max_ratio"] = self.max_ratio
+        return Limits(**values)
+
+
+def load_config(**overrides: Any) -> Config:
+    """Build a Config from overrides (options given), then PUSHSITE_* variables, then defaults."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = overrides.get(setting.name)
+        if raw is None or raw == "":
+            raw = os.environ.get(f"PUSHSITE_{setting.name.upper()}", setting.default)
+        try:
+            values[setting.name] = setting.type(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"invalid value {raw!r} for setting {setting.name} "
+                f"(PUSHSITE_{setting.name.upper()}): expected {setting.type.__name__}"
+            ) from None
+    home = Path(values.pop("home")).absolute()
+    values["store"] = values["store"] or f"file://{home / 'store'}"
+    values["state"] = values["state"] or f"sqlite://{home / 'state.db'}"
+    values["queue"] = values["queue"] or f"local://{home / 'queue.db'}"
+    default_url = f"http://{values['base_domain']}:8000"
+    values["public_url"] = (values["public_url"] or default_url).rstrip("/")
+    if values["workers"] <= 0:
+        values["workers"] = os.cpu_count() or 2
+    for name in ("max_files", "max_file_mb", "max_total_mb", "max_path"):
+        if values[name] <= 0:
+            raise ConfigError(f"setting {name} must be positive, got {values[name]}")
+    return Config(home=home, **values)

@@ -1,0 +1,486 @@
+"""The deployer: files in, blobs and a manifest out.
+
+Stages, in the order a bundle meets them:
+
+1. read    a driver (deploy_bundle for a tar.gz stream, the git remote for a push) feeds files
+           one by one in stream order; nothing is extracted to disk and nothing seeks.
+2. hash    small files (up to SMALL_FILE) are gathered in batches; a pool of threads (one per
+           core: sha256, isal and brotli all release the GIL) hashes a batch, asks the store
+           once which blobs it already has, and compresses and stores only the new ones.
+           Large files stream through sha256 and both compressors in one pass, into a
+           temporary file, so memory stays flat whatever their size.
+3. bound   a budget of bytes in flight (InFlight) blocks the reader while the pool is behind:
+           back-pressure, so a slow store never makes memory grow.
+4. finish  links resolve to their targets' entries, the single top folder is stripped,
+           pushsite.toml's `publish` and `exclude` apply, `_headers` and `_redirects` are
+           parsed, and the manifest is written. Activation is the service's job.
+
+A deadline and a stop check run alongside: when either fires, the pipeline stops between two
+files and raises, and nothing it wrote is visible at any alias (blobs are content-addressed
+and unreferenced until a manifest names them, so a retry reuses them for free).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from pushsite import encode
+from pushsite.bundle import BundleReader, Limits, MemberKind
+from pushsite.errors import (
+    BundleRejected,
+    DeploymentCancelled,
+    DeploymentTimedOut,
+    SiteConfigError,
+)
+from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
+from pushsite.paths import common_top_folder, is_published
+from pushsite.stores import ObjectStore
+
+SMALL_FILE = 8 << 20  # read whole and handled in the pool; above this, streamed
+BATCH_BYTES = 1 << 20
+BATCH_FILES = 128
+IN_FLIGHT_BYTES = 48 << 20
+CHUNK = 1 << 20
+CONFIG_FILES = ("_headers", "_redirects", "pushsite.toml")
+CONFIG_MAX = 1 << 20
+
+
+class Log(Protocol):
+    """What the deployer needs of a deployment's log (logs.DeployLog provides it)."""
+
+    def info(self, stage: str, message: str, **fields: object) -> None: ...
+
+    def warning(self, stage: str, message: str, **fields: object) -> None: ...
+
+
+class TempFileStore(Protocol):
+    """An optional store ability: temporary files it can adopt by rename (the local store)."""
+
+    def temp_file(self) -> tuple[BinaryIO, object]: ...
+
+    def adopt_file(self, key: str, path: object) -> None: ...
+
+
+@dataclass
+class Counters:
+    files: int = 0
+    bytes_in: int = 0
+    bytes_stored: int = 0
+    blobs_new: int = 0
+    blobs_reused: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.files} files, {self.bytes_in / 1e6:.1f} MB read, "
+                f"{self.blobs_new} new blobs, {self.blobs_reused} reused")
+
+
+@dataclass
+class Deadline:
+    """When to stop: a monotonic time, and a check for cancellation made every `every` s."""
+
+    at: float | None = None
+    cancelled: Callable[[], bool] | None = None
+    every: float = 1.0
+    _next_check: float = 0.0
+
+    @classmethod
+    def after(cls, seconds: float | None, cancelled: Callable[[], bool] | None = None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds, cancelled)
+
+    def check(self, counters: Counters) -> None:
+        now = time.monotonic()
+        if self.at is not None and now >= self.at:
+            raise DeploymentTimedOut(
+                f"the deploy ran out of time after {counters.describe()}; the live site is "
+                "unchanged, and a retry reuses what was stored"
+            )
+        if self.cancelled is not None and now >= self._next_check:
+            self._next_check = now + self.every
+            if self.cancelled():
+                raise DeploymentCancelled(
+                    f"the deploy was cancelled after {counters.describe()}; the live site is "
+                    "unchanged"
+                )
+
+
+class InFlight:
+    """A budget of bytes handed to the pool and not yet stored (back-pressure)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, amount: int) -> None:
+        with self._cond:
+            while self._used and self._used + amount > self._limit:
+                self._cond.wait()
+            self._used += amount
+
+    def release(self, amount: int) -> None:
+        with self._cond:
+            self._used -= amount
+            self._cond.notify_all()
+
+
+@dataclass
+class _Pending:
+    path: str
+    data: bytes
+    git: str = ""
+
+
+@dataclass
+class _Link:
+    path: str
+    target: str | None
+    kind: str
+
+
+@dataclass
+class ManifestBuilder:
+    """Collects files into blobs and entries; `finish` turns them into a Manifest.
+
+    Thread use: the driver calls add_* from one thread; the pool only runs `_store_batch`.
+    """
+
+    store: ObjectStore
+    log: Log
+    deadline: Deadline = field(default_factory=Deadline)
+    workers: int = 2
+    in_flight_bytes: int = IN_FLIGHT_BYTES
+    counters: Counters = field(default_factory=Counters)
+    progress: Callable[[Counters], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.entries: dict[str, FileEntry] = {}
+        self.dirs: set[str] = set()
+        self.config_files: dict[str, bytes] = {}
+        self._links: list[_Link] = []
+        self._batch: list[_Pending] = []
+        self._batch_bytes = 0
+        self._futures: deque[Future[None]] = deque()
+        self._pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="deploy")
+        self._budget = InFlight(self.in_flight_bytes)
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    # feeding -------------------------------------------------------------------------------
+    def add_small(self, path: str, data: bytes, git: str = "") -> None:
+        """A file read whole; hashed, compressed and stored by the pool."""
+        self.deadline.check(self.counters)
+        if posixpath.basename(path) in CONFIG_FILES and len(data) <= CONFIG_MAX:
+            self.config_files[path] = data
+        self._batch.append(_Pending(path, data, git))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
+            self._submit()
+
+    def add_stream(self, path: str, source: BinaryIO, size: int, git: str = "") -> None:
+        """A large file: one pass through sha256 (and compressors for text) into a temp file."""
+        self.deadline.check(self.counters)
+        content_type = encode.media_type(path)
+        compress = encode.is_compressible(content_type)
+        digest = hashlib.sha256()
+        outputs = {"": self._temp()} | ({"gzip": self._temp(), "br": self._temp()}
+                                       if compress else {})
+        compressor = encode.StreamCompressor() if compress else None
+        total = 0
+        try:
+            while chunk := source.read(CHUNK):
+                total += len(chunk)
+                digest.update(chunk)
+                outputs[""][0].write(chunk)
+                if compressor is not None:
+                    gz, br = compressor.feed(chunk)
+                    outputs["gzip"][0].write(gz)
+                    outputs["br"][0].write(br)
+                self.deadline.check(self.counters)
+            if compressor is not None:
+                gz, br = compressor.finish()
+                outputs["gzip"][0].write(gz)
+                outputs["br"][0].write(br)
+            sha = digest.hexdigest()
+            sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
+            encodings = {enc: n for enc, n in sizes.items()
+                         if enc and encode.worth_keeping(n, total)}
+            new = self._claim(sha) and not self.store.has([blob_key(sha)])
+            if new:
+                for enc in ("", *encodings):
+                    self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
+            self._record(path, FileEntry(sha, total, content_type, encodings, git), new,
+                         stored=sum(sizes[e] for e in ("", *encodings)) if new else 0)
+        finally:
+            for handle, tmp in outputs.values():
+                handle.close()
+                _discard(tmp)
+
+    def add_existing(self, path: str, entry: FileEntry) -> None:
+        """A file whose blob is known to be stored already (an unchanged git blob)."""
+        with self._lock:
+            self.entries[path] = entry
+            self.counters.files += 1
+            self.counters.blobs_reused += 1
+
+    def add_link(self, path: str, target: str | None, kind: str) -> None:
+        """A link: published as its target's entry when that is a regular file, after the end."""
+        self._links.append(_Link(path, target, kind))
+
+    def add_dir(self, path: str) -> None:
+        self.dirs.add(path)
+
+    # the pool ------------------------------------------------------------------------------
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        self._budget.acquire(size)
+        future = self._pool.submit(self._store_batch, batch)
+        future.add_done_callback(lambda _: self._budget.release(size))
+        self._futures.append(future)
+        while self._futures and self._futures[0].done():
+            self._futures.popleft().result()
+
+    def _store_batch(self, batch: list[_Pending]) -> None:
+        hashes = [hashlib.sha256(item.data).hexdigest() for item in batch]
+        present = self.store.has(blob_key(h) for h in hashes)
+        for item, sha in zip(batch, hashes, strict=True):
+            content_type = encode.media_type(item.path)
+            key = blob_key(sha)
+            new = key not in present and self._claim(sha)
+            stored = 0
+            encodings: dict[str, int] = {}
+            if new:
+                variants = encode.variants(item.data, content_type)
+                meta = {"content-type": content_type, "sha256": sha}
+                self.store.put(key, item.data, meta)
+                stored += len(item.data)
+                for enc, blob in variants.items():
+                    self.store.put(blob_key(sha, enc), blob, meta | {"content-encoding": enc})
+                    stored += len(blob)
+                encodings = {enc: len(blob) for enc, blob in variants.items()}
+            else:
+                encodings = self._known_encodings(sha, content_type, len(item.data))
+            self._record(item.path, FileEntry(sha, len(item.data), content_type, encodings,
+                                              item.git), new, stored)
+
+    def _known_encodings(self, sha: str, content_type: str, size: int) -> dict[str, int]:
+        """The variants an already stored blob has (looked up, since a manifest needs sizes)."""
+        if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
+            return {}
+        self._wait_for_claims(sha)
+        keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
+        present = self.store.has(keys.values())
+        sizer = getattr(self.store, "size", None)
+        out = {}
+        for enc, key in keys.items():
+            if key in present:
+                out[enc] = sizer(key) if sizer else len(self.store.get(key))
+        return out
+
+    def _wait_for_claims(self, sha: str) -> None:
+        """A blob claimed by another batch of this deploy may still be being written."""
+        with self._lock:
+            claimed = sha in self._claimed
+        if claimed:
+            for future in list(self._futures):
+                if threading.current_thread().name.startswith("deploy"):
+                    break  # never wait on the pool from inside it
+                future.result()
+            self.store.flush()
+
+    def _claim(self, sha: str) -> bool:
+        with self._lock:
+            if sha in self._claimed:
+                return False
+            self._claimed.add(sha)
+            return True
+
+    def _record(self, path: str, entry: FileEntry, new: bool, stored: int) -> None:
+        with self._lock:
+            self.entries[path] = entry
+            self.counters.files += 1
+            self.counters.bytes_in += entry.size
+            self.counters.bytes_stored += stored
+            if new:
+                self.counters.blobs_new += 1
+            else:
+                self.counters.blobs_reused += 1
+        if self.progress is not None:
+            self.progress(self.counters)
+
+    def _temp(self) -> tuple[BinaryIO, object]:
+        maker = getattr(self.store, "temp_file", None)
+        if maker is not None:
+            handle, path = maker()
+            return handle, path
+        return tempfile.TemporaryFile(), None
+
+    def _adopt(self, key: str, output: tuple[BinaryIO, object], content_type: str, enc: str,
+               sha: str) -> None:
+        handle, tmp = output
+        handle.flush()
+        adopt = getattr(self.store, "adopt_file", None)
+        if adopt is not None and tmp is not None:
+            adopt(key, tmp)
+            return
+        size = handle.tell()
+        handle.seek(0)
+        meta = {"content-type": content_type, "sha256": sha}
+        if enc:
+            meta["content-encoding"] = enc
+        self.store.put_stream(key, handle, size, meta)
+
+    # finishing -----------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Wait for every batch; raises the first error a worker met."""
+        self._submit()
+        try:
+            while self._futures:
+                self._futures.popleft().result()
+                self.deadline.check(self.counters)
+        except BaseException:
+            self.abort()
+            raise
+        self.store.flush()
+
+    def abort(self) -> None:
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def finish(self, deployment_id: str, site: str, commit: str, created: float,
+               publish: str | None = None, exclude: tuple[str, ...] = ()) -> Manifest:
+        """Resolve links, strip the top folder, apply publish/exclude, parse the rules."""
+        self.drain()
+        self._pool.shutdown()
+        self._resolve_links()
+        files = dict(self.entries)
+        config = dict(self.config_files)
+        top = common_top_folder(list(files) + [ln.path for ln in self._links], self.dirs)
+        if top is not None:
+            cut = len(top) + 1
+            files = {p[cut:]: e for p, e in files.items()}
+            config = {p[cut:]: d for p, d in config.items() if p.startswith(top + "/")}
+        from pushsite.siteconfig import parse_pushsite_toml
+
+        settings = parse_pushsite_toml(config["pushsite.toml"]) if "pushsite.toml" in config \
+            else None
+        publish = publish or (settings.publish if settings else None)
+        exclude = tuple(exclude) + (settings.exclude if settings else ())
+        if publish:
+            prefix = publish.strip("/") + "/"
+            files = {p[len(prefix):]: e for p, e in files.items() if p.startswith(prefix)}
+            config = {p[len(prefix):]: d for p, d in config.items() if p.startswith(prefix)}
+            if not files:
+                raise SiteConfigError(
+                    f"pushsite.toml: the publish folder {publish!r} holds no file"
+                )
+        files = {p: e for p, e in files.items()
+                 if is_published(p) and p not in CONFIG_FILES
+                 and not any(fnmatch.fnmatchcase(p, pattern) for pattern in exclude)}
+        if not files:
+            raise BundleRejected("the bundle has no publishable file (after leaving out "
+                                 "dotfiles, excludes and the publish folder's rules)")
+        manifest = Manifest(deployment_id, site, created, files, commit=commit)
+        manifest.headers, manifest.redirects = _parse_rules(config)
+        manifest.not_found = "404.html" if "404.html" in files else None
+        body = manifest.to_bytes()
+        self.store.put(manifest_key(deployment_id), body, {"content-type": "application/json"})
+        self.store.flush()
+        self.settings = settings
+        return manifest
+
+    def _resolve_links(self) -> None:
+        for link in self._links:
+            entry = self.entries.get(link.target) if link.target else None
+            if entry is None:
+                self.log.warning("read", f"skipped {link.kind} {link.path}: its target is not "
+                                 "a regular file inside the bundle", target=link.target or "")
+                continue
+            self.entries[link.path] = entry
+
+
+def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
+    from pushsite.siteconfig import parse_headers, parse_redirects
+
+    headers: list[dict] = []
+    redirects: list[dict] = []
+    for name, parse, out in (("_headers", parse_headers, headers),
+                             ("_redirects", parse_redirects, redirects)):
+        if name in config:
+            try:
+                text = config[name].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SiteConfigError(f"{name} is not valid UTF-8 text ({exc})") from None
+            out.extend(parse(text, name))
+    return headers, redirects
+
+
+def _discard(tmp: object) -> None:
+    if tmp is not None:
+        import os
+
+        try:
+            os.unlink(tmp)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class BundleOutcome:
+    manifest: Manifest
+    commit: str
+    compressed_bytes: int
+    settings: object
+
+
+def deploy_bundle(stream: BinaryIO, builder: ManifestBuilder, limits: Limits,
+                  deployment_id: str, site: str, created: float) -> BundleOutcome:
+    """Read a tar.gz bundle as a stream and build its manifest (stages 1-4)."""
+    reader = BundleReader(stream, limits)
+    skipped_dotfiles = 0
+    try:
+        for member in reader.members():
+            if member.kind == MemberKind.DIR:
+                builder.add_dir(member.path)
+            elif member.kind == MemberKind.FILE:
+                if not _maybe_published(member.path):
+                    skipped_dotfiles += 1
+                    continue
+                if member.size <= SMALL_FILE:
+                    builder.add_small(member.path, reader.read())
+                else:
+                    builder.add_stream(member.path, reader, member.size)
+            elif member.kind in (MemberKind.SYMLINK, MemberKind.HARDLINK):
+                builder.add_link(member.path, member.link_target, str(member.kind))
+            else:
+                builder.log.warning("read", f"skipped {member.path}: devices, FIFOs and "
+                                    "other special files are never published")
+        manifest = builder.finish(deployment_id, site, reader.commit, created)
+    except BaseException:
+        builder.abort()
+        raise
+    if skipped_dotfiles:
+        builder.log.info("read", f"left out {skipped_dotfiles} dotfiles (.git/, .env*, ...)")
+    return BundleOutcome(manifest, reader.commit, reader.compressed_bytes,
+                         getattr(builder, "settings", None))
+
+
+def _maybe_published(path: str) -> bool:
+    """Early dotfile filter: published as is, or once a top folder is stripped."""
+    if is_published(path):
+        return True
+    _, _, rest = path.partition("/")
+    return bool(rest) and is_published(rest)

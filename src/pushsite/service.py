@@ -1,0 +1,557 @@
+"""The service: accept a bundle, queue it, run it, activate, roll back, prune, verify.
+
+Every entry point (the CLI, the git remote, webhooks, the API, a Lambda handler) goes through
+here, so a push and `pushsite deploy` take the same path: staging, a queued deployment, the
+deployer, then one compare-and-set alias move.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from pushsite import ids, names
+from pushsite.config import Config
+from pushsite.deployer import Counters, Deadline, ManifestBuilder, deploy_bundle
+from pushsite.errors import (
+    AliasConflict,
+    ConfigError,
+    DeploymentCancelled,
+    DeploymentFailed,
+    DeploymentNotFound,
+    DeploymentTimedOut,
+    NotFound,
+    PushsiteError,
+    SiteNotFound,
+)
+from pushsite.logs import DeployLog, sinks_from_env
+from pushsite.model import (
+    PRODUCTION,
+    Deployment,
+    Manifest,
+    Site,
+    Status,
+    Token,
+    blob_key,
+    branch_alias,
+    manifest_key,
+)
+from pushsite.queues import Queue, QueueItem, open_queue
+from pushsite.state import StateStore, open_state_store
+from pushsite.stores import ObjectStore, open_object_store
+
+DEFAULT_TIMEOUT = 900.0
+_COPY_CHUNK = 1 << 20
+
+
+def deadline_margin(timeout: float) -> float:
+    """How long before a hard limit the pipeline stops, to record how far it got."""
+    return min(5.0, timeout * 0.05)
+
+
+class Service:
+    """The product's verbs, over whichever backends the Config names."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._store: ObjectStore | None = None
+        self._state: StateStore | None = None
+        self._queue: Queue | None = None
+        self._sinks = sinks_from_env()
+
+    # backends, opened on first use ------------------------------------------------------
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = open_object_store(self.config.store)
+        return self._store
+
+    @property
+    def state(self) -> StateStore:
+        if self._state is None:
+            self._state = open_state_store(self.config.state)
+        return self._state
+
+    @property
+    def queue(self) -> Queue:
+        if self._queue is None:
+            self._queue = open_queue(self.config.queue)
+        return self._queue
+
+    def close(self) -> None:
+        for backend in (self._store, self._state, self._queue):
+            if backend is not None:
+                backend.close()
+
+    # sites ---------------------------------------------------------------------------------
+    def site(self, name: str, create: bool = False) -> Site:
+        names.check_site_name(name)
+        try:
+            return self.state.get_site(name)
+        except SiteNotFound:
+            if not create:
+                raise
+        site = Site(name, webhook_secret=secrets.token_hex(20))
+        self.state.put_site(site)
+        return site
+
+    def add_domain(self, site_name: str, host: str) -> Site:
+        site = self.site(site_name)
+        host = names.check_host(host)
+        self.state.claim_domain(host, site.name)
+        return self.state.get_site(site.name)
+
+    def remove_domain(self, site_name: str, host: str) -> Site:
+        site = self.site(site_name)
+        self.state.release_domain(names.check_host(host), site.name)
+        return self.state.get_site(site.name)
+
+    # accepting -------------------------------------------------------------------------------
+    def accept(
+        self,
+        site_name: str,
+        bundle: BinaryIO | None,
+        *,
+        branch: str | None = None,
+        message: str = "",
+        commit: str = "",
+        source: str = "cli",
+        enqueue: bool = True,
+    ) -> Deployment:
+        """Stage a bundle and record a queued deployment; the bundle is copied as a stream.
+
+        With bundle None the caller streams it into `run` itself (`pushsite deploy` reads
+        its source once, straight through the deployer, instead of copying it first).
+        """
+        site = self.site(site_name, create=True)
+        branch = names.check_branch_name(branch or site.production_branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
+                                message=message, source=source)
+        if bundle is not None:
+            deployment.bundle_key = self._stage(deployment.id, bundle)
+        self.state.create_deployment(deployment)
+        log = self.log_for(deployment)
+        log.info("accept", f"accepted a bundle for {site.name} ({branch}) from {source}",
+                 bytes=self._staged_size(deployment.bundle_key))
+        log.flush()
+        if enqueue:
+            self.queue.send({"deployment": deployment.id})
+        return deployment
+
+    def _stage(self, deployment_id: str, bundle: BinaryIO) -> str:
+        self.config.staging.mkdir(parents=True, exist_ok=True)
+        target = self.config.staging / f"{deployment_id}.tar.gz"
+        partial = target.with_suffix(".part")
+        with open(partial, "wb") as out:
+            shutil.copyfileobj(bundle, out, _COPY_CHUNK)
+        partial.rename(target)
+        return target.name
+
+    def _staged_size(self, key: str) -> int:
+        try:
+            return (self.config.staging / key).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    @contextmanager
+    def _open_staged(self, deployment: Deployment) -> Iterator[BinaryIO]:
+        path = self.config.staging / deployment.bundle_key
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            raise DeploymentFailed(
+                f"the bundle of deployment {deployment.id} is no longer in staging"
+            ) from None
+        with handle:
+            yield handle
+
+    def _check_branch_label(self, site: str, branch: str) -> None:
+        label = names.branch_label(branch)
+        for alias in self.state.list_aliases(site):
+            if not alias.name.startswith("branch/"):
+                continue
+            other = alias.name.removeprefix("branch/")
+            if other != branch and names.branch_label(other) == label:
+                raise ConfigError(
+                    f"branch {branch!r} would share the preview host {label}--{site} with "
+                    f"branch {other!r}; rename one of them (or delete {other!r})"
+                )
+
+    # running -----------------------------------------------------------------------------------
+    def log_for(self, deployment: Deployment) -> DeployLog:
+        return DeployLog(self.state, deployment.id, deployment.site, sinks=self._sinks)
+
+    def run(
+        self,
+        deployment_id: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        progress: Callable[[Counters], None] | None = None,
+        bundle: BinaryIO | None = None,
+    ) -> Deployment:
+        """Run a queued deployment to its end; raises DeploymentFailed (or a subclass).
+
+        Only one runner wins the queued -> running step, so a deployment delivered twice
+        runs once. With `timeout`, the pipeline stops `deadline_margin` before it.
+        """
+        deployment = self.state.get_deployment(deployment_id)
+        if deployment.status not in (Status.QUEUED, Status.TIMED_OUT):
+            return deployment
+        previous = deployment.status
+        deployment.status = Status.RUNNING
+        deployment.started = time.time()
+        deployment.error = ""
+        if not self.state.update_deployment(deployment, expect_status=previous):
+            return self.state.get_deployment(deployment_id)
+        log = self.log_for(deployment)
+        limit = None if timeout is None else max(timeout - deadline_margin(timeout), 0.0)
+        deadline = Deadline.after(limit, cancelled=lambda: self._is_cancelled(deployment_id))
+        builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
+                                  progress=progress)
+        try:
+            log.info("read", "reading the bundle", workers=self.config.workers)
+            if bundle is not None:
+                outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
+                                        deployment.site, deployment.created)
+            else:
+                with self._open_staged(deployment) as staged:
+                    outcome = deploy_bundle(staged, builder, self.config.limits(),
+                                            deployment.id, deployment.site, deployment.created)
+            deployment.commit = deployment.commit or outcome.commit
+            self._apply_counters(deployment, builder.counters)
+            log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
+                     files=deployment.files, bytes_stored=deployment.bytes_stored)
+            self._apply_settings(deployment, outcome.settings, log)
+            return self._complete(deployment, log)
+        except BaseException as exc:
+            self._apply_counters(deployment, builder.counters)
+            self._fail(deployment, exc, log)
+            raise
+        finally:
+            log.flush()
+
+    def run_manifest(self, deployment: Deployment, manifest: Manifest) -> Deployment:
+        """Finish a deployment whose manifest was built elsewhere (a git push, a redeploy)."""
+        log = self.log_for(deployment)
+        try:
+            self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
+                           {"content-type": "application/json"})
+            self.store.flush()
+            return self._complete(deployment, log)
+        except BaseException as exc:
+            self._fail(deployment, exc, log)
+            raise
+        finally:
+            log.flush()
+
+    def _apply_counters(self, deployment: Deployment, counters: Counters) -> None:
+        deployment.files = counters.files
+        deployment.bytes_in = counters.bytes_in
+        deployment.bytes_stored = counters.bytes_stored
+        deployment.blobs_new = counters.blobs_new
+        deployment.blobs_reused = counters.blobs_reused
+        deployment.progress = counters.describe()
+
+    def _apply_settings(self, deployment: Deployment, settings: object, log: DeployLog) -> None:
+        """pushsite.toml may name the production branch and claim domains."""
+        if settings is None:
+            return
+        site = self.state.get_site(deployment.site)
+        branch = getattr(settings, "production_branch", None)
+        if branch and branch != site.production_branch:
+            site.production_branch = names.check_branch_name(branch)
+            self.state.put_site(site)
+            log.info("settings", f"production branch is now {branch!r} (pushsite.toml)")
+        for host in getattr(settings, "domains", ()):
+            self.state.claim_domain(host, site.name)
+
+    def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
+        deployment.status = Status.READY
+        deployment.finished = time.time()
+        self.state.update_deployment(deployment)
+        self._discard_staged(deployment)
+        moved = self.activate(deployment, log)
+        if moved:
+            deployment.status = Status.LIVE
+            self.state.update_deployment(deployment)
+        log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
+                 f"{deployment.files} files, {deployment.blobs_new} new blobs, "
+                 f"{deployment.blobs_reused} reused", seconds=deployment.seconds)
+        return deployment
+
+    def _fail(self, deployment: Deployment, exc: BaseException, log: DeployLog) -> None:
+        if isinstance(exc, DeploymentTimedOut):
+            status = Status.TIMED_OUT
+        elif isinstance(exc, DeploymentCancelled):
+            status = Status.CANCELLED
+        else:
+            status = Status.FAILED
+        message = str(exc) if isinstance(exc, PushsiteError) else f"internal error: {exc!r}"
+        deployment.status = status
+        deployment.error = message
+        deployment.finished = time.time()
+        self.state.update_deployment(deployment)
+        log.error("failed" if status == Status.FAILED else str(status), message)
+        if status == Status.FAILED:
+            self._discard_staged(deployment)
+
+    def _discard_staged(self, deployment: Deployment) -> None:
+        if deployment.bundle_key:
+            (self.config.staging / deployment.bundle_key).unlink(missing_ok=True)
+
+    def _is_cancelled(self, deployment_id: str) -> bool:
+        return self.state.get_deployment(deployment_id).status == Status.CANCELLED
+
+    # aliases -----------------------------------------------------------------------------------
+    def activate(self, deployment: Deployment, log: DeployLog | None = None) -> bool:
+        """Move the branch's aliases to a ready deployment; a newer acceptance always wins."""
+        site = self.state.get_site(deployment.site)
+        targets = [branch_alias(deployment.branch)]
+        if deployment.branch == site.production_branch:
+            targets.insert(0, PRODUCTION)
+        moved_any = False
+        for alias in targets:
+            before = self.state.get_alias(site.name, alias)
+            if self.state.move_alias(site.name, alias, deployment.id, deployment.id):
+                moved_any = True
+                if log:
+                    log.info("activate", f"{alias} now serves {deployment.id}")
+                if before and before.deployment_id != deployment.id:
+                    self._refresh_status(before.deployment_id)
+            elif log:
+                log.warning("activate", f"{alias} was not moved: a newer deployment holds it")
+        return moved_any
+
+    def rollback(self, site_name: str, deployment_id: str | None = None) -> Deployment:
+        """Point production at an earlier ready deployment: an alias move, no copying."""
+        site = self.site(site_name)
+        current = self.state.get_alias(site.name, PRODUCTION)
+        if deployment_id is None:
+            target = self._previous_production(site, current.deployment_id if current else None)
+        else:
+            target = self.state.get_deployment(deployment_id)
+            if target.site != site.name:
+                raise DeploymentNotFound(
+                    f"deployment {deployment_id} belongs to site {target.site!r}, "
+                    f"not {site.name!r}")
+        if not target.status.servable:
+            raise ConfigError(f"deployment {target.id} is {target.status}, not ready: only a "
+                              "ready deployment can go live")
+        if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
+            raise AliasConflict(f"production of {site.name} moved while rolling back; retry")
+        self._mark_live(target)
+        if current and current.deployment_id != target.id:
+            self._refresh_status(current.deployment_id)
+        log = self.log_for(target)
+        log.info("activate", f"rolled back: production now serves {target.id}")
+        log.flush()
+        return self.state.get_deployment(target.id)
+
+    def _previous_production(self, site: Site, current: str | None) -> Deployment:
+        for candidate in self.state.list_deployments(site.name, branch=site.production_branch,
+                                                     limit=500):
+            if candidate.id != current and candidate.status.servable and (
+                current is None or candidate.id < current
+            ):
+                return candidate
+        raise NotFound(f"site {site.name} has no earlier ready deployment to roll back to")
+
+    def _mark_live(self, deployment: Deployment) -> None:
+        if deployment.status != Status.LIVE:
+            deployment.status = Status.LIVE
+            self.state.update_deployment(deployment)
+
+    def _refresh_status(self, deployment_id: str) -> None:
+        """A deployment no alias points at any more is ready, not live."""
+        try:
+            old = self.state.get_deployment(deployment_id)
+        except DeploymentNotFound:
+            return
+        pointed = any(a.deployment_id == deployment_id for a in self.state.list_aliases(old.site))
+        if old.status == Status.LIVE and not pointed:
+            old.status = Status.READY
+            self.state.update_deployment(old)
+
+    def delete_branch(self, site_name: str, branch: str) -> None:
+        """A deleted branch loses its preview (production is never removed this way)."""
+        alias = self.state.get_alias(site_name, branch_alias(branch))
+        self.state.delete_alias(site_name, branch_alias(branch))
+        if alias:
+            self._refresh_status(alias.deployment_id)
+
+    def cancel(self, deployment_id: str) -> Deployment:
+        deployment = self.state.get_deployment(deployment_id)
+        for status in (Status.QUEUED, Status.RUNNING):
+            deployment.status = Status.CANCELLED
+            deployment.error = "cancelled"
+            deployment.finished = time.time()
+            if self.state.update_deployment(deployment, expect_status=status):
+                if status == Status.QUEUED:
+                    self._discard_staged(deployment)
+                log = self.log_for(deployment)
+                log.info("cancelled", f"cancelled while {status}")
+                log.flush()
+                return deployment
+        current = self.state.get_deployment(deployment_id)
+        raise ConfigError(f"deployment {deployment_id} is {current.status}; only a queued or "
+                          "running deployment can be cancelled")
+
+    # the queue ----------------------------------------------------------------------------------
+    def process(self, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Handle one queue message: run its deployment unless a newer one superseded it."""
+        deployment_id = item.body.get("deployment")
+        if not deployment_id:
+            return
+        try:
+            deployment = self.state.get_deployment(deployment_id)
+        except DeploymentNotFound:
+            return
+        if deployment.status != Status.QUEUED:
+            return
+        newer = [d for d in self.state.list_deployments(deployment.site, branch=deployment.branch,
+                                                        status=Status.QUEUED, limit=5)
+                 if d.id > deployment.id]
+        if newer:
+            deployment.status = Status.CANCELLED
+            deployment.error = f"superseded by {newer[0].id}, a newer push to {deployment.branch}"
+            deployment.finished = time.time()
+            if self.state.update_deployment(deployment, expect_status=Status.QUEUED):
+                self._discard_staged(deployment)
+                log = self.log_for(deployment)
+                log.info("skipped", deployment.error)
+                log.flush()
+            return
+        try:
+            self.run(deployment_id, timeout=timeout)
+        except PushsiteError:
+            pass  # recorded on the deployment and in its log
+
+    def recover(self) -> list[str]:
+        """After a restart: deployments left running were interrupted; queue them again."""
+        requeued = []
+        for deployment in self.state.list_deployments(status=Status.RUNNING, limit=1000):
+            if not (self.config.staging / deployment.bundle_key).exists():
+                deployment.status = Status.FAILED
+                deployment.error = "interrupted by a restart, and its bundle is gone"
+                deployment.finished = time.time()
+                self.state.update_deployment(deployment, expect_status=Status.RUNNING)
+                continue
+            deployment.status = Status.QUEUED
+            if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+                log = self.log_for(deployment)
+                log.warning("accept", "interrupted by a restart; queued again (stored blobs "
+                            "are reused)")
+                log.flush()
+                self.queue.send({"deployment": deployment.id})
+                requeued.append(deployment.id)
+        return requeued
+
+    # housekeeping -------------------------------------------------------------------------------
+    def manifest(self, deployment_id: str) -> Manifest:
+        try:
+            return Manifest.from_bytes(self.store.get(manifest_key(deployment_id)))
+        except NotFound:
+            raise DeploymentNotFound(
+                f"deployment {deployment_id} has no manifest (it never became ready)"
+            ) from None
+
+    def prune(self, site_name: str, keep: int) -> dict[str, int]:
+        """Delete old deployments' manifests and every blob no kept deployment references."""
+        if keep < 1:
+            raise ConfigError(f"--keep must be at least 1, got {keep}")
+        site = self.site(site_name)
+        every = self.state.list_deployments(limit=100_000)
+        if any(d.status in (Status.RUNNING, Status.QUEUED) for d in every):
+            raise ConfigError("a deployment is queued or running; prune when it has finished")
+        pointed = {a.deployment_id for s in self.state.list_sites()
+                   for a in self.state.list_aliases(s.name)}
+        ours = [d for d in every if d.site == site.name and d.status.servable]
+        kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
+        dropped = [d for d in ours if d.id not in kept_ids]
+        for deployment in dropped:
+            self.store.delete([manifest_key(deployment.id)])
+            deployment.status = Status.CANCELLED if False else deployment.status
+        live_keys: set[str] = set()
+        for d in every:
+            if d.status.servable and d.id not in {x.id for x in dropped}:
+                try:
+                    manifest = self.manifest(d.id)
+                except DeploymentNotFound:
+                    continue
+                for entry in manifest.files.values():
+                    live_keys.add(blob_key(entry.hash))
+                    live_keys.update(blob_key(entry.hash, enc) for enc in entry.encodings)
+        doomed = [k for k in self.store.keys("blobs/") if k not in live_keys]
+        self.store.delete(doomed)
+        for deployment in dropped:
+            deployment.status = Status.CANCELLED
+            deployment.error = deployment.error or "pruned"
+            self.state.update_deployment(deployment)
+        return {"deployments": len(dropped), "blobs": len(doomed)}
+
+    def verify(self) -> list[str]:
+        """Every ready manifest's blobs exist and hash right; returns the problems found."""
+        problems: list[str] = []
+        for d in self.state.list_deployments(limit=100_000):
+            if not d.status.servable:
+                continue
+            try:
+                manifest = self.manifest(d.id)
+            except DeploymentNotFound as exc:
+                problems.append(str(exc))
+                continue
+            checked: set[str] = set()
+            for path, entry in manifest.files.items():
+                if entry.hash in checked:
+                    continue
+                checked.add(entry.hash)
+                try:
+                    data = self.store.get(blob_key(entry.hash))
+                except NotFound:
+                    problems.append(f"{d.site} {d.id}: {path}: blob {entry.hash} is missing")
+                    continue
+                if hashlib.sha256(data).hexdigest() != entry.hash or len(data) != entry.size:
+                    problems.append(f"{d.site} {d.id}: {path}: blob {entry.hash} is corrupt")
+                for enc in entry.encodings:
+                    if not self.store.has([blob_key(entry.hash, enc)]):
+                        problems.append(f"{d.site} {d.id}: {path}: {enc} variant is missing")
+        return problems
+
+    # tokens -------------------------------------------------------------------------------------
+    def create_token(self, name: str, site: str | None = None,
+                     scopes: list[str] | None = None) -> str:
+        """A new deploy token; only its hash is stored, the secret is returned once."""
+        if site is not None:
+            names.check_site_name(site)
+        secret = "psk_" + secrets.token_urlsafe(24)
+        token = Token(ids.new_id(), name, hash_token(secret), site, scopes or ["deploy"])
+        self.state.put_token(token)
+        return secret
+
+    def check_token(self, secret: str, site: str | None = None,
+                    scope: str = "deploy") -> Token:
+        from pushsite.errors import Forbidden, NotAuthorized
+
+        token = self.state.find_token(hash_token(secret)) if secret else None
+        if token is None:
+            raise NotAuthorized("a valid deploy token is required (create one with "
+                                "`pushsite tokens create`)")
+        if site is not None and not token.covers(site):
+            raise Forbidden(f"this token does not cover site {site!r}")
+        if scope not in token.scopes and "admin" not in token.scopes:
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+        return token
+
+    def staging_path(self, key: str) -> Path:
+        return self.config.staging / key
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,326 @@
+"""The embedded state store: one SQLite file in WAL mode, logs searchable with FTS5.
+
+One connection guarded by a lock is enough here: every statement is short, and the deployer
+batches its writes (log lines, status changes) so that a 40,000-file deploy makes a few dozen
+transactions, not thousands.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pushsite.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DeploymentNotFound,
+    DomainConflict,
+    SiteNotFound,
+)
+from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY, production_branch TEXT NOT NULL, created REAL NOT NULL,
+    webhook_secret TEXT NOT NULL DEFAULT '', settings TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS domains (host TEXT PRIMARY KEY, site TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, branch TEXT NOT NULL, status TEXT NOT NULL,
+    "commit" TEXT NOT NULL, message TEXT NOT NULL, source TEXT NOT NULL,
+    bundle_key TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
+    files INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
+    blobs_new INTEGER NOT NULL, blobs_reused INTEGER NOT NULL, error TEXT NOT NULL,
+    progress TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, id);
+CREATE TABLE IF NOT EXISTS aliases (
+    site TEXT NOT NULL, name TEXT NOT NULL, deployment_id TEXT NOT NULL,
+    moved_by TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (site, name));
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY, deployment_id TEXT NOT NULL, site TEXT NOT NULL,
+    seq INTEGER NOT NULL, time REAL NOT NULL, level TEXT NOT NULL, stage TEXT NOT NULL,
+    message TEXT NOT NULL, fields TEXT NOT NULL, UNIQUE (deployment_id, seq));
+CREATE VIRTUAL TABLE IF NOT EXISTS logs_fts USING fts5(
+    message, stage, content='logs', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS logs_ai AFTER INSERT ON logs BEGIN
+    INSERT INTO logs_fts(rowid, message, stage) VALUES (new.id, new.message, new.stage);
+END;
+CREATE TRIGGER IF NOT EXISTS logs_ad AFTER DELETE ON logs BEGIN
+    INSERT INTO logs_fts(logs_fts, rowid, message, stage)
+    VALUES ('delete', old.id, old.message, old.stage);
+END;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, site TEXT,
+    scopes TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, time REAL NOT NULL);
+"""
+
+_DEPLOYMENT_COLUMNS = [f.name for f in fields(Deployment)]
+_QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
+
+
+class SqliteState:
+    """A StateStore in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendUnavailable(f"cannot open the state database {path}: {exc}") from exc
+        self.path = path
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteState:
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or not parts.path:
+            raise ConfigError(f"invalid state URL {url!r}: expected sqlite:///absolute/path.db")
+        return cls(Path(unquote(parts.path)))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise BackendUnavailable(f"state database error: {exc}") from exc
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"state database error: {exc}") from exc
+
+    # sites ---------------------------------------------------------------------------------
+    def put_site(self, site: Site) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
+                (site.name, site.production_branch, site.created, site.webhook_secret,
+                 json.dumps(site.settings)),
+            )
+
+    def get_site(self, name: str) -> Site:
+        rows = self._query("SELECT * FROM sites WHERE name = ?", (name,))
+        if not rows:
+            raise SiteNotFound(f"no site named {name!r}; `pushsite sites` lists them")
+        return self._site(rows[0])
+
+    def list_sites(self) -> list[Site]:
+        return [self._site(row) for row in self._query("SELECT * FROM sites ORDER BY name")]
+
+    def _site(self, row: tuple[Any, ...]) -> Site:
+        domains = [r[0] for r in self._query(
+            "SELECT host FROM domains WHERE site = ? ORDER BY host", (row[0],))]
+        return Site(row[0], row[1], row[2], domains, row[3], json.loads(row[4]))
+
+    def delete_site(self, name: str) -> None:
+        with self._tx() as db:
+            for table, column in (("sites", "name"), ("domains", "site"), ("aliases", "site"),
+                                  ("deployments", "site"), ("logs", "site")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
+
+    # domains -------------------------------------------------------------------------------
+    def claim_domain(self, host: str, site: str) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT site FROM domains WHERE host = ?", (host,)).fetchone()
+            if row is not None and row[0] != site:
+                raise DomainConflict(
+                    f"the domain {host} is already claimed by site {row[0]!r}; "
+                    f"remove it there first with `pushsite domains remove {row[0]} {host}`"
+                )
+            db.execute("INSERT OR IGNORE INTO domains VALUES (?, ?)", (host, site))
+
+    def release_domain(self, host: str, site: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM domains WHERE host = ? AND site = ?", (host, site))
+
+    def domain_site(self, host: str) -> str | None:
+        rows = self._query("SELECT site FROM domains WHERE host = ?", (host,))
+        return rows[0][0] if rows else None
+
+    # deployments ---------------------------------------------------------------------------
+    def create_deployment(self, deployment: Deployment) -> None:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO deployments ({_QUOTED_COLUMNS}) VALUES "
+                f"({','.join('?' * len(_DEPLOYMENT_COLUMNS))})",
+                self._deployment_row(deployment),
+            )
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        rows = self._query(
+            f"SELECT {_QUOTED_COLUMNS} FROM deployments WHERE id = ?", (deployment_id,))
+        if not rows:
+            raise DeploymentNotFound(f"no deployment with id {deployment_id!r}")
+        return self._deployment(rows[0])
+
+    def update_deployment(
+        self, deployment: Deployment, expect_status: Status | None = None
+    ) -> bool:
+        assignments = ", ".join(f'"{c}" = ?' for c in _DEPLOYMENT_COLUMNS[1:])
+        sql = f"UPDATE deployments SET {assignments} WHERE id = ?"
+        args = [*self._deployment_row(deployment)[1:], deployment.id]
+        if expect_status is not None:
+            sql += " AND status = ?"
+            args.append(str(expect_status))
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def list_deployments(
+        self,
+        site: str | None = None,
+        *,
+        branch: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Deployment]:
+        where, args = [], []
+        for column, value in (("site", site), ("branch", branch), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(str(value))
+        if before:
+            where.append("id < ?")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT {_QUOTED_COLUMNS} FROM deployments {clause} ORDER BY id DESC LIMIT ?",
+            [*args, limit],
+        )
+        return [self._deployment(row) for row in rows]
+
+    @staticmethod
+    def _deployment_row(deployment: Deployment) -> list[Any]:
+        row = [getattr(deployment, c) for c in _DEPLOYMENT_COLUMNS]
+        row[_DEPLOYMENT_COLUMNS.index("status")] = str(deployment.status)
+        return row
+
+    @staticmethod
+    def _deployment(row: tuple[Any, ...]) -> Deployment:
+        return Deployment.from_dict(dict(zip(_DEPLOYMENT_COLUMNS, row, strict=True)))
+
+    # aliases -------------------------------------------------------------------------------
+    def get_alias(self, site: str, name: str) -> Alias | None:
+        rows = self._query("SELECT * FROM aliases WHERE site = ? AND name = ?", (site, name))
+        return Alias(*rows[0]) if rows else None
+
+    def list_aliases(self, site: str) -> list[Alias]:
+        return [Alias(*row) for row in self._query(
+            "SELECT * FROM aliases WHERE site = ? ORDER BY name", (site,))]
+
+    def move_alias(self, site: str, name: str, deployment_id: str, moved_by: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO aliases VALUES (?, ?, ?, ?, ?) ON CONFLICT (site, name) DO UPDATE "
+                "SET deployment_id = excluded.deployment_id, moved_by = excluded.moved_by, "
+                "updated = excluded.updated WHERE aliases.moved_by < excluded.moved_by",
+                (site, name, deployment_id, moved_by, time.time()),
+            )
+            return cursor.rowcount == 1
+
+    def delete_alias(self, site: str, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM aliases WHERE site = ? AND name = ?", (site, name))
+
+    # logs ----------------------------------------------------------------------------------
+    def append_logs(self, lines: list[LogLine]) -> None:
+        if not lines:
+            return
+        with self._tx() as db:
+            next_seq: dict[str, int] = {}
+            for line in lines:
+                if line.deployment_id not in next_seq:
+                    row = db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE deployment_id = ?",
+                        (line.deployment_id,),
+                    ).fetchone()
+                    next_seq[line.deployment_id] = row[0]
+                next_seq[line.deployment_id] += 1
+                line.seq = next_seq[line.deployment_id]
+            db.executemany(
+                "INSERT INTO logs (deployment_id, site, seq, time, level, stage, message, fields)"
+                " SELECT ?, COALESCE((SELECT site FROM deployments WHERE id = ?), ''),"
+                " ?, ?, ?, ?, ?, ?",
+                [(ln.deployment_id, ln.deployment_id, ln.seq, ln.time, ln.level, ln.stage,
+                  ln.message, json.dumps(ln.fields, default=str)) for ln in lines],
+            )
+
+    def get_logs(self, deployment_id: str, after: int = 0, limit: int = 10_000) -> list[LogLine]:
+        rows = self._query(
+            "SELECT deployment_id, time, level, stage, message, fields, seq FROM logs "
+            "WHERE deployment_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (deployment_id, after, limit),
+        )
+        return [self._line(row) for row in rows]
+
+    def search_logs(self, site: str, query: str, limit: int = 100) -> list[LogLine]:
+        terms = " ".join('"' + word.replace('"', '""') + '"' for word in query.split())
+        if not terms:
+            return []
+        rows = self._query(
+            "SELECT l.deployment_id, l.time, l.level, l.stage, l.message, l.fields, l.seq "
+            "FROM logs_fts JOIN logs l ON l.id = logs_fts.rowid "
+            "WHERE logs_fts MATCH ? AND l.site = ? ORDER BY l.id DESC LIMIT ?",
+            (terms, site, limit),
+        )
+        return [self._line(row) for row in rows]
+
+    @staticmethod
+    def _line(row: tuple[Any, ...]) -> LogLine:
+        return LogLine(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
+
+    # tokens --------------------------------------------------------------------------------
+    def put_token(self, token: Token) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
+                (token.id, token.name, token.hash, token.site, json.dumps(token.scopes),
+                 token.created),
+            )
+
+    def find_token(self, token_hash: str) -> Token | None:
+        rows = self._query("SELECT * FROM tokens WHERE hash = ?", (token_hash,))
+        return self._token(rows[0]) if rows else None
+
+    def list_tokens(self) -> list[Token]:
+        return [self._token(r) for r in self._query("SELECT * FROM tokens ORDER BY created")]
+
+    @staticmethod
+    def _token(row: tuple[Any, ...]) -> Token:
+        return Token(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+
+    def delete_token(self, token_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+
+    # dedup ---------------------------------------------------------------------------------
+    def remember(self, key: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, time.time()))
+            return cursor.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

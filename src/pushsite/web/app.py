@@ -1,0 +1,66 @@
+"""The one ASGI app `pushsite serve` runs: site hosts go to the edge, others to the control
+plane; a background worker thread runs queued deployments."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pushsite.config import Config
+from pushsite.edge import Edge, make_edge_or_control_app
+from pushsite.service import Service
+from pushsite.worker import run_worker
+
+
+def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
+    service = Service(config)
+    edge = Edge(service.state, service.store, base_domain=config.base_domain)
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        thread = None
+        if worker:
+            service.recover()
+            thread = threading.Thread(target=run_worker, args=(service,),
+                                      kwargs={"stop": stop, "wait": 0.5}, daemon=True,
+                                      name="pushsite-worker")
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=5)
+
+    routes = control_routes(service)
+    control = Starlette(debug=debug, routes=routes, lifespan=lifespan)
+    control.state.service = service
+    app = make_edge_or_control_app(edge, control)
+    app.service = service  # type: ignore[attr-defined]
+    return app
+
+
+def control_routes(service: Service) -> list[Any]:
+    routes: list[Any] = [Route("/api/health", health)]
+    for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitroutes",
+                        "pushsite.web.hooks"):
+        try:
+            module = __import__(module_name, fromlist=["routes"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        routes.extend(module.routes(service))
+    return routes
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"ok": True})

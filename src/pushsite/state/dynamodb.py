@@ -1,0 +1,600 @@
+"""The state store on DynamoDB: one table, string keys `pk` and `sk`.
+
+    dynamodb://table?endpoint=http://127.0.0.1:5000&create=1
+
+Items (records are JSON in `data`; a few fields are copied out for conditions and indexes):
+
+    pk                      sk                      what
+    sites                   <site>                  Site
+    site#<site>             alias#<name>            Alias (deployment_id, moved_by, updated)
+    site#<site>             domain#<host>           the site's half of a domain claim
+    domain#<host>           #                       the claim itself (site)
+    dep#<id>                #                       Deployment (+ status, gpk/gsk, apk)
+    dep#<id>                logseq                  the log's atomic counter (n)
+    logs#<site>             <id>#<seq:010d>         LogLine (+ text: lowercase, for search)
+    tokens                  <token id>              Token
+    tokenhash#<hash>        #                       Token again, for lookup by hash
+    seen#<key>              #                       remember()
+
+Indexes: `by_site` (gpk = "site#<site>", gsk = id) lists a site's deployments newest first;
+`by_time` (apk = "dep", gsk = id) lists all of them. Index reads are eventually consistent,
+so a deployment can take a moment to show in a list; get_deployment reads the item itself.
+
+`search_logs` is a filtered Query over the site's log partition, newest first: it reads every
+line until `limit` match (each word must appear, case-insensitive), not an indexed full-text
+search. `move_alias`, `claim_domain`, `remember` and `update_deployment(expect_status=...)` are
+single conditional writes, so they hold however many deployers run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from pushsite.awsclient import BackendUrl, aws_errors, error_code, make_client
+from pushsite.errors import (
+    ConfigError,
+    DeploymentNotFound,
+    DomainConflict,
+    SiteNotFound,
+)
+from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+
+Item = dict[str, dict[str, Any]]
+_SEQ_WIDTH = 10
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: float | int) -> dict[str, str]:
+    return {"N": repr(value) if isinstance(value, float) else str(value)}
+
+
+def _json(value: Any) -> dict[str, str]:
+    return {"S": json.dumps(value, separators=(",", ":"))}
+
+
+def _load(item: Item) -> Any:
+    return json.loads(item["data"]["S"])
+
+
+def _conditional_failure(exc: ClientError) -> bool:
+    return error_code(exc) in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+class DynamoState:
+    """Sites, deployments, aliases, logs and tokens in one DynamoDB table."""
+
+    def __init__(self, table: str, *, target: BackendUrl) -> None:
+        self.table = table
+        self._what = f"DynamoDB table {table!r}"
+        self._client = make_client("dynamodb", target)
+        self._site_of: dict[str, str] = {}  # deployment id -> site; both never change
+        if target.create:
+            self._ensure_table()
+
+    @classmethod
+    def from_url(cls, url: str) -> DynamoState:
+        target = BackendUrl.parse(url, "dynamodb")
+        return cls(target.name, target=target)
+
+    def _ensure_table(self) -> None:
+        string = "S"
+        with aws_errors(self._what):
+            try:
+                self._client.describe_table(TableName=self.table)
+                return
+            except ClientError as exc:
+                if error_code(exc) != "ResourceNotFoundException":
+                    raise
+            try:
+                self._client.create_table(
+                    TableName=self.table,
+                    BillingMode="PAY_PER_REQUEST",
+                    AttributeDefinitions=[
+                        {"AttributeName": name, "AttributeType": string}
+                        for name in ("pk", "sk", "gpk", "gsk", "apk")
+                    ],
+                    KeySchema=[
+                        {"AttributeName": "pk", "KeyType": "HASH"},
+                        {"AttributeName": "sk", "KeyType": "RANGE"},
+                    ],
+                    GlobalSecondaryIndexes=[
+                        _index("by_site", "gpk", "gsk"),
+                        _index("by_time", "apk", "gsk"),
+                    ],
+                )
+            except ClientError as exc:
+                if error_code(exc) != "ResourceInUseException":  # created by a racing process
+                    raise
+            self._client.get_waiter("table_exists").wait(
+                TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+            )
+
+    # low-level helpers ---------------------------------------------------------------------
+    def _get(self, pk: str, sk: str) -> Item | None:
+        with aws_errors(self._what):
+            response = self._client.get_item(
+                TableName=self.table, Key={"pk": _s(pk), "sk": _s(sk)}, ConsistentRead=True
+            )
+        item: Item | None = response.get("Item")
+        return item
+
+    def _put(self, item: Item, condition: str | None = None, **extra: Any) -> bool:
+        """Put an item; False when the condition did not hold."""
+        args: dict[str, Any] = {"TableName": self.table, "Item": item}
+        if condition:
+            args["ConditionExpression"] = condition
+        args.update(extra)
+        with aws_errors(self._what):
+            try:
+                self._client.put_item(**args)
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        return True
+
+    def _delete(self, pk: str, sk: str) -> None:
+        with aws_errors(self._what):
+            self._client.delete_item(TableName=self.table, Key={"pk": _s(pk), "sk": _s(sk)})
+
+    def _query(self, **args: Any) -> Iterator[Item]:
+        """Every item a Query returns, page after page."""
+        paginator = self._client.get_paginator("query")
+        with aws_errors(self._what):
+            for page in paginator.paginate(TableName=self.table, **args):
+                yield from page.get("Items", [])
+
+    def _partition(self, pk: str, **args: Any) -> Iterator[Item]:
+        return self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": _s(pk)},
+            ConsistentRead=True,
+            **args,
+        )
+
+    def _delete_keys(self, keys: list[tuple[str, str]]) -> None:
+        for start in range(0, len(keys), 25):
+            requests = [
+                {"DeleteRequest": {"Key": {"pk": _s(pk), "sk": _s(sk)}}}
+                for pk, sk in keys[start : start + 25]
+            ]
+            with aws_errors(self._what):
+                pending: dict[str, Any] = {self.table: requests}
+                for attempt in range(8):
+                    response = self._client.batch_write_item(RequestItems=pending)
+                    pending = response.get("UnprocessedItems") or {}
+                    if not pending:
+                        break
+                    time.sleep(0.05 * 2**attempt)
+
+    # sites ---------------------------------------------------------------------------------
+    def put_site(self, site: Site) -> None:
+        data = {
+            "name": site.name,
+            "production_branch": site.production_branch,
+            "created": site.created,
+            "webhook_secret": site.webhook_secret,
+            "settings": site.settings,
+        }
+        self._put({"pk": _s("sites"), "sk": _s(site.name), "data": _json(data)})
+
+    def get_site(self, name: str) -> Site:
+        """The site record; `domains` are the hosts it has claimed (claim_domain)."""
+        item = self._get("sites", name)
+        if item is None:
+            raise SiteNotFound(f"no site named {name!r}: create it first or check the name")
+        return self._site(item)
+
+    def list_sites(self) -> list[Site]:
+        return [self._site(item) for item in self._partition("sites")]
+
+    def _site(self, item: Item) -> Site:
+        site = Site(**_load(item))
+        site.domains = self._claimed(site.name)
+        return site
+
+    def _claimed(self, site: str) -> list[str]:
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :domain)",
+            ExpressionAttributeValues={":pk": _s(f"site#{site}"), ":domain": _s("domain#")},
+            ConsistentRead=True,
+            ProjectionExpression="sk",
+        )
+        return [item["sk"]["S"].removeprefix("domain#") for item in items]
+
+    def delete_site(self, name: str) -> None:
+        keys: list[tuple[str, str]] = [("sites", name)]
+        for item in self._partition(f"site#{name}", ProjectionExpression="pk, sk"):
+            sk = item["sk"]["S"]
+            keys.append((f"site#{name}", sk))
+            if sk.startswith("domain#"):
+                host = sk.removeprefix("domain#")
+                if self.domain_site(host) == name:
+                    keys.append((f"domain#{host}", "#"))
+        for item in self._query(
+            IndexName="by_site",
+            KeyConditionExpression="gpk = :g",
+            ExpressionAttributeValues={":g": _s(f"site#{name}")},
+            ProjectionExpression="pk",
+        ):
+            keys += [(item["pk"]["S"], "#"), (item["pk"]["S"], "logseq")]
+        for item in self._partition(f"logs#{name}", ProjectionExpression="pk, sk"):
+            keys.append((f"logs#{name}", item["sk"]["S"]))
+        self._delete_keys(keys)
+
+    # domains -------------------------------------------------------------------------------
+    def claim_domain(self, host: str, site: str) -> None:
+        host = host.lower().rstrip(".")
+        request = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": {"pk": _s(f"domain#{host}"), "sk": _s("#"), "site": _s(site)},
+                    "ConditionExpression": "attribute_not_exists(pk) OR #site = :site",
+                    "ExpressionAttributeNames": {"#site": "site"},
+                    "ExpressionAttributeValues": {":site": _s(site)},
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": {"pk": _s(f"site#{site}"), "sk": _s(f"domain#{host}")},
+                }
+            },
+        ]
+        with aws_errors(self._what):
+            try:
+                self._client.transact_write_items(TransactItems=request)
+                return
+            except ClientError as exc:
+                if not _conditional_failure(exc):
+                    raise
+        holder = self.domain_site(host)
+        raise DomainConflict(
+            f"the domain {host!r} already belongs to site {holder!r}: release it there first"
+        )
+
+    def release_domain(self, host: str, site: str) -> None:
+        host = host.lower().rstrip(".")
+        request = [
+            {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": {"pk": _s(f"domain#{host}"), "sk": _s("#")},
+                    "ConditionExpression": "attribute_not_exists(pk) OR #site = :site",
+                    "ExpressionAttributeNames": {"#site": "site"},
+                    "ExpressionAttributeValues": {":site": _s(site)},
+                }
+            },
+            {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": {"pk": _s(f"site#{site}"), "sk": _s(f"domain#{host}")},
+                }
+            },
+        ]
+        with aws_errors(self._what):
+            try:
+                self._client.transact_write_items(TransactItems=request)
+            except ClientError as exc:
+                if not _conditional_failure(exc):
+                    raise
+                # another site holds it: leave their claim alone, drop only our mirror
+                self._delete(f"site#{site}", f"domain#{host}")
+
+    def domain_site(self, host: str) -> str | None:
+        item = self._get(f"domain#{host.lower().rstrip('.')}", "#")
+        return None if item is None else str(item["site"]["S"])
+
+    # deployments ---------------------------------------------------------------------------
+    def _deployment_item(self, deployment: Deployment) -> Item:
+        return {
+            "pk": _s(f"dep#{deployment.id}"),
+            "sk": _s("#"),
+            "gpk": _s(f"site#{deployment.site}"),
+            "gsk": _s(deployment.id),
+            "apk": _s("dep"),
+            "status": _s(str(deployment.status)),
+            "branch": _s(deployment.branch),
+            "data": _json(deployment.to_dict()),
+        }
+
+    def create_deployment(self, deployment: Deployment) -> None:
+        if not self._put(self._deployment_item(deployment), "attribute_not_exists(pk)"):
+            raise ConfigError(
+                f"deployment id {deployment.id!r} already exists: make a new id for each one"
+            )
+        self._site_of[deployment.id] = deployment.site
+
+    def get_deployment(self, deployment_id: str) -> Deployment:
+        item = self._get(f"dep#{deployment_id}", "#")
+        if item is None:
+            raise DeploymentNotFound(
+                f"no deployment with id {deployment_id!r}: check the id in the deployment list"
+            )
+        return Deployment.from_dict(_load(item))
+
+    def update_deployment(
+        self, deployment: Deployment, expect_status: Status | None = None
+    ) -> bool:
+        """Write every field if the deployment exists (and, with expect_status, has that
+        status); False otherwise, so a stale writer never resurrects or overwrites one."""
+        condition = "attribute_exists(pk)"
+        extra: dict[str, Any] = {}
+        if expect_status is not None:
+            condition += " AND #status = :expected"
+            extra = {
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {":expected": _s(str(expect_status))},
+            }
+        return self._put(self._deployment_item(deployment), condition, **extra)
+
+    def list_deployments(
+        self,
+        site: str | None = None,
+        *,
+        branch: str | None = None,
+        status: Status | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Deployment]:
+        names: dict[str, str] = {}
+        values: dict[str, dict[str, str]] = {}
+        if site is None:
+            index, key_condition = "by_time", "apk = :p"
+            values[":p"] = _s("dep")
+        else:
+            index, key_condition = "by_site", "gpk = :p"
+            values[":p"] = _s(f"site#{site}")
+        if before is not None:
+            key_condition += " AND gsk < :before"
+            values[":before"] = _s(before)
+        filters = []
+        if branch is not None:
+            filters.append("#branch = :branch")
+            names["#branch"] = "branch"
+            values[":branch"] = _s(branch)
+        if status is not None:
+            filters.append("#status = :status")
+            names["#status"] = "status"
+            values[":status"] = _s(str(status))
+        args: dict[str, Any] = {
+            "IndexName": index,
+            "KeyConditionExpression": key_condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        if filters:
+            args["FilterExpression"] = " AND ".join(filters)
+            args["ExpressionAttributeNames"] = names
+        found: list[Deployment] = []
+        if limit <= 0:
+            return found
+        for item in self._query(**args):
+            found.append(Deployment.from_dict(_load(item)))
+            if len(found) >= limit:
+                break
+        return found
+
+    # aliases -------------------------------------------------------------------------------
+    @staticmethod
+    def _alias(site: str, item: Item) -> Alias:
+        return Alias(
+            site=site,
+            name=item["sk"]["S"].removeprefix("alias#"),
+            deployment_id=item["deployment_id"]["S"],
+            moved_by=item["moved_by"]["S"],
+            updated=float(item["updated"]["N"]),
+        )
+
+    def get_alias(self, site: str, name: str) -> Alias | None:
+        item = self._get(f"site#{site}", f"alias#{name}")
+        return None if item is None else self._alias(site, item)
+
+    def list_aliases(self, site: str) -> list[Alias]:
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :alias)",
+            ExpressionAttributeValues={":pk": _s(f"site#{site}"), ":alias": _s("alias#")},
+            ConsistentRead=True,
+        )
+        return [self._alias(site, item) for item in items]
+
+    def move_alias(self, site: str, name: str, deployment_id: str, moved_by: str) -> bool:
+        """Compare-and-set in one conditional put: absent, or last moved by an older id."""
+        item = {
+            "pk": _s(f"site#{site}"),
+            "sk": _s(f"alias#{name}"),
+            "deployment_id": _s(deployment_id),
+            "moved_by": _s(moved_by),
+            "updated": _n(time.time()),
+        }
+        return self._put(
+            item,
+            "attribute_not_exists(pk) OR moved_by < :moved_by",
+            ExpressionAttributeValues={":moved_by": _s(moved_by)},
+        )
+
+    def delete_alias(self, site: str, name: str) -> None:
+        self._delete(f"site#{site}", f"alias#{name}")
+
+    # logs ----------------------------------------------------------------------------------
+    def _site_for(self, deployment_id: str) -> str:
+        if deployment_id not in self._site_of:
+            self._site_of[deployment_id] = self.get_deployment(deployment_id).site
+        return self._site_of[deployment_id]
+
+    def _reserve_seq(self, deployment_id: str, count: int) -> int:
+        """Atomically take `count` numbers from the log's counter; returns the last one."""
+        with aws_errors(self._what):
+            response = self._client.update_item(
+                TableName=self.table,
+                Key={"pk": _s(f"dep#{deployment_id}"), "sk": _s("logseq")},
+                UpdateExpression="ADD n :count",
+                ExpressionAttributeValues={":count": _n(count)},
+                ReturnValues="UPDATED_NEW",
+            )
+        return int(response["Attributes"]["n"]["N"])
+
+    def append_logs(self, lines: list[LogLine]) -> None:
+        by_deployment: dict[str, list[LogLine]] = {}
+        for line in lines:
+            by_deployment.setdefault(line.deployment_id, []).append(line)
+        items: list[Item] = []
+        for deployment_id, group in by_deployment.items():
+            site = self._site_for(deployment_id)
+            last = self._reserve_seq(deployment_id, len(group))
+            for seq, line in enumerate(group, start=last - len(group) + 1):
+                line.seq = seq
+                text = " ".join(
+                    [line.message, line.stage, line.level, json.dumps(line.fields)]
+                ).lower()
+                items.append(
+                    {
+                        "pk": _s(f"logs#{site}"),
+                        "sk": _s(f"{deployment_id}#{seq:0{_SEQ_WIDTH}d}"),
+                        "text": _s(text),
+                        "data": _json(line.to_dict()),
+                    }
+                )
+        for start in range(0, len(items), 25):
+            pending: dict[str, Any] = {
+                self.table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]
+            }
+            with aws_errors(self._what):
+                for attempt in range(8):
+                    response = self._client.batch_write_item(RequestItems=pending)
+                    pending = response.get("UnprocessedItems") or {}
+                    if not pending:
+                        break
+                    time.sleep(0.05 * 2**attempt)
+
+    def get_logs(self, deployment_id: str, after: int = 0, limit: int = 10_000) -> list[LogLine]:
+        try:
+            site = self._site_for(deployment_id)
+        except DeploymentNotFound:
+            return []
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+            ExpressionAttributeValues={
+                ":pk": _s(f"logs#{site}"),
+                ":low": _s(f"{deployment_id}#{after + 1:0{_SEQ_WIDTH}d}"),
+                ":high": _s(f"{deployment_id}#{'9' * _SEQ_WIDTH}"),
+            },
+            ConsistentRead=True,
+        )
+        lines: list[LogLine] = []
+        for item in items:
+            lines.append(LogLine(**_load(item)))
+            if len(lines) >= limit:
+                break
+        return lines
+
+    def search_logs(self, site: str, query: str, limit: int = 100) -> list[LogLine]:
+        """Lines whose text holds every word of the query, newest first (a filtered scan)."""
+        words = query.lower().split()
+        if not words or limit <= 0:
+            return []
+        values = {":pk": _s(f"logs#{site}")}
+        names = {"#text": "text"}
+        clauses = []
+        for index, word in enumerate(words):
+            values[f":w{index}"] = _s(word)
+            clauses.append(f"contains(#text, :w{index})")
+        items = self._query(
+            KeyConditionExpression="pk = :pk",
+            FilterExpression=" AND ".join(clauses),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ScanIndexForward=False,
+        )
+        lines: list[LogLine] = []
+        for item in items:
+            lines.append(LogLine(**_load(item)))
+            if len(lines) >= limit:
+                break
+        return lines
+
+    # tokens --------------------------------------------------------------------------------
+    @staticmethod
+    def _token_data(token: Token) -> dict[str, Any]:
+        return {
+            "id": token.id,
+            "name": token.name,
+            "hash": token.hash,
+            "site": token.site,
+            "scopes": token.scopes,
+            "created": token.created,
+        }
+
+    def put_token(self, token: Token) -> None:
+        data = _json(self._token_data(token))
+        old = self._get("tokens", token.id)
+        request: list[dict[str, Any]] = [
+            {"Put": {"TableName": self.table, "Item": {**_key("tokens", token.id), "data": data}}},
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": {**_key(f"tokenhash#{token.hash}", "#"), "data": data},
+                }
+            },
+        ]
+        if old is not None and _load(old)["hash"] != token.hash:
+            old_key = _key(f"tokenhash#{_load(old)['hash']}", "#")
+            request.append({"Delete": {"TableName": self.table, "Key": old_key}})
+        with aws_errors(self._what):
+            self._client.transact_write_items(TransactItems=request)
+
+    def find_token(self, token_hash: str) -> Token | None:
+        item = self._get(f"tokenhash#{token_hash}", "#")
+        return None if item is None else Token(**_load(item))
+
+    def list_tokens(self) -> list[Token]:
+        return [Token(**_load(item)) for item in self._partition("tokens")]
+
+    def delete_token(self, token_id: str) -> None:
+        item = self._get("tokens", token_id)
+        if item is None:
+            return
+        request = [
+            {"Delete": {"TableName": self.table, "Key": _key("tokens", token_id)}},
+            {
+                "Delete": {
+                    "TableName": self.table,
+                    "Key": _key(f"tokenhash#{_load(item)['hash']}", "#"),
+                }
+            },
+        ]
+        with aws_errors(self._what):
+            self._client.transact_write_items(TransactItems=request)
+
+    # dedup ---------------------------------------------------------------------------------
+    def remember(self, key: str) -> bool:
+        """One conditional put: only the first caller for a key gets True."""
+        item = {"pk": _s(f"seen#{key}"), "sk": _s("#"), "at": _n(time.time())}
+        return self._put(item, "attribute_not_exists(pk)")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _key(pk: str, sk: str) -> Item:
+    return {"pk": _s(pk), "sk": _s(sk)}
+
+
+def _index(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
+    return {
+        "IndexName": name,
+        "KeySchema": [
+            {"AttributeName": hash_key, "KeyType": "HASH"},
+            {"AttributeName": range_key, "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }

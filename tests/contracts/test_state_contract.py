@@ -1,0 +1,257 @@
+"""The StateStore contract, run against every backend: SQLite and DynamoDB (on moto)."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pushsite.errors import DeploymentNotFound, DomainConflict, SiteNotFound
+from pushsite.ids import new_id
+from pushsite.model import PRODUCTION, Deployment, LogLine, Site, Status, Token, branch_alias
+from pushsite.state import StateStore, open_state_store
+
+BACKENDS = ["dynamodb"]
+if importlib.util.find_spec("pushsite.state.sqlite") is not None:
+    BACKENDS.insert(0, "sqlite")
+
+
+@pytest.fixture(params=BACKENDS)
+def state(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StateStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('state')}/state.db"
+    else:
+        url = request.getfixturevalue("dynamodb_url")
+    store = open_state_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _deployment(site: str = "blog", branch: str = "main", **fields: object) -> Deployment:
+    return Deployment(id=new_id(), site=site, branch=branch, **fields)  # type: ignore[arg-type]
+
+
+def _line(deployment_id: str, message: str, stage: str = "read") -> LogLine:
+    return LogLine(deployment_id, 1.0, "info", stage, message, {"n": 1})
+
+
+# sites -------------------------------------------------------------------------------------
+def test_site_round_trip_and_listing(state: StateStore) -> None:
+    state.put_site(Site("blog", production_branch="trunk", settings={"publish": "dist"}))
+    state.put_site(Site("docs"))
+    blog = state.get_site("blog")
+    assert (blog.production_branch, blog.settings) == ("trunk", {"publish": "dist"})
+    assert sorted(s.name for s in state.list_sites()) == ["blog", "docs"]
+    state.put_site(Site("blog", production_branch="main"))
+    assert state.get_site("blog").production_branch == "main"
+
+
+def test_unknown_site_is_site_not_found(state: StateStore) -> None:
+    with pytest.raises(SiteNotFound, match="nope"):
+        state.get_site("nope")
+
+
+def test_delete_site_removes_everything_it_owns(state: StateStore) -> None:
+    state.put_site(Site("blog"))
+    state.put_site(Site("docs"))
+    state.claim_domain("blog.example.com", "blog")
+    mine, theirs = _deployment("blog"), _deployment("docs")
+    state.create_deployment(mine)
+    state.create_deployment(theirs)
+    state.move_alias("blog", PRODUCTION, mine.id, mine.id)
+    state.append_logs([_line(mine.id, "hello blog")])
+    state.delete_site("blog")
+    with pytest.raises(SiteNotFound):
+        state.get_site("blog")
+    assert state.domain_site("blog.example.com") is None
+    assert state.get_alias("blog", PRODUCTION) is None
+    with pytest.raises(DeploymentNotFound):
+        state.get_deployment(mine.id)
+    assert state.search_logs("blog", "hello") == []
+    assert state.get_deployment(theirs.id).site == "docs"
+    assert [s.name for s in state.list_sites()] == ["docs"]
+
+
+# domains -----------------------------------------------------------------------------------
+def test_domain_claimed_by_another_site_conflicts(state: StateStore) -> None:
+    state.put_site(Site("blog"))
+    state.put_site(Site("docs"))
+    state.claim_domain("www.example.com", "blog")
+    state.claim_domain("www.example.com", "blog")  # idempotent for the holder
+    with pytest.raises(DomainConflict, match="www.example.com"):
+        state.claim_domain("www.example.com", "docs")
+    assert state.domain_site("www.example.com") == "blog"
+    assert state.get_site("blog").domains == ["www.example.com"]
+
+
+def test_release_by_another_site_leaves_the_claim(state: StateStore) -> None:
+    state.claim_domain("www.example.com", "blog")
+    state.release_domain("www.example.com", "docs")
+    assert state.domain_site("www.example.com") == "blog"
+    state.release_domain("www.example.com", "blog")
+    assert state.domain_site("www.example.com") is None
+    state.claim_domain("www.example.com", "docs")
+    assert state.domain_site("www.example.com") == "docs"
+
+
+# deployments -------------------------------------------------------------------------------
+def test_deployment_round_trip(state: StateStore) -> None:
+    deployment = _deployment(commit="abc123", message="fix typo", files=3, bytes_in=1234)
+    state.create_deployment(deployment)
+    loaded = state.get_deployment(deployment.id)
+    assert loaded.to_dict() == deployment.to_dict()
+    with pytest.raises(DeploymentNotFound):
+        state.get_deployment(new_id())
+
+
+def test_update_with_expect_status_is_compare_and_set(state: StateStore) -> None:
+    deployment = _deployment()
+    state.create_deployment(deployment)
+    deployment.status = Status.RUNNING
+    assert state.update_deployment(deployment, expect_status=Status.QUEUED) is True
+    deployment.status = Status.FAILED
+    deployment.error = "second runner"
+    assert state.update_deployment(deployment, expect_status=Status.QUEUED) is False
+    stored = state.get_deployment(deployment.id)
+    assert (stored.status, stored.error) == (Status.RUNNING, "")
+    assert state.update_deployment(deployment) is True
+    assert state.get_deployment(deployment.id).status == Status.FAILED
+
+
+def test_list_deployments_newest_first_with_filters_and_paging(state: StateStore) -> None:
+    made = [
+        _deployment("blog", "main"),
+        _deployment("blog", "feature"),
+        _deployment("docs", "main"),
+        _deployment("blog", "main"),
+    ]
+    for deployment in made:
+        state.create_deployment(deployment)
+    made[3].status = Status.READY
+    state.update_deployment(made[3])
+    ids = [d.id for d in made]
+    assert [d.id for d in state.list_deployments("blog")] == [ids[3], ids[1], ids[0]]
+    assert [d.id for d in state.list_deployments()] == ids[::-1]
+    assert [d.id for d in state.list_deployments("blog", branch="main")] == [ids[3], ids[0]]
+    assert [d.id for d in state.list_deployments(status=Status.READY)] == [ids[3]]
+    assert [d.id for d in state.list_deployments("blog", limit=1)] == [ids[3]]
+    assert [d.id for d in state.list_deployments("blog", before=ids[3])] == [ids[1], ids[0]]
+
+
+# aliases -----------------------------------------------------------------------------------
+def test_older_push_never_moves_alias(state: StateStore) -> None:
+    older, newer = new_id(), new_id()
+    assert state.move_alias("blog", PRODUCTION, newer, newer) is True
+    assert state.move_alias("blog", PRODUCTION, older, older) is False
+    alias = state.get_alias("blog", PRODUCTION)
+    assert alias is not None
+    assert (alias.deployment_id, alias.moved_by) == (newer, newer)
+    assert state.move_alias("blog", PRODUCTION, newer, newer) is False  # not strictly newer
+
+
+def test_rollback_with_fresh_id_wins(state: StateStore) -> None:
+    first, second = new_id(), new_id()
+    state.move_alias("blog", PRODUCTION, first, first)
+    state.move_alias("blog", PRODUCTION, second, second)
+    rollback = new_id()
+    assert state.move_alias("blog", PRODUCTION, first, rollback) is True
+    alias = state.get_alias("blog", PRODUCTION)
+    assert alias is not None
+    assert (alias.deployment_id, alias.moved_by) == (first, rollback)
+    late = second  # the second deployment finishing late must not undo the rollback
+    assert state.move_alias("blog", PRODUCTION, late, late) is False
+
+
+def test_concurrent_alias_moves_leave_the_newest(state: StateStore) -> None:
+    ids = [new_id() for _ in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda i: state.move_alias("blog", PRODUCTION, i, i), reversed(ids)))
+    alias = state.get_alias("blog", PRODUCTION)
+    assert alias is not None and alias.deployment_id == ids[-1]
+
+
+def test_aliases_are_per_site_and_deletable(state: StateStore) -> None:
+    a, b = new_id(), new_id()
+    state.move_alias("blog", PRODUCTION, a, a)
+    state.move_alias("blog", branch_alias("feature"), b, b)
+    state.move_alias("docs", PRODUCTION, b, b)
+    names = sorted(alias.name for alias in state.list_aliases("blog"))
+    assert names == ["branch/feature", PRODUCTION]
+    state.delete_alias("blog", branch_alias("feature"))
+    assert state.get_alias("blog", branch_alias("feature")) is None
+    assert [alias.name for alias in state.list_aliases("docs")] == [PRODUCTION]
+
+
+# logs --------------------------------------------------------------------------------------
+def test_log_seq_counts_up_per_deployment(state: StateStore) -> None:
+    one, two = _deployment(), _deployment()
+    state.create_deployment(one)
+    state.create_deployment(two)
+    batch = [_line(one.id, "a"), _line(two.id, "x"), _line(one.id, "b")]
+    state.append_logs(batch)
+    assert [line.seq for line in batch] == [1, 1, 2]
+    state.append_logs([_line(one.id, "c")])
+    logs = state.get_logs(one.id)
+    assert [(line.seq, line.message) for line in logs] == [(1, "a"), (2, "b"), (3, "c")]
+    assert logs[0].fields == {"n": 1}
+    assert [line.message for line in state.get_logs(one.id, after=1)] == ["b", "c"]
+    assert [line.message for line in state.get_logs(one.id, after=1, limit=1)] == ["b"]
+    assert [line.message for line in state.get_logs(two.id)] == ["x"]
+
+
+def test_concurrent_appends_get_distinct_seqs(state: StateStore) -> None:
+    deployment = _deployment()
+    state.create_deployment(deployment)
+    batches = [[_line(deployment.id, f"{w}-{i}") for i in range(5)] for w in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(state.append_logs, batches))
+    seqs = [line.seq for line in state.get_logs(deployment.id)]
+    assert seqs == list(range(1, 21))
+
+
+def test_search_logs_finds_words_newest_first(state: StateStore) -> None:
+    old, new = _deployment(), _deployment()
+    state.create_deployment(old)
+    state.create_deployment(new)
+    state.append_logs([_line(old.id, "upload failed for images"), _line(old.id, "all good")])
+    state.append_logs([_line(new.id, "upload failed again"), _line(new.id, "done")])
+    found = state.search_logs("blog", "upload failed")
+    assert [(line.deployment_id, line.message) for line in found] == [
+        (new.id, "upload failed again"),
+        (old.id, "upload failed for images"),
+    ]
+    assert len(state.search_logs("blog", "failed", limit=1)) == 1
+    assert state.search_logs("docs", "failed") == []
+
+
+# tokens and dedup --------------------------------------------------------------------------
+def test_tokens_found_by_hash(state: StateStore) -> None:
+    admin = Token(id=new_id(), name="ci", hash="h1", scopes=["deploy", "admin"])
+    scoped = Token(id=new_id(), name="blog-ci", hash="h2", site="blog")
+    state.put_token(admin)
+    state.put_token(scoped)
+    found = state.find_token("h2")
+    assert found is not None and (found.id, found.site, found.scopes) == (
+        scoped.id,
+        "blog",
+        ["deploy"],
+    )
+    assert state.find_token("nope") is None
+    assert {t.id for t in state.list_tokens()} == {admin.id, scoped.id}
+    state.delete_token(admin.id)
+    assert state.find_token("h1") is None
+    assert [t.id for t in state.list_tokens()] == [scoped.id]
+
+
+def test_remember_is_true_only_once(state: StateStore) -> None:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(state.remember, ["delivery-1"] * 8))
+    assert results.count(True) == 1
+    assert state.remember("delivery-1") is False
+    assert state.remember("delivery-2") is True

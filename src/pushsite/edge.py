@@ -1,0 +1,510 @@
+"""The edge: the HTTP server that serves every site's files, as a plain ASGI app.
+
+Host -> deployment (hosts.py, the alias read on every request) -> manifest (cached by
+deployment id) -> file -> blob variant (cached by hash; large ones streamed from the store).
+
+URL paths map to manifest paths in one canonical form for each kind of file:
+
+    /                      index.html
+    /css/app.css           css/app.css exactly as stored (percent-decoded UTF-8)
+    /about                 about.html if present (clean URL; /about.html also works)
+    /docs  -> 301 /docs/   when only docs/index.html exists: a folder's URL ends in "/"
+    /docs/                 docs/index.html
+    /about/ -> 301 /about  when only about.html exists
+    anything else          404.html with status 404 if the site has one, else a plain 404
+
+A path whose decoding is not UTF-8, or holds NUL, a backslash, an encoded "/" or a "." or
+".." segment, is answered 400: nothing can reach outside the manifest anyway, as the manifest
+is a table and not a file system. `_redirects` rules come first (non-forced ones only when no
+file answers the path); `_headers` rules apply to every response whose path could be decoded.
+
+HTTP (RFC 9110/9111): GET and HEAD only; per-variant strong ETags; If-None-Match (weak
+comparison) before If-Modified-Since; one byte range, always on the identity variant; several
+ranges get the full content with 200; br > gzip > identity by q-value, 406 when the client
+refuses identity and nothing else fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+import anyio.to_thread
+
+from pushsite import http_semantics as hs
+from pushsite.blobcache import ByteLRU
+from pushsite.errors import BackendUnavailable, PushsiteError
+from pushsite.hosts import HostResolver, SiteTarget, split_host
+from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
+from pushsite.rules import CompiledRules
+from pushsite.state import StateStore
+from pushsite.stores import ObjectStore
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+STREAM_THRESHOLD = 4 << 20  # blobs above this are streamed from the store, never cached
+CHUNK = 256 << 10
+_PLANS_PER_DEPLOYMENT = 4096
+
+# Headers `_headers` may not set or detach: they describe the bytes we send, and a wrong one
+# breaks clients and caches (Vary may only be added to).
+_PROTECTED = frozenset(
+    {
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "etag",
+        "last-modified",
+        "accept-ranges",
+    }
+)
+_SAFE_URL = "/:@!$&'()*+,;=-._~?#%[]"
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NOINDEX = [(b"x-robots-tag", b"noindex")]
+_VARY = (b"vary", b"Accept-Encoding")
+_TEXT = b"text/plain; charset=utf-8"
+
+
+class _Plan:
+    """What a path means in one deployment: a file with a status, a redirect, or a message."""
+
+    __slots__ = ("status", "path", "entry", "body", "headers", "add", "detach", "_merged")
+
+    def __init__(
+        self,
+        status: int,
+        path: str = "",
+        entry: FileEntry | None = None,
+        body: bytes = b"",
+        headers: Headers | None = None,
+        add: Headers | None = None,
+        detach: frozenset[str] = frozenset(),
+    ) -> None:
+        self.status = status
+        self.path = path  # manifest path of the file to serve; "" for redirects and messages
+        self.entry = entry
+        self.body = body
+        self.headers = headers or []  # final headers of a redirect or message
+        self.add = add or []  # `_headers` additions for this request path
+        self.detach = detach
+        self._merged: dict[tuple[str, bool], Headers] = {}
+
+
+class _Deployed:
+    """One deployment as the edge serves it: manifest, compiled rules, routed paths."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.files = manifest.files
+        self.rules = (
+            CompiledRules(manifest.headers, manifest.redirects)
+            if manifest.headers or manifest.redirects
+            else None
+        )
+        self.last_modified = hs.http_date(manifest.created).encode()
+        self.created = manifest.created
+        self.plans: dict[tuple[str, bytes, bytes], _Plan] = {}
+        self._variants: dict[tuple[str, str, bool], Headers] = {}
+
+    def plan(self, host: str, raw_path: bytes, query: bytes) -> _Plan:
+        """The routed meaning of a request (memoised: rules may look at host and query)."""
+        key = (host, raw_path, query)
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) >= _PLANS_PER_DEPLOYMENT:
+                self.plans.clear()
+            plan = self.plans[key] = self._route(host, raw_path, query.decode("latin-1"))
+        return plan
+
+    def headers(self, plan: _Plan, encoding: str, full: bool) -> Headers:
+        """The response headers of a file plan's variant, with `_headers` applied (memoised)."""
+        merged = plan._merged.get((encoding, full))
+        if merged is None:
+            merged = plan._merged[(encoding, full)] = _apply_rules(
+                self._variant(plan.path, encoding, full), plan.add, plan.detach
+            )
+        return merged
+
+    def _variant(self, path: str, encoding: str, full: bool) -> Headers:
+        key = (path, encoding, full)
+        headers = self._variants.get(key)
+        if headers is None:
+            entry = self.files[path]
+            size = entry.encodings[encoding] if encoding else entry.size
+            headers = [
+                (b"content-type", entry.type.encode()),
+                (b"content-length", str(size).encode()),
+            ]
+            if encoding:
+                headers.append((b"content-encoding", encoding.encode()))
+            if entry.encodings:
+                headers.append(_VARY)
+            if full:
+                headers.append((b"etag", hs.make_etag(entry.hash, encoding).encode()))
+                headers.append((b"last-modified", self.last_modified))
+                headers.append((b"accept-ranges", b"bytes"))
+            headers.append((b"cache-control", hs.default_cache_control(path, entry.type).encode()))
+            headers.append(_NOSNIFF)
+            self._variants[key] = headers
+        return headers
+
+    # routing -------------------------------------------------------------------------------
+    def _route(self, host: str, raw_path: bytes, query: str) -> _Plan:
+        path = decode_path(raw_path)
+        if path is None:
+            return _message(400, "400 Bad Request: the URL path is not valid.\n")
+        add: Headers = []
+        detach: frozenset[str] = frozenset()
+        host = split_host(host)
+        if self.rules is not None:
+            extra, drop = self.rules.headers_for(path, host)
+            add = [
+                (n.lower().encode(), v.encode()) for n, v in extra if n.lower() not in _PROTECTED
+            ]
+            detach = frozenset(drop) - _PROTECTED
+        found, canonical = self._resolve(path[1:])
+        if self.rules is not None:
+            exists = found is not None or canonical is not None
+            rule = self.rules.redirect_for(path, query, exists, host)
+            if rule is not None:
+                return self._apply_redirect(rule.status, rule.target, add, detach)
+        if found is not None:
+            return _Plan(200, found, self.files[found], add=add, detach=detach)
+        if canonical is not None:
+            target = quote(canonical, safe=_SAFE_URL) + ("?" + query if query else "")
+            return _redirect(301, target, add, detach)
+        return self._not_found(add, detach)
+
+    def _resolve(self, key: str) -> tuple[str | None, str | None]:
+        """(manifest path that answers, or the canonical URL path to redirect to)."""
+        files = self.files
+        if key == "" or key.endswith("/"):
+            index = key + "index.html"
+            if index in files:
+                return index, None
+            if key and key[:-1] + ".html" in files:
+                return None, "/" + key[:-1]
+            return None, None
+        if key in files:
+            return key, None
+        if key + ".html" in files:
+            return key + ".html", None
+        if key + "/index.html" in files:
+            return None, "/" + key + "/"
+        return None, None
+
+    def _apply_redirect(
+        self, status: int, target: str, add: Headers, detach: frozenset[str]
+    ) -> _Plan:
+        if 300 <= status < 400:
+            return _redirect(status, quote(target, safe=_SAFE_URL), add, detach)
+        if not target.startswith("/"):
+            # Proxying to another origin is not something a static edge does.
+            return _message(502, "502 Bad Gateway: this site proxies to another server.\n")
+        path = decode_path(target.partition("#")[0].partition("?")[0].encode())
+        found = self._file_for(path[1:]) if path is not None else None
+        if found is None:
+            return self._not_found(add, detach)
+        return _Plan(status, found, self.files[found], add=add, detach=detach)
+
+    def _file_for(self, key: str) -> str | None:
+        """The file a rewrite target names, with clean URLs and folder indexes, no redirects."""
+        candidates = (
+            (key + "index.html", key[:-1] + ".html")
+            if key == "" or key.endswith("/")
+            else (key, key + ".html", key + "/index.html")
+        )
+        for candidate in candidates:
+            if candidate in self.files:
+                return candidate
+        return None
+
+    def _not_found(self, add: Headers, detach: frozenset[str]) -> _Plan:
+        page = self.manifest.not_found
+        if page and page in self.files:
+            return _Plan(404, page, self.files[page], add=add, detach=detach)
+        plan = _message(404, "404 Not Found\n")
+        plan.headers = _apply_rules(plan.headers, add, detach)
+        return plan
+
+
+def decode_path(raw: bytes) -> str | None:
+    """The decoded URL path ("/a b/c") or None when it is not a safe path (answer 400)."""
+    if not raw.startswith(b"/"):
+        return None
+    segments = raw.split(b"/")
+    decoded = []
+    for segment in segments:
+        try:
+            text = unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if "/" in text or "\\" in text or "\x00" in text or text in (".", ".."):
+            return None
+        decoded.append(text)
+    return "/".join(decoded)
+
+
+def _apply_rules(base: Headers, add: Headers, detach: frozenset[str]) -> Headers:
+    """Base headers with `_headers` applied: detached and replaced names removed, then added."""
+    if not add and not detach:
+        return base
+    replaced = {name for name, _ in add if name != b"vary"} | {n.encode() for n in detach}
+    return [h for h in base if h[0] not in replaced] + add
+
+
+def _message(status: int, text: str, extra: Headers | None = None) -> _Plan:
+    body = text.encode()
+    headers = [
+        (b"content-type", _TEXT),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", hs.REVALIDATE.encode()),
+        _NOSNIFF,
+        *(extra or []),
+    ]
+    return _Plan(status, body=body, headers=headers)
+
+
+def _redirect(status: int, location: str, add: Headers, detach: frozenset[str]) -> _Plan:
+    headers = [
+        (b"location", location.encode("latin-1", "replace")),
+        (b"content-length", b"0"),
+        (b"cache-control", hs.REVALIDATE.encode()),
+    ]
+    return _Plan(status, headers=_apply_rules(headers, add, detach))
+
+
+_NO_SITE = _message(404, "404 Not Found: no site is published at this address.\n")
+_NOT_ALLOWED = _message(405, "405 Method Not Allowed\n", [(b"allow", b"GET, HEAD")])
+_UNAVAILABLE = _message(503, "503 Service Unavailable: storage is not reachable, retry soon.\n")
+_FAILED = _message(500, "500 Internal Server Error\n")
+
+
+class Edge:
+    """Serves the sites: an ASGI app for site hosts, with bounded in-memory caches."""
+
+    def __init__(
+        self,
+        state: StateStore,
+        store: ObjectStore,
+        base_domain: str = "localhost",
+        cache_bytes: int = 256 * 2**20,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.hosts = HostResolver(state, base_domain)
+        self.blobs: ByteLRU[bytes] = ByteLRU(
+            cache_bytes - cache_bytes // 8, max_item=min(STREAM_THRESHOLD, cache_bytes // 8)
+        )
+        self.manifests: ByteLRU[_Deployed] = ByteLRU(cache_bytes // 8, max_item=cache_bytes // 8)
+
+    def site_for_host(self, host: str) -> SiteTarget | None:
+        """The site a Host header names; None when the control plane should answer."""
+        return self.hosts.target(host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        host = accept = none_match = since = range_ = if_range = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name == b"accept-encoding":
+                accept = value if accept is None else accept + b"," + value
+            elif name == b"if-none-match":
+                none_match = value
+            elif name == b"if-modified-since":
+                since = value
+            elif name == b"range":
+                range_ = value
+            elif name == b"if-range":
+                if_range = value
+        head = scope["method"] == "HEAD"
+        try:
+            host_name = host.decode("latin-1") if host else ""
+            target = self.hosts.target(host_name)
+            deployment_id = self.hosts.deployment_id(target) if target else None
+            if target is None or deployment_id is None:
+                await _send(send, _NO_SITE.status, _NO_SITE.headers, _NO_SITE.body, head)
+                return
+            deployed = await self._deployed(deployment_id)
+            raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
+            plan = deployed.plan(host_name, raw_path, scope.get("query_string", b""))
+            extra = _NOINDEX if target.noindex else None
+            if not head and scope["method"] != "GET":
+                headers = _apply_rules(_NOT_ALLOWED.headers, plan.add, plan.detach)
+                await _send(send, 405, headers + (extra or []), _NOT_ALLOWED.body, False)
+                return
+            if plan.entry is None:
+                headers = plan.headers + extra if extra else plan.headers
+                await _send(send, plan.status, headers, plan.body, head)
+                return
+            await self._serve_file(
+                send, deployed, plan, head, extra, accept, none_match, since, range_, if_range
+            )
+        except BackendUnavailable:
+            await _send(send, 503, _UNAVAILABLE.headers, _UNAVAILABLE.body, head)
+        except PushsiteError:
+            await _send(send, 500, _FAILED.headers, _FAILED.body, head)
+
+    async def _serve_file(
+        self,
+        send: Send,
+        deployed: _Deployed,
+        plan: _Plan,
+        head: bool,
+        extra: Headers | None,
+        accept: bytes | None,
+        none_match: bytes | None,
+        since: bytes | None,
+        range_: bytes | None,
+        if_range: bytes | None,
+    ) -> None:
+        entry = plan.entry
+        assert entry is not None
+        full = plan.status == 200
+        byte_range: tuple[int, int] | hs.Unsatisfiable | None = None
+        if full and range_ is not None:
+            byte_range = hs.parse_range(range_.decode("latin-1"), entry.size)
+            if byte_range is not None and if_range is not None:
+                etag = hs.make_etag(entry.hash)
+                if not hs.if_range_allows(if_range.decode("latin-1"), etag, deployed.created):
+                    byte_range = None
+        if byte_range is not None:
+            encoding = ""  # ranges are offsets into the identity content
+        elif entry.encodings:
+            chosen = hs.choose_encoding(
+                accept.decode("latin-1") if accept is not None else None, tuple(entry.encodings)
+            )
+            if chosen is None:
+                body = b"406 Not Acceptable: identity is refused and no other coding fits.\n"
+                headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
+                await _send(send, 406, headers + [_VARY, _NOSNIFF] + (extra or []), body, head)
+                return
+            encoding = chosen
+        else:
+            encoding = ""
+            if accept is not None and hs.choose_encoding(accept.decode("latin-1"), ()) is None:
+                body = b"406 Not Acceptable: identity is refused and no other coding fits.\n"
+                headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
+                await _send(send, 406, headers + [_NOSNIFF] + (extra or []), body, head)
+                return
+        headers = deployed.headers(plan, encoding, full)
+        if extra:
+            headers = headers + extra
+        if full:
+            if none_match is not None:
+                fresh = hs.none_match(
+                    none_match.decode("latin-1"), hs.make_etag(entry.hash, encoding)
+                )
+            else:
+                fresh = since is not None and hs.not_modified_since(
+                    since.decode("latin-1"), deployed.created
+                )
+            if fresh:
+                not_modified = [h for h in headers if h[0] != b"content-length"]
+                await _send(send, 304, not_modified, b"", True)
+                return
+        size = entry.encodings[encoding] if encoding else entry.size
+        key = blob_key(entry.hash, encoding)
+        if isinstance(byte_range, hs.Unsatisfiable):
+            headers = [h for h in headers if h[0] != b"content-length"] + [
+                (b"content-range", f"bytes */{size}".encode()),
+                (b"content-length", b"0"),
+            ]
+            await _send(send, 416, headers, b"", True)
+            return
+        status, start, end = plan.status, 0, size
+        if byte_range is not None:
+            start, end = byte_range
+            status = 206
+            headers = [h for h in headers if h[0] != b"content-length"] + [
+                (b"content-range", f"bytes {start}-{end - 1}/{size}".encode()),
+                (b"content-length", str(end - start).encode()),
+            ]
+        if head:
+            await _send(send, status, headers, b"", True)
+            return
+        if size > STREAM_THRESHOLD:
+            await self._stream(send, status, headers, key, start, end)
+            return
+        data = self.blobs.get(key)
+        if data is None:
+            data = await anyio.to_thread.run_sync(self.store.get, key)
+            self.blobs.put(key, data, len(data))
+        await _send(send, status, headers, data if end - start == size else data[start:end], False)
+
+    async def _stream(
+        self, send: Send, status: int, headers: Headers, key: str, start: int, end: int
+    ) -> None:
+        """Send a large blob in chunks read from the store, so memory stays bounded."""
+        # The first chunk is read before the status goes out, so a missing blob is still a 500.
+        position = start
+        chunk = await anyio.to_thread.run_sync(self.store.get, key, start, min(start + CHUNK, end))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        while chunk:
+            position += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": position < end})
+            if position >= end:
+                return
+            try:
+                chunk = await anyio.to_thread.run_sync(
+                    self.store.get, key, position, min(position + CHUNK, end)
+                )
+            except PushsiteError:
+                break
+        # The object ended early or vanished: end the body; the client sees a short response.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _deployed(self, deployment_id: str) -> _Deployed:
+        deployed = self.manifests.get(deployment_id)
+        if deployed is None:
+            raw = await anyio.to_thread.run_sync(self.store.get, manifest_key(deployment_id))
+            deployed = _Deployed(Manifest.from_bytes(raw))
+            # The parsed form takes a few times the JSON's size.
+            self.manifests.put(deployment_id, deployed, len(raw) * 4)
+        return deployed
+
+
+async def _send(send: Send, status: int, headers: Headers, body: bytes, head: bool) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def make_edge_or_control_app(edge: Edge, control_app: ASGIApp) -> ASGIApp:
+    """One ASGI app for the port: site hosts go to the edge, every other host to the control."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = b""
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = value
+                    break
+            if edge.site_for_host(host.decode("latin-1")) is not None:
+                await edge(scope, receive, send)
+                return
+        await control_app(scope, receive, send)
+
+    return app

@@ -554,3 +554,29 @@ def test_emit_after_close_is_counted_not_raised() -> None:
     sink.close()
     sink.emit(make_line(), "blog")
     assert sink.dropped == 1
+
+
+def test_insecure_tls_skips_the_certificate_check_for_tests(tls_receiver: TcpReceiver) -> None:
+    sink = SyslogSink.from_url(f"tcp+tls://127.0.0.1:{tls_receiver.port}?insecure=1")
+    try:
+        sink.emit(make_line("unchecked"), "blog")
+        assert sink.flush()
+        assert wait_until(lambda: len(tls_receiver.messages) == 1)
+    finally:
+        sink.close()
+    assert parse(tls_receiver.messages[0])["msg"] == BOM + b"unchecked"
+
+
+def test_a_line_that_cannot_be_formatted_is_dropped_and_the_rest_still_go() -> None:
+    receiver = UdpReceiver()
+    sink = SyslogSink("udp", "127.0.0.1", receiver.port)
+    try:
+        sink.emit(LogLine(DEPLOYMENT, float("nan"), "info", "read", "bad time"), "blog")
+        sink.emit(make_line("good"), "blog")
+        assert sink.flush()
+        assert wait_until(lambda: len(receiver.messages) == 1)
+    finally:
+        sink.close()
+        receiver.stop()
+    assert parse(receiver.messages[0])["msg"] == BOM + b"good"
+    assert sink.dropped == 1 and sink.sent == 1

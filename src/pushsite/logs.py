@@ -102,8 +102,8 @@ class DeployLog:
             deployment_id=self.deployment_id,
             time=time.time(),
             level=level,
-            stage=stage,
-            message=message,
+            stage=str(stage),
+            message=str(message),
             fields={str(k): _plain(v) for k, v in fields.items()},
         )
         with self._buffer_lock:

@@ -294,7 +294,15 @@ class SyslogSink:
                 item = self._pending.popleft()
                 self._in_flight = True
             try:
-                self._send(*item)
+                data = self._format(*item)
+            except Exception:  # a line we cannot format is lost, not the sending thread
+                with self._cond:
+                    self.dropped += 1
+                    self._in_flight = False
+                    self._cond.notify_all()
+                continue
+            try:
+                self._send(data)
             except OSError as exc:
                 self._disconnect()
                 if not self._failed(item, exc, delay):
@@ -335,8 +343,8 @@ class SyslogSink:
             self._cond.wait_for(lambda: self._closing, timeout=delay)
         return True
 
-    def _send(self, line: LogLine, site: str) -> None:
-        data = format_rfc5424(
+    def _format(self, line: LogLine, site: str) -> bytes:
+        return format_rfc5424(
             line,
             site,
             self._hostname,
@@ -344,6 +352,8 @@ class SyslogSink:
             facility=self._facility,
             max_bytes=self._max_bytes,
         )
+
+    def _send(self, data: bytes) -> None:
         if self._sock is not None and self.transport != "udp" and self._peer_closed(self._sock):
             self._disconnect()
         if self._sock is None:

@@ -58,6 +58,7 @@ _HOST_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # the unreserved set plus sub-delimiters that are valid in a path; "/" only for the splat.
 _SAFE = "!$&'()*+,;=:@-._~"
 _HEADER_CACHE_SIZE = 4096
+_UNSAFE_QUERY = re.compile(r"[^\x21-\x7e]")
 
 
 class PatternError(ValueError):
@@ -325,7 +326,12 @@ def _target(rule: dict[str, Any], captures: dict[str, str], query: str) -> str:
     if "?" in target or rule.get("query") or not query:
         return target
     base, hash_, fragment = target.partition("#")
-    return f"{base}?{query}{hash_}{fragment}"
+    return f"{base}?{_UNSAFE_QUERY.sub(_escape, query)}{hash_}{fragment}"
+
+
+def _escape(match: re.Match[str]) -> str:
+    """Percent-encode what a server should never have let into a query (spaces, controls)."""
+    return quote(match.group(), safe="")
 
 
 def _is_same(target: str, path: str, query: str) -> bool:

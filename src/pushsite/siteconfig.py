@@ -237,9 +237,10 @@ def parse_headers(text: str, filename: str = "_headers") -> list[dict[str, Any]]
         if not stripped or stripped.startswith("#"):
             continue
         if line[0] not in " \t":
+            path_rule = _header_path(stripped, number, filename)
             _close(current, filename)
             _count(rules, filename, number)
-            current = _header_path(stripped, number, filename)
+            current = path_rule
             rules.append(current)
         elif current is None:
             raise SiteConfigError(

@@ -176,7 +176,9 @@ def test_github_enterprise_base_and_gitlab_project_id() -> None:
     url, _ = archive_request(source("github", "https://ghe.example.com/api/v3", SHA))
     assert url == f"https://ghe.example.com/api/v3/repos/acme/www/tarball/{SHA}"
     url, _ = archive_request(source("gitlab", "https://gitlab.example.com", SHA, project_id="42"))
-    assert url == f"https://gitlab.example.com/api/v4/projects/42/repository/archive.tar.gz?sha={SHA}"
+    assert (
+        url == f"https://gitlab.example.com/api/v4/projects/42/repository/archive.tar.gz?sha={SHA}"
+    )
     nested = ArchiveSource("gitlab", "", "group/sub/www", SHA)
     assert "/projects/group%2Fsub%2Fwww/" in archive_request(nested)[0]
 
@@ -204,7 +206,17 @@ def test_bad_sources_are_config_errors(bad: ArchiveSource) -> None:
 
 def test_source_for_a_push_event_keeps_gitlab_project_id() -> None:
     event = PushEvent(
-        "gitlab", "d1", "acme/www", "refs/heads/main", "main", None, SHA, False, False, "", "",
+        "gitlab",
+        "d1",
+        "acme/www",
+        "refs/heads/main",
+        "main",
+        None,
+        SHA,
+        False,
+        False,
+        "",
+        "",
         project_id="42",
     )
     built = source_for(event, "https://gitlab.example.com", TOKEN)
@@ -233,9 +245,7 @@ def test_fetches_the_real_git_archive_from_each_host(
     assert pax_commit == commit
 
 
-def test_redirect_to_another_origin_drops_the_token(
-    repo: tuple[Path, str], archive: bytes
-) -> None:
+def test_redirect_to_another_origin_drops_the_token(repo: tuple[Path, str], archive: bytes) -> None:
     _, commit = repo
     with serve(serving(archive)) as (codeload, downloads):
 

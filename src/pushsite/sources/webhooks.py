@@ -85,9 +85,7 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 
 def _check_provider(provider: str) -> str:
     if provider not in PROVIDERS:
-        raise NotFound(
-            f"unknown webhook provider {provider!r}: use one of {', '.join(PROVIDERS)}"
-        )
+        raise NotFound(f"unknown webhook provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     return provider
 
 
@@ -285,7 +283,8 @@ def _gitlab(delivery: str, data: dict[str, Any]) -> PushEvent:
     after = _required(data, "after")
     # A tag push's `after` may be an annotated tag object; checkout_sha is its commit.
     commit = _text(data.get("checkout_sha")) or after
-    commits = data.get("commits") if isinstance(data.get("commits"), list) else []
+    listed = data.get("commits")
+    commits: list[Any] = listed if isinstance(listed, list) else []
     last = next((c for c in commits if isinstance(c, dict) and c.get("id") == commit), None)
     message = _text(_get(last or {}, "message")) or _text(data.get("message"))
     project_id = data.get("project_id", _get(data, "project", "id"))

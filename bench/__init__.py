@@ -1,0 +1,1 @@
+"""The pushsite benchmark: `python -m bench` (see bench/README.md); never part of the tests."""

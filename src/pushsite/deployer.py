@@ -22,8 +22,10 @@ and unreferenced until a manifest names them, so a retry reuses them for free).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
+import os
 import posixpath
 import tempfile
 import threading
@@ -361,14 +363,21 @@ class ManifestBuilder:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def finish(self, deployment_id: str, site: str, commit: str, created: float,
-               publish: str | None = None, exclude: tuple[str, ...] = ()) -> Manifest:
-        """Resolve links, strip the top folder, apply publish/exclude, parse the rules."""
+               publish: str | None = None, exclude: tuple[str, ...] = (),
+               strip_top: bool = True) -> Manifest:
+        """Resolve links, strip the top folder, apply publish/exclude, parse the rules.
+
+        `strip_top` is for bundles, which wrap the site in one folder; a git tree is the
+        site itself.
+        """
         self.drain()
         self._pool.shutdown()
         self._resolve_links()
         files = dict(self.entries)
         config = dict(self.config_files)
-        top = common_top_folder(list(files) + [ln.path for ln in self._links], self.dirs)
+        top = None
+        if strip_top:
+            top = common_top_folder(list(files) + [ln.path for ln in self._links], self.dirs)
         if top is not None:
             cut = len(top) + 1
             files = {p[cut:]: e for p, e in files.items()}
@@ -430,12 +439,8 @@ def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
 
 def _discard(tmp: object) -> None:
     if tmp is not None:
-        import os
-
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # type: ignore[arg-type]
-        except FileNotFoundError:
-            pass
 
 
 @dataclass

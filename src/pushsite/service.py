@@ -7,6 +7,7 @@ deployer, then one compare-and-set alias move.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import shutil
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pushsite import ids, names
 from pushsite.config import Config
@@ -164,7 +165,7 @@ class Service:
     def _open_staged(self, deployment: Deployment) -> Iterator[BinaryIO]:
         path = self.config.staging / deployment.bundle_key
         try:
-            handle = open(path, "rb")
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
             raise DeploymentFailed(
                 f"the bundle of deployment {deployment.id} is no longer in staging"
@@ -217,7 +218,9 @@ class Service:
                                   progress=progress)
         try:
             log.info("read", "reading the bundle", workers=self.config.workers)
-            if bundle is not None:
+            if deployment.bundle_key.startswith("git:"):
+                outcome = self._deploy_commit(deployment, builder)
+            elif bundle is not None:
                 outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
                                         deployment.site, deployment.created)
             else:
@@ -226,6 +229,7 @@ class Service:
                                             deployment.id, deployment.site, deployment.created)
             deployment.commit = deployment.commit or outcome.commit
             self._apply_counters(deployment, builder.counters)
+            deployment.files = len(outcome.manifest.files)
             log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
                      files=deployment.files, bytes_stored=deployment.bytes_stored)
             self._apply_settings(deployment, outcome.settings, log)
@@ -236,6 +240,42 @@ class Service:
             raise
         finally:
             log.flush()
+
+    def accept_commit(self, site_name: str, branch: str, commit: str, message: str = "",
+                      source: str = "git") -> Deployment:
+        """Queue a deployment of a commit already in the site's repository (a push)."""
+        site = self.site(site_name, create=True)
+        names.check_branch_name(branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
+                                message=message, source=source, bundle_key=f"git:{commit}")
+        self.state.create_deployment(deployment)
+        log = self.log_for(deployment)
+        log.info("accept", f"push of {commit[:12]} to {branch} queued")
+        log.flush()
+        self.queue.send({"deployment": deployment.id})
+        return deployment
+
+    def _deploy_commit(self, deployment: Deployment, builder: ManifestBuilder) -> Any:
+        from pushsite.deployer import BundleOutcome
+        from pushsite.sources.gitrepo import SiteRepos, deploy_commit
+
+        commit = deployment.bundle_key.removeprefix("git:")
+        previous = self._previous_manifest(deployment)
+        manifest = deploy_commit(builder, SiteRepos(self.config.repos), deployment.site, commit,
+                                 deployment.id, deployment.created, previous)
+        return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
+
+    def _previous_manifest(self, deployment: Deployment) -> Manifest | None:
+        """The manifest a push is most likely to share files with: its branch's, else live."""
+        for alias in (branch_alias(deployment.branch), PRODUCTION):
+            current = self.state.get_alias(deployment.site, alias)
+            if current is not None:
+                try:
+                    return self.manifest(current.deployment_id)
+                except DeploymentNotFound:
+                    continue
+        return None
 
     def run_manifest(self, deployment: Deployment, manifest: Manifest) -> Deployment:
         """Finish a deployment whose manifest was built elsewhere (a git push, a redeploy)."""
@@ -428,10 +468,8 @@ class Service:
                 log.info("skipped", deployment.error)
                 log.flush()
             return
-        try:
+        with contextlib.suppress(PushsiteError):  # recorded on the deployment and its log
             self.run(deployment_id, timeout=timeout)
-        except PushsiteError:
-            pass  # recorded on the deployment and in its log
 
     def recover(self) -> list[str]:
         """After a restart: deployments left running were interrupted; queue them again."""

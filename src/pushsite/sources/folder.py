@@ -7,6 +7,7 @@ the reader then spends inflating). Links are stored as links, so the reader's ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tarfile
@@ -46,10 +47,8 @@ def _pack(folder: Path, writer: _PipeWriter, prefix: str) -> None:
     except BrokenPipeError:
         pass  # the reader stopped early (an error or a deadline); it reports why
     finally:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             writer.close()
-        except BrokenPipeError:
-            pass
 
 
 def open_folder(folder: Path) -> BinaryIO:

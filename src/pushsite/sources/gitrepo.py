@@ -1,0 +1,215 @@
+"""Per-site bare repositories, and a pushed commit read straight from git's object store.
+
+A push is deployed from the repository rather than from a `git archive` of it, because git
+already knows which files changed: every file whose blob id the previous deployment of the
+site already published is carried over from its manifest without being read, hashed or
+compressed again, so a one-file change costs one blob whatever the site's size.
+`git archive` stays available to export any commit as a bundle (`archive`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pushsite import encode
+from pushsite.deployer import CONFIG_FILES, SMALL_FILE, ManifestBuilder
+from pushsite.errors import BackendUnavailable, DeploymentFailed
+from pushsite.model import FileEntry, Manifest
+from pushsite.paths import is_published, normalise_member_path, symlink_target
+
+HOOK = """#!{python}
+# Installed by pushsite: report each push to the server and print the deploy's progress.
+import sys
+sys.path.insert(0, {src!r})
+from pushsite.githook import main
+main()
+"""
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    mode: str
+    kind: str  # blob, commit (submodule)
+    oid: str
+    path: str
+
+
+def _git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
+                              check=False)
+    except FileNotFoundError:
+        raise BackendUnavailable("git is not installed; install it (apt-get install git)") \
+            from None
+    if done.returncode != 0:
+        raise DeploymentFailed(f"git {args[0]} failed: {done.stderr.decode(errors='replace')}"
+                               .strip())
+    return done.stdout
+
+
+class SiteRepos:
+    """The bare repositories under `$PUSHSITE_HOME/repos`, one per site (`<site>.git`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, site: str) -> Path:
+        return self.root / f"{site}.git"
+
+    def exists(self, site: str) -> bool:
+        return (self.path(site) / "HEAD").exists()
+
+    def create(self, site: str) -> Path:
+        """A bare repository that accepts pushes (force pushes too) and reports them."""
+        repo = self.path(site)
+        if self.exists(site):
+            return repo
+        self.root.mkdir(parents=True, exist_ok=True)
+        _git("init", "--quiet", "--bare", str(repo))
+        for key, value in (("http.receivepack", "true"), ("receive.denyNonFastForwards", "false"),
+                           ("receive.denyDeletes", "false"), ("gc.auto", "0")):
+            _git("config", key, value, cwd=repo)
+        self.install_hook(site)
+        return repo
+
+    def install_hook(self, site: str) -> None:
+        hook = self.path(site) / "hooks" / "post-receive"
+        src = str(Path(__file__).resolve().parents[2])
+        hook.write_text(HOOK.format(python=sys.executable, src=src))
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def tree(self, site: str, commit: str) -> list[TreeEntry]:
+        out = _git("ls-tree", "-r", "-z", "--full-tree", commit, cwd=self.path(site))
+        entries = []
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, kind, oid = meta.decode().split(" ")
+            entries.append(TreeEntry(mode, kind, oid, path.decode("utf-8", "surrogateescape")))
+        return entries
+
+    def commit_message(self, site: str, commit: str) -> str:
+        return _git("log", "-1", "--format=%s", commit, cwd=self.path(site)).decode(
+            errors="replace").strip()
+
+    def archive(self, site: str, commit: str, out: BinaryIO) -> None:
+        """Write a `git archive --format=tar.gz` bundle of a commit."""
+        proc = subprocess.Popen(["git", "archive", "--format=tar.gz", f"--prefix={site}/",
+                                 commit], cwd=self.path(site), stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read(1 << 20):
+            out.write(chunk)
+        if proc.wait() != 0:
+            raise DeploymentFailed(f"git archive of {commit} failed")
+
+
+class BlobStream:
+    """`git cat-file --batch` over a list of blob ids, read in order as streams."""
+
+    def __init__(self, repo: Path, oids: list[str]) -> None:
+        self._proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=repo,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      bufsize=1 << 20)
+        self._feeder = threading.Thread(target=self._feed, args=(oids,), daemon=True)
+        self._feeder.start()
+        self._left = 0
+
+    def _feed(self, oids: list[str]) -> None:
+        assert self._proc.stdin is not None
+        try:
+            for oid in oids:
+                self._proc.stdin.write(oid.encode() + b"\n")
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def next(self) -> tuple[str, int]:
+        """Start the next blob: (oid, size); then read() its content."""
+        assert self._proc.stdout is not None
+        self._skip_rest()
+        header = self._proc.stdout.readline().split()
+        if len(header) != 3 or header[1] != b"blob":
+            raise DeploymentFailed(f"git cat-file answered {b' '.join(header)!r}")
+        self._left = int(header[2])
+        return header[0].decode(), self._left
+
+    def read(self, size: int = -1) -> bytes:
+        assert self._proc.stdout is not None
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._proc.stdout.read(size)
+        self._left -= len(data)
+        if self._left == 0:
+            self._proc.stdout.read(1)  # the newline after each blob
+        return data
+
+    def _skip_rest(self) -> None:
+        while self._left:
+            self.read(1 << 20)
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit: str,
+                  deployment_id: str, created: float, previous: Manifest | None) -> Manifest:
+    """Build a commit's manifest, carrying over every file whose blob id is unchanged."""
+    known = {e.git: e for e in previous.files.values() if e.git} if previous else {}
+    to_read: list[TreeEntry] = []
+    links: list[TreeEntry] = []
+    for entry in repos.tree(site, commit):
+        if entry.kind != "blob":
+            builder.log.warning("read", f"skipped {entry.path}: submodules are not published")
+            continue
+        path = normalise_member_path(entry.path)
+        if not is_published(path):
+            continue
+        if entry.mode == "120000":
+            links.append(entry)
+            continue
+        old = known.get(entry.oid)
+        content_type = encode.media_type(path)
+        if (old is not None and posixpath.basename(path) not in CONFIG_FILES
+                and encode.is_compressible(old.type) == encode.is_compressible(content_type)):
+            builder.add_existing(path, FileEntry(old.hash, old.size, content_type,
+                                                 dict(old.encodings), entry.oid))
+        else:
+            to_read.append(entry)
+    builder.log.info("read", f"{len(to_read)} changed files to read, "
+                     f"{builder.counters.files} carried over unchanged",
+                     changed=len(to_read), unchanged=builder.counters.files)
+    blobs = BlobStream(repos.path(site), [e.oid for e in to_read + links])
+    try:
+        for entry in to_read:
+            _, size = blobs.next()
+            path = normalise_member_path(entry.path)
+            if size <= SMALL_FILE:
+                builder.add_small(path, blobs.read(), git=entry.oid)
+            else:
+                builder.add_stream(path, blobs, size, git=entry.oid)
+        for entry in links:
+            blobs.next()
+            path = normalise_member_path(entry.path)
+            builder.add_link(path, symlink_target(path, blobs.read()), "symlink")
+        return builder.finish(deployment_id, site, commit, created, strip_top=False)
+    except BaseException:
+        builder.abort()
+        raise
+    finally:
+        blobs.close()
+
+
+def hook_environment(url: str, secret: str) -> dict[str, str]:
+    """What the post-receive hook needs to reach the server that spawned git."""
+    return {"PUSHSITE_HOOK_URL": url, "PUSHSITE_HOOK_SECRET": secret,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}

@@ -1,0 +1,228 @@
+"""The built-in git remote: git's own `git http-backend` behind the ASGI app.
+
+The request body is pumped into the CGI process while its output is streamed back at the same
+time; buffering either side whole would deadlock a large push (git waits for us to read while
+we wait for it to finish reading). Pushes authenticate with HTTP Basic and a deploy token (the
+password; any user name). The repository's post-receive hook calls back into
+`/internal/post-receive`, which queues one deployment per updated branch and streams their
+progress to the pusher's terminal as `remote:` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pushsite import names
+from pushsite.errors import Forbidden, NotAuthorized, PushsiteError
+from pushsite.model import Status
+from pushsite.names import branch_label
+from pushsite.service import Service
+from pushsite.sources.gitrepo import SiteRepos, hook_environment
+
+ZERO = "0" * 40
+_CHUNK = 64 << 10
+
+
+def routes(service: Service) -> list[Any]:
+    bridge = GitBridge(service)
+    return [
+        Route("/{site}.git/{rest:path}", bridge.handle, methods=["GET", "POST"]),
+        Route("/internal/post-receive", bridge.post_receive, methods=["POST"]),
+    ]
+
+
+def _basic_secret(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        user, _, password = base64.b64decode(value).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return password or user
+
+
+def _challenge(message: str, status: int = 401) -> Response:
+    headers = {"WWW-Authenticate": 'Basic realm="pushsite"'} if status == 401 else {}
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+class GitBridge:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.repos = SiteRepos(service.config.repos)
+        self.hook_secret = secrets.token_hex(16)
+
+    async def handle(self, request: Request) -> Response:
+        site = request.path_params["site"]
+        rest = request.path_params["rest"]
+        pushing = rest == "git-receive-pack" or request.query_params.get("service") == \
+            "git-receive-pack"
+        try:
+            names.check_site_name(site)
+            token = self.service.check_token(_basic_secret(request), site)
+        except Forbidden as exc:
+            return _challenge(f"pushsite: {exc}", 403)
+        except NotAuthorized as exc:
+            return _challenge(f"pushsite: {exc}")
+        except PushsiteError as exc:
+            return PlainTextResponse(f"pushsite: {exc}\n", status_code=exc.http_status)
+        if not self.repos.exists(site):
+            if not pushing:
+                return PlainTextResponse(f"pushsite: no repository for site {site!r} yet; push "
+                                         "to create it\n", status_code=404)
+            if token.site not in (None, site):
+                return _challenge(f"pushsite: this token may not create site {site!r}", 403)
+            await asyncio.to_thread(self._create, site)
+        return await self._cgi(request, site, rest)
+
+    def _create(self, site: str) -> None:
+        self.service.site(site, create=True)
+        self.repos.create(site)
+
+    async def _cgi(self, request: Request, site: str, rest: str) -> Response:
+        host, port = request.scope.get("server") or ("127.0.0.1", 80)
+        env = {
+            "GIT_PROJECT_ROOT": str(self.repos.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{site}.git/{rest}",
+            "REQUEST_METHOD": request.method,
+            "QUERY_STRING": request.url.query,
+            "CONTENT_TYPE": request.headers.get("content-type", ""),
+            "REMOTE_USER": "pushsite",
+            "REMOTE_ADDR": request.client.host if request.client else "",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "HOME": str(self.repos.root),
+            **hook_environment(f"http://127.0.0.1:{port}/internal/post-receive",
+                               self.hook_secret),
+        }
+        for header, var in (("content-length", "CONTENT_LENGTH"),
+                            ("content-encoding", "HTTP_CONTENT_ENCODING"),
+                            ("git-protocol", "GIT_PROTOCOL")):
+            if header in request.headers:
+                env[var] = request.headers[header]
+        for name in ("PUSHSITE_HOME", "PUSHSITE_WAIT"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        proc = await asyncio.create_subprocess_exec(
+            "git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        pump = asyncio.create_task(self._pump(request, proc.stdin))
+        status, headers = 200, {}
+        while True:
+            line = (await proc.stdout.readline()).decode("latin-1").rstrip("\r\n")
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.strip().split()[0])
+            else:
+                headers[name.strip()] = value.strip()
+        headers.pop("Content-Length", None)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while chunk := await proc.stdout.read(_CHUNK):
+                    yield chunk
+            finally:
+                await pump
+                await proc.wait()
+
+        return StreamingResponse(body(), status_code=status, headers=headers)
+
+    @staticmethod
+    async def _pump(request: Request, stdin: asyncio.StreamWriter) -> None:
+        try:
+            async for chunk in request.stream():
+                stdin.write(chunk)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            stdin.close()
+
+    # the hook's call-back -------------------------------------------------------------------
+    async def post_receive(self, request: Request) -> Response:
+        given = request.headers.get("x-pushsite-hook-secret", "")
+        if not hmac.compare_digest(given, self.hook_secret):
+            return PlainTextResponse("forbidden\n", status_code=403)
+        payload = json.loads(await request.body())
+        site = payload["site"]
+        lines: list[str] = []
+        deployments = await asyncio.to_thread(self._accept_updates, site, payload["updates"],
+                                              lines)
+        return StreamingResponse(self._follow(deployments, lines),
+                                 media_type="text/plain; charset=utf-8")
+
+    def _accept_updates(self, site: str, updates: list[list[str]], lines: list[str]) -> list[str]:
+        accepted = []
+        for _old, new, ref in updates:
+            if not ref.startswith("refs/heads/"):
+                lines.append(f"pushsite: {ref} ignored (only branches deploy)")
+                continue
+            branch = ref.removeprefix("refs/heads/")
+            if new == ZERO:
+                self.service.delete_branch(site, branch)
+                lines.append(f"pushsite: branch {branch} deleted; its preview is gone")
+                continue
+            try:
+                message = self.repos.commit_message(site, new)
+                deployment = self.service.accept_commit(site, branch, new, message)
+            except PushsiteError as exc:
+                lines.append(f"pushsite: error: {exc} (the site was not updated)")
+                continue
+            lines.append(f"pushsite: {branch} {new[:12]} queued as deployment {deployment.id}")
+            accepted.append(deployment.id)
+        return accepted
+
+    async def _follow(self, deployment_ids: list[str], lines: list[str]) -> AsyncIterator[str]:
+        for line in lines:
+            yield line + "\n"
+        wait = self.service.config.wait
+        for deployment_id in deployment_ids:
+            deadline = time.monotonic() + wait
+            seen = 0
+            while True:
+                deployment = await asyncio.to_thread(self.service.state.get_deployment,
+                                                     deployment_id)
+                logs = await asyncio.to_thread(self.service.state.get_logs, deployment_id, seen)
+                for entry in logs:
+                    seen = entry.seq
+                    if entry.stage in ("read", "manifest", "activate") or entry.level != "info":
+                        yield f"pushsite: {entry.message}\n"
+                if deployment.status.finished:
+                    yield self._outcome(deployment) + "\n"
+                    break
+                if time.monotonic() > deadline:
+                    yield (f"pushsite: still {deployment.status} after {wait:.0f}s; follow it "
+                           f"with `pushsite log {deployment_id}`\n")
+                    break
+                await asyncio.sleep(0.05)
+
+    def _outcome(self, deployment: Any) -> str:
+        config = self.service.config
+        if deployment.status in (Status.LIVE, Status.READY):
+            site = self.service.state.get_site(deployment.site)
+            if deployment.branch == site.production_branch:
+                url = config.site_url(deployment.site)
+            else:
+                url = config.site_url(f"{branch_label(deployment.branch)}--{deployment.site}")
+            return (f"pushsite: {deployment.status}: {url} ({deployment.files} files, "
+                    f"{deployment.blobs_new} new blobs, {deployment.seconds or 0:.2f}s)")
+        return (f"pushsite: error: {deployment.error or deployment.status}; the site was not "
+                "updated (the commits are stored)")

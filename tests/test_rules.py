@@ -149,6 +149,14 @@ def test_shadowed_rule_lets_a_later_forced_rule_apply() -> None:
     assert go(rules, "/a", exists=False) == (301, "/one")
 
 
+def test_forced_rules_keep_file_order_where_a_file_exists() -> None:
+    rules = redirects("/* /spa 302!\n/x /literal 301!\n")
+    assert go(rules, "/x", exists=True) == (302, "/spa")
+    rules = redirects("/x /literal 301!\n/y /other 301\n/* /spa 302!\n")
+    assert go(rules, "/x", exists=True) == (301, "/literal")
+    assert go(rules, "/y", exists=True) == (302, "/spa")
+
+
 def test_custom_404_page_per_folder() -> None:
     rules = redirects("/en/* /en/404.html 404\n/de/* /de/404.html 404\n")
     assert go(rules, "/en/missing") == (404, "/en/404.html")

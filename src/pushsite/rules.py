@@ -230,18 +230,20 @@ class _Index:
     def __init__(self, rules: list[dict[str, Any]], trailing_slash: bool) -> None:
         self.trailing_slash = trailing_slash
         self.rules = [_Rule(i, rule, trailing_slash) for i, rule in enumerate(rules)]
-        self.literal: dict[str, list[int]] = {}
-        self.patterns: list[int] = []
-        for rule in self.rules:
-            if rule.path.literal is not None:
-                self.literal.setdefault(rule.path.literal, []).append(rule.index)
-            else:
-                self.patterns.append(rule.index)
+        # Two indexes: all rules, and forced rules only (all that apply where a file exists).
+        self.literal: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
+        self.patterns: tuple[list[int], list[int]] = ([], [])
+        for rule, raw in zip(self.rules, rules, strict=True):
+            for forced_only in (False, True) if raw.get("force") else (False,):
+                if rule.path.literal is not None:
+                    self.literal[forced_only].setdefault(rule.path.literal, []).append(rule.index)
+                else:
+                    self.patterns[forced_only].append(rule.index)
 
-    def candidates(self, path: str) -> Iterator[_Rule]:
+    def candidates(self, path: str, forced_only: bool = False) -> Iterator[_Rule]:
         """Rules that may match `path`, in file order."""
         key = normalise(path) if self.trailing_slash else path
-        for i in heapq.merge(self.literal.get(key, ()), self.patterns):
+        for i in heapq.merge(self.literal[forced_only].get(key, ()), self.patterns[forced_only]):
             yield self.rules[i]
 
 
@@ -262,16 +264,16 @@ class CompiledRules:
 
         `path` is decoded and starts with "/"; `query` is the raw query string without "?";
         when `file_exists`, only forced rules apply. `host` is needed only by rules written
-        with an absolute URL; without it they never match.
+        with an absolute URL; without it they never match. The request's query string is
+        appended to the target unless the target has its own or the rule has query
+        conditions (see the module docstring). The target is percent-encoded.
         """
         if not self._redirect_rules:
             return None
         if self._redirects is None:
             self._redirects = _Index(self._redirect_rules, trailing_slash=True)
-        for matcher in self._redirects.candidates(path):
+        for matcher in self._redirects.candidates(path, forced_only=file_exists):
             rule = self._redirect_rules[matcher.index]
-            if file_exists and not rule["force"]:
-                continue
             captures = matcher.match(path, query, host)
             if captures is None:
                 continue

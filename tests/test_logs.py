@@ -17,6 +17,7 @@ import pytest
 from pushsite.errors import BackendUnavailable, ConfigError
 from pushsite.logs import DeployLog, JsonStderrSink, sinks_from_env
 from pushsite.model import LogLine
+from pushsite.state.sqlite import SqliteState
 from pushsite.syslog import SD_ID, SyslogSink
 
 DEPLOYMENT = "01jd5m7k8q0000000000000000"
@@ -324,3 +325,24 @@ def test_a_deployment_log_reaches_a_syslog_collector() -> None:
     assert match.group(2).decode() == (
         f'deployment="{DEPLOYMENT}" site="blog" url="http://blog.localhost:8000/"'
     )
+
+
+def test_logs_land_in_the_real_sqlite_state(tmp_path: Path) -> None:
+    state = SqliteState.from_url("sqlite:///" + str(tmp_path / "s.db"))
+    try:
+        log = DeployLog(state, DEPLOYMENT, "blog", flush_every=3600, flush_lines=2)
+        log.info("read", "one", files=1, path=Path("a b"))
+        log.info("read", "two")
+        log.warning("store", "three", detail='a"b]')
+        log.flush()
+        lines = state.get_logs(DEPLOYMENT)
+        assert [(x.seq, x.level, x.stage, x.message) for x in lines] == [
+            (1, "info", "read", "one"),
+            (2, "info", "read", "two"),
+            (3, "warning", "store", "three"),
+        ]
+        assert lines[0].fields == {"files": 1, "path": "a b"}
+        assert lines[2].fields == {"detail": 'a"b]'}
+        assert [x.message for x in state.get_logs(DEPLOYMENT, after=2)] == ["three"]
+    finally:
+        state.close()

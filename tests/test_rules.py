@@ -211,6 +211,13 @@ def test_query_condition_with_a_literal_value() -> None:
     assert go(rules, "/store", "id=43") is None
 
 
+def test_query_condition_with_a_key_alone_needs_only_the_key() -> None:
+    rules = redirects("/search color /colors 200\n/search /all 200\n")
+    assert go(rules, "/search", "color") == (200, "/colors")
+    assert go(rules, "/search", "color=red&x=1") == (200, "/colors")
+    assert go(rules, "/search", "colour=red") == (200, "/all?colour=red")
+
+
 def test_query_captures_are_encoded_and_may_be_empty() -> None:
     rules = redirects("/s q=:q /search?q=:q 302")
     assert go(rules, "/s", "q=a+b%26c") == (302, "/search?q=a%20b&c")

@@ -82,6 +82,12 @@ def test_query_condition_with_literal_value() -> None:
     assert rule["query"] == [["id", "42"]]
 
 
+def test_query_condition_with_a_key_alone() -> None:
+    [rule] = parse_redirects("/search color /search/_color/index.html 200")
+    assert rule["query"] == [["color", ""]]
+    assert rule["to"] == "/search/_color/index.html"
+
+
 def test_absolute_target_and_splat_and_placeholders() -> None:
     rules = parse_redirects(
         "/news/:year/:month/:slug /blog/:year-:month-:slug.html\n"

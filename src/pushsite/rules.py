@@ -18,7 +18,8 @@ Redirect rules (first match wins):
 - a path matches with or without one trailing slash ("/about" matches "/about/"), as on
   Netlify; header patterns match the path exactly;
 - `query` conditions are `[key, value]` pairs: every key must be in the request's query string;
-  a value `:name` captures the request's value, any other value must be equal;
+  a value `:name` captures the request's value, "" accepts any value, any other value must
+  be equal (the first occurrence of a repeated key counts);
 - when a file exists at the path, only forced rules (`!`) apply (shadowing);
 - `:splat` and `:name` in the target are replaced with the captured values, percent-encoded;
   references to names the rule does not capture stay as written;
@@ -219,7 +220,7 @@ class _Rule:
                     return None
                 if wanted.startswith(":") and NAME.fullmatch(wanted[1:]):
                     captures[wanted[1:]] = _encode(values[key], slash=False)
-                elif values[key] != wanted:
+                elif wanted and values[key] != wanted:
                     return None
         return captures
 

@@ -8,6 +8,7 @@ silently. Parsed rules are plain dicts and lists (JSON), because they live in th
 
 A redirect rule:  {"line": 4, "host": None, "path": "/news/*", "query": [["id", ":id"]],
                    "to": "/blog/:splat", "status": 301, "force": False}
+                  (a query value ":name" captures, "" only requires the key, else must equal)
 A header rule:    {"line": 1, "host": None, "path": "/*", "set": [["X-Frame-Options", "DENY"]],
                    "detach": ["x-powered-by"]}
 
@@ -170,11 +171,15 @@ def _redirect(fields: list[str], number: int) -> dict[str, Any]:
     names = _check_names(host, path)
     rest = fields[1:]
     query: list[list[str]] = []
-    while rest and "=" in rest[0] and not rest[0].startswith(("/", "http://", "https://")):
-        key, _, value = rest.pop(0).partition("=")
+    while rest and _is_condition(rest):
+        token = rest.pop(0)
+        key, equals, value = token.partition("=")
         _reject_condition(key)
-        if not key or not value:
-            raise ValueError(f'query condition "{key}={value}" needs a key and a value')
+        if equals and (not key or not value):
+            raise ValueError(
+                f'query condition "{token}" needs a key and a value, e.g. "id=:id"; '
+                'a key alone requires only that the key is present'
+            )
         if value.startswith(":") and NAME.fullmatch(value[1:]):
             if value[1:] in names:
                 raise ValueError(f'placeholder "{value}" is used twice')
@@ -200,6 +205,15 @@ def _redirect(fields: list[str], number: int) -> dict[str, Any]:
         )
     return {"line": number, "host": host, "path": path, "query": query, "to": target,
             "status": status, "force": force}
+
+
+def _is_condition(rest: list[str]) -> bool:
+    """Whether the next field is a query condition: "key=value", or a bare "key" (must be
+    present, any value) when a target follows it."""
+    token = rest[0]
+    if token.startswith(("/", "http://", "https://", "#")):
+        return False
+    return "=" in token or (len(rest) > 1 and rest[1].startswith(("/", "http://", "https://")))
 
 
 def _reject_condition(key: str) -> None:

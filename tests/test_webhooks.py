@@ -219,6 +219,7 @@ def test_github_push() -> None:
         forced=False,
         message="Fix the footer links\n\nThe old links pointed at the staging host.",
         pusher="ada",
+        before=BEFORE,
     )
 
 
@@ -268,6 +269,7 @@ def test_bitbucket_push_forced_delete_tag() -> None:
     assert event is not None
     assert (event.repo, event.branch, event.commit) == ("acme/www", "main", AFTER)
     assert (event.pusher, event.delivery_id, event.forced) == ("ada", "b-1", False)
+    assert event.before == BEFORE
     forced = payload("bitbucket_push_forced.json")
     event = parse_push("bitbucket", signed("bitbucket", forced), forced)
     assert event is not None and event.forced and event.branch == "feature/login"
@@ -277,6 +279,7 @@ def test_bitbucket_push_forced_delete_tag() -> None:
     tag = payload("bitbucket_push_tag.json")
     event = parse_push("bitbucket", signed("bitbucket", tag), tag)
     assert event is not None and event.tag == "v2.1.0" and event.commit == AFTER
+    assert event.before == ZERO_COMMIT
 
 
 def test_bitbucket_push_of_two_branches_is_two_events() -> None:
@@ -385,7 +388,19 @@ def server() -> Iterator[tuple[str, _Holder]]:
         sock.close()
 
 
-def make_hooks(server: tuple[str, _Holder], *, tags: bool = False) -> Hooks:
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_795_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_hooks(
+    server: tuple[str, _Holder], *, tags: bool = False, clock: Clock | None = None
+) -> Hooks:
     base, holder = server
     hooks = Hooks(base)
     secrets = {"www": SECRET, "docs": SECRET}
@@ -396,7 +411,9 @@ def make_hooks(server: tuple[str, _Holder], *, tags: bool = False) -> Hooks:
         hooks.pushes.append((site, event))
         return {"deployment": f"dep{len(hooks.pushes)}", "status": "queued"}
 
-    holder.endpoint = webhook_endpoint(secrets.get, on_push, deploy_tags=lambda site: tags)
+    holder.endpoint = webhook_endpoint(
+        secrets.get, on_push, deploy_tags=lambda site: tags, clock=clock or Clock()
+    )
     return hooks
 
 
@@ -614,3 +631,43 @@ def test_a_failing_queue_is_reported_with_its_status(hooks: Hooks) -> None:
         "error": "the queue is unreachable: check that the worker is running",
         "status": 503,
     }
+
+
+def test_a_failed_hand_on_is_taken_again_when_the_host_retries(hooks: Hooks) -> None:
+    hooks.fail = BackendUnavailable("the queue is unreachable: check that the worker is running")
+    body = payload("github_push.json")
+    headers = signed("github", body, delivery="0b1e9a50-cc78-11e3-81ab-4c9367dc0958")
+    assert post(hooks, "github", body, headers).status_code == 503
+    hooks.fail = None
+    retry = post(hooks, "github", body, headers)
+    assert retry.status_code == 200 and retry.json()["events"][0]["status"] == "queued"
+    assert len(hooks.pushes) == 1
+
+
+def test_the_same_update_is_deployed_again_after_the_window(server: tuple[str, _Holder]) -> None:
+    clock = Clock()
+    hooks = make_hooks(server, clock=clock)
+    body = payload("github_push.json")
+
+    def push() -> dict[str, Any]:
+        event: dict[str, Any] = post(hooks, "github", body, signed("github", body)).json()
+        return event["events"][0]
+
+    assert push()["status"] == "queued"
+    clock.now += 59  # a second hook's copy, within a minute
+    assert push()["ignored"] == "this push was already received"
+    clock.now += 121  # the same update pushed again later (A->B, back to A, B again)
+    assert push()["status"] == "queued"
+    assert len(hooks.pushes) == 2
+
+
+def test_pushing_back_to_an_earlier_commit_deploys_it(hooks: Hooks) -> None:
+    forward = payload("github_push.json")
+    data = json.loads(forward)
+    data |= {"before": AFTER, "after": BEFORE, "forced": True, "commits": []}
+    data["head_commit"] = dict(data["head_commit"], id=BEFORE, message="Update the header")
+    back = json.dumps(data).encode()
+    assert post(hooks, "github", forward, signed("github", forward)).status_code == 200
+    answer = post(hooks, "github", back, signed("github", back))
+    assert answer.json()["events"][0]["status"] == "queued"
+    assert [event.commit for _, event in hooks.pushes] == [AFTER, BEFORE]

@@ -15,9 +15,12 @@ Tests the hosts send: GitHub's `ping` event, Bitbucket's `diagnostics:ping`, and
 sends a real push of the default branch's last commits that no header tells apart, so it
 deploys that commit like any push (and the commit dedup makes a repeat harmless).
 
-Duplicates are dropped twice: by delivery id (a host's retry of the same event) and by
-(site, ref, commit). The ref is part of the second key on purpose: fast-forwarding `main` to
-a commit that was already previewed on a branch must still deploy production.
+Duplicates are dropped twice: by delivery id (a host's retry of the same event) and by the
+ref update itself, (site, ref, before, commit), seen again within a minute or so: one push
+reported by two hooks. The ref is in that key so that fast-forwarding `main` to a commit
+already previewed on a branch still deploys production; the time window, so that pushing
+the same update again later (A->B, back to A, B again) deploys again. When `on_push` fails,
+the keys it took are forgotten (where the dedup store can forget) so a retry is not dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -71,6 +75,7 @@ class PushEvent:
     message: str
     pusher: str
     project_id: str = ""  # GitLab's numeric project id
+    before: str = ""  # the commit the ref pointed at before; ZERO_COMMIT when created
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,6 +231,7 @@ def _event(
     message: str = "",
     pusher: str = "",
     project_id: str = "",
+    before: str = "",
 ) -> PushEvent:
     deleted = commit.strip("0") == ""
     branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
@@ -243,6 +249,7 @@ def _event(
         message="" if deleted else message,
         pusher=pusher,
         project_id=project_id,
+        before=before.lower() if _SHA.match(before.lower()) else "",
     )
 
 
@@ -266,6 +273,7 @@ def _github_like(provider: str, delivery: str, data: dict[str, Any]) -> PushEven
         forced=bool(data.get("forced")),
         message=_text(_get(head, "message")),
         pusher=pusher,
+        before=_text(data.get("before")),
     )
 
 
@@ -297,6 +305,7 @@ def _gitlab(delivery: str, data: dict[str, Any]) -> PushEvent:
         message=message,
         pusher=_text(data.get("user_username")) or _text(data.get("user_name")),
         project_id=str(project_id) if isinstance(project_id, int | str) else "",
+        before=_text(data.get("before")),
     )
 
 
@@ -313,8 +322,9 @@ def _bitbucket(delivery: str, data: dict[str, Any]) -> list[PushEvent]:
         if not isinstance(side, dict) or side.get("type") not in ("branch", "tag"):
             continue
         prefix = "refs/heads/" if side["type"] == "branch" else "refs/tags/"
-        new = change.get("new")
+        new, old = change.get("new"), change.get("old")
         commit = _required(new, "target", "hash") if new else ZERO_COMMIT
+        before = _text(_get(old, "target", "hash")) if old else ZERO_COMMIT
         events.append(
             _event(
                 "bitbucket",
@@ -325,6 +335,7 @@ def _bitbucket(delivery: str, data: dict[str, Any]) -> list[PushEvent]:
                 forced=bool(change.get("forced")),
                 message=_text(_get(new or {}, "target", "message")),
                 pusher=pusher,
+                before=before,
             )
         )
     return events
@@ -376,6 +387,9 @@ class MemorySeen:
             self._keys.popitem(last=False)
         return True
 
+    def forget(self, key: str) -> None:
+        self._keys.pop(key, None)
+
 
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, or BundleTooLarge as soon as it passes `limit` (never buffered past it)."""
@@ -418,7 +432,10 @@ def webhook_endpoint(
     read_limit: int = MAX_BODY,
     *,
     remember: Callable[[str], bool] | None = None,
+    forget: Callable[[str], None] | None = None,
     deploy_tags: Callable[[str], bool] | None = None,
+    same_push_window: float = 60.0,
+    clock: Callable[[], float] = time.time,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint for `/hooks/{provider}/{site}`.
 
@@ -426,10 +443,16 @@ def webhook_endpoint(
     `on_push(site, event)` queues the deployment (or, for a deleted branch, its cleanup) and
     returns a small dict that goes into the answer; it must be quick, the host is waiting.
     `remember(key)` is True the first time it sees a key (default: in memory); pass
-    StateStore.remember to dedup across restarts and processes. Tag pushes are ignored unless
-    `deploy_tags(site)` is True. Answers JSON: {"ok": true, "events": [...]} or the error shape.
+    StateStore.remember to dedup across restarts and processes, and `forget(key)` if the store
+    has one, so that a push whose `on_push` failed is taken again when the host retries.
+    Tag pushes are ignored unless `deploy_tags(site)` is True. The same ref update is dropped
+    when seen again within `same_push_window` seconds (and taken after twice that).
+    Answers JSON: {"ok": true, "site": ..., "events": [...]}, or {"ok": false, "error", "status"}.
     """
-    seen = remember or MemorySeen()
+    if remember is None:
+        memory = MemorySeen()
+        remember, forget = memory, memory.forget
+    seen = remember
 
     async def endpoint(request: Request) -> Response:
         provider = request.path_params.get("provider", "")
@@ -464,11 +487,33 @@ def webhook_endpoint(
             return {**summary, "ignored": "tag pushes are not deployed for this site"}
         if event.branch is None and event.tag is None:
             return {**summary, "ignored": "only branch and tag refs are deployed"}
-        if event.delivery_id and not seen(f"hook:{site}:{event.delivery_id}:{event.ref}"):
-            return {**summary, "ignored": "duplicate delivery"}
-        if not event.deleted and not seen(f"push:{site}:{event.ref}:{event.commit}"):
-            return {**summary, "ignored": "this commit was already received for this ref"}
+        taken = []
+        delivery = f"hook:{site}:{event.provider}:{event.delivery_id}:{event.ref}"
+        if event.delivery_id:
+            if not seen(delivery):
+                return {**summary, "ignored": "duplicate delivery"}
+            taken.append(delivery)
+        if not event.deleted:
+            # Keys for this time bucket and the one before: a repeat within one window always
+            # meets one of them; both are recorded, so no short-circuit.
+            bucket = int(clock() // same_push_window)
+            update = f"push:{site}:{event.ref}:{event.before}:{event.commit}"
+            keys = [f"{update}:{bucket}", f"{update}:{bucket - 1}"]
+            fresh = [seen(key) for key in keys]
+            taken += [key for key, new in zip(keys, fresh, strict=True) if new]
+            if not all(fresh):
+                return {**summary, "ignored": "this push was already received"}
         log.info("webhook %s for %s: %s at %s", event.provider, site, event.ref, event.commit)
-        return {**summary, **(await on_push(site, event))}
+        try:
+            result = await on_push(site, event)
+        except BaseException:
+            _forget(taken)
+            raise
+        return {**summary, **result}
+
+    def _forget(keys: list[str]) -> None:
+        if forget is not None:
+            for key in keys:
+                forget(key)
 
     return endpoint

@@ -464,9 +464,7 @@ class BundleReader:
             self._skip = size + (-size % _BLOCK)
             return None
         if not has_data and size:
-            raise _rejected(
-                f"the {member_kind} entry {name[:200]!r} declares {size} bytes of data"
-            )
+            raise _rejected(f"the {member_kind} entry {name[:200]!r} declares {size} bytes of data")
         if member_kind is MemberKind.DIR and is_root_name(name):
             return None  # "./" from `tar czf x.tgz -C site .`: the root itself
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,7 +22,8 @@ from pushsite.siteconfig import (
 )
 
 
-def error_of(parse, text):  # type: ignore[no-untyped-def]
+def error_of(parse: Callable[[Any], object], text: Any) -> str:
+    """The message of the SiteConfigError that parsing `text` raises."""
     with pytest.raises(SiteConfigError) as caught:
         parse(text)
     return str(caught.value)

@@ -187,7 +187,10 @@ class _Rule:
         self.index = index
         self.path = compile_path(rule["path"], trailing_slash=trailing_slash)
         host = rule.get("host")
-        self.host, self.host_names = compile_host(host) if host else (None, ())
+        self.host: re.Pattern[str] | None = None
+        self.host_names: tuple[str, ...] = ()
+        if host:
+            self.host, self.host_names = compile_host(host)
         self.query: list[tuple[str, str]] = [(k, v) for k, v in rule.get("query", ())]
 
     def match(self, path: str, query: str, host: str | None) -> dict[str, str] | None:

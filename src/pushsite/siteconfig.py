@@ -89,10 +89,11 @@ def _lines(text: str, filename: str) -> list[tuple[int, str]]:
                 f"{filename} line {number}: the line is {len(line):,} characters; "
                 f"the limit is {MAX_LINE:,}"
             )
-        if _CONTROL.search(line):
+        control = _CONTROL.search(line)
+        if control:
             raise SiteConfigError(
                 f"{filename} line {number}: the line holds a control character "
-                f"{_CONTROL.search(line).group()!r}; remove it"  # type: ignore[union-attr]
+                f"{control.group()!r}; remove it"
             )
         numbered.append((number, line))
     return numbered

@@ -678,3 +678,32 @@ def test_header_rules_only_add_to_vary(world: World, ruled: str) -> None:
         conn.close()
     assert vary is not None
     assert sorted(vary) == ["Accept-Encoding", "Cookie"]
+
+
+# --------------------------------------------------------------------------- ASGI shape
+
+
+def test_websockets_to_a_site_are_refused_and_lifespan_goes_to_the_control(
+    world: World, site: str
+) -> None:
+    import asyncio
+
+    seen: list[str] = []
+
+    async def control(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    app = make_edge_or_control_app(Edge(world.state, world.store), control)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    socket_scope = {"type": "websocket", "headers": [(b"host", f"{site}.localhost".encode())]}
+    asyncio.run(app(socket_scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1003}]
+    asyncio.run(app({"type": "lifespan"}, receive, send))
+    assert seen == ["lifespan"]

@@ -72,12 +72,23 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NOINDEX = [(b"x-robots-tag", b"noindex")]
 _VARY = (b"vary", b"Accept-Encoding")
 _TEXT = b"text/plain; charset=utf-8"
+_TARGET = "pushsite.site"  # scope key: the SiteTarget the dispatcher already resolved
 
 
 class _Plan:
     """What a path means in one deployment: a file with a status, a redirect, or a message."""
 
-    __slots__ = ("status", "path", "entry", "body", "headers", "add", "detach", "_merged")
+    __slots__ = (
+        "status",
+        "path",
+        "entry",
+        "codings",
+        "body",
+        "headers",
+        "add",
+        "detach",
+        "_merged",
+    )
 
     def __init__(
         self,
@@ -92,6 +103,7 @@ class _Plan:
         self.status = status
         self.path = path  # manifest path of the file to serve; "" for redirects and messages
         self.entry = entry
+        self.codings = tuple(sorted(entry.encodings)) if entry else ()  # stored variants
         self.body = body
         self.headers = headers or []  # final headers of a redirect or message
         self.add = add or []  # `_headers` additions for this request path
@@ -306,6 +318,7 @@ class Edge:
             cache_bytes - cache_bytes // 8, max_item=min(STREAM_THRESHOLD, cache_bytes // 8)
         )
         self.manifests: ByteLRU[_Deployed] = ByteLRU(cache_bytes // 8, max_item=cache_bytes // 8)
+        self._codings: dict[tuple[bytes, tuple[str, ...]], str | None] = {}
 
     def site_for_host(self, host: str) -> SiteTarget | None:
         """The site a Host header names; None when the control plane should answer."""
@@ -315,6 +328,9 @@ class Edge:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
+            elif scope["type"] == "websocket":  # static sites have none: refuse the handshake
+                await receive()
+                await send({"type": "websocket.close", "code": 1003})
             return
         host = accept = none_match = since = range_ = if_range = None
         for name, value in scope["headers"]:
@@ -333,7 +349,7 @@ class Edge:
         head = scope["method"] == "HEAD"
         try:
             host_name = host.decode("latin-1") if host else ""
-            target = self.hosts.target(host_name)
+            target = scope.get(_TARGET) or self.hosts.target(host_name)
             deployment_id = self.hosts.deployment_id(target) if target else None
             if target is None or deployment_id is None:
                 await _send(send, _NO_SITE.status, _NO_SITE.headers, _NO_SITE.body, head)
@@ -383,23 +399,16 @@ class Edge:
                     byte_range = None
         if byte_range is not None:
             encoding = ""  # ranges are offsets into the identity content
-        elif entry.encodings:
-            chosen = hs.choose_encoding(
-                accept.decode("latin-1") if accept is not None else None, tuple(entry.encodings)
-            )
+        else:
+            chosen = self._coding(accept, plan.codings)
             if chosen is None:
                 body = b"406 Not Acceptable: identity is refused and no other coding fits.\n"
                 headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
-                await _send(send, 406, headers + [_VARY, _NOSNIFF] + (extra or []), body, head)
-                return
-            encoding = chosen
-        else:
-            encoding = ""
-            if accept is not None and hs.choose_encoding(accept.decode("latin-1"), ()) is None:
-                body = b"406 Not Acceptable: identity is refused and no other coding fits.\n"
-                headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
+                if plan.codings:
+                    headers.append(_VARY)
                 await _send(send, 406, headers + [_NOSNIFF] + (extra or []), body, head)
                 return
+            encoding = chosen
         headers = deployed.headers(plan, encoding, full)
         if extra:
             headers = headers + extra
@@ -444,6 +453,19 @@ class Edge:
             data = await anyio.to_thread.run_sync(self.store.get, key)
             self.blobs.put(key, data, len(data))
         await _send(send, status, headers, data if end - start == size else data[start:end], False)
+
+    def _coding(self, accept: bytes | None, codings: tuple[str, ...]) -> str | None:
+        """choose_encoding, memoised: clients repeat the same few Accept-Encoding values."""
+        if accept is None:
+            return ""
+        key = (accept, codings)
+        try:
+            return self._codings[key]
+        except KeyError:
+            if len(self._codings) >= 1024:
+                self._codings.clear()
+            chosen = self._codings[key] = hs.choose_encoding(accept.decode("latin-1"), codings)
+            return chosen
 
     async def _stream(
         self, send: Send, status: int, headers: Headers, key: str, start: int, end: int
@@ -502,7 +524,9 @@ def make_edge_or_control_app(edge: Edge, control_app: ASGIApp) -> ASGIApp:
                 if name == b"host":
                     host = value
                     break
-            if edge.site_for_host(host.decode("latin-1")) is not None:
+            target = edge.site_for_host(host.decode("latin-1"))
+            if target is not None:
+                scope[_TARGET] = target  # so the edge does not look a custom domain up again
                 await edge(scope, receive, send)
                 return
         await control_app(scope, receive, send)

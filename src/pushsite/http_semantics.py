@@ -225,9 +225,9 @@ def is_fingerprinted(path: str) -> bool:
         token = match.group(1)
         if not token.isdigit() and any(c.isdigit() for c in token):
             return True
-    match = _B64_HASH.search(name)
-    if match:
-        token = match.group(1)
+    b64 = _B64_HASH.search(name)
+    if b64:
+        token = b64.group(1)
         return (
             any(c.isdigit() for c in token)
             and any(c.isupper() for c in token)

@@ -650,8 +650,9 @@ def test_the_same_update_is_deployed_again_after_the_window(server: tuple[str, _
     body = payload("github_push.json")
 
     def push() -> dict[str, Any]:
-        event: dict[str, Any] = post(hooks, "github", body, signed("github", body)).json()
-        return event["events"][0]
+        answer = post(hooks, "github", body, signed("github", body)).json()
+        event: dict[str, Any] = answer["events"][0]
+        return event
 
     assert push()["status"] == "queued"
     clock.now += 59  # a second hook's copy, within a minute

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from pushsite.errors import (
@@ -480,6 +480,8 @@ def webhook_endpoint(
             return JSONResponse({"ok": True, "site": site, "events": results})
         except PushsiteError as error:
             return _error(error)
+        except ClientDisconnect:  # the host gave up mid-body; it will retry, nothing was taken
+            return Response(status_code=400)
 
     async def _handle(site: str, event: PushEvent, tags: bool) -> dict[str, Any]:
         summary: dict[str, Any] = {"ref": event.ref, "commit": event.commit}

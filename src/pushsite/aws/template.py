@@ -351,7 +351,10 @@ def _resources(prefix: str) -> Json:
                 "Role": _arn("DeployerRole"),
                 "Code": {"S3Bucket": _ref("CodeS3Bucket"), "S3Key": _ref("CodeS3Key")},
                 "Environment": {
+                    # The settings of config.py, plus where bundles wait and the mirror.
                     "Variables": {
+                        "PUSHSITE_HOME": "/tmp/pushsite",  # Lambda may write only to /tmp
+                        "PUSHSITE_QUEUE": {"Fn::Sub": "sqs://${DeployQueue.QueueName}"},
                         "PUSHSITE_STORE": {"Fn::Sub": "s3://${ContentBucket}"},
                         "PUSHSITE_STATE": {"Fn::Sub": "dynamodb://${DeploymentsTable}"},
                         "PUSHSITE_STAGING": {"Fn::Sub": "s3://${StagingBucket}"},

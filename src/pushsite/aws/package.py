@@ -1,0 +1,199 @@
+"""The Lambda deployment package: pushsite and the deploy path's dependencies, as one zip.
+
+Which dependencies go in: only what the deploy path imports (bundle reader, encoder, deployer,
+service, the S3/DynamoDB/SQS backends):
+
+    isal     gzip of the bundle and of text files; several times faster than zlib
+    brotli   the .br variants of text files
+
+Left out on purpose:
+
+    boto3, botocore, s3transfer (and their jmespath, dateutil, urllib3, six): the python3.11
+        runtime ships them, and a second copy would add ~25 MB and shadow the runtime's
+    click, rich: the command line; Lambda calls pushsite.aws.handler.handler directly
+    starlette, fastapi, uvicorn, httpx, jinja2, python-multipart: the edge, dashboard, API and
+        webhook receiver, which serve HTTP on a host, not in the deployer function
+
+The versions follow pyproject.toml's requirement lines for the chosen names. The wheels are
+the ones pip picks for the runtime's platform (manylinux2014, the glibc 2.17 baseline that the
+python3.11 runtime's Amazon Linux 2 satisfies), never the build machine's.
+
+Reproducible: the same sources and the same wheels give a byte-identical zip. Entries are
+sorted, every timestamp is 1980-01-01, permissions are 0644 (0755 for shared libraries), no
+__pycache__ or .pyc (Lambda's file system is read-only, so a cache could not be written anyway),
+and pip's INSTALLER/REQUESTED/RECORD/direct_url.json, which vary by installer, are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pushsite.errors import ConfigError
+
+MB = 1024 * 1024
+MAX_UNZIPPED = 250 * MB  # Lambda's limit for the function and its layers, unzipped
+MAX_ZIPPED = 50 * MB  # Lambda's limit for a zip uploaded directly (not from S3)
+
+LAMBDA_DEPENDENCIES = ("isal", "brotli")
+# What pushsite.aws.handler runs; each must import from the zip on the runtime (tests check).
+DEPLOY_PATH_MODULES = (
+    "pushsite.service",
+    "pushsite.deployer",
+    "pushsite.stores.s3",
+    "pushsite.state.dynamodb",
+    "pushsite.queues.sqs",
+    "pushsite.mirror",
+)
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
+PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
+PYTHONS = ("3.11", "3.12", "3.13")
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+_SKIP_NAMES = {"__pycache__", "INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+_SKIP_TOP = {"bin"}  # console scripts pip writes for the build machine
+_NAME = re.compile(r"^[A-Za-z0-9._-]+")
+
+
+def _requirements(project_dir: Path) -> list[str]:
+    """pyproject.toml's requirement lines for LAMBDA_DEPENDENCIES, in that order."""
+    pyproject = project_dir / "pyproject.toml"
+    try:
+        declared = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the dependencies in {pyproject} ({exc}): pass the project's folder"
+        ) from exc
+    by_name = {}
+    for line in declared:
+        match = _NAME.match(line)
+        if match:
+            by_name[match.group(0).lower().replace("_", "-")] = line
+    missing = [name for name in LAMBDA_DEPENDENCIES if name not in by_name]
+    if missing:
+        raise ConfigError(f"{pyproject} does not declare {', '.join(missing)}: add them")
+    return [by_name[name] for name in LAMBDA_DEPENDENCIES]
+
+
+def _pip_install(target: Path, requirements: list[str], platform: str, python: str) -> None:
+    command = [
+        sys.executable, "-m", "pip", "install",
+        "--quiet", "--disable-pip-version-check", "--no-input", "--no-compile",
+        "--platform", PLATFORMS[platform],
+        "--implementation", "cp",
+        "--python-version", python,
+        "--only-binary=:all:",
+        "--target", str(target),
+        *requirements,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(
+            f"pip could not fetch {' '.join(requirements)} for Lambda ({platform}, Python "
+            f"{python}): {detail}; check the network and that wheels exist for that platform"
+        )
+
+
+def _remove_runtime_provided(target: Path) -> None:
+    """Drop boto3 and friends if a dependency ever pulls them in: the runtime has them."""
+    for path in target.iterdir():
+        name = path.name.split("-")[0].lower()
+        if name in RUNTIME_PROVIDED:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(archive name, file) for every file to ship under root."""
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if (
+            path.is_dir()
+            or relative.parts[0] in _SKIP_TOP
+            or any(part in _SKIP_NAMES for part in relative.parts)
+            or path.suffix in (".pyc", ".pyo")
+        ):
+            continue
+        yield relative.as_posix(), path
+
+
+def _zip_entry(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.create_system = 3  # unix, so the permission bits below mean what they say
+    mode = 0o755 if name.endswith(".so") or ".so." in name else 0o644
+    info.external_attr = (0o100000 | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _write_zip(out: Path, entries: dict[str, Path]) -> int:
+    """Write the zip; return the unzipped size."""
+    total = 0
+    tmp = out.with_name(out.name + ".part")
+    with zipfile.ZipFile(tmp, "w", compresslevel=9) as archive:
+        for name in sorted(entries):
+            data = entries[name].read_bytes()
+            total += len(data)
+            archive.writestr(_zip_entry(name), data)
+    os.replace(tmp, out)
+    return total
+
+
+def check_size(out: Path, unzipped: int, *, max_unzipped: int, max_zipped: int) -> None:
+    """Fail with the sizes and the limit when Lambda would refuse the zip."""
+    zipped = out.stat().st_size
+    if unzipped > max_unzipped:
+        raise ConfigError(
+            f"the Lambda package {out} unpacks to {unzipped / MB:.1f} MB, over Lambda's "
+            f"{max_unzipped / MB:.0f} MB limit: leave dependencies out of LAMBDA_DEPENDENCIES"
+        )
+    if zipped > max_zipped:
+        raise ConfigError(
+            f"the Lambda package {out} is {zipped / MB:.1f} MB zipped, over the "
+            f"{max_zipped / MB:.0f} MB limit for a direct upload: leave dependencies out"
+        )
+
+
+def build_lambda_zip(
+    out: Path,
+    *,
+    platform: str = "x86_64",
+    python: str = "3.11",
+    project_dir: Path,
+    max_unzipped: int = MAX_UNZIPPED,
+    max_zipped: int = MAX_ZIPPED,
+) -> Path:
+    """Build the deployer's zip at `out` for Lambda's platform and Python; returns `out`."""
+    if platform not in PLATFORMS:
+        raise ConfigError(
+            f"unknown Lambda platform {platform!r}: use one of {', '.join(PLATFORMS)}"
+        )
+    if python not in PYTHONS:
+        raise ConfigError(f"unsupported Python {python!r} for Lambda: use one of {PYTHONS}")
+    package = project_dir / "src" / "pushsite"
+    if not (package / "__init__.py").is_file():
+        raise ConfigError(
+            f"no pushsite sources at {package}: pass the folder that holds pyproject.toml"
+        )
+    requirements = _requirements(project_dir)
+    with tempfile.TemporaryDirectory(prefix="pushsite-lambda-") as tmp:
+        target = Path(tmp)
+        _pip_install(target, requirements, platform, python)
+        _remove_runtime_provided(target)
+        entries = dict(_files(target))
+        entries.update((f"pushsite/{name}", path) for name, path in _files(package))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        unzipped = _write_zip(out, entries)
+    try:
+        check_size(out, unzipped, max_unzipped=max_unzipped, max_zipped=max_zipped)
+    except ConfigError:
+        out.unlink()  # so nobody uploads a zip Lambda would refuse
+        raise
+    return out

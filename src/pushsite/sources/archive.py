@@ -208,7 +208,9 @@ def fetch_archive(
     """Stream the commit's tar.gz into `dest` (never whole in memory); the bytes written.
 
     Retries up to `retries` more times, sleeping backoff, 2*backoff, 4*backoff... (at most
-    30 s). A seekable `dest` is rewound to where it started before each retry.
+    30 s). A seekable `dest` is rewound to where it started before each retry; a pipe that
+    already took bytes cannot be, so that failure is final. `timeout` bounds each network
+    step (connect, each read), not the whole download. Over `max_bytes`: BundleTooLarge.
     """
     url, headers = archive_request(source)
     start = dest.tell() if dest.seekable() else None

@@ -12,7 +12,8 @@ Patterns (both files):
   "/news"); a segment written `:name` is a placeholder matching one segment (not "/");
   anything else is literal and compared after percent-decoding;
 - or an absolute URL ("https://:sub.example.com/*"): the host is lowercased and each label is
-  literal or a `:name` placeholder; such a rule matches only when the caller passes `host`.
+  literal or a `:name` placeholder; such a rule matches only when the caller passes `host`
+  (the scheme is not compared: the edge cannot always know it).
 
 Redirect rules (first match wins):
 - a path matches with or without one trailing slash ("/about" matches "/about/"), as on

@@ -65,7 +65,7 @@ class SiteSettings:
     production_branch: str | None = None
     publish: str | None = None  # folder inside the bundle, normalised ("dist"); None = root
     build: str | None = None  # recorded only: pushsite does not run builds
-    exclude: tuple[str, ...] = ()  # glob patterns (fnmatch) of paths left out
+    exclude: tuple[str, ...] = ()  # globs (fnmatch) of paths, relative to the publish folder
     domains: tuple[str, ...] = ()  # custom host names, lowercased
     tags: bool = False  # deploy tags as well as branches
 
@@ -231,6 +231,8 @@ def _check_target(target: str, names: set[str]) -> None:
             raise ValueError(f'target "{target}" has no host')
     elif not target.startswith("/"):
         raise ValueError(f'target "{target}" must start with "/" or "https://"')
+    elif {".", ".."} & set(target.partition("?")[0].partition("#")[0].split("/")):
+        raise ValueError(f'target "{target}" holds a "." or ".." segment; write the plain path')
     if ":splat" in target and "splat" not in names:
         raise ValueError(f'target "{target}" uses :splat but the path has no "*"')
 
@@ -379,6 +381,12 @@ def _settings(raw: dict[str, Any], text: str, filename: str) -> SiteSettings:
             raise fail(key, f"{key} has {len(value):,} entries; the limit is {MAX_LIST:,}")
         return tuple(value)
 
+    exclude = strings("exclude")
+    for pattern in exclude:
+        if pattern.startswith(("/", "./")):
+            raise fail("exclude", f"exclude patterns are relative to the publish folder: write "
+                                  f"{pattern.removeprefix('./').lstrip('/')!r}, not {pattern!r}")
+
     branch = string("production_branch")
     if branch is not None:
         try:
@@ -403,7 +411,7 @@ def _settings(raw: dict[str, Any], text: str, filename: str) -> SiteSettings:
         production_branch=branch,
         publish=publish,
         build=string("build"),
-        exclude=strings("exclude"),
+        exclude=exclude,
         domains=tuple(domains),
         tags=tags,
     )

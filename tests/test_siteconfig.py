@@ -16,6 +16,7 @@ from pushsite.siteconfig import (
     MAX_LINE,
     MAX_RULES,
     SiteSettings,
+    parse_cname,
     parse_headers,
     parse_pushsite_toml,
     parse_redirects,
@@ -366,6 +367,24 @@ def test_toml_not_utf8_and_too_large() -> None:
 def test_toml_custom_filename() -> None:
     message = error_of(lambda d: parse_pushsite_toml(d, "site/pushsite.toml"), b"tags = 1")
     assert message.startswith("site/pushsite.toml line 1: ")
+
+
+# --- CNAME (GitHub Pages) ----------------------------------------------------------------------
+
+
+def test_cname_names_one_domain() -> None:
+    assert parse_cname("WWW.Example.com\n") == "www.example.com"
+    assert parse_cname("\n  docs.example.org  \n\n") == "docs.example.org"
+    assert parse_cname("https://example.com/") == "example.com"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("", "names 0 domains"), ("a.example.com\nb.example.com\n", "names 2 domains"),
+     ("\nlocalhost\n", "CNAME line 2: invalid domain 'localhost'")],
+)
+def test_bad_cname(text: str, fragment: str) -> None:
+    assert fragment in error_of(parse_cname, text)
 
 
 # --- properties --------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ A redirect rule:  {"line": 4, "host": None, "path": "/news/*", "query": [["id", 
 A header rule:    {"line": 1, "host": None, "path": "/*", "set": [["X-Frame-Options", "DENY"]],
                    "detach": ["x-powered-by"]}
 
+GitHub Pages sites bring a `CNAME` file naming their custom domain: `parse_cname` reads it.
+
+Limits (each a clear error): 2,000 rules and 512 Ki characters per file, 2,000 characters per
+line; `pushsite.toml` up to 64 KiB with at most 1,000 entries in `exclude` and in `domains`.
+
 Choices where the hosts differ or are silent:
 - the default redirect status is 301 (Netlify; Cloudflare's is 302);
 - Netlify's conditions (Country=, Language=, Role=, Cookie=) and proxying (a 200 to another
@@ -434,3 +439,19 @@ def _key_line(text: str, key: str) -> int | None:
         if pattern.match(line):
             return number
     return None
+
+
+def parse_cname(text: str, filename: str = "CNAME") -> str:
+    """The custom domain a GitHub Pages `CNAME` file names (one host; blank lines allowed)."""
+    hosts = [(number, line.strip()) for number, line in _lines(text, filename) if line.strip()]
+    if len(hosts) != 1:
+        raise SiteConfigError(
+            f"{filename} names {len(hosts)} domains; write exactly one, e.g. www.example.com"
+        )
+    number, host = hosts[0]
+    if "://" in host:
+        host = urlsplit(host).hostname or host
+    try:
+        return check_host(host)
+    except ConfigError as exc:
+        raise SiteConfigError(f"{filename} line {number}: {exc}") from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from pushsite.aws.template import HANDLER, render_template, write_template
@@ -112,3 +115,51 @@ def test_bundles_in_staging_reach_the_function_through_the_queue() -> None:
 def test_bad_stack_prefix_is_a_config_error(prefix: str) -> None:
     with pytest.raises(ConfigError, match="stack prefix"):
         render_template(stack_prefix=prefix)
+
+
+def test_template_creates_a_working_stack_on_moto(moto: str) -> None:
+    """moto's CloudFormation resolves every reference and builds the resources it describes."""
+    session = boto3.session.Session(region_name="us-east-1")
+    s3 = session.client("s3", endpoint_url=moto)
+    s3.create_bucket(Bucket="code")
+    s3.put_object(Bucket="code", Key="site-lambda.zip", Body=_tiny_zip())
+    cloudformation = session.client("cloudformation", endpoint_url=moto)
+    cloudformation.create_stack(
+        StackName="site",
+        TemplateBody=json.dumps(render_template(stack_prefix="site")),
+        Parameters=[
+            {"ParameterKey": "CodeS3Bucket", "ParameterValue": "code"},
+            {"ParameterKey": "HostingBucketName", "ParameterValue": "www.example.com"},
+        ],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+
+    [stack] = cloudformation.describe_stacks(StackName="site")["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["HostingBucket"] == "www.example.com"
+    assert outputs["StagingBucket"] == "site-staging-123456789012-us-east-1"
+    table = session.client("dynamodb", endpoint_url=moto).describe_table(TableName="site")
+    assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
+    sqs = session.client("sqs", endpoint_url=moto)
+    url = sqs.get_queue_url(QueueName="site-bundles")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 3
+    assert redrive["deadLetterTargetArn"].endswith(":site-bundles-dead")
+    function = session.client("lambda", endpoint_url=moto).get_function(
+        FunctionName="site-deployer"
+    )["Configuration"]
+    assert (function["Handler"], function["Runtime"], function["Timeout"]) == (
+        HANDLER,
+        "python3.11",
+        900,
+    )
+    assert function["Environment"]["Variables"]["PUSHSITE_STATE"] == "dynamodb://site"
+
+
+def _tiny_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("pushsite/__init__.py", "")
+    return buffer.getvalue()

@@ -14,14 +14,14 @@ tests/aws/test_s3_store.py::test_has_strategies_agree for the measured numbers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import BackendUnavailable, NotFound
@@ -47,6 +47,20 @@ def _put_args(meta: dict[str, str] | None) -> dict[str, Any]:
     if extra:
         args["Metadata"] = extra
     return args
+
+
+def _read_full(source: BinaryIO, size: int) -> bytearray:
+    """Up to `size` bytes, fewer only at the end of the stream (raw streams return short)."""
+    buffer = bytearray(size)
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < size:
+            count = source.readinto(view[filled:])  # type: ignore[attr-defined]
+            if not count:
+                break
+            filled += count
+    del buffer[filled:]
+    return buffer
 
 
 class _Body(io.RawIOBase):
@@ -91,19 +105,12 @@ class S3Store:
         self._client = make_client("s3", target, pool_size=max(workers, 10) + 4)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-put")
         self._slots = threading.BoundedSemaphore(2 * workers)
-        self._pending: dict[Future[None], str] = {}  # queued put -> its key
+        self._pending: dict[str, Future[None]] = {}  # key -> its queued put
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
-        # Multipart: parts in memory are bounded by max_in_memory_upload_chunks, so a stream
-        # of any size costs about part_size * 2 of memory.
-        self._transfer = TransferConfig(
-            multipart_threshold=part_size,
-            multipart_chunksize=part_size,
-            max_concurrency=2,
-            max_io_queue=2,
-            preferred_transfer_client="classic",
-        )
-        self._transfer.max_in_memory_upload_chunks = 2  # s3transfer's knob; boto3 hides it
+        # Multipart by hand, not upload_fileobj: s3transfer buffered about twice the object
+        # for a non-seekable 20 MB stream (measured: 40 MB traced); this holds two parts.
+        self.part_size = max(part_size, 5 * MB)  # S3's minimum for all but the last part
         if target.create:
             self._ensure_bucket()
 
@@ -136,7 +143,7 @@ class S3Store:
         """Which keys exist (or are queued by put): parallel HEADs, or listings (has=list)."""
         wanted = set(keys)
         with self._lock:
-            queued = wanted.intersection(self._pending.values())  # put() but not yet landed
+            queued = wanted.intersection(self._pending)  # put() but not yet landed
         wanted -= queued
         if not wanted:
             return queued
@@ -228,8 +235,15 @@ class S3Store:
 
     # writing -------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:
-        """Queue an upload; errors surface from the next put or from flush()."""
+        """Queue an upload; errors surface from the next put or from flush().
+
+        A second put of a key waits for the first, so the last put wins as it would in order.
+        """
         self._raise_background_error()
+        with self._lock:
+            earlier = self._pending.get(key)
+        if earlier is not None:
+            earlier.exception()  # waits
         self._slots.acquire()
         try:
             future = self._pool.submit(self._put_now, key, data, meta)
@@ -237,8 +251,8 @@ class S3Store:
             self._slots.release()
             raise
         with self._lock:
-            self._pending[future] = key
-        future.add_done_callback(self._done)
+            self._pending[key] = future
+        future.add_done_callback(lambda done: self._done(key, done))
 
     def _put_now(self, key: str, data: bytes, meta: dict[str, str] | None) -> None:
         with aws_errors(self._what):
@@ -246,10 +260,11 @@ class S3Store:
                 Bucket=self.bucket, Key=self._key(key), Body=data, **_put_args(meta)
             )
 
-    def _done(self, future: Future[None]) -> None:
+    def _done(self, key: str, future: Future[None]) -> None:
         self._slots.release()
         with self._lock:
-            self._pending.pop(future, None)
+            if self._pending.get(key) is future:
+                del self._pending[key]
             error = future.exception()
             if error is not None:
                 self._errors.append(error)
@@ -264,15 +279,67 @@ class S3Store:
     def put_stream(
         self, key: str, source: BinaryIO, size: int, meta: dict[str, str] | None = None
     ) -> None:
-        """Upload now, multipart above the part size; memory stays near two parts."""
+        """Upload now: one PUT up to the part size, else multipart with at most two parts in
+        memory (one uploading, one being read), whatever the object's size."""
+        first = _read_full(source, self.part_size)
+        if len(first) < self.part_size:
+            with aws_errors(self._what):
+                self._client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=first, **_put_args(meta)
+                )
+            return
         with aws_errors(self._what):
-            self._client.upload_fileobj(
-                source,
-                self.bucket,
-                self._key(key),
-                ExtraArgs=_put_args(meta),
-                Config=self._transfer,
-            )
+            upload_id = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), **_put_args(meta)
+            )["UploadId"]
+        holder = [first]  # handed over, so this frame does not keep the first part alive
+        del first
+        try:
+            parts = self._upload_parts(key, upload_id, holder, source)
+            with aws_errors(self._what):
+                self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            with contextlib.suppress(BotoCoreError, ClientError):
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+                )
+            raise
+
+    def _upload_parts(
+        self, key: str, upload_id: str, holder: list[bytearray], source: BinaryIO
+    ) -> list[dict[str, Any]]:
+        """Upload part n while part n+1 is read; parts stay in order."""
+
+        def upload(number: int, body: bytearray) -> dict[str, Any]:
+            with aws_errors(self._what):
+                response = self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
+        parts: list[dict[str, Any]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part") as uploader:
+            chunk, number = holder.pop(), 1
+            running: Future[dict[str, Any]] | None = None
+            while chunk:
+                launched = uploader.submit(upload, number, chunk)
+                del chunk  # the uploader holds the only reference
+                if running is not None:
+                    parts.append(running.result())
+                running = launched
+                chunk, number = _read_full(source, self.part_size), number + 1
+            if running is not None:
+                parts.append(running.result())
+        return parts
 
     def delete(self, keys: Iterable[str]) -> None:
         batch: list[str] = []
@@ -302,7 +369,7 @@ class S3Store:
         """Wait for every queued put; raise the first failure."""
         while True:
             with self._lock:
-                pending = list(self._pending)
+                pending = list(self._pending.values())
             if not pending:
                 break
             for future in pending:

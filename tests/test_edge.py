@@ -21,6 +21,8 @@ import brotli
 import httpx
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pushsite import edge as edge_module
 from pushsite.edge import Edge, decode_path, make_edge_or_control_app
@@ -669,6 +671,21 @@ def test_header_rules_apply_override_and_detach(world: World, ruled: str) -> Non
     assert (code, headers["x-frame-options"]) == (404, "DENY")
 
 
+def test_header_rules_apply_to_every_kind_of_answer(world: World, ruled: str) -> None:
+    host = f"{ruled}.localhost"
+    etag = world.raw("GET", "/about", host)[1]["etag"]
+    for method, path, headers, status in [
+        ("GET", "/about", {"If-None-Match": etag}, 304),
+        ("GET", "/about", {"Range": "bytes=9999-"}, 416),
+        ("GET", "/about", {"Range": "bytes=0-1"}, 206),
+        ("GET", "/about", {"Accept-Encoding": "identity;q=0"}, 406),
+        ("POST", "/about", {}, 405),
+        ("HEAD", "/docs", {}, 301),
+    ]:
+        code, got, _ = world.raw(method, path, host, headers)
+        assert (code, got.get("x-frame-options")) == (status, "DENY"), (method, path, headers)
+
+
 def test_header_rules_only_add_to_vary(world: World, ruled: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", world.port, timeout=10)
     try:
@@ -707,3 +724,12 @@ def test_websockets_to_a_site_are_refused_and_lifespan_goes_to_the_control(
     assert sent == [{"type": "websocket.close", "code": 1003}]
     asyncio.run(app({"type": "lifespan"}, receive, send))
     assert seen == ["lifespan"]
+
+
+@given(st.binary(max_size=40))
+def test_decoded_paths_never_hold_traversal(raw: bytes) -> None:
+    path = decode_path(b"/" + raw)
+    if path is not None:
+        segments = path.split("/")
+        assert "." not in segments and ".." not in segments
+        assert "\\" not in path and "\x00" not in path

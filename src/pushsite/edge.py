@@ -406,7 +406,8 @@ class Edge:
                 headers = [(b"content-type", _TEXT), (b"content-length", str(len(body)).encode())]
                 if plan.codings:
                     headers.append(_VARY)
-                await _send(send, 406, headers + [_NOSNIFF] + (extra or []), body, head)
+                headers = _apply_rules(headers + [_NOSNIFF], plan.add, plan.detach)
+                await _send(send, 406, headers + (extra or []), body, head)
                 return
             encoding = chosen
         headers = deployed.headers(plan, encoding, full)

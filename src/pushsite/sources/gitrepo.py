@@ -67,13 +67,13 @@ class SiteRepos:
     def exists(self, site: str) -> bool:
         return (self.path(site) / "HEAD").exists()
 
-    def create(self, site: str) -> Path:
+    def create(self, site: str, branch: str = "main") -> Path:
         """A bare repository that accepts pushes (force pushes too) and reports them."""
         repo = self.path(site)
         if self.exists(site):
             return repo
         self.root.mkdir(parents=True, exist_ok=True)
-        _git("init", "--quiet", "--bare", str(repo))
+        _git("init", "--quiet", "--bare", f"--initial-branch={branch}", str(repo))
         for key, value in (("http.receivepack", "true"), ("receive.denyNonFastForwards", "false"),
                            ("receive.denyDeletes", "false"), ("gc.auto", "0")):
             _git("config", key, value, cwd=repo)

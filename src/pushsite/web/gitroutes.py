@@ -61,6 +61,27 @@ def _challenge(message: str, status: int = 401) -> Response:
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
+class _PipeResponse(Response):
+    """A streamed response that never reads `receive` while it sends.
+
+    Starlette's StreamingResponse listens on `receive` for a disconnect, which swallows the
+    request body chunks git http-backend is still being fed: a large push would arrive cut.
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], status: int, headers: dict[str, str]) -> None:
+        self.status_code = status
+        self._headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                         for k, v in headers.items()]
+        self._body = body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self._headers})
+        async for chunk in self._body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class GitBridge:
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -91,8 +112,8 @@ class GitBridge:
         return await self._cgi(request, site, rest)
 
     def _create(self, site: str) -> None:
-        self.service.site(site, create=True)
-        self.repos.create(site)
+        record = self.service.site(site, create=True)
+        self.repos.create(site, record.production_branch)
 
     async def _cgi(self, request: Request, site: str, rest: str) -> Response:
         host, port = request.scope.get("server") or ("127.0.0.1", 80)
@@ -143,7 +164,7 @@ class GitBridge:
                 await pump
                 await proc.wait()
 
-        return StreamingResponse(body(), status_code=status, headers=headers)
+        return _PipeResponse(body(), status, headers)
 
     @staticmethod
     async def _pump(request: Request, stdin: asyncio.StreamWriter) -> None:

@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import Server, git, write_files
 
 
-def push(repo: Path, url: str, *refspecs: str, force: bool = False) -> subprocess.CompletedProcess[str]:
+def push(repo: Path, url: str, *refspecs: str,
+         force: bool = False) -> subprocess.CompletedProcess[str]:
     args = ["git", "push", *(["--force"] if force else []), url, *refspecs]
     return subprocess.run(args, cwd=repo, capture_output=True, text=True, timeout=120)
 

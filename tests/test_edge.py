@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 from pushsite import edge as edge_module
 from pushsite.edge import Edge, decode_path, make_edge_or_control_app
-from pushsite.errors import DeploymentNotFound, NotFound, SiteNotFound
+from pushsite.errors import BackendUnavailable, DeploymentNotFound, NotFound, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
     PRODUCTION,
@@ -51,6 +52,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.gets: list[str] = []
+        self.opens: list[str] = []
 
     def has(self, keys: Iterable[str]) -> set[str]:
         return {k for k in keys if k in self.objects}
@@ -70,7 +72,10 @@ class MemoryStore:
         return self.objects[key][start:end]
 
     def open(self, key: str) -> BinaryIO:
-        raise AssertionError("the edge reads through get(), in ranges")
+        self.opens.append(key)
+        if key not in self.objects:
+            raise NotFound(f"object {key} is not in the store")
+        return io.BytesIO(self.objects[key])
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -94,6 +99,7 @@ class MemoryState:
         self.aliases: dict[tuple[str, str], Alias] = {}
         self.deployments: dict[str, Deployment] = {}
         self.domains: dict[str, str] = {}
+        self.unreachable: set[str] = set()  # sites whose alias reads fail, as a backend would
 
     def get_site(self, name: str) -> Site:
         if name not in self.sites:
@@ -109,6 +115,8 @@ class MemoryState:
         return self.deployments[deployment_id]
 
     def get_alias(self, site: str, name: str) -> Alias | None:
+        if site in self.unreachable:
+            raise BackendUnavailable("the state store is unreachable")
         return self.aliases.get((site, name))
 
     def list_aliases(self, site: str) -> list[Alias]:
@@ -561,7 +569,7 @@ def test_large_blobs_are_streamed_not_cached(world: World, monkeypatch: pytest.M
     data = bytes(range(256)) * 10
     world.publish(name, {"big.bin": data})
     host = f"{name}.localhost"
-    before = len(world.store.gets)
+    gets, opens = len(world.store.gets), len(world.store.opens)
     code, headers, body = world.raw("GET", "/big.bin", host)
     assert (code, body) == (200, data)
     assert headers["content-length"] == str(len(data))
@@ -569,8 +577,32 @@ def test_large_blobs_are_streamed_not_cached(world: World, monkeypatch: pytest.M
     assert (code, body) == (206, data[250:1251])
     code, _, body = world.raw("GET", "/big.bin", host)
     assert body == data
-    blob_reads = [k for k in world.store.gets[before:] if k.startswith("blobs/")]
-    assert len(blob_reads) == 9 + 4 + 9  # every request reads the store, in chunks
+    code, headers, body = world.raw("HEAD", "/big.bin", host)
+    assert (code, headers["content-length"], body) == (200, str(len(data)), b"")
+    blob_gets = [k for k in world.store.gets[gets:] if k.startswith("blobs/")]
+    assert len(blob_gets) == 4  # the range: 1001 bytes in chunks of 300
+    assert len(world.store.opens) - opens == 2  # each whole read streams anew: never cached
+
+
+def test_backend_failures_are_503_and_missing_blobs_500(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = fresh_site()
+    world.publish(name, {"index.html": b"x", "big.bin": b"y" * 2000, "ok.html": b"fine"})
+    host = f"{name}.localhost"
+    assert world.raw("GET", "/ok", host)[0] == 200
+    monkeypatch.setattr(edge_module, "STREAM_THRESHOLD", 1000)
+    for digest in (hashlib.sha256(b"x").hexdigest(), hashlib.sha256(b"y" * 2000).hexdigest()):
+        for key in list(world.store.objects):
+            if digest in key:
+                del world.store.objects[key]
+    assert world.raw("GET", "/", host)[:3:2] == (500, b"500 Internal Server Error\n")
+    assert world.raw("GET", "/big.bin", host)[0] == 500
+    assert world.raw("GET", "/ok", host)[2] == b"fine"
+    world.state.unreachable.add(name)
+    code, _, body = world.raw("GET", "/ok", host)
+    assert code == 503
+    assert b"retry" in body
 
 
 # --------------------------------------------------------------------------- aliases

@@ -237,3 +237,15 @@ def test_serving_stays_correct_while_a_deployment_runs(server: Server, tmp_path:
     assert process.returncode == 0, process.stderr.read()  # type: ignore[union-attr]
     assert server.get("busy.localhost", "/").content == b"new"
     assert server.get("busy.localhost", "/pages/p399").content == b"<p>399</p>" * 50
+
+
+def test_large_files_stream_whole_and_in_ranges(server: Server, tmp_path: Path) -> None:
+    data = os.urandom(5 << 20)  # above the edge's streaming threshold and the store's pack limit
+    server.deploy(write_site(tmp_path / "big", {"video.bin": data}), "big")
+    whole = server.get("big.localhost", "/video.bin")
+    assert (whole.status_code, whole.headers["content-length"]) == (200, str(len(data)))
+    assert whole.content == data
+    part = server.get("big.localhost", "/video.bin", Range="bytes=1000000-3999999")
+    assert (part.status_code, part.content) == (206, data[1_000_000:4_000_000])
+    tail = server.get("big.localhost", "/video.bin", Range="bytes=-10")
+    assert tail.content == data[-10:]

@@ -27,7 +27,7 @@ refuses identity and nothing else fits.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
@@ -447,7 +447,7 @@ class Edge:
             await _send(send, status, headers, b"", True)
             return
         if size > STREAM_THRESHOLD:
-            await self._stream(send, status, headers, key, start, end)
+            await self._stream(send, status, headers, key, start, end, size)
             return
         data = self.blobs.get(key)
         if data is None:
@@ -469,26 +469,41 @@ class Edge:
             return chosen
 
     async def _stream(
-        self, send: Send, status: int, headers: Headers, key: str, start: int, end: int
+        self, send: Send, status: int, headers: Headers, key: str, start: int, end: int, size: int
     ) -> None:
-        """Send a large blob in chunks read from the store, so memory stays bounded."""
-        # The first chunk is read before the status goes out, so a missing blob is still a 500.
-        position = start
-        chunk = await anyio.to_thread.run_sync(self.store.get, key, start, min(start + CHUNK, end))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        while chunk:
-            position += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": position < end})
-            if position >= end:
-                return
-            try:
-                chunk = await anyio.to_thread.run_sync(
-                    self.store.get, key, position, min(position + CHUNK, end)
-                )
-            except PushsiteError:
-                break
-        # The object ended early or vanished: end the body; the client sees a short response.
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        """Send a large blob in chunks read from the store, so memory stays bounded.
+
+        The whole object is read as one stream (one GET on S3); a range with ranged reads.
+        The first chunk is read before the status goes out, so a missing blob is still a 500.
+        """
+        handle: BinaryIO | None = None
+        if start == 0 and end == size:
+            handle = await anyio.to_thread.run_sync(self.store.open, key)
+
+        def read(position: int) -> bytes:
+            if handle is not None:
+                return handle.read(min(CHUNK, end - position))
+            return self.store.get(key, position, min(position + CHUNK, end))
+
+        try:
+            position = start
+            chunk = await anyio.to_thread.run_sync(read, position)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            while chunk:
+                position += len(chunk)
+                more = position < end
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+                try:
+                    chunk = await anyio.to_thread.run_sync(read, position)
+                except (PushsiteError, OSError):
+                    break
+            # The object ended early or vanished: end the body; the client sees it is short.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if handle is not None:
+                handle.close()
 
     async def _deployed(self, deployment_id: str) -> _Deployed:
         deployed = self.manifests.get(deployment_id)

@@ -255,8 +255,18 @@ def mirror_deployment(
     _check_delete_share(len(doomed), len(existing), max_delete_share, target_url)
 
     def head(key: str) -> dict[str, Any]:
+        """The object's headers; {} when it went away since the listing (so it is uploaded)."""
+        from botocore.exceptions import ClientError
+
+        from pushsite.awsclient import http_status
+
         with aws_errors(what):
-            result: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+            try:
+                result: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if http_status(exc) == 404:
+                    return {}
+                raise
             return result
 
     def upload(want: _Wanted) -> int:

@@ -18,6 +18,7 @@ from pushsite.errors import ConfigError
 from pushsite.mirror import mirror_deployment
 from pushsite.model import FileEntry, Manifest, blob_key
 from pushsite.siteconfig import parse_headers, parse_redirects
+from pushsite.stores import ObjectStore, open_object_store
 from pushsite.stores.local import LocalStore
 
 PAGE = b"<!doctype html><title>Home</title>" + b"<p>hello pushsite</p>" * 50
@@ -45,7 +46,7 @@ REDIRECTS = """
 class Site:
     """A deployment built the way the deployer stores one: blobs and variants in a store."""
 
-    def __init__(self, store: LocalStore) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self.files: dict[str, bytes] = {}
         self.headers = parse_headers(HEADERS)
@@ -329,3 +330,45 @@ def test_plain_301_rules_become_redirect_objects_and_others_are_reported(
 def test_missing_bucket_is_a_config_error_naming_it(site: Site, endpoint: str) -> None:
     with pytest.raises(ConfigError, match="no-such-bucket-here"):
         mirror_deployment(site.manifest(), site.store, _target("no-such-bucket-here", endpoint))
+
+
+def test_an_object_deleted_between_listing_and_head_is_uploaded_again(
+    site: Site, s3: Any, bucket: str, endpoint: str
+) -> None:
+    target = _target(bucket, endpoint)
+    mirror_deployment(site.manifest(), site.store, target)
+
+    class DeletesBeforeHead(Recorder):
+        def head_object(self, **kwargs: Any) -> Any:
+            if kwargs["Key"] == "www/assets/logo.png":
+                self._client.delete_object(**kwargs)
+            return self._client.head_object(**kwargs)
+
+    report = mirror_deployment(
+        site.manifest(), site.store, target, s3_client=DeletesBeforeHead(s3)
+    )
+
+    assert (report.uploaded, report.unchanged) == (1, 3)
+    assert s3.get_object(Bucket=bucket, Key="www/assets/logo.png")["Body"].read() == PNG
+
+
+def test_source_may_be_any_object_store(
+    seaweed_url: str, moto: str, tmp_path: Path
+) -> None:
+    """Blobs read from an S3 store on SeaweedFS, mirrored into a bucket on moto."""
+    source = open_object_store(seaweed_url)
+    try:
+        site = Site(source)
+        site.add("index.html", PAGE)
+        site.add("assets/logo.png", PNG)
+        s3 = boto3.session.Session().client("s3", endpoint_url=moto, region_name="us-east-1")
+        s3.create_bucket(Bucket="hosting")
+
+        report = mirror_deployment(site.manifest(), source, f"s3://hosting?endpoint={moto}")
+
+        assert report.uploaded == 2
+        page = s3.get_object(Bucket="hosting", Key="index.html")
+        assert gzip.decompress(page["Body"].read()) == PAGE
+        assert s3.get_object(Bucket="hosting", Key="assets/logo.png")["Body"].read() == PNG
+    finally:
+        source.close()

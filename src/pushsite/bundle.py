@@ -45,6 +45,7 @@ _OUT_CHUNK = 256 * KiB  # most inflated bytes held from one decompress call
 _MAX_EXT_BYTES = 1 * MiB  # one pax or GNU long-name header's data
 _MAX_EXT_CHAIN = 16  # extended headers in a row before a real member
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_HEADER = 10  # fixed part of a gzip member header
 _EXTENDED = (b"x", b"g", b"L", b"K")  # pax per-file, pax global, GNU long name and link
 
 
@@ -55,7 +56,7 @@ class Limits:
     `max_files` counts every entry (files, folders, links), since each costs work.
     `max_ratio` stops gzip bombs: once `ratio_min_bytes` have been inflated, inflated bytes may
     be at most `max_ratio` times the compressed bytes read. Real sites inflate 3-10 times, and
-    a tar of 100,000 tiny files about 60 times (its headers are mostly zeros); deflate's own
+    a tar of 100,000 tiny files about 35 times (its headers are mostly zeros); deflate's own
     ceiling is about 1032, which is what a bomb of zeros reaches. So a bomb is stopped after
     at most `max(ratio_min_bytes, max_ratio * compressed bytes)` of inflating.
     """
@@ -108,9 +109,8 @@ class _Gunzip:
         self.uncompressed = 0
 
     def _read_raw(self) -> bytes:
-        data = self._stream.read(_IN_CHUNK)
-        if data:
-            self.compressed += len(data)
+        data = self._stream.read(_IN_CHUNK) or b""
+        self.compressed += len(data)
         return data
 
     def _start_member(self, first: bool) -> bool:
@@ -121,12 +121,16 @@ class _Gunzip:
             if first:
                 raise BundleRejected("the bundle is empty (0 bytes); send a tar.gz file")
             return False
-        while len(data) < 2 and data[:1] == _GZIP_MAGIC[:1]:
+        while len(data) < _GZIP_HEADER and data[:1] == _GZIP_MAGIC[:1]:
             more = self._read_raw()
             if not more:
                 break
             data += more
         if data.startswith(_GZIP_MAGIC):
+            if len(data) < _GZIP_HEADER:
+                raise _rejected("the gzip data ends early (truncated); upload the whole file again")
+            if data[2] != 8 or data[3] & 0xE0:  # deflate is the only method; no reserved flags
+                raise _rejected("a gzip member header is invalid (the file is damaged)")
             self._inflater = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
             self._pending = data
             return True
@@ -276,6 +280,7 @@ class BundleReader:
         self._total = 0
         self._links: set[str] = set()
         self._linkable: set[str] = set()  # earlier non-folder members a hard link may name
+        self._hard_targets: dict[str, str | None] = {}
         self._offset = 0  # tar bytes consumed, for messages
 
     @property
@@ -476,7 +481,7 @@ class BundleReader:
             target = symlink_target(path, linkname)
             self._links.add(path)
         elif member_kind is MemberKind.HARDLINK:
-            target = self._hardlink_target(path, linkname)
+            target = self._hard_targets[path] = self._hardlink_target(linkname)
             self._links.add(path)
         if member_kind is not MemberKind.DIR:
             self._linkable.add(path)
@@ -521,18 +526,19 @@ class BundleReader:
                 )
             slash = path.find("/", slash + 1)
 
-    def _hardlink_target(self, path: str, linkname: bytes) -> str:
-        """Hard-link targets are relative to the archive root and must be an earlier member."""
+    def _hardlink_target(self, linkname: bytes) -> str | None:
+        """Hard-link targets are relative to the archive root and name an earlier member.
+
+        Anything else (missing, later, a folder, outside) gives None: the deployer skips the
+        link with a warning, as it does for every link whose target is not a file it has.
+        """
         try:
             target = normalise_member_path(linkname)
         except BundleRejected:
-            target = None
-        if target is None or target not in self._linkable:
-            raise BundleRejected(
-                f"the hard link {path!r} points at {linkname[:200]!r}, which is not an earlier "
-                "file in the bundle; make the archive again with `git archive` or `tar czf`"
-            )
-        return target
+            return None
+        if target in self._hard_targets:  # a link to a link: both name the first copy
+            return self._hard_targets[target]
+        return target if target in self._linkable else None
 
     def _finish(self) -> None:
         """After the end marker: only zeros may follow, and the gzip stream must end cleanly."""

@@ -411,6 +411,43 @@ def domains_list(ctx: click.Context, site: str) -> None:
 
 @cli.command()
 @click.argument("site")
+@click.option("--base-url", default=None, help="API base of a self-hosted git host (GitHub "
+              "Enterprise, GitLab, Gitea); empty for the public host.")
+@click.option("--access-token", default=None, help="Token the server uses to download "
+              "archives of private repositories.")
+@click.option("--tags/--no-tags", default=None, help="Deploy tag pushes too (as tag/<name>).")
+@click.option("--server-url", default="http://127.0.0.1:8000", show_default=True,
+              help="How git hosts reach this server, for the printed hook URLs.")
+@click.pass_context
+@reports_errors
+def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str | None,
+          tags: bool | None, server_url: str) -> None:
+    """Show SITE's webhook URLs and secret; set where its archives are fetched from.
+
+    \b
+    Example (GitHub: Settings > Webhooks > Add webhook, content type application/json):
+      pushsite hooks blog --access-token ghp_... --server-url https://deploy.example.com
+    """
+    service = _service(ctx)
+    record = service.site(site)
+    hook = dict(record.settings.get("webhook", {}))
+    if base_url is not None:
+        hook["base_url"] = base_url
+    if access_token is not None:
+        hook["access_token"] = access_token
+    if tags is not None:
+        record.settings["tags"] = tags
+    record.settings["webhook"] = hook
+    service.state.put_site(record)
+    for provider in ("github", "gitlab", "bitbucket", "gitea"):
+        click.echo(f"{provider:<10} {server_url.rstrip('/')}/hooks/{provider}/{record.name}")
+    click.echo(f"secret     {record.webhook_secret}")
+    if hook.get("base_url"):
+        click.echo(f"base url   {hook['base_url']}")
+
+
+@cli.command()
+@click.argument("site")
 @click.argument("target")
 @click.option("--max-delete", default=0.5, show_default=True, type=float,
               help="Fail rather than delete more than this share of the mirrored objects.")

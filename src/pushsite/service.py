@@ -86,6 +86,8 @@ class Service:
         return self._queue
 
     def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
         for backend in (self._store, self._state, self._queue):
             if backend is not None:
                 backend.close()
@@ -255,6 +257,46 @@ class Service:
         log.flush()
         self.queue.send({"deployment": deployment.id})
         return deployment
+
+    def accept_fetch(self, site_name: str, branch: str, provider: str, repo: str, commit: str,
+                     message: str = "", project_id: str = "") -> Deployment:
+        """Queue a deployment whose bundle a worker fetches from a git host (a webhook)."""
+        site = self.site(site_name)
+        names.check_branch_name(branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
+                                message=message, source=f"webhook:{provider}")
+        self.state.create_deployment(deployment)
+        log = self.log_for(deployment)
+        log.info("accept", f"{provider} push of {commit[:12]} to {branch} queued")
+        log.flush()
+        self.queue.send({"deployment": deployment.id, "fetch": {
+            "provider": provider, "repo": repo, "commit": commit, "project_id": project_id}})
+        return deployment
+
+    def _fetch(self, deployment: Deployment, fetch: dict[str, str]) -> None:
+        """Download a webhook's archive into staging (streamed, with retries)."""
+        from pushsite.sources.archive import ArchiveSource, fetch_archive
+
+        settings = self.state.get_site(deployment.site).settings.get("webhook", {})
+        source = ArchiveSource(fetch["provider"], settings.get("base_url", ""), fetch["repo"],
+                               fetch["commit"], settings.get("access_token", ""),
+                               fetch.get("project_id", ""))
+        log = self.log_for(deployment)
+        self.config.staging.mkdir(parents=True, exist_ok=True)
+        target = self.config.staging / f"{deployment.id}.tar.gz"
+        try:
+            with open(target, "wb") as out:
+                size = fetch_archive(source, out, max_bytes=self.config.max_total_mb << 20)
+        except BaseException as exc:
+            target.unlink(missing_ok=True)
+            self._fail(deployment, exc, log)
+            log.flush()
+            raise
+        log.info("accept", f"fetched the archive of {fetch['commit'][:12]} ({size} bytes)")
+        log.flush()
+        deployment.bundle_key = target.name
+        self.state.update_deployment(deployment)
 
     def _deploy_commit(self, deployment: Deployment, builder: ManifestBuilder) -> Any:
         from pushsite.deployer import BundleOutcome
@@ -469,6 +511,8 @@ class Service:
                 log.flush()
             return
         with contextlib.suppress(PushsiteError):  # recorded on the deployment and its log
+            if "fetch" in item.body and not deployment.bundle_key:
+                self._fetch(deployment, item.body["fetch"])
             self.run(deployment_id, timeout=timeout)
 
     def recover(self) -> list[str]:

@@ -113,6 +113,7 @@ def header(
     block[257:265] = magic
     checksum = sum(block) - (256 * sum(b > 127 for b in block) if signed_checksum else 0)
     block[148:156] = b"%06o\0 " % checksum
+    assert len(block) == 512, "a field was given the wrong width"
     return bytes(block)
 
 
@@ -365,6 +366,14 @@ def test_old_style_folder_is_a_dir_and_base256_size_is_read() -> None:
     (old, _), (big, content) = read_bundle(gz(data))[0]
     assert (old.path, old.kind) == ("x/old", "dir")
     assert (big.size, content) == (5, b"12345")
+
+
+@pytest.mark.parametrize(
+    "field", [b"-0000000001\0", b"0o000000017\0", b"00000_00017\0", b"0000000001x\0"]
+)
+def test_size_fields_must_be_plain_octal(field: bytes) -> None:
+    with pytest.raises(BundleRejected, match="unreadable size"):
+        read_bundle(gz(header(b"a.html", size_field=field) + padded(b"x") + END))
 
 
 def test_signed_header_checksums_are_accepted() -> None:

@@ -220,12 +220,9 @@ def _number(field: bytes, what: str) -> int:
             raise _rejected(f"a header has a negative or oversized {what}")
         return int.from_bytes(field[1:], "big")
     digits = field.strip(b" \0")
-    if not digits:
-        return 0
-    try:
-        return int(digits, 8)
-    except ValueError:
-        raise _rejected(f"a header has an unreadable {what} ({field!r})") from None
+    if digits.translate(None, b"01234567"):  # int() alone would take "-1", "0o7" and "1_0"
+        raise _rejected(f"a header has an unreadable {what} ({field!r})")
+    return int(digits, 8) if digits else 0
 
 
 _SIGNED = struct.Struct("148b8x356b")

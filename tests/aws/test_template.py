@@ -75,7 +75,10 @@ def test_role_has_no_wildcard_actions_and_scoped_resources() -> None:
 def test_each_service_reaches_only_its_own_resources() -> None:
     by_sid = {s["Sid"]: s for s in _statements(render_template())}
     assert by_sid["ReadQueue"]["Resource"] == [{"Fn::GetAtt": ["DeployQueue", "Arn"]}]
-    assert by_sid["State"]["Resource"] == [{"Fn::GetAtt": ["DeploymentsTable", "Arn"]}]
+    assert by_sid["State"]["Resource"] == [
+        {"Fn::GetAtt": ["DeploymentsTable", "Arn"]},
+        {"Fn::Sub": "${DeploymentsTable.Arn}/index/*"},
+    ]
     assert "dynamodb:Scan" not in by_sid["State"]["Action"]
     assert by_sid["WriteContent"]["Resource"] == [{"Fn::Sub": "${ContentBucket.Arn}/*"}]
     # The deployer never writes bundles: it only reads and removes them.
@@ -105,10 +108,11 @@ def test_bundles_in_staging_reach_the_function_through_the_queue() -> None:
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     table = resources["DeploymentsTable"]["Properties"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
-    assert [(a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]] == [
-        ("pk", "S"),
-        ("sk", "S"),
+    assert [(k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]] == [
+        ("pk", "HASH"),
+        ("sk", "RANGE"),
     ]
+    assert {a["AttributeType"] for a in table["AttributeDefinitions"]} == {"S"}
 
 
 @pytest.mark.parametrize("prefix", ["", "Upper", "-dash", "x" * 21, "a_b"])
@@ -141,6 +145,8 @@ def test_template_creates_a_working_stack_on_moto(moto: str) -> None:
     assert outputs["StagingBucket"] == "site-staging-123456789012-us-east-1"
     table = session.client("dynamodb", endpoint_url=moto).describe_table(TableName="site")
     assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
+    indexes = {i["IndexName"] for i in table["Table"]["GlobalSecondaryIndexes"]}
+    assert indexes == {"by_site", "by_time"}
     sqs = session.client("sqs", endpoint_url=moto)
     url = sqs.get_queue_url(QueueName="site-bundles")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

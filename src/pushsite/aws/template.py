@@ -8,7 +8,8 @@ What it makes:
                                                   v
     DeployerFunction (pushsite.aws.handler.handler, python3.11, 900 s) with DeployerRole
         reads bundles from StagingBucket, writes blobs and manifests to ContentBucket,
-        state to DeploymentsTable, and mirrors the live site to HostingBucket.
+        state to DeploymentsTable (keys pk/sk, indexes by_site and by_time, as
+        state/dynamodb.py uses them), and mirrors the live site to HostingBucket.
 
 The role is least privilege: each statement names only the actions the deployer performs on
 only the resources above (no "*" action, no "*" resource). Names are parameters; a bucket name
@@ -64,6 +65,13 @@ def _bucket_arn(param: str, role: str, prefix: str, suffix: str = "") -> Json:
             {"Name": _bucket_name(param, role, prefix)},
         ]
     }
+
+
+def _keys(hash_key: str, range_key: str) -> list[Json]:
+    return [
+        {"AttributeName": hash_key, "KeyType": "HASH"},
+        {"AttributeName": range_key, "KeyType": "RANGE"},
+    ]
 
 
 def _statement(sid: str, actions: list[str], resources: list[Any]) -> Json:
@@ -166,6 +174,7 @@ def _policy(prefix: str) -> Json:
             _statement(
                 "ReadQueue",
                 [
+                    "sqs:GetQueueUrl",  # the queue backend resolves its URL from the name
                     "sqs:ReceiveMessage",
                     "sqs:DeleteMessage",
                     "sqs:GetQueueAttributes",
@@ -177,7 +186,11 @@ def _policy(prefix: str) -> Json:
             _statement("ReadStaging", ["s3:GetObject", "s3:DeleteObject"], [staging]),
             # ListBucket makes a missing key a 404 instead of a 403 (the store's has()).
             _statement("ListContent", ["s3:ListBucket"], [content_bucket]),
-            _statement("WriteContent", ["s3:GetObject", "s3:PutObject"], [content_objects]),
+            _statement(
+                "WriteContent",
+                ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                [content_objects],
+            ),
             _statement("ListHosting", ["s3:ListBucket"], [hosting_bucket]),
             _statement(
                 "MirrorHosting",
@@ -194,9 +207,10 @@ def _policy(prefix: str) -> Json:
                     "dynamodb:Query",
                     "dynamodb:BatchGetItem",
                     "dynamodb:BatchWriteItem",
+                    # TransactWriteItems is authorized by the item actions it performs.
                     "dynamodb:ConditionCheckItem",
                 ],
-                [table],
+                [table, {"Fn::Sub": "${DeploymentsTable.Arn}/index/*"}],
             ),
         ],
     }
@@ -304,12 +318,18 @@ def _resources(prefix: str) -> Json:
                 "TableName": _ref("TableName"),
                 "BillingMode": "PAY_PER_REQUEST",
                 "AttributeDefinitions": [
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "S"},
+                    {"AttributeName": name, "AttributeType": "S"}
+                    for name in ("pk", "sk", "gpk", "gsk", "apk")
                 ],
-                "KeySchema": [
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                "KeySchema": _keys("pk", "sk"),
+                # As state/dynamodb.py creates them: a site's deployments, and all of them.
+                "GlobalSecondaryIndexes": [
+                    {
+                        "IndexName": name,
+                        "KeySchema": _keys(hash_key, "gsk"),
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                    for name, hash_key in (("by_site", "gpk"), ("by_time", "apk"))
                 ],
                 "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             },

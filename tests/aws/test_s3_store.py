@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
-import time
 from urllib.parse import urlsplit
 
 import boto3
@@ -107,25 +105,57 @@ def test_missing_object_is_not_found(seaweed_url: str) -> None:
         store.close()
 
 
-def test_has_strategies_agree(seaweed_server: str) -> None:
-    """Both has() strategies give the same answer; prints their cost against SeaweedFS."""
-    url = f"s3://bench-{os.getpid()}-{time.monotonic_ns() % 10**6}/p?endpoint={seaweed_server}"
-    store = _open(url + "&create=1")
-    stored = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(600)]
-    absent = [hashlib.sha256(f"x{i}".encode()).hexdigest() for i in range(300)]
+def _count_requests(store: S3Store) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def count(model: object, **_: object) -> None:
+        name = getattr(model, "name", "?")
+        counts[name] = counts.get(name, 0) + 1
+
+    store._client.meta.events.register("before-call.s3.*", count)
+    return counts
+
+
+def test_has_heads_a_few_keys_and_lists_a_crowded_folder(seaweed_url: str) -> None:
+    store = _open(seaweed_url)
+    crowded = [f"blobs/aa/{i:04d}" for i in range(60)]
+    sparse = [blob_key(hashlib.sha256(str(i).encode()).hexdigest()) for i in range(5)]
     try:
-        for digest in stored:
-            store.put(blob_key(digest), b"x")
+        for key in crowded + sparse:
+            store.put(key, b"x")
         store.flush()
-        asked = [blob_key(d) for d in stored[:300] + absent]
-        results = {}
-        for strategy in ("head", "list"):
-            store.has_strategy = strategy
-            began = time.perf_counter()
-            results[strategy] = store.has(asked)
-            print(f"has() {strategy}: {len(asked)} keys in {time.perf_counter() - began:.3f} s")
+        requests = _count_requests(store)
+        asked = crowded[:30] + [f"blobs/aa/absent{i}" for i in range(10)]
+        assert store.has(asked) == set(crowded[:30])
+        assert requests == {"ListObjectsV2": 1}
+        requests.clear()
+        assert store.has(sparse[:3] + ["blobs/ff/absent"]) == set(sparse[:3])
+        assert requests == {"HeadObject": 4}
     finally:
         store.close()
-    expected = {blob_key(d) for d in stored[:300]}
-    assert results["head"] == expected
-    assert results["list"] == expected
+
+
+@pytest.mark.parametrize("strategy", ["head", "list", "auto"])
+def test_every_has_strategy_gives_the_same_answer(seaweed_url: str, strategy: str) -> None:
+    store = _open(f"{seaweed_url}&has={strategy}")
+    stored = [blob_key(hashlib.sha256(str(i).encode()).hexdigest()) for i in range(80)]
+    stored += [f"blobs/bb/{i:03d}" for i in range(40)] + ["blobs/bb/sub/deeper"]
+    try:
+        for key in stored:
+            store.put(key, b"x")
+        store.flush()
+        asked = stored[:50] + stored[80:100] + ["blobs/bb/sub", "blobs/bb/999", "blobs/cc/1"]
+        assert store.has(asked) == set(stored[:50] + stored[80:100])
+    finally:
+        store.close()
+
+
+def test_has_counts_queued_puts(moto_s3_url: str) -> None:
+    store = _open(moto_s3_url)
+    try:
+        store.put("blobs/aa/queued", b"x")
+        assert "blobs/aa/queued" in store.has(["blobs/aa/queued"])
+        store.flush()
+        assert store.has(["blobs/aa/queued"]) == {"blobs/aa/queued"}
+    finally:
+        store.close()

@@ -5,9 +5,10 @@
 
 Bodies are JSON objects. Messages an S3 bucket sends on its own (event notifications) are
 S3 event JSON; they pass through unchanged as the body dict, `{"Records": [...]}` or the
-`s3:TestEvent` a bucket sends once when notifications are configured. `receive` long-polls
-(SQS allows at most 20 s per call; longer waits poll again). `attempts` is SQS's
-ApproximateReceiveCount, so a released message counts again on its next delivery.
+`s3:TestEvent` a bucket sends once when notifications are configured. Object keys in S3 events
+are form-encoded (`a%2Fb+c` for "a/b c"): consumers must `urllib.parse.unquote_plus` them.
+`receive` long-polls (SQS allows at most 20 s per call; longer waits poll again).
+`attempts` is SQS's ApproximateReceiveCount: a released message counts again when redelivered.
 `create=1` creates the queue when absent with the given visibility timeout (default 300 s).
 """
 

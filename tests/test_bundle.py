@@ -198,6 +198,7 @@ def test_git_archive_read_from_a_pipe(repo: Path) -> None:
     finally:
         process.wait()
     assert reader.commit == commit
+    assert not reader.root_listed
     assert found["site/index.html"][1] == b"<h1>home</h1>\n"
     assert found["site/css/site.css"][1] == b"body{}\n" * 1000
     assert found["site/café.html"][1] == b"accent\n"
@@ -218,8 +219,10 @@ def test_tar_czf_with_gnu_long_names_and_a_root_folder(tmp_path: Path) -> None:
     (site / "link.html").symlink_to(f"{LONG_DIR}/page.html")  # target > 100 bytes: GNU 'K'
     bundle = tmp_path / "site.tgz"
     subprocess.run(["tar", "--format=gnu", "-czf", str(bundle), "-C", str(site), "."], check=True)
-    found = {m.path: (m, data) for m, data in read_bundle(bundle.read_bytes())[0]}
+    members, reader = read_bundle(bundle.read_bytes())
+    found = {m.path: (m, data) for m, data in members}
     assert "." not in found and "" not in found  # "./" is the root: not a member
+    assert reader.root_listed  # so the deployer knows there is no wrapping folder
     assert found[f"{LONG_DIR}/page.html"][1] == b"deep\n"
     assert found["link.html"][0].link_target == f"{LONG_DIR}/page.html"
 
@@ -260,7 +263,7 @@ HOSTILE_NAMES = [
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_unsafe_member_names_reject_the_bundle(name: str, fmt: int) -> None:
     data = gz(tar_of([*site_entries(), entry(name, b"owned")], fmt))
-    with pytest.raises(BundleRejected):
+    with pytest.raises(BundleRejected, match="path"):
         read_bundle(data)
 
 
@@ -270,6 +273,15 @@ def test_unsafe_member_names_reject_the_bundle(name: str, fmt: int) -> None:
 def test_unsafe_names_in_a_plain_ustar_header_reject_the_bundle(name: bytes) -> None:
     with pytest.raises(BundleRejected):
         read_bundle(gz(header(name) + END))
+
+
+@pytest.mark.parametrize("kind", [b"x", b"L"])
+def test_a_nul_inside_a_long_name_rejects_the_bundle(kind: bytes) -> None:
+    name = b"x/index.html\0../../evil"
+    data = pax(b"path", name) if kind == b"x" else name + b"\0"
+    bundle = header(b"././@LongLink", len(data), kind) + padded(data) + header(b"ok") + END
+    with pytest.raises(BundleRejected, match="control character"):
+        read_bundle(gz(bundle))
 
 
 def test_pax_path_overrides_a_harmless_header_name() -> None:
@@ -397,6 +409,9 @@ def test_a_global_header_keeps_the_commit_and_may_not_set_paths() -> None:
     comment = pax(b"comment", b"a" * 40)
     data = header(b"pax_global_header", len(comment), b"g") + padded(comment) + END
     assert read_bundle(gz(data))[1].commit == "a" * 40
+    prose = pax(b"comment", b"made by hand <script>")
+    data = header(b"pax_global_header", len(prose), b"g") + padded(prose) + END
+    assert read_bundle(gz(data))[1].commit == ""  # only an object id counts as a commit
     records = pax(b"path", b"x/a.txt")
     data = header(b"pax_global_header", len(records), b"g") + padded(records) + END
     with pytest.raises(BundleRejected, match="global"):

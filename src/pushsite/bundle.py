@@ -9,7 +9,8 @@ declared sizes before any data is read, and the inflated/compressed ratio is wat
 way so a gzip bomb stops after a bounded amount of work.
 
 The tar parser is our own rather than `tarfile`: `tarfile` in stream mode can stop early
-without an error, keeps every member in memory, and costs about ten times as much per entry.
+without an error, keeps every member in memory, and costs three to four times as much per
+entry (about 45 against 13 microseconds on a 100,000-file bundle).
 
 Usage::
 
@@ -24,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ _MAX_EXT_BYTES = 1 * MiB  # one pax or GNU long-name header's data
 _MAX_EXT_CHAIN = 16  # extended headers in a row before a real member
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_HEADER = 10  # fixed part of a gzip member header
+_COMMIT = re.compile(rb"[0-9a-f]{40}|[0-9a-f]{64}")  # sha1 or sha256 object id
 _EXTENDED = (b"x", b"g", b"L", b"K")  # pax per-file, pax global, GNU long name and link
 
 
@@ -267,6 +270,9 @@ class BundleReader:
     def __init__(self, stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.commit = ""
+        # True once the archive listed its root folder ("./"), as `tar czf x.tgz -C site .`
+        # does: then its members are not wrapped in a top folder, even if all share one.
+        self.root_listed = False
         self._gz = _Gunzip(stream, limits)
         self._buf = b""
         self._pos = 0
@@ -426,9 +432,9 @@ class BundleReader:
     def _global(self, records: dict[bytes, bytes]) -> None:
         if records.keys() & {b"path", b"linkpath", b"size"}:
             raise _rejected("a pax global header sets a path or size for every member")
-        comment = records.get(b"comment")
-        if comment is not None:
-            self.commit = comment.decode("utf-8", "replace").strip()
+        comment = records.get(b"comment", b"").strip()
+        if _COMMIT.fullmatch(comment):  # git writes the commit id; other comments are prose
+            self.commit = comment.decode("ascii")
 
     def _member(
         self,
@@ -468,7 +474,8 @@ class BundleReader:
         if not has_data and size:
             raise _rejected(f"the {member_kind} entry {name[:200]!r} declares {size} bytes of data")
         if member_kind is MemberKind.DIR and is_root_name(name):
-            return None  # "./" from `tar czf x.tgz -C site .`: the root itself
+            self.root_listed = True  # "./" from `tar czf x.tgz -C site .`: the root itself
+            return None
 
         path = normalise_member_path(name)
         self._check_limits(path, size)

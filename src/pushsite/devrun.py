@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--site", default="hello")
     args = parser.parse_args()
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     config = load_config(public_url=f"http://localhost:{args.port}")
     service = Service(config)
     deployment = service.accept(args.site, None, message="example site (make run)",

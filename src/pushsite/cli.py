@@ -249,7 +249,7 @@ def sites(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("site")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="How many to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_context
 @reports_errors
@@ -368,7 +368,7 @@ def tokens_list(ctx: click.Context) -> None:
 @click.pass_context
 @reports_errors
 def tokens_delete(ctx: click.Context, token_id: str) -> None:
-    """Revoke a token."""
+    """Revoke a token by its id (`pushsite tokens list` shows ids); it stops working at once."""
     _service(ctx).state.delete_token(token_id)
 
 

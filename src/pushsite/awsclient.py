@@ -119,13 +119,26 @@ class BackendUrl:
 
 
 def make_client(service: str, target: BackendUrl, pool_size: int = POOL_SIZE) -> Any:
-    """A thread-safe low-level client; a fresh Session because the default one is not."""
+    """A thread-safe low-level client; a fresh Session because the default one is not.
+
+    With a custom endpoint (an S3-compatible server, moto), S3 uses path-style addresses
+    (`?addressing=virtual` to change it) and checksums only where the API requires them, as
+    many S3-compatible servers reject botocore's default CRC32 trailers.
+    """
+    extra: dict[str, Any] = {}
+    if target.endpoint:
+        extra = {
+            "s3": {"addressing_style": target.options.get("addressing", "path")},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
     config = Config(
         region_name=target.region,
         retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
         max_pool_connections=pool_size,
         connect_timeout=5,
         read_timeout=60,
+        **extra,
     )
     session = boto3.session.Session()
     try:

@@ -372,9 +372,11 @@ class DynamoState:
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
         }
-        if filters:
+        if filters:  # a filter applies after the read: page on until `limit` match
             args["FilterExpression"] = " AND ".join(filters)
             args["ExpressionAttributeNames"] = names
+        else:
+            args["Limit"] = limit
         found: list[Deployment] = []
         if limit <= 0:
             return found

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import io
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from pushsite.aws.template import HANDLER, render_template, write_template
 from pushsite.errors import ConfigError
+from pushsite.mirror import mirror_deployment
+from pushsite.model import FileEntry, Manifest, blob_key
+from pushsite.stores import open_object_store
+from pushsite.stores.local import LocalStore
 
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 
@@ -169,3 +181,125 @@ def _tiny_zip() -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("pushsite/__init__.py", "")
     return buffer.getvalue()
+
+
+@pytest.fixture
+def moto_with_iam(aws_credentials: None, tmp_path: Path) -> Iterator[str]:
+    """A moto server of its own that enforces IAM policies after three bootstrap calls."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    log = (tmp_path / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError(f"moto exited: {(tmp_path / 'moto.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _user_session(iam: Any, name: str, policy: dict[str, Any]) -> boto3.session.Session:
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return boto3.session.Session(
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        region_name="us-east-1",
+    )
+
+
+def test_role_lets_the_s3_backends_work_and_nothing_more(
+    moto_with_iam: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role's resolved policy, enforced by moto (which checks S3 resources, not DynamoDB's
+    or SQS's): the content store and the mirror work; writing bundles or code does not."""
+    endpoint = moto_with_iam
+    bootstrap = boto3.session.Session(region_name="us-east-1").client("iam", endpoint_url=endpoint)
+    allow_all = {"Version": "2012-10-17",
+                 "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    admin = _user_session(bootstrap, "admin", allow_all)  # the three unchecked calls
+    admin_s3 = admin.client("s3", endpoint_url=endpoint)
+    admin_s3.create_bucket(Bucket="code")
+    admin_s3.put_object(Bucket="code", Key="pushsite-lambda.zip", Body=_tiny_zip())
+    cloudformation = admin.client("cloudformation", endpoint_url=endpoint)
+    cloudformation.create_stack(
+        StackName="pushsite",
+        TemplateBody=json.dumps(render_template()),
+        Parameters=[{"ParameterKey": "CodeS3Bucket", "ParameterValue": "code"}],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    [stack] = cloudformation.describe_stacks(StackName="pushsite")["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    resources = cloudformation.list_stack_resources(StackName="pushsite")
+    role = next(
+        r["PhysicalResourceId"]
+        for r in resources["StackResourceSummaries"]
+        if r["LogicalResourceId"] == "DeployerRole"
+    )
+    admin_iam = admin.client("iam", endpoint_url=endpoint)
+    document = admin_iam.get_role_policy(RoleName=role, PolicyName="deployer")["PolicyDocument"]
+    if isinstance(document, str):  # moto returns the stack's policy as a Python literal
+        document = ast.literal_eval(document)
+    deployer = _user_session(admin_iam, "deployer", document)
+    credentials = deployer.get_credentials()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret_key)
+    s3 = deployer.client("s3", endpoint_url=endpoint)
+
+    # The deployer reads a bundle from staging and removes it, but never writes one.
+    admin_s3.put_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz", Body=b"bundle")
+    assert s3.get_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz")["Body"].read()
+    s3.delete_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz")
+    for bucket in (outputs["StagingBucket"], "code"):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            s3.put_object(Bucket=bucket, Key="x.tar.gz", Body=b"not allowed")
+
+    # The content store: write, check, read.
+    store = open_object_store(f"s3://{outputs['ContentBucket']}?endpoint={endpoint}")
+    try:
+        store.put(blob_key("ab" * 32), b"hello")
+        store.flush()
+        assert store.has([blob_key("ab" * 32), blob_key("cd" * 32)]) == {blob_key("ab" * 32)}
+        assert store.get(blob_key("ab" * 32)) == b"hello"
+    finally:
+        store.close()
+
+    # The mirror: list, HEAD and put in the hosting bucket. (moto checks DeleteObjects against
+    # the bucket's ARN where AWS checks each object's, so deletions are tested in test_mirror.)
+    source = LocalStore.from_url(f"file://{tmp_path / 'store'}")
+    try:
+        files = {}
+        for path, data in {"index.html": b"<p>hi</p>", "old.txt": b"old"}.items():
+            digest = hashlib.sha256(data).hexdigest()
+            source.put(blob_key(digest), data)
+            files[path] = FileEntry(digest, len(data), "text/plain")
+        source.flush()
+        manifest = Manifest("d1", "blog", 0.0, files=files)
+        target = f"s3://{outputs['HostingBucket']}?endpoint={endpoint}"
+        assert mirror_deployment(manifest, source, target).uploaded == 2
+        manifest.files["copy.txt"] = manifest.files["old.txt"]
+        report = mirror_deployment(manifest, source, target, max_delete_share=0)
+        assert (report.uploaded, report.unchanged) == (1, 2)
+    finally:
+        source.close()

@@ -1,0 +1,761 @@
+"""The JSON API of the control plane, mounted at /api; its OpenAPI is /api/openapi.json.
+
+Every endpoint needs a deploy token (see web/auth.py). Errors answer in one shape,
+`{"ok": false, "error": "...", "status": N}` (see web/errors.py).
+
+A deployment's answer carries `error_kind` and `exit_code` so that a client can end the way a
+local `pushsite deploy` would: `exit_code` is null while the deployment is queued or running,
+0 when it is ready or live, else the exit code of the error class named by `error_kind`
+(a class of pushsite.errors: `DeploymentTimedOut`, `BundleRejected`, `SiteConfigError`, ...).
+
+Uploads (`POST /api/sites/{site}/deploys`) are streamed: the request body goes chunk by chunk
+into staging, never whole in memory, and the answer (202, with a Location) comes once the
+deployment is queued. The server's worker runs it; follow it with `GET /api/deployments/{id}`
+or with `GET /api/deployments/{id}/log?after=<seq>`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+from starlette.routing import Mount
+
+from pushsite import __version__, errors, ids, names
+from pushsite.errors import (
+    BundleRejected,
+    BundleTooLarge,
+    ConfigError,
+    DeploymentNotFound,
+    NotFound,
+    PushsiteError,
+)
+from pushsite.model import Deployment, LogLine, Manifest, Site, Status, Token
+from pushsite.service import Service
+from pushsite.web import auth
+from pushsite.web.errors import install_error_handlers, with_debug_flag
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+# --- response and request bodies -------------------------------------------------------------
+class ErrorBody(BaseModel):
+    ok: Literal[False]
+    error: str = Field(description="What was wrong, the value, what to do next.")
+    status: int
+
+
+class Urls(BaseModel):
+    deployment: str = Field(description="This deployment, forever.")
+    branch: str = Field(description="The branch preview.")
+    production: str | None = Field(None, description="Set when the branch is the production one.")
+
+
+class DeploymentOut(BaseModel):
+    id: str
+    site: str
+    branch: str
+    status: Status
+    commit: str
+    message: str
+    source: str
+    created: float
+    started: float | None
+    finished: float | None
+    seconds: float | None
+    files: int
+    bytes_in: int
+    bytes_stored: int
+    blobs_new: int
+    blobs_reused: int
+    error: str
+    progress: str
+    error_kind: str | None = Field(description="The pushsite.errors class of the failure.")
+    exit_code: int | None = Field(description="null while unfinished, 0 when ready or live, "
+                                  "else what a local `pushsite deploy` would exit with.")
+    urls: Urls
+
+
+class DeploymentPage(BaseModel):
+    deployments: list[DeploymentOut]
+    next_before: str | None = Field(description="Pass as `before` for the next page.")
+
+
+class AliasOut(BaseModel):
+    name: str
+    deployment_id: str
+    updated: float
+
+
+class SiteSettingsOut(BaseModel):
+    deploy_tags: bool
+    webhook_base_url: str
+    webhook_access_token_set: bool
+
+
+class SiteOut(BaseModel):
+    name: str
+    production_branch: str
+    created: float
+    domains: list[str]
+    settings: SiteSettingsOut
+    aliases: list[AliasOut]
+    url: str
+
+
+class SiteList(BaseModel):
+    sites: list[SiteOut]
+
+
+class SiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(examples=["blog"])
+    production_branch: str = "main"
+
+
+class SiteSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    production_branch: str | None = None
+    deploy_tags: bool | None = None
+    webhook_base_url: str | None = None
+    webhook_access_token: str | None = Field(None, description="Write-only.")
+
+
+class DomainList(BaseModel):
+    site: str
+    domains: list[str]
+
+
+class Deleted(BaseModel):
+    ok: Literal[True]
+    deleted: str
+
+
+class PruneOut(BaseModel):
+    deployments: int
+    blobs: int
+
+
+class FileOut(BaseModel):
+    path: str
+    size: int
+    type: str
+    hash: str
+    encodings: dict[str, int]
+
+
+class FilePage(BaseModel):
+    files: list[FileOut]
+    total: int = Field(description="Files in the deployment matching the prefix.")
+    next_after: str | None = Field(description="Pass as `after` for the next page.")
+
+
+class DiffEntry(BaseModel):
+    path: str
+    size: int
+    old_size: int | None = None
+
+
+class DiffOut(BaseModel):
+    deployment: str
+    against: str
+    added: list[DiffEntry]
+    changed: list[DiffEntry]
+    removed: list[DiffEntry]
+    unchanged: int
+
+
+class LogLineOut(BaseModel):
+    deployment_id: str
+    seq: int
+    time: float
+    level: str
+    stage: str
+    message: str
+    fields: dict[str, Any]
+
+
+class LogPage(BaseModel):
+    lines: list[LogLineOut]
+    last_seq: int = Field(description="Pass as `after` to get only newer lines.")
+    status: Status
+    finished: bool
+
+
+class LogSearch(BaseModel):
+    site: str
+    query: str
+    lines: list[LogLineOut]
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    site: str | None
+    scopes: list[str]
+    created: float
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("api", min_length=1, max_length=100)
+    site: str | None = Field(None, description="Limit the token to one site.")
+    scopes: list[Literal["deploy", "admin"]] = Field(default_factory=lambda: ["deploy"],
+                                                     min_length=1)
+
+
+class TokenCreated(BaseModel):
+    token: TokenOut
+    secret: str = Field(description="Shown once; only its hash is stored.")
+
+
+# --- the app ---------------------------------------------------------------------------------
+SiteName = Annotated[str, Path(description="A site name (a DNS label).", max_length=63)]
+DeploymentId = Annotated[str, Path(description="A deployment id.", max_length=64)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in ((400, "Bad request"), (401, "No valid token"),
+                       (403, "The token does not cover this"), (404, "Not found"),
+                       (503, "A backend is unavailable"))
+}
+
+
+def _caller(request: Request) -> Token:
+    """The calling token (a dependency of every endpoint, so 401 comes before validation)."""
+    service: Service = request.app.state.service
+    return auth.authenticate(service, auth.secret_from_headers(request.headers))
+
+
+Caller = Annotated[Token, Depends(_caller)]
+
+
+def _errors(*extra: int) -> dict[int | str, dict[str, Any]]:
+    more = {409: "Conflict", 413: "Bundle too large", 422: "Bundle rejected"}
+    return {**_ERRORS, **{c: {"model": ErrorBody, "description": more[c]} for c in extra}}
+
+
+def routes(service: Service) -> list[Any]:
+    """The API as one mount, for build_app's control plane."""
+    return [Mount("/api", app=with_debug_flag(create_api(service)))]
+
+
+def create_api(service: Service) -> FastAPI:
+    api = FastAPI(title="pushsite API", version=__version__, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json", description=__doc__ or "",
+                  responses=_ERRORS)  # type: ignore[arg-type]
+    install_error_handlers(api)
+    api.state.service = service
+
+    view = _Views(service)
+
+    # sites ---------------------------------------------------------------------------------
+    @api.get("/sites", response_model=SiteList, tags=["sites"])
+    def list_sites(token: Caller) -> dict[str, Any]:
+        """Sites the token covers."""
+        return {"sites": [view.site(s) for s in service.state.list_sites() if token.covers(s.name)]}
+
+    @api.post("/sites", status_code=201, response_model=SiteOut, tags=["sites"],
+              responses=_errors(409))
+    def create_site(token: Caller, body: SiteIn) -> dict[str, Any]:
+        """Create a site (admin)."""
+        auth.require(token, names.check_site_name(body.name), "admin")
+        names.check_branch_name(body.production_branch)
+        try:
+            service.state.get_site(body.name)
+        except NotFound:
+            pass
+        else:
+            raise ConfigError(f"site {body.name!r} already exists; change it with "
+                              f"PATCH /api/sites/{body.name}")
+        site = service.site(body.name, create=True)
+        site.production_branch = body.production_branch
+        service.state.put_site(site)
+        return view.site(site)
+
+    @api.get("/sites/{site}", response_model=SiteOut, tags=["sites"])
+    def get_site(token: Caller, site: SiteName) -> dict[str, Any]:
+        """A site, its aliases and settings."""
+        return view.site(service.site(_covered(token, site)))
+
+    @api.patch("/sites/{site}", response_model=SiteOut, tags=["sites"])
+    def update_site(token: Caller, site: SiteName, body: SiteSettingsIn) -> dict[str, Any]:
+        """Change a site's settings (admin); fields left out stay as they are."""
+        record = service.site(_covered(token, site, "admin"))
+        if body.production_branch is not None:
+            record.production_branch = names.check_branch_name(body.production_branch)
+        if body.deploy_tags is not None:
+            record.settings["tags"] = body.deploy_tags
+        hook = dict(record.settings.get("webhook", {}))
+        if body.webhook_base_url is not None:
+            hook["base_url"] = body.webhook_base_url
+        if body.webhook_access_token is not None:
+            hook["access_token"] = body.webhook_access_token
+        record.settings["webhook"] = hook
+        service.state.put_site(record)
+        return view.site(record)
+
+    @api.delete("/sites/{site}", response_model=Deleted, tags=["sites"], responses=_errors(409))
+    def delete_site(token: Caller, site: SiteName) -> dict[str, Any]:
+        """Delete a site with its aliases, domains, deployments and logs (admin).
+
+        Blobs stay until `pushsite prune`; a site with a queued or running deployment is kept.
+        """
+        record = service.site(_covered(token, site, "admin"))
+        for status in (Status.QUEUED, Status.RUNNING):
+            busy = service.state.list_deployments(record.name, status=status, limit=1)
+            if busy:
+                raise ConfigError(f"deployment {busy[0].id} of site {record.name} is {status}; "
+                                  "cancel it or wait for it, then delete the site")
+        service.state.delete_site(record.name)
+        return {"ok": True, "deleted": record.name}
+
+    @api.get("/sites/{site}/domains", response_model=DomainList, tags=["sites"])
+    def list_domains(token: Caller, site: SiteName) -> dict[str, Any]:
+        """Custom domains the site answers on."""
+        record = service.site(_covered(token, site))
+        return {"site": record.name, "domains": record.domains}
+
+    @api.put("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"],
+             responses=_errors(409))
+    def add_domain(token: Caller, site: SiteName,
+                   host: Annotated[str, Path(max_length=253)]) -> dict[str, Any]:
+        """Claim a custom domain for the site (admin); a host belongs to one site at most."""
+        record = service.add_domain(_covered(token, site, "admin"), host)
+        return {"site": record.name, "domains": record.domains}
+
+    @api.delete("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"])
+    def remove_domain(token: Caller, site: SiteName,
+                      host: Annotated[str, Path(max_length=253)]) -> dict[str, Any]:
+        """Release a custom domain (admin)."""
+        record = service.remove_domain(_covered(token, site, "admin"), host)
+        return {"site": record.name, "domains": record.domains}
+
+    @api.post("/sites/{site}/rollback", response_model=DeploymentOut, tags=["actions"],
+              responses=_errors(409))
+    def rollback_site(token: Caller, site: SiteName) -> dict[str, Any]:
+        """Point production back at the ready deployment before the live one."""
+        return view.deployment(service.rollback(_covered(token, site)))
+
+    @api.post("/sites/{site}/prune", response_model=PruneOut, tags=["actions"])
+    def prune_site(token: Caller, site: SiteName,
+                   keep: Annotated[int, Query(ge=1, le=100_000)]) -> dict[str, int]:
+        """Delete all but the `keep` newest ready deployments and unused blobs (admin)."""
+        return service.prune(_covered(token, site, "admin"), keep)
+
+    @api.get("/sites/{site}/logs", response_model=LogSearch, tags=["logs"])
+    def search_logs(token: Caller, site: SiteName,
+                    q: Annotated[str, Query(min_length=1, max_length=500)],
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        """Search every deployment log of a site (words, all must match), newest first."""
+        record = service.site(_covered(token, site))
+        lines = service.state.search_logs(record.name, q, limit=limit)
+        return {"site": record.name, "query": q, "lines": [_line(x) for x in lines]}
+
+    # deployments ---------------------------------------------------------------------------
+    @api.get("/sites/{site}/deploys", response_model=DeploymentPage, tags=["deployments"])
+    def list_deployments(
+        token: Caller, site: SiteName, branch: str | None = None,
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        """A site's deployments, newest first; page with `before`."""
+        record = service.site(_covered(token, site))
+        rows = service.state.list_deployments(record.name, branch=branch, status=status,
+                                              limit=limit, before=before)
+        return {"deployments": [view.deployment(d) for d in rows],
+                "next_before": rows[-1].id if len(rows) == limit else None}
+
+    @api.post("/sites/{site}/deploys", status_code=202, response_model=DeploymentOut,
+              tags=["actions"], responses=_errors(413, 422),
+              openapi_extra={"requestBody": {"required": True, "description": "The bundle: a "
+                             "tar.gz as `git archive` makes it, streamed.", "content": {
+                                 "application/gzip": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}}})
+    async def upload(
+        request: Request, token: Caller, site: SiteName,
+        branch: Annotated[str | None, Query(max_length=255)] = None,
+        message: Annotated[str, Query(max_length=2000)] = "",
+    ) -> JSONResponse:
+        """Upload a bundle as a new deployment; 202 once it is queued (Location: the deployment)."""
+        auth.require(token, names.check_site_name(site))
+        reader = await _BodyReader.start(request.stream(), _upload_limit(service))
+        deployment = await anyio.to_thread.run_sync(
+            lambda: service.accept(site, reader, branch=branch, message=message, source="api"))
+        data = await anyio.to_thread.run_sync(view.deployment, deployment)
+        return _created(request, data, 202)
+
+    @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])
+    def get_deployment(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
+        """One deployment, with `exit_code` once it has finished."""
+        return view.deployment(view.covered_deployment(token, deployment_id))
+
+    @api.get("/deployments/{deployment_id}/files", response_model=FilePage,
+             tags=["deployments"])
+    def list_files(
+        token: Caller, deployment_id: DeploymentId,
+        prefix: Annotated[str, Query(max_length=1024)] = "",
+        after: Annotated[str | None, Query(max_length=1024)] = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        """The files a deployment publishes, sorted by path; page with `after`."""
+        manifest = service.manifest(view.covered_deployment(token, deployment_id).id)
+        paths = sorted(p for p in manifest.files if p.startswith(prefix))
+        page = [p for p in paths if after is None or p > after][:limit]
+        files = [{"path": p, "size": e.size, "type": e.type, "hash": e.hash,
+                  "encodings": e.encodings} for p in page for e in [manifest.files[p]]]
+        more = bool(page) and page[-1] != paths[-1]
+        return {"files": files, "total": len(paths), "next_after": page[-1] if more else None}
+
+    @api.get("/deployments/{deployment_id}/log", response_model=LogPage, tags=["logs"])
+    def get_log(
+        token: Caller, deployment_id: DeploymentId,
+        after: Annotated[int, Query(ge=0, description="Only lines with a larger seq.")] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        """A deployment's log lines, oldest first, with its status (poll with `after`)."""
+        deployment = view.covered_deployment(token, deployment_id)
+        lines = service.state.get_logs(deployment.id, after=after, limit=limit)
+        return {"lines": [_line(x) for x in lines],
+                "last_seq": lines[-1].seq if lines else after,
+                "status": deployment.status, "finished": deployment.status.finished}
+
+    @api.get("/deployments/{deployment_id}/diff", response_model=DiffOut, tags=["deployments"])
+    def diff(token: Caller, deployment_id: DeploymentId,
+             against: Annotated[str, Query(max_length=64, description="The older deployment.")],
+             ) -> dict[str, Any]:
+        """Paths added, changed and removed since the `against` deployment, with sizes."""
+        new = service.manifest(view.covered_deployment(token, deployment_id).id)
+        old = service.manifest(view.covered_deployment(token, against).id)
+        return _diff(new, old)
+
+    @api.post("/deployments/{deployment_id}/activate", response_model=DeploymentOut,
+              tags=["actions"], responses=_errors(409))
+    def activate(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
+        """Point production at this ready deployment (a rollback or roll-forward)."""
+        deployment = view.covered_deployment(token, deployment_id)
+        return view.deployment(service.rollback(deployment.site, deployment.id))
+
+    @api.post("/deployments/{deployment_id}/cancel", response_model=DeploymentOut,
+              tags=["actions"])
+    def cancel(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
+        """Cancel a queued or running deployment; the live site stays as it is."""
+        return view.deployment(service.cancel(view.covered_deployment(token, deployment_id).id))
+
+    @api.post("/deployments/{deployment_id}/redeploy", status_code=201,
+              response_model=DeploymentOut, tags=["actions"], responses=_errors(409))
+    def redeploy(request: Request, token: Caller, deployment_id: DeploymentId) -> JSONResponse:
+        """A new deployment with this one's files, on its branch; it goes live at once."""
+        deployment = _redeploy(service, view.covered_deployment(token, deployment_id))
+        return _created(request, view.deployment(deployment), 201)
+
+    # tokens ----------------------------------------------------------------------------------
+    @api.get("/tokens", response_model=TokenList, tags=["tokens"])
+    def list_tokens(token: Caller) -> dict[str, Any]:
+        """Tokens (never their secrets) this admin token may manage."""
+        auth.require(token, token.site, "admin")
+        return {"tokens": [_token(t) for t in service.state.list_tokens()
+                           if token.site is None or t.site == token.site]}
+
+    @api.post("/tokens", status_code=201, response_model=TokenCreated, tags=["tokens"])
+    def create_token(token: Caller, body: TokenIn) -> dict[str, Any]:
+        """Create a token (admin); its secret is in this answer only."""
+        if body.site is None:
+            auth.require_global_admin(token)
+        else:
+            auth.require(token, names.check_site_name(body.site), "admin")
+        secret = service.create_token(body.name, body.site, sorted(set(body.scopes)))
+        record = service.state.find_token(_hash(secret))
+        assert record is not None
+        return {"token": _token(record), "secret": secret}
+
+    @api.delete("/tokens/{token_id}", response_model=Deleted, tags=["tokens"])
+    def delete_token(token: Caller, token_id: Annotated[str, Path(max_length=64)]
+                     ) -> dict[str, Any]:
+        """Revoke a token (admin)."""
+        auth.require(token, token.site, "admin")
+        for record in service.state.list_tokens():
+            if record.id == token_id and (token.site is None or record.site == token.site):
+                service.state.delete_token(record.id)
+                return {"ok": True, "deleted": record.id}
+        raise NotFound(f"no token with id {token_id!r} that this token may manage; "
+                       "GET /api/tokens lists them")
+
+    @api.get("/whoami", response_model=TokenOut, tags=["tokens"])
+    def whoami(token: Caller) -> dict[str, Any]:
+        """The token this request carries (to check a token works)."""
+        return _token(token)
+
+    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
+    return api
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _covered(token: Token, site: str, scope: str = "deploy") -> str:
+    auth.require(token, names.check_site_name(site), scope)
+    return site
+
+
+class _Views:
+    """Records as API answers (a deployment with its URLs and exit code; a site)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def covered_deployment(self, token: Token, deployment_id: str) -> Deployment:
+        if not ids.looks_like_id(deployment_id):
+            raise DeploymentNotFound(f"no deployment with id {deployment_id!r}: an id is 26 "
+                                     "lowercase letters and digits, as `pushsite deploys` shows")
+        deployment = self.service.state.get_deployment(deployment_id)
+        auth.require(token, deployment.site)
+        return deployment
+
+    def deployment(self, deployment: Deployment) -> dict[str, Any]:
+        data = deployment.to_dict()
+        data.pop("bundle_key", None)
+        kind = failure_kind(deployment, self._last_error(deployment))
+        data["error_kind"] = kind.__name__ if kind else None
+        data["exit_code"] = (None if not deployment.status.finished
+                             else kind.exit_code if kind else 0)
+        config = self.service.config
+        try:
+            production = self.service.state.get_site(deployment.site).production_branch
+        except NotFound:
+            production = ""
+        data["urls"] = {
+            "deployment": config.site_url(f"{deployment.id}--{deployment.site}"),
+            "branch": config.site_url(f"{names.branch_label(deployment.branch)}--"
+                                      f"{deployment.site}"),
+            "production": (config.site_url(deployment.site)
+                           if deployment.branch == production else None)}
+        return data
+
+    def _last_error(self, deployment: Deployment) -> LogLine | None:
+        if deployment.status != Status.FAILED:
+            return None
+        lines = self.service.state.get_logs(deployment.id)
+        return next((x for x in reversed(lines) if x.level == "error"), None)
+
+    def site(self, site: Site) -> dict[str, Any]:
+        hook = site.settings.get("webhook", {})
+        return {
+            "name": site.name, "production_branch": site.production_branch,
+            "created": site.created, "domains": site.domains,
+            "settings": {"deploy_tags": bool(site.settings.get("tags", False)),
+                         "webhook_base_url": hook.get("base_url", ""),
+                         "webhook_access_token_set": bool(hook.get("access_token"))},
+            "aliases": [{"name": a.name, "deployment_id": a.deployment_id, "updated": a.updated}
+                        for a in self.service.state.list_aliases(site.name)],
+            "url": self.service.config.site_url(site.name),
+        }
+
+
+_BUNDLE_PREFIXES = ("the bundle", "the path ", "the file ", "bundle ")
+_SITE_FILES = ("pushsite.toml", "_headers", "_redirects", "404.html", "CNAME")
+
+
+def failure_kind(deployment: Deployment, last_error: LogLine | None = None
+                 ) -> type[PushsiteError] | None:
+    """The error class a finished, unsuccessful deployment stopped with (None otherwise).
+
+    The class is read from the error line of the deployment's log when the service records it
+    there (field `error`); otherwise it is inferred from the status and the message.
+    """
+    status = deployment.status
+    if status == Status.TIMED_OUT:
+        return errors.DeploymentTimedOut
+    if status == Status.CANCELLED:
+        return errors.DeploymentCancelled
+    if status != Status.FAILED:
+        return None
+    recorded = (last_error.fields.get("error") or last_error.fields.get("kind")
+                if last_error else None)
+    named = getattr(errors, str(recorded), None) if recorded else None
+    if isinstance(named, type) and issubclass(named, PushsiteError):
+        return named
+    text = deployment.error
+    if text.startswith(_BUNDLE_PREFIXES):
+        return BundleTooLarge if "(limit" in text or "limit max_" in text else BundleRejected
+    if text.startswith(_SITE_FILES):
+        return errors.SiteConfigError
+    if "already claimed by site" in text:
+        return errors.DomainConflict
+    if text.startswith("internal error"):
+        return PushsiteError
+    return errors.DeploymentFailed
+
+
+def _diff(new: Manifest, old: Manifest) -> dict[str, Any]:
+    added, changed, removed = [], [], []
+    unchanged = 0
+    for path in sorted(new.files.keys() | old.files.keys()):
+        now, before = new.files.get(path), old.files.get(path)
+        if before is None and now is not None:
+            added.append({"path": path, "size": now.size})
+        elif now is None and before is not None:
+            removed.append({"path": path, "size": before.size})
+        elif now is not None and before is not None:
+            if now.hash != before.hash:
+                changed.append({"path": path, "size": now.size, "old_size": before.size})
+            else:
+                unchanged += 1
+    return {"deployment": new.deployment_id, "against": old.deployment_id, "added": added,
+            "changed": changed, "removed": removed, "unchanged": unchanged}
+
+
+def _redeploy(service: Service, original: Deployment) -> Deployment:
+    """A new deployment from an existing one's manifest: no bundle, no blob is written."""
+    manifest = service.manifest(original.id)
+    now = time.time()
+    deployment = Deployment(ids.new_id(now), original.site, original.branch, Status.RUNNING,
+                            commit=original.commit, message=f"redeploy of {original.id}",
+                            source="redeploy", created=now, started=now)
+    deployment.files = len(manifest.files)
+    deployment.blobs_reused = len({e.hash for e in manifest.files.values()})
+    deployment.bytes_in = sum(e.size for e in manifest.files.values())
+    copy = Manifest(deployment.id, original.site, now, dict(manifest.files), manifest.headers,
+                    manifest.redirects, manifest.not_found, manifest.commit)
+    service.state.create_deployment(deployment)
+    log = service.log_for(deployment)
+    log.info("accept", f"redeploy of {original.id} ({deployment.files} files) to "
+             f"{deployment.branch}")
+    log.flush()
+    return service.run_manifest(deployment, copy)
+
+
+def _created(request: Request, deployment: dict[str, Any], status: int) -> JSONResponse:
+    """A new deployment's answer, with its URL in Location."""
+    root = request.scope.get("root_path", "").rstrip("/")  # "/api" where it is mounted
+    location = str(request.url.replace(path=f"{root}/deployments/{deployment['id']}", query=""))
+    return JSONResponse(DeploymentOut.model_validate(deployment).model_dump(mode="json"),
+                        status_code=status, headers={"Location": location})
+
+
+def _line(line: LogLine) -> dict[str, Any]:
+    return {"deployment_id": line.deployment_id, "seq": line.seq, "time": line.time,
+            "level": line.level, "stage": line.stage, "message": line.message,
+            "fields": line.fields}
+
+
+def _token(token: Token) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "site": token.site, "scopes": token.scopes,
+            "created": token.created}
+
+
+def _hash(secret: str) -> str:
+    from pushsite.service import hash_token
+
+    return hash_token(secret)
+
+
+def _upload_limit(service: Service) -> int:
+    """The most bytes an upload may have: the unpacked limit plus tar's per-file overhead."""
+    config = service.config
+    return (config.max_total_mb << 20) + config.max_files * 1536 + (1 << 20)
+
+
+class _BodyReader(io.RawIOBase):
+    """The request body as a blocking file, for the service running in a worker thread.
+
+    Each read pulls the next chunk from the event loop, so the body is never held whole; the
+    first bytes are checked to be gzip before anything is staged.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], first: bytes, limit: int) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buffer = first
+        self._total = len(first)
+        self._limit = limit
+        self._done = False
+
+    @classmethod
+    async def start(cls, chunks: AsyncIterator[bytes], limit: int) -> _BodyReader:
+        first = b""
+        while len(first) < len(_GZIP_MAGIC):
+            chunk = await cls._next(chunks)
+            if chunk is None:
+                break
+            first += chunk
+        if not first:
+            raise BundleRejected("the upload was empty: send the bundle (a tar.gz, e.g. from "
+                                 "`git archive --format=tar.gz HEAD`) as the request body")
+        if not first.startswith(_GZIP_MAGIC):
+            raise BundleRejected(f"the upload is not gzip (it starts with {first[:8]!r}); send "
+                                 "a tar.gz bundle as the request body")
+        return cls(chunks, first, limit)
+
+    @staticmethod
+    async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+        try:
+            while True:
+                chunk = await chunks.__anext__()
+                if chunk:
+                    return chunk
+        except StopAsyncIteration:
+            return None
+        except ClientDisconnect:
+            raise BundleRejected("the upload was cut off before its end; send the whole "
+                                 "bundle again") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer and not self._done:
+            chunk = anyio.from_thread.run(self._next, self._chunks)
+            if chunk is None:
+                self._done = True
+                break
+            self._total += len(chunk)
+            if self._total > self._limit:
+                raise BundleTooLarge(f"the upload is over {self._limit} bytes, more than any "
+                                     "bundle this server accepts (see max_total_mb)")
+            self._buffer = chunk
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def _openapi(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's description, with the error shape for bad requests and token security."""
+    if api.openapi_schema:
+        return api.openapi_schema
+    schema = get_openapi(title=api.title, version=api.version, description=api.description,
+                         routes=api.routes)
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "HTTPValidationError" in str(responses.get("422", "")):
+                del responses["422"]  # bad requests answer 400 in the one error shape
+            responses.setdefault("400", {"description": "Bad request", "content": {
+                "application/json": {"schema": error_ref}}})
+    components = schema.setdefault("components", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.get("schemas", {}).pop(name, None)
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "A deploy token (`pushsite tokens create`)."},
+        "basic": {"type": "http", "scheme": "basic",
+                  "description": "Any user name, the deploy token as the password."}}
+    schema["security"] = [{"bearer": []}, {"basic": []}]
+    schema["servers"] = [{"url": "/api"}]
+    api.openapi_schema = schema
+    return schema
+

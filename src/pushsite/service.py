@@ -357,7 +357,12 @@ class Service:
     def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
         deployment.status = Status.READY
         deployment.finished = time.time()
-        self.state.update_deployment(deployment)
+        if not self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+            # a cancel (or a restart's recovery) got in after the last stop check
+            current = self.state.get_deployment(deployment.id).status
+            stopped = DeploymentCancelled if current == Status.CANCELLED else DeploymentFailed
+            raise stopped(f"deployment {deployment.id} became {current} before it could go "
+                          "live; the live site is unchanged")
         self._discard_staged(deployment)
         moved = self.activate(deployment, log)
         if moved:
@@ -510,7 +515,9 @@ class Service:
                 log.info("skipped", deployment.error)
                 log.flush()
             return
-        with contextlib.suppress(PushsiteError):  # recorded on the deployment and its log
+        # run and _fetch record any error on the deployment and its log; one that is no
+        # PushsiteError (a bug, an OS error) must not end the worker that called us either
+        with contextlib.suppress(Exception):
             if "fetch" in item.body and not deployment.bundle_key:
                 self._fetch(deployment, item.body["fetch"])
             self.run(deployment_id, timeout=timeout)

@@ -1,0 +1,405 @@
+"""The service layer's guarantees with real SQLite, a real store and real bundles: a deployment
+delivered twice runs once, one site's deployments run in order and superseded pushes are
+skipped, cancel stops queued and running deployments, prune keeps every referenced blob and
+verify finds missing and corrupt ones.
+
+The helpers here (bundles in two gzip members, a stream that stops between them) are shared
+with test_activation.py and test_queue_restart.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pushsite.config import load_config
+from pushsite.errors import ConfigError, DeploymentCancelled
+from pushsite.model import PRODUCTION, Deployment, Status, blob_key
+from pushsite.service import Service
+from pushsite.worker import run_worker
+from tests.conftest import Server
+
+WAIT = 60.0  # how long a helper waits for another thread or process before giving up
+
+
+# bundles ---------------------------------------------------------------------------------------
+def split_bundle(first: dict[str, bytes], rest: dict[str, bytes]) -> tuple[bytes, bytes]:
+    """A bundle as two gzip members (valid gzip): `first`'s files, then `rest` and the end."""
+    raw = io.BytesIO()
+    split = 0
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for group in (first, rest):
+            for name, data in group.items():
+                info = tarfile.TarInfo(f"site/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            split = split or tar.offset
+    data = raw.getvalue()
+    return gzip.compress(data[:split], 1), gzip.compress(data[split:], 1)
+
+
+def bundle(files: dict[str, bytes]) -> bytes:
+    """A whole bundle of `files` under one top folder, as `git archive` makes it."""
+    first, rest = split_bundle(files, {})
+    return first + rest
+
+
+def big_files(tag: str, count: int = 3, size: int = (1 << 20) + 4096) -> dict[str, bytes]:
+    """Incompressible files above the local store's pack limit: written at once, as files."""
+    return {f"big/{tag}{i}.bin": hashlib.sha256(f"{tag}{i}".encode()).digest() * (size // 32)
+            for i in range(count)}
+
+
+def site_files(text: str) -> dict[str, bytes]:
+    return {"index.html": f"<h1>{text}</h1>".encode(), "about.html": f"<p>{text}</p>".encode()}
+
+
+class GatedStream:
+    """A bundle arriving like a slow upload: the second part waits until `go` is set."""
+
+    def __init__(self, first: bytes, rest: bytes) -> None:
+        self._buf = first
+        self._rest = rest
+        self.waiting = threading.Event()  # the reader has consumed the first part
+        self.go = threading.Event()
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buf and self._rest:
+            self.waiting.set()
+            if not self.go.wait(WAIT):
+                return b""  # never released: the reader sees a truncated bundle
+            self._buf, self._rest = self._rest, b""
+        size = len(self._buf) if size < 0 else size
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+
+class FifoFeeder:
+    """Serves a bundle through a named pipe in staging, so a server's worker reads the first
+    part and then waits: a deployment that is reliably `running` while a test acts."""
+
+    def __init__(self, path: Path, first: bytes, rest: bytes) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self._parts = (first, rest)
+        self.first_written = threading.Event()
+        self.go = threading.Event()
+        self.abandon = threading.Event()
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self) -> None:
+        deadline = time.monotonic() + WAIT
+        fd = -1
+        while fd < 0 and time.monotonic() < deadline and not self.abandon.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.02)
+        if fd < 0:
+            return
+        os.set_blocking(fd, True)
+        with contextlib.suppress(OSError), os.fdopen(fd, "wb") as out:
+            out.write(self._parts[0])
+            out.flush()
+            self.first_written.set()
+            while not self.go.wait(0.05):
+                if self.abandon.is_set():
+                    return
+            out.write(self._parts[1])
+
+    def stop(self) -> None:
+        self.abandon.set()
+        self.go.set()
+        self.thread.join(WAIT)
+
+
+# waiting and reading state ---------------------------------------------------------------------
+def wait_for(what: str, check: Callable[[], bool]) -> None:
+    """Poll until `check` holds; fails (never hangs) when it does not within WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def status(service: Service, deployment_id: str) -> Status:
+    return service.state.get_deployment(deployment_id).status
+
+
+def log_text(service: Service, deployment_id: str) -> str:
+    return "\n".join(line.message for line in service.state.get_logs(deployment_id))
+
+
+def alias_of(service: Service, site: str, name: str = PRODUCTION) -> str | None:
+    alias = service.state.get_alias(site, name)
+    return alias.deployment_id if alias else None
+
+
+def accept(service: Service, site: str, files: dict[str, bytes], branch: str | None = None,
+           enqueue: bool = False) -> Deployment:
+    return service.accept(site, io.BytesIO(bundle(files)), branch=branch, enqueue=enqueue)
+
+
+def deploy(service: Service, site: str, files: dict[str, bytes],
+           branch: str | None = None) -> Deployment:
+    return service.run(accept(service, site, files, branch).id)
+
+
+def stores_blobs(service: Service, files: dict[str, bytes]) -> Callable[[], bool]:
+    keys = [blob_key(hashlib.sha256(data).hexdigest()) for data in files.values()]
+    return lambda: len(service.store.has(keys)) == len(keys)
+
+
+def run_in_thread(service: Service, deployment_id: str, **kwargs: object,
+                  ) -> tuple[threading.Thread, list[BaseException]]:
+    """Service.run in another thread; what it raised lands in the returned list."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            service.run(deployment_id, **kwargs)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    svc = Service(load_config())
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+# delivered twice, runs once --------------------------------------------------------------------
+def test_a_second_run_of_a_finished_deployment_does_nothing(service: Service) -> None:
+    done = deploy(service, "blog", site_files("v1"))
+    again = service.run(done.id)
+    assert again.status == Status.LIVE and again.finished == done.finished
+    assert log_text(service, done.id).count("reading the bundle") == 1
+
+
+def test_a_run_while_another_runs_the_same_deployment_returns_at_once(service: Service) -> None:
+    first, rest = split_bundle(big_files("a", 1), site_files("v1"))
+    deployment = service.accept("blog", io.BytesIO(first + rest))
+    gated = GatedStream(first, rest)
+    thread, errors = run_in_thread(service, deployment.id, bundle=gated)
+    try:
+        assert gated.waiting.wait(WAIT)
+        second = service.run(deployment.id)  # the duplicate delivery
+        assert second.status == Status.RUNNING
+    finally:
+        gated.go.set()
+        thread.join(WAIT)
+    assert not errors
+    assert status(service, deployment.id) == Status.LIVE
+    assert log_text(service, deployment.id).count("reading the bundle") == 1
+
+
+def test_two_queue_deliveries_of_one_deployment_run_it_once(service: Service) -> None:
+    deployment = accept(service, "blog", site_files("v1"), enqueue=True)
+    service.queue.send({"deployment": deployment.id})
+    assert run_worker(service, once=True) == 2
+    assert status(service, deployment.id) == Status.LIVE
+    assert log_text(service, deployment.id).count("reading the bundle") == 1
+
+
+# order and superseded pushes -------------------------------------------------------------------
+def test_deployments_run_in_acceptance_order_and_superseded_pushes_are_skipped(
+        service: Service) -> None:
+    a = accept(service, "blog", site_files("a"), enqueue=True)
+    b = accept(service, "blog", site_files("b"), enqueue=True)
+    feature = accept(service, "blog", site_files("feature"), branch="feature", enqueue=True)
+    c = accept(service, "blog", site_files("c"), enqueue=True)
+    assert run_worker(service, once=True) == 4
+    for skipped in (a, b):
+        record = service.state.get_deployment(skipped.id)
+        assert record.status == Status.CANCELLED and record.finished is not None
+        assert record.error == f"superseded by {c.id}, a newer push to main"
+        assert f"superseded by {c.id}" in log_text(service, skipped.id)
+        assert "reading the bundle" not in log_text(service, skipped.id)
+        assert not (service.config.staging / record.bundle_key).exists()
+    ran = [service.state.get_deployment(d.id) for d in (feature, c)]
+    assert [d.status for d in ran] == [Status.LIVE, Status.LIVE]
+    assert ran[0].finished is not None and ran[1].started is not None
+    assert ran[0].finished <= ran[1].started  # one at a time, in the order they were accepted
+    assert alias_of(service, "blog") == c.id
+    assert alias_of(service, "blog", "branch/feature") == feature.id
+
+
+# cancel ----------------------------------------------------------------------------------------
+def test_cancel_of_a_queued_deployment(service: Service) -> None:
+    live = deploy(service, "blog", site_files("v1"))
+    queued = accept(service, "blog", site_files("v2"), enqueue=True)
+    cancelled = service.cancel(queued.id)
+    assert cancelled.status == Status.CANCELLED
+    record = service.state.get_deployment(queued.id)
+    assert record.status == Status.CANCELLED and record.error and record.finished is not None
+    assert not (service.config.staging / record.bundle_key).exists()
+    assert run_worker(service, once=True) == 1  # its queue message is taken and dropped
+    assert status(service, queued.id) == Status.CANCELLED
+    assert "cancelled while queued" in log_text(service, queued.id)
+    assert alias_of(service, "blog") == live.id
+    with pytest.raises(ConfigError, match="only a queued or running deployment"):
+        service.cancel(live.id)
+
+
+def test_cancel_of_a_running_deployment_from_another_thread(service: Service) -> None:
+    live = deploy(service, "blog", site_files("v1"))
+    first, rest = split_bundle(big_files("c"), site_files("v2"))
+    deployment = service.accept("blog", io.BytesIO(first + rest))
+    gated = GatedStream(first, rest)
+    thread, errors = run_in_thread(service, deployment.id, bundle=gated)
+    try:
+        assert gated.waiting.wait(WAIT)
+        assert service.cancel(deployment.id).status == Status.CANCELLED
+    finally:
+        gated.go.set()
+        thread.join(WAIT)
+    assert len(errors) == 1 and isinstance(errors[0], DeploymentCancelled)
+    record = service.state.get_deployment(deployment.id)
+    assert record.status == Status.CANCELLED and record.error and record.finished is not None
+    assert alias_of(service, "blog") == live.id
+    assert alias_of(service, "blog", "branch/main") == live.id
+    assert status(service, live.id) == Status.LIVE
+
+
+def test_cancel_as_the_last_file_is_stored_still_stops_the_deploy(service: Service) -> None:
+    """The stop check runs once a second; a cancel after the last check must still win."""
+    live = deploy(service, "blog", site_files("v1"))
+    deployment = accept(service, "blog", site_files("v2"))
+    cancelled: list[Deployment] = []
+
+    def cancel_once(counters: object) -> None:
+        if not cancelled:
+            cancelled.append(service.cancel(deployment.id))
+
+    with pytest.raises(DeploymentCancelled):
+        service.run(deployment.id, progress=cancel_once)
+    assert cancelled and cancelled[0].status == Status.CANCELLED
+    assert status(service, deployment.id) == Status.CANCELLED
+    assert alias_of(service, "blog") == live.id
+    assert alias_of(service, "blog", "branch/main") == live.id
+
+
+def test_cancel_of_a_running_deployment_from_another_process(server: Server,
+                                                              service: Service) -> None:
+    live = deploy(service, "blog", site_files("v1"))
+    first, rest = split_bundle(big_files("p"), site_files("v2"))
+    deployment = service.accept("blog", io.BytesIO(first + rest), enqueue=False)
+    staged = service.config.staging / deployment.bundle_key
+    staged.unlink()
+    feeder = FifoFeeder(staged, first, rest)
+    try:
+        service.queue.send({"deployment": deployment.id})
+        assert feeder.first_written.wait(WAIT)
+        wait_for("the server to run it", lambda: status(service, deployment.id)
+                 == Status.RUNNING)
+        done = server.cli("cancel", deployment.id)
+        assert done.returncode == 0, done.stderr
+        feeder.go.set()
+        wait_for("the worker to finish", lambda: service.state.get_deployment(
+            deployment.id).finished is not None and "cancelled after" in log_text(
+            service, deployment.id))
+    finally:
+        feeder.stop()
+    record = service.state.get_deployment(deployment.id)
+    assert record.status == Status.CANCELLED and record.error
+    assert alias_of(service, "blog") == live.id
+    assert server.get("blog.localhost").text == "<h1>v1</h1>"
+
+
+# a worker outlives what goes wrong in one deployment ------------------------------------------
+def test_an_internal_error_fails_one_deployment_and_the_worker_goes_on(service: Service) -> None:
+    broken = accept(service, "blog", site_files("broken"), enqueue=True)
+    staged = service.config.staging / broken.bundle_key
+    staged.unlink()
+    staged.mkdir()  # reading it raises IsADirectoryError, not a PushsiteError
+    good = accept(service, "blog", site_files("good"), branch="feature", enqueue=True)
+    assert run_worker(service, once=True) == 2
+    record = service.state.get_deployment(broken.id)
+    assert record.status == Status.FAILED and record.error.startswith("internal error")
+    assert status(service, good.id) == Status.LIVE
+
+
+# prune and verify ------------------------------------------------------------------------------
+def test_prune_keeps_every_blob_a_kept_deployment_references(service: Service) -> None:
+    shared = {"shared.css": b"body{margin:0}" * 300}
+    a = deploy(service, "blog", {**shared, "index.html": b"<p>a</p>" * 100})
+    b = deploy(service, "blog", {**shared, "index.html": b"<p>b</p>" * 100})
+    c = deploy(service, "blog", {**shared, "index.html": b"<p>c</p>" * 100})
+    other = deploy(service, "docs", {"index.html": b"<p>a</p>" * 100})  # shares a's page
+    service.rollback("blog", a.id)  # production points at a, the oldest
+    result = service.prune("blog", keep=1)
+    assert result["deployments"] == 1  # b: not among the newest 1, and no alias holds it
+    assert status(service, b.id) == Status.CANCELLED
+    for kept in (a, c, other):
+        manifest = service.manifest(kept.id)
+        for entry in manifest.files.values():
+            keys = [blob_key(entry.hash)] + [blob_key(entry.hash, e) for e in entry.encodings]
+            assert service.store.has(keys) == set(keys)
+    assert not service.store.has([blob_key(hashlib.sha256(b"<p>b</p>" * 100).hexdigest())])
+    assert service.verify() == []
+
+
+def test_prune_refuses_while_a_deployment_is_queued_or_running(service: Service) -> None:
+    deploy(service, "blog", site_files("v1"))
+    queued = accept(service, "blog", site_files("v2"), enqueue=True)
+    with pytest.raises(ConfigError, match="queued or running"):
+        service.prune("blog", keep=1)
+    first, rest = split_bundle(big_files("r", 1), site_files("v3"))
+    gated = GatedStream(first, rest)
+    thread, errors = run_in_thread(service, queued.id, bundle=gated)
+    try:
+        assert gated.waiting.wait(WAIT)
+        assert status(service, queued.id) == Status.RUNNING
+        with pytest.raises(ConfigError, match="queued or running"):
+            service.prune("blog", keep=1)
+    finally:
+        gated.go.set()
+        thread.join(WAIT)
+    assert not errors
+    assert service.prune("blog", keep=1) == {"deployments": 1, "blobs": 2}
+
+
+def test_verify_finds_a_missing_and_a_corrupt_blob(service: Service) -> None:
+    files = {"index.html": b"<p>home</p>", "img/logo.png": b"\x89PNG" + b"x" * 500}
+    deployment = deploy(service, "blog", files)
+    assert service.verify() == []
+    manifest = service.manifest(deployment.id)
+    home, logo = manifest.files["index.html"], manifest.files["img/logo.png"]
+    service.store.delete([blob_key(home.hash)])
+    service.store.put(blob_key(logo.hash), b"\x89PNG" + b"y" * 500)
+    service.store.flush()
+    assert sorted(service.verify()) == sorted([
+        f"blog {deployment.id}: index.html: blob {home.hash} is missing",
+        f"blog {deployment.id}: img/logo.png: blob {logo.hash} is corrupt",
+    ])
+
+
+def test_verify_through_the_command_exits_non_zero(service: Service) -> None:
+    deployment = deploy(service, "blog", site_files("v1"))
+    entry = service.manifest(deployment.id).files["index.html"]
+    service.store.delete([blob_key(entry.hash)])
+    done = subprocess.run([sys.executable, "-m", "pushsite", "verify"], capture_output=True,
+                          timeout=WAIT, check=False)
+    assert done.returncode == 1
+    assert f"blob {entry.hash} is missing" in " ".join(done.stderr.decode().split())
+

@@ -245,6 +245,46 @@ def test_every_tar_format_reads_like_tarfile_reads_it(fmt: int) -> None:
     assert ours == theirs
 
 
+component = st.text(
+    st.characters(
+        max_codepoint=0x2FF, blacklist_categories=("Cc", "Cs"), blacklist_characters="/\\."
+    ),
+    min_size=1,
+    max_size=60,
+)
+random_entry = st.tuples(
+    st.lists(component, min_size=1, max_size=4).map("/".join),
+    st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE]),
+    st.binary(max_size=700),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(random_entry, max_size=6),
+    st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
+    st.sampled_from([1, 511, 1 << 16]),
+)
+def test_random_archives_read_like_tarfile_reads_them(
+    specs: list[tuple[str, bytes, bytes]], fmt: int, step: int
+) -> None:
+    entries = [  # links get a name with a dot, which no other path can lie under
+        entry(f"x/{name}.lnk", kind=kind, link="a")
+        if kind == tarfile.SYMTYPE
+        else entry("x/" + name, body if kind == tarfile.REGTYPE else b"", kind)
+        for name, kind, body in specs
+    ]
+    data = tar_of(entries, fmt)
+    ours = [(m.path, m.kind.value, m.size, c) for m, c in read_bundle(gz(data), step=step)[0]]
+    kinds = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        theirs = [
+            (t.name, kinds[t.type], t.size, tar.extractfile(t).read() if t.isfile() else b"")  # type: ignore[union-attr]
+            for t in tar
+        ]
+    assert ours == theirs
+
+
 # -- paths and links ------------------------------------------------------------------------------
 
 HOSTILE_NAMES = [

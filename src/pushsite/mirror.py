@@ -58,10 +58,10 @@ _LOCATION_SAFE = "/:?#[]@!$&'()*+,;=%~"
 class MirrorReport:
     """What one mirror did: counts of objects, and the rules S3 cannot express."""
 
-    uploaded: int = 0
+    uploaded: int = 0  # objects written (files and redirect objects)
     unchanged: int = 0
     deleted: int = 0
-    redirects: int = 0
+    redirects: int = 0  # redirect rules written as S3 redirect objects
     skipped_rules: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
 
@@ -152,6 +152,14 @@ def _why_not_expressible(rule: dict[str, Any]) -> str:
     return ""
 
 
+def _loops(target: str, keys: list[str]) -> bool:
+    """Whether a path target lands on one of the rule's own keys ("/a/ /a" on S3)."""
+    if not target.startswith("/"):
+        return False
+    path = target.partition("#")[0].partition("?")[0]
+    return bool(set(_redirect_keys(path)) & set(keys))
+
+
 def _rule_text(rule: dict[str, Any]) -> str:
     force = "!" if rule.get("force") else ""
     return f"_redirects line {rule.get('line', '?')}: {rule['path']} {rule['to']} " + (
@@ -193,6 +201,8 @@ def _plan(manifest: Manifest, prefix: str) -> tuple[dict[str, _Wanted], int, lis
         files = [k for k in keys if k in manifest.files]
         if not reason and files and not rule.get("force"):
             reason = f"the file {files[0]} shadows it (add ! to force it)"
+        if not reason and _loops(rule["to"], keys):
+            reason = "it points at its own path, and S3 would redirect in a loop"
         if not reason and all(k in claimed for k in keys):
             reason = "an earlier rule already redirects this path"
         if reason:

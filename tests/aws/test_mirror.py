@@ -40,6 +40,7 @@ REDIRECTS = """
 /index.html /elsewhere 301
 /about/ /never 301!
 /gone /about/
+/self/ /self 301
 """
 
 
@@ -310,7 +311,9 @@ def test_plain_301_rules_become_redirect_objects_and_others_are_reported(
     assert "line 3: /docs/* /guide/:splat 301 skipped: it has a splat" in skipped
     assert "line 4: /moved https://example.com/moved 302 skipped: its status is 302" in skipped
     assert "line 5: /index.html /elsewhere 301 skipped: the file index.html shadows it" in skipped
+    assert "line 8: /self/ /self 301 skipped: it points at its own path" in skipped
     assert "WebsiteRedirectLocation" not in s3.head_object(Bucket=bucket, Key="www/index.html")
+    assert "www/self" not in _keys(s3, bucket)
 
     again = mirror_deployment(site.manifest(), site.store, target)
     assert again.uploaded == 0

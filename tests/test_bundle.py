@@ -721,7 +721,7 @@ def test_a_gzip_bomb_stops_after_bounded_work() -> None:
     stream = [gzip_header, start, *zero_deflate(3 * 1024)]  # no end: it must never get there
     limits = Limits()
     reader = BundleReader(OneWayStream(stream), limits)  # type: ignore[arg-type]
-    with pytest.raises(BundleTooLarge, match="max_ratio=200"):
+    with pytest.raises(BundleTooLarge, match="max_ratio=250"):
         for _member in reader.members():
             while reader.read(MiB):
                 pass
@@ -730,10 +730,10 @@ def test_a_gzip_bomb_stops_after_bounded_work() -> None:
 
 
 def test_a_hundred_thousand_tiny_files_pass_the_ratio_check() -> None:
-    """Tiny files make a tar that is mostly zero padding: about 35 times smaller gzipped."""
+    """Tiny files make a tar that is mostly zero padding: 63 times smaller at gzip -6."""
 
     def chunks() -> Iterator[bytes]:
-        compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # git archive's level
         for batch in range(100):
             blocks = []
             for i in range(batch * 1000, batch * 1000 + 1000):
@@ -750,6 +750,7 @@ def test_a_hundred_thousand_tiny_files_pass_the_ratio_check() -> None:
         count += 1
     assert count == 100_000
     assert reader.uncompressed_bytes > Limits().ratio_min_bytes  # so the ratio was checked
+    assert reader.uncompressed_bytes > 50 * reader.compressed_bytes
 
 
 def test_a_large_file_reads_in_flat_memory() -> None:

@@ -27,6 +27,7 @@ from pushsite.errors import (
     DeploymentFailed,
     DeploymentNotFound,
     DeploymentTimedOut,
+    DomainConflict,
     NotFound,
     PushsiteError,
     SiteNotFound,
@@ -126,17 +127,21 @@ class Service:
         commit: str = "",
         source: str = "cli",
         enqueue: bool = True,
+        deployment_id: str | None = None,
+        bundle_key: str = "",
     ) -> Deployment:
         """Stage a bundle and record a queued deployment; the bundle is copied as a stream.
 
         With bundle None the caller streams it into `run` itself (`pushsite deploy` reads
-        its source once, straight through the deployer, instead of copying it first).
+        its source once, straight through the deployer, instead of copying it first), or
+        names where it already waits (`bundle_key` s3://..., with an id derived from it).
         """
         site = self.site(site_name, create=True)
         branch = names.check_branch_name(branch or site.production_branch)
         self._check_branch_label(site.name, branch)
-        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
-                                message=message, source=source)
+        deployment = Deployment(deployment_id or ids.new_id(), site.name, branch, Status.QUEUED,
+                                commit=commit, message=message, source=source,
+                                bundle_key=bundle_key)
         if bundle is not None:
             deployment.bundle_key = self._stage(deployment.id, bundle)
         self.state.create_deployment(deployment)
@@ -158,6 +163,8 @@ class Service:
         return target.name
 
     def _staged_size(self, key: str) -> int:
+        if _in_bucket(key):
+            return 0
         try:
             return (self.config.staging / key).stat().st_size
         except FileNotFoundError:
@@ -165,6 +172,12 @@ class Service:
 
     @contextmanager
     def _open_staged(self, deployment: Deployment) -> Iterator[BinaryIO]:
+        if _in_bucket(deployment.bundle_key):
+            from pushsite.s3staging import open_bundle
+
+            with open_bundle(deployment.bundle_key) as remote:
+                yield remote
+            return
         path = self.config.staging / deployment.bundle_key
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
@@ -346,6 +359,12 @@ class Service:
         if settings is None:
             return
         site = self.state.get_site(deployment.site)
+        for host in getattr(settings, "domains", ()):  # all or nothing: check before writing
+            owner = self.state.domain_site(host)
+            if owner is not None and owner != site.name:
+                raise DomainConflict(f"pushsite.toml claims the domain {host}, which site "
+                                     f"{owner!r} holds; remove it there first with "
+                                     f"`pushsite domains remove {owner} {host}`")
         branch = getattr(settings, "production_branch", None)
         if branch and branch != site.production_branch:
             site.production_branch = names.check_branch_name(branch)
@@ -390,7 +409,7 @@ class Service:
             self._discard_staged(deployment)
 
     def _discard_staged(self, deployment: Deployment) -> None:
-        if deployment.bundle_key:
+        if deployment.bundle_key and not _in_bucket(deployment.bundle_key):
             (self.config.staging / deployment.bundle_key).unlink(missing_ok=True)
 
     def _is_cancelled(self, deployment_id: str) -> bool:
@@ -492,7 +511,11 @@ class Service:
 
     # the queue ----------------------------------------------------------------------------------
     def process(self, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        """Handle one queue message: run its deployment unless a newer one superseded it."""
+        """Handle one queue message: run its deployment unless a newer one superseded it.
+
+        A timed-out deployment runs again from where its blobs got to; a running one is taken
+        over only when its message comes back (see _take_over).
+        """
         deployment_id = item.body.get("deployment")
         if not deployment_id:
             return
@@ -500,8 +523,11 @@ class Service:
             deployment = self.state.get_deployment(deployment_id)
         except DeploymentNotFound:
             return
-        if deployment.status != Status.QUEUED:
+        if deployment.status == Status.RUNNING and item.attempts > 1:
+            deployment = self._take_over(deployment)
+        if deployment.status not in (Status.QUEUED, Status.TIMED_OUT):
             return
+        runnable = deployment.status
         newer = [d for d in self.state.list_deployments(deployment.site, branch=deployment.branch,
                                                         status=Status.QUEUED, limit=5)
                  if d.id > deployment.id]
@@ -509,7 +535,7 @@ class Service:
             deployment.status = Status.CANCELLED
             deployment.error = f"superseded by {newer[0].id}, a newer push to {deployment.branch}"
             deployment.finished = time.time()
-            if self.state.update_deployment(deployment, expect_status=Status.QUEUED):
+            if self.state.update_deployment(deployment, expect_status=runnable):
                 self._discard_staged(deployment)
                 log = self.log_for(deployment)
                 log.info("skipped", deployment.error)
@@ -522,10 +548,32 @@ class Service:
                 self._fetch(deployment, item.body["fetch"])
             self.run(deployment_id, timeout=timeout)
 
+    def _take_over(self, deployment: Deployment) -> Deployment:
+        """Queue again a running deployment whose message the queue delivered again.
+
+        A worker keeps its message hidden while it runs (worker.py's heartbeat), so a message
+        that comes back means that worker stopped: this one resumes the deployment (stored
+        blobs are reused). `remember` on the interrupted run's start lets one taker win.
+        """
+        if not self.state.remember(f"takeover:{deployment.id}:{deployment.started}"):
+            return deployment
+        deployment.status = Status.QUEUED
+        if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+            log = self.log_for(deployment)
+            log.warning("accept", "its worker stopped (the queue delivered it again); taken "
+                        "over, stored blobs are reused")
+            log.flush()
+        return self.state.get_deployment(deployment.id)
+
     def recover(self) -> list[str]:
-        """After a restart: deployments left running were interrupted; queue them again."""
+        """After a restart: deployments left running were interrupted; queue them again.
+
+        Bundles in a staging bucket are left to their queue: other machines may run them.
+        """
         requeued = []
         for deployment in self.state.list_deployments(status=Status.RUNNING, limit=1000):
+            if _in_bucket(deployment.bundle_key):
+                continue
             if not (self.config.staging / deployment.bundle_key).exists():
                 deployment.status = Status.FAILED
                 deployment.error = "interrupted by a restart, and its bundle is gone"
@@ -640,6 +688,11 @@ class Service:
 
     def staging_path(self, key: str) -> Path:
         return self.config.staging / key
+
+
+def _in_bucket(bundle_key: str) -> bool:
+    """A bundle staged in an S3 bucket (s3staging.py), not in the local staging folder."""
+    return bundle_key.startswith("s3://")
 
 
 def hash_token(secret: str) -> str:

@@ -179,13 +179,20 @@ def run_in_thread(service: Service, deployment_id: str, **kwargs: object,
     return thread, errors
 
 
-@pytest.fixture
-def service() -> Iterator[Service]:
+@contextlib.contextmanager
+def open_service() -> Iterator[Service]:
+    """A Service on this test's PUSHSITE_HOME (the one `pushsite serve` there would use)."""
     svc = Service(load_config())
     try:
         yield svc
     finally:
         svc.close()
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    with open_service() as svc:
+        yield svc
 
 
 # delivered twice, runs once --------------------------------------------------------------------

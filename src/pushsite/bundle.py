@@ -449,8 +449,8 @@ class BundleReader:
         """The member this header describes, or None for one to skip (the root, a label)."""
         if any(key.startswith(b"GNU.sparse") for key in pax) or kind in (b"S", b"M", b"N"):
             raise _rejected(
-                f"it holds a tar entry type pax does not define ({kind!r}: sparse, "
-                "multi-volume or old GNU names); make it with `git archive` or plain `tar czf`"
+                f"it holds a sparse, multi-volume or old-style GNU entry (type {kind!r}), which "
+                "pushsite does not read; make the bundle with `git archive` or plain `tar czf`"
             )
         name = pax.get(b"path") or long_name
         if not name:

@@ -51,7 +51,7 @@ from pushsite.stores import ObjectStore
 SMALL_FILE = 8 << 20  # read whole and handled in the pool; above this, streamed
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 128
-IN_FLIGHT_BYTES = 48 << 20
+IN_FLIGHT_BYTES = 32 << 20
 CHUNK = 1 << 20
 CONFIG_FILES = ("_headers", "_redirects", "pushsite.toml")
 CONFIG_MAX = 1 << 20

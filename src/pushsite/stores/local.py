@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
 
 PACK_LIMIT = 1 << 20  # 1 MiB
-_BATCH_BYTES = 16 << 20
+_BATCH_BYTES = 8 << 20
 _BATCH_COUNT = 2000
 _CHUNK = 1 << 20
 
@@ -38,19 +38,27 @@ class LocalStore:
         try:
             self._large.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                root / "objects.db", check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
+            # Two connections: batches are written on one while readers (the edge, has())
+            # keep going on the other; WAL lets them overlap.
+            self._wdb = self._connect(root / "objects.db")
+            self._wdb.execute("PRAGMA journal_mode=WAL")
+            self._wdb.execute(
                 "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
             )
+            self._db = self._connect(root / "objects.db")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending, _writing and the reading connection
+        self._write_lock = threading.Lock()  # one batch written at a time
         self._pending: dict[str, bytes] = {}
+        self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     @classmethod
     def from_url(cls, url: str) -> LocalStore:
@@ -102,26 +110,33 @@ class LocalStore:
             raise BackendUnavailable(f"cannot write {key} to the local store: {exc}") from exc
 
     def flush(self) -> None:
-        with self._lock:
-            if not self._pending:
-                return
-            rows = list(self._pending.items())
+        """Write what is pending in one transaction; puts go on meanwhile (a new batch)."""
+        with self._write_lock:
+            with self._lock:
+                if not self._pending:
+                    return
+                self._writing, self._pending = self._pending, {}
+                self._pending_bytes = 0
             try:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", rows)
-                self._db.execute("COMMIT")
+                self._wdb.execute("BEGIN")
+                self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)",
+                                      self._writing.items())
+                self._wdb.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                self._wdb.execute("ROLLBACK")
+                with self._lock:
+                    self._pending = self._writing | self._pending
+                    self._writing = {}
                 raise BackendUnavailable(f"cannot write to the local store: {exc}") from exc
-            self._pending.clear()
-            self._pending_bytes = 0
+            with self._lock:
+                self._writing = {}
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
         with self._lock:
-            found.update(k for k in wanted if k in self._pending)
+            found.update(k for k in wanted if k in self._pending or k in self._writing)
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -133,6 +148,8 @@ class LocalStore:
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         with self._lock:
             data = self._pending.get(key)
+            if data is None:
+                data = self._writing.get(key)
             if data is None:
                 if end is None:
                     row = self._db.execute(
@@ -188,18 +205,18 @@ class LocalStore:
 
     def delete(self, keys: Iterable[str]) -> None:
         doomed = list(keys)
-        with self._lock:
-            for key in doomed:
-                self._pending.pop(key, None)
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
-            self._db.execute("COMMIT")
+        self.flush()
+        with self._write_lock:
+            self._wdb.execute("BEGIN")
+            self._wdb.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
+            self._wdb.execute("COMMIT")
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
 
     def close(self) -> None:
         self.flush()
         self._db.close()
+        self._wdb.close()
 
     def _large_path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):

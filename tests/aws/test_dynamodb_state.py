@@ -127,7 +127,7 @@ def _client_error(code: str, status: int) -> ClientError:
         "Error": {"Code": code, "Message": "m"},
         "ResponseMetadata": {"HTTPStatusCode": status},
     }
-    return ClientError(response, "PutItem")  # type: ignore[arg-type]
+    return ClientError(response, "PutItem")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import boto3
@@ -12,7 +14,7 @@ import pytest
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
 from pushsite.model import blob_key
 from pushsite.stores import open_object_store
-from pushsite.stores.s3 import S3Store
+from pushsite.stores.s3 import MB, S3Store
 
 
 def _open(url: str) -> S3Store:
@@ -159,3 +161,59 @@ def test_has_counts_queued_puts(moto_s3_url: str) -> None:
         assert store.has(["blobs/aa/queued"]) == {"blobs/aa/queued"}
     finally:
         store.close()
+
+
+class _ReadOnly:
+    """A source with read() only (no readinto), returning short reads like a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(min(size, 100_000) if size > 0 else 100_000)
+
+
+def test_multipart_from_a_read_only_source_keeps_order_and_meta(seaweed_url: str) -> None:
+    data = b"".join(i.to_bytes(4, "big") for i in range(3 * 1024 * 1024 // 2))  # 6 MiB
+    store = _open(f"{seaweed_url}&part_mb=5")
+    try:
+        requests = _count_requests(store)
+        source = cast(BinaryIO, _ReadOnly(data))
+        store.put_stream("blobs/mp/big", source, len(data), {"content-type": "video/mp4"})
+        assert requests["UploadPart"] == 2
+        assert store.head("blobs/mp/big")["content-type"] == "video/mp4"
+        assert store.get("blobs/mp/big") == data
+    finally:
+        store.close()
+
+
+class _Broken(io.RawIOBase):
+    """Gives `good` bytes, then fails as a dropped upload connection would."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.left <= 0:
+            raise OSError("connection reset by peer")
+        count = min(len(buffer), self.left)
+        buffer[:count] = b"z" * count
+        self.left -= count
+        return count
+
+
+def test_failed_stream_aborts_the_multipart_upload(moto_s3_url: str, moto: str) -> None:
+    store = _open(f"{moto_s3_url}&part_mb=5")
+    try:
+        with pytest.raises(OSError, match="reset"):
+            store.put_stream("blobs/mp/broken", cast(BinaryIO, _Broken(7 * MB)), 12 * MB)
+    finally:
+        store.close()
+    client = _raw_client(moto)
+    uploads = client.list_multipart_uploads(Bucket=store.bucket)  # type: ignore[attr-defined]
+    assert uploads.get("Uploads", []) == []
+    listed = client.list_objects_v2(Bucket=store.bucket)  # type: ignore[attr-defined]
+    assert listed.get("Contents", []) == []

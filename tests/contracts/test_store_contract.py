@@ -8,6 +8,7 @@ import importlib.util
 import io
 import tracemalloc
 from collections.abc import Iterator
+from typing import BinaryIO, cast
 
 import pytest
 
@@ -141,7 +142,8 @@ def test_put_stream_of_20_mb_keeps_memory_flat(store: ObjectStore) -> None:
     key = manifest_key("large-stream")
     tracemalloc.start()
     try:
-        store.put_stream(key, source, STREAM_SIZE, {"content-type": "application/octet-stream"})
+        stream = cast(BinaryIO, source)
+        store.put_stream(key, stream, STREAM_SIZE, {"content-type": "application/octet-stream"})
         store.flush()
         _, peak = tracemalloc.get_traced_memory()
     finally:

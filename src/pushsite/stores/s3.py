@@ -66,11 +66,17 @@ def _put_args(meta: dict[str, str] | None) -> dict[str, Any]:
 
 def _read_full(source: BinaryIO, size: int) -> bytearray:
     """Up to `size` bytes, fewer only at the end of the stream (raw streams return short)."""
+    readinto = getattr(source, "readinto", None)
+    if readinto is None:  # a plain reader: read() into a growing buffer
+        data = bytearray()
+        while len(data) < size and (chunk := source.read(size - len(data))):
+            data += chunk
+        return data
     buffer = bytearray(size)
     filled = 0
     with memoryview(buffer) as view:
         while filled < size:
-            count = source.readinto(view[filled:])  # type: ignore[attr-defined]
+            count = readinto(view[filled:])
             if not count:
                 break
             filled += count
@@ -177,11 +183,13 @@ class S3Store:
             found |= sample & folders.pop(busiest)
             if len(sample) <= LIST_MAX_RATIO * len(wanted) / (len(folders) + 1):
                 listed = sorted(folders)
-        for folder, present in zip(listed, self._pool.map(self._list_folder, listed), strict=True):
-            found |= present & folders.pop(folder)
+        for folder, in_folder in zip(
+            listed, self._pool.map(self._list_folder, listed), strict=True
+        ):
+            found |= in_folder & folders.pop(folder)
         heads = sorted(key for group in folders.values() for key in group)
-        for key, present in zip(heads, self._pool.map(self._exists, heads), strict=True):
-            if present:
+        for key, exists in zip(heads, self._pool.map(self._exists, heads), strict=True):
+            if exists:
                 found.add(key)
         return found
 

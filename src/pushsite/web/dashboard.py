@@ -1,0 +1,533 @@
+"""The dashboard: server-rendered pages over the service, with a little plain JavaScript.
+
+Pages: `/` (sites), `/sites/<site>` (URLs, remotes, deployments), `/sites/<site>/search` (log
+search), `/deployments/<id>` (log, files, diff, actions), `/deployments/<id>/events` (the log
+and status as server-sent events). Sign-in takes a deploy token; the session cookie and the
+CSRF value every form echoes come from session.py. State calls block (SQLite, DynamoDB), so
+they run in the thread pool, never on the event loop the edge shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pushsite import ids
+from pushsite.errors import (
+    ConfigError,
+    DeploymentNotFound,
+    Forbidden,
+    NotAuthorized,
+    PushsiteError,
+)
+from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Status, Token
+from pushsite.names import branch_label
+from pushsite.service import Service
+from pushsite.sources.webhooks import PROVIDERS
+from pushsite.web.session import COOKIE, MAX_AGE, Session, SessionSigner, load_secret
+
+_HERE = Path(__file__).parent
+PAGE_SIZE = 20  # deployments per page of a site's table (`?limit=` picks another)
+MAX_PAGE_SIZE = 200
+FILES_SHOWN = 500  # files listed on a deployment page; the rest are counted
+DIFF_SHOWN = 200  # paths listed per kind of change
+POLL_SECONDS = 0.2  # how often the event stream looks for new log lines
+STREAM_LIMIT = 3600.0  # an event stream ends after this; the browser reconnects where it was
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def routes(service: Service) -> list[Any]:
+    """The dashboard's routes, for the control plane's Starlette app."""
+    board = Dashboard(service)
+    return [
+        Route("/", board.endpoint(board.sites_page)),
+        Route("/login", board.login_page, methods=["GET"]),
+        Route("/login", board.login, methods=["POST"]),
+        Route("/logout", board.logout, methods=["POST"]),
+        Route("/sites/{site}", board.endpoint(board.site_page)),
+        Route("/sites/{site}/search", board.endpoint(board.search_page)),
+        Route("/deployments/{id}", board.endpoint(board.deployment_page)),
+        Route("/deployments/{id}/events", board.events),
+        Route("/deployments/{id}/{action}", board.act, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static"),
+    ]
+
+
+@dataclass
+class Visit:
+    """One request as the dashboard sees it: the session and the token it stands for."""
+
+    request: Request
+    session: Session
+    token: Token | None
+    set_cookie: bool  # the browser's cookie is missing, invalid or must change
+
+
+@dataclass
+class Page:
+    """A template to render, with its context and status."""
+
+    template: str
+    context: dict[str, Any] = field(default_factory=dict)
+    status: int = 200
+
+
+@dataclass
+class Diff:
+    """What changed from the previous deployment of the same branch."""
+
+    previous: Deployment | None
+    added: list[tuple[str, FileEntry]]
+    removed: list[tuple[str, FileEntry]]
+    changed: list[tuple[str, FileEntry, FileEntry]]
+    unchanged: int
+
+
+class Dashboard:
+    """The pages and actions, over one Service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.signer = SessionSigner(load_secret(service.config.home))
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(_HERE / "templates"),
+            autoescape=jinja2.select_autoescape(["html"]),
+            undefined=jinja2.StrictUndefined,
+        )
+        self.templates.filters.update(size=human_bytes, age=human_age, duration=human_duration,
+                                      iso=iso_time, clock=clock_time, short=short_commit)
+
+    @property
+    def state(self) -> Any:
+        return self.service.state
+
+    # sessions -----------------------------------------------------------------------------
+    async def visit(self, request: Request) -> Visit:
+        raw = request.cookies.get(COOKIE, "")
+        session = self.signer.loads(raw) if raw else None
+        if session is None:
+            return Visit(request, Session(), None, True)
+        if session.token_id is None:
+            return Visit(request, session, None, False)
+        token = await run_in_threadpool(self._token, session.token_id)
+        if token is None:  # deleted since sign-in: the session ends with it
+            return Visit(request, Session(), None, True)
+        return Visit(request, session, token, False)
+
+    def _token(self, token_id: str) -> Token | None:
+        return next((t for t in self.state.list_tokens() if t.id == token_id), None)
+
+    def finish(self, visit: Visit, response: Response) -> Response:
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        if visit.set_cookie:
+            response.set_cookie(COOKIE, self.signer.dumps(visit.session), max_age=MAX_AGE,
+                                path="/", httponly=True, samesite="lax",
+                                secure=visit.request.url.scheme == "https")
+        return response
+
+    def render(self, visit: Visit, page: Page) -> Response:
+        context = {"visit": visit, "csrf": visit.session.csrf, "token": visit.token,
+                   "now": time.time(), **page.context}
+        html = self.templates.get_template(page.template).render(context)
+        return self.finish(visit, HTMLResponse(html, status_code=page.status))
+
+    def error_page(self, visit: Visit, exc: PushsiteError) -> Response:
+        page = Page("error.html", {"status": exc.http_status, "message": str(exc),
+                                   "kind": type(exc).__name__}, exc.http_status)
+        return self.render(visit, page)
+
+    def to_login(self, visit: Visit) -> Response:
+        target = visit.request.url.path
+        if visit.request.url.query:
+            target += "?" + visit.request.url.query
+        return self.finish(visit, RedirectResponse("/login?" + urlencode({"next": target}), 303))
+
+    def endpoint(self, view: Callable[..., Page | Response]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """An async page endpoint around a blocking view(visit, **path_params)."""
+
+        async def handle(request: Request) -> Response:
+            visit = await self.visit(request)
+            if visit.token is None:
+                return self.to_login(visit)
+            try:
+                result = await run_in_threadpool(view, visit, **request.path_params)
+            except PushsiteError as exc:
+                return self.error_page(visit, exc)
+            if isinstance(result, Response):
+                return self.finish(visit, result)
+            return self.render(visit, result)
+
+        return handle
+
+    def allowed(self, visit: Visit, site: str) -> None:
+        """Raise Forbidden unless the signed-in token covers the site."""
+        if visit.token is None or not visit.token.covers(site):
+            raise Forbidden(f"the token you signed in with does not cover site {site!r}; "
+                            "sign in with one that does")
+
+    async def checked_form(self, visit: Visit) -> dict[str, str] | Response:
+        """The POSTed form if its CSRF value matches the session's, else an error page."""
+        form = await visit.request.form()
+        values = {k: v for k, v in form.items() if isinstance(v, str)}
+        if not visit.session.csrf_ok(values.get("csrf", "")):
+            return self.error_page(visit, Forbidden(
+                "the form was stale or came from another site (its CSRF value did not match); "
+                "reload the page and try again"))
+        return values
+
+    # signing in and out -------------------------------------------------------------------
+    async def login_page(self, request: Request) -> Response:
+        visit = await self.visit(request)
+        if visit.token is not None:
+            return self.finish(visit, RedirectResponse(_safe_next(request), 303))
+        return self.render(visit, Page("login.html", {"next": _safe_next(request), "error": ""}))
+
+    async def login(self, request: Request) -> Response:
+        visit = await self.visit(request)
+        form = await self.checked_form(visit)
+        if isinstance(form, Response):
+            return form
+        target = _safe_next(request, form.get("next"))
+        try:
+            token = await run_in_threadpool(self.service.check_token, form.get("token", "").strip())
+        except NotAuthorized as exc:
+            page = Page("login.html", {"next": target, "error": str(exc)}, 401)
+            return self.render(visit, page)
+        visit.session = visit.session.signed_in(token.id)
+        visit.set_cookie = True
+        return self.finish(visit, RedirectResponse(target, 303))
+
+    async def logout(self, request: Request) -> Response:
+        visit = await self.visit(request)
+        form = await self.checked_form(visit)
+        if isinstance(form, Response):
+            return form
+        visit.session, visit.set_cookie = Session(), True
+        return self.finish(visit, RedirectResponse("/login", 303))
+
+    # pages --------------------------------------------------------------------------------
+    def sites_page(self, visit: Visit) -> Page:
+        rows = []
+        for site in self.state.list_sites():
+            if visit.token is None or not visit.token.covers(site.name):
+                continue
+            live = self._alias_deployment(site.name, PRODUCTION)
+            newest = self.state.list_deployments(site.name, limit=1)
+            rows.append({"site": site, "url": self.service.config.site_url(site.name),
+                         "live": live, "newest": newest[0] if newest else None})
+        return Page("sites.html", {"rows": rows})
+
+    def site_page(self, visit: Visit, site: str) -> Page:
+        self.allowed(visit, site)
+        record = self.service.site(site)
+        before = visit.request.query_params.get("before") or None
+        if before is not None and not ids.looks_like_id(before):
+            raise ConfigError(f"invalid page marker {before!r}: follow the Older link instead")
+        size = _page_size(visit.request.query_params.get("limit", ""))
+        batch = self.state.list_deployments(site, limit=size + 1, before=before)
+        deployments, more = batch[:size], len(batch) > size
+        base = str(visit.request.base_url).rstrip("/")
+        previews = []
+        for alias in self.state.list_aliases(site):
+            if alias.name.startswith("branch/"):
+                branch = alias.name.removeprefix("branch/")
+                previews.append({"branch": branch, "deployment": alias.deployment_id,
+                                 "url": self.site_url(f"{branch_label(branch)}--{site}")})
+        production = self.state.get_alias(site, PRODUCTION)
+        return Page("site.html", {
+            "site": record, "deployments": deployments, "previews": previews,
+            "production": production, "url": self.site_url(site),
+            "remote": f"{base}/{site}.git",
+            "hooks": [(p, f"{base}/hooks/{p}/{site}") for p in PROVIDERS],
+            "domains": record.domains, "before": before,
+            "older": deployments[-1].id if more and deployments else None,
+            "limit": "" if size == PAGE_SIZE else str(size),
+        })
+
+    def search_page(self, visit: Visit, site: str) -> Page:
+        self.allowed(visit, site)
+        self.service.site(site)
+        query = visit.request.query_params.get("q", "").strip()
+        lines = self.state.search_logs(site, query, limit=200) if query else []
+        return Page("search.html", {"site": site, "query": query, "lines": lines})
+
+    def deployment_page(self, visit: Visit, id: str) -> Page:
+        deployment = self._deployment(visit, id)
+        site = self.service.site(deployment.site)
+        logs = self.state.get_logs(deployment.id)
+        manifest = self._manifest(deployment)
+        pointed = [a.name for a in self.state.list_aliases(site.name)
+                   if a.deployment_id == deployment.id]
+        production = self.state.get_alias(site.name, PRODUCTION)
+        files = sorted(manifest.files.items()) if manifest else []
+        rollback = (deployment.branch == site.production_branch and production is not None
+                    and deployment.id < production.deployment_id)
+        return Page("deployment.html", {
+            "d": deployment, "site": site, "logs": logs, "pointed": pointed,
+            "last_seq": logs[-1].seq if logs else 0,
+            "files": files[:FILES_SHOWN], "files_total": len(files),
+            "stored_total": sum(_stored(e) for _, e in files),
+            "diff": self._diff(deployment, manifest) if manifest else None,
+            "diff_shown": DIFF_SHOWN,
+            "own_url": self.site_url(f"{deployment.id}--{site.name}") if manifest else "",
+            "can_activate": manifest is not None and deployment.status.servable
+                            and PRODUCTION not in pointed,
+            "activate_label": "Roll back to this" if rollback else "Promote to production",
+            "can_cancel": not deployment.status.finished,
+            "can_redeploy": manifest is not None,
+        })
+
+    def site_url(self, label: str) -> str:
+        return self.service.config.site_url(label)
+
+    def _deployment(self, visit: Visit, deployment_id: str) -> Deployment:
+        if not ids.looks_like_id(deployment_id):
+            raise DeploymentNotFound(f"no deployment {deployment_id!r}: an id has 26 letters "
+                                     "and digits; the site's page lists them")
+        deployment = self.state.get_deployment(deployment_id)
+        self.allowed(visit, deployment.site)
+        return deployment
+
+    def _alias_deployment(self, site: str, alias: str) -> Deployment | None:
+        current = self.state.get_alias(site, alias)
+        if current is None:
+            return None
+        try:
+            return self.state.get_deployment(current.deployment_id)
+        except DeploymentNotFound:
+            return None
+
+    def _manifest(self, deployment: Deployment) -> Manifest | None:
+        if not deployment.status.servable:
+            return None
+        try:
+            return self.service.manifest(deployment.id)
+        except DeploymentNotFound:
+            return None
+
+    def _diff(self, deployment: Deployment, manifest: Manifest) -> Diff:
+        previous, old = None, None
+        for candidate in self.state.list_deployments(deployment.site, branch=deployment.branch,
+                                                     limit=20, before=deployment.id):
+            old = self._manifest(candidate)
+            if old is not None:
+                previous = candidate
+                break
+        before = old.files if old else {}
+        after = manifest.files
+        added = [(p, e) for p, e in sorted(after.items()) if p not in before]
+        removed = [(p, e) for p, e in sorted(before.items()) if p not in after]
+        changed = [(p, before[p], e) for p, e in sorted(after.items())
+                   if p in before and before[p].hash != e.hash]
+        unchanged = len(after) - len(added) - len(changed)
+        return Diff(previous, added, removed, changed, unchanged)
+
+    # actions ------------------------------------------------------------------------------
+    async def act(self, request: Request) -> Response:
+        visit = await self.visit(request)
+        if visit.token is None:
+            return self.to_login(visit)
+        form = await self.checked_form(visit)
+        if isinstance(form, Response):
+            return form
+        action = request.path_params["action"]
+        handlers = {"activate": self._activate, "cancel": self._cancel,
+                    "redeploy": self._redeploy}
+        if action not in handlers:
+            return self.error_page(visit, ConfigError(
+                f"unknown action {action!r}: use activate, cancel or redeploy"))
+        try:
+            target = await run_in_threadpool(handlers[action], visit, request.path_params["id"])
+        except PushsiteError as exc:
+            return self.error_page(visit, exc)
+        return self.finish(visit, RedirectResponse(f"/deployments/{target}", 303))
+
+    def _activate(self, visit: Visit, deployment_id: str) -> str:
+        deployment = self._deployment(visit, deployment_id)
+        return self.service.rollback(deployment.site, deployment.id).id
+
+    def _cancel(self, visit: Visit, deployment_id: str) -> str:
+        deployment = self._deployment(visit, deployment_id)
+        return self.service.cancel(deployment.id).id
+
+    def _redeploy(self, visit: Visit, deployment_id: str) -> str:
+        """A new deployment of the same files: a fresh id, so it wins its branch's aliases."""
+        old = self._deployment(visit, deployment_id)
+        manifest = self._manifest(old)
+        if manifest is None:
+            raise ConfigError(f"deployment {old.id} is {old.status} and has no manifest to "
+                              "redeploy; push the commit again instead")
+        now = time.time()
+        new = Deployment(ids.new_id(now), old.site, old.branch, Status.RUNNING,
+                         commit=old.commit, message=f"redeploy of {old.id}: {old.message}",
+                         source="redeploy", created=now, started=now,
+                         files=len(manifest.files), bytes_in=old.bytes_in,
+                         bytes_stored=old.bytes_stored,
+                         blobs_reused=len({e.hash for e in manifest.files.values()}))
+        self.state.create_deployment(new)
+        log = self.service.log_for(new)
+        log.info("accept", f"redeploying the {len(manifest.files)} files of {old.id}")
+        log.flush()
+        copy = replace(manifest, deployment_id=new.id, created=now)
+        threading.Thread(target=self._run_redeploy, args=(new, copy), daemon=True,
+                         name=f"redeploy-{new.id}").start()
+        return new.id
+
+    def _run_redeploy(self, deployment: Deployment, manifest: Manifest) -> None:
+        try:
+            self.service.run_manifest(deployment, manifest)
+        except Exception:  # noqa: BLE001 - run_manifest recorded it on the deployment and log
+            return
+
+    # the live log -------------------------------------------------------------------------
+    async def events(self, request: Request) -> Response:
+        """Log lines and status changes as server-sent events, until the deployment ends.
+
+        `?status=1` sends status changes only (the badges on list pages). A reconnecting
+        browser sends Last-Event-ID, so it resumes after the last line it got.
+        """
+        visit = await self.visit(request)
+        if visit.token is None:
+            return self.finish(visit, Response("sign in first", 401))
+        try:
+            deployment = await run_in_threadpool(self._deployment, visit, request.path_params["id"])
+        except PushsiteError as exc:
+            return self.finish(visit, Response(str(exc), exc.http_status))
+        raw_after = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+        after = int(raw_after) if raw_after.isdigit() else 0
+        logs = request.query_params.get("status") != "1"
+        stream = self._stream(deployment.id, after, logs)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+    def _poll(self, deployment_id: str, after: int, logs: bool) -> tuple[list[Any], Deployment]:
+        lines = self.state.get_logs(deployment_id, after=after, limit=500) if logs else []
+        return lines, self.state.get_deployment(deployment_id)
+
+    async def _stream(self, deployment_id: str, after: int, logs: bool) -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        sent: dict[str, Any] | None = None
+        started = last_write = time.monotonic()
+        quiet_since: float | None = None
+        while time.monotonic() - started < STREAM_LIMIT:
+            lines, deployment = await run_in_threadpool(self._poll, deployment_id, after, logs)
+            for line in lines:
+                after = line.seq
+                yield _event("log", line.to_dict(), line.seq)
+            status = _status_event(deployment)
+            now = time.monotonic()
+            if status != sent:
+                sent = status
+                yield _event("status", status)
+                last_write = now
+            elif lines:
+                last_write = now
+            if deployment.status.finished:
+                # the last lines are flushed just after the final status; wait for them
+                quiet_since = None if lines else (quiet_since or now)
+                if not logs or (quiet_since is not None and now - quiet_since >= 1.0):
+                    yield _event("end", {"status": str(deployment.status)})
+                    return
+            if now - last_write > 15:
+                last_write = now
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _status_event(d: Deployment) -> dict[str, Any]:
+    return {"status": str(d.status), "finished": d.status.finished, "error": d.error,
+            "progress": d.progress, "files": d.files, "seconds": d.seconds,
+            "duration": human_duration(d.seconds), "bytes": human_bytes(d.bytes_in),
+            "blobs_new": d.blobs_new, "blobs_reused": d.blobs_reused}
+
+
+def _page_size(raw: str) -> int:
+    if not raw:
+        return PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise ConfigError(f"invalid page size {raw!r}: use 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
+
+
+def _stored(entry: FileEntry) -> int:
+    return min([entry.size, *entry.encodings.values()])
+
+
+def _safe_next(request: Request, value: str | None = None) -> str:
+    """Where to go after signing in: a path on this server only, never another host."""
+    target = value if value is not None else request.query_params.get("next", "/")
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return quote(target, safe="/?=&%-._~")
+
+
+# formatting (Jinja filters) -----------------------------------------------------------------
+def human_bytes(size: int | float | None) -> str:
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def human_age(when: float | None, now: float | None = None) -> str:
+    if when is None:
+        return ""
+    delta = max((time.time() if now is None else now) - when, 0)
+    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600),
+                              (30 * 86400, "d", 86400)):
+        if delta < limit:
+            return f"{int(delta // size)} {unit} ago"
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d")
+
+
+def iso_time(when: float | None) -> str:
+    return "" if when is None else datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
+
+
+def clock_time(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def short_commit(commit: str) -> str:
+    return commit[:10]

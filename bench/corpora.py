@@ -203,19 +203,22 @@ def _commit_id(seed: str) -> str:
     return hashlib.sha1(seed.encode()).hexdigest()
 
 
-def _open_writer(path: Path, seed: str) -> tuple[tarfile.TarFile, io.BufferedWriter]:
-    raw = open(path, "wb")  # noqa: SIM115 - closed by the caller with the tar
-    gz = isal.igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=2, mtime=0)
-    headers = {"comment": _commit_id(seed)}
-    tar = tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT, pax_headers=headers)  # noqa: SIM115
-    return tar, raw  # type: ignore[return-value]
+class _Writer:
+    """A PAX tar.gz written as a stream, with a git-like global header (a fake commit id)."""
 
+    def __init__(self, path: Path, seed: str) -> None:
+        self.raw = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.gz = isal.igzip.IGzipFile(fileobj=self.raw, mode="wb", compresslevel=2, mtime=0)
+        headers = {"comment": _commit_id(seed)}
+        self.tar = tarfile.open(  # noqa: SIM115 - closed in close()
+            fileobj=self.gz, mode="w|", format=tarfile.PAX_FORMAT, pax_headers=headers
+        )
 
-def _close_writer(tar: tarfile.TarFile, raw: io.BufferedWriter) -> None:
-    gz = tar.fileobj
-    tar.close()
-    gz.close()  # type: ignore[union-attr]
-    raw.close()
+    def close(self) -> None:
+        """Close all three layers in order: the tar end marker, the gzip trailer, the file."""
+        self.tar.close()
+        self.gz.close()
+        self.raw.close()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -247,7 +250,8 @@ def _build_bigbin(root: Path) -> Corpus:
     small = get("small")
     assert small.repo is not None
     bundle = root / "bigbin.tar.gz"
-    tar, raw = _open_writer(bundle, "bigbin")
+    writer = _Writer(bundle, "bigbin")
+    tar = writer.tar
     files, size = 0, 0
     for path in sorted(small.repo.rglob("*")):
         if ".git" in path.parts or not path.is_file() or path.is_symlink():
@@ -258,7 +262,7 @@ def _build_bigbin(root: Path) -> Corpus:
     info = tarfile.TarInfo("bigbin/media/big.jpg")
     info.size, info.mode, info.mtime = BIGBIN_BYTES, 0o644, 1704067200
     tar.addfile(info, io.BufferedReader(_RandomReader(BIGBIN_BYTES), 1 << 20))
-    _close_writer(tar, raw)
+    writer.close()
     return Corpus("bigbin", False, bundle, None, small.change_path, files + 1, size + BIGBIN_BYTES)
 
 
@@ -274,12 +278,13 @@ def tiny_entries(variant: str, count: int = TINY_FILES) -> Iterator[tuple[str, b
 
 def _build_tiny(root: Path, variant: str = "tiny100k") -> Corpus:
     bundle = root / f"{variant}.tar.gz"
-    tar, raw = _open_writer(bundle, variant)
+    writer = _Writer(bundle, variant)
+    tar = writer.tar
     files = size = 0
     for name, data in tiny_entries(variant):
         _add_bytes(tar, f"{variant}/{name}", data)
         files, size = files + 1, size + len(data)
-    _close_writer(tar, raw)
+    writer.close()
     return Corpus(variant, False, bundle, None, "d0000/p00.html", files, size)
 
 

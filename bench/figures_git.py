@@ -8,6 +8,7 @@ push into a plain bare repository on disk: the cost of git alone.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from bench.errors import BenchError
 from bench.measure import TreeSampler, alternate, summarize
 from bench.report import Figure, figure
 
+_TOKEN = re.compile(r"//[^/@\s]+@")
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_AUTHOR_NAME": "bench",
@@ -40,7 +42,8 @@ def _git(cwd: Path, *args: str) -> None:
         ["git", *args], cwd=cwd, env={**os.environ, **_ENV}, capture_output=True, text=True
     )
     if proc.returncode != 0:
-        raise BenchError(f"git {' '.join(args)} failed: {proc.stderr.strip()[-400:]}")
+        said = " ".join(args) + ": " + proc.stderr.strip()[-400:]
+        raise BenchError(f"git {_TOKEN.sub('//***@', said)} failed")
 
 
 class _Clone:

@@ -172,16 +172,21 @@ def alternate(
     subject: Callable[[], S],
     baseline: Callable[[], B],
     runs: int,
+    baseline_runs: int | None = None,
 ) -> tuple[list[S], list[B]]:
     """Run subject and baseline `runs` times each, interleaved, flipping who goes first.
 
     Interleaving spreads the shared machine's slow moments over both sides; flipping the order
-    cancels a warm-cache advantage for whoever runs second.
+    cancels a warm-cache advantage for whoever runs second. `baseline_runs` caps the baseline's
+    runs when it is very slow (the subject still runs `runs` times).
     """
+    cap = runs if baseline_runs is None else min(runs, baseline_runs)
     subj: list[S] = []
     base: list[B] = []
     for i in range(runs):
-        if i % 2 == 0:
+        if i >= cap:
+            subj.append(subject())
+        elif i % 2 == 0:
             base.append(baseline())
             subj.append(subject())
         else:

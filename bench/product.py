@@ -70,11 +70,11 @@ class Deploy:
 
 
 def deploy(
-    source: Path, home: Path, site: str = "bench", extra: tuple[str, ...] = ()
+    source: Path, home: Path, site: str = "bench", env: dict[str, str] | None = None
 ) -> Deploy:
     """Run `pushsite deploy SOURCE --site NAME --json` and check it went live."""
-    argv = [*pushsite_argv(), "deploy", str(source), "--site", site, "--json", *extra]
-    result = measure.run(argv, env={"PUSHSITE_HOME": str(home)})
+    argv = [*pushsite_argv(), "deploy", str(source), "--site", site, "--json"]
+    result = measure.run(argv, env={"PUSHSITE_HOME": str(home), **(env or {})})
     if result.returncode != 0:
         raise BenchError(
             f"pushsite deploy of {source.name} failed with exit {result.returncode}: "

@@ -35,6 +35,7 @@ class Figure:
     value_min: float | None = None
     value_max: float | None = None
     baseline_name: str | None = None
+    baseline_runs: int | None = None
     baseline_min: float | None = None
     baseline_max: float | None = None
     baseline_peak_rss_mb: float | None = None
@@ -93,6 +94,7 @@ def figure(
         value_min=round(subject.min, 4),
         value_max=round(subject.max, 4),
         baseline_name=baseline_name,
+        baseline_runs=None if baseline is None else baseline.n,
         baseline_min=None if baseline is None else round(baseline.min, 4),
         baseline_max=None if baseline is None else round(baseline.max, 4),
         baseline_peak_rss_mb=None

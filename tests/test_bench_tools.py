@@ -98,3 +98,30 @@ def test_naive_pipeline_compresses_only_text(tmp_path: object) -> None:
     assert result.returncode == 0, result.stderr
     got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert got == ["site/a.html", "site/a.html.gz", "site/b.jpg"]
+
+
+def test_alternate_caps_a_slow_baseline() -> None:
+    order: list[str] = []
+    subj, base = measure.alternate(lambda: order.append("s"), lambda: order.append("b"), 3, 1)
+    assert order == ["b", "s", "s", "s"]
+    assert len(subj) == 3 and len(base) == 1
+
+
+def test_synthetic_bundle_is_whole_with_a_git_like_header(tmp_path: object) -> None:
+    import gzip
+    import tarfile
+    from pathlib import Path
+
+    from bench import corpora
+
+    path = Path(str(tmp_path)) / "t.tar.gz"
+    writer = corpora._Writer(path, "seed")
+    for name, data in corpora.tiny_entries("t", count=250):
+        corpora._add_bytes(writer.tar, f"t/{name}", data)
+    writer.close()
+    raw = gzip.decompress(path.read_bytes())  # raises if the gzip trailer is missing
+    assert raw.endswith(b"\0" * 1024)  # the tar end-of-archive marker
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        assert len(tar.pax_headers["comment"]) == 40
+    assert len(names) == 250 and all(n.startswith("t/d000") for n in names)

@@ -20,7 +20,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 _DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -72,6 +74,22 @@ def _wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Path) -
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"server at {url} did not answer within 60 s:\n{log.read_text()}")
+
+
+def _wait_until_writable(endpoint: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """S3 answers before the volume server has joined; a PUT proves the whole chain is up."""
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket="ready-probe")
+            client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
+            return
+        except (BotoCoreError, ClientError) as exc:
+            if process.poll() is not None or time.monotonic() > deadline:
+                message = f"SeaweedFS never accepted a write ({exc}):\n{log.read_text()}"
+                raise RuntimeError(message) from exc
+            time.sleep(0.2)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -182,6 +200,7 @@ def seaweed_server(
     endpoint = f"http://127.0.0.1:{s3}"
     try:
         _wait_until_answers(endpoint, process, log)
+        _wait_until_writable(endpoint, process, log)
         yield endpoint
     finally:
         _stop(process)

@@ -2,7 +2,13 @@
 
 While a deployment runs, a heartbeat keeps its queue item hidden (SQS visibility, or the
 local queue's), so a long deploy is not handed to a second worker; a worker that dies stops
-the heartbeat and the item reappears for another to finish (stored blobs are reused).
+the heartbeat and the item reappears for another to finish (stored blobs are reused). The
+lease is the queue URL's `?visibility=` (else VISIBILITY), renewed every third of it.
+
+A message whose work fails outside a deployment (a backend unreachable, an event naming no
+valid site) is neither acked nor released: it reappears after the visibility timeout, and SQS
+moves it to the dead-letter queue after the redrive policy's maxReceiveCount. A deployment
+that runs out of time goes back on the queue and resumes, at most MAX_RESUMES times.
 """
 
 from __future__ import annotations
@@ -11,24 +17,37 @@ import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from pushsite.errors import DeploymentNotFound
+from pushsite.model import Status
 from pushsite.queues import QueueItem
-from pushsite.service import Service
+from pushsite.service import DEFAULT_TIMEOUT, Service
 
-HEARTBEAT = 20.0
 VISIBILITY = 60.0
+MAX_RESUMES = 50
+
+
+def lease_seconds(queue_url: str) -> float:
+    """How long a worker's message stays hidden per renewal: the queue URL's visibility."""
+    raw = parse_qs(urlsplit(queue_url).query).get("visibility", [""])[-1]
+    try:
+        return max(float(raw), 1.0) if raw else VISIBILITY
+    except ValueError:
+        return VISIBILITY
 
 
 class _Heartbeat:
     def __init__(self, service: Service, item: QueueItem) -> None:
         self._stop = threading.Event()
+        self._lease = lease_seconds(service.config.queue)
         self._thread = threading.Thread(target=self._beat, args=(service, item), daemon=True)
 
     def _beat(self, service: Service, item: QueueItem) -> None:
-        while not self._stop.wait(HEARTBEAT):
+        while not self._stop.wait(self._lease / 3):
             # a missed beat only risks a second delivery, which the status check absorbs
             with contextlib.suppress(Exception):
-                service.queue.extend(item, VISIBILITY)
+                service.queue.extend(item, self._lease)
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -39,17 +58,43 @@ class _Heartbeat:
         self._thread.join()
 
 
-def handle(service: Service, item: QueueItem) -> None:
-    """Run what one message asks for; ack it unless the work must be retried."""
-    from pushsite.aws_events import is_s3_event
+def dispatch(service: Service, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+    """Run what one message asks for (a deployment, or an S3 event's bundles); a deployment
+    that ran out of time is queued again to resume. Raises when the message must be retried."""
+    from pushsite.aws_events import handle_s3_event, is_s3_event
 
     if is_s3_event(item.body):
-        from pushsite.aws_events import handle_s3_event
-
-        handle_s3_event(service, item.body)
+        deployment_ids = handle_s3_event(service, item.body, attempts=item.attempts,
+                                         timeout=timeout)
     else:
-        with _Heartbeat(service, item):
-            service.process(item)
+        service.process(item, timeout=timeout)
+        deployment_ids = [str(item.body.get("deployment") or "")]
+    for deployment_id in deployment_ids:
+        _resume_later(service, deployment_id, int(item.body.get("resumes", 0)))
+
+
+def _resume_later(service: Service, deployment_id: str, resumes: int) -> None:
+    try:
+        deployment = service.state.get_deployment(deployment_id)
+    except DeploymentNotFound:
+        return
+    if deployment.status != Status.TIMED_OUT:
+        return
+    log = service.log_for(deployment)
+    if resumes >= MAX_RESUMES:
+        log.error("timed_out", f"gave up after {resumes} resumed runs; deploy it again with "
+                  "a longer timeout")
+    else:
+        service.queue.send({"deployment": deployment_id, "resumes": resumes + 1})
+        log.info("timed_out", f"queued again to resume (run {resumes + 2}); stored blobs "
+                 "are skipped")
+    log.flush()
+
+
+def handle(service: Service, item: QueueItem) -> None:
+    """Run what one message asks for, keeping it hidden meanwhile; then ack it."""
+    with _Heartbeat(service, item):
+        dispatch(service, item)
     service.queue.ack(item)
 
 
@@ -66,6 +111,11 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
             if once:
                 break
             continue
-        handle(service, item)
+        try:
+            handle(service, item)
+        except Exception as exc:  # left on the queue: retried, then dead-lettered
+            if echo:
+                echo(f"worker: message left for a retry ({type(exc).__name__}: {exc})")
+            continue
         done += 1
     return done

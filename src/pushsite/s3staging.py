@@ -1,0 +1,179 @@
+"""Bundles staged in an S3 bucket: from an object's event to a deployment, and back to its bytes.
+
+The deployment's id is derived from the object itself: its Last-Modified second, then 80 bits
+of sha256("<bucket>/<key>@<etag>"). Every event about one upload (S3 delivers at least once,
+and a multipart upload sends two, `Put` and `CompleteMultipartUpload`, with one ETag) names
+the same id, so the first event creates the deployment and the others find it: a worker that
+died mid-deploy is resumed, never doubled. Ids still sort by upload time, so a newer bundle
+wins the alias; two bundles uploaded within the same second to one branch under *different*
+keys are ordered by the hash instead (use one key per branch and the ETag check settles it).
+
+A deployment remembers its bundle as `s3://<bucket>/<key>#<etag>` (`bundle_key`). Every read
+sends If-Match with that ETag, so a bundle replaced at the same key is never mistaken for the
+one the event named (the older event is skipped: the newer object has its own event), and a
+connection that breaks mid-bundle resumes with a ranged GET from the byte where it stopped.
+Staged objects are left in the bucket; the staging bucket's lifecycle rule expires them.
+
+The staging client uses the default S3 endpoint, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
+(boto3's own variables) for an S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+from typing import Any, BinaryIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
+from pushsite.errors import BackendUnavailable, ConfigError, DeploymentFailed, DeploymentNotFound
+from pushsite.model import Deployment
+from pushsite.queues import QueueItem
+from pushsite.service import DEFAULT_TIMEOUT, Service
+
+SCHEME = "s3://"
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # ids.py's Crockford base32
+_GONE = {"404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"}
+_READ_RETRIES = 3
+
+
+def bundle_key(bucket: str, key: str, etag: str) -> str:
+    return f"{SCHEME}{bucket}/{key}#{etag}"
+
+
+def parse_bundle_key(text: str) -> tuple[str, str, str]:
+    """(bucket, key, etag) of `s3://bucket/key#etag`; the ETag never holds '#', a key may."""
+    rest, _, etag = text.removeprefix(SCHEME).rpartition("#")
+    bucket, _, key = rest.partition("/")
+    if not text.startswith(SCHEME) or not bucket or not key:
+        raise ConfigError(f"invalid staged bundle {text!r}: expected s3://bucket/key#etag")
+    return bucket, key, etag
+
+
+def object_deployment_id(modified: float, identity: str) -> str:
+    """An id in ids.py's shape (48 bits of ms, 80 bits) that one object always maps to."""
+    ms = int(modified) * 1000
+    tail = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:10], "big")
+    return _encode(ms, 10) + _encode(tail, 16)
+
+
+def _encode(value: int, length: int) -> str:
+    return "".join(_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(length)))
+
+
+@functools.lru_cache(maxsize=16)
+def _client(bucket: str) -> Any:
+    """One thread-safe client per staging bucket, kept for the process (a Lambda container)."""
+    target = BackendUrl.parse(f"s3://{bucket}", "s3")
+    return make_client("s3", target, pool_size=4)
+
+
+def _quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch: str | None,
+                      etag: str = "") -> Deployment | None:
+    """The deployment of one staged object, created on its first event; None when the object
+    is gone or was replaced since the event (its successor's own event deploys that)."""
+    what = f"staged bundle s3://{bucket}/{key}"
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if etag:
+        args["IfMatch"] = _quoted(etag)
+    with aws_errors(what):
+        try:
+            head = _client(bucket).head_object(**args)
+        except ClientError as exc:
+            if error_code(exc) in _GONE or http_status(exc) in (404, 412):
+                return None
+            raise
+    etag = str(head["ETag"]).strip('"')
+    deployment_id = object_deployment_id(head["LastModified"].timestamp(),
+                                         f"{bucket}/{key}@{etag}")
+    try:
+        return service.state.get_deployment(deployment_id)
+    except DeploymentNotFound:
+        pass
+    meta = head.get("Metadata", {})
+    try:
+        return service.accept(site, None, branch=branch, message=meta.get("message", ""),
+                              commit=meta.get("commit", ""), source="s3", enqueue=False,
+                              deployment_id=deployment_id,
+                              bundle_key=bundle_key(bucket, key, etag))
+    except (ConfigError, BackendUnavailable):
+        with contextlib.suppress(DeploymentNotFound):  # another event created it first
+            return service.state.get_deployment(deployment_id)
+        raise  # an invalid site or branch in the key: the message ends in the dead letters
+
+
+def deploy_from_bucket(service: Service, bucket: str, key: str, site: str,
+                       branch: str | None, *, etag: str = "", attempts: int = 1,
+                       timeout: float | None = DEFAULT_TIMEOUT) -> str | None:
+    """Create (or find) the deployment of a staged object and run it; its id, or None when
+    the object is gone. `attempts` above 1 lets a run whose worker died be taken over."""
+    deployment = stage_from_bucket(service, bucket, key, site, branch, etag)
+    if deployment is None:
+        return None
+    item = QueueItem({"deployment": deployment.id}, receipt="", attempts=attempts)
+    service.process(item, timeout=timeout)
+    return deployment.id
+
+
+def open_bundle(text: str) -> BinaryIO:
+    """A buffered stream of a staged bundle (`s3://bucket/key#etag`)."""
+    bucket, key, etag = parse_bundle_key(text)
+    return io.BufferedReader(_ObjectReader(bucket, key, etag), buffer_size=1 << 20)
+
+
+class _ObjectReader(io.RawIOBase):
+    """GetObject as a stream that re-opens at its offset (If-Match) when a connection drops."""
+
+    def __init__(self, bucket: str, key: str, etag: str) -> None:
+        self._bucket, self._key, self._etag = bucket, key, etag
+        self._what = f"staged bundle s3://{bucket}/{key}"
+        self._offset = 0
+        self._body: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        args: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key}
+        if self._etag:
+            args["IfMatch"] = _quoted(self._etag)
+        if self._offset:
+            args["Range"] = f"bytes={self._offset}-"
+        with aws_errors(self._what):
+            try:
+                self._body = _client(self._bucket).get_object(**args)["Body"]
+            except ClientError as exc:
+                if error_code(exc) in _GONE or http_status(exc) in (404, 412):
+                    raise DeploymentFailed(
+                        f"the {self._what} is gone or was replaced since its event; a newer "
+                        "upload deploys on its own event"
+                    ) from exc
+                raise
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        for attempt in range(_READ_RETRIES + 1):
+            try:
+                data = self._body.read(len(buffer))
+                break
+            except BotoCoreError:
+                if attempt == _READ_RETRIES:
+                    with aws_errors(self._what):
+                        raise
+                self._body.close()
+                self._open()
+        buffer[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed and self._body is not None:
+            self._body.close()
+        super().close()

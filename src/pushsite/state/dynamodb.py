@@ -439,7 +439,8 @@ class DynamoState:
             response = self._client.update_item(
                 TableName=self.table,
                 Key={"pk": _s(f"dep#{deployment_id}"), "sk": _s("logseq")},
-                UpdateExpression="ADD n :count",
+                UpdateExpression="ADD #n :count",
+                ExpressionAttributeNames={"#n": "n"},
                 ExpressionAttributeValues={":count": _n(count)},
                 ReturnValues="UPDATED_NEW",
             )

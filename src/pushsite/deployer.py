@@ -473,7 +473,9 @@ def deploy_bundle(stream: BinaryIO, builder: ManifestBuilder, limits: Limits,
             else:
                 builder.log.warning("read", f"skipped {member.path}: devices, FIFOs and "
                                     "other special files are never published")
-        manifest = builder.finish(deployment_id, site, reader.commit, created)
+        # `tar czf x.tgz -C site .` lists "./": its files are the site, no wrapping folder
+        manifest = builder.finish(deployment_id, site, reader.commit, created,
+                                  strip_top=not reader.root_listed)
     except BaseException:
         builder.abort()
         raise

@@ -85,6 +85,11 @@ class HostResolver:
         self.base_domain = split_host(base_domain)
         self._hosts: dict[str, SiteTarget | None] = {}
         self._preview_alias: dict[tuple[str, str], str] = {}
+        # An optional StateStore ability: a version that changes on every write. With it,
+        # answers are kept until the state changes; without it, read on every request.
+        self._version = getattr(state, "version", None)
+        self._seen_version: object = None
+        self._answers: dict[SiteTarget, str | None] = {}
 
     def target(self, host: str) -> SiteTarget | None:
         """The site a Host header names, or None when the control plane should answer."""
@@ -104,6 +109,23 @@ class HostResolver:
 
     def deployment_id(self, target: SiteTarget) -> str | None:
         """The deployment to serve for a target now, or None when there is none."""
+        if self._version is None:
+            return self._lookup(target)
+        version = self._version()
+        if version != self._seen_version:
+            self._answers.clear()
+            self._seen_version = version
+        try:
+            return self._answers[target]
+        except KeyError:
+            pass
+        answer = self._lookup(target)
+        if len(self._answers) >= _MAX_CACHED_HOSTS:
+            self._answers.clear()
+        self._answers[target] = answer
+        return answer
+
+    def _lookup(self, target: SiteTarget) -> str | None:
         if target.kind is Kind.PRODUCTION:
             alias = self.state.get_alias(target.site, PRODUCTION)
             return alias.deployment_id if alias else None

@@ -82,6 +82,7 @@ class SqliteState:
             raise BackendUnavailable(f"cannot open the state database {path}: {exc}") from exc
         self.path = path
         self._lock = threading.RLock()
+        self._own_writes = 0
 
     @classmethod
     def from_url(cls, url: str) -> SqliteState:
@@ -97,6 +98,7 @@ class SqliteState:
                 self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 self._db.execute("COMMIT")
+                self._own_writes += 1
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
                 raise BackendUnavailable(f"state database error: {exc}") from exc
@@ -110,6 +112,16 @@ class SqliteState:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"state database error: {exc}") from exc
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever any process commits a change: lets readers cache safely.
+
+        SQLite's data_version moves on commits made by other connections; our own commits
+        are counted here. The edge uses it to keep alias lookups until something changed.
+        """
+        with self._lock:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+            return int(row[0]), self._own_writes
 
     # sites ---------------------------------------------------------------------------------
     def put_site(self, site: Site) -> None:

@@ -179,6 +179,8 @@ def _policy(prefix: str) -> Json:
                     "sqs:DeleteMessage",
                     "sqs:GetQueueAttributes",
                     "sqs:ChangeMessageVisibility",
+                    # a deploy cut short by Lambda's deadline re-queues itself to resume
+                    "sqs:SendMessage",
                 ],
                 [_arn("DeployQueue")],
             ),

@@ -105,9 +105,11 @@ def _progress_bar() -> tuple[Progress | None, Callable[[Counters], None] | None]
 @click.option("--timeout", default=900.0, show_default=True, type=float,
               help="Seconds before the deploy stops, marked timed_out; the live site stays.")
 @click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON on stdout.")
-@click.option("--server", default=None, help="Deploy to a remote `pushsite serve` (env "
-              "PUSHSITE_SERVER) instead of the local data directory.")
-@click.option("--token", default=None, help="Deploy token for --server (env PUSHSITE_TOKEN).")
+@click.option("--server", default=None, envvar="PUSHSITE_SERVER",
+              help="Deploy to a remote `pushsite serve` (env PUSHSITE_SERVER) instead of the "
+              "local data directory.")
+@click.option("--token", default=None, envvar="PUSHSITE_TOKEN",
+              help="Deploy token for --server (env PUSHSITE_TOKEN).")
 @click.pass_context
 @reports_errors
 def deploy(ctx: click.Context, source: str, site: str, branch: str | None, message: str,
@@ -467,6 +469,54 @@ def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> Non
                                max_delete_share=max_delete)
     err.print(f"mirrored {site} to {target}: {report.uploaded} uploaded, {report.unchanged} "
               f"unchanged, {report.deleted} deleted, {report.redirects} redirects")
+    for rule in report.skipped_rules:
+        err.print(f"[yellow]not mirrored:[/] {rule} (S3 website hosting cannot express it)",
+                  highlight=False)
+
+
+@cli.group()
+def aws() -> None:
+    """Package the deployer for AWS Lambda and write its CloudFormation template."""
+
+
+@aws.command("package")
+@click.option("--out", default="pushsite-lambda.zip", show_default=True,
+              help="Where to write the zip.")
+@click.option("--platform", type=click.Choice(["x86_64", "arm64"]), default="x86_64",
+              show_default=True, help="The Lambda architecture.")
+@reports_errors
+def aws_package(out: str, platform: str) -> None:
+    """Build the Lambda zip: pushsite and its deploy-path dependencies, reproducibly."""
+    from pathlib import Path
+
+    from pushsite.aws.package import build_lambda_zip
+
+    project = Path(__file__).resolve().parents[2]
+    path = build_lambda_zip(Path(out), platform=platform, project_dir=project)
+    err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@aws.command("template")
+@click.option("--out", default="pushsite-template.json", show_default=True,
+              help="Where to write the template.")
+@click.option("--prefix", default="pushsite", show_default=True,
+              help="Prefix of the stack's resource names.")
+@reports_errors
+def aws_template(out: str, prefix: str) -> None:
+    """Write the CloudFormation template: buckets, queue, table, function, IAM role.
+
+    \b
+    Example:
+      pushsite aws template --out stack.json
+      aws cloudformation deploy --template-file stack.json --stack-name pushsite \\
+          --capabilities CAPABILITY_IAM
+    """
+    from pathlib import Path
+
+    from pushsite.aws.template import write_template
+
+    path = write_template(Path(out), stack_prefix=prefix)
+    err.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Each starts once per test session on 127.0.0.1 with free ports, is polled until it answers,
 and is stopped in `finally`. tests/contracts/conftest.py loads this module by path to share
-the fixtures.
+the fixtures, and a registry in sys.modules keeps it to one server of each kind per run.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import subprocess
 import sys
 import sysconfig
 import time
+import types
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -37,6 +40,30 @@ _SCRUB = (
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
 )
+
+
+# One server of each kind per test process, even when tests/contracts/conftest.py loads a
+# second copy of this module: the registry lives in sys.modules, which both copies share.
+_REGISTRY = sys.modules.setdefault("_pushsite_test_servers", types.ModuleType("servers"))
+_SERVERS: dict[str, list[Any]] = _REGISTRY.__dict__.setdefault("servers", {})
+
+
+@contextmanager
+def _shared(kind: str, start: Callable[[], AbstractContextManager[str]]) -> Iterator[str]:
+    """The running server of this kind, started on first use, stopped after its last user."""
+    entry = _SERVERS.get(kind)
+    if entry is None:
+        stack = ExitStack()
+        endpoint = stack.enter_context(start())
+        entry = _SERVERS[kind] = [endpoint, 0, stack]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _SERVERS[kind]
+            entry[2].close()
 
 
 def _port_free(port: int) -> bool:
@@ -119,11 +146,10 @@ def aws_credentials() -> Iterator[None]:
                 os.environ[name] = value
 
 
-@pytest.fixture(scope="session")
-def moto_server(aws_credentials: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's standalone server; yields its endpoint URL."""
+@contextmanager
+def _run_moto(folder: Path) -> Iterator[str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = folder / "moto.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -136,6 +162,13 @@ def moto_server(aws_credentials: None, tmp_path_factory: pytest.TempPathFactory)
         yield endpoint
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_credentials: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone server; yields its endpoint URL."""
+    with _shared("moto", lambda: _run_moto(tmp_path_factory.mktemp("moto"))) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -167,7 +200,12 @@ def seaweed_server(
     aws_credentials: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """SeaweedFS `weed mini` (master, volume, filer, S3); yields the S3 endpoint URL."""
-    data = tmp_path_factory.mktemp("seaweed")
+    with _shared("seaweed", lambda: _run_seaweed(tmp_path_factory.mktemp("seaweed"))) as url:
+        yield url
+
+
+@contextmanager
+def _run_seaweed(data: Path) -> Iterator[str]:
     ports: list[int] = []
     while len(ports) < 5:
         port = free_port(plus_grpc=True)

@@ -163,6 +163,9 @@ class ManifestBuilder:
     in_flight_bytes: int = IN_FLIGHT_BYTES
     counters: Counters = field(default_factory=Counters)
     progress: Callable[[Counters], None] | None = None
+    # blobs a previous deployment of the site published (hash -> stored variants): known to
+    # be in the store, so a file with one of these hashes costs no store query at all
+    known: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.entries: dict[str, FileEntry] = {}
@@ -256,7 +259,9 @@ class ManifestBuilder:
 
     def _store_batch(self, batch: list[_Pending]) -> None:
         hashes = [hashlib.sha256(item.data).hexdigest() for item in batch]
-        present = self.store.has(blob_key(h) for h in hashes)
+        unknown = [h for h in hashes if h not in self.known]
+        present = self.store.has(blob_key(h) for h in unknown) if unknown else set()
+        present.update(blob_key(h) for h in hashes if h in self.known)
         for item, sha in zip(batch, hashes, strict=True):
             content_type = encode.media_type(item.path)
             key = blob_key(sha)
@@ -281,6 +286,8 @@ class ManifestBuilder:
         """The variants an already stored blob has (looked up, since a manifest needs sizes)."""
         if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
             return {}
+        if sha in self.known:
+            return dict(self.known[sha])
         self._wait_for_claims(sha)
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
         present = self.store.has(keys.values())

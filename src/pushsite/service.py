@@ -230,7 +230,7 @@ class Service:
         limit = None if timeout is None else max(timeout - deadline_margin(timeout), 0.0)
         deadline = Deadline.after(limit, cancelled=lambda: self._is_cancelled(deployment_id))
         builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
-                                  progress=progress)
+                                  progress=progress, known=self._known_blobs(deployment))
         try:
             log.info("read", "reading the bundle", workers=self.config.workers)
             if deployment.bundle_key.startswith("git:"):
@@ -320,6 +320,13 @@ class Service:
         manifest = deploy_commit(builder, SiteRepos(self.config.repos), deployment.site, commit,
                                  deployment.id, deployment.created, previous)
         return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
+
+    def _known_blobs(self, deployment: Deployment) -> dict[str, dict[str, int]]:
+        """Blobs the branch's (or production's) current deployment uses, with their variants."""
+        previous = self._previous_manifest(deployment)
+        if previous is None:
+            return {}
+        return {entry.hash: entry.encodings for entry in previous.files.values()}
 
     def _previous_manifest(self, deployment: Deployment) -> Manifest | None:
         """The manifest a push is most likely to share files with: its branch's, else live."""

@@ -46,6 +46,7 @@ from pushsite.web import auth
 from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
 
 
 # --- response and request bodies -------------------------------------------------------------
@@ -189,7 +190,7 @@ class LogPage(BaseModel):
     lines: list[LogLineOut]
     last_seq: int = Field(description="Pass as `after` to get only newer lines.")
     status: Status
-    finished: bool
+    finished: bool = Field(description="The deployment has ended (and moved its aliases).")
 
 
 class LogSearch(BaseModel):
@@ -432,7 +433,7 @@ def create_api(service: Service) -> FastAPI:
         lines = service.state.get_logs(deployment.id, after=after, limit=limit)
         return {"lines": [_line(x) for x in lines],
                 "last_seq": lines[-1].seq if lines else after,
-                "status": deployment.status, "finished": deployment.status.finished}
+                "status": deployment.status, "finished": view.settled(deployment)}
 
     @api.get("/deployments/{deployment_id}/diff", response_model=DiffOut, tags=["deployments"])
     def diff(token: Caller, deployment_id: DeploymentId,
@@ -529,7 +530,7 @@ class _Views:
         data.pop("bundle_key", None)
         kind = failure_kind(deployment, self._last_error(deployment))
         data["error_kind"] = kind.__name__ if kind else None
-        data["exit_code"] = (None if not deployment.status.finished
+        data["exit_code"] = (None if not self.settled(deployment)
                              else kind.exit_code if kind else 0)
         config = self.service.config
         try:
@@ -543,6 +544,16 @@ class _Views:
             "production": (config.site_url(deployment.site)
                            if deployment.branch == production else None)}
         return data
+
+    def settled(self, deployment: Deployment) -> bool:
+        """Finished, and done moving aliases: a run marks a deployment ready just before it
+        moves the aliases and makes it live, then logs its "done" line."""
+        if not deployment.status.finished:
+            return False
+        if deployment.status != Status.READY or deployment.finished is None or \
+                time.time() - deployment.finished > _SETTLE_SECONDS:
+            return True
+        return any(x.stage == "done" for x in self.service.state.get_logs(deployment.id))
 
     def _last_error(self, deployment: Deployment) -> LogLine | None:
         if deployment.status != Status.FAILED:

@@ -161,6 +161,12 @@ def _git(repo: Path, *args: str) -> str:
     return _run(["git", *args], cwd=repo, env=_GIT_ENV)
 
 
+def _pack(repo: Path) -> None:
+    """Pack the repository, as any real one is, so pushes reuse compressed objects."""
+    if not any((repo / ".git" / "objects" / "pack").glob("*.pack")):
+        _git(repo, "gc", "-q")
+
+
 def _pick_change_path(tree: Path) -> str:
     """A stable, middle-sized HTML file to edit in the incremental figures."""
     pages = sorted(p for p in tree.rglob("*.html") if p.is_file() and not p.is_symlink())
@@ -193,6 +199,7 @@ def _build_debian(spec: CorpusSpec, root: Path) -> Corpus:
     _git(repo, "config", "core.bigFileThreshold", "16m")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", f"{spec.name} corpus")
+    _pack(repo)
     bundle = root / f"{spec.name}.tar.gz"
     _git(repo, "archive", "--format=tar.gz", f"--prefix={spec.name}/", "-o", str(bundle), "HEAD")
     files, size = _count(repo)
@@ -304,6 +311,8 @@ def get(name: str) -> Corpus:
     if done.exists():
         fields = done.read_text().split("\n")
         repo = root / "repo"
+        if repo.is_dir():
+            _pack(repo)
         return Corpus(
             name,
             spec.small,

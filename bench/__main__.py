@@ -93,6 +93,12 @@ def _deploy_group(out: Collector, small: bool, runs: int, only: set[str]) -> Non
                 "",
                 lambda c=corpus, h=homes[0]: figures_deploy.incremental_bundle(c, h, runs),
             )
+        if name == "large":
+            out.section(
+                "peak memory by worker count on large (figure 2)",
+                "",
+                lambda c=corpus: figures_deploy.memory_by_workers(c),
+            )
         if name == "tiny100k":
             out.section(
                 "scale (figure 7)", "", lambda h=homes[0]: figures_deploy.scale(h, runs)

@@ -156,3 +156,27 @@ def scale(home_with_tiny: Path, runs: int) -> list[Figure]:
             note=f"into a store already holding: {trend}",
         )
     ]
+
+
+def memory_by_workers(corpus: Corpus, counts: tuple[int, ...] = (1, 8)) -> list[Figure]:
+    """Figure 2 again with the worker setting forced (PUSHSITE_WORKERS): memory must not follow."""
+    figs = []
+    for workers in counts:
+        home = product.fresh_home(f"workers{workers}")
+        try:
+            done = product.deploy(corpus.bundle, home, env={"PUSHSITE_WORKERS": str(workers)})
+        finally:
+            product.remove(home)
+        figs.append(
+            figure(
+                f"peak_memory_{workers}_workers",
+                corpus.name,
+                summarize([done.run.peak_rss_mb]),
+                "MB",
+                target=150.0,
+                target_of="value",
+                peak_rss_mb=done.run.peak_rss_mb,
+                note=f"PUSHSITE_WORKERS={workers}; deploy took {done.run.seconds:.1f} s",
+            )
+        )
+    return figs

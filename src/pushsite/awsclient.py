@@ -4,7 +4,8 @@ A backend URL carries its own settings in the query string:
 
     s3://bucket/prefix?endpoint=http://127.0.0.1:8333&region=eu-west-1&create=1
 
-`endpoint` falls back to AWS_ENDPOINT_URL (boto3 reads it too), `region` to AWS_REGION /
+`endpoint` falls back to AWS_ENDPOINT_URL_<SERVICE> (e.g. AWS_ENDPOINT_URL_S3), then to
+AWS_ENDPOINT_URL, as boto3 itself would; `region` to AWS_REGION /
 AWS_DEFAULT_REGION and then us-east-1. `create=1` lets a backend create its bucket, table or
 queue when absent (handy for tests and first runs; production infrastructure comes from the
 template). Retries use botocore's "standard" mode, which backs off on throttling and 5xx.
@@ -74,7 +75,7 @@ class BackendUrl:
     scheme: str
     name: str  # bucket, table or queue
     path: str  # the key prefix (s3) or "" ; no leading or trailing slash
-    endpoint: str | None
+    endpoint: str | None  # from the URL only; make_client falls back to the environment
     region: str
     create: bool
     options: dict[str, str]
@@ -87,7 +88,7 @@ class BackendUrl:
                 f"invalid backend URL {url!r}: expected {scheme}://NAME[/PREFIX][?endpoint=URL]"
             )
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        endpoint = query.pop("endpoint", "") or os.environ.get("AWS_ENDPOINT_URL") or None
+        endpoint = query.pop("endpoint", "") or None  # the environment is read in make_client
         region = (
             query.pop("region", "")
             or os.environ.get("AWS_REGION")
@@ -125,8 +126,14 @@ def make_client(service: str, target: BackendUrl, pool_size: int = POOL_SIZE) ->
     (`?addressing=virtual` to change it) and checksums only where the API requires them, as
     many S3-compatible servers reject botocore's default CRC32 trailers.
     """
+    endpoint = (
+        target.endpoint
+        or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
     extra: dict[str, Any] = {}
-    if target.endpoint:
+    if endpoint:
         extra = {
             "s3": {"addressing_style": target.options.get("addressing", "path")},
             "request_checksum_calculation": "when_required",
@@ -142,7 +149,7 @@ def make_client(service: str, target: BackendUrl, pool_size: int = POOL_SIZE) ->
     )
     session = boto3.session.Session()
     try:
-        return session.client(service, endpoint_url=target.endpoint, config=config)
+        return session.client(service, endpoint_url=endpoint, config=config)
     except (NoRegionError, ValueError) as exc:
         raise ConfigError(f"cannot build the {service} client for {target.name!r}: {exc}") from exc
 

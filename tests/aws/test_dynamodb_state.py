@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from pushsite.awsclient import BackendUrl, translate
+from pushsite.awsclient import BackendUrl, make_client, translate
 from pushsite.errors import BackendUnavailable, ConfigError
 from pushsite.ids import new_id
 from pushsite.model import PRODUCTION, Deployment, LogLine, Site
@@ -153,12 +153,11 @@ def test_botocore_errors_map_to_pushsite_errors(error: Exception, expected: type
 def test_backend_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     target = BackendUrl.parse("s3://bucket/some/prefix/?create=1&workers=4", "s3")
     assert (target.name, target.path, target.endpoint, target.region, target.create) == (
         "bucket",
         "some/prefix",
-        "http://127.0.0.1:9",
+        None,
         "us-east-1",
         True,
     )
@@ -173,3 +172,17 @@ def test_backend_url_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         BackendUrl.parse("s3://b?workers=many", "s3").int_option("workers", 16)
     with pytest.raises(ConfigError, match="s3://"):
         BackendUrl.parse("s3:///nobucket", "s3")
+
+
+def test_endpoint_precedence_url_then_service_variable_then_generic(
+    monkeypatch: pytest.MonkeyPatch, aws_credentials: None
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
+    s3 = make_client("s3", BackendUrl.parse("s3://b", "s3"))
+    sqs = make_client("sqs", BackendUrl.parse("sqs://q", "sqs"))
+    given = make_client("s3", BackendUrl.parse("s3://b?endpoint=http://127.0.0.1:3", "s3"))
+    assert s3.meta.endpoint_url == "http://127.0.0.1:2"
+    assert sqs.meta.endpoint_url == "http://127.0.0.1:1"
+    assert given.meta.endpoint_url == "http://127.0.0.1:3"
+    assert s3.meta.config.s3["addressing_style"] == "path"  # an S3-compatible server

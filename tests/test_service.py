@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import subprocess
 import sys
 import tarfile
@@ -58,7 +59,7 @@ def bundle(files: dict[str, bytes]) -> bytes:
 
 def big_files(tag: str, count: int = 3, size: int = (1 << 20) + 4096) -> dict[str, bytes]:
     """Incompressible files above the local store's pack limit: written at once, as files."""
-    return {f"big/{tag}{i}.bin": hashlib.sha256(f"{tag}{i}".encode()).digest() * (size // 32)
+    return {f"big/{tag}{i}.bin": random.Random(f"{tag}{i}").randbytes(size)
             for i in range(count)}
 
 

@@ -581,11 +581,16 @@ class Service:
         for deployment in self.state.list_deployments(status=Status.RUNNING, limit=1000):
             if _in_bucket(deployment.bundle_key):
                 continue
-            if not (self.config.staging / deployment.bundle_key).exists():
+            key = deployment.bundle_key  # "": streamed by `pushsite deploy`, never staged
+            if not key.startswith("git:") and not (key and (self.config.staging / key).exists()):
                 deployment.status = Status.FAILED
-                deployment.error = "interrupted by a restart, and its bundle is gone"
+                deployment.error = ("interrupted by a restart, and its bundle is gone (a "
+                                    "streamed deploy cannot resume); deploy it again")
                 deployment.finished = time.time()
-                self.state.update_deployment(deployment, expect_status=Status.RUNNING)
+                if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+                    log = self.log_for(deployment)
+                    log.error("failed", deployment.error)
+                    log.flush()
                 continue
             deployment.status = Status.QUEUED
             if self.state.update_deployment(deployment, expect_status=Status.RUNNING):

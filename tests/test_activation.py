@@ -13,7 +13,8 @@ import pytest
 
 from pushsite.errors import BundleRejected, DeploymentTimedOut, DomainConflict
 from pushsite.hosts import HostResolver, Kind, SiteTarget
-from pushsite.model import Status
+from pushsite.logs import DeployLog
+from pushsite.model import Deployment, Status
 from pushsite.service import Service
 from tests.conftest import Server
 from tests.test_service import (
@@ -195,3 +196,28 @@ def test_a_cancelled_deployment_is_never_served(service: Service) -> None:
     assert_finished_with_error(service, queued.id, Status.CANCELLED)
     assert permalink(service, "blog", queued.id) is None
     assert alias_of(service, "blog") == live.id
+
+
+def test_a_deployment_overtaken_while_it_activates_ends_ready() -> None:
+    """Two workers: B is accepted later and finishes between A's alias move and A recording
+    itself live. No alias points at A afterwards, so A must end `ready`, not `live`."""
+
+    class Interleaved(Service):
+        def activate(self, deployment: Deployment, log: DeployLog | None = None) -> bool:
+            moved = super().activate(deployment, log)
+            if deployment.id == a.id:
+                self.run(b.id)  # the other worker, at the worst moment
+            return moved
+
+    with open_service() as plain:
+        config = plain.config
+    service = Interleaved(config)
+    try:
+        a = accept(service, "blog", site_files("a"))
+        b = accept(service, "blog", site_files("b"))
+        service.run(a.id)
+        assert alias_of(service, "blog") == b.id
+        assert status(service, b.id) == Status.LIVE
+        assert status(service, a.id) == Status.READY
+    finally:
+        service.close()

@@ -394,6 +394,8 @@ class Service:
         if moved:
             deployment.status = Status.LIVE
             self.state.update_deployment(deployment)
+            self._refresh_status(deployment.id)  # a newer one may have moved past it meanwhile
+            deployment.status = self.state.get_deployment(deployment.id).status
         log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
                  f"{deployment.files} files, {deployment.blobs_new} new blobs, "
                  f"{deployment.blobs_reused} reused", seconds=deployment.seconds)

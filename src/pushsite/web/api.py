@@ -17,6 +17,7 @@ or with `GET /api/deployments/{id}/log?after=<seq>`.
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -225,8 +226,17 @@ class TokenCreated(BaseModel):
 
 
 # --- the app ---------------------------------------------------------------------------------
-SiteName = Annotated[str, Path(description="A site name (a DNS label).", max_length=63)]
-DeploymentId = Annotated[str, Path(description="A deployment id.", max_length=64)]
+# Patterns are documented, not enforced by the framework: the service's own checks answer a
+# bad value with a message that says what a valid one looks like.
+SiteName = Annotated[str, Path(description="A site name (a DNS label).", max_length=63,
+                               json_schema_extra={"pattern": "^[a-z0-9][a-z0-9-]{0,62}$"})]
+DeploymentId = Annotated[str, Path(description="A deployment id.", max_length=64,
+                                   json_schema_extra={"pattern": "^[0-9a-z]{26}$"})]
+HostName = Annotated[str, Path(description="A host name, e.g. www.example.com.",
+                               max_length=253,
+                               json_schema_extra={"pattern": "^[A-Za-z0-9.-]{1,253}$"})]
+TokenId = Annotated[str, Path(description="A token id.", max_length=64,
+                              json_schema_extra={"pattern": "^[0-9a-z]{26}$"})]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in ((400, "Bad request"), (401, "No valid token"),
@@ -251,7 +261,10 @@ def _errors(*extra: int) -> dict[int | str, dict[str, Any]]:
 
 def routes(service: Service) -> list[Any]:
     """The API as one mount, for build_app's control plane."""
-    return [Mount("/api", app=with_debug_flag(create_api(service)))]
+    mount = Mount("/api", app=with_debug_flag(create_api(service)))
+    # a decoded path may hold a newline (%0A); let those reach the API's JSON 404 too
+    mount.path_regex = re.compile(mount.path_regex.pattern, re.DOTALL)
+    return [mount]
 
 
 def create_api(service: Service) -> FastAPI:
@@ -333,14 +346,14 @@ def create_api(service: Service) -> FastAPI:
     @api.put("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"],
              responses=_errors(409))
     def add_domain(token: Caller, site: SiteName,
-                   host: Annotated[str, Path(max_length=253)]) -> dict[str, Any]:
+                   host: HostName) -> dict[str, Any]:
         """Claim a custom domain for the site (admin); a host belongs to one site at most."""
         record = service.add_domain(_covered(token, site, "admin"), host)
         return {"site": record.name, "domains": record.domains}
 
     @api.delete("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"])
     def remove_domain(token: Caller, site: SiteName,
-                      host: Annotated[str, Path(max_length=253)]) -> dict[str, Any]:
+                      host: HostName) -> dict[str, Any]:
         """Release a custom domain (admin)."""
         record = service.remove_domain(_covered(token, site, "admin"), host)
         return {"site": record.name, "domains": record.domains}
@@ -485,7 +498,7 @@ def create_api(service: Service) -> FastAPI:
         return {"token": _token(record), "secret": secret}
 
     @api.delete("/tokens/{token_id}", response_model=Deleted, tags=["tokens"])
-    def delete_token(token: Caller, token_id: Annotated[str, Path(max_length=64)]
+    def delete_token(token: Caller, token_id: TokenId
                      ) -> dict[str, Any]:
         """Revoke a token (admin)."""
         auth.require(token, token.site, "admin")

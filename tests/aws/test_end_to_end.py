@@ -8,6 +8,7 @@ test_lambda.py too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -122,21 +123,20 @@ def make_staging(endpoint: str, visibility: int = 30, max_receives: int = 3) -> 
     return staging
 
 
-@pytest.fixture
-def aws_env(moto: str, seaweed_url: str, dynamodb_url: str,
-            monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def use_aws_backends(monkeypatch: pytest.MonkeyPatch, moto: str, store: str,
+                     state: str) -> dict[str, str]:
     """PUSHSITE_* for the serverless shape: blobs in SeaweedFS, state in DynamoDB on moto;
     the staging bucket is read through boto3's AWS_ENDPOINT_URL_S3 (moto)."""
-    env = {"PUSHSITE_STORE": seaweed_url, "PUSHSITE_STATE": dynamodb_url,
-           "AWS_ENDPOINT_URL_S3": moto, "PUSHSITE_WORKERS": "2"}
+    env = {"PUSHSITE_STORE": store, "PUSHSITE_STATE": state, "AWS_ENDPOINT_URL_S3": moto,
+           "PUSHSITE_WORKERS": "2"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
-@pytest.fixture
-def service_for(aws_env: dict[str, str]) -> Iterator[Callable[[str], Service]]:
-    """A Service over the test's backends and a given queue URL (closed after the test)."""
+@contextlib.contextmanager
+def opened_services() -> Iterator[Callable[[str], Service]]:
+    """Make Services over the environment's backends and a given queue URL; close them."""
     made: list[Service] = []
 
     def make(queue: str) -> Service:
@@ -148,6 +148,18 @@ def service_for(aws_env: dict[str, str]) -> Iterator[Callable[[str], Service]]:
     finally:
         for service in made:
             service.close()
+
+
+@pytest.fixture
+def aws_env(moto: str, seaweed_url: str, dynamodb_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    return use_aws_backends(monkeypatch, moto, seaweed_url, dynamodb_url)
+
+
+@pytest.fixture
+def service_for(aws_env: dict[str, str]) -> Iterator[Callable[[str], Service]]:
+    with opened_services() as make:
+        yield make
 
 
 def wait_for(check: Callable[[], Any], what: str, seconds: float = 60) -> Any:

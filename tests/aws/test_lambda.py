@@ -1,0 +1,183 @@
+"""The Lambda handler with the event shapes Lambda really sends (the bodies come from moto's S3
+notifications through SQS), a fake context whose clock runs out, and real backends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pushsite.aws.handler import handler
+from pushsite.model import Status
+from pushsite.service import Service
+from tests.aws.test_end_to_end import (
+    Staging,
+    big_bundle,
+    deployments,
+    live,
+    make_bundle,
+    make_staging,
+    opened_services,
+    use_aws_backends,
+)
+
+
+class FakeContext:
+    """Lambda's context as far as the handler uses it: the time left, running down for real."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._end - time.monotonic()) * 1000))
+
+
+def sqs_event(staging: Staging, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The event Lambda's SQS event source mapping builds from received messages."""
+    return {"Records": [{
+        "messageId": m["MessageId"],
+        "receiptHandle": m["ReceiptHandle"],
+        "body": m["Body"],
+        "attributes": m["Attributes"],
+        "messageAttributes": {},
+        "md5OfBody": m["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{staging.queue_name}",
+        "awsRegion": "us-east-1",
+    } for m in messages]}
+
+
+def invoke_batch(staging: Staging, messages: list[dict[str, Any]],
+                 seconds: float = 120) -> list[str]:
+    """Invoke as the event source mapping does: delete what succeeded, return failed ids."""
+    result = handler(sqs_event(staging, messages), FakeContext(seconds))
+    failed = [f["itemIdentifier"] for f in result["batchItemFailures"]]
+    for message in messages:
+        if message["MessageId"] not in failed:
+            staging.delete(message)
+    return failed
+
+
+@pytest.fixture
+def staging(moto: str, seaweed_url: str, dynamodb_url: str,
+            monkeypatch: pytest.MonkeyPatch) -> Staging:
+    """A staging bucket and queue; the handler's settings point at them (PUSHSITE_QUEUE)."""
+    use_aws_backends(monkeypatch, moto, seaweed_url, dynamodb_url)
+    made = make_staging(moto, visibility=30)
+    monkeypatch.setenv("PUSHSITE_QUEUE", made.pushsite_queue)
+    return made
+
+
+@pytest.fixture
+def service_for(staging: Staging) -> Iterator[Callable[[str], Service]]:
+    with opened_services() as make:
+        yield make
+
+
+def test_s3_event_invoking_the_function_directly_deploys(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}))
+    (message,) = staging.receive()
+    event = json.loads(message["Body"])  # what S3 hands a function it invokes directly
+    assert event["Records"][0]["eventSource"] == "aws:s3"
+
+    assert handler(event, FakeContext(60)) == {}
+
+    service = service_for(staging.pushsite_queue)
+    deployment = live(service, "shop")
+    assert deployment is not None and deployment.source == "s3"
+    entry = service.manifest(deployment.id).files["index.html"]
+    assert service.store.get(f"blobs/{entry.hash[:2]}/{entry.hash}") == b"<h1>shop</h1>"
+
+
+def test_sqs_batch_reports_only_the_records_to_retry(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    staging.put("good/main/bundle.tar.gz", make_bundle({"index.html": b"good"}))
+    staging.put("Not_A_Site/main/bundle.tar.gz", make_bundle({"index.html": b"bad name"}))
+    staging.put("broken/main/bundle.tar.gz", b"this is not gzip")
+    messages = staging.receive()
+    while len(messages) < 3:
+        messages += staging.receive()
+    bad = next(m["MessageId"] for m in messages if "Not_A_Site" in m["Body"])
+
+    assert invoke_batch(staging, messages) == [bad]
+
+    service = service_for(staging.pushsite_queue)
+    assert live(service, "good") is not None
+    (broken,) = deployments(service, "broken")  # recorded as failed, not retried
+    assert broken.status == Status.FAILED and "gzip" in broken.error
+
+
+def test_test_event_and_other_records_are_skipped(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": staging.bucket}
+    removed = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete",
+                            "s3": {"bucket": {"name": staging.bucket},
+                                   "object": {"key": "site/main/x.tar.gz"}}}]}
+    for body in (test_event, removed):
+        staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=json.dumps(body))
+    messages = staging.receive()
+    assert len(messages) == 2
+
+    assert invoke_batch(staging, messages) == []
+    assert service_for(staging.pushsite_queue).state.list_sites() == []
+
+
+def test_multipart_upload_and_redelivered_events_make_one_deployment(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    data = big_bundle(6, 2)
+    key = "docs/main/bundle.tar.gz"
+    upload = staging.s3.create_multipart_upload(Bucket=staging.bucket, Key=key)
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 << 20), start=1):
+        part = staging.s3.upload_part(Bucket=staging.bucket, Key=key, PartNumber=number,
+                                      UploadId=upload["UploadId"],
+                                      Body=data[start:start + (5 << 20)])
+        parts.append({"ETag": part["ETag"], "PartNumber": number})
+    staging.s3.complete_multipart_upload(Bucket=staging.bucket, Key=key,
+                                         UploadId=upload["UploadId"],
+                                         MultipartUpload={"Parts": parts})
+    messages = staging.receive()
+    while len(messages) < 2:
+        messages += staging.receive()
+    names = sorted(json.loads(m["Body"])["Records"][0]["eventName"] for m in messages)
+    assert names == ["ObjectCreated:CompleteMultipartUpload", "ObjectCreated:Put"]
+    staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=messages[0]["Body"])
+
+    assert invoke_batch(staging, messages) == []
+    assert invoke_batch(staging, staging.receive()) == []  # the redelivered copy
+
+    service = service_for(staging.pushsite_queue)
+    (only,) = deployments(service, "docs")
+    assert only.status == Status.LIVE
+
+
+def test_deadline_mid_deploy_times_out_and_the_next_invocations_resume(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    staging.put("big/main/bundle.tar.gz", big_bundle(48, 12))
+    service = service_for(staging.pushsite_queue)
+    budget = 0.5
+    messages = staging.receive()
+    assert invoke_batch(staging, messages, budget) == []
+    (first,) = deployments(service, "big")
+    assert first.status == Status.TIMED_OUT and "ran out of time" in first.error
+
+    invocations = 1
+    while live(service, "big") is None:
+        assert invocations < 30, "the deployment made no progress across invocations"
+        (message,) = staging.receive()
+        body = json.loads(message["Body"])
+        assert body == {"deployment": first.id, "resumes": invocations}
+        budget += 0.5
+        assert invoke_batch(staging, [message], budget) == []
+        invocations += 1
+
+    done = service.state.get_deployment(first.id)
+    assert invocations >= 2 and done.status == Status.LIVE
+    assert done.blobs_reused >= 1  # blobs stored by a timed-out run were skipped
+    assert len(service.manifest(done.id).files) == 13
+    assert [d.id for d in deployments(service, "big")] == [first.id]
+    assert staging.count(staging.queue_url) == 0

@@ -1,0 +1,170 @@
+"""Workers on SQS with moto's real S3 -> SQS notifications: duplicates, order, encoded keys,
+dead letters, and several workers sharing one queue."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from pushsite.model import Status
+from pushsite.service import Service
+from pushsite.worker import run_worker
+from tests.aws.test_end_to_end import (
+    Staging,
+    big_bundle,
+    deployments,
+    live,
+    make_bundle,
+    make_staging,
+    opened_services,
+    use_aws_backends,
+    wait_for,
+)
+
+
+@pytest.fixture
+def service_for(moto: str, seaweed_url: str, dynamodb_url: str,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Service]]:
+    use_aws_backends(monkeypatch, moto, seaweed_url, dynamodb_url)
+    with opened_services() as make:
+        yield make
+
+
+@contextmanager
+def workers(*services: Service) -> Iterator[None]:
+    """Run a worker thread per service until the block ends."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=run_worker, args=(s,), kwargs={"stop": stop, "wait": 1})
+               for s in services]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def event_bodies(staging: Staging, count: int) -> list[str]:
+    """Take `count` S3 event messages off the queue and return their bodies."""
+    messages = []
+    while len(messages) < count:
+        messages += staging.receive()
+    for message in messages:
+        staging.delete(message)
+    return [m["Body"] for m in messages]
+
+
+def deliver(staging: Staging, service: Service, body: str) -> None:
+    """Put one event on the queue and let a worker handle what is there."""
+    staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=body)
+    run_worker(service, once=True)
+
+
+def test_duplicate_events_make_one_deployment(
+        moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto)
+    service = service_for(staging.pushsite_queue)
+    staging.put("blog/main/bundle.tar.gz", make_bundle({"index.html": b"hello"}))
+    (body,) = event_bodies(staging, 1)
+    for _ in range(3):
+        staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=body)
+
+    assert run_worker(service, once=True) == 3
+
+    (only,) = deployments(service, "blog")
+    assert only.status == Status.LIVE
+    assert staging.count(staging.queue_url) == 0
+
+
+def test_an_older_event_arriving_late_never_replaces_the_newer_bundle(
+        moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto)
+    service = service_for(staging.pushsite_queue)
+    staging.put("blog/main/bundle.tar.gz", make_bundle({"index.html": b"old"}))
+    staging.put("blog/main/bundle.tar.gz", make_bundle({"index.html": b"new"}))
+    old, new = sorted(event_bodies(staging, 2),
+                      key=lambda b: json.loads(b)["Records"][0]["eventTime"])
+
+    deliver(staging, service, new)
+    deliver(staging, service, old)  # its object was replaced: skipped
+
+    (only,) = deployments(service, "blog")
+    assert only.status == Status.LIVE
+    entry = service.manifest(only.id).files["index.html"]
+    assert service.store.get(f"blobs/{entry.hash[:2]}/{entry.hash}") == b"new"
+
+
+def test_an_older_bundle_under_another_key_deploys_but_does_not_go_live(
+        moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto)
+    service = service_for(staging.pushsite_queue)
+    staging.put("blog/main/first.tar.gz", make_bundle({"index.html": b"first"}))
+    time.sleep(1.1)  # ids carry the upload's Last-Modified second
+    staging.put("blog/main/second.tar.gz", make_bundle({"index.html": b"second"}))
+    first, second = sorted(event_bodies(staging, 2), key=lambda b: "second" in b)
+
+    deliver(staging, service, second)
+    deliver(staging, service, first)
+
+    older, newer = sorted(deployments(service, "blog"), key=lambda d: d.id)
+    assert newer.status == Status.LIVE
+    assert older.status == Status.READY  # complete, at its own URL, but not at the alias
+    assert live(service, "blog") == newer
+
+
+def test_keys_are_url_decoded(moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto)
+    service = service_for(staging.pushsite_queue)
+    staging.put("blog/feature/a+b/my bundle.tar.gz", make_bundle({"index.html": b"preview"}))
+    (body,) = event_bodies(staging, 1)
+    assert "my+bundle" in body  # S3 encodes a space as '+', and '+' as %2B
+
+    deliver(staging, service, body)
+
+    (deployment,) = deployments(service, "blog")
+    assert deployment.branch == "feature/a+b" and deployment.status == Status.LIVE
+    alias = service.state.get_alias("blog", "branch/feature/a+b")
+    assert alias is not None and alias.deployment_id == deployment.id
+
+
+def test_a_message_that_keeps_failing_ends_in_the_dead_letter_queue(
+        moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto, visibility=1, max_receives=2)
+    service = service_for(staging.pushsite_queue)
+    staging.put("Not_A_Site/main/bundle.tar.gz", make_bundle({"index.html": b"x"}))
+    staging.put("good/main/bundle.tar.gz", make_bundle({"index.html": b"ok"}))
+
+    with workers(service):
+        wait_for(lambda: live(service, "good"), "the good bundle to go live")
+        wait_for(lambda: staging.count(staging.dead_url) == 1, "the bad event to dead-letter")
+
+    (dead,) = staging.sqs.receive_message(QueueUrl=staging.dead_url)["Messages"]
+    assert "Not_A_Site" in dead["Body"]
+    assert staging.count(staging.queue_url) == 0
+
+
+def test_workers_share_a_queue_and_keep_long_deploys_hidden(
+        moto: str, service_for: Callable[[str], Service]) -> None:
+    staging = make_staging(moto, visibility=1)  # a 1 s lease: renewed every third of it
+    first, second = service_for(staging.pushsite_queue), service_for(staging.pushsite_queue)
+    staging.put("big/main/bundle.tar.gz", big_bundle(48, 12))
+    for site in ("one", "two", "three"):
+        staging.put(f"{site}/main/bundle.tar.gz", make_bundle({"index.html": site.encode()}))
+
+    with workers(first, second):
+        for site in ("big", "one", "two", "three"):
+            wait_for(lambda site=site: live(first, site), f"{site} to go live", 90)
+
+    for site in ("big", "one", "two", "three"):
+        (deployment,) = deployments(first, site)
+        messages = [line.message for line in first.state.get_logs(deployment.id)]
+        assert messages.count("reading the bundle") == 1, messages
+        assert not any("taken over" in m for m in messages)
+    assert staging.count(staging.queue_url) == 0

@@ -19,6 +19,8 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from pushsite import errors
 from pushsite.config import load_config
@@ -535,8 +537,15 @@ def raising_server() -> Iterator[str]:
             raise KeyError("a bug")
         raise getattr(errors, name)(f"a {name} happened; do something else")
 
+    plain = with_debug_flag(app)
+    debug = Starlette(debug=True, routes=[Mount("/debug", app=with_debug_flag(app))])
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        chosen = debug if scope.get("path", "").startswith("/debug/") else plain
+        await chosen(scope, receive, send)
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(with_debug_flag(app), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port,
                                            log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -567,3 +576,12 @@ def test_an_unexpected_error_is_a_plain_500_without_a_traceback(raising_server: 
     body = response.json()
     assert set(body) == {"ok", "error", "status"} and "bug in pushsite" in body["error"]
     assert "KeyError" not in response.text
+
+
+def test_the_traceback_shows_only_when_the_outer_app_runs_with_debug(raising_server: str
+                                                                      ) -> None:
+    response = httpx.get(f"{raising_server}/debug/raise/bug", timeout=10)
+    assert response.status_code == 500
+    assert "KeyError: 'a bug'" in response.json()["traceback"]
+    handled = httpx.get(f"{raising_server}/debug/raise/ConfigError", timeout=10)
+    assert handled.status_code == 400 and "traceback" not in handled.json()

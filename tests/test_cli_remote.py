@@ -138,7 +138,9 @@ def test_a_token_for_another_site_exits_8(remote: Server, client_home: Path,
     done = run_cli(client_home, "deploy", str(make_site()), "--site", "ci-forbidden",
                    "--server", remote.url, "--token", other)
     assert done.returncode == 8
-    assert "does not cover site 'ci-forbidden'" in errors_of(done.stderr)[0]
+    assert errors_of(done.stderr) == ["this token is limited to site 'elsewhere', not "
+                                      "'ci-forbidden'; use a token made for that site or for "
+                                      "every site"]
 
 
 def test_an_unreachable_server_exits_7(client_home: Path, make_site: Callable[..., Path]) -> None:

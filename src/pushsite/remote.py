@@ -59,7 +59,10 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
     with httpx.Client(base_url=base, headers=headers,
                       timeout=httpx.Timeout(60.0, connect=10.0)) as client:
         remote = _Remote(client, base)
-        remote.call("GET", "/whoami")  # a bad token fails here, before a large upload
+        me = remote.call("GET", "/whoami")  # a bad token fails here, before a large upload
+        if me.get("site") not in (None, site):
+            raise errors.Forbidden(f"this token is limited to site {me['site']!r}, not {site!r}; "
+                                   "use a token made for that site or for every site")
         params = {"message": message, **({"branch": branch} if branch else {})}
         deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
                                  content=_chunks(stream),
@@ -121,7 +124,11 @@ def _follow(remote: _Remote, deployment_id: str, deadline: float, timeout: float
         if page["finished"]:
             break
         if time.monotonic() >= deadline:
-            remote.call("POST", f"/deployments/{deployment_id}/cancel")
+            try:
+                remote.call("POST", f"/deployments/{deployment_id}/cancel")
+            except ConfigError:  # it finished meanwhile: report how it ended
+                time.sleep(POLL_SECONDS)
+                continue
             raise DeploymentTimedOut(
                 f"deployment {deployment_id} did not finish within {timeout:g}s, so it was "
                 "cancelled; the live site is unchanged (give a larger --timeout)")

@@ -9,6 +9,7 @@ smaller only costs a cache entry.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import posixpath
 
@@ -88,7 +89,12 @@ _COMPRESSIBLE_APPLICATION = {
 
 def media_type(path: str) -> str:
     """The Content-Type for a path: with `charset=utf-8` for text, octet-stream if unknown."""
-    ext = posixpath.splitext(path)[1].lower()
+    return _media_type_of_extension(posixpath.splitext(path)[1].lower())
+
+
+@functools.lru_cache(maxsize=1024)
+def _media_type_of_extension(ext: str) -> str:
+    """Cached, so 40,000 manifest entries share a handful of type strings."""
     base = _EXTRA_TYPES.get(ext) or mimetypes.types_map.get(ext) or "application/octet-stream"
     if base.startswith("text/") or base in ("application/json", "application/xml",
                                             "application/manifest+json", "image/svg+xml"):

@@ -99,7 +99,7 @@ class Alias:
     updated: float
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """One published path: its blob and how it is stored."""
 

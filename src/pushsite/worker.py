@@ -58,9 +58,11 @@ class _Heartbeat:
         self._thread.join()
 
 
-def dispatch(service: Service, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+def dispatch(service: Service, item: QueueItem,
+             timeout: float | None = DEFAULT_TIMEOUT) -> list[str]:
     """Run what one message asks for (a deployment, or an S3 event's bundles); a deployment
-    that ran out of time is queued again to resume. Raises when the message must be retried."""
+    that ran out of time is queued again to resume. Raises when the message must be retried;
+    returns the ids of the deployments it named."""
     from pushsite.aws_events import handle_s3_event, is_s3_event
 
     if is_s3_event(item.body):
@@ -68,9 +70,10 @@ def dispatch(service: Service, item: QueueItem, timeout: float | None = DEFAULT_
                                          timeout=timeout)
     else:
         service.process(item, timeout=timeout)
-        deployment_ids = [str(item.body.get("deployment") or "")]
+        deployment_ids = [str(item.body["deployment"])] if item.body.get("deployment") else []
     for deployment_id in deployment_ids:
         _resume_later(service, deployment_id, int(item.body.get("resumes", 0)))
+    return deployment_ids
 
 
 def _resume_later(service: Service, deployment_id: str, resumes: int) -> None:

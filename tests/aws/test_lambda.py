@@ -181,3 +181,21 @@ def test_deadline_mid_deploy_times_out_and_the_next_invocations_resume(
     assert len(service.manifest(done.id).files) == 13
     assert [d.id for d in deployments(service, "big")] == [first.id]
     assert staging.count(staging.queue_url) == 0
+
+
+def test_a_production_deploy_is_mirrored_when_a_mirror_is_set(
+        staging: Staging, monkeypatch: pytest.MonkeyPatch) -> None:
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}/www?endpoint={staging.endpoint}")
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}))
+    staging.put("shop/preview/bundle.tar.gz", make_bundle({"index.html": b"a preview"}))
+    messages = staging.receive()
+    while len(messages) < 2:
+        messages += staging.receive()
+
+    assert invoke_batch(staging, messages) == []
+
+    page = staging.s3.get_object(Bucket=hosting, Key="www/shop/index.html")
+    assert page["Body"].read() == b"<h1>shop</h1>"  # the preview branch is not mirrored
+    assert page["ContentType"].startswith("text/html")

@@ -14,6 +14,10 @@ and sends `{"deployment": id}` to the queue (PUSHSITE_QUEUE) so the next invocat
 where the stored blobs end. A bundle of any size finishes across invocations. A record that
 starts with too little time left is handed back to SQS untouched.
 
+With PUSHSITE_MIRROR set (`s3://hosting-bucket[/prefix]`, as the template sets it), a
+deployment that went live on production is also mirrored to `<mirror>/<site>/` as plain files
+(mirror.py), for S3 website hosting or a CDN; a failed mirror is retried with the message.
+
 Settings come from PUSHSITE_* variables (config.py); the Service is kept for the container's
 life, as Lambda reuses it between invocations.
 """
@@ -22,9 +26,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from pushsite.config import load_config
+from pushsite.model import PRODUCTION
 from pushsite.queues import QueueItem
 from pushsite.service import Service
 from pushsite.worker import dispatch
@@ -47,7 +54,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if records and records[0].get("eventSource") == "aws:sqs":
         return _sqs_batch(service, records, context)
     item = QueueItem(body=event, receipt="", attempts=1)
-    dispatch(service, item, timeout=_time_left(context))
+    _mirror(service, dispatch(service, item, timeout=_time_left(context)))
     return {}
 
 
@@ -61,7 +68,7 @@ def _sqs_batch(service: Service, records: list[dict[str, Any]],
             failures.append({"itemIdentifier": message_id})
             continue
         try:
-            dispatch(service, _queue_item(record), timeout=timeout)
+            _mirror(service, dispatch(service, _queue_item(record), timeout=timeout))
         except Exception:
             _logger.exception("message %s is left for a retry", message_id)
             failures.append({"itemIdentifier": message_id})
@@ -78,6 +85,31 @@ def _queue_item(record: dict[str, Any]) -> QueueItem:
         body = {"raw": record.get("body")}
     attempts = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
     return QueueItem(body=body, receipt=str(record.get("receiptHandle", "")), attempts=attempts)
+
+
+def _mirror(service: Service, deployment_ids: list[str]) -> None:
+    """Mirror each of these deployments that production now serves, if a mirror is set."""
+    target = os.environ.get("PUSHSITE_MIRROR", "")
+    if not target:
+        return
+    from pushsite.mirror import mirror_deployment
+
+    for deployment_id in deployment_ids:
+        site = service.state.get_deployment(deployment_id).site
+        alias = service.state.get_alias(site, PRODUCTION)
+        if alias is None or alias.deployment_id != deployment_id:
+            continue
+        report = mirror_deployment(service.manifest(deployment_id), service.store,
+                                   site_target(target, site))
+        _logger.info("mirrored %s %s: %d uploaded, %d unchanged, %d deleted", site,
+                     deployment_id, report.uploaded, report.unchanged, report.deleted)
+
+
+def site_target(mirror: str, site: str) -> str:
+    """`s3://bucket/prefix?query` -> `s3://bucket/prefix/<site>?query`."""
+    parts = urlsplit(mirror)
+    path = f"{parts.path.rstrip('/')}/{site}"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 def _time_left(context: LambdaContext) -> float:

@@ -585,3 +585,23 @@ def test_the_traceback_shows_only_when_the_outer_app_runs_with_debug(raising_ser
     assert "KeyError: 'a bug'" in response.json()["traceback"]
     handled = httpx.get(f"{raising_server}/debug/raise/ConfigError", timeout=10)
     assert handled.status_code == 400 and "traceback" not in handled.json()
+
+
+def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
+        tmp_path: Path) -> None:
+    small = start_server(tmp_path / "small", extra_env={"PUSHSITE_MAX_TOTAL_MB": "1",
+                                                        "PUSHSITE_MAX_FILES": "10"})
+    try:
+        api = Api(small, new_token(small, "--name", "ci"))
+
+        def body() -> Iterator[bytes]:
+            yield b"\x1f\x8b"  # looks like gzip, so only the size stops it
+            for _ in range(40):
+                yield b"\0" * (100 << 10)
+
+        response = api.call("POST", "/sites/big/deploys", content=body())
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("the upload is over 2112512 bytes")
+        assert api.ok("GET", "/sites/big/deploys")["deployments"] == []  # nothing recorded
+    finally:
+        small.stop()

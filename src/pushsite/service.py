@@ -414,7 +414,7 @@ class Service:
         deployment.finished = time.time()
         self.state.update_deployment(deployment)
         log.error("failed" if status == Status.FAILED else str(status), message)
-        if status == Status.FAILED:
+        if status in (Status.FAILED, Status.CANCELLED):  # a timed-out one may be resumed
             self._discard_staged(deployment)
 
     def _discard_staged(self, deployment: Deployment) -> None:

@@ -15,6 +15,7 @@ older event that arrives late finds its object replaced and is skipped.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -59,17 +60,20 @@ def handle_s3_event(service: Service, body: dict[str, Any], *, attempts: int = 1
     """Deploy every bundle an S3 event names; returns their deployment ids.
 
     `attempts` is how often the queue delivered this event (above 1, a deployment left
-    running by a worker that died is taken over).
+    running by a worker that died is taken over). `timeout` covers the whole event: a bundle
+    reached after it has run out times out at once, and is queued again by the caller.
     """
     from pushsite.s3staging import deploy_from_bucket
 
+    end = None if timeout is None else time.monotonic() + timeout
     ids = []
     for bucket, key, etag in bundle_records(body):
         if not bucket or not key.endswith(BUNDLE_SUFFIXES):
             continue
         site, branch = site_and_branch(key)
+        left = None if end is None else max(end - time.monotonic(), 0.0)
         deployment_id = deploy_from_bucket(service, bucket, key, site, branch, etag=etag,
-                                           attempts=attempts, timeout=timeout)
+                                           attempts=attempts, timeout=left)
         if deployment_id is not None:
             ids.append(deployment_id)
     return ids

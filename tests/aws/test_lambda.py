@@ -199,3 +199,26 @@ def test_a_production_deploy_is_mirrored_when_a_mirror_is_set(
     page = staging.s3.get_object(Bucket=hosting, Key="www/shop/index.html")
     assert page["Body"].read() == b"<h1>shop</h1>"  # the preview branch is not mirrored
     assert page["ContentType"].startswith("text/html")
+
+
+def test_one_deadline_covers_every_bundle_of_an_event(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    staging.put("big/main/bundle.tar.gz", big_bundle(24, 6))
+    staging.put("small/main/bundle.tar.gz", make_bundle({"index.html": b"small"}))
+    messages = staging.receive()
+    while len(messages) < 2:
+        messages += staging.receive()
+    for message in messages:
+        staging.delete(message)
+    records = sorted((json.loads(m["Body"])["Records"][0] for m in messages),
+                     key=lambda r: "small" in r["s3"]["object"]["key"])
+    event = {"Records": records}  # one S3 event naming two bundles: big, then small
+
+    assert handler(event, FakeContext(0.5)) == {}
+
+    service = service_for(staging.pushsite_queue)
+    (big,) = deployments(service, "big")
+    (small,) = deployments(service, "small")
+    assert big.status == small.status == Status.TIMED_OUT  # small had no time left to start
+    queued = [json.loads(m["Body"]) for m in staging.receive()]
+    assert sorted(b["deployment"] for b in queued) == sorted([big.id, small.id])

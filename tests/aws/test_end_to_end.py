@@ -13,9 +13,11 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -264,3 +266,69 @@ def test_worker_killed_mid_deploy_is_finished_by_another(
         stop(first)
         if second is not None:
             stop(second)
+
+
+class CuttingProxy:
+    """A TCP proxy to moto that cuts the first connection once it has relayed `cut_after`
+    bytes back to the client: a staging download that breaks mid-bundle."""
+
+    def __init__(self, upstream_port: int, cut_after: int) -> None:
+        self.cut_after = cut_after
+        self.cuts = 0
+        self._upstream = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
+        relayed = 0
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+                relayed += len(data)
+                if downstream and self.cuts == 0 and relayed > self.cut_after:
+                    self.cuts += 1
+                    break
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self._listener.close()
+
+
+def test_a_staging_download_that_breaks_mid_bundle_resumes_where_it_stopped(
+        moto: str, aws_env: dict[str, str], service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pushsite.worker import run_worker
+
+    staging = make_staging(moto)
+    service = service_for(staging.pushsite_queue)
+    proxy = CuttingProxy(int(moto.rsplit(":", 1)[1]), cut_after=3 << 20)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    try:
+        staging.put("blog/main/bundle.tar.gz", big_bundle(8, 4, page=b"whole"))
+        run_worker(service, once=True, wait=5)
+    finally:
+        proxy.close()
+
+    assert proxy.cuts == 1
+    deployment = live(service, "blog")
+    assert deployment is not None and deployment.files == 5

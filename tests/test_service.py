@@ -28,6 +28,7 @@ import pytest
 from pushsite.config import load_config
 from pushsite.errors import ConfigError, DeploymentCancelled
 from pushsite.model import PRODUCTION, Deployment, Status, blob_key
+from pushsite.queues import QueueItem
 from pushsite.service import Service
 from pushsite.worker import run_worker
 from tests.conftest import Server
@@ -227,6 +228,28 @@ def test_two_queue_deliveries_of_one_deployment_run_it_once(service: Service) ->
     assert run_worker(service, once=True) == 2
     assert status(service, deployment.id) == Status.LIVE
     assert log_text(service, deployment.id).count("reading the bundle") == 1
+
+
+def test_a_deployment_taken_over_while_its_first_runner_lives_ends_live_once(
+        service: Service) -> None:
+    """The queue hands a running deployment's message out again (its worker looked dead, but
+    was only slow): the second worker takes it over and finishes first. When the first
+    worker finishes too, the deployment stays live: it is not marked failed."""
+    first, rest = split_bundle(big_files("o", 1), site_files("v1"))
+    deployment = service.accept("blog", io.BytesIO(first + rest))
+    gated = GatedStream(first, rest)
+    thread, errors = run_in_thread(service, deployment.id, bundle=gated)
+    try:
+        assert gated.waiting.wait(WAIT)
+        service.process(QueueItem({"deployment": deployment.id}, "again", attempts=2))
+        assert status(service, deployment.id) == Status.LIVE
+    finally:
+        gated.go.set()
+        thread.join(WAIT)
+    assert not errors
+    record = service.state.get_deployment(deployment.id)
+    assert record.status == Status.LIVE and not record.error
+    assert alias_of(service, "blog") == deployment.id
 
 
 # order and superseded pushes -------------------------------------------------------------------

@@ -384,8 +384,11 @@ class Service:
         deployment.status = Status.READY
         deployment.finished = time.time()
         if not self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-            # a cancel (or a restart's recovery) got in after the last stop check
+            # another delivery of it finished first (the same manifest: that result stands),
+            # or a cancel (or a restart's recovery) got in after the last stop check
             current = self.state.get_deployment(deployment.id).status
+            if current.servable:
+                return self.state.get_deployment(deployment.id)
             stopped = DeploymentCancelled if current == Status.CANCELLED else DeploymentFailed
             raise stopped(f"deployment {deployment.id} became {current} before it could go "
                           "live; the live site is unchanged")

@@ -4,7 +4,9 @@ The key names the site and branch: `<site>/<branch...>/<name>.tar.gz` (a branch 
 slashes; the last segment is the file name, e.g. `blog/feature/login/bundle.tar.gz`); a key
 with no folder, `<site>.tar.gz`, deploys the site's production branch. Keys arrive URL-encoded
 with '+' for spaces, so they are decoded with unquote_plus. `s3:TestEvent` (sent once when
-notifications are configured) and records other than ObjectCreated are skipped.
+notifications are configured) and records other than ObjectCreated are skipped. The object's
+`x-amz-meta-commit` and `x-amz-meta-message`, when set, become the deployment's commit and
+message (the bundle's pax header fills a missing commit).
 
 S3 delivers events at least once and sends two for a multipart upload: every event about one
 object (bucket, key, ETag) maps to one deployment id (s3staging.py), so duplicates find the

@@ -70,9 +70,11 @@ class Staging:
         """The queue as pushsite names it; ?visibility= is the workers' lease too."""
         return f"sqs://{self.queue_name}?endpoint={self.endpoint}&visibility={self.visibility}"
 
-    def put(self, key: str, data: bytes) -> str:
-        """Upload a bundle; returns its ETag (without quotes)."""
-        return str(self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)["ETag"]).strip('"')
+    def put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> str:
+        """Upload a bundle (with x-amz-meta-* values); returns its ETag (without quotes)."""
+        response = self.s3.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                      Metadata=meta or {})
+        return str(response["ETag"]).strip('"')
 
     def receive(self, wait: int = 5) -> list[dict[str, Any]]:
         """Raw SQS messages (as Lambda's event source would get them)."""

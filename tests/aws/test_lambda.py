@@ -79,7 +79,8 @@ def service_for(staging: Staging) -> Iterator[Callable[[str], Service]]:
 
 def test_s3_event_invoking_the_function_directly_deploys(
         staging: Staging, service_for: Callable[[str], Service]) -> None:
-    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}))
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}),
+                meta={"commit": "c0ffee", "message": "New shop front"})
     (message,) = staging.receive()
     event = json.loads(message["Body"])  # what S3 hands a function it invokes directly
     assert event["Records"][0]["eventSource"] == "aws:s3"
@@ -89,6 +90,7 @@ def test_s3_event_invoking_the_function_directly_deploys(
     service = service_for(staging.pushsite_queue)
     deployment = live(service, "shop")
     assert deployment is not None and deployment.source == "s3"
+    assert (deployment.commit, deployment.message) == ("c0ffee", "New shop front")
     entry = service.manifest(deployment.id).files["index.html"]
     assert service.store.get(f"blobs/{entry.hash[:2]}/{entry.hash}") == b"<h1>shop</h1>"
 

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 
 import pytest
 
+from pushsite import ids
 from pushsite.model import Status
+from pushsite.s3staging import object_deployment_id, parse_bundle_key
 from pushsite.service import Service
 from pushsite.worker import run_worker
 from tests.aws.test_end_to_end import (
@@ -168,3 +170,17 @@ def test_workers_share_a_queue_and_keep_long_deploys_hidden(
         assert messages.count("reading the bundle") == 1, messages
         assert not any("taken over" in m for m in messages)
     assert staging.count(staging.queue_url) == 0
+
+
+def test_derived_ids_have_the_id_shape_and_sort_by_upload_time() -> None:
+    first = object_deployment_id(1_800_000_000.9, "staging/blog/main/a.tar.gz@e1")
+    assert ids.looks_like_id(first)
+    assert ids.id_time(first) == 1_800_000_000  # the Last-Modified second
+    assert object_deployment_id(1_800_000_000.2, "staging/blog/main/a.tar.gz@e1") == first
+    assert object_deployment_id(1_800_000_000, "staging/blog/main/a.tar.gz@e2") != first
+    assert object_deployment_id(1_800_000_001, "staging/blog/main/0.tar.gz@e0") > first
+
+
+def test_a_staged_bundle_key_may_hold_hashes() -> None:
+    assert parse_bundle_key("s3://b/blog/main/#1 a.tar.gz#abc-2") == (
+        "b", "blog/main/#1 a.tar.gz", "abc-2")

@@ -401,6 +401,8 @@ def test_log_search_finds_lines_of_a_sites_deployments(api: Api, site: str,
     failures = api.ok("GET", f"/sites/{site}/logs", params={"q": "tar"})
     assert any(line["level"] == "error" for line in failures["lines"])
     assert api.ok("GET", f"/sites/{site}/logs", params={"q": "zebra"})["lines"] == []
+    odd = api.call("GET", f"/sites/{site}/logs", params={"q": "a\x00b"})
+    assert odd.status_code == 400 and "control character" in odd.json()["error"]
 
 
 # --- auth ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ server error. Bounded (a few examples per operation) so the run takes seconds.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,19 @@ from pushsite.web.api import create_api
 from tests.conftest import Server, start_server
 from tests.test_api import new_token
 
+
+@schemathesis.check
+def backends_stay_up(ctx: schemathesis.CheckContext, response: schemathesis.Response,
+                     case: schemathesis.Case) -> None:
+    """The backends run throughout, so a 503 means a request's input broke one."""
+    if response.status_code == 503:
+        raise AssertionError(f"503 from a running server: {response.text[:200]}")
+
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance, ignored_auth]
+          response_schema_conformance, response_headers_conformance, ignored_auth,
+          backends_stay_up]
+EXAMPLES = int(os.environ.get("PUSHSITE_SCHEMA_EXAMPLES", "4"))  # more to hunt for bugs
 
 
 @schemathesis.serializer("application/gzip")
@@ -73,7 +85,7 @@ def test_the_server_publishes_this_description(schema_server: Server) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=4, deadline=None, derandomize=True,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
 def test_api_answers_as_its_openapi_says(case: Any, schema_server: Server, admin: str) -> None:
     case.call_and_validate(base_url=f"{schema_server.url}/api",

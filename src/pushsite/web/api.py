@@ -4,8 +4,9 @@ Every endpoint needs a deploy token (see web/auth.py). Errors answer in one shap
 `{"ok": false, "error": "...", "status": N}` (see web/errors.py).
 
 A deployment's answer carries `error_kind` and `exit_code` so that a client can end the way a
-local `pushsite deploy` would: `exit_code` is null while the deployment is queued or running,
-0 when it is ready or live, else the exit code of the error class named by `error_kind`
+local `pushsite deploy` would: `exit_code` is null while the deployment is queued or running
+(or ready for the moment before it goes live), 0 when it has ended ready or live, else the exit
+code of the error class named by `error_kind`
 (a class of pushsite.errors: `DeploymentTimedOut`, `BundleRejected`, `SiteConfigError`, ...).
 
 Uploads (`POST /api/sites/{site}/deploys`) are streamed: the request body goes chunk by chunk
@@ -376,6 +377,8 @@ def create_api(service: Service) -> FastAPI:
                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
         """Search every deployment log of a site (words, all must match), newest first."""
         record = service.site(_covered(token, site))
+        if any(ord(c) < 32 for c in q):
+            raise ConfigError(f"the search {q!r} holds a control character; search for words")
         lines = service.state.search_logs(record.name, q, limit=limit)
         return {"site": record.name, "query": q, "lines": [_line(x) for x in lines]}
 

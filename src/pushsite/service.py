@@ -33,6 +33,7 @@ from pushsite.errors import (
     SiteNotFound,
 )
 from pushsite.logs import DeployLog, sinks_from_env
+from pushsite.memory import trimmed_heap
 from pushsite.model import (
     PRODUCTION,
     Deployment,
@@ -232,29 +233,34 @@ class Service:
         builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
                                   progress=progress, known=self._known_blobs(deployment))
         try:
-            log.info("read", "reading the bundle", workers=self.config.workers)
-            if deployment.bundle_key.startswith("git:"):
-                outcome = self._deploy_commit(deployment, builder)
-            elif bundle is not None:
-                outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
-                                        deployment.site, deployment.created)
-            else:
-                with self._open_staged(deployment) as staged:
-                    outcome = deploy_bundle(staged, builder, self.config.limits(),
-                                            deployment.id, deployment.site, deployment.created)
-            deployment.commit = deployment.commit or outcome.commit
-            self._apply_counters(deployment, builder.counters)
-            deployment.files = len(outcome.manifest.files)
-            log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
-                     files=deployment.files, bytes_stored=deployment.bytes_stored)
-            self._apply_settings(deployment, outcome.settings, log)
-            return self._complete(deployment, log)
+            with trimmed_heap():
+                return self._run_pipeline(deployment, builder, log, bundle)
         except BaseException as exc:
             self._apply_counters(deployment, builder.counters)
             self._fail(deployment, exc, log)
             raise
         finally:
             log.flush()
+
+    def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
+                      bundle: BinaryIO | None) -> Deployment:
+        log.info("read", "reading the bundle", workers=self.config.workers)
+        if deployment.bundle_key.startswith("git:"):
+            outcome = self._deploy_commit(deployment, builder)
+        elif bundle is not None:
+            outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
+                                    deployment.site, deployment.created)
+        else:
+            with self._open_staged(deployment) as staged:
+                outcome = deploy_bundle(staged, builder, self.config.limits(),
+                                        deployment.id, deployment.site, deployment.created)
+        deployment.commit = deployment.commit or outcome.commit
+        self._apply_counters(deployment, builder.counters)
+        deployment.files = len(outcome.manifest.files)
+        log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
+                 files=deployment.files, bytes_stored=deployment.bytes_stored)
+        self._apply_settings(deployment, outcome.settings, log)
+        return self._complete(deployment, log)
 
     def accept_commit(self, site_name: str, branch: str, commit: str, message: str = "",
                       source: str = "git") -> Deployment:

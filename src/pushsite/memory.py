@@ -1,0 +1,61 @@
+"""Keep a deploy's resident memory flat: hand freed heap pages back to the kernel.
+
+A deploy allocates and frees tens of thousands of buffers (file contents, gzip and brotli
+output) from several threads. glibc gives each thread its own arena and keeps freed pages,
+so resident memory grew with the number of files (170 MB on a 35,000-file site) although
+the live data stayed small. Capping the arenas at two and calling malloc_trim twice a
+second brought that to about 140 MB for a few percent more system time; a lower mmap
+threshold did better on memory but cost five times the system time (measured with
+`make bench`, large corpus). On other C libraries this is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Iterator
+
+_M_ARENA_MAX = -8
+_TRIM_EVERY = 0.5
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+if _LIBC is not None:
+    _LIBC.mallopt(_M_ARENA_MAX, 2)
+
+
+@contextlib.contextmanager
+def trimmed_heap() -> Iterator[None]:
+    """While the block runs, return free heap pages to the kernel every half second."""
+    if _LIBC is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def trim() -> None:
+        while not stop.wait(_TRIM_EVERY):
+            _LIBC.malloc_trim(0)  # type: ignore[union-attr]
+
+    thread = threading.Thread(target=trim, name="pushsite-trim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _LIBC.malloc_trim(0)

@@ -65,7 +65,9 @@ class LocalQueue:
             item = self._try_receive()
             if item is not None or time.monotonic() >= deadline:
                 return item
-            self._wake.wait(min(self._poll * 10, max(deadline - time.monotonic(), 0)))
+            # a send from this process wakes us at once; one from another process (a CLI,
+            # another server process) is seen within one poll
+            self._wake.wait(min(self._poll, max(deadline - time.monotonic(), 0)))
             self._wake.clear()
 
     def _try_receive(self) -> QueueItem | None:

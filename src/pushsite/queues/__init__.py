@@ -10,12 +10,10 @@ consumers dedup (StateStore.remember) and a deployment's status guards against r
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-from pushsite.errors import ConfigError
+from pushsite.backends import open_backend
 
 
 @dataclass
@@ -50,11 +48,6 @@ _BACKENDS = {
 
 
 def open_queue(url: str) -> Queue:
-    scheme = urlsplit(url).scheme
-    if scheme not in _BACKENDS:
-        known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise ConfigError(f"unknown queue URL {url!r}: expected one of {known}")
-    module_name, class_name = _BACKENDS[scheme].split(":")
-    backend = getattr(importlib.import_module(module_name), class_name)
-    queue: Queue = backend.from_url(url)
-    return queue
+    """Open the queue a URL names; the backend is imported only when used."""
+    backend: Queue = open_backend(url, _BACKENDS, "queue")
+    return backend

@@ -12,11 +12,9 @@ Nothing here imports service, web, cli or aws.
 
 from __future__ import annotations
 
-import importlib
 from typing import Protocol
-from urllib.parse import urlsplit
 
-from pushsite.errors import ConfigError
+from pushsite.backends import open_backend
 from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
 
 
@@ -107,11 +105,5 @@ _BACKENDS = {
 
 def open_state_store(url: str) -> StateStore:
     """Open the state store a URL names; the backend is imported only when used."""
-    scheme = urlsplit(url).scheme
-    if scheme not in _BACKENDS:
-        known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise ConfigError(f"unknown state URL {url!r}: expected one of {known}")
-    module_name, class_name = _BACKENDS[scheme].split(":")
-    backend = getattr(importlib.import_module(module_name), class_name)
-    state: StateStore = backend.from_url(url)
-    return state
+    backend: StateStore = open_backend(url, _BACKENDS, "state")
+    return backend

@@ -9,12 +9,10 @@ Nothing here imports service, web, cli or aws.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Protocol
-from urllib.parse import urlsplit
 
-from pushsite.errors import ConfigError
+from pushsite.backends import open_backend
 
 
 class ObjectStore(Protocol):
@@ -57,11 +55,5 @@ _BACKENDS = {
 
 def open_object_store(url: str) -> ObjectStore:
     """Open the store a URL names; the backend module is imported only when used."""
-    scheme = urlsplit(url).scheme
-    if scheme not in _BACKENDS:
-        known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise ConfigError(f"unknown store URL {url!r}: expected one of {known}")
-    module_name, class_name = _BACKENDS[scheme].split(":")
-    backend = getattr(importlib.import_module(module_name), class_name)
-    store: ObjectStore = backend.from_url(url)
-    return store
+    backend: ObjectStore = open_backend(url, _BACKENDS, "store")
+    return backend

@@ -61,11 +61,14 @@ class Api:
 
     def upload(self, bundle: Path | bytes, site: str, **params: str) -> dict[str, Any]:
         body = bundle if isinstance(bundle, bytes) else bundle.read_bytes()
-        return self.ok("POST", f"/sites/{site}/deploys", 202, content=body, params=params,
-                       headers={"Content-Type": "application/gzip"})
+        data: dict[str, Any] = self.ok("POST", f"/sites/{site}/deploys", 202, content=body,
+                                       params=params,
+                                       headers={"Content-Type": "application/gzip"})
+        return data
 
     def finished(self, deployment_id: str) -> dict[str, Any]:
         """Poll until the deployment has ended (bounded in count, not in time)."""
+        data: dict[str, Any] = {}
         for _ in range(600):
             data = self.ok("GET", f"/deployments/{deployment_id}")
             if data["exit_code"] is not None:

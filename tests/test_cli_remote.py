@@ -43,11 +43,13 @@ def client_home(tmp_path: Path) -> Path:
 
 def run_cli(home: Path, *args: str, env: dict[str, str] | None = None,
             input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `pushsite` as a CI job would: its own home, no PUSHSITE_* but those given."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSITE_")}
-    return subprocess.run([sys.executable, "-m", "pushsite", *args], input=input,
+    done = subprocess.run([sys.executable, "-m", "pushsite", *args], input=input,
                           env={**base, "PUSHSITE_HOME": str(home), **(env or {})},
-                          capture_output=True, timeout=120, check=False,
-                          **({"text": True} if input is None else {}))
+                          capture_output=True, timeout=120, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(),
+                                       done.stderr.decode())
 
 
 def errors_of(stderr: str) -> list[str]:
@@ -90,7 +92,7 @@ def test_env_vars_name_the_server_and_token_and_stdin_takes_a_bundle(
     bundle = git_bundle(repo, tmp_path / "b.tar.gz").read_bytes()
     done = run_cli(client_home, "deploy", "-", "--site", "ci-env", input=bundle,
                    env={"PUSHSITE_SERVER": remote.url, "PUSHSITE_TOKEN": token})
-    assert done.returncode == 0, done.stderr.decode()
+    assert done.returncode == 0, done.stderr
     assert "piped from git" in remote.get("ci-env.localhost", "/").text
     record = Api(remote, token).ok("GET", "/sites/ci-env/deploys")["deployments"][0]
     assert record["commit"] == git(repo, "rev-parse", "HEAD")

@@ -21,7 +21,7 @@ import io
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal, cast
 
 import anyio
 import anyio.from_thread
@@ -213,12 +213,14 @@ class TokenList(BaseModel):
     tokens: list[TokenOut]
 
 
+Scope = Literal["deploy", "admin"]
+
+
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field("api", min_length=1, max_length=100)
     site: str | None = Field(None, description="Limit the token to one site.")
-    scopes: list[Literal["deploy", "admin"]] = Field(default_factory=lambda: ["deploy"],
-                                                     min_length=1)
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["deploy"]), min_length=1)
 
 
 class TokenCreated(BaseModel):
@@ -271,7 +273,7 @@ def routes(service: Service) -> list[Any]:
 def create_api(service: Service) -> FastAPI:
     api = FastAPI(title="pushsite API", version=__version__, docs_url="/docs", redoc_url=None,
                   openapi_url="/openapi.json", description=__doc__ or "",
-                  responses=_ERRORS)  # type: ignore[arg-type]
+                  responses=_ERRORS)
     install_error_handlers(api)
     api.state.service = service
 
@@ -412,7 +414,8 @@ def create_api(service: Service) -> FastAPI:
         auth.require(token, names.check_site_name(site))
         reader = await _BodyReader.start(request.stream(), _upload_limit(service))
         deployment = await anyio.to_thread.run_sync(
-            lambda: service.accept(site, reader, branch=branch, message=message, source="api"))
+            lambda: service.accept(site, cast(BinaryIO, reader), branch=branch, message=message,
+                                   source="api"))
         data = await anyio.to_thread.run_sync(view.deployment, deployment)
         return _created(request, data, 202)
 

@@ -492,6 +492,7 @@ def test_a_site_admin_token_manages_only_its_sites_tokens(api: Api, site: str) -
     ("GET", "/sites/blog/deploys?limit=0", 400, "query parameter 'limit'"),
     ("GET", "/no/such/endpoint", 404, "no API endpoint at GET /api/no/such/endpoint"),
     ("DELETE", "/whoami", 405, "/api/whoami does not answer DELETE"),
+    ("POST", "/sites", 400, "the request body is missing; send a JSON object"),
 ])
 def test_errors_answer_in_one_json_shape(api: Api, method: str, path: str, status: int,
                                          words: str) -> None:
@@ -501,6 +502,19 @@ def test_errors_answer_in_one_json_shape(api: Api, method: str, path: str, statu
     body = response.json()
     assert set(body) == {"ok", "error", "status"} and body["ok"] is False
     assert body["status"] == status and words in body["error"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"{not json", "bad request: the request body is not valid JSON"),
+    (b'{"name": 5}', "bad request: body field 'name': Input should be a valid string"),
+    (b'{"name": "x", "extra": 1}',
+     "bad request: body field 'extra': Extra inputs are not permitted"),
+])
+def test_a_malformed_body_is_a_400_that_says_what_is_wrong(api: Api, body: bytes,
+                                                           words: str) -> None:
+    response = api.call("POST", "/sites", content=body,
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"].startswith(words)
 
 
 def test_openapi_is_published_with_token_security(api: Api) -> None:

@@ -45,6 +45,13 @@ async def _pushsite_error(request: Request, exc: Exception) -> Response:
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for problem in exc.errors()[:5]:
+        if problem.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON "
+                         f"({problem.get('ctx', {}).get('error', 'cannot parse it')})")
+            continue
+        if problem.get("type") == "missing" and tuple(problem.get("loc", ())) == ("body",):
+            parts.append("the request body is missing; send a JSON object")
+            continue
         where = [str(p) for p in problem.get("loc", ())]
         place = where[0] if where else "request"
         name = ".".join(where[1:])

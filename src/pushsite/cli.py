@@ -191,10 +191,13 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
 @click.option("--state", default=None, help="State URL (sqlite:///..., dynamodb://table).")
 @click.option("--queue", default=None, help="Queue URL (local:///..., sqs://queue).")
 @click.option("--debug", is_flag=True, help="Show tracebacks in error pages.")
+@click.option("--http-workers", default=1, show_default=True, type=int,
+              help="Processes answering HTTP (the edge scales with cores); one deploy worker "
+              "runs beside them either way.")
 @click.pass_context
 @reports_errors
 def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, store: str | None,
-          state: str | None, queue: str | None, debug: bool) -> None:
+          state: str | None, queue: str | None, debug: bool, http_workers: int) -> None:
     """Serve every site, the dashboard, the API and the git remote on one port.
 
     \b
@@ -203,17 +206,35 @@ def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, sto
              http://<id>--<site>.localhost:8000/      one deployment, forever
     Control: http://127.0.0.1:8000/  (dashboard, /api, /<site>.git, /hooks/...)
     """
+    import os
+    import threading
+
     import uvicorn
 
     from pushsite.web.app import build_app
 
     config = _config(ctx, base_domain=base_domain, store=store, state=state, queue=queue,
                      public_url=f"http://{base_domain or 'localhost'}:{port}")
-    app = build_app(config, debug=debug)
     err.print(f"pushsite serving on http://{host}:{port}/  (sites at "
-              f"http://<site>.{config.base_domain}:{port}/)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=3)
+              f"http://<site>.{config.base_domain}:{port}/)", highlight=False, soft_wrap=True)
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False,
+               "timeout_graceful_shutdown": 3}
+    if http_workers <= 1:
+        uvicorn.run(build_app(config, debug=debug), **options)
+        return
+    from pushsite.service import Service
+    from pushsite.worker import run_worker
+
+    for name, value in (("HOME", config.home), ("STORE", config.store), ("STATE", config.state),
+                        ("QUEUE", config.queue), ("BASE_DOMAIN", config.base_domain),
+                        ("PUBLIC_URL", config.public_url)):
+        os.environ[f"PUSHSITE_{name}"] = str(value)
+    service = Service(config)
+    service.recover()
+    threading.Thread(target=run_worker, args=(service,), kwargs={"wait": 0.5}, daemon=True,
+                     name="pushsite-worker").start()
+    uvicorn.run("pushsite.web.app:app_from_environment", factory=True, workers=http_workers,
+                **options)
 
 
 @cli.command()

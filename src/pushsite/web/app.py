@@ -48,6 +48,16 @@ def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     return app
 
 
+def app_from_environment() -> Any:
+    """The app for each process of `pushsite serve --http-workers N` (settings from env).
+
+    The parent process runs the deploy worker; these processes only serve HTTP.
+    """
+    from pushsite.config import load_config
+
+    return build_app(load_config(), worker=False)
+
+
 def control_routes(service: Service) -> list[Any]:
     routes: list[Any] = [Route("/api/health", health)]
     for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitroutes",

@@ -624,3 +624,35 @@ def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
         assert api.ok("GET", "/sites/big/deploys")["deployments"] == []  # nothing recorded
     finally:
         small.stop()
+
+
+def test_an_upload_reaches_staging_while_it_is_still_being_sent(api: Api, site: str) -> None:
+    """The body is streamed to disk as it comes: half-sent, half is already staged."""
+    paused, release = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"\x1f\x8b" + b"\0" * ((1 << 20) - 2)
+        paused.set()
+        release.wait(30)
+        yield b"\0" * (1 << 20)
+
+    staging = api.server.home / "staging"
+    before = set(staging.glob("*"))
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        api.call("POST", f"/sites/{site}/deploys", content=body())))
+    sender.start()
+    try:
+        assert paused.wait(30)
+        staged = 0
+        for _ in range(400):
+            staged = max([p.stat().st_size for p in set(staging.glob("*")) - before] or [0])
+            if staged >= 1 << 20:
+                break
+            time.sleep(0.02)
+        assert staged >= 1 << 20
+    finally:
+        release.set()
+        sender.join(30)
+    assert answers and answers[0].status_code == 202
+    assert api.finished(answers[0].json()["id"])["error_kind"] == "BundleRejected"

@@ -48,6 +48,7 @@ from pushsite.web import auth
 from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_UPLOADS = 8
 _SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
 
 
@@ -278,6 +279,9 @@ def create_api(service: Service) -> FastAPI:
     api.state.service = service
 
     view = _Views(service)
+    # uploads wait on their senders in threads of their own, so slow ones cannot starve the
+    # pool that every other endpoint runs in (made on first use: it needs the event loop)
+    uploads: list[anyio.CapacityLimiter | None] = [None]
 
     # sites ---------------------------------------------------------------------------------
     @api.get("/sites", response_model=SiteList, tags=["sites"])
@@ -413,9 +417,11 @@ def create_api(service: Service) -> FastAPI:
         """Upload a bundle as a new deployment; 202 once it is queued (Location: the deployment)."""
         auth.require(token, names.check_site_name(site))
         reader = await _BodyReader.start(request.stream(), _upload_limit(service))
+        if uploads[0] is None:
+            uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
         deployment = await anyio.to_thread.run_sync(
             lambda: service.accept(site, cast(BinaryIO, reader), branch=branch, message=message,
-                                   source="api"))
+                                   source="api"), limiter=uploads[0])
         data = await anyio.to_thread.run_sync(view.deployment, deployment)
         return _created(request, data, 202)
 

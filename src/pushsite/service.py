@@ -158,8 +158,12 @@ class Service:
         self.config.staging.mkdir(parents=True, exist_ok=True)
         target = self.config.staging / f"{deployment_id}.tar.gz"
         partial = target.with_suffix(".part")
-        with open(partial, "wb") as out:
-            shutil.copyfileobj(bundle, out, _COPY_CHUNK)
+        try:
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(bundle, out, _COPY_CHUNK)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a cut-off upload leaves nothing behind
+            raise
         partial.rename(target)
         return target.name
 
@@ -422,7 +426,8 @@ class Service:
         deployment.error = message
         deployment.finished = time.time()
         self.state.update_deployment(deployment)
-        log.error("failed" if status == Status.FAILED else str(status), message)
+        log.error("failed" if status == Status.FAILED else str(status), message,
+                  error=type(exc).__name__)
         if status in (Status.FAILED, Status.CANCELLED):  # a timed-out one may be resumed
             self._discard_staged(deployment)
 

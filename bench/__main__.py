@@ -35,8 +35,10 @@ class Collector:
     def __init__(self) -> None:
         self.figures: list[Figure] = []
         self.missing: list[str] = []
+        self.sections: list[str] = []
 
     def section(self, label: str, why_missing: str, run: Callable[[], list[Figure]]) -> None:
+        self.sections.append(label)
         if why_missing:
             self.missing.append(f"{label}: {why_missing}")
             print(f"not available: {label}: {why_missing}", flush=True)
@@ -114,7 +116,7 @@ def _git_group(out: Collector, small: bool, runs: int) -> None:
     out.section("git push to live on medium (figure 4)", why,
                 lambda: figures_git.first_and_one_file(medium, runs))  # fmt: skip
     if small:
-        out.missing.append("incremental git push (figure 3b): skipped with --small (large)")
+        out.missing.append("incremental git push on large (figure 3b): skipped with --small")
         return
     large = corpora.get("large")
     out.section("incremental git push on large (figure 3b)", why,
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpora", default="", help="deploy figures on these corpora only")
     parser.add_argument("--edge-seconds", type=int, default=0, help="wrk duration per run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    keep = "keep the figures of --out that this run does not measure"
+    parser.add_argument("--merge", action="store_true", help=keep)
     args = parser.parse_args(argv)
     only = {g.strip() for g in args.only.split(",") if g.strip()}
     unknown = only - set(GROUPS)
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(out.figures, out.missing, title)
     run_args = {"small": args.small, "runs": args.runs, "only": sorted(only),
                 "seconds": round(elapsed)}  # fmt: skip
-    write_json(args.out, out.figures, out.missing, run_args)
+    write_json(args.out, out.figures, out.missing, run_args, args.merge, tuple(out.sections))
     print(f"wrote {args.out}")
     return 0
 

@@ -8,6 +8,7 @@ against `pushsite serve` and against nginx in turns, on loopback, in the same in
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -154,7 +155,12 @@ def edge(corpus: Corpus, runs: int, seconds: int) -> list[Figure]:
         home.mkdir()
         product.deploy(bundle, home, site=SITE)
         try:
-            with product.Server(home) as server, TreeSampler(server.pid, 0.05) as sampler:
+            # As many HTTP processes as nginx has workers (`auto`: one per core), if serve can.
+            extra: tuple[str, ...] = ()
+            if not product.missing_command("serve", option="--http-workers"):
+                extra = ("--http-workers", str(os.cpu_count() or 1))
+            server_ctx = product.Server(home, extra)
+            with server_ctx as server, TreeSampler(server.pid, 0.05) as sampler:
                 for path, label in (("index.html", "edge-html"), ("app.js", "edge-js-200k")):
                     enc = f"pushsite {_encoding(server.port, path)}, "
                     enc += f"nginx {_encoding(nginx.port, path)}"
@@ -167,7 +173,8 @@ def edge(corpus: Corpus, runs: int, seconds: int) -> list[Figure]:
                         "edge_requests_per_s", label, summarize([s[0] for s in subj]), "req/s",
                         baseline=summarize([b[0] for b in base]), baseline_name="nginx gzip_static",
                         target=0.75, target_op=">=", peak_rss_mb=sampler.peak_mb,
-                        note=f"{CONNECTIONS} connections, {seconds} s each; {enc}",
+                        note=f"{CONNECTIONS} connections, {seconds} s each; {enc}; "
+                        f"serve {' '.join(extra) or '(default workers)'}",
                     ))  # fmt: skip
                     figs.append(figure(
                         "edge_p99_latency", label, summarize([s[1] for s in subj]), "ms",

@@ -112,14 +112,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 class Server:
     """`pushsite serve` on a free loopback port, stopped on exit."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, extra: tuple[str, ...] = ()) -> None:
         self.home = home
+        self.extra = extra
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
 
     def __enter__(self) -> Server:
         argv = [*pushsite_argv(), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += self.extra
         env = {**os.environ, "PUSHSITE_HOME": str(self.home)}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)

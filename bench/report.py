@@ -157,19 +157,74 @@ def machine() -> dict[str, str | int]:
 
 
 def write_json(
-    path: Path, figures: list[Figure], missing: list[str], args: dict[str, object]
+    path: Path,
+    figures: list[Figure],
+    missing: list[str],
+    args: dict[str, object],
+    merge: bool = False,
+    sections: tuple[str, ...] = (),
 ) -> None:
-    """The results file: one entry per figure and corpus, plus what ran where and when."""
+    """The results file: one entry per figure and corpus, plus what ran where and when.
+
+    With `merge`, figures of an earlier file that this run did not measure are kept (each entry
+    keeps its own `date`), so one group can be measured again without redoing the rest; an old
+    "not available" line is dropped when its section (in `sections`) ran again.
+    """
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entries = [{**asdict(f), "date": now} for f in figures]
+    runs: list[object] = [{**args, "date": now, "machine": machine()}]
+    if merge and path.exists():
+        old = json.loads(path.read_text())
+        fresh = {(e["figure"], e["corpus"]) for e in entries}
+        kept = [
+            {"date": old.get("date"), **e}
+            for e in old.get("figures", [])
+            if (e["figure"], e["corpus"]) not in fresh
+        ]
+        entries = kept + entries
+        earlier = old.get("runs") or [
+            {**old.get("args", {}), "date": old.get("date"), "machine": old.get("machine")}
+        ]
+        runs = [*earlier, *runs]
+        again = set(sections)
+        missing = [m for m in old.get("not_available", []) if _label(m) not in again] + missing
     doc = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": now,
         "machine": machine(),
-        "args": args,
-        "figures": [asdict(f) for f in figures],
+        "runs": runs,
+        "figures": entries,
         "not_available": missing,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
+def _label(missing_line: str) -> str:
+    return missing_line.split(": ", 1)[0]
+
+
 def print_table(figures: list[Figure], missing: list[str], title: str) -> None:
     Console(width=160).print(table(figures, missing, title))
+
+
+def markdown(doc: dict[str, object]) -> str:
+    """The results file as a Markdown table, for bench/README.md."""
+    figures = doc["figures"]
+    assert isinstance(figures, list)
+    lines = [
+        "| figure | corpus | value (min–max) | baseline | ratio | target | met | RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for f in figures:
+        base = "—" if f["baseline"] is None else f"{_fmt(f['baseline'])} ({f['baseline_name']})"
+        target = "" if f["target"] is None else f"{f['target_of']} {f['target_op']} {f['target']}"
+        met = {True: "yes", False: "**no**", None: ""}[f["met"]]
+        value = f"{_fmt(f['value'])} {f['unit']} ({_fmt(f['value_min'])}–{_fmt(f['value_max'])})"
+        lines.append(
+            f"| {f['figure']} | {f['corpus']} | {value} | {base} | {_fmt(f['ratio'])} | "
+            f"{target} | {met} | {_fmt(f['peak_rss_mb'])} |"
+        )
+    missing = doc.get("not_available") or []
+    assert isinstance(missing, list)
+    lines += ["", *(f"- not available: {m}" for m in missing)]
+    return "\n".join(lines)

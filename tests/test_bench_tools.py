@@ -125,3 +125,21 @@ def test_synthetic_bundle_is_whole_with_a_git_like_header(tmp_path: object) -> N
         names = tar.getnames()
         assert len(tar.pax_headers["comment"]) == 40
     assert len(names) == 250 and all(n.startswith("t/d000") for n in names)
+
+
+def test_merge_keeps_figures_not_measured_again(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    from bench.report import write_json
+
+    path = Path(str(tmp_path)) / "latest.json"
+    one = figure("a", "c", measure.summarize([1.0]), "s")
+    two = figure("b", "c", measure.summarize([2.0]), "s")
+    write_json(path, [one, two], ["edge (figure 6): failed: x", "s3 (figure 5): y"], {"runs": 1})
+    again = figure("b", "c", measure.summarize([3.0]), "s")
+    write_json(path, [again], [], {"runs": 1}, merge=True, sections=("edge (figure 6)",))
+    doc = json.loads(path.read_text())
+    assert [(f["figure"], f["value"]) for f in doc["figures"]] == [("a", 1.0), ("b", 3.0)]
+    assert doc["not_available"] == ["s3 (figure 5): y"]
+    assert len(doc["runs"]) == 2

@@ -110,7 +110,7 @@ def test_a_deploy_killed_mid_way_resumes_after_restart_and_reuses_its_blobs() ->
             wait_for("the resumed deployment and the old message",
                      lambda: finished(service, deployment.id)() and pending(service) == 0)
             record = service.state.get_deployment(deployment.id)
-            assert record.status == Status.LIVE
+            assert record.status == Status.LIVE, log_text(service, deployment.id)
             assert record.blobs_reused >= len(stored_first) - 1
             assert record.blobs_reused + record.blobs_new == len(stored_first) + 2
             log = log_text(service, deployment.id)
@@ -139,16 +139,16 @@ def test_queued_work_survives_a_kill_and_a_lost_bundle_fails_cleanly() -> None:
             finally:
                 feeder.stop()
             (service.config.staging / held.bundle_key).unlink()  # its bundle is gone
-            assert status(service, waiting.id) == Status.QUEUED
+            assert status(service, waiting.id) == Status.QUEUED, log_text(service, waiting.id)
         server = serve()
         with open_service() as service:
             wait_for("both to finish", lambda: finished(service, held.id)()
                      and finished(service, waiting.id)())
             lost = service.state.get_deployment(held.id)
-            assert lost.status == Status.FAILED and lost.finished is not None
+            assert lost.status == Status.FAILED and lost.finished is not None, lost
             assert "interrupted by a restart" in lost.error and "gone" in lost.error
             assert "interrupted by a restart" in log_text(service, held.id)
-            assert status(service, waiting.id) == Status.LIVE
+            assert status(service, waiting.id) == Status.LIVE, log_text(service, waiting.id)
         assert server.get("blog.localhost").text == "<h1>queued</h1>"
     finally:
         server.stop()

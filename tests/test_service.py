@@ -425,6 +425,20 @@ def test_verify_finds_a_missing_and_a_corrupt_blob(service: Service) -> None:
     ])
 
 
+def test_verify_finds_a_corrupt_compressed_variant(service: Service) -> None:
+    """The edge sends a stored gzip or brotli variant as is: a damaged one is a corrupt blob."""
+    deployment = deploy(service, "blog", {"app.js": b"function f(){return 1}\n" * 200})
+    entry = service.manifest(deployment.id).files["app.js"]
+    assert set(entry.encodings) == {"gzip", "br"}
+    service.store.put(blob_key(entry.hash, "gzip"), gzip.compress(b"something else"))
+    service.store.put(blob_key(entry.hash, "br"), b"not brotli at all")
+    service.store.flush()
+    assert sorted(service.verify()) == [
+        f"blog {deployment.id}: app.js: br variant of blob {entry.hash} is corrupt",
+        f"blog {deployment.id}: app.js: gzip variant of blob {entry.hash} is corrupt",
+    ]
+
+
 def test_verify_through_the_command_exits_non_zero(service: Service) -> None:
     deployment = deploy(service, "blog", site_files("v1"))
     entry = service.manifest(deployment.id).files["index.html"]

@@ -685,8 +685,14 @@ class Service:
                 if hashlib.sha256(data).hexdigest() != entry.hash or len(data) != entry.size:
                     problems.append(f"{d.site} {d.id}: {path}: blob {entry.hash} is corrupt")
                 for enc in entry.encodings:
-                    if not self.store.has([blob_key(entry.hash, enc)]):
+                    try:
+                        packed = self.store.get(blob_key(entry.hash, enc))
+                    except NotFound:
                         problems.append(f"{d.site} {d.id}: {path}: {enc} variant is missing")
+                        continue
+                    if _decoded_hash(packed, enc) != entry.hash:  # the edge sends it as is
+                        problems.append(f"{d.site} {d.id}: {path}: {enc} variant of blob "
+                                        f"{entry.hash} is corrupt")
         return problems
 
     # tokens -------------------------------------------------------------------------------------
@@ -721,6 +727,20 @@ class Service:
 def _in_bucket(bundle_key: str) -> bool:
     """A bundle staged in an S3 bucket (s3staging.py), not in the local staging folder."""
     return bundle_key.startswith("s3://")
+
+
+def _decoded_hash(data: bytes, encoding: str) -> str:
+    """The sha256 of a stored variant once decoded; "" when it does not decode."""
+    import gzip
+    import zlib
+
+    import brotli
+
+    try:
+        plain = brotli.decompress(data) if encoding == "br" else gzip.decompress(data)
+    except (OSError, EOFError, zlib.error, brotli.error):
+        return ""
+    return hashlib.sha256(plain).hexdigest()
 
 
 def hash_token(secret: str) -> str:

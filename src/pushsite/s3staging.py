@@ -24,13 +24,14 @@ import contextlib
 import functools
 import hashlib
 import io
+import time
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import BackendUnavailable, ConfigError, DeploymentFailed, DeploymentNotFound
-from pushsite.model import Deployment
+from pushsite.model import Deployment, Status
 from pushsite.queues import QueueItem
 from pushsite.service import DEFAULT_TIMEOUT, Service
 
@@ -76,7 +77,7 @@ def _quoted(etag: str) -> str:
 
 
 def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch: str | None,
-                      etag: str = "") -> Deployment | None:
+                      etag: str = "", attempts: int = 1) -> Deployment | None:
     """The deployment of one staged object, created on its first event; None when the object
     is gone or was replaced since the event (its successor's own event deploys that)."""
     what = f"staged bundle s3://{bucket}/{key}"
@@ -88,6 +89,8 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
             head = _client(bucket).head_object(**args)
         except ClientError as exc:
             if error_code(exc) in _GONE or http_status(exc) in (404, 412):
+                if etag:
+                    _abandon(service, site, bundle_key(bucket, key, etag), attempts)
                 return None
             raise
     etag = str(head["ETag"]).strip('"')
@@ -109,12 +112,34 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
         raise  # an invalid site or branch in the key: the message ends in the dead letters
 
 
+def _abandon(service: Service, site: str, staged: str, attempts: int) -> None:
+    """Fail the unfinished deployment of a bundle that is gone: nothing can ever finish it.
+
+    A running one is left alone on a first delivery (its worker may be alive and reading a
+    stream it opened before the object changed), as in Service.process.
+    """
+    for deployment in service.state.list_deployments(site, limit=50):
+        previous = deployment.status
+        if deployment.bundle_key != staged or (previous.finished and previous != Status.TIMED_OUT):
+            continue
+        if previous == Status.RUNNING and attempts <= 1:
+            continue
+        deployment.status = Status.FAILED
+        deployment.error = ("its bundle was replaced or removed from the staging bucket before "
+                            "the deployment finished; the newer upload deploys on its own event")
+        deployment.finished = time.time()
+        if service.state.update_deployment(deployment, expect_status=previous):
+            log = service.log_for(deployment)
+            log.error("failed", deployment.error)
+            log.flush()
+
+
 def deploy_from_bucket(service: Service, bucket: str, key: str, site: str,
                        branch: str | None, *, etag: str = "", attempts: int = 1,
                        timeout: float | None = DEFAULT_TIMEOUT) -> str | None:
     """Create (or find) the deployment of a staged object and run it; its id, or None when
     the object is gone. `attempts` above 1 lets a run whose worker died be taken over."""
-    deployment = stage_from_bucket(service, bucket, key, site, branch, etag)
+    deployment = stage_from_bucket(service, bucket, key, site, branch, etag, attempts)
     if deployment is None:
         return None
     item = QueueItem({"deployment": deployment.id}, receipt="", attempts=attempts)

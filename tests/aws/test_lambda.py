@@ -225,3 +225,25 @@ def test_one_deadline_covers_every_bundle_of_an_event(
     assert big.status == small.status == Status.TIMED_OUT  # small had no time left to start
     queued = [json.loads(m["Body"]) for m in staging.receive()]
     assert sorted(b["deployment"] for b in queued) == sorted([big.id, small.id])
+
+
+def test_a_bundle_replaced_before_its_deployment_finished_fails_it(
+        staging: Staging, service_for: Callable[[str], Service]) -> None:
+    service = service_for(staging.pushsite_queue)
+    staging.put("big/main/bundle.tar.gz", big_bundle(16, 4))
+    (old_event,) = staging.receive()
+    assert invoke_batch(staging, [old_event], 0.3) == []
+    (old,) = deployments(service, "big")
+    assert old.status == Status.TIMED_OUT
+    for message in staging.receive():  # the resume message is lost
+        staging.delete(message)
+    staging.put("big/main/bundle.tar.gz", make_bundle({"index.html": b"new"}))
+    assert invoke_batch(staging, staging.receive()) == []
+    newer = live(service, "big")
+    assert newer is not None and newer.id != old.id
+
+    handler(json.loads(old_event["Body"]), FakeContext(60))  # S3 sends the old event again
+
+    old = service.state.get_deployment(old.id)
+    assert old.status == Status.FAILED and "replaced or removed" in old.error
+    assert live(service, "big") == newer

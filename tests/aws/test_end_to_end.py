@@ -270,12 +270,15 @@ def test_worker_killed_mid_deploy_is_finished_by_another(
             stop(second)
 
 
-class CuttingProxy:
-    """A TCP proxy to moto that cuts the first connection once it has relayed `cut_after`
-    bytes back to the client: a staging download that breaks mid-bundle."""
+class Proxy:
+    """A TCP proxy to a local server that can misbehave like a network: relay at most `rate`
+    bytes a second back to each client, or cut the first connection once it has relayed
+    `cut_after` bytes back (a staging download that breaks mid-bundle)."""
 
-    def __init__(self, upstream_port: int, cut_after: int) -> None:
+    def __init__(self, upstream_port: int, *, cut_after: int | None = None,
+                 rate: float | None = None) -> None:
         self.cut_after = cut_after
+        self.rate = rate
         self.cuts = 0
         self._upstream = upstream_port
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -301,7 +304,11 @@ class CuttingProxy:
             while data := source.recv(65536):
                 target.sendall(data)
                 relayed += len(data)
-                if downstream and self.cuts == 0 and relayed > self.cut_after:
+                if not downstream:
+                    continue
+                if self.rate:
+                    time.sleep(len(data) / self.rate)
+                if self.cut_after is not None and self.cuts == 0 and relayed > self.cut_after:
                     self.cuts += 1
                     break
         except OSError:
@@ -311,9 +318,27 @@ class CuttingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def close(self) -> None:
         self._closing = True
         self._listener.close()
+
+
+@contextlib.contextmanager
+def staging_through(proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> Iterator[Proxy]:
+    """Read staged bundles through the proxy (the staging client is made per bucket)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def port_of(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
 
 
 def test_a_staging_download_that_breaks_mid_bundle_resumes_where_it_stopped(
@@ -323,13 +348,9 @@ def test_a_staging_download_that_breaks_mid_bundle_resumes_where_it_stopped(
 
     staging = make_staging(moto)
     service = service_for(staging.pushsite_queue)
-    proxy = CuttingProxy(int(moto.rsplit(":", 1)[1]), cut_after=3 << 20)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
-    try:
+    with staging_through(Proxy(port_of(moto), cut_after=3 << 20), monkeypatch) as proxy:
         staging.put("blog/main/bundle.tar.gz", big_bundle(8, 4, page=b"whole"))
         run_worker(service, once=True, wait=5)
-    finally:
-        proxy.close()
 
     assert proxy.cuts == 1
     deployment = live(service, "blog")

@@ -14,6 +14,7 @@ from pushsite.aws.handler import handler
 from pushsite.model import Status
 from pushsite.service import Service
 from tests.aws.test_end_to_end import (
+    Proxy,
     Staging,
     big_bundle,
     deployments,
@@ -21,6 +22,8 @@ from tests.aws.test_end_to_end import (
     make_bundle,
     make_staging,
     opened_services,
+    port_of,
+    staging_through,
     use_aws_backends,
 )
 
@@ -205,8 +208,9 @@ def test_a_production_deploy_is_mirrored_when_a_mirror_is_set(
 
 
 def test_one_deadline_covers_every_bundle_of_an_event(
-        staging: Staging, service_for: Callable[[str], Service]) -> None:
-    staging.put("big/main/bundle.tar.gz", big_bundle(24, 6))
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    staging.put("big/main/bundle.tar.gz", big_bundle(16, 4))
     staging.put("small/main/bundle.tar.gz", make_bundle({"index.html": b"small"}))
     messages = staging.receive()
     while len(messages) < 2:
@@ -217,7 +221,9 @@ def test_one_deadline_covers_every_bundle_of_an_event(
                      key=lambda r: "small" in r["s3"]["object"]["key"])
     event = {"Records": records}  # one S3 event naming two bundles: big, then small
 
-    assert handler(event, FakeContext(0.5)) == {}
+    # the big bundle downloads at 8 MB/s, so it cannot be read within the budget
+    with staging_through(Proxy(port_of(staging.endpoint), rate=8e6), monkeypatch):
+        assert handler(event, FakeContext(0.8)) == {}
 
     service = service_for(staging.pushsite_queue)
     (big,) = deployments(service, "big")
@@ -230,9 +236,10 @@ def test_one_deadline_covers_every_bundle_of_an_event(
 def test_a_bundle_replaced_before_its_deployment_finished_fails_it(
         staging: Staging, service_for: Callable[[str], Service]) -> None:
     service = service_for(staging.pushsite_queue)
-    staging.put("big/main/bundle.tar.gz", big_bundle(16, 4))
+    staging.put("big/main/bundle.tar.gz", make_bundle({"index.html": b"old"}))
     (old_event,) = staging.receive()
-    assert invoke_batch(staging, [old_event], 0.3) == []
+    staging.delete(old_event)
+    handler(json.loads(old_event["Body"]), FakeContext(0))  # no time: it times out at once
     (old,) = deployments(service, "big")
     assert old.status == Status.TIMED_OUT
     for message in staging.receive():  # the resume message is lost

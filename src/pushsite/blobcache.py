@@ -2,11 +2,13 @@
 
 Only immutable things go in (a manifest by deployment id, a blob by hash and coding), so an
 entry never goes stale and there is nothing to invalidate; eviction is by size alone.
-Single-threaded by design: the edge touches it only from its event loop.
+A lock guards it: the event loop reads it, and the deploy worker thread warms it with the
+manifests it builds.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
@@ -22,6 +24,7 @@ class ByteLRU(Generic[V]):
         self.max_item = capacity // 8 if max_item is None else max_item
         self.used = 0
         self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -30,26 +33,29 @@ class ByteLRU(Generic[V]):
         return key in self._items
 
     def get(self, key: str) -> V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        self._items.move_to_end(key)
-        return item[0]
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
     def put(self, key: str, value: V, size: int) -> bool:
         """Insert or refresh a value; False (and nothing kept) when it is over `max_item`."""
         if size > self.max_item:
             return False
-        old = self._items.pop(key, None)
-        if old is not None:
-            self.used -= old[1]
-        self._items[key] = (value, size)
-        self.used += size
-        while self.used > self.capacity:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.used -= evicted
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old[1]
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.capacity:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self.used -= evicted
         return True
 
     def clear(self) -> None:
-        self._items.clear()
-        self.used = 0
+        with self._lock:
+            self._items.clear()
+            self.used = 0

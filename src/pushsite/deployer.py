@@ -166,6 +166,9 @@ class ManifestBuilder:
     # blobs a previous deployment of the site published (hash -> stored variants): known to
     # be in the store, so a file with one of these hashes costs no store query at all
     known: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the manifest of the deployment this one most likely resembles (its branch's, else
+    # production's): a git push carries unchanged files over from it
+    previous: Manifest | None = None
 
     def __post_init__(self) -> None:
         self.entries: dict[str, FileEntry] = {}

@@ -505,6 +505,12 @@ class Edge:
             if handle is not None:
                 handle.close()
 
+    def warm(self, manifest: Manifest) -> None:
+        """Cache a manifest the deployer just built in this process, so the first request
+        after an alias move does not parse it again (a 40,000-file manifest is 5 MB JSON)."""
+        self.manifests.put(manifest.deployment_id, _Deployed(manifest),
+                           len(manifest.files) * 600 + 4096)
+
     async def _deployed(self, deployment_id: str) -> _Deployed:
         deployed = self.manifests.get(deployment_id)
         if deployed is None:

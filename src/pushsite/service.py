@@ -67,6 +67,8 @@ class Service:
         self._state: StateStore | None = None
         self._queue: Queue | None = None
         self._sinks = sinks_from_env()
+        # called with each manifest built here before its alias moves (the edge caches it)
+        self.manifest_listeners: list[Callable[[Manifest], None]] = []
 
     # backends, opened on first use ------------------------------------------------------
     @property
@@ -234,8 +236,12 @@ class Service:
         log = self.log_for(deployment)
         limit = None if timeout is None else max(timeout - deadline_margin(timeout), 0.0)
         deadline = Deadline.after(limit, cancelled=lambda: self._is_cancelled(deployment_id))
+        previous = self._previous_manifest(deployment)
+        known = {} if previous is None else {
+            entry.hash: entry.encodings for entry in previous.files.values()}
         builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
-                                  progress=progress, known=self._known_blobs(deployment))
+                                  progress=progress, known=known)
+        builder.previous = previous
         try:
             with trimmed_heap():
                 return self._run_pipeline(deployment, builder, log, bundle)
@@ -264,6 +270,8 @@ class Service:
         log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
                  files=deployment.files, bytes_stored=deployment.bytes_stored)
         self._apply_settings(deployment, outcome.settings, log)
+        for listener in self.manifest_listeners:
+            listener(outcome.manifest)
         return self._complete(deployment, log)
 
     def accept_commit(self, site_name: str, branch: str, commit: str, message: str = "",
@@ -326,17 +334,10 @@ class Service:
         from pushsite.sources.gitrepo import SiteRepos, deploy_commit
 
         commit = deployment.bundle_key.removeprefix("git:")
-        previous = self._previous_manifest(deployment)
+        previous = builder.previous
         manifest = deploy_commit(builder, SiteRepos(self.config.repos), deployment.site, commit,
                                  deployment.id, deployment.created, previous)
         return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
-
-    def _known_blobs(self, deployment: Deployment) -> dict[str, dict[str, int]]:
-        """Blobs the branch's (or production's) current deployment uses, with their variants."""
-        previous = self._previous_manifest(deployment)
-        if previous is None:
-            return {}
-        return {entry.hash: entry.encodings for entry in previous.files.values()}
 
     def _previous_manifest(self, deployment: Deployment) -> Manifest | None:
         """The manifest a push is most likely to share files with: its branch's, else live."""

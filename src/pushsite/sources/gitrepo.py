@@ -165,9 +165,15 @@ def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit:
                   deployment_id: str, created: float, previous: Manifest | None) -> Manifest:
     """Build a commit's manifest, carrying over every file whose blob id is unchanged."""
     known = {e.git: e for e in previous.files.values() if e.git} if previous else {}
+    same_place = previous.files if previous else {}
     to_read: list[TreeEntry] = []
     links: list[TreeEntry] = []
     for entry in repos.tree(site, commit):
+        # the common case of a push: the same blob at the same (already checked) path
+        old = same_place.get(entry.path)
+        if old is not None and old.git == entry.oid and entry.mode != "120000":
+            builder.add_existing(entry.path, old)
+            continue
         if entry.kind != "blob":
             builder.log.warning("read", f"skipped {entry.path}: submodules are not published")
             continue

@@ -22,6 +22,7 @@ from pushsite.worker import run_worker
 def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     service = Service(config)
     edge = Edge(service.state, service.store, base_domain=config.base_domain)
+    service.manifest_listeners.append(edge.warm)
     stop = threading.Event()
 
     @contextlib.asynccontextmanager

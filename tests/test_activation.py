@@ -18,13 +18,13 @@ from pushsite.model import Deployment, Status
 from pushsite.service import Service
 from tests.conftest import Server
 from tests.test_service import (
-    WAIT,
     GatedStream,
     accept,
     alias_of,
     big_files,
     bundle,
     deploy,
+    joined,
     log_text,
     open_service,
     run_in_thread,
@@ -163,7 +163,7 @@ def test_a_timed_out_deployment_changes_nothing_visible(server: Server,
         time.sleep(1.0)  # the upload stalls past the deploy's deadline
     finally:
         gated.go.set()
-        thread.join(WAIT)
+        joined(thread)
     assert len(errors) == 1 and isinstance(errors[0], DeploymentTimedOut)
     assert_finished_with_error(service, slow.id, Status.TIMED_OUT)
     assert "ran out of time" in service.state.get_deployment(slow.id).error

@@ -63,7 +63,9 @@ def pending(service: Service) -> int:
 
 
 def finished(service: Service, deployment_id: str) -> Callable[[], bool]:
-    return lambda: status(service, deployment_id).finished
+    """Done and settled: `ready` is only a step on the way to `live` for these deployments."""
+    return lambda: status(service, deployment_id) in (Status.LIVE, Status.FAILED,
+                                                      Status.CANCELLED, Status.TIMED_OUT)
 
 
 def all_but_last(files: dict[str, bytes]) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ import sys
 import tarfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -181,6 +182,15 @@ def run_in_thread(service: Service, deployment_id: str, **kwargs: object,
     return thread, errors
 
 
+def joined(thread: threading.Thread) -> None:
+    """Wait for a runner thread; if it hangs, fail with where it is stuck."""
+    thread.join(WAIT)
+    if thread.is_alive():
+        frame = sys._current_frames().get(thread.ident or 0)
+        stack = "".join(traceback.format_stack(frame)) if frame else "(no frame)"
+        raise AssertionError(f"the runner thread is stuck:\n{stack}")
+
+
 @contextlib.contextmanager
 def open_service() -> Iterator[Service]:
     """A Service on this test's PUSHSITE_HOME (the one `pushsite serve` there would use)."""
@@ -216,7 +226,7 @@ def test_a_run_while_another_runs_the_same_deployment_returns_at_once(service: S
         assert second.status == Status.RUNNING
     finally:
         gated.go.set()
-        thread.join(WAIT)
+        joined(thread)
     assert not errors
     assert status(service, deployment.id) == Status.LIVE
     assert log_text(service, deployment.id).count("reading the bundle") == 1
@@ -245,7 +255,7 @@ def test_a_deployment_taken_over_while_its_first_runner_lives_ends_live_once(
         assert status(service, deployment.id) == Status.LIVE
     finally:
         gated.go.set()
-        thread.join(WAIT)
+        joined(thread)
     assert not errors
     record = service.state.get_deployment(deployment.id)
     assert record.status == Status.LIVE and not record.error
@@ -303,7 +313,7 @@ def test_cancel_of_a_running_deployment_from_another_thread(service: Service) ->
         assert service.cancel(deployment.id).status == Status.CANCELLED
     finally:
         gated.go.set()
-        thread.join(WAIT)
+        joined(thread)
     assert len(errors) == 1 and isinstance(errors[0], DeploymentCancelled)
     record = service.state.get_deployment(deployment.id)
     assert record.status == Status.CANCELLED and record.error and record.finished is not None
@@ -353,6 +363,7 @@ def test_cancel_of_a_running_deployment_from_another_process(server: Server,
         feeder.stop()
     record = service.state.get_deployment(deployment.id)
     assert record.status == Status.CANCELLED and record.error
+    assert not staged.exists()
     assert alias_of(service, "blog") == live.id
     assert server.get("blog.localhost").text == "<h1>v1</h1>"
 
@@ -405,7 +416,7 @@ def test_prune_refuses_while_a_deployment_is_queued_or_running(service: Service)
             service.prune("blog", keep=1)
     finally:
         gated.go.set()
-        thread.join(WAIT)
+        joined(thread)
     assert not errors
     assert service.prune("blog", keep=1) == {"deployments": 1, "blobs": 2}
 

@@ -193,6 +193,9 @@ def test_a_failing_deploy_shows_its_error(page: Page, board: Server, token: str,
     first_row.get_by_role("link").click()
     expect(page.get_by_role("alert")).to_contain_text("_redirects line 1")
     expect(page.get_by_role("log")).to_contain_text("_redirects line 1")
+    page.get_by_label("Filter lines").fill("status 999")
+    expect(page.locator("#log li:visible")).to_have_count(1)
+    expect(page.locator("#log li:visible")).to_contain_text("_redirects line 1")
     expect(page.get_by_role("button", name="Redeploy")).to_have_count(0)
 
 

@@ -185,10 +185,12 @@ class GitBridge:
     async def _pump(request: Request, stdin: asyncio.StreamWriter) -> None:
         try:
             async for chunk in request.stream():
+                if not chunk:  # Starlette ends with an empty chunk; git may be gone by then
+                    continue
                 stdin.write(chunk)
                 await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):
+            pass  # git stopped reading (it answers with its own error); uvloop: RuntimeError
         finally:
             stdin.close()
 

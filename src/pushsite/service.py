@@ -423,10 +423,19 @@ class Service:
         else:
             status = Status.FAILED
         message = str(exc) if isinstance(exc, PushsiteError) else f"internal error: {exc!r}"
+        was = deployment.status
         deployment.status = status
         deployment.error = message
         deployment.finished = time.time()
-        self.state.update_deployment(deployment)
+        if not self.state.update_deployment(deployment, expect_status=was):
+            # someone else settled it meanwhile (a cancel, a worker that took it over and
+            # finished): their outcome stands
+            current = self.state.get_deployment(deployment.id)
+            log.error(str(status), f"stopped ({message}); the deployment is already "
+                      f"{current.status}, which stands", error=type(exc).__name__)
+            if current.status in (Status.FAILED, Status.CANCELLED):
+                self._discard_staged(deployment)
+            return
         log.error("failed" if status == Status.FAILED else str(status), message,
                   error=type(exc).__name__)
         if status in (Status.FAILED, Status.CANCELLED):  # a timed-out one may be resumed

@@ -9,9 +9,9 @@ Levels were chosen by measurement on the medium corpus's 69 MB of text, one core
     brotli q5        58   0.154               sha256        1744
 
 Brotli dominates a cold deploy's CPU; quality 4 is 1.7 times as fast as 5 for 8% larger
-files, and still 6% smaller than gzip -6. isal level 2 is the gzip for clients without br. A variant is kept
-only when it saves at least `MIN_SAVING` of the identity size: serving a variant that is not
-smaller only costs a cache entry.
+files, and still 6% smaller than gzip -6. isal level 2 is the gzip for clients without br.
+A variant is kept only when it saves at least `MIN_SAVING` of the identity size: serving a
+variant that is not smaller only costs a cache entry.
 """
 
 from __future__ import annotations

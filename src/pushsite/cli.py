@@ -351,7 +351,7 @@ def verify(ctx: click.Context) -> None:
     """Check that every ready deployment's blobs exist and hash right."""
     problems = _service(ctx).verify()
     for problem in problems:
-        err.print(f"[red]problem:[/] {problem}", highlight=False)
+        err.print(f"[red]problem:[/] {problem}", highlight=False, soft_wrap=True)
     if problems:
         sys.exit(1)
     err.print("every manifest's blobs are present and intact")

@@ -373,10 +373,16 @@ class Service:
         deployment.progress = counters.describe()
 
     def _apply_settings(self, deployment: Deployment, settings: object, log: DeployLog) -> None:
-        """pushsite.toml may name the production branch and claim domains."""
+        """pushsite.toml may name the production branch and claim domains.
+
+        Only a deployment of the production branch speaks for the site: a feature branch's
+        pushsite.toml never changes production's branch or domains.
+        """
         if settings is None:
             return
         site = self.state.get_site(deployment.site)
+        if deployment.branch != site.production_branch:
+            return
         for host in getattr(settings, "domains", ()):  # all or nothing: check before writing
             owner = self.state.domain_site(host)
             if owner is not None and owner != site.name:
@@ -624,6 +630,14 @@ class Service:
                 log.warning("accept", "interrupted by a restart; queued again (stored blobs "
                             "are reused)")
                 log.flush()
+                self.queue.send({"deployment": deployment.id})
+                requeued.append(deployment.id)
+        # queued ones whose message may have been lost between recording and sending (a
+        # duplicate message is harmless: only one runner wins queued -> running)
+        for deployment in self.state.list_deployments(status=Status.QUEUED, limit=1000):
+            key = deployment.bundle_key
+            if key.startswith("git:") or (key and not _in_bucket(key)
+                                          and (self.config.staging / key).exists()):
                 self.queue.send({"deployment": deployment.id})
                 requeued.append(deployment.id)
         return requeued

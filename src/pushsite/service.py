@@ -8,7 +8,6 @@ deployer, then one compare-and-set alias move.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import secrets
 import shutil
 import time
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pushsite import ids, names
+from pushsite import housekeeping, ids, names, tokens
 from pushsite.config import Config
 from pushsite.deployer import Counters, Deadline, ManifestBuilder, deploy_bundle
 from pushsite.errors import (
@@ -41,7 +40,6 @@ from pushsite.model import (
     Site,
     Status,
     Token,
-    blob_key,
     branch_alias,
     manifest_key,
 )
@@ -652,97 +650,21 @@ class Service:
             ) from None
 
     def prune(self, site_name: str, keep: int) -> dict[str, int]:
-        """Delete old deployments' manifests and every blob no kept deployment references."""
-        if keep < 1:
-            raise ConfigError(f"--keep must be at least 1, got {keep}")
-        site = self.site(site_name)
-        every = self.state.list_deployments(limit=100_000)
-        if any(d.status in (Status.RUNNING, Status.QUEUED) for d in every):
-            raise ConfigError("a deployment is queued or running; prune when it has finished")
-        pointed = {a.deployment_id for s in self.state.list_sites()
-                   for a in self.state.list_aliases(s.name)}
-        ours = [d for d in every if d.site == site.name and d.status.servable]
-        kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
-        dropped = [d for d in ours if d.id not in kept_ids]
-        for deployment in dropped:
-            self.store.delete([manifest_key(deployment.id)])
-            deployment.status = Status.CANCELLED if False else deployment.status
-        live_keys: set[str] = set()
-        for d in every:
-            if d.status.servable and d.id not in {x.id for x in dropped}:
-                try:
-                    manifest = self.manifest(d.id)
-                except DeploymentNotFound:
-                    continue
-                for entry in manifest.files.values():
-                    live_keys.add(blob_key(entry.hash))
-                    live_keys.update(blob_key(entry.hash, enc) for enc in entry.encodings)
-        doomed = [k for k in self.store.keys("blobs/") if k not in live_keys]
-        self.store.delete(doomed)
-        for deployment in dropped:
-            deployment.status = Status.CANCELLED
-            deployment.error = deployment.error or "pruned"
-            self.state.update_deployment(deployment)
-        return {"deployments": len(dropped), "blobs": len(doomed)}
+        """Delete old deployments and the blobs no kept deployment uses (housekeeping.py)."""
+        return housekeeping.prune(self, site_name, keep)
 
     def verify(self) -> list[str]:
-        """Every ready manifest's blobs exist and hash right; returns the problems found."""
-        problems: list[str] = []
-        for d in self.state.list_deployments(limit=100_000):
-            if not d.status.servable:
-                continue
-            try:
-                manifest = self.manifest(d.id)
-            except DeploymentNotFound as exc:
-                problems.append(str(exc))
-                continue
-            checked: set[str] = set()
-            for path, entry in manifest.files.items():
-                if entry.hash in checked:
-                    continue
-                checked.add(entry.hash)
-                try:
-                    data = self.store.get(blob_key(entry.hash))
-                except NotFound:
-                    problems.append(f"{d.site} {d.id}: {path}: blob {entry.hash} is missing")
-                    continue
-                if hashlib.sha256(data).hexdigest() != entry.hash or len(data) != entry.size:
-                    problems.append(f"{d.site} {d.id}: {path}: blob {entry.hash} is corrupt")
-                for enc in entry.encodings:
-                    try:
-                        packed = self.store.get(blob_key(entry.hash, enc))
-                    except NotFound:
-                        problems.append(f"{d.site} {d.id}: {path}: {enc} variant is missing")
-                        continue
-                    if _decoded_hash(packed, enc) != entry.hash:  # the edge sends it as is
-                        problems.append(f"{d.site} {d.id}: {path}: {enc} variant of blob "
-                                        f"{entry.hash} is corrupt")
-        return problems
+        """The problems found in every ready manifest's blobs (housekeeping.py)."""
+        return housekeeping.verify(self)
 
     # tokens -------------------------------------------------------------------------------------
     def create_token(self, name: str, site: str | None = None,
                      scopes: list[str] | None = None) -> str:
-        """A new deploy token; only its hash is stored, the secret is returned once."""
-        if site is not None:
-            names.check_site_name(site)
-        secret = "psk_" + secrets.token_urlsafe(24)
-        token = Token(ids.new_id(), name, hash_token(secret), site, scopes or ["deploy"])
-        self.state.put_token(token)
-        return secret
+        return tokens.create_token(self.state, name, site, scopes)
 
     def check_token(self, secret: str, site: str | None = None,
                     scope: str = "deploy") -> Token:
-        from pushsite.errors import Forbidden, NotAuthorized
-
-        token = self.state.find_token(hash_token(secret)) if secret else None
-        if token is None:
-            raise NotAuthorized("a valid deploy token is required (create one with "
-                                "`pushsite tokens create`)")
-        if site is not None and not token.covers(site):
-            raise Forbidden(f"this token does not cover site {site!r}")
-        if scope not in token.scopes and "admin" not in token.scopes:
-            raise Forbidden(f"this token lacks the {scope!r} scope")
-        return token
+        return tokens.check_token(self.state, secret, site, scope)
 
     def staging_path(self, key: str) -> Path:
         return self.config.staging / key
@@ -752,20 +674,3 @@ def _in_bucket(bundle_key: str) -> bool:
     """A bundle staged in an S3 bucket (s3staging.py), not in the local staging folder."""
     return bundle_key.startswith("s3://")
 
-
-def _decoded_hash(data: bytes, encoding: str) -> str:
-    """The sha256 of a stored variant once decoded; "" when it does not decode."""
-    import gzip
-    import zlib
-
-    import brotli
-
-    try:
-        plain = brotli.decompress(data) if encoding == "br" else gzip.decompress(data)
-    except (OSError, EOFError, zlib.error, brotli.error):
-        return ""
-    return hashlib.sha256(plain).hexdigest()
-
-
-def hash_token(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()

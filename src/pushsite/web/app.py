@@ -54,9 +54,26 @@ def app_from_environment() -> Any:
 
     The parent process runs the deploy worker; these processes only serve HTTP.
     """
+    import os
+
     from pushsite.config import load_config
 
-    return build_app(load_config(), worker=False)
+    _die_with_parent()
+    return build_app(load_config(), debug=os.environ.get("PUSHSITE_DEBUG") == "1", worker=False)
+
+
+def _die_with_parent() -> None:
+    """An HTTP process ends when its `pushsite serve` parent does, even on kill -9 (Linux):
+    an orphan would keep the port and serve without a deploy worker."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+    import signal
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
 def control_routes(service: Service) -> list[Any]:

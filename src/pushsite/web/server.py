@@ -1,0 +1,58 @@
+"""Running the app: granian (the default, faster on the edge) or uvicorn, one or more HTTP
+processes, and always exactly one deploy worker per `pushsite serve`.
+
+With one uvicorn process the worker thread lives in the app's lifespan. Otherwise the HTTP
+processes are built from the environment (`app_from_environment`, worker=False) and the
+worker thread runs in this parent process, beside the server's supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from pushsite.config import Config
+from pushsite.service import Service
+from pushsite.web.app import build_app
+from pushsite.worker import run_worker
+
+_FACTORY = "pushsite.web.app:app_from_environment"
+
+
+def run_server(config: Config, *, host: str, port: int, workers: int = 1,
+               server: str = "granian", debug: bool = False) -> None:
+    workers = max(workers, 1)
+    if server == "uvicorn" and workers == 1:
+        import uvicorn
+
+        uvicorn.run(build_app(config, debug=debug), host=host, port=port, log_level="warning",
+                    access_log=False, timeout_graceful_shutdown=3)
+        return
+    _export(config, debug)
+    service = Service(config)
+    service.recover()
+    threading.Thread(target=run_worker, args=(service,), kwargs={"wait": 0.5}, daemon=True,
+                     name="pushsite-worker").start()
+    if server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run(_FACTORY, factory=True, workers=workers, host=host, port=port,
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+        return
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    Granian(_FACTORY, address=host, port=port, interface=Interfaces.ASGI, workers=workers,
+            factory=True, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
+            log_enabled=False, workers_kill_timeout=3).serve()
+
+
+def _export(config: Config, debug: bool) -> None:
+    """Hand the settings to the HTTP processes, which rebuild the Config from PUSHSITE_*."""
+    for name, value in (("HOME", config.home), ("STORE", config.store), ("STATE", config.state),
+                        ("QUEUE", config.queue), ("BASE_DOMAIN", config.base_domain),
+                        ("PUBLIC_URL", config.public_url), ("WAIT", config.wait),
+                        ("WORKERS", config.workers)):
+        os.environ[f"PUSHSITE_{name}"] = str(value)
+    if debug:
+        os.environ["PUSHSITE_DEBUG"] = "1"

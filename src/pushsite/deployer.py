@@ -48,10 +48,10 @@ from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
 from pushsite.paths import common_top_folder, is_published
 from pushsite.stores import ObjectStore
 
-SMALL_FILE = 8 << 20  # read whole and handled in the pool; above this, streamed
+SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 128
-IN_FLIGHT_BYTES = 32 << 20
+IN_FLIGHT_BYTES = 24 << 20
 CHUNK = 1 << 20
 CONFIG_FILES = ("_headers", "_redirects", "pushsite.toml")
 CONFIG_MAX = 1 << 20
@@ -179,7 +179,10 @@ class ManifestBuilder:
         self._batch_bytes = 0
         self._futures: deque[Future[None]] = deque()
         self._pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="deploy")
-        self._budget = InFlight(self.in_flight_bytes)
+        # each extra thread holds its own batch and compressor state: more threads than two
+        # share the budget, so memory stays flat whatever the worker count
+        workers = max(self.workers, 1)
+        self._budget = InFlight(self.in_flight_bytes * min(workers, 2) // workers)
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
 
@@ -383,32 +386,37 @@ class ManifestBuilder:
         self.drain()
         self._pool.shutdown()
         self._resolve_links()
-        files = dict(self.entries)
         config = dict(self.config_files)
         top = None
         if strip_top:
-            top = common_top_folder(list(files) + [ln.path for ln in self._links], self.dirs)
+            top = common_top_folder(list(self.entries) + [ln.path for ln in self._links],
+                                    self.dirs)
         if top is not None:
-            cut = len(top) + 1
-            files = {p[cut:]: e for p, e in files.items()}
-            config = {p[cut:]: d for p, d in config.items() if p.startswith(top + "/")}
+            config = {p[len(top) + 1:]: d for p, d in config.items() if p.startswith(top + "/")}
         from pushsite.siteconfig import parse_pushsite_toml
 
         settings = parse_pushsite_toml(config["pushsite.toml"]) if "pushsite.toml" in config \
             else None
         publish = publish or (settings.publish if settings else None)
         exclude = tuple(exclude) + (settings.exclude if settings else ())
+        prefix = (top + "/" if top else "") + (publish.strip("/") + "/" if publish else "")
         if publish:
-            prefix = publish.strip("/") + "/"
-            files = {p[len(prefix):]: e for p, e in files.items() if p.startswith(prefix)}
-            config = {p[len(prefix):]: d for p, d in config.items() if p.startswith(prefix)}
-            if not files:
-                raise SiteConfigError(
-                    f"pushsite.toml: the publish folder {publish!r} holds no file"
-                )
-        files = {p: e for p, e in files.items()
-                 if is_published(p) and p not in CONFIG_FILES
-                 and not any(fnmatch.fnmatchcase(p, pattern) for pattern in exclude)}
+            cut = len(publish.strip("/")) + 1
+            config = {p[cut:]: d for p, d in config.items()
+                      if p.startswith(publish.strip("/") + "/")}
+        # one pass, one new dict: a 40,000-file site is built once more here, not four times
+        files: dict[str, FileEntry] = {}
+        entries, self.entries = self.entries, {}
+        for full, entry in entries.items():
+            if not full.startswith(prefix):
+                continue
+            path = full[len(prefix):]
+            if (is_published(path) and path not in CONFIG_FILES
+                    and not any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)):
+                files[path] = entry
+        del entries
+        if publish and not files:
+            raise SiteConfigError(f"pushsite.toml: the publish folder {publish!r} holds no file")
         if not files:
             raise BundleRejected("the bundle has no publishable file (after leaving out "
                                  "dotfiles, excludes and the publish folder's rules)")

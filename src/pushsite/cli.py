@@ -15,8 +15,6 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from pushsite import __version__
 from pushsite.config import Config, load_config
@@ -80,9 +78,11 @@ def deployment_urls(config: Config, deployment: Deployment, production: bool) ->
     return urls
 
 
-def _progress_bar() -> tuple[Progress | None, Callable[[Counters], None] | None]:
+def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
     if not err.is_terminal:
         return None, None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                         console=err, transient=True)
     task = progress.add_task("deploying")
@@ -242,6 +242,8 @@ def worker(ctx: click.Context, queue: str | None, store: str | None, state: str 
 def sites(ctx: click.Context) -> None:
     """List sites with their live deployment."""
     service = _service(ctx)
+    from rich.table import Table
+
     table = Table("site", "production branch", "live deployment", "commit", "url")
     for site in service.state.list_sites():
         alias = service.state.get_alias(site.name, "production")
@@ -268,6 +270,8 @@ def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
         for d in rows:
             click.echo(json.dumps(d.to_dict()))
         return
+    from rich.table import Table
+
     table = Table("id", "status", "branch", "commit", "message", "files", "new", "seconds",
                   "error")
     for d in rows:
@@ -363,6 +367,8 @@ def tokens_create(ctx: click.Context, name: str, site: str | None, admin: bool) 
 @reports_errors
 def tokens_list(ctx: click.Context) -> None:
     """List tokens (never their secrets)."""
+    from rich.table import Table
+
     table = Table("id", "name", "site", "scopes")
     for token in _service(ctx).state.list_tokens():
         table.add_row(token.id, token.name, token.site or "(all)", ",".join(token.scopes))

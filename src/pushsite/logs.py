@@ -223,8 +223,6 @@ def sinks_from_env(environ: Mapping[str, str] = os.environ) -> list[LogSink]:
 
     Make them once per process, share them across deployments, and close them at exit.
     """
-    from pushsite.syslog import SyslogSink
-
     sinks: list[LogSink] = []
     json_flag = environ.get("PUSHSITE_LOG_JSON", "").strip().lower()
     if json_flag in _TRUE:
@@ -236,6 +234,8 @@ def sinks_from_env(environ: Mapping[str, str] = os.environ) -> list[LogSink]:
         )
     syslog_url = environ.get("PUSHSITE_SYSLOG", "").strip()
     if syslog_url:
+        from pushsite.syslog import SyslogSink  # only when asked for: it costs start-up time
+
         sinks.append(SyslogSink.from_url(syslog_url))
     return sinks
 

@@ -53,6 +53,15 @@ class LocalStore:
         self._pending: dict[str, bytes] = {}
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
+        # which large objects exist, read from disk once: has() asks about every blob of a
+        # deploy, and a stat per missing key cost 100,000 system calls on a 100,000-file site
+        self._large_keys: set[str] | None = None
+
+    def _large_known(self) -> set[str]:
+        if self._large_keys is None:
+            self._large_keys = {p.relative_to(self._large).as_posix()
+                                for p in self._large.rglob("*") if p.is_file()}
+        return self._large_keys
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -92,6 +101,7 @@ class LocalStore:
         target = self._large_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
+        self._large_known().add(key)
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""
@@ -142,7 +152,8 @@ class LocalStore:
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT key FROM objects WHERE key IN ({marks})", chunk)
                 found.update(row[0] for row in rows)
-        found.update(k for k in wanted if k not in found and self._large_path(k).exists())
+        large = self._large_known()
+        found.update(k for k in wanted if k not in found and k in large)
         return found
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -212,6 +223,7 @@ class LocalStore:
             self._wdb.execute("COMMIT")
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
+            self._large_known().discard(key)
 
     def close(self) -> None:
         self.flush()

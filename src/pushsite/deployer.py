@@ -198,43 +198,54 @@ class ManifestBuilder:
             self._submit()
 
     def add_stream(self, path: str, source: BinaryIO, size: int, git: str = "") -> None:
-        """A large file: one pass through sha256 (and compressors for text) into a temp file."""
+        """A large file: one pass through sha256 into a temporary file; only a blob the
+        store lacks is then compressed (from that file), so a redeploy costs a hash."""
         self.deadline.check(self.counters)
         content_type = encode.media_type(path)
-        compress = encode.is_compressible(content_type)
         digest = hashlib.sha256()
-        outputs = {"": self._temp()} | ({"gzip": self._temp(), "br": self._temp()}
-                                       if compress else {})
-        compressor = encode.StreamCompressor() if compress else None
+        outputs = {"": self._temp()}
         total = 0
         try:
             while chunk := source.read(CHUNK):
                 total += len(chunk)
                 digest.update(chunk)
                 outputs[""][0].write(chunk)
-                if compressor is not None:
-                    gz, br = compressor.feed(chunk)
-                    outputs["gzip"][0].write(gz)
-                    outputs["br"][0].write(br)
                 self.deadline.check(self.counters)
-            if compressor is not None:
-                gz, br = compressor.finish()
-                outputs["gzip"][0].write(gz)
-                outputs["br"][0].write(br)
             sha = digest.hexdigest()
+            new = (sha not in self.known and self._claim(sha)
+                   and not self.store.has([blob_key(sha)]))
+            if not new:
+                encodings = self._known_encodings(sha, content_type, total)
+                self._record(path, FileEntry(sha, total, content_type, encodings, git), False, 0)
+                return
+            if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
+                outputs |= {"gzip": self._temp(), "br": self._temp()}  # discarded in finally
+                self._compress_file(outputs)
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
                          if enc and encode.worth_keeping(n, total)}
-            new = self._claim(sha) and not self.store.has([blob_key(sha)])
-            if new:
-                for enc in ("", *encodings):
-                    self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
-            self._record(path, FileEntry(sha, total, content_type, encodings, git), new,
-                         stored=sum(sizes[e] for e in ("", *encodings)) if new else 0)
+            for enc in ("", *encodings):
+                self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
+            self._record(path, FileEntry(sha, total, content_type, encodings, git), True,
+                         stored=sum(sizes[e] for e in ("", *encodings)))
         finally:
             for handle, tmp in outputs.values():
                 handle.close()
                 _discard(tmp)
+
+    def _compress_file(self, variants: dict[str, tuple[BinaryIO, object]]) -> None:
+        """Write the gzip and brotli variants of the spooled identity, chunk by chunk."""
+        identity = variants[""][0]
+        compressor = encode.StreamCompressor()
+        identity.seek(0)
+        while chunk := identity.read(CHUNK):
+            gz, br = compressor.feed(chunk)
+            variants["gzip"][0].write(gz)
+            variants["br"][0].write(br)
+            self.deadline.check(self.counters)
+        gz, br = compressor.finish()
+        variants["gzip"][0].write(gz)
+        variants["br"][0].write(br)
 
     def add_existing(self, path: str, entry: FileEntry) -> None:
         """A file whose blob is known to be stored already (an unchanged git blob)."""

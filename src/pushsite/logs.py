@@ -178,7 +178,7 @@ class DeployLog:
         self.last_error = exc
         if not self._warned:
             self._warned = True
-            _warn(
+            stderr_warning(
                 f"pushsite: cannot write the log of deployment {self.deployment_id} "
                 f"to the state store: {exc}; the lines are kept and retried"
             )
@@ -256,7 +256,8 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _warn(message: str) -> None:
+def stderr_warning(message: str) -> None:
+    """One line on stderr, never raising (a closed stderr must not stop a deploy)."""
     try:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()

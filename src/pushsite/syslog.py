@@ -21,7 +21,6 @@ import os
 import select
 import socket
 import ssl
-import sys
 import threading
 from collections import deque
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pushsite.errors import ConfigError
+from pushsite.logs import stderr_warning
 from pushsite.model import LogLine
 
 APP_NAME = "pushsite"
@@ -331,7 +331,7 @@ class SyslogSink:
             self._cond.notify_all()
         if not self._warned:
             self._warned = True
-            _warn(
+            stderr_warning(
                 f"pushsite: cannot send logs to syslog at {self.url}: {exc}; "
                 "the deployment goes on, and lines are queued and retried "
                 f"(up to {self._queue_size}, oldest dropped first)"
@@ -420,11 +420,3 @@ def _tls_context(query: dict[str, list[str]], bad: Any) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _warn(message: str) -> None:
-    try:
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass

@@ -136,3 +136,17 @@ def test_twenty_megabyte_push(server: Server, token: str, make_repo: Callable[..
     assert "live:" in done.stderr
     response = server.get("blog.localhost", "/img/7.jpg")
     assert response.status_code == 200 and len(response.content) == 1 << 20
+
+
+def test_tags_are_ignored_unless_the_site_deploys_them(server: Server, token: str,
+                                                       make_repo: Callable[..., Path]) -> None:
+    repo = make_repo({"index.html": "<p>v1</p>"})
+    git(repo, "tag", "-a", "v1.0", "-m", "release")
+    done = push(repo, remote(server, token), "main", "v1.0")
+    assert "refs/tags/v1.0 ignored" in done.stderr
+    commit(repo, {"index.html": "<p>v2</p>", "pushsite.toml": "tags = true\n"}, "deploy tags")
+    push(repo, remote(server, token), "main")
+    git(repo, "tag", "-a", "v2.0", "-m", "release two")
+    done = push(repo, remote(server, token), "v2.0")
+    assert done.returncode == 0 and "http://tag-v2-0--blog.localhost:" in done.stderr
+    assert server.get("tag-v2-0--blog.localhost", "/").text == "<p>v2</p>"

@@ -403,6 +403,12 @@ class Service:
                 raise DomainConflict(f"pushsite.toml claims the domain {host}, which site "
                                      f"{owner!r} holds; remove it there first with "
                                      f"`pushsite domains remove {owner} {host}`")
+        tags = bool(getattr(settings, "tags", False))
+        if tags != bool(site.settings.get("tags", False)):
+            site.settings["tags"] = tags
+            self.state.put_site(site)
+            log.info("settings", f"tag pushes {'deploy' if tags else 'are ignored'} "
+                     "(pushsite.toml)")
         branch = getattr(settings, "production_branch", None)
         if branch and branch != site.production_branch:
             site.production_branch = names.check_branch_name(branch)

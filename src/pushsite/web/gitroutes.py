@@ -210,10 +210,16 @@ class GitBridge:
     def _accept_updates(self, site: str, updates: list[list[str]], lines: list[str]) -> list[str]:
         accepted = []
         for _old, new, ref in updates:
-            if not ref.startswith("refs/heads/"):
-                lines.append(f"pushsite: {ref} ignored (only branches deploy)")
+            if ref.startswith("refs/tags/") and self._deploys_tags(site):
+                branch = "tag/" + ref.removeprefix("refs/tags/")  # a preview per tag
+                new = self._peeled(site, new) if new != ZERO else new
+            elif not ref.startswith("refs/heads/"):
+                lines.append(f"pushsite: {ref} ignored (branches deploy; tags too when the "
+                             "site sets `tags = true` in pushsite.toml or `pushsite hooks "
+                             "--tags`)")
                 continue
-            branch = ref.removeprefix("refs/heads/")
+            else:
+                branch = ref.removeprefix("refs/heads/")
             if new == ZERO:
                 self.service.delete_branch(site, branch)
                 lines.append(f"pushsite: branch {branch} deleted; its preview is gone")
@@ -227,6 +233,20 @@ class GitBridge:
             lines.append(f"pushsite: {branch} {new[:12]} queued as deployment {deployment.id}")
             accepted.append(deployment.id)
         return accepted
+
+    def _deploys_tags(self, site: str) -> bool:
+        try:
+            return bool(self.service.state.get_site(site).settings.get("tags", False))
+        except PushsiteError:
+            return False
+
+    def _peeled(self, site: str, oid: str) -> str:
+        """An annotated tag names a tag object; deploy the commit it points at."""
+        import subprocess
+
+        done = subprocess.run(["git", "rev-parse", f"{oid}^{{commit}}"], capture_output=True,
+                              text=True, cwd=self.repos.path(site), check=False)
+        return done.stdout.strip() or oid
 
     async def _follow(self, deployment_ids: list[str], lines: list[str]) -> AsyncIterator[str]:
         for line in lines:

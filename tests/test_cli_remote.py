@@ -107,6 +107,8 @@ def test_a_rejected_bundle_exits_3_with_one_line(remote: Server, token: str, cli
     assert done.returncode == 3, done.stderr
     assert len(errors_of(done.stderr)) == 1
     assert done.stderr.startswith("error: the bundle is not a valid tar.gz")
+    failed = json.loads(done.stdout)  # --json prints the failed deployment, as locally
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
 
 
 def test_a_bad_site_config_exits_3(remote: Server, token: str, client_home: Path,

@@ -129,9 +129,14 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
     if server:
         from pushsite.remote import deploy_remote
 
-        deployment = deploy_remote(server, token or "", open_source(source), site=site,
-                                   branch=branch, message=message, timeout=timeout,
-                                   echo=None if as_json else err.print)
+        try:
+            deployment = deploy_remote(server, token or "", open_source(source), site=site,
+                                       branch=branch, message=message, timeout=timeout,
+                                       echo=None if as_json else err.print)
+        except PushsiteError as exc:
+            if as_json and getattr(exc, "deployment", None):
+                click.echo(json.dumps(exc.deployment))  # type: ignore[attr-defined]
+            raise
         _report(deployment, as_json)
         return
     service = _service(ctx)

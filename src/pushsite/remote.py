@@ -157,6 +157,9 @@ def _failure(deployment: dict[str, Any]) -> PushsiteError:
         DeploymentFailed
     status, error = deployment.get("status"), deployment.get("error") or ""
     if status == "cancelled":
-        return cls(f"deployment {deployment['id']} was cancelled ({error or 'by a request'}); "
-                   "the live site is unchanged")
-    return cls(error or f"deployment {deployment['id']} ended {status}")
+        failure = cls(f"deployment {deployment['id']} was cancelled ({error or 'by a request'})"
+                      "; the live site is unchanged")
+    else:
+        failure = cls(error or f"deployment {deployment['id']} ended {status}")
+    failure.deployment = deployment  # type: ignore[attr-defined]  # for `--json`
+    return failure

@@ -45,6 +45,9 @@ class LocalStore:
             self._wdb.execute(
                 "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
             )
+            # the keys of large objects (files under large/): has() answers from the database
+            # alone, for every process, without a stat per missing key
+            self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
             self._db = self._connect(root / "objects.db")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
@@ -53,15 +56,6 @@ class LocalStore:
         self._pending: dict[str, bytes] = {}
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
-        # which large objects exist, read from disk once: has() asks about every blob of a
-        # deploy, and a stat per missing key cost 100,000 system calls on a 100,000-file site
-        self._large_keys: set[str] | None = None
-
-    def _large_known(self) -> set[str]:
-        if self._large_keys is None:
-            self._large_keys = {p.relative_to(self._large).as_posix()
-                                for p in self._large.rglob("*") if p.is_file()}
-        return self._large_keys
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -101,7 +95,8 @@ class LocalStore:
         target = self._large_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, target)
-        self._large_known().add(key)
+        with self._write_lock:
+            self._wdb.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""
@@ -152,8 +147,13 @@ class LocalStore:
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT key FROM objects WHERE key IN ({marks})", chunk)
                 found.update(row[0] for row in rows)
-        large = self._large_known()
-        found.update(k for k in wanted if k not in found and k in large)
+        rest = [k for k in wanted if k not in found]
+        with self._lock:
+            for start in range(0, len(rest), 500):
+                chunk = rest[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT key FROM large WHERE key IN ({marks})", chunk)
+                found.update(row[0] for row in rows)
         return found
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -220,10 +220,10 @@ class LocalStore:
         with self._write_lock:
             self._wdb.execute("BEGIN")
             self._wdb.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
+            self._wdb.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
             self._wdb.execute("COMMIT")
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
-            self._large_known().discard(key)
 
     def close(self) -> None:
         self.flush()

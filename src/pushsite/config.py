@@ -7,7 +7,7 @@ so `--help` shows the whole surface. URLs choose the backends (DESIGN.md "Layers
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Config:
     max_path: int = 1024
     max_ratio: int = 0
     wait: float = 60.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def staging(self) -> Path:

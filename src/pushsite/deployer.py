@@ -65,14 +65,6 @@ class Log(Protocol):
     def warning(self, stage: str, message: str, **fields: object) -> None: ...
 
 
-class TempFileStore(Protocol):
-    """An optional store ability: temporary files it can adopt by rename (the local store)."""
-
-    def temp_file(self) -> tuple[BinaryIO, object]: ...
-
-    def adopt_file(self, key: str, path: object) -> None: ...
-
-
 @dataclass
 class Counters:
     files: int = 0
@@ -319,12 +311,14 @@ class ManifestBuilder:
         """A blob claimed by another batch of this deploy may still be being written."""
         with self._lock:
             claimed = sha in self._claimed
-        if claimed:
+        if not claimed:
+            return
+        # the reader's thread may wait for the pool; a pool thread never waits on the pool
+        # (a duplicate found there may then lack variants: served uncompressed, still right)
+        if not threading.current_thread().name.startswith("deploy"):
             for future in list(self._futures):
-                if threading.current_thread().name.startswith("deploy"):
-                    break  # never wait on the pool from inside it
                 future.result()
-            self.store.flush()
+        self.store.flush()
 
     def _claim(self, sha: str) -> bool:
         with self._lock:

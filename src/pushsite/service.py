@@ -13,7 +13,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite import housekeeping, ids, names, tokens
@@ -687,9 +686,6 @@ class Service:
     def check_token(self, secret: str, site: str | None = None,
                     scope: str = "deploy") -> Token:
         return tokens.check_token(self.state, secret, site, scope)
-
-    def staging_path(self, key: str) -> Path:
-        return self.config.staging / key
 
 
 def _in_bucket(bundle_key: str) -> bool:

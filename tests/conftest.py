@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,12 @@ class Server:
         headers["Host"] = host
         return httpx.get(self.url + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
 
+    def new_token(self, *args: str) -> str:
+        """`pushsite tokens create ARGS`, and the secret it printed."""
+        done = self.cli("tokens", "create", *(args or ("--name", "test")))
+        assert done.returncode == 0, done.stderr
+        return done.stdout.decode().strip()
+
     def cli(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([sys.executable, "-m", "pushsite", *args], env=self.env,
                               input=input, capture_output=True, timeout=120)
@@ -146,10 +153,17 @@ def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] 
     raise RuntimeError("pushsite serve did not answer within 20 s")
 
 
-@pytest.fixture
-def server(_isolated_env: Path) -> Iterator[Server]:
-    srv = start_server(_isolated_env)
+@contextmanager
+def serving(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A `pushsite serve` for the block (module-scoped fixtures share one this way)."""
+    srv = start_server(home, extra_env=extra_env)
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def server(_isolated_env: Path) -> Iterator[Server]:
+    with serving(_isolated_env) as srv:
+        yield srv

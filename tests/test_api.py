@@ -26,16 +26,11 @@ from pushsite import errors
 from pushsite.config import load_config
 from pushsite.service import Service
 from pushsite.web.errors import install_error_handlers, with_debug_flag
-from tests.conftest import Server, free_port, git, git_bundle, start_server, write_files
+from tests.conftest import Server, free_port, git, git_bundle, serving, write_files
 
 SITE_FILES = {"index.html": "<h1>one</h1>", "about/index.html": "<p>about</p>",
               "css/site.css": "body{color:red}" * 50}
 
-
-def new_token(server: Server, *args: str) -> str:
-    done = server.cli("tokens", "create", *args)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.decode().strip()
 
 
 @dataclass
@@ -83,16 +78,13 @@ class Api:
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One `pushsite serve` for the module (each test uses its own sites), to keep it quick."""
-    srv = start_server(tmp_path_factory.mktemp("api") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("api") / "home") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def admin_token(shared_server: Server) -> str:
-    return new_token(shared_server, "--admin", "--name", "admin")
+    return shared_server.new_token("--admin", "--name", "admin")
 
 
 @pytest.fixture
@@ -437,7 +429,7 @@ def test_a_token_for_another_site_is_403(api: Api, site: str,
                                          bundles: Callable[..., Path]) -> None:
     live = api.deploy(bundles(), site)
     mine = f"{site}-mine"
-    other = new_token(api.server, "--site", mine, "--name", "other-ci")
+    other = api.server.new_token("--site", mine, "--name", "other-ci")
     for method, path in (("GET", f"/sites/{site}"), ("GET", f"/sites/{site}/deploys"),
                          ("GET", f"/deployments/{live['id']}"),
                          ("POST", f"/deployments/{live['id']}/redeploy"),
@@ -608,10 +600,9 @@ def test_the_traceback_shows_only_when_the_outer_app_runs_with_debug(raising_ser
 
 def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
         tmp_path: Path) -> None:
-    small = start_server(tmp_path / "small", extra_env={"PUSHSITE_MAX_TOTAL_MB": "1",
-                                                        "PUSHSITE_MAX_FILES": "10"})
-    try:
-        api = Api(small, new_token(small, "--name", "ci"))
+    with serving(tmp_path / "small", extra_env={"PUSHSITE_MAX_TOTAL_MB": "1",
+                                                 "PUSHSITE_MAX_FILES": "10"}) as small:
+        api = Api(small, small.new_token("--name", "ci"))
 
         def body() -> Iterator[bytes]:
             yield b"\x1f\x8b"  # looks like gzip, so only the size stops it
@@ -622,8 +613,6 @@ def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
         assert response.status_code == 413
         assert response.json()["error"].startswith("the upload is over 2112512 bytes")
         assert api.ok("GET", "/sites/big/deploys")["deployments"] == []  # nothing recorded
-    finally:
-        small.stop()
 
 
 def test_an_upload_reaches_staging_while_it_is_still_being_sent(api: Api, site: str) -> None:

@@ -29,8 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from pushsite.config import load_config
 from pushsite.service import Service
 from pushsite.web.api import create_api
-from tests.conftest import Server, start_server
-from tests.test_api import new_token
+from tests.conftest import Server, serving
 
 
 @schemathesis.check
@@ -53,16 +52,13 @@ schemathesis.serializer.alias("application/gzip", "application/octet-stream")
 
 @pytest.fixture(scope="module")
 def schema_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("schema") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("schema") / "home") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def admin(schema_server: Server) -> str:
-    return new_token(schema_server, "--admin", "--name", "schemathesis")
+    return schema_server.new_token("--admin", "--name", "schemathesis")
 
 
 def _description() -> dict[str, Any]:

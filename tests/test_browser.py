@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from tests.conftest import Server, git, start_server, write_files
+from tests.conftest import Server, git, serving, write_files
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -22,19 +22,14 @@ WAIT_MS = 60_000  # the longest any one step may take on a busy machine
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module (one compression thread, so a big deploy runs for a while)."""
-    srv = start_server(tmp_path_factory.mktemp("browser") / "home",
-                       extra_env={"PUSHSITE_WORKERS": "1"})
-    try:
+    with serving(tmp_path_factory.mktemp("browser") / "home",
+                       extra_env={"PUSHSITE_WORKERS": "1"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def token(board: Server) -> str:
-    done = board.cli("tokens", "create", "--name", "browser")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.decode().strip()
+    return board.new_token("--name", "browser")
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,19 @@ import pytest
 from pushsite.config import load_config
 from pushsite.remote import api_base
 from pushsite.service import Service
-from tests.conftest import Server, free_port, git, git_bundle, start_server
-from tests.test_api import Api, new_token
+from tests.conftest import Server, free_port, git, git_bundle, serving
+from tests.test_api import Api
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("remote") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("remote") / "home") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def token(remote: Server) -> str:
-    return new_token(remote, "--name", "ci")
+    return remote.new_token("--name", "ci")
 
 
 @pytest.fixture
@@ -138,7 +135,7 @@ def test_token_and_name_problems_exit_with_their_code(
 
 def test_a_token_for_another_site_exits_8(remote: Server, client_home: Path,
                                           make_site: Callable[..., Path]) -> None:
-    other = new_token(remote, "--site", "elsewhere")
+    other = remote.new_token("--site", "elsewhere")
     done = run_cli(client_home, "deploy", str(make_site()), "--site", "ci-forbidden",
                    "--server", remote.url, "--token", other)
     assert done.returncode == 8
@@ -169,7 +166,7 @@ def test_a_server_url_that_is_not_one_exits_2(client_home: Path,
 def test_a_deploy_that_outlives_its_timeout_is_cancelled_and_exits_6(
         server: Server, tmp_path: Path, make_site: Callable[..., Path]) -> None:
     """The worker is held on a bundle that never arrives (a FIFO), so ours waits in the queue."""
-    token = new_token(server, "--name", "ci")
+    token = server.new_token("--name", "ci")
     api = Api(server, token)
     service = Service(load_config(home=str(server.home)))
     fifo: Path | None = None

@@ -16,7 +16,7 @@ import pytest
 
 from pushsite.web.dashboard import human_age, human_bytes, human_duration
 from pushsite.web.session import COOKIE, Session, SessionSigner, load_secret
-from tests.conftest import Server, git, start_server, write_files
+from tests.conftest import Server, git, serving, write_files
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _DEPLOYMENT = re.compile(r'href="/deployments/([0-9a-z]{26})"')
@@ -25,22 +25,14 @@ _DEPLOYMENT = re.compile(r'href="/deployments/([0-9a-z]{26})"')
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module; each test uses its own site names."""
-    srv = start_server(tmp_path_factory.mktemp("dashboard") / "home")
-    try:
+    with serving(tmp_path_factory.mktemp("dashboard") / "home") as srv:
         yield srv
-    finally:
-        srv.stop()
 
-
-def new_token(server: Server, *args: str) -> str:
-    done = server.cli("tokens", "create", *(args or ("--name", "dash")))
-    assert done.returncode == 0, done.stderr
-    return done.stdout.decode().strip()
 
 
 @pytest.fixture(scope="module")
 def token(board: Server) -> str:
-    return new_token(board)
+    return board.new_token("--name", "dash")
 
 
 def client(server: Server) -> httpx.Client:
@@ -150,7 +142,7 @@ def test_sign_out_needs_the_csrf_value_and_ends_the_session(board: Server, token
 
 
 def test_deleting_the_token_signs_its_sessions_out(board: Server) -> None:
-    browser = sign_in(board, new_token(board, "--name", "doomed"))
+    browser = sign_in(board, board.new_token("--name", "doomed"))
     assert browser.get("/").status_code == 200
     listing = board.cli("tokens", "list").stdout.decode()
     row = next(line for line in listing.splitlines() if "doomed" in line)
@@ -336,7 +328,7 @@ def test_a_site_token_sees_only_its_site(board: Server, token: str,
                                          make_repo: Callable[..., Path]) -> None:
     push(board, token, make_repo({"index.html": "mine"}), "mine")
     push(board, token, make_repo({"index.html": "theirs"}), "theirs")
-    browser = sign_in(board, new_token(board, "--name", "mine", "--site", "mine"))
+    browser = sign_in(board, board.new_token("--name", "mine", "--site", "mine"))
     listing = browser.get("/").text
     assert 'href="/sites/mine"' in listing and 'href="/sites/theirs"' not in listing
     assert browser.get("/sites/theirs").status_code == 403

@@ -20,9 +20,7 @@ def push(repo: Path, url: str, *refspecs: str,
 
 @pytest.fixture
 def token(server: Server) -> str:
-    done = server.cli("tokens", "create", "--name", "test")
-    assert done.returncode == 0, done.stderr
-    return done.stdout.decode().strip()
+    return server.new_token("--name", "test")
 
 
 def remote(server: Server, token: str, site: str = "blog") -> str:
@@ -96,7 +94,7 @@ def test_wrong_or_missing_token_is_refused(server: Server, token: str,
 
 def test_site_token_cannot_push_to_another_site(server: Server, token: str,
                                                 make_repo: Callable[..., Path]) -> None:
-    scoped = server.cli("tokens", "create", "--site", "blog").stdout.decode().strip()
+    scoped = server.new_token("--site", "blog")
     repo = make_repo({"index.html": "x"})
     assert push(repo, remote(server, scoped, "blog"), "main").returncode == 0
     done = push(repo, remote(server, scoped, "other"), "main")

@@ -140,7 +140,7 @@ def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] 
         [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server(port, home, env, process)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a loaded CI machine starts granian slowly
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"pushsite serve exited with {process.returncode}")
@@ -150,7 +150,7 @@ def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] 
         except httpx.TransportError:
             time.sleep(0.1)
     server.stop()
-    raise RuntimeError("pushsite serve did not answer within 20 s")
+    raise RuntimeError("pushsite serve did not answer within 60 s")
 
 
 @contextmanager

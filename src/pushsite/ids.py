@@ -39,5 +39,13 @@ def new_id(now: float | None = None) -> str:
     return _encode(ms, 10) + _encode(rand, 16)
 
 
+def id_time(deployment_id: str) -> float:
+    """The creation time (seconds since the epoch) an id carries."""
+    ms = 0
+    for char in deployment_id[:10]:
+        ms = ms * 32 + _ALPHABET.index(char)
+    return ms / 1000
+
+
 def looks_like_id(text: str) -> bool:
     return len(text) == 26 and all(c in _ALPHABET for c in text)

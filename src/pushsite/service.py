@@ -145,10 +145,9 @@ class Service:
         if bundle is not None:
             deployment.bundle_key = self._stage(deployment.id, bundle)
         self.state.create_deployment(deployment)
-        log = self.log_for(deployment)
-        log.info("accept", f"accepted a bundle for {site.name} ({branch}) from {source}",
-                 bytes=self._staged_size(deployment.bundle_key))
-        log.flush()
+        self._note(deployment, "info", "accept",
+                   f"accepted a bundle for {site.name} ({branch}) from {source}",
+                   bytes=self._staged_size(deployment.bundle_key))
         if enqueue:
             self.queue.send({"deployment": deployment.id})
         return deployment
@@ -207,6 +206,13 @@ class Service:
     # running -----------------------------------------------------------------------------------
     def log_for(self, deployment: Deployment) -> DeployLog:
         return DeployLog(self.state, deployment.id, deployment.site, sinks=self._sinks)
+
+    def _note(self, deployment: Deployment, level: str, stage: str, message: str,
+              **fields: object) -> None:
+        """One line in a deployment's log, written now (outside a running pipeline)."""
+        log = self.log_for(deployment)
+        getattr(log, level)(stage, message, **fields)
+        log.flush()
 
     def run(
         self,
@@ -282,9 +288,7 @@ class Service:
         deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
                                 message=message, source=source, bundle_key=f"git:{commit}")
         self.state.create_deployment(deployment)
-        log = self.log_for(deployment)
-        log.info("accept", f"push of {commit[:12]} to {branch} queued")
-        log.flush()
+        self._note(deployment, "info", "accept", f"push of {commit[:12]} to {branch} queued")
         self.queue.send({"deployment": deployment.id})
         return deployment
 
@@ -297,9 +301,8 @@ class Service:
         deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
                                 message=message, source=f"webhook:{provider}")
         self.state.create_deployment(deployment)
-        log = self.log_for(deployment)
-        log.info("accept", f"{provider} push of {commit[:12]} to {branch} queued")
-        log.flush()
+        self._note(deployment, "info", "accept",
+                   f"{provider} push of {commit[:12]} to {branch} queued")
         self.queue.send({"deployment": deployment.id, "fetch": {
             "provider": provider, "repo": repo, "commit": commit, "project_id": project_id}})
         return deployment
@@ -513,9 +516,7 @@ class Service:
         self._mark_live(target)
         if current and current.deployment_id != target.id:
             self._refresh_status(current.deployment_id)
-        log = self.log_for(target)
-        log.info("activate", f"rolled back: production now serves {target.id}")
-        log.flush()
+        self._note(target, "info", "activate", f"rolled back: production now serves {target.id}")
         return self.state.get_deployment(target.id)
 
     def _previous_production(self, site: Site, current: str | None) -> Deployment:
@@ -559,9 +560,7 @@ class Service:
             if self.state.update_deployment(deployment, expect_status=status):
                 if status == Status.QUEUED:
                     self._discard_staged(deployment)
-                log = self.log_for(deployment)
-                log.info("cancelled", f"cancelled while {status}")
-                log.flush()
+                self._note(deployment, "info", "cancelled", f"cancelled while {status}")
                 return deployment
         current = self.state.get_deployment(deployment_id)
         raise ConfigError(f"deployment {deployment_id} is {current.status}; only a queued or "
@@ -595,9 +594,7 @@ class Service:
             deployment.finished = time.time()
             if self.state.update_deployment(deployment, expect_status=runnable):
                 self._discard_staged(deployment)
-                log = self.log_for(deployment)
-                log.info("skipped", deployment.error)
-                log.flush()
+                self._note(deployment, "info", "skipped", deployment.error)
             return
         # run and _fetch record any error on the deployment and its log; one that is no
         # PushsiteError (a bug, an OS error) must not end the worker that called us either
@@ -617,11 +614,15 @@ class Service:
             return deployment
         deployment.status = Status.QUEUED
         if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-            log = self.log_for(deployment)
-            log.warning("accept", "its worker stopped (the queue delivered it again); taken "
-                        "over, stored blobs are reused")
-            log.flush()
+            self._note(deployment, "warning", "accept", "its worker stopped (the queue "
+                       "delivered it again); taken over, stored blobs are reused")
         return self.state.get_deployment(deployment.id)
+
+    def _resumable(self, bundle_key: str) -> bool:
+        """Its bundle can be read again: a pushed commit, or a file still in staging ("" is a
+        stream `pushsite deploy` read once and never staged)."""
+        return bundle_key.startswith("git:") or bool(
+            bundle_key and (self.config.staging / bundle_key).exists())
 
     def recover(self) -> list[str]:
         """After a restart: deployments left running were interrupted; queue them again.
@@ -632,31 +633,24 @@ class Service:
         for deployment in self.state.list_deployments(status=Status.RUNNING, limit=1000):
             if _in_bucket(deployment.bundle_key):
                 continue
-            key = deployment.bundle_key  # "": streamed by `pushsite deploy`, never staged
-            if not key.startswith("git:") and not (key and (self.config.staging / key).exists()):
+            if not self._resumable(deployment.bundle_key):
                 deployment.status = Status.FAILED
                 deployment.error = ("interrupted by a restart, and its bundle is gone (a "
                                     "streamed deploy cannot resume); deploy it again")
                 deployment.finished = time.time()
                 if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-                    log = self.log_for(deployment)
-                    log.error("failed", deployment.error)
-                    log.flush()
+                    self._note(deployment, "error", "failed", deployment.error)
                 continue
             deployment.status = Status.QUEUED
             if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-                log = self.log_for(deployment)
-                log.warning("accept", "interrupted by a restart; queued again (stored blobs "
-                            "are reused)")
-                log.flush()
+                self._note(deployment, "warning", "accept", "interrupted by a restart; queued "
+                           "again (stored blobs are reused)")
                 self.queue.send({"deployment": deployment.id})
                 requeued.append(deployment.id)
         # queued ones whose message may have been lost between recording and sending (a
         # duplicate message is harmless: only one runner wins queued -> running)
         for deployment in self.state.list_deployments(status=Status.QUEUED, limit=1000):
-            key = deployment.bundle_key
-            if key.startswith("git:") or (key and not _in_bucket(key)
-                                          and (self.config.staging / key).exists()):
+            if not _in_bucket(deployment.bundle_key) and self._resumable(deployment.bundle_key):
                 self.queue.send({"deployment": deployment.id})
                 requeued.append(deployment.id)
         return requeued

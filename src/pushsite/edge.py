@@ -36,7 +36,7 @@ from pushsite import http_semantics as hs
 from pushsite.blobcache import ByteLRU
 from pushsite.errors import BackendUnavailable, PushsiteError
 from pushsite.hosts import HostResolver, SiteTarget, split_host
-from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
+from pushsite.model import FileEntry, Manifest, manifest_key
 from pushsite.rules import CompiledRules
 from pushsite.state import StateStore
 from pushsite.stores import ObjectStore
@@ -427,7 +427,7 @@ class Edge:
                 await _send(send, 304, not_modified, b"", True)
                 return
         size = entry.encodings[encoding] if encoding else entry.size
-        key = blob_key(entry.hash, encoding)
+        key = entry.key(encoding)
         if isinstance(byte_range, hs.Unsatisfiable):
             headers = [h for h in headers if h[0] != b"content-length"] + [
                 (b"content-range", f"bytes */{size}".encode()),

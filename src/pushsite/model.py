@@ -108,13 +108,23 @@ class FileEntry:
     type: str  # media type with charset for text
     encodings: dict[str, int] = field(default_factory=dict)  # "br"/"gzip" -> stored size
     git: str = ""  # the git blob id when the deployment came from a push
+    # where a variant ("", "gzip", "br") lives when not at its own blob_key: a range of a
+    # pack object ("packs/<id>@<offset>+<length>"), written by stores that pack small blobs
+    # (None, not an empty dict, when there is none: 100,000 entries stay small)
+    refs: dict[str, str] | None = None
+
+    def key(self, encoding: str = "") -> str:
+        """The store key to read a variant from: its pack range, else its own object."""
+        return (self.refs and self.refs.get(encoding)) or blob_key(self.hash, encoding)
 
     def to_json(self) -> list[Any]:
-        return [self.hash, self.size, self.type, self.encodings, self.git]
+        row = [self.hash, self.size, self.type, self.encodings, self.git]
+        return [*row, self.refs] if self.refs else row
 
     @classmethod
     def from_json(cls, row: list[Any]) -> FileEntry:
-        return cls(row[0], row[1], row[2], row[3], row[4] if len(row) > 4 else "")
+        return cls(row[0], row[1], row[2], row[3], row[4] if len(row) > 4 else "",
+                   row[5] if len(row) > 5 else None)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite import housekeeping, ids, names, tokens
@@ -221,8 +222,12 @@ class Service:
         timeout: float | None = DEFAULT_TIMEOUT,
         progress: Callable[[Counters], None] | None = None,
         bundle: BinaryIO | None = None,
+        folder: Path | None = None,
     ) -> Deployment:
         """Run a queued deployment to its end; raises DeploymentFailed (or a subclass).
+
+        The files come from `bundle` (a tar.gz stream), `folder` (read in place, no tar), a
+        git commit, or the staged bundle, in that order.
 
         Only one runner wins the queued -> running step, so a deployment delivered twice
         runs once. With `timeout`, the pipeline stops `deadline_margin` before it.
@@ -249,7 +254,7 @@ class Service:
         builder.previous = previous
         try:
             with trimmed_heap():
-                return self._run_pipeline(deployment, builder, log, bundle)
+                return self._run_pipeline(deployment, builder, log, bundle, folder)
         except BaseException as exc:
             self._apply_counters(deployment, builder.counters)
             self._fail(deployment, exc, log)
@@ -258,10 +263,15 @@ class Service:
             log.flush()
 
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
-                      bundle: BinaryIO | None) -> Deployment:
+                      bundle: BinaryIO | None, folder: Path | None = None) -> Deployment:
         log.info("read", "reading the bundle", workers=self.config.workers)
         if deployment.bundle_key.startswith("git:"):
             outcome = self._deploy_commit(deployment, builder)
+        elif folder is not None:
+            from pushsite.sources.folder import deploy_folder
+
+            outcome = deploy_folder(folder, builder, self.config.limits(), deployment.id,
+                                    deployment.site, deployment.created)
         elif bundle is not None:
             outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
                                     deployment.site, deployment.created)

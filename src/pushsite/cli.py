@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -143,7 +144,9 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
     from pushsite.names import check_site_name
 
     check_site_name(site)
-    stream = open_source(source)
+    # a folder is read in place; a tar.gz file or stdin is read as a stream
+    folder = Path(source) if source != "-" and Path(source).is_dir() else None
+    stream = None if folder else open_source(source)
     deployment = service.accept(site, None, branch=branch, message=message, enqueue=False)
     progress, update = _progress_bar()
     try:
@@ -151,7 +154,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
             progress.start()
         try:
             deployment = service.run(deployment.id, timeout=timeout, progress=update,
-                                     bundle=stream)
+                                     bundle=stream, folder=folder)
         finally:
             if progress:
                 progress.stop()

@@ -15,6 +15,7 @@ Links are stored as links, so the server's reader applies its rules.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -231,7 +232,7 @@ def _unreadable(path: str, kind: str, exc: OSError) -> BundleRejected:
     if isinstance(exc, FileNotFoundError):
         return BundleRejected(f"the {kind} {path!r} disappeared while the folder was being "
                               "read; deploy again once nothing is writing to the folder")
-    if exc.errno == getattr(os, "ELOOP", -1):
+    if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link where the walk saw a file
         return _changed(path, "became a link")
     return BundleRejected(f"cannot read the {kind} {path!r} in the folder ({exc.strerror}); "
                           "fix its permissions or remove it")

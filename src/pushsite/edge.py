@@ -26,7 +26,8 @@ refuses identity and nothing else fits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote_to_bytes
 
@@ -124,17 +125,17 @@ class _Deployed:
         )
         self.last_modified = hs.http_date(manifest.created).encode()
         self.created = manifest.created
-        self.plans: dict[tuple[str, bytes, bytes], _Plan] = {}
+        self.plans: dict[tuple[str, bytes, str], _Plan] = {}
         self._variants: dict[tuple[str, str, bool], Headers] = {}
 
-    def plan(self, host: str, raw_path: bytes, query: bytes) -> _Plan:
+    def plan(self, host: str, raw_path: bytes, query: str) -> _Plan:
         """The routed meaning of a request (memoised: rules may look at host and query)."""
         key = (host, raw_path, query)
         plan = self.plans.get(key)
         if plan is None:
             if len(self.plans) >= _PLANS_PER_DEPLOYMENT:
                 self.plans.clear()
-            plan = self.plans[key] = self._route(host, raw_path, query.decode("latin-1"))
+            plan = self.plans[key] = self._route(host, raw_path, query)
         return plan
 
     def headers(self, plan: _Plan, encoding: str, full: bool) -> Headers:
@@ -301,8 +302,53 @@ _UNAVAILABLE = _message(503, "503 Service Unavailable: storage is not reachable,
 _FAILED = _message(500, "500 Internal Server Error\n")
 
 
+class Answer:
+    """A finished response: status, headers, body, and for a streamed blob the rest of it.
+
+    An answer without a stream is immutable once built, so the edge may hand the same one to
+    many requests (see Edge.cached); `rsgi_headers` is the header list in RSGI's str form,
+    converted once per answer.
+    """
+
+    __slots__ = ("status", "headers", "body", "rest", "_rsgi")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        body: bytes = b"",
+        rest: AsyncIterator[bytes] | None = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body  # for a stream: its first chunk, read before the status goes out
+        self.rest = rest  # the stream's remaining chunks, or None
+        self._rsgi: list[tuple[str, str]] | None = None
+
+    @property
+    def rsgi_headers(self) -> list[tuple[str, str]]:
+        headers = self._rsgi
+        if headers is None:
+            headers = self._rsgi = [
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.headers
+            ]
+        return headers
+
+
+def _answer(plan: _Plan, head: bool, extra: Headers | None = None) -> Answer:
+    headers = plan.headers + extra if extra else plan.headers
+    return Answer(plan.status, headers, b"" if head else plan.body)
+
+
+# The answers cache: (host, raw path, query, Accept-Encoding, HEAD?) -> (deployment, answer).
+_ANSWERS_MAX = 4096
+_ANSWERS_BYTES = 64 << 20
+AnswerKey = tuple[str, bytes, str, "str | None", bool]
+
+
 class Edge:
-    """Serves the sites: an ASGI app for site hosts, with bounded in-memory caches."""
+    """Serves the sites, with bounded in-memory caches: `respond` is the whole HTTP logic,
+    the ASGI `__call__` (and pushsite.web.rsgi) only carry requests and answers."""
 
     def __init__(
         self,
@@ -318,11 +364,106 @@ class Edge:
             cache_bytes - cache_bytes // 8, max_item=min(STREAM_THRESHOLD, cache_bytes // 8)
         )
         self.manifests: ByteLRU[_Deployed] = ByteLRU(cache_bytes // 8, max_item=cache_bytes // 8)
-        self._codings: dict[tuple[bytes, tuple[str, ...]], str | None] = {}
+        self._codings: dict[tuple[str, tuple[str, ...]], str | None] = {}
+        self._answers: dict[AnswerKey, tuple[str | None, Answer]] = {}
+        self._answer_bytes = 0
 
     def site_for_host(self, host: str) -> SiteTarget | None:
         """The site a Host header names; None when the control plane should answer."""
         return self.hosts.target(host)
+
+    def cached(self, key: AnswerKey, target: SiteTarget) -> Answer | None:
+        """The answer a plain GET/HEAD got before, if the host still serves that deployment.
+
+        Plain means no If-None-Match, If-Modified-Since or Range: with those absent, the answer
+        is a function of the key and the deployment alone (rules see only host, path, query).
+        The deployment is read per request (HostResolver), so a deploy or rollback shows on the
+        next request exactly as without this cache.
+        """
+        hit = self._answers.get(key)
+        if hit is not None and hit[0] == self.hosts.deployment_id(target):
+            return hit[1]
+        return None
+
+    def _remember(self, key: AnswerKey, deployment_id: str | None, answer: Answer) -> None:
+        size = len(answer.body) + 512
+        if len(self._answers) >= _ANSWERS_MAX or self._answer_bytes + size > _ANSWERS_BYTES:
+            self._answers.clear()
+            self._answer_bytes = 0
+        old = self._answers.get(key)
+        if old is not None:
+            self._answer_bytes -= len(old[1].body) + 512
+        self._answers[key] = (deployment_id, answer)
+        self._answer_bytes += size
+
+    async def respond(
+        self,
+        method: str,
+        host: str,
+        raw_path: bytes,
+        query: str,
+        accept: str | None = None,
+        none_match: str | None = None,
+        since: str | None = None,
+        range_: str | None = None,
+        if_range: str | None = None,
+        target: SiteTarget | None = None,
+    ) -> Answer:
+        """The answer to one request on a site host (`target` when the caller resolved it)."""
+        head = method == "HEAD"
+        try:
+            if target is None:
+                target = self.hosts.target(host)
+            deployment_id = self.hosts.deployment_id(target) if target else None
+            plain = (head or method == "GET") and none_match is None and since is None and (
+                range_ is None
+            )
+            key: AnswerKey = (host, raw_path, query, accept, head)
+            if plain:
+                hit = self._answers.get(key)
+                if hit is not None and hit[0] == deployment_id:
+                    return hit[1]
+            if target is None or deployment_id is None:
+                answer = _answer(_NO_SITE, head)
+            else:
+                answer = await self._respond(
+                    method, head, target, deployment_id, host, raw_path, query, accept,
+                    none_match, since, range_, if_range,
+                )  # fmt: skip
+            if plain and answer.rest is None:
+                self._remember(key, deployment_id, answer)
+            return answer
+        except BackendUnavailable:
+            return _answer(_UNAVAILABLE, head)
+        except PushsiteError:
+            return _answer(_FAILED, head)
+
+    async def _respond(
+        self,
+        method: str,
+        head: bool,
+        target: SiteTarget,
+        deployment_id: str,
+        host: str,
+        raw_path: bytes,
+        query: str,
+        accept: str | None,
+        none_match: str | None,
+        since: str | None,
+        range_: str | None,
+        if_range: str | None,
+    ) -> Answer:
+        deployed = await self._deployed(deployment_id)
+        plan = deployed.plan(host, raw_path, query)
+        extra = _NOINDEX if target.noindex else None
+        if not head and method != "GET":
+            headers = _apply_rules(_NOT_ALLOWED.headers, plan.add, plan.detach)
+            return Answer(405, headers + (extra or []), _NOT_ALLOWED.body)
+        if plan.entry is None:
+            return _answer(plan, head, extra)
+        return await self._serve_file(
+            deployed, plan, head, extra, accept, none_match, since, range_, if_range
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -346,56 +487,46 @@ class Edge:
                 range_ = value
             elif name == b"if-range":
                 if_range = value
-        head = scope["method"] == "HEAD"
-        try:
-            host_name = host.decode("latin-1") if host else ""
-            target = scope.get(_TARGET) or self.hosts.target(host_name)
-            deployment_id = self.hosts.deployment_id(target) if target else None
-            if target is None or deployment_id is None:
-                await _send(send, _NO_SITE.status, _NO_SITE.headers, _NO_SITE.body, head)
-                return
-            deployed = await self._deployed(deployment_id)
-            raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
-            plan = deployed.plan(host_name, raw_path, scope.get("query_string", b""))
-            extra = _NOINDEX if target.noindex else None
-            if not head and scope["method"] != "GET":
-                headers = _apply_rules(_NOT_ALLOWED.headers, plan.add, plan.detach)
-                await _send(send, 405, headers + (extra or []), _NOT_ALLOWED.body, False)
-                return
-            if plan.entry is None:
-                headers = plan.headers + extra if extra else plan.headers
-                await _send(send, plan.status, headers, plan.body, head)
-                return
-            await self._serve_file(
-                send, deployed, plan, head, extra, accept, none_match, since, range_, if_range
-            )
-        except BackendUnavailable:
-            await _send(send, 503, _UNAVAILABLE.headers, _UNAVAILABLE.body, head)
-        except PushsiteError:
-            await _send(send, 500, _FAILED.headers, _FAILED.body, head)
+        answer = await self.respond(
+            scope["method"],
+            host.decode("latin-1") if host else "",
+            scope.get("raw_path") or quote(scope["path"]).encode(),
+            scope.get("query_string", b"").decode("latin-1"),
+            _text(accept), _text(none_match), _text(since), _text(range_), _text(if_range),
+            scope.get(_TARGET),
+        )  # fmt: skip
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": answer.headers})  # fmt: skip
+        if answer.rest is None:
+            await send({"type": "http.response.body", "body": answer.body})
+            return
+        async with _closing(answer.rest) as rest:
+            await send({"type": "http.response.body", "body": answer.body, "more_body": True})
+            async for chunk in rest:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _serve_file(
         self,
-        send: Send,
         deployed: _Deployed,
         plan: _Plan,
         head: bool,
         extra: Headers | None,
-        accept: bytes | None,
-        none_match: bytes | None,
-        since: bytes | None,
-        range_: bytes | None,
-        if_range: bytes | None,
-    ) -> None:
+        accept: str | None,
+        none_match: str | None,
+        since: str | None,
+        range_: str | None,
+        if_range: str | None,
+    ) -> Answer:
         entry = plan.entry
         assert entry is not None
         full = plan.status == 200
         byte_range: tuple[int, int] | hs.Unsatisfiable | None = None
         if full and range_ is not None:
-            byte_range = hs.parse_range(range_.decode("latin-1"), entry.size)
+            byte_range = hs.parse_range(range_, entry.size)
             if byte_range is not None and if_range is not None:
                 etag = hs.make_etag(entry.hash)
-                if not hs.if_range_allows(if_range.decode("latin-1"), etag, deployed.created):
+                if not hs.if_range_allows(if_range, etag, deployed.created):
                     byte_range = None
         if byte_range is not None:
             encoding = ""  # ranges are offsets into the identity content
@@ -407,25 +538,18 @@ class Edge:
                 if plan.codings:
                     headers.append(_VARY)
                 headers = _apply_rules(headers + [_NOSNIFF], plan.add, plan.detach)
-                await _send(send, 406, headers + (extra or []), body, head)
-                return
+                return Answer(406, headers + (extra or []), b"" if head else body)
             encoding = chosen
         headers = deployed.headers(plan, encoding, full)
         if extra:
             headers = headers + extra
         if full:
             if none_match is not None:
-                fresh = hs.none_match(
-                    none_match.decode("latin-1"), hs.make_etag(entry.hash, encoding)
-                )
+                fresh = hs.none_match(none_match, hs.make_etag(entry.hash, encoding))
             else:
-                fresh = since is not None and hs.not_modified_since(
-                    since.decode("latin-1"), deployed.created
-                )
+                fresh = since is not None and hs.not_modified_since(since, deployed.created)
             if fresh:
-                not_modified = [h for h in headers if h[0] != b"content-length"]
-                await _send(send, 304, not_modified, b"", True)
-                return
+                return Answer(304, [h for h in headers if h[0] != b"content-length"])
         size = entry.encodings[encoding] if encoding else entry.size
         key = entry.key(encoding)
         if isinstance(byte_range, hs.Unsatisfiable):
@@ -433,8 +557,7 @@ class Edge:
                 (b"content-range", f"bytes */{size}".encode()),
                 (b"content-length", b"0"),
             ]
-            await _send(send, 416, headers, b"", True)
-            return
+            return Answer(416, headers)
         status, start, end = plan.status, 0, size
         if byte_range is not None:
             start, end = byte_range
@@ -444,18 +567,22 @@ class Edge:
                 (b"content-length", str(end - start).encode()),
             ]
         if head:
-            await _send(send, status, headers, b"", True)
-            return
+            return Answer(status, headers)
         if size > STREAM_THRESHOLD:
-            await self._stream(send, status, headers, key, start, end, size)
-            return
+            rest = self._chunks(key, start, end, size)
+            try:
+                first = await rest.__anext__()
+            except BaseException:
+                await rest.aclose()
+                raise
+            return Answer(status, headers, first, rest)
         data = self.blobs.get(key)
         if data is None:
             data = await anyio.to_thread.run_sync(self.store.get, key)
             self.blobs.put(key, data, len(data))
-        await _send(send, status, headers, data if end - start == size else data[start:end], False)
+        return Answer(status, headers, data if end - start == size else data[start:end])
 
-    def _coding(self, accept: bytes | None, codings: tuple[str, ...]) -> str | None:
+    def _coding(self, accept: str | None, codings: tuple[str, ...]) -> str | None:
         """choose_encoding, memoised: clients repeat the same few Accept-Encoding values."""
         if accept is None:
             return ""
@@ -465,16 +592,15 @@ class Edge:
         except KeyError:
             if len(self._codings) >= 1024:
                 self._codings.clear()
-            chosen = self._codings[key] = hs.choose_encoding(accept.decode("latin-1"), codings)
+            chosen = self._codings[key] = hs.choose_encoding(accept, codings)
             return chosen
 
-    async def _stream(
-        self, send: Send, status: int, headers: Headers, key: str, start: int, end: int, size: int
-    ) -> None:
-        """Send a large blob in chunks read from the store, so memory stays bounded.
+    async def _chunks(self, key: str, start: int, end: int, size: int) -> AsyncIterator[bytes]:
+        """A large blob in chunks read from the store, so memory stays bounded.
 
         The whole object is read as one stream (one GET on S3); a range with ranged reads.
-        The first chunk is read before the status goes out, so a missing blob is still a 500.
+        The caller reads the first chunk before the status goes out, so a missing blob is
+        still a 500; a later failure or an object that ends early ends the body short.
         """
         handle: BinaryIO | None = None
         if start == 0 and end == size:
@@ -488,19 +614,15 @@ class Edge:
         try:
             position = start
             chunk = await anyio.to_thread.run_sync(read, position)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
             while chunk:
+                yield chunk
                 position += len(chunk)
-                more = position < end
-                await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                if not more:
+                if position >= end:
                     return
                 try:
                     chunk = await anyio.to_thread.run_sync(read, position)
                 except (PushsiteError, OSError):
-                    break
-            # The object ended early or vanished: end the body; the client sees it is short.
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
         finally:
             if handle is not None:
                 handle.close()
@@ -521,9 +643,17 @@ class Edge:
         return deployed
 
 
-async def _send(send: Send, status: int, headers: Headers, body: bytes, head: bool) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+@contextlib.asynccontextmanager
+async def _closing(rest: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Close a stream's generator (and its store handle) however the sending ends."""
+    try:
+        yield rest
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -16,10 +16,19 @@ from starlette.routing import Route
 from pushsite.config import Config
 from pushsite.edge import Edge, make_edge_or_control_app
 from pushsite.service import Service
+from pushsite.web.rsgi import EdgeOrControl
 from pushsite.worker import run_worker
 
 
 def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
+    """The ASGI app: the edge for site hosts, the Starlette control plane for the rest."""
+    edge, control = _parts(config, debug, worker)
+    app = make_edge_or_control_app(edge, control)
+    app.service = control.state.service  # type: ignore[attr-defined]
+    return app
+
+
+def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
     service = Service(config)
     edge = Edge(service.state, service.store, base_domain=config.base_domain)
     service.manifest_listeners.append(edge.warm)
@@ -44,9 +53,7 @@ def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     routes = control_routes(service)
     control = Starlette(debug=debug, routes=routes, lifespan=lifespan)
     control.state.service = service
-    app = make_edge_or_control_app(edge, control)
-    app.service = service  # type: ignore[attr-defined]
-    return app
+    return edge, control
 
 
 def app_from_environment() -> Any:
@@ -60,6 +67,21 @@ def app_from_environment() -> Any:
 
     _die_with_parent()
     return build_app(load_config(), debug=os.environ.get("PUSHSITE_DEBUG") == "1", worker=False)
+
+
+def rsgi_app_from_environment() -> EdgeOrControl:
+    """The RSGI app for each granian process of `pushsite serve` (settings from env).
+
+    Granian does not run ASGI lifespan events for an RSGI app; the control plane's lifespan
+    only starts a deploy worker, which these processes never do (the parent runs it).
+    """
+    import os
+
+    from pushsite.config import load_config
+
+    _die_with_parent()
+    edge, control = _parts(load_config(), os.environ.get("PUSHSITE_DEBUG") == "1", False)
+    return EdgeOrControl(edge, control)
 
 
 def _die_with_parent() -> None:

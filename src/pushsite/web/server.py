@@ -17,6 +17,7 @@ from pushsite.web.app import build_app
 from pushsite.worker import run_worker
 
 _FACTORY = "pushsite.web.app:app_from_environment"
+_RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.web.rsgi
 
 
 def run_server(config: Config, *, host: str, port: int, workers: int = 1,
@@ -42,9 +43,9 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
 
-    Granian(_FACTORY, address=host, port=port, interface=Interfaces.ASGI, workers=workers,
-            factory=True, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
-            log_enabled=False, workers_kill_timeout=3).serve()
+    Granian(_RSGI_FACTORY, address=host, port=port, interface=Interfaces.RSGI,
+            workers=workers, factory=True, loop=Loops.uvloop, http=HTTPModes.http1,
+            websockets=False, log_enabled=False, workers_kill_timeout=3).serve()
 
 
 def _export(config: Config, debug: bool) -> None:

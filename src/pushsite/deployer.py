@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -46,12 +46,14 @@ from pushsite.errors import (
 )
 from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
 from pushsite.paths import common_top_folder, is_published
-from pushsite.stores import ObjectStore
+from pushsite.stores import ObjectStore, Packer
 
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 128
 IN_FLIGHT_BYTES = 24 << 20
+# what a deploy knows of a stored blob: its variants' sizes, and where they live when packed
+Known = tuple[dict[str, int], dict[str, str] | None]
 CHUNK = 1 << 20
 CONFIG_FILES = ("_headers", "_redirects", "pushsite.toml")
 CONFIG_MAX = 1 << 20
@@ -86,6 +88,7 @@ class Deadline:
     cancelled: Callable[[], bool] | None = None
     every: float = 1.0
     _next_check: float = 0.0
+    expired: bool = False  # set when the deadline fired (a pack is then sealed, not dropped)
 
     @classmethod
     def after(cls, seconds: float | None, cancelled: Callable[[], bool] | None = None) -> Deadline:
@@ -94,6 +97,7 @@ class Deadline:
     def check(self, counters: Counters) -> None:
         now = time.monotonic()
         if self.at is not None and now >= self.at:
+            self.expired = True
             raise DeploymentTimedOut(
                 f"the deploy ran out of time after {counters.describe()}; the live site is "
                 "unchanged, and a retry reuses what was stored"
@@ -157,7 +161,10 @@ class ManifestBuilder:
     progress: Callable[[Counters], None] | None = None
     # blobs a previous deployment of the site published (hash -> stored variants): known to
     # be in the store, so a file with one of these hashes costs no store query at all
-    known: dict[str, dict[str, int]] = field(default_factory=dict)
+    known: dict[str, Known] = field(default_factory=dict)
+    # where new blobs and the manifest go on a store that packs them (stores/packs.py):
+    # then every new blob is appended to this deployment's pack, with no store query
+    packer: Packer | None = None
     # the manifest of the deployment this one most likely resembles (its branch's, else
     # production's): a git push carries unchanged files over from it
     previous: Manifest | None = None
@@ -176,6 +183,7 @@ class ManifestBuilder:
         workers = max(self.workers, 1)
         self._budget = InFlight(self.in_flight_bytes * min(workers, 2) // workers)
         self._claimed: set[str] = set()
+        self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         self._lock = threading.Lock()
 
     # feeding -------------------------------------------------------------------------------
@@ -205,10 +213,11 @@ class ManifestBuilder:
                 self.deadline.check(self.counters)
             sha = digest.hexdigest()
             new = (sha not in self.known and self._claim(sha)
-                   and not self.store.has([blob_key(sha)]))
+                   and (self.packer is not None or not self.store.has([blob_key(sha)])))
             if not new:
-                encodings = self._known_encodings(sha, content_type, total)
-                self._record(path, FileEntry(sha, total, content_type, encodings, git), False, 0)
+                encodings, refs = self._known_variants(sha, content_type, total)
+                self._record(path, FileEntry(sha, total, content_type, encodings, git, refs),
+                             False, 0)
                 return
             if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
                 outputs |= {"gzip": self._temp(), "br": self._temp()}  # discarded in finally
@@ -216,10 +225,10 @@ class ManifestBuilder:
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
                          if enc and encode.worth_keeping(n, total)}
-            for enc in ("", *encodings):
-                self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
-            self._record(path, FileEntry(sha, total, content_type, encodings, git), True,
-                         stored=sum(sizes[e] for e in ("", *encodings)))
+            refs = {enc: self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
+                    for enc in ("", *encodings)}
+            self._record(path, self._new_entry(sha, total, content_type, encodings, git, refs),
+                         True, stored=sum(sizes[e] for e in ("", *encodings)))
         finally:
             for handle, tmp in outputs.values():
                 handle.close()
@@ -269,34 +278,53 @@ class ManifestBuilder:
     def _store_batch(self, batch: list[_Pending]) -> None:
         hashes = [hashlib.sha256(item.data).hexdigest() for item in batch]
         unknown = [h for h in hashes if h not in self.known]
-        present = self.store.has(blob_key(h) for h in unknown) if unknown else set()
+        present = set()
+        if unknown and self.packer is None:
+            present = self.store.has(blob_key(h) for h in unknown)
         present.update(blob_key(h) for h in hashes if h in self.known)
         for item, sha in zip(batch, hashes, strict=True):
             content_type = encode.media_type(item.path)
             key = blob_key(sha)
             new = key not in present and self._claim(sha)
-            stored = 0
-            encodings: dict[str, int] = {}
-            if new:
-                variants = encode.variants(item.data, content_type)
-                meta = {"content-type": content_type, "sha256": sha}
-                self.store.put(key, item.data, meta)
-                stored += len(item.data)
-                for enc, blob in variants.items():
-                    self.store.put(blob_key(sha, enc), blob, meta | {"content-encoding": enc})
-                    stored += len(blob)
-                encodings = {enc: len(blob) for enc, blob in variants.items()}
-            else:
-                encodings = self._known_encodings(sha, content_type, len(item.data))
-            self._record(item.path, FileEntry(sha, len(item.data), content_type, encodings,
-                                              item.git), new, stored)
+            if not new:
+                encodings, refs = self._known_variants(sha, content_type, len(item.data))
+                self._record(item.path, FileEntry(sha, len(item.data), content_type, encodings,
+                                                  item.git, refs), False, 0)
+                continue
+            variants = {"": item.data, **encode.variants(item.data, content_type)}
+            meta = {"content-type": content_type, "sha256": sha}
+            refs = {}
+            for enc, blob in variants.items():
+                if self.packer is not None:
+                    refs[enc] = self.packer.add(blob_key(sha, enc), blob)
+                else:
+                    self.store.put(blob_key(sha, enc), blob,
+                                   meta | {"content-encoding": enc} if enc else meta)
+            encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
+            entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, refs)
+            self._record(item.path, entry, True, sum(map(len, variants.values())))
 
-    def _known_encodings(self, sha: str, content_type: str, size: int) -> dict[str, int]:
-        """The variants an already stored blob has (looked up, since a manifest needs sizes)."""
-        if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
-            return {}
+    def _new_entry(self, sha: str, size: int, content_type: str, encodings: dict[str, int],
+                   git: str, refs: dict[str, str | None]) -> FileEntry:
+        """The entry of a blob this deploy stored; remembered when it went into the pack."""
+        packed = {enc: ref for enc, ref in refs.items() if ref} or None
+        if packed is not None:
+            with self._lock:
+                self._packed[sha] = (encodings, packed)
+        return FileEntry(sha, size, content_type, encodings, git, packed)
+
+    def _known_variants(self, sha: str, content_type: str, size: int) -> Known:
+        """The variants an already stored blob has (looked up, since a manifest needs sizes),
+        and where they are when packed."""
         if sha in self.known:
-            return dict(self.known[sha])
+            encodings, refs = self.known[sha]
+            return dict(encodings), refs
+        if self.packer is not None:  # stored by this deploy; finish() fills in what is late
+            self._wait_for_claims(sha)
+            with self._lock:
+                return self._packed.get(sha, ({}, None))
+        if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
+            return {}, None
         self._wait_for_claims(sha)
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
         present = self.store.has(keys.values())
@@ -305,7 +333,7 @@ class ManifestBuilder:
         for enc, key in keys.items():
             if key in present:
                 out[enc] = sizer(key) if sizer else len(self.store.get(key))
-        return out
+        return out, None
 
     def _wait_for_claims(self, sha: str) -> None:
         """A blob claimed by another batch of this deploy may still be being written."""
@@ -348,19 +376,23 @@ class ManifestBuilder:
         return tempfile.TemporaryFile(), None
 
     def _adopt(self, key: str, output: tuple[BinaryIO, object], content_type: str, enc: str,
-               sha: str) -> None:
+               sha: str) -> str | None:
+        """Store a spooled variant; its ref when it went into the pack."""
         handle, tmp = output
         handle.flush()
+        size = handle.tell()
+        handle.seek(0)
+        if self.packer is not None:
+            return self.packer.add_stream(key, handle, size)
         adopt = getattr(self.store, "adopt_file", None)
         if adopt is not None and tmp is not None:
             adopt(key, tmp)
-            return
-        size = handle.tell()
-        handle.seek(0)
+            return None
         meta = {"content-type": content_type, "sha256": sha}
         if enc:
             meta["content-encoding"] = enc
         self.store.put_stream(key, handle, size, meta)
+        return None
 
     # finishing -----------------------------------------------------------------------------
     def drain(self) -> None:
@@ -376,9 +408,17 @@ class ManifestBuilder:
         self.store.flush()
 
     def abort(self) -> None:
+        """Stop the pool; a pack is sealed for the retry when time ran out, else dropped."""
         for future in self._futures:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.packer is None:
+            return
+        if self.deadline.expired:
+            with contextlib.suppress(Exception):  # the timeout is what gets reported
+                self.packer.close(None)
+        else:
+            self.packer.abort()
 
     def finish(self, deployment_id: str, site: str, commit: str, created: float,
                publish: str | None = None, exclude: tuple[str, ...] = (),
@@ -390,6 +430,7 @@ class ManifestBuilder:
         """
         self.drain()
         self._pool.shutdown()
+        self._fill_late_refs()
         self._resolve_links()
         config = dict(self.config_files)
         top = None
@@ -425,14 +466,31 @@ class ManifestBuilder:
         if not files:
             raise BundleRejected("the bundle has no publishable file (after leaving out "
                                  "dotfiles, excludes and the publish folder's rules)")
+        if self.packer is not None:
+            _rename_refs(files.values(), self.packer.pending, self.packer.key)
         manifest = Manifest(deployment_id, site, created, files, commit=commit)
         manifest.headers, manifest.redirects = _parse_rules(config)
         manifest.not_found = "404.html" if "404.html" in files else None
         body = manifest.to_bytes()
-        self.store.put(manifest_key(deployment_id), body, {"content-type": "application/json"})
-        self.store.flush()
+        if self.packer is not None:
+            self.packer.close(body)
+        else:
+            self.store.put(manifest_key(deployment_id), body,
+                           {"content-type": "application/json"})
+            self.store.flush()
         self.settings = settings
         return manifest
+
+    def _fill_late_refs(self) -> None:
+        """A duplicate met while its first copy was still going into the pack got no ref:
+        every batch is done now, so it can have its first copy's."""
+        if not self._packed:
+            return
+        for path, entry in self.entries.items():
+            if entry.refs is None and entry.hash in self._packed:
+                encodings, refs = self._packed[entry.hash]
+                self.entries[path] = FileEntry(entry.hash, entry.size, entry.type,
+                                               dict(encodings), entry.git, refs)
 
     def _resolve_links(self) -> None:
         for link in self._links:
@@ -442,6 +500,17 @@ class ManifestBuilder:
                                  "a regular file inside the bundle", target=link.target or "")
                 continue
             self.entries[link.path] = entry
+
+
+def _rename_refs(entries: Iterable[FileEntry], old: str, new: str) -> None:
+    """Point refs into the pack's open segment at the name close() stores it under.
+
+    In place: entries of duplicates and links share one refs dict."""
+    prefix = old + "@"
+    for entry in entries:
+        for encoding, ref in (entry.refs or {}).items():
+            if ref.startswith(prefix):
+                entry.refs[encoding] = new + ref[len(old):]  # type: ignore[index]
 
 
 def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import brotli
 
 from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
-from pushsite.model import Status, blob_key, manifest_key
+from pushsite.model import FileEntry, Status, manifest_key
+from pushsite.stores.packs import PACKS, pack_key, parse_ref
 
 if TYPE_CHECKING:
     from pushsite.service import Service
@@ -40,16 +41,25 @@ def prune(service: Service, site_name: str, keep: int) -> dict[str, int]:
     dropped_ids = {d.id for d in dropped}
     service.store.delete([manifest_key(d.id) for d in dropped])
     live_keys: set[str] = set()
-    for d in every:
-        if d.status.servable and d.id not in dropped_ids:
-            try:
-                manifest = service.manifest(d.id)
-            except DeploymentNotFound:
-                continue
-            for entry in manifest.files.values():
-                live_keys.add(blob_key(entry.hash))
-                live_keys.update(blob_key(entry.hash, enc) for enc in entry.encodings)
+    live_packs: set[str] = set()
+    kept = [d for d in every if d.status.servable and d.id not in dropped_ids]
+    for d in kept:
+        try:
+            manifest = service.manifest(d.id)
+        except DeploymentNotFound:
+            continue
+        for entry in manifest.files.values():
+            for key in (entry.key(enc) for enc in ("", *entry.encodings)):
+                ref = parse_ref(key)
+                if ref is None:
+                    live_keys.add(key)
+                else:
+                    live_packs.add(ref[0])
     doomed = [k for k in service.store.keys("blobs/") if k not in live_keys]
+    # a kept deployment's own pack holds its manifest, even when no file of it is new
+    owners = {pack_key(d.id) for d in kept}
+    doomed += [k for k in service.store.keys(PACKS)
+               if k not in live_packs and k.partition(".")[0] not in owners]
     service.store.delete(doomed)
     for deployment in dropped:
         deployment.status = Status.CANCELLED
@@ -73,23 +83,23 @@ def verify(service: Service) -> list[str]:
             continue
         for path, entry in manifest.files.items():
             if entry.hash not in verdicts:
-                verdicts[entry.hash] = _check_blob(service, entry.hash, entry.size,
-                                                   list(entry.encodings))
+                verdicts[entry.hash] = _check_blob(service, entry)
             problems.extend(f"{d.site} {d.id}: {path}: {what}" for what in verdicts[entry.hash])
     return problems
 
 
-def _check_blob(service: Service, digest: str, size: int, encodings: list[str]) -> list[str]:
+def _check_blob(service: Service, entry: FileEntry) -> list[str]:
+    digest, size = entry.hash, entry.size
     try:
-        data = service.store.get(blob_key(digest))
+        data = service.store.get(entry.key())
     except NotFound:
         return [f"blob {digest} is missing"]
     found = []
     if hashlib.sha256(data).hexdigest() != digest or len(data) != size:
         found.append(f"blob {digest} is corrupt")
-    for enc in encodings:
+    for enc in entry.encodings:
         try:
-            packed = service.store.get(blob_key(digest, enc))
+            packed = service.store.get(entry.key(enc))
         except NotFound:
             found.append(f"{enc} variant is missing")
             continue

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from pushsite.errors import BackendUnavailable, ConfigError
-from pushsite.model import FileEntry, Manifest, blob_key
+from pushsite.model import FileEntry, Manifest
 from pushsite.stores import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,9 @@ def _file_object(key: str, entry: FileEntry, headers: dict[str, str]) -> _Wanted
     args = {"ContentType": entry.type, **headers}
     if "gzip" in entry.encodings:
         args["ContentEncoding"] = "gzip"
-        source, size = blob_key(entry.hash, "gzip"), entry.encodings["gzip"]
+        source, size = entry.key("gzip"), entry.encodings["gzip"]
     else:
-        source, size = blob_key(entry.hash), entry.size
+        source, size = entry.key(), entry.size
     html = entry.type.startswith(("text/html", "application/xhtml+xml"))
     return _Wanted(key, args, entry.hash, source, size, html)
 

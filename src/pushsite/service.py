@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from pushsite import housekeeping, ids, names, tokens
 from pushsite.config import Config
-from pushsite.deployer import Counters, Deadline, ManifestBuilder, deploy_bundle
+from pushsite.deployer import Counters, Deadline, Known, ManifestBuilder, deploy_bundle
 from pushsite.errors import (
     AliasConflict,
     ConfigError,
@@ -236,6 +236,7 @@ class Service:
         if deployment.status not in (Status.QUEUED, Status.TIMED_OUT):
             return deployment
         previous = deployment.status
+        ran_before = previous == Status.TIMED_OUT or bool(deployment.started)
         deployment.status = Status.RUNNING
         deployment.started = time.time()
         deployment.error = ""
@@ -249,8 +250,13 @@ class Service:
         from_git = deployment.bundle_key.startswith("git:")
         previous = self._previous_manifest(deployment) if from_git else None
         known = {} if from_git else self._previous_blobs(deployment)
+        packer = None
+        if (make_packer := getattr(self.store, "packer", None)) is not None:
+            packer = make_packer(deployment.id, resume=ran_before)
+            if ran_before and packer is not None:  # reuse what the earlier run packed
+                known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
         builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
-                                  progress=progress, known=known)
+                                  progress=progress, known=known, packer=packer)
         builder.previous = previous
         try:
             with trimmed_heap():
@@ -351,7 +357,7 @@ class Service:
                                  deployment.id, deployment.created, previous)
         return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
 
-    def _previous_blobs(self, deployment: Deployment) -> dict[str, dict[str, int]]:
+    def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:
         """hash -> stored variants of the blobs the previous manifest names (see below)."""
         import json
 
@@ -362,7 +368,8 @@ class Service:
                     rows = json.loads(self.store.get(manifest_key(current.deployment_id)))
                 except NotFound:
                     continue
-                return {row[0]: row[3] for row in rows["files"].values()}
+                return {row[0]: (row[3], row[5] if len(row) > 5 else None)
+                        for row in rows["files"].values()}
         return {}
 
     def _previous_manifest(self, deployment: Deployment) -> Manifest | None:
@@ -696,3 +703,17 @@ def _in_bucket(bundle_key: str) -> bool:
     """A bundle staged in an S3 bucket (s3staging.py), not in the local staging folder."""
     return bundle_key.startswith("s3://")
 
+
+def _sealed_blobs(refs: dict[str, str]) -> dict[str, Known]:
+    """hash -> variants and refs, from the blob index of packs sealed by timed-out runs."""
+    suffixes = {".gz": "gzip", ".br": "br"}
+    found: dict[str, tuple[dict[str, int], dict[str, str]]] = {}
+    for key, ref in refs.items():
+        name = key.rpartition("/")[2]
+        digest, dot, suffix = name.partition(".")
+        encoding = suffixes.get(dot + suffix, "") if dot else ""
+        encodings, where = found.setdefault(digest, ({}, {}))
+        where[encoding] = ref
+        if encoding:
+            encodings[encoding] = int(ref.rpartition("+")[2])
+    return {digest: variants for digest, variants in found.items() if "" in variants[1]}

@@ -252,7 +252,7 @@ def test_worker_killed_mid_deploy_is_finished_by_another(
         staging.put("docs/main/site.tar.gz", big_bundle(48, 12))
         running = wait_for(lambda: [d for d in deployments(service, "docs")
                                     if d.status == Status.RUNNING], "the deploy to start")[0]
-        wait_for(lambda: any(True for _ in service.store.keys("blobs/")), "a first stored blob")
+        wait_for(lambda: any(True for _ in service.store.keys("packs/")), "a first stored pack")
         second = start_worker(env, staging.pushsite_queue, tmp_path / "second.log")
         first.send_signal(signal.SIGKILL)
         first.wait()

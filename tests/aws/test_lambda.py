@@ -95,7 +95,7 @@ def test_s3_event_invoking_the_function_directly_deploys(
     assert deployment is not None and deployment.source == "s3"
     assert (deployment.commit, deployment.message) == ("c0ffee", "New shop front")
     entry = service.manifest(deployment.id).files["index.html"]
-    assert service.store.get(f"blobs/{entry.hash[:2]}/{entry.hash}") == b"<h1>shop</h1>"
+    assert service.store.get(entry.key()) == b"<h1>shop</h1>"
 
 
 def test_sqs_batch_reports_only_the_records_to_retry(
@@ -170,13 +170,15 @@ def test_deadline_mid_deploy_times_out_and_the_next_invocations_resume(
     assert first.status == Status.TIMED_OUT and "ran out of time" in first.error
 
     # Each invocation gets a little more time until one stops with blobs stored; the next
-    # gets plenty, and must skip those blobs (the deployer reuses what the store has).
+    # gets plenty, and must skip those blobs (the deployer reuses what the timed-out runs
+    # sealed in their packs).
     invocations, stored = 1, set[str]()
     while live(service, "big") is None:
         assert invocations < 40, "the deployment made no progress across invocations"
         (message,) = staging.receive()
         assert json.loads(message["Body"]) == {"deployment": first.id, "resumes": invocations}
-        stored = {k for k in service.store.keys("blobs/") if not k.endswith((".gz", ".br"))}
+        stored = {k for k in service.store.packed_blobs(first.id)  # type: ignore[attr-defined]
+                  if not k.endswith((".gz", ".br"))}
         budget = 120 if stored else budget + 0.25
         assert invoke_batch(staging, [message], budget) == []
         invocations += 1

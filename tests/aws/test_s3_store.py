@@ -114,7 +114,7 @@ def _count_requests(store: S3Store) -> dict[str, int]:
         name = getattr(model, "name", "?")
         counts[name] = counts.get(name, 0) + 1
 
-    store._client.meta.events.register("before-call.s3.*", count)
+    store.client.meta.events.register("before-call.s3.*", count)
     return counts
 
 

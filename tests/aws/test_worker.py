@@ -100,7 +100,7 @@ def test_an_older_event_arriving_late_never_replaces_the_newer_bundle(
     (only,) = deployments(service, "blog")
     assert only.status == Status.LIVE
     entry = service.manifest(only.id).files["index.html"]
-    assert service.store.get(f"blobs/{entry.hash[:2]}/{entry.hash}") == b"new"
+    assert service.store.get(entry.key()) == b"new"
 
 
 def test_an_older_bundle_under_another_key_deploys_but_does_not_go_live(

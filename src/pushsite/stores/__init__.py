@@ -3,7 +3,8 @@
     file:///path/to/dir      stores/local.py  (small objects packed in SQLite, large ones as files)
     s3://bucket/prefix       stores/s3.py     (AWS S3 or any S3-compatible server)
 
-Keys are '/'-separated strings such as `blobs/ab/<sha256>.gz` or `manifests/<id>.json`.
+Keys are '/'-separated strings such as `blobs/ab/<sha256>.gz` or `manifests/<id>.json`, or
+refs into a pack object (`packs/<id>@<offset>+<length>`, see packs.py) for stores that pack.
 Nothing here imports service, web, cli or aws.
 """
 
@@ -13,6 +14,30 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 from pushsite.backends import open_backend
+
+
+class Packer(Protocol):
+    """One deployment's pack: new blobs appended, then the manifest (stores/packs.py).
+
+    A store that packs offers `packer(deployment_id, resume) -> Packer | None` and
+    `packed_blobs(deployment_id) -> {key: ref}` (what timed-out runs sealed); the deployer
+    looks for them with getattr, as for the optional `size`, `temp_file` and `adopt_file`.
+    """
+
+    key: str  # the object that will hold the manifest
+    pending: str  # the open segment, stored as `key` by close(manifest): refs into it change
+
+    def add(self, key: str, data: bytes) -> str:
+        """Append a blob variant; its ref."""
+
+    def add_stream(self, key: str, source: BinaryIO, size: int) -> str:
+        """Append a large blob variant from a file object; its ref."""
+
+    def close(self, manifest: bytes | None) -> None:
+        """Finish the pack with the manifest (or, without one, an index for a retry)."""
+
+    def abort(self) -> None:
+        """Drop the pack: nothing becomes visible."""
 
 
 class ObjectStore(Protocol):

@@ -1,6 +1,10 @@
 """The object store on S3 or any S3-compatible server (SeaweedFS, MinIO, Ceph, R2).
 
-    s3://bucket/prefix?endpoint=http://127.0.0.1:8333&create=1&workers=16
+    s3://bucket/prefix?endpoint=http://127.0.0.1:8333&create=1&workers=16&packs=1
+
+A deployment's new blobs and its manifest go into one pack object (packs.py, s3pack.py), so a
+site of 1,000 files is one upload, not 3,000; `packs=0` writes one object per blob variant
+instead (the layout of earlier versions, which stays readable either way).
 
 Small puts go through a thread pool and `flush()` waits for them (boto3 clients are
 thread-safe); at most `2 * workers` puts are in flight, so a fast producer blocks instead of
@@ -28,12 +32,16 @@ import io
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import BackendUnavailable, NotFound
+from pushsite.stores.packs import Footer, make_ref, pack_key, parse_ref
+
+if TYPE_CHECKING:
+    from pushsite.stores.s3pack import S3Packer
 
 MB = 1024 * 1024
 _HEADERS = {
@@ -42,6 +50,8 @@ _HEADERS = {
     "cache-control": "CacheControl",
 }
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+MANIFESTS = "manifests/"
+TAIL_GUESS = 64 * 1024  # one ranged GET reads a footer and, mostly, the manifest before it
 # has() lists a folder instead of HEADing its keys only when, on average, at least this many
 # keys are asked per folder...
 LIST_MIN_KEYS = 16
@@ -118,12 +128,14 @@ class S3Store:
         workers: int = 16,
         part_size: int = 8 * MB,
         has_strategy: str = "auto",
+        packs: bool = True,
     ) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.has_strategy = has_strategy
+        self.packs = packs
         self._what = f"S3 bucket {bucket!r}"
-        self._client = make_client("s3", target, pool_size=max(workers, 10) + 4)
+        self.client = make_client("s3", target, pool_size=max(workers, 10) + 4)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-put")
         self._slots = threading.BoundedSemaphore(2 * workers)
         self._pending: dict[str, Future[None]] = {}  # key -> its queued put
@@ -145,18 +157,19 @@ class S3Store:
             workers=target.int_option("workers", 16),
             part_size=target.int_option("part_mb", 8) * MB,
             has_strategy=target.options.get("has", "auto"),
+            packs=target.options.get("packs", "1") not in ("0", "false", "no"),
         )
 
     def _ensure_bucket(self) -> None:
         with aws_errors(self._what):
             try:
-                self._client.head_bucket(Bucket=self.bucket)
+                self.client.head_bucket(Bucket=self.bucket)
             except ClientError as exc:
                 if error_code(exc) not in _MISSING | {"NoSuchBucket"}:
                     raise
-                self._client.create_bucket(Bucket=self.bucket)
+                self.client.create_bucket(Bucket=self.bucket)
 
-    def _key(self, key: str) -> str:
+    def full_key(self, key: str) -> str:
         return self.prefix + key
 
     # reading -------------------------------------------------------------------------------
@@ -196,7 +209,7 @@ class S3Store:
     def _exists(self, key: str) -> bool:
         with aws_errors(self._what):
             try:
-                self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+                self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
             except ClientError as exc:
                 if error_code(exc) in _MISSING or http_status(exc) == 404:
                     return False
@@ -209,15 +222,31 @@ class S3Store:
         return {key for key in self.keys(prefix) if "/" not in key[len(prefix) :]}
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
-        """Bytes [start, end); a range past the end is cut short, as slicing would."""
+        """Bytes [start, end); a range past the end is cut short, as slicing would.
+
+        `key` may be a ref into a pack (packs.py); a manifest key is looked for in its
+        deployment's pack first.
+        """
         if end is not None and end <= start:
             return b""
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        ref = parse_ref(key)
+        if ref is not None:
+            pack, offset, length = ref
+            end = length if end is None else min(end, length)
+            if start >= end:
+                return b""
+            return self.get(pack, offset + start, offset + end)
+        if key.startswith(MANIFESTS) and start == 0 and end is None:
+            deployment_id = key[len(MANIFESTS):].removesuffix(".json")
+            found = self._manifest_from_pack(deployment_id)
+            if found is not None:
+                return found
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full_key(key)}
         if start or end is not None:
             args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         with aws_errors(self._what):
             try:
-                response = self._client.get_object(**args)
+                response = self.client.get_object(**args)
             except ClientError as exc:
                 if error_code(exc) in _MISSING:
                     raise NotFound(f"object {key!r} is not in {self._what}") from exc
@@ -229,9 +258,17 @@ class S3Store:
 
     def open(self, key: str) -> BinaryIO:
         """A buffered stream of the object; the connection is held until it is closed."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full_key(key)}
+        ref = parse_ref(key)
+        if ref is not None:
+            key, offset, length = ref
+            if not length:
+                return io.BytesIO(b"")  # type: ignore[return-value]
+            args = {"Bucket": self.bucket, "Key": self.full_key(key),
+                    "Range": f"bytes={offset}-{offset + length - 1}"}
         with aws_errors(self._what):
             try:
-                response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+                response = self.client.get_object(**args)
             except ClientError as exc:
                 if error_code(exc) in _MISSING:
                     raise NotFound(f"object {key!r} is not in {self._what}") from exc
@@ -239,14 +276,77 @@ class S3Store:
         return io.BufferedReader(_Body(response["Body"], self._what), buffer_size=256 * 1024)
 
     def size(self, key: str) -> int:
-        """The object's length in bytes (one HEAD); raises NotFound."""
+        """The object's length in bytes (one HEAD, none for a ref); raises NotFound."""
+        ref = parse_ref(key)
+        if ref is not None:
+            return ref[2]
         return int(self.head(key)["content-length"])
+
+    # packs (see packs.py) -----------------------------------------------------------------
+    def packer(self, deployment_id: str, resume: bool = False) -> S3Packer | None:
+        """The pack a run of a deployment writes (None with `packs=0`); `resume` is part of
+        the protocol, but segments are named uniquely whichever run writes them."""
+        from pushsite.stores.s3pack import S3Packer
+
+        return S3Packer(self, deployment_id) if self.packs else None
+
+    def packed_blobs(self, deployment_id: str) -> dict[str, str]:
+        """key -> ref of the blobs earlier runs of a deployment stored in segments (a run
+        that timed out, or whose worker was killed): one LIST, one GET per segment."""
+        found: dict[str, str] = {}
+        for key in self.keys(pack_key(deployment_id) + "."):
+            footer, _, _ = self._footer(key)
+            found.update({blob: make_ref(key, offset, length)
+                          for blob, (offset, length) in footer.blobs.items()})
+        return found
+
+    def _footer(self, key: str) -> tuple[Footer, bytes, int]:
+        """A pack's footer, the tail read with it and the pack's size: one ranged GET of the
+        tail (two when the footer is longer than the first guess)."""
+        what = f"{key!r} in {self._what}"
+        tail, size = self._tail(key, TAIL_GUESS)
+        footer, needed = Footer.from_tail(tail, what)
+        if footer is None:
+            tail, size = self._tail(key, needed)
+            footer, _ = Footer.from_tail(tail, what)
+        assert footer is not None
+        return footer, tail, size
+
+    def _tail(self, key: str, count: int) -> tuple[bytes, int]:
+        """The last `count` bytes of an object (all of it if shorter) and its full size."""
+        with aws_errors(self._what):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key),
+                                                  Range=f"bytes=-{count}")
+            except ClientError as exc:
+                if error_code(exc) in _MISSING:
+                    raise NotFound(f"object {key!r} is not in {self._what}") from exc
+                raise
+            data: bytes = response["Body"].read()
+        total = response.get("ContentRange", "").rpartition("/")[2]
+        return data, int(total) if total.isdigit() else len(data)
+
+    def _manifest_from_pack(self, deployment_id: str) -> bytes | None:
+        """The manifest in a deployment's last segment, `packs/<id>`; None when it has none
+        (a manifest stored on its own, by a git push or an earlier version)."""
+        key = pack_key(deployment_id)
+        try:
+            footer, tail, size = self._footer(key)
+        except NotFound:
+            return None
+        if footer.manifest is None:
+            return None
+        offset, length = footer.manifest
+        in_tail = offset - (size - len(tail))
+        if in_tail >= 0:
+            return tail[in_tail:in_tail + length]
+        return self.get(key, offset, offset + length)
 
     def head(self, key: str) -> dict[str, str]:
         """The object's meta in the shape `put` takes (lowercase names); raises NotFound."""
         with aws_errors(self._what):
             try:
-                response = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+                response = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
             except ClientError as exc:
                 if error_code(exc) in _MISSING or http_status(exc) == 404:
                     raise NotFound(f"object {key!r} is not in {self._what}") from exc
@@ -257,10 +357,10 @@ class S3Store:
         return meta
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        paginator = self._client.get_paginator("list_objects_v2")
+        paginator = self.client.get_paginator("list_objects_v2")
         cut = len(self.prefix)
         with aws_errors(self._what):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
                 for item in page.get("Contents", []):
                     yield item["Key"][cut:]
 
@@ -287,8 +387,8 @@ class S3Store:
 
     def _put_now(self, key: str, data: bytes, meta: dict[str, str] | None) -> None:
         with aws_errors(self._what):
-            self._client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, **_put_args(meta)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.full_key(key), Body=data, **_put_args(meta)
             )
 
     def _done(self, key: str, future: Future[None]) -> None:
@@ -315,29 +415,29 @@ class S3Store:
         first = _read_full(source, self.part_size)
         if len(first) < self.part_size:
             with aws_errors(self._what):
-                self._client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=first, **_put_args(meta)
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.full_key(key), Body=first, **_put_args(meta)
                 )
             return
         with aws_errors(self._what):
-            upload_id = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=self._key(key), **_put_args(meta)
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.full_key(key), **_put_args(meta)
             )["UploadId"]
         holder = [first]  # handed over, so this frame does not keep the first part alive
         del first
         try:
             parts = self._upload_parts(key, upload_id, holder, source)
             with aws_errors(self._what):
-                self._client.complete_multipart_upload(
+                self.client.complete_multipart_upload(
                     Bucket=self.bucket,
-                    Key=self._key(key),
+                    Key=self.full_key(key),
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
                 )
         except BaseException:
             with contextlib.suppress(BotoCoreError, ClientError):
-                self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id
                 )
             raise
 
@@ -348,9 +448,9 @@ class S3Store:
 
         def upload(number: int, body: bytearray) -> dict[str, Any]:
             with aws_errors(self._what):
-                response = self._client.upload_part(
+                response = self.client.upload_part(
                     Bucket=self.bucket,
-                    Key=self._key(key),
+                    Key=self.full_key(key),
                     UploadId=upload_id,
                     PartNumber=number,
                     Body=body,
@@ -383,9 +483,9 @@ class S3Store:
             self._delete_batch(batch)
 
     def _delete_batch(self, keys: list[str]) -> None:
-        objects = [{"Key": self._key(key)} for key in keys]
+        objects = [{"Key": self.full_key(key)} for key in keys]
         with aws_errors(self._what):
-            response = self._client.delete_objects(
+            response = self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
             )
         failed = [e for e in response.get("Errors", []) if e.get("Code") not in _MISSING]
@@ -412,4 +512,4 @@ class S3Store:
             self.flush()
         finally:
             self._pool.shutdown(wait=True)
-            self._client.close()
+            self.client.close()

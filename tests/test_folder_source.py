@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pushsite.cli import cli
 from pushsite.config import load_config
 from pushsite.deployer import SMALL_FILE, Counters
-from pushsite.errors import BundleRejected
+from pushsite.errors import BundleRejected, ConfigError
 from pushsite.model import Manifest, manifest_key
 from pushsite.service import Service
 from tests.conftest import Server, write_files
@@ -228,3 +228,24 @@ def test_a_refused_folder_leaves_the_previous_site_served(
     code, _, err = deploy(str(bad), "--site", "blog")
     assert code == 3 and "not valid UTF-8" in err
     assert server.get("blog.localhost").text == "<h1>v1</h1>"
+
+
+def test_a_folder_vanishing_before_it_is_listed_stops_the_deploy(tmp_path: Path) -> None:
+    service = Service(load_config())
+    site = big_then_small(tmp_path / "site")
+    write_files(site, {"sub/page.html": "<p>page</p>"})
+
+    def remove_sub(counters: Counters) -> None:
+        if (site / "sub").exists():
+            (site / "sub" / "page.html").unlink()
+            (site / "sub").rmdir()
+
+    message = run_with(service, site, remove_sub)
+    assert message.startswith("the folder 'sub' disappeared while the folder was being read")
+
+
+def test_a_missing_folder_is_a_config_error(tmp_path: Path) -> None:
+    service = Service(load_config())
+    deployment = service.accept("blog", None, enqueue=False)
+    with pytest.raises(ConfigError, match="cannot read the folder .*nowhere"):
+        service.run(deployment.id, folder=tmp_path / "nowhere")

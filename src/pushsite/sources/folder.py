@@ -119,7 +119,10 @@ class _Walk:
             with os.scandir(full) as listing:
                 return sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
-            raise _unreadable(path or ".", "folder", exc) from None
+            if not path:
+                raise ConfigError(f"cannot read the folder {full} ({exc.strerror}); give a "
+                                  "folder that exists and you may read") from None
+            raise _unreadable(path, "folder", exc) from None
 
     def _check(self, rel: str) -> str:
         """The entry's path after the reader's rules (refused as in a bundle), within limits."""
@@ -167,7 +170,10 @@ class _Walk:
                     return
             self._check_size(path, size)
             if size <= SMALL_FILE:
-                data = _read_whole(file, size)
+                try:
+                    data = _read_whole(file, size)
+                except OSError as exc:
+                    raise _unreadable(path, "file", exc) from None
                 if len(data) != size:
                     raise _changed(path, f"changed size (it was {size} bytes)")
                 _check_unchanged(path, before, os.fstat(fd))
@@ -200,7 +206,10 @@ class _Exactly:
         self._read = 0
 
     def read(self, size: int = -1) -> bytes:
-        data = self._file.read(size)
+        try:
+            data = self._file.read(size)
+        except OSError as exc:  # EIO and the like; the store's own errors pass untouched
+            raise _unreadable(self._path, "file", exc) from None
         self._read += len(data)
         if self._read > self._size or (not data and self._read != self._size):
             raise _changed(self._path, f"changed size (it was {self._size} bytes)")

@@ -4,7 +4,8 @@
 
 A deployment's new blobs and its manifest go into one pack object (packs.py, s3pack.py), so a
 site of 1,000 files is one upload, not 3,000; `packs=0` writes one object per blob variant
-instead (the layout of earlier versions, which stays readable either way).
+instead (the layout of earlier versions, which stays readable either way); `segment_mb` (8)
+is the size at which a pack is cut into another object while the deploy goes on.
 
 Small puts go through a thread pool and `flush()` waits for them (boto3 clients are
 thread-safe); at most `2 * workers` puts are in flight, so a fast producer blocks instead of
@@ -129,11 +130,13 @@ class S3Store:
         part_size: int = 8 * MB,
         has_strategy: str = "auto",
         packs: bool = True,
+        segment_size: int = 8 * MB,
     ) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.has_strategy = has_strategy
         self.packs = packs
+        self.segment_size = segment_size
         self._what = f"S3 bucket {bucket!r}"
         self.client = make_client("s3", target, pool_size=max(workers, 10) + 4)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3-put")
@@ -158,6 +161,7 @@ class S3Store:
             part_size=target.int_option("part_mb", 8) * MB,
             has_strategy=target.options.get("has", "auto"),
             packs=target.options.get("packs", "1") not in ("0", "false", "no"),
+            segment_size=target.int_option("segment_mb", 8) * MB,
         )
 
     def _ensure_bucket(self) -> None:
@@ -288,7 +292,9 @@ class S3Store:
         the protocol, but segments are named uniquely whichever run writes them."""
         from pushsite.stores.s3pack import S3Packer
 
-        return S3Packer(self, deployment_id) if self.packs else None
+        if not self.packs:
+            return None
+        return S3Packer(self, deployment_id, segment_size=self.segment_size)
 
     def packed_blobs(self, deployment_id: str) -> dict[str, str]:
         """key -> ref of the blobs earlier runs of a deployment stored in segments (a run

@@ -165,6 +165,9 @@ class ManifestBuilder:
     # where new blobs and the manifest go on a store that packs them (stores/packs.py):
     # then every new blob is appended to this deployment's pack, with no store query
     packer: Packer | None = None
+    # `known` and `packer` may come later: opening a remote store (boto3 alone takes ~0.3 s)
+    # then overlaps with reading and hashing the first files
+    later: Future[tuple[dict[str, Known], Packer | None]] | None = None
     # the manifest of the deployment this one most likely resembles (its branch's, else
     # production's): a git push carries unchanged files over from it
     previous: Manifest | None = None
@@ -212,6 +215,7 @@ class ManifestBuilder:
                 outputs[""][0].write(chunk)
                 self.deadline.check(self.counters)
             sha = digest.hexdigest()
+            self._settle()
             new = (sha not in self.known and self._claim(sha)
                    and (self.packer is not None or not self.store.has([blob_key(sha)])))
             if not new:
@@ -277,6 +281,7 @@ class ManifestBuilder:
 
     def _store_batch(self, batch: list[_Pending]) -> None:
         hashes = [hashlib.sha256(item.data).hexdigest() for item in batch]
+        self._settle()
         unknown = [h for h in hashes if h not in self.known]
         present = set()
         if unknown and self.packer is None:
@@ -303,6 +308,13 @@ class ManifestBuilder:
             encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
             entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, refs)
             self._record(item.path, entry, True, sum(map(len, variants.values())))
+
+    def _settle(self) -> None:
+        """Wait for `known` and `packer` if they are still coming (see `later`)."""
+        later = self.later
+        if later is not None:
+            self.known, self.packer = later.result()
+            self.later = None
 
     def _new_entry(self, sha: str, size: int, content_type: str, encodings: dict[str, int],
                    git: str, refs: dict[str, str | None]) -> FileEntry:
@@ -412,6 +424,8 @@ class ManifestBuilder:
         for future in self._futures:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):  # a store that failed to open has no pack
+            self._settle()
         if self.packer is None:
             return
         if self.deadline.expired:
@@ -430,6 +444,7 @@ class ManifestBuilder:
         """
         self.drain()
         self._pool.shutdown()
+        self._settle()
         self._fill_late_refs()
         self._resolve_links()
         config = dict(self.config_files)

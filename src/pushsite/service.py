@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -45,7 +47,7 @@ from pushsite.model import (
 )
 from pushsite.queues import Queue, QueueItem, open_queue
 from pushsite.state import StateStore, open_state_store
-from pushsite.stores import ObjectStore, open_object_store
+from pushsite.stores import ObjectStore, Packer, open_object_store
 
 DEFAULT_TIMEOUT = 900.0
 _COPY_CHUNK = 1 << 20
@@ -62,6 +64,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._store: ObjectStore | None = None
+        self._opening = threading.Lock()
         self._state: StateStore | None = None
         self._queue: Queue | None = None
         self._sinks = sinks_from_env()
@@ -72,7 +75,9 @@ class Service:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = open_object_store(self.config.store)
+            with self._opening:  # a deploy may open it from a thread (see run)
+                if self._store is None:
+                    self._store = open_object_store(self.config.store)
         return self._store
 
     @property
@@ -248,16 +253,19 @@ class Service:
         # a push needs the previous table whole (paths and git ids); a bundle only which
         # blobs are stored with which variants, read without building 100,000 entries
         from_git = deployment.bundle_key.startswith("git:")
-        previous = self._previous_manifest(deployment) if from_git else None
-        known = {} if from_git else self._previous_blobs(deployment)
-        packer = None
-        if (make_packer := getattr(self.store, "packer", None)) is not None:
-            packer = make_packer(deployment.id, resume=ran_before)
-            if ran_before and packer is not None:  # reuse what the earlier run packed
-                known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
-        builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
-                                  progress=progress, known=known, packer=packer)
-        builder.previous = previous
+        if from_git:
+            previous = self._previous_manifest(deployment)
+            known, packer = self._deploy_setup(deployment, ran_before, from_git)
+            builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
+                                      progress=progress, known=known, packer=packer)
+            builder.previous = previous
+        else:  # the store opens, and the previous manifest is read, while files are read
+            opener = ThreadPoolExecutor(1, thread_name_prefix="store-open")
+            later = opener.submit(self._deploy_setup, deployment, ran_before, from_git)
+            opener.shutdown(wait=False)
+            builder = ManifestBuilder(_Opening(self, later), log, deadline,  # type: ignore[arg-type]
+                                      workers=self.config.workers, progress=progress,
+                                      later=later)
         try:
             with trimmed_heap():
                 return self._run_pipeline(deployment, builder, log, bundle, folder)
@@ -356,6 +364,17 @@ class Service:
         manifest = deploy_commit(builder, SiteRepos(self.config.repos), deployment.site, commit,
                                  deployment.id, deployment.created, previous)
         return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
+
+    def _deploy_setup(self, deployment: Deployment, ran_before: bool,
+                      from_git: bool) -> tuple[dict[str, Known], Packer | None]:
+        """What a deploy knows is stored, and the pack it writes to (None: loose objects)."""
+        known = {} if from_git else self._previous_blobs(deployment)
+        packer = None
+        if (make_packer := getattr(self.store, "packer", None)) is not None:
+            packer = make_packer(deployment.id, resume=ran_before)
+            if ran_before and packer is not None:  # reuse what the earlier run packed
+                known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
+        return known, packer
 
     def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:
         """hash -> stored variants of the blobs the previous manifest names (see below)."""
@@ -717,3 +736,15 @@ def _sealed_blobs(refs: dict[str, str]) -> dict[str, Known]:
         if encoding:
             encodings[encoding] = int(ref.rpartition("+")[2])
     return {digest: variants for digest, variants in found.items() if "" in variants[1]}
+
+
+class _Opening:
+    """The service's store while a thread opens it: the first use waits for that thread."""
+
+    def __init__(self, service: Service, ready: Future[Any]) -> None:
+        self._service = service
+        self._ready = ready
+
+    def __getattr__(self, name: str) -> Any:
+        self._ready.result()
+        return getattr(self._service.store, name)

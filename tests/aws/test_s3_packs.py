@@ -136,6 +136,20 @@ def test_verify_finds_a_pack_that_went_missing(service_on: Service, tmp_path: Pa
     assert len(problems) == 1 and first in problems[0] and "no manifest" in problems[0]
 
 
+def test_verify_names_the_files_of_a_lost_segment(service_on: Service, tmp_path: Path) -> None:
+    files = {f"data/{n}.bin": os.urandom(400_000) for n in range(6)}
+    files["index.html"] = PAGE.encode()
+    deployment = _deploy(service_on, _site(tmp_path / "v1", files))
+    where = {path: parse_ref(entry.key())[0]  # type: ignore[index]
+             for path, entry in service_on.manifest(deployment).files.items()}
+    lost = next(obj for obj in where.values() if obj != f"packs/{deployment}")
+    service_on.store.delete([lost])
+    problems = service_on.verify()
+    for path, obj in where.items():
+        named = any(f": {path}: " in problem and "missing" in problem for problem in problems)
+        assert named == (obj == lost), path
+
+
 def test_packs_off_keeps_one_object_per_variant(seaweed_url: str, tmp_path: Path) -> None:
     service = Service(load_config(store=seaweed_url + "&packs=0"))
     try:

@@ -98,7 +98,8 @@ class S3Packer:
 
     def _ship(self) -> None:
         """Upload the current segment with its index (waits while too many are in flight)."""
-        body = self._buffer + Footer(blobs=self._index).to_bytes()
+        body = self._buffer
+        body += Footer(blobs=self._index).to_bytes()  # in place: no copy of the segment
         segment = self._segment
         self._start_segment()
         self._slots.acquire()
@@ -134,8 +135,9 @@ class S3Packer:
                         self._ship()
                 else:
                     offset = len(self._buffer)
-                    self._buffer += manifest
-                    body = self._buffer + Footer(manifest=(offset, len(manifest))).to_bytes()
+                    body = self._buffer
+                    body += manifest
+                    body += Footer(manifest=(offset, len(manifest))).to_bytes()
                     self._wait()  # the manifest names blobs in every earlier segment
                     self._put(self.key, body)
                 self._wait()

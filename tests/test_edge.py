@@ -42,6 +42,7 @@ from pushsite.model import (
     manifest_key,
 )
 from pushsite.siteconfig import parse_headers, parse_redirects
+from pushsite.web.fastproto import EdgeHttpToolsProtocol
 
 # --------------------------------------------------------------------------- test doubles
 
@@ -141,6 +142,7 @@ class World:
     state: MemoryState = field(default_factory=MemoryState)
     store: MemoryStore = field(default_factory=MemoryStore)
     port: int = 0
+    edge: Edge | None = None
 
     def publish(
         self,
@@ -216,11 +218,15 @@ async def _control(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     world = World()
-    app = make_edge_or_control_app(Edge(world.state, world.store), _control)
+    world.edge = Edge(world.state, world.store)
+    app = make_edge_or_control_app(world.edge, _control)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     world.port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+    # The protocol `pushsite serve --http-server uvicorn` runs: repeated requests below take
+    # its shortcut for cached answers, so every rule here is checked on both paths.
+    config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                            http=EdgeHttpToolsProtocol)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -310,7 +310,7 @@ class Answer:
     converted once per answer.
     """
 
-    __slots__ = ("status", "headers", "body", "rest", "_rsgi")
+    __slots__ = ("status", "headers", "body", "rest", "_rsgi", "_wire")
 
     def __init__(
         self,
@@ -324,6 +324,17 @@ class Answer:
         self.body = body  # for a stream: its first chunk, read before the status goes out
         self.rest = rest  # the stream's remaining chunks, or None
         self._rsgi: list[tuple[str, str]] | None = None
+        self._wire: bytes | None = None
+
+    @property
+    def wire_headers(self) -> bytes:
+        """The header lines as HTTP/1.1 sends them, through the blank line that ends them."""
+        wire = self._wire
+        if wire is None:
+            wire = self._wire = b"".join(
+                [name + b": " + value + b"\r\n" for name, value in self.headers] + [b"\r\n"]
+            )
+        return wire
 
     @property
     def rsgi_headers(self) -> list[tuple[str, str]]:
@@ -683,4 +694,5 @@ def make_edge_or_control_app(edge: Edge, control_app: ASGIApp) -> ASGIApp:
                 return
         await control_app(scope, receive, send)
 
+    app.edge = edge  # type: ignore[attr-defined]  # for pushsite.web.fastproto
     return app

@@ -54,7 +54,11 @@ class EdgeOrControl:
         )
         raw_path = self._raw_path(path)
         if plain:
-            answer = self.edge.cached((host, raw_path, query, accept, method == "HEAD"), target)
+            try:
+                answer = self.edge.cached((host, raw_path, query, accept, method == "HEAD"),
+                                          target)  # fmt: skip
+            except Exception:  # e.g. the state store is down: respond() answers 503
+                answer = None
             if answer is not None:
                 protocol.response_bytes(answer.status, answer.rsgi_headers, answer.body)
                 return

@@ -17,6 +17,7 @@ from pushsite.web.app import build_app
 from pushsite.worker import run_worker
 
 _FACTORY = "pushsite.web.app:app_from_environment"
+_HTTP = "pushsite.web.fastproto:EdgeHttpToolsProtocol"  # uvicorn's, with the edge shortcut
 _RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.web.rsgi
 
 
@@ -27,7 +28,7 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
         import uvicorn
 
         uvicorn.run(build_app(config, debug=debug), host=host, port=port, log_level="warning",
-                    access_log=False, timeout_graceful_shutdown=3)
+                    access_log=False, timeout_graceful_shutdown=3, http=_HTTP)
         return
     _export(config, debug)
     service = Service(config)
@@ -38,7 +39,8 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
         import uvicorn
 
         uvicorn.run(_FACTORY, factory=True, workers=workers, host=host, port=port,
-                    log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+                    http=_HTTP)
         return
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops

@@ -1,0 +1,117 @@
+"""uvicorn's httptools protocol with a shortcut for the edge's cached answers.
+
+A plain GET or HEAD (no body, no If-None-Match, If-Modified-Since or Range) on a site host
+whose answer the edge already holds for the deployment it serves now (Edge.cached) is written
+to the socket straight from the parser callback: no ASGI scope, task or messages, the same
+bytes the ASGI path would send. Everything else takes uvicorn's ordinary path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from pushsite.edge import Answer, Edge
+
+_PLAIN_METHODS = (b"GET", b"HEAD")
+_NOT_PLAIN = frozenset(
+    {b"if-none-match", b"if-modified-since", b"range", b"content-length", b"transfer-encoding",
+     b"expect", b"upgrade", b"connection"}
+)  # fmt: skip
+
+
+def find_edge(app: Any) -> Edge | None:
+    """The Edge behind uvicorn's middleware wrappers (each keeps the next one in `.app`)."""
+    for _ in range(8):
+        if app is None:
+            return None
+        edge = getattr(app, "edge", None)
+        if isinstance(edge, Edge):
+            return edge
+        app = getattr(app, "app", None)
+    return None
+
+
+class EdgeHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that answers cached edge requests without leaving the parser."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._edge = find_edge(self.app)
+        self._shortcut = False  # the current message was answered by the shortcut
+        self._defaults: tuple[object, bytes] = (None, b"")
+
+    def on_message_begin(self) -> None:
+        self._shortcut = False
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        try:
+            shortcut = self._edge is not None and self._answer_cached()
+        except Exception:  # e.g. the state store is down: the ordinary path answers 503
+            shortcut = False
+        if shortcut:
+            self._shortcut = True
+            self.on_response_complete()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._shortcut:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._shortcut:
+            super().on_message_complete()
+
+    def _answer_cached(self) -> bool:
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_complete) or self.pipeline:
+            return False  # an earlier request is still being answered: keep the order
+        if self.flow.write_paused:
+            return False  # the client is not reading: uvicorn's path waits for it
+        parser = self.parser
+        method = parser.get_method()
+        if method not in _PLAIN_METHODS or parser.get_http_version() != "1.1":
+            return False
+        url = self.url
+        if url[:1] != b"/":
+            return False
+        host = accept = None
+        for name, value in self.headers:
+            if name == b"host":
+                host = value
+            elif name == b"accept-encoding":
+                accept = value if accept is None else accept + b"," + value
+            elif name in _NOT_PLAIN:
+                return False
+        if host is None:
+            return False
+        edge = self._edge
+        assert edge is not None
+        host_name = host.decode("latin-1")
+        target = edge.hosts.target(host_name)
+        if target is None:
+            return False
+        raw_path, _, query = url.partition(b"?")
+        raw_path = raw_path.partition(b"#")[0]
+        head = method == b"HEAD"
+        answer = edge.cached(
+            (host_name, raw_path, query.decode("latin-1"),
+             None if accept is None else accept.decode("latin-1"), head),
+            target,
+        )  # fmt: skip
+        if answer is None:
+            return False
+        self.transport.writelines((self._head(answer), answer.body))
+        return True
+
+    def _head(self, answer: Answer) -> bytes:
+        """Status line and headers as uvicorn writes them, with its current Date header."""
+        defaults = self.server_state.default_headers
+        seen, block = self._defaults
+        if seen is not defaults:
+            block = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
+            self._defaults = (defaults, block)
+        return STATUS_LINE[answer.status] + block + answer.wire_headers

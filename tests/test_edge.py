@@ -771,3 +771,90 @@ def test_decoded_paths_never_hold_traversal(raw: bytes) -> None:
         segments = path.split("/")
         assert "." not in segments and ".." not in segments
         assert "\\" not in path and "\x00" not in path
+
+
+# --------------------------------------------------------------------------- cached answers
+
+
+class _CountingRespond:
+    """Wraps Edge.respond on one Edge to count the requests that did not take a shortcut."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.inner = edge.respond
+        self.calls = 0
+
+    def __enter__(self) -> _CountingRespond:
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return await self.inner(*args, **kwargs)
+
+        self.edge.respond = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.edge.respond
+
+
+def test_a_repeated_plain_get_is_answered_from_the_cache(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, PAGES)
+    assert world.edge is not None
+    host = f"{name}.localhost"
+    first = world.raw("GET", "/about", host, {"Accept-Encoding": "gzip"})
+    with _CountingRespond(world.edge) as counter:
+        again = world.raw("GET", "/about", host, {"Accept-Encoding": "gzip"})
+        assert counter.calls == 0
+        etag = first[1]["etag"]
+        conditional = {"Accept-Encoding": "gzip", "If-None-Match": etag}
+        assert world.raw("GET", "/about", host, conditional)[0] == 304
+        assert world.raw("GET", "/about", host, {"Range": "bytes=0-3"})[0] == 206
+        assert counter.calls == 2  # conditional and range requests never take the shortcut
+    assert again[0] == first[0] == 200
+    assert again[2] == first[2]
+    assert {k: v for k, v in again[1].items() if k != "date"} == {
+        k: v for k, v in first[1].items() if k != "date"
+    }
+
+
+def test_cached_answers_follow_deploys_and_rollbacks(world: World) -> None:
+    name = fresh_site()
+    one = world.publish(name, {"index.html": b"one"})
+    host = f"{name}.localhost"
+    for _ in range(3):
+        assert world.raw("GET", "/", host)[2] == b"one"
+    world.publish(name, {"index.html": b"two"})
+    assert world.raw("GET", "/", host)[2] == b"two"
+    assert world.raw("GET", "/", host)[2] == b"two"
+    world.state.point(name, PRODUCTION, one)  # a rollback
+    assert world.raw("GET", "/", host)[2] == b"one"
+    world.state.aliases.pop((name, PRODUCTION))  # nothing live any more
+    assert world.raw("GET", "/", host)[0] == 404
+
+
+def test_head_after_get_has_the_headers_and_no_body(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, PAGES)
+    host = f"{name}.localhost"
+    code, headers, body = world.raw("GET", "/", host)
+    assert code == 200 and body == PAGES["index.html"]
+    for _ in range(2):  # the second HEAD is a cached answer
+        head_code, head_headers, head_body = world.raw("HEAD", "/", host)
+        assert (head_code, head_body) == (200, b"")
+        assert head_headers["content-length"] == str(len(PAGES["index.html"]))
+        assert head_headers["etag"] == headers["etag"]
+    assert world.raw("GET", "/", host)[2] == PAGES["index.html"]  # GET is not HEAD's answer
+
+
+def test_cached_answers_depend_on_accept_encoding(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, PAGES)
+    host = f"{name}.localhost"
+    for _ in range(2):
+        code, headers, body = world.raw("GET", "/", host, {"Accept-Encoding": "gzip"})
+        assert headers["content-encoding"] == "gzip"
+        assert gzip.decompress(body) == PAGES["index.html"]
+        code, headers, body = world.raw("GET", "/", host, {"Accept-Encoding": "br"})
+        assert headers["content-encoding"] == "br"
+        code, headers, body = world.raw("GET", "/", host)
+        assert "content-encoding" not in headers and body == PAGES["index.html"]

@@ -1,0 +1,116 @@
+"""The edge's fast paths through a real `pushsite serve --http-workers 2` on both HTTP servers.
+
+granian runs the RSGI app (pushsite.web.rsgi) with the control plane bridged to ASGI; uvicorn
+runs the shortcut protocol (pushsite.web.fastproto). Either way a cached answer must never
+outlive a deploy or a rollback made by another process, conditional and range requests must
+bypass the cache, and the control plane must work as before.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, free_port, write_files
+
+SITE = "fast"
+HOST = f"{SITE}.localhost"
+
+
+def _start(home: Path, server: str) -> Server:
+    import os
+
+    port = free_port()
+    env = {**os.environ, "PUSHSITE_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--http-workers", "2", "--http-server", server],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    running = Server(port, home, env, process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"pushsite serve exited with {process.returncode}"
+        try:
+            if httpx.get(f"{running.url}/api/health", timeout=1).status_code == 200:
+                return running
+        except httpx.TransportError:
+            time.sleep(0.1)
+    running.stop()
+    raise AssertionError("pushsite serve did not answer within 60 s")
+
+
+@pytest.fixture(params=["granian", "uvicorn"])
+def served(request: pytest.FixtureRequest, _isolated_env: Path) -> Iterator[Server]:
+    running = _start(_isolated_env, request.param)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _deploy(server: Server, tmp_path: Path, text: str) -> str:
+    folder = write_files(tmp_path / text, {"index.html": text, "app.js": "let x = 1;\n" * 300})
+    done = server.cli("deploy", str(folder), "--site", SITE, "--json")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    return str(json.loads(done.stdout)["id"])
+
+
+def _raw(server: Server, method: str, path: str, **headers: str) -> tuple[int, dict[str, str],
+                                                                            bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request(method, path, headers={"Host": HOST, **headers})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_cached_answers_never_outlive_a_deploy_or_rollback(served: Server, tmp_path: Path) -> None:
+    first = _deploy(served, tmp_path, "one")
+    for _ in range(6):  # both processes, several times: the answers are cached by now
+        assert served.get(HOST, "/").text == "one"
+    _deploy(served, tmp_path, "two")
+    for _ in range(6):
+        assert served.get(HOST, "/").text == "two"
+    done = served.cli("rollback", SITE, first)
+    assert done.returncode == 0, done.stderr
+    for _ in range(6):
+        assert served.get(HOST, "/").text == "one"
+
+
+def test_conditional_range_and_head_bypass_the_cached_answer(served: Server,
+                                                             tmp_path: Path) -> None:
+    _deploy(served, tmp_path, "page")
+    for _ in range(4):
+        code, headers, body = _raw(served, "GET", "/app.js", **{"Accept-Encoding": "gzip"})
+        assert (code, headers["content-encoding"]) == (200, "gzip")
+    etag = headers["etag"]
+    code, _, body = _raw(served, "GET", "/app.js", **{"Accept-Encoding": "gzip",
+                                                      "If-None-Match": etag})  # fmt: skip
+    assert (code, body) == (304, b"")
+    code, headers, body = _raw(served, "GET", "/app.js", Range="bytes=0-5")
+    assert (code, body, headers["content-range"]) == (206, b"let x ", "bytes 0-5/3300")
+    for _ in range(3):
+        code, headers, body = _raw(served, "HEAD", "/app.js")
+        assert (code, body, headers["content-length"]) == (200, b"", "3300")
+
+
+def test_the_control_plane_answers_beside_the_edge(served: Server, tmp_path: Path) -> None:
+    _deploy(served, tmp_path, "page")
+    assert served.get(HOST, "/").text == "page"
+    token = served.new_token()
+    response = httpx.get(f"{served.url}/api/sites", headers={"Authorization": f"Bearer {token}"},
+                         timeout=10)  # fmt: skip
+    assert response.status_code == 200
+    assert SITE in response.text
+    assert httpx.get(f"{served.url}/api/sites", timeout=10).status_code == 401

@@ -6,6 +6,12 @@ deploy's time in the kernel (see MEASUREMENTS.md and `make bench`). Packing ever
 file creations into a few dozen commits, and lets the edge read a blob with one indexed query.
 Objects above the limit (images, video, archives) are files under `large/`, written to a
 temporary name and renamed, so a reader never sees half an object.
+
+Blob keys (`blobs/<2 hex>/<sha256>[.gz|.br]`) live in the leveled index of `levels.py`, so a
+put costs the same in a store of 10,000 blobs as in one of millions (figure 7). Other keys
+(manifests, packs) stay in the `objects` table keyed by text. A store written before the
+leveled index keeps its blobs in `objects`: they are read there, and deleted there, as they
+are (nothing is migrated; new blobs go to the levels).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
+from pushsite.stores import levels
 
 PACK_LIMIT = 1 << 20  # 1 MiB
 _BATCH_BYTES = 8 << 20
@@ -48,6 +55,11 @@ class LocalStore:
             # the keys of large objects (files under large/): has() answers from the database
             # alone, for every process, without a stat per missing key
             self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
+            levels.create(self._wdb)
+            # blobs from before the leveled index: then has/get/put also look at `objects`
+            self._legacy_blobs = self._wdb.execute(
+                "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
+            ).fetchone() is not None
             self._db = self._connect(root / "objects.db")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
@@ -123,9 +135,8 @@ class LocalStore:
                 self._writing, self._pending = self._pending, {}
                 self._pending_bytes = 0
             try:
-                self._wdb.execute("BEGIN")
-                self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)",
-                                      self._writing.items())
+                self._wdb.execute("BEGIN IMMEDIATE")
+                self._write(self._writing)
                 self._wdb.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._wdb.execute("ROLLBACK")
@@ -136,25 +147,63 @@ class LocalStore:
             with self._lock:
                 self._writing = {}
 
+    def _write(self, batch: dict[str, bytes]) -> None:
+        """One batch into its tables; the caller holds the write transaction."""
+        blobs: list[tuple[bytes, bytes]] = []
+        texts: list[tuple[str, bytes]] = []
+        for key, data in batch.items():
+            packed = levels.pack(key)
+            if packed is None:
+                texts.append((key, data))
+            else:
+                blobs.append((packed, data))
+        levels.insert(self._wdb, blobs)
+        if self._legacy_blobs and blobs:  # the old copy must not outlive a put
+            self._wdb.executemany(
+                "DELETE FROM objects WHERE key = ?", [(levels.unpack(k),) for k, _ in blobs]
+            )
+        self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
+
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
         with self._lock:
             found.update(k for k in wanted if k in self._pending or k in self._writing)
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key FROM objects WHERE key IN ({marks})", chunk)
-                found.update(row[0] for row in rows)
+            packed = {k: p for k in wanted if k not in found and (p := levels.pack(k)) is not None}
+            held = levels.present(self._db, list(packed.values()))
+            found.update(k for k, p in packed.items() if p in held)
+            rest = [k for k in wanted if k not in found]
+            if not self._legacy_blobs:
+                rest = [k for k in rest if k not in packed]
+            found.update(self._present_in("objects", rest))
         rest = [k for k in wanted if k not in found]
         with self._lock:
-            for start in range(0, len(rest), 500):
-                chunk = rest[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key FROM large WHERE key IN ({marks})", chunk)
-                found.update(row[0] for row in rows)
+            found.update(self._present_in("large", rest))
         return found
+
+    def _present_in(self, table: str, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT key FROM {table} WHERE key IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
+
+    def _small(self, what: str, key: str, **args: int) -> tuple[object, ...] | None:
+        """One row about a packed object (`what`: SQL over its `data` with :named args);
+        call with `_lock` held."""
+        packed = levels.pack(key)
+        if packed is not None:
+            row = self._db.execute(
+                f"SELECT {what} FROM blob_data WHERE id = {levels.ID_OF}", {**args, "k": packed}
+            ).fetchone()
+            if row is not None or not self._legacy_blobs:
+                return row  # type: ignore[no-any-return]
+        return self._db.execute(  # type: ignore[no-any-return]
+            f"SELECT {what} FROM objects WHERE key = :k", {**args, "k": key}
+        ).fetchone()
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         with self._lock:
@@ -163,16 +212,12 @@ class LocalStore:
                 data = self._writing.get(key)
             if data is None:
                 if end is None:
-                    row = self._db.execute(
-                        "SELECT substr(data, ?) FROM objects WHERE key = ?", (start + 1, key)
-                    ).fetchone()
+                    row = self._small("substr(data, :start)", key, start=start + 1)
                 else:
-                    row = self._db.execute(
-                        "SELECT substr(data, ?, ?) FROM objects WHERE key = ?",
-                        (start + 1, max(end - start, 0), key),
-                    ).fetchone()
+                    row = self._small("substr(data, :start, :n)", key, start=start + 1,
+                                      n=max(end - start, 0))
                 if row is not None:
-                    return bytes(row[0])
+                    return bytes(row[0])  # type: ignore[call-overload]
             else:
                 return data[start:end]
         try:
@@ -190,11 +235,9 @@ class LocalStore:
 
     def size(self, key: str) -> int:
         with self._lock:
-            row = self._db.execute(
-                "SELECT length(data) FROM objects WHERE key = ?", (key,)
-            ).fetchone()
+            row = self._small("length(data)", key)
         if row is not None:
-            return int(row[0])
+            return int(row[0])  # type: ignore[call-overload]
         try:
             return self._large_path(key).stat().st_size
         except FileNotFoundError:
@@ -203,10 +246,14 @@ class LocalStore:
     def keys(self, prefix: str = "") -> Iterator[str]:
         self.flush()
         with self._lock:
+            blobs = []
+            if prefix.startswith("blobs/") or "blobs/".startswith(prefix):
+                blobs = levels.all_keys(self._db)
             rows = self._db.execute(
                 "SELECT key FROM objects WHERE key >= ? AND key < ? ORDER BY key",
                 (prefix, prefix + "\U0010ffff"),
             ).fetchall()
+        yield from (key for key in map(levels.unpack, blobs) if key.startswith(prefix))
         yield from (row[0] for row in rows)
         for path in sorted(self._large.rglob("*")):
             if path.is_file():
@@ -217,8 +264,10 @@ class LocalStore:
     def delete(self, keys: Iterable[str]) -> None:
         doomed = list(keys)
         self.flush()
+        packed = [p for k in doomed if (p := levels.pack(k)) is not None]
         with self._write_lock:
-            self._wdb.execute("BEGIN")
+            self._wdb.execute("BEGIN IMMEDIATE")
+            levels.delete(self._wdb, packed)
             self._wdb.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
             self._wdb.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
             self._wdb.execute("COMMIT")

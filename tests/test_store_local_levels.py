@@ -1,0 +1,167 @@
+"""The local store's leveled blob index: keys of every variant, merges between levels, stores
+written before the index, and a reader in another process."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pushsite.errors import NotFound
+from pushsite.model import blob_key
+from pushsite.stores import levels
+from pushsite.stores.local import LocalStore
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _rows(root: Path, sql: str) -> int:
+    with sqlite3.connect(root / "objects.db") as db:
+        return int(db.execute(sql).fetchone()[0])
+
+
+def test_every_variant_and_other_keys_round_trip(tmp_path: Path) -> None:
+    sha = _sha("page")
+    blobs = {blob_key(sha, enc): f"bytes {enc}".encode() for enc in ("", "gzip", "br")}
+    # look like blob keys but are not canonical: kept as text, never confused with a blob
+    others = {
+        f"blobs/{sha[:2].upper()}/{sha.upper()}": b"upper",
+        f"blobs/00/{sha}": b"wrong folder" if not sha.startswith("00") else b"x",
+        f"blobs/{sha[:2]}/{sha[:40]}": b"short",
+        f"blobs/{sha[:2]}/{sha}.zst": b"other suffix",
+        "manifests/d1.json": b"{}",
+    }
+    for key in others:
+        assert levels.pack(key) is None
+    for key in blobs:
+        packed = levels.pack(key)
+        assert packed is not None and len(packed) == 33 and levels.unpack(packed) == key
+    store = LocalStore(tmp_path)
+    for key, data in (blobs | others).items():
+        store.put(key, data)
+    assert store.has([*blobs, *others, blob_key(_sha("absent"))]) == {*blobs, *others}
+    store.flush()
+    store.close()
+
+    store = LocalStore(tmp_path)
+    try:
+        assert store.has([*blobs, *others, blob_key(_sha("absent"))]) == {*blobs, *others}
+        for key, data in (blobs | others).items():
+            assert store.get(key) == data
+            assert store.get(key, 2, 5) == data[2:5]
+            assert store.size(key) == len(data)
+            assert store.open(key).read() == data
+        assert sorted(store.keys("blobs/")) == sorted([*blobs, *others][:-1])
+        assert list(store.keys(blob_key(sha, "gzip"))) == [blob_key(sha, "gzip")]
+        assert list(store.keys("manifests/")) == ["manifests/d1.json"]
+        assert _rows(tmp_path, "SELECT count(*) FROM blob_data") == 3
+    finally:
+        store.close()
+
+
+def test_levels_merge_and_the_newest_copy_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(levels, "FIRST_CAP", 4)
+    monkeypatch.setattr(levels, "GROWTH", 2)
+    store = LocalStore(tmp_path)
+    try:
+        keys = [blob_key(_sha(str(i))) for i in range(60)]
+        for start in range(0, len(keys), 5):  # a flush per five keys: merges cascade
+            for key in keys[start : start + 5]:
+                store.put(key, key.encode())
+            store.flush()
+        sizes = levels.level_sizes(store._db)
+        assert sum(sizes) == 60 and sum(1 for n in sizes if n) >= 2, sizes
+        deep = next(k for k in keys[10:] if levels.pack(k) not in _level0(store))
+        store.put(deep, b"new bytes")  # the old copy sits in a deeper level
+        store.flush()
+        assert store.get(deep) == b"new bytes"
+        for i in range(60, 100):  # more merges carry the new copy down
+            store.put(blob_key(_sha(str(i))), b"more")
+            store.flush()
+        assert store.get(deep) == b"new bytes"
+        assert all(store.get(k) == k.encode() for k in keys if k != deep)
+        assert sum(levels.level_sizes(store._db)) == 100
+        assert _rows(tmp_path, "SELECT count(*) FROM blob_data") == 100  # no orphaned bytes
+        assert len(list(store.keys())) == 100
+
+        store.delete([deep, keys[0], blob_key(_sha("never stored"))])
+        assert store.has([deep, keys[0], keys[5]]) == {keys[5]}
+        with pytest.raises(NotFound):
+            store.get(deep)
+        assert _rows(tmp_path, "SELECT count(*) FROM blob_data") == 98
+        assert sum(levels.level_sizes(store._db)) == 98
+    finally:
+        store.close()
+
+
+def _level0(store: LocalStore) -> set[bytes]:
+    return {bytes(r[0]) for r in store._db.execute("SELECT k FROM blob_keys_0")}
+
+
+def _old_store(root: Path, blobs: dict[str, bytes]) -> None:
+    """objects.db as the store wrote it before the leveled index."""
+    root.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(root / "objects.db") as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        db.execute("CREATE TABLE large (key TEXT PRIMARY KEY)")
+        db.executemany("INSERT INTO objects VALUES (?, ?)", blobs.items())
+
+
+def test_a_store_from_before_the_index_opens_and_serves(tmp_path: Path) -> None:
+    old = {blob_key(_sha(str(i)), enc): f"old {i}{enc}".encode()
+           for i in range(5) for enc in ("", "gzip")}
+    _old_store(tmp_path, old | {"manifests/m.json": b'{"old": 1}'})
+    store = LocalStore(tmp_path)
+    try:
+        new = blob_key(_sha("new"))
+        store.put(new, b"new")
+        again = blob_key(_sha("0"))
+        store.put(again, b"put again")  # replaces the old copy, which must not linger
+        store.flush()
+        assert store.has([*old, new, "manifests/m.json"]) == {*old, new, "manifests/m.json"}
+        assert store.get(blob_key(_sha("3"), "gzip"), 1) == b"ld 3gzip"
+        assert store.size(blob_key(_sha("4"))) == len(b"old 4")
+        assert store.get(again) == b"put again"
+        assert store.get("manifests/m.json") == b'{"old": 1}'
+        listed = list(store.keys("blobs/"))
+        assert sorted(listed) == sorted({*old, new}) and len(listed) == len(set(listed))
+        store.delete([blob_key(_sha("1")), new])
+        assert blob_key(_sha("1")) not in store.has(old)
+        with pytest.raises(NotFound):
+            store.get(blob_key(_sha("1")))
+        assert len(list(store.keys("blobs/"))) == len(old) - 1
+    finally:
+        store.close()
+
+
+_READER = """
+import sys
+from pathlib import Path
+from pushsite.stores.local import LocalStore
+store = LocalStore(Path(sys.argv[1]))
+keys = sys.argv[2:]
+print(sorted(store.has(keys)) == sorted(keys), *(store.get(k).decode() for k in keys))
+"""
+
+
+def test_a_reader_in_another_process_sees_flushed_blobs(tmp_path: Path) -> None:
+    writer = LocalStore(tmp_path)
+    try:
+        keys = [blob_key(_sha("a")), blob_key(_sha("b"), "br"), "manifests/x.json"]
+        for key in keys:
+            writer.put(key, key[-6:].encode())
+        writer.flush()
+        out = subprocess.run([sys.executable, "-c", _READER, str(tmp_path), *keys],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["True", *(k[-6:] for k in keys)]
+    finally:
+        writer.close()

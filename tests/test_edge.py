@@ -858,3 +858,38 @@ def test_cached_answers_depend_on_accept_encoding(world: World) -> None:
         assert headers["content-encoding"] == "br"
         code, headers, body = world.raw("GET", "/", host)
         assert "content-encoding" not in headers and body == PAGES["index.html"]
+
+
+def test_connection_close_is_honoured_on_a_cached_answer(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, {"index.html": b"page"})
+    host = f"{name}.localhost"
+    assert world.raw("GET", "/", host, {"Connection": "keep-alive"})[2] == b"page"
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", world.port, timeout=10)
+        try:
+            conn.request("GET", "/", headers={"Host": host, "Connection": "close"})
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"page")
+            assert response.getheader("connection") == "close"
+            assert response.will_close
+        finally:
+            conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, {"index.html": b"home", "a.txt": b"first", "b.txt": b"second"})
+    host = f"{name}.localhost"
+    world.raw("GET", "/a.txt", host)  # cached: the shortcut answers it below
+    request = "GET {} HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+    wire = "".join(request.format(p) for p in ("/a.txt", "/b.txt", "/a.txt", "/")).encode()
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        sock.sendall(wire)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 4 or not received.endswith(b"home"):
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    bodies = [part.split(b"\r\n\r\n", 1)[1][:6] for part in received.split(b"HTTP/1.1 ")[1:]]
+    assert bodies == [b"first", b"second", b"first", b"home"]

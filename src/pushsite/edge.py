@@ -1,4 +1,8 @@
-"""The edge: the HTTP server that serves every site's files, as a plain ASGI app.
+"""The edge: the HTTP logic that serves every site's files (`Edge.respond`), an ASGI app.
+
+`pushsite serve` runs it under granian through RSGI (pushsite.web.rsgi) or under uvicorn with
+a parser-level shortcut (pushsite.web.fastproto); both reuse whole cached answers
+(`Edge.cached`) for plain GET/HEAD requests while the host serves the same deployment.
 
 Host -> deployment (hosts.py, the alias read on every request) -> manifest (cached by
 deployment id) -> file -> blob variant (cached by hash; large ones streamed from the store).

@@ -17,7 +17,7 @@ from pushsite.edge import Answer, Edge
 _PLAIN_METHODS = (b"GET", b"HEAD")
 _NOT_PLAIN = frozenset(
     {b"if-none-match", b"if-modified-since", b"range", b"content-length", b"transfer-encoding",
-     b"expect", b"upgrade", b"connection"}
+     b"expect", b"upgrade"}
 )  # fmt: skip
 
 
@@ -75,6 +75,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         method = parser.get_method()
         if method not in _PLAIN_METHODS or parser.get_http_version() != "1.1":
             return False
+        if not parser.should_keep_alive():
+            return False  # "Connection: close": uvicorn's path closes after the answer
         url = self.url
         if url[:1] != b"/":
             return False

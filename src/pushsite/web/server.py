@@ -1,5 +1,12 @@
-"""Running the app: granian (the default, faster on the edge) or uvicorn, one or more HTTP
+"""Running the app: granian or uvicorn (`pushsite serve --http-server`), one or more HTTP
 processes, and always exactly one deploy worker per `pushsite serve`.
+
+granian runs the RSGI app of pushsite.web.rsgi (the edge answers site hosts itself, the
+control plane is bridged to ASGI); uvicorn runs the ASGI app with the protocol of
+pushsite.web.fastproto, which writes cached edge answers straight from its parser. On the
+edge benchmark (2 processes, 2 cores, wrk on the same machine) uvicorn's shortcut measured
+about 1.5 times granian's RSGI requests/s: granian hands every request from its Rust thread to
+the Python event loop thread and back, which costs more than the whole cached answer.
 
 With one uvicorn process the worker thread lives in the app's lifespan. Otherwise the HTTP
 processes are built from the environment (`app_from_environment`, worker=False) and the

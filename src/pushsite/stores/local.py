@@ -63,7 +63,9 @@ class LocalStore:
             self._db = self._connect(root / "objects.db")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
-        self._lock = threading.Lock()  # guards _pending, _writing and the reading connection
+        self._lock = threading.Lock()  # guards _pending and _writing (held only briefly)
+        # guards the reading connection: a has() or get() query never holds up a put()
+        self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one batch written at a time
         self._pending: dict[str, bytes] = {}
         self._writing: dict[str, bytes] = {}
@@ -168,17 +170,19 @@ class LocalStore:
     def has(self, keys: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
+        # a key leaves _writing only after its batch committed, so checking the buffers first
+        # and the database after never misses a key flushed before this call
         with self._lock:
             found.update(k for k in wanted if k in self._pending or k in self._writing)
-            packed = {k: p for k in wanted if k not in found and (p := levels.pack(k)) is not None}
+        packed = {k: p for k in wanted if k not in found and (p := levels.pack(k)) is not None}
+        with self._read_lock:
             held = levels.present(self._db, list(packed.values()))
             found.update(k for k, p in packed.items() if p in held)
             rest = [k for k in wanted if k not in found]
             if not self._legacy_blobs:
                 rest = [k for k in rest if k not in packed]
             found.update(self._present_in("objects", rest))
-        rest = [k for k in wanted if k not in found]
-        with self._lock:
+            rest = [k for k in wanted if k not in found]
             found.update(self._present_in("large", rest))
         return found
 
@@ -193,7 +197,7 @@ class LocalStore:
 
     def _small(self, what: str, key: str, **args: int) -> tuple[object, ...] | None:
         """One row about a packed object (`what`: SQL over its `data` with :named args);
-        call with `_lock` held."""
+        call with `_read_lock` held."""
         packed = levels.pack(key)
         if packed is not None:
             row = self._db.execute(
@@ -210,16 +214,16 @@ class LocalStore:
             data = self._pending.get(key)
             if data is None:
                 data = self._writing.get(key)
-            if data is None:
-                if end is None:
-                    row = self._small("substr(data, :start)", key, start=start + 1)
-                else:
-                    row = self._small("substr(data, :start, :n)", key, start=start + 1,
-                                      n=max(end - start, 0))
-                if row is not None:
-                    return bytes(row[0])  # type: ignore[call-overload]
+        if data is not None:
+            return data[start:end]
+        with self._read_lock:
+            if end is None:
+                row = self._small("substr(data, :start)", key, start=start + 1)
             else:
-                return data[start:end]
+                row = self._small("substr(data, :start, :n)", key, start=start + 1,
+                                  n=max(end - start, 0))
+        if row is not None:
+            return bytes(row[0])  # type: ignore[call-overload]
         try:
             with open(self._large_path(key), "rb") as handle:
                 handle.seek(start)
@@ -234,7 +238,7 @@ class LocalStore:
             return io.BytesIO(self.get(key))
 
     def size(self, key: str) -> int:
-        with self._lock:
+        with self._read_lock:
             row = self._small("length(data)", key)
         if row is not None:
             return int(row[0])  # type: ignore[call-overload]
@@ -245,7 +249,7 @@ class LocalStore:
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         self.flush()
-        with self._lock:
+        with self._read_lock:
             blobs = []
             if prefix.startswith("blobs/") or "blobs/".startswith(prefix):
                 blobs = levels.all_keys(self._db)
@@ -276,7 +280,8 @@ class LocalStore:
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        with self._read_lock:
+            self._db.close()
         self._wdb.close()
 
     def _large_path(self, key: str) -> Path:

@@ -35,6 +35,9 @@ def test_every_variant_and_other_keys_round_trip(tmp_path: Path) -> None:
         f"blobs/00/{sha}": b"wrong folder" if not sha.startswith("00") else b"x",
         f"blobs/{sha[:2]}/{sha[:40]}": b"short",
         f"blobs/{sha[:2]}/{sha}.zst": b"other suffix",
+        f"blobs/{sha[:2]}/{sha}.zs": b"other suffix, same length",
+        f"blobs/{sha[:2]}/{sha[:62]} 0": b"a space",
+        f"blobs/{sha[:2]}/{sha[:63]}g": b"not hex",
         "manifests/d1.json": b"{}",
     }
     for key in others:

@@ -14,7 +14,6 @@ stay in the page cache. The newest level holding a key wins; merges drop the old
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable
 
@@ -23,8 +22,8 @@ FIRST_CAP = 16384
 GROWTH = 8
 _CHUNK = 500  # keys per statement (SQLite's default limit on variables is 32766)
 
-_BLOB_KEY = re.compile(r"blobs/([0-9a-f]{2})/(\1[0-9a-f]{62})(\.br|\.gz)?")
 _SUFFIXES = ("", ".br", ".gz")  # variant byte = position: binary order = text order
+_CODES = {suffix: bytes([code]) for code, suffix in enumerate(_SUFFIXES)}
 _TABLES = [f"blob_keys_{level}" for level in range(LEVELS)]
 
 SCHEMA = (
@@ -50,11 +49,23 @@ def create(db: sqlite3.Connection) -> None:
 
 
 def pack(key: str) -> bytes | None:
-    """The 33-byte index key of a blob key, or None for any other key (kept as text)."""
-    match = _BLOB_KEY.fullmatch(key)
-    if match is None:
+    """The 33-byte index key of a blob key, or None for any other key (kept as text).
+
+    Only the canonical spelling (lower-case hex, folder = first two digits) is packed, so
+    unpack(pack(key)) == key always; this runs for every key a deploy asks about, hence
+    slicing rather than a regular expression."""
+    if len(key) not in (73, 76) or not key.startswith("blobs/") or key[8] != "/":
         return None
-    return bytes.fromhex(match[2]) + bytes([_SUFFIXES.index(match[3] or "")])
+    digest, suffix = key[9:73], key[73:]
+    if key[6:8] != digest[:2] or suffix not in _SUFFIXES:
+        return None
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        return None
+    if raw.hex() != digest:  # upper case or spaces: not the canonical key
+        return None
+    return raw + _CODES[suffix]
 
 
 def unpack(packed: bytes) -> str:

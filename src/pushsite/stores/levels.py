@@ -43,9 +43,11 @@ def create(db: sqlite3.Connection) -> None:
     """Make the tables (idempotent; an older store simply gains them)."""
     for statement in SCHEMA:
         db.execute(statement)
-    db.executemany(
-        "INSERT OR IGNORE INTO blob_levels VALUES (?, 0)", [(n,) for n in range(LEVELS)]
-    )
+    (rows,) = db.execute("SELECT count(*) FROM blob_levels").fetchone()
+    if rows < LEVELS:  # only then: opening must not wait for the write lock (a long merge)
+        db.executemany(
+            "INSERT OR IGNORE INTO blob_levels VALUES (?, 0)", [(n,) for n in range(LEVELS)]
+        )
 
 
 def pack(key: str) -> bytes | None:
@@ -148,7 +150,7 @@ def _merge_full_levels(db: sqlite3.Connection) -> None:
         upper, lower = _TABLES[level], _TABLES[level + 1]
         stale = db.execute(
             f"DELETE FROM blob_data WHERE id IN "
-            f"(SELECT b.id FROM {upper} a JOIN {lower} b ON a.k = b.k)"
+            f"(SELECT b.id FROM {upper} a CROSS JOIN {lower} b ON a.k = b.k)"  # a drives
         ).rowcount
         db.execute(f"INSERT OR REPLACE INTO {lower} SELECT k, id FROM {upper} ORDER BY k")
         db.execute(f"DELETE FROM {upper}")

@@ -245,7 +245,9 @@ def test_worker_killed_mid_deploy_is_finished_by_another(
         tmp_path: Path) -> None:
     staging = make_staging(moto, visibility=3)
     service = service_for(staging.pushsite_queue)
-    env = {**aws_env, "PUSHSITE_WORKERS": "1"}
+    # 1 MB pack segments: the first is stored long before the 48 MB deploy ends
+    env = {**aws_env, "PUSHSITE_WORKERS": "1",
+           "PUSHSITE_STORE": aws_env["PUSHSITE_STORE"] + "&segment_mb=1"}
     first = start_worker(env, staging.pushsite_queue, tmp_path / "first.log")
     second = None
     try:

@@ -381,6 +381,10 @@ class ManifestBuilder:
             self.progress(self.counters)
 
     def _temp(self) -> tuple[BinaryIO, object]:
+        """A spool file: in the store's own folder when it has one (renamed into place, no
+        copy), else anonymous, as while the store is still opening (never wait for it)."""
+        if self.later is not None and not self.later.done():
+            return tempfile.TemporaryFile(), None
         maker = getattr(self.store, "temp_file", None)
         if maker is not None:
             handle, path = maker()

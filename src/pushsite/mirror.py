@@ -254,7 +254,7 @@ def mirror_deployment(
         )
     target, prefix = _split_target(target_url)
     bucket = target.name
-    client = s3_client or make_client("s3", target)
+    client = s3_client or make_client("s3", target, transfer=True)
     what = f"the mirror bucket {bucket}"
     wanted, redirect_count, skipped = _plan(manifest, prefix)
     report = MirrorReport(redirects=redirect_count, skipped_rules=skipped)

@@ -4,7 +4,7 @@
 
 A deployment's new blobs and its manifest go into one pack object (packs.py, s3pack.py), so a
 site of 1,000 files is one upload, not 3,000; `packs=0` writes one object per blob variant
-instead (the layout of earlier versions, which stays readable either way); `segment_mb` (8)
+instead (the layout of earlier versions, which stays readable either way); `segment_mb` (4)
 is the size at which a pack is cut into another object while the deploy goes on.
 
 Small puts go through a thread pool and `flush()` waits for them (boto3 clients are
@@ -130,7 +130,7 @@ class S3Store:
         part_size: int = 8 * MB,
         has_strategy: str = "auto",
         packs: bool = True,
-        segment_size: int = 8 * MB,
+        segment_size: int = 4 * MB,
     ) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
@@ -161,7 +161,7 @@ class S3Store:
             part_size=target.int_option("part_mb", 8) * MB,
             has_strategy=target.options.get("has", "auto"),
             packs=target.options.get("packs", "1") not in ("0", "false", "no"),
-            segment_size=target.int_option("segment_mb", 8) * MB,
+            segment_size=target.int_option("segment_mb", 4) * MB,
         )
 
     def _ensure_bucket(self) -> None:

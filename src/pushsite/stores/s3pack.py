@@ -7,6 +7,10 @@ size). `close` writes the last segment, `packs/<deployment-id>`, with the manife
 one-file change is that one object. Because every segment is a whole object with its own index,
 a deploy that runs out of time, or whose worker is killed, leaves blobs its retry can reuse
 (`S3Store.packed_blobs`). A blob bigger than a segment is a segment of its own, streamed.
+
+Measured on the medium site into SeaweedFS (1,062 files, ~100 MB with variants): 4 MB segments,
+two in flight, gave the same deploy time as 8 MB (2.0-2.3 s) with a peak RSS of 130 MB
+instead of 140-160 MB (botocore holds a copy of each body it signs).
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ class _Then(io.RawIOBase):
 class S3Packer:
     """Appends blobs to segments of `packs/<deployment-id>`; `close` adds the manifest."""
 
-    def __init__(self, store: S3Store, deployment_id: str, *, segment_size: int = 8 * MB,
-                 in_flight: int = 3) -> None:
+    def __init__(self, store: S3Store, deployment_id: str, *, segment_size: int = 4 * MB,
+                 in_flight: int = 2) -> None:
         self._store = store
         self.key = pack_key(deployment_id)
         self._segment_size = segment_size

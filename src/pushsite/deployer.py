@@ -225,7 +225,7 @@ class ManifestBuilder:
                 return
             if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
                 outputs |= {"gzip": self._temp(), "br": self._temp()}  # discarded in finally
-                self._compress_file(outputs)
+                self._compress_file(outputs, content_type)
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
                          if enc and encode.worth_keeping(n, total)}
@@ -238,10 +238,11 @@ class ManifestBuilder:
                 handle.close()
                 _discard(tmp)
 
-    def _compress_file(self, variants: dict[str, tuple[BinaryIO, object]]) -> None:
+    def _compress_file(self, variants: dict[str, tuple[BinaryIO, object]],
+                       content_type: str) -> None:
         """Write the gzip and brotli variants of the spooled identity, chunk by chunk."""
         identity = variants[""][0]
-        compressor = encode.StreamCompressor()
+        compressor = encode.StreamCompressor(content_type)
         identity.seek(0)
         while chunk := identity.read(CHUNK):
             gz, br = compressor.feed(chunk)

@@ -16,6 +16,7 @@ worker thread runs in this parent process, beside the server's supervisor.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 
 from pushsite.config import Config
@@ -29,7 +30,7 @@ _RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.web
 
 
 def run_server(config: Config, *, host: str, port: int, workers: int = 1,
-               server: str = "granian", debug: bool = False) -> None:
+               server: str = "uvicorn", debug: bool = False) -> None:
     workers = max(workers, 1)
     if server == "uvicorn" and workers == 1:
         import uvicorn
@@ -43,11 +44,9 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
     threading.Thread(target=run_worker, args=(service,), kwargs={"wait": 0.5}, daemon=True,
                      name="pushsite-worker").start()
     if server == "uvicorn":
-        import uvicorn
+        from pushsite.web.processes import serve_processes
 
-        uvicorn.run(_FACTORY, factory=True, workers=workers, host=host, port=port,
-                    log_level="warning", access_log=False, timeout_graceful_shutdown=3,
-                    http=_HTTP)
+        serve_processes(host, port, workers, _serve_uvicorn)
         return
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
@@ -55,6 +54,15 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
     Granian(_RSGI_FACTORY, address=host, port=port, interface=Interfaces.RSGI,
             workers=workers, factory=True, loop=Loops.uvloop, http=HTTPModes.http1,
             websockets=False, log_enabled=False, workers_kill_timeout=3).serve()
+
+
+def _serve_uvicorn(sock: socket.socket) -> None:
+    """One HTTP process: uvicorn with the edge shortcut, on its own listening socket."""
+    import uvicorn
+
+    config = uvicorn.Config(_FACTORY, factory=True, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=3, http=_HTTP)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _export(config: Config, debug: bool) -> None:

@@ -289,3 +289,23 @@ def test_rollback_prune_and_verify(make_site: Callable[..., Path], _isolated_env
     service.store.flush()
     result = runner.invoke(cli, ["verify"], obj={})
     assert result.exit_code == 1 and "corrupt" in result.stderr
+
+
+def test_the_console_script_ends_a_deploy_with_its_output_and_exit_code(
+        make_site: Callable[..., Path], tmp_path: Path) -> None:
+    """`main` ends a deploy without interpreter teardown: nothing may be lost on the way."""
+    pushsite = Path(sys.executable).with_name("pushsite")
+    done = subprocess.run([str(pushsite), "deploy", str(make_site()), "--site", "quick",
+                           "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "live"
+    service = Service(load_config())
+    try:  # the deployment's log reached the state store before the process ended
+        assert any("live" in line.message or "activate" in line.stage
+                   for line in service.state.get_logs(json.loads(done.stdout)["id"]))
+    finally:
+        service.close()
+    refused = subprocess.run([str(pushsite), "deploy", str(tmp_path / "missing"), "--site",
+                              "quick"], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith("error: no such folder or file")

@@ -72,6 +72,20 @@ class Limits:
     max_ratio: int = 250
     ratio_min_bytes: int = 64 * MiB
 
+    def count_file(self, path: str, size: int, total: int, whole: str = "bundle") -> int:
+        """The running total with one more file; refuses a file or a `whole` too large."""
+        if size > self.max_file_bytes:
+            raise BundleTooLarge(
+                f"the file {path!r} is {size} bytes (limit max_file_bytes={self.max_file_bytes})"
+            )
+        total += size
+        if total > self.max_total_bytes:
+            raise BundleTooLarge(
+                f"the {whole}'s files add up to more than {self.max_total_bytes} bytes "
+                f"(at {path!r}: {total}; limit max_total_bytes={self.max_total_bytes})"
+            )
+        return total
+
 
 DEFAULT_LIMITS = Limits()
 
@@ -507,16 +521,7 @@ class BundleReader:
                 f"the path {path[:80]!r}... is {length} bytes long "
                 f"(limit max_path_length={limits.max_path_length})"
             )
-        if size > limits.max_file_bytes:
-            raise BundleTooLarge(
-                f"the file {path!r} is {size} bytes (limit max_file_bytes={limits.max_file_bytes})"
-            )
-        self._total += size
-        if self._total > limits.max_total_bytes:
-            raise BundleTooLarge(
-                f"the bundle's files add up to more than {limits.max_total_bytes} bytes "
-                f"(at {path!r}: {self._total}; limit max_total_bytes={limits.max_total_bytes})"
-            )
+        self._total = limits.count_file(path, size, self._total)
 
     def _check_not_through_link(self, path: str) -> None:
         """A member under an earlier link's path would be written through that link: reject."""

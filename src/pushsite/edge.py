@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote_to_bytes
 
@@ -306,6 +307,23 @@ _UNAVAILABLE = _message(503, "503 Service Unavailable: storage is not reachable,
 _FAILED = _message(500, "500 Internal Server Error\n")
 
 
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """A request's conditional and range headers; without any, its answer may be cached."""
+
+    none_match: str | None = None
+    since: str | None = None
+    range_: str | None = None
+    if_range: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.none_match is None and self.since is None and self.range_ is None
+
+
+NO_CONDITIONS = Conditions()
+
+
 class Answer:
     """A finished response: status, headers, body, and for a streamed blob the rest of it.
 
@@ -418,10 +436,7 @@ class Edge:
         raw_path: bytes,
         query: str,
         accept: str | None = None,
-        none_match: str | None = None,
-        since: str | None = None,
-        range_: str | None = None,
-        if_range: str | None = None,
+        conditions: Conditions | None = None,
         target: SiteTarget | None = None,
     ) -> Answer:
         """The answer to one request on a site host (`target` when the caller resolved it)."""
@@ -430,9 +445,8 @@ class Edge:
             if target is None:
                 target = self.hosts.target(host)
             deployment_id = self.hosts.deployment_id(target) if target else None
-            plain = (head or method == "GET") and none_match is None and since is None and (
-                range_ is None
-            )
+            conditions = conditions or NO_CONDITIONS
+            plain = (head or method == "GET") and conditions.plain
             key: AnswerKey = (host, raw_path, query, accept, head)
             if plain:
                 hit = self._answers.get(key)
@@ -442,8 +456,7 @@ class Edge:
                 answer = _answer(_NO_SITE, head)
             else:
                 answer = await self._respond(
-                    method, head, target, deployment_id, host, raw_path, query, accept,
-                    none_match, since, range_, if_range,
+                    method, head, target, deployment_id, host, raw_path, query, accept, conditions
                 )  # fmt: skip
             if plain and answer.rest is None:
                 self._remember(key, deployment_id, answer)
@@ -463,10 +476,7 @@ class Edge:
         raw_path: bytes,
         query: str,
         accept: str | None,
-        none_match: str | None,
-        since: str | None,
-        range_: str | None,
-        if_range: str | None,
+        conditions: Conditions,
     ) -> Answer:
         deployed = await self._deployed(deployment_id)
         plan = deployed.plan(host, raw_path, query)
@@ -476,9 +486,7 @@ class Edge:
             return Answer(405, headers + (extra or []), _NOT_ALLOWED.body)
         if plan.entry is None:
             return _answer(plan, head, extra)
-        return await self._serve_file(
-            deployed, plan, head, extra, accept, none_match, since, range_, if_range
-        )
+        return await self._serve_file(deployed, plan, head, extra, accept, conditions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -507,7 +515,8 @@ class Edge:
             host.decode("latin-1") if host else "",
             scope.get("raw_path") or quote(scope["path"]).encode(),
             scope.get("query_string", b"").decode("latin-1"),
-            _text(accept), _text(none_match), _text(since), _text(range_), _text(if_range),
+            _text(accept),
+            Conditions(_text(none_match), _text(since), _text(range_), _text(if_range)),
             scope.get(_TARGET),
         )  # fmt: skip
         await send({"type": "http.response.start", "status": answer.status,
@@ -528,11 +537,10 @@ class Edge:
         head: bool,
         extra: Headers | None,
         accept: str | None,
-        none_match: str | None,
-        since: str | None,
-        range_: str | None,
-        if_range: str | None,
+        conditions: Conditions,
     ) -> Answer:
+        none_match, since = conditions.none_match, conditions.since
+        range_, if_range = conditions.range_, conditions.if_range
         entry = plan.entry
         assert entry is not None
         full = plan.status == 200

@@ -371,7 +371,7 @@ class Service:
         known = {} if from_git else self._previous_blobs(deployment)
         packer = None
         if (make_packer := getattr(self.store, "packer", None)) is not None:
-            packer = make_packer(deployment.id, resume=ran_before)
+            packer = make_packer(deployment.id)
             if ran_before and packer is not None:  # reuse what the earlier run packed
                 known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
         return known, packer

@@ -183,17 +183,7 @@ class _Walk:
                 _check_unchanged(path, before, os.fstat(fd))
 
     def _check_size(self, path: str, size: int) -> None:
-        limits = self.limits
-        if size > limits.max_file_bytes:
-            raise BundleTooLarge(
-                f"the file {path!r} is {size} bytes (limit max_file_bytes={limits.max_file_bytes})"
-            )
-        self._total += size
-        if self._total > limits.max_total_bytes:
-            raise BundleTooLarge(
-                f"the folder's files add up to more than {limits.max_total_bytes} bytes "
-                f"(at {path!r}: {self._total}; limit max_total_bytes={limits.max_total_bytes})"
-            )
+        self._total = self.limits.count_file(path, size, self._total, whole="folder")
 
 
 class _Exactly:

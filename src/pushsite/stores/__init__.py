@@ -19,7 +19,7 @@ from pushsite.backends import open_backend
 class Packer(Protocol):
     """One deployment's pack: new blobs appended, then the manifest (stores/packs.py).
 
-    A store that packs offers `packer(deployment_id, resume) -> Packer | None` and
+    A store that packs offers `packer(deployment_id) -> Packer | None` and
     `packed_blobs(deployment_id) -> {key: ref}` (what timed-out runs sealed); the deployer
     looks for them with getattr, as for the optional `size`, `temp_file` and `adopt_file`.
     """

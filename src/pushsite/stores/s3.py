@@ -287,9 +287,9 @@ class S3Store:
         return int(self.head(key)["content-length"])
 
     # packs (see packs.py) -----------------------------------------------------------------
-    def packer(self, deployment_id: str, resume: bool = False) -> S3Packer | None:
-        """The pack a run of a deployment writes (None with `packs=0`); `resume` is part of
-        the protocol, but segments are named uniquely whichever run writes them."""
+    def packer(self, deployment_id: str) -> S3Packer | None:
+        """The pack a run of a deployment writes (None with `packs=0`); every run's segments
+        have names of their own, so a retry never overwrites what an earlier run stored."""
         from pushsite.stores.s3pack import S3Packer
 
         if not self.packs:

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from pushsite.edge import Answer, ASGIApp, Edge, Message
+from pushsite.edge import Answer, ASGIApp, Conditions, Edge, Message
 
 _BAD_PATH = b"/\xff"  # a raw path the edge refuses with 400 (not UTF-8)
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
@@ -46,14 +46,10 @@ class EdgeOrControl:
         path = scope.path
         query = scope.query_string
         accept = _accept(headers)
-        plain = (
-            (method == "GET" or method == "HEAD")
-            and "range" not in headers
-            and "if-none-match" not in headers
-            and "if-modified-since" not in headers
-        )
+        conditions = Conditions(headers.get("if-none-match"), headers.get("if-modified-since"),
+                                headers.get("range"), headers.get("if-range"))
         raw_path = self._raw_path(path)
-        if plain:
+        if (method == "GET" or method == "HEAD") and conditions.plain:
             try:
                 answer = self.edge.cached((host, raw_path, query, accept, method == "HEAD"),
                                           target)  # fmt: skip
@@ -62,14 +58,8 @@ class EdgeOrControl:
             if answer is not None:
                 protocol.response_bytes(answer.status, answer.rsgi_headers, answer.body)
                 return
-            answer = await self.edge.respond(method, host, raw_path, query, accept,
-                                             target=target)  # fmt: skip
-        else:
-            answer = await self.edge.respond(
-                method, host, raw_path, query, accept, headers.get("if-none-match"),
-                headers.get("if-modified-since"), headers.get("range"), headers.get("if-range"),
-                target,
-            )  # fmt: skip
+        answer = await self.edge.respond(method, host, raw_path, query, accept, conditions,
+                                         target)  # fmt: skip
         await send_answer(protocol, answer)
 
     def _raw_path(self, path: str) -> bytes:

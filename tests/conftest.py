@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pushsite.model import Manifest
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com",
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
@@ -42,6 +44,28 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
             content = content.encode()
         path.write_bytes(content)
     return root
+
+def deploy(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
+    """`pushsite deploy ARGS` in this process: exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from pushsite.cli import cli
+
+    result = CliRunner().invoke(cli, ["deploy", *args], input=input, obj={},
+                                catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def live_manifest(site: str) -> Manifest:
+    """The manifest a site's production alias points at."""
+    from pushsite.config import load_config
+    from pushsite.model import manifest_key
+    from pushsite.service import Service
+
+    service = Service(load_config())
+    alias = service.state.get_alias(site, "production")
+    assert alias is not None
+    return Manifest.from_bytes(service.store.get(manifest_key(alias.deployment_id)))
 
 
 @pytest.fixture
@@ -133,11 +157,12 @@ class Server:
 
 
 def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None,
-                 ) -> Server:
+                 args: tuple[str, ...] = ()) -> Server:
     port = port or free_port()
     env = {**os.environ, "PUSHSITE_HOME": str(home), **(extra_env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
+         *args],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = Server(port, home, env, process)
     deadline = time.monotonic() + 60  # a loaded CI machine starts granian slowly

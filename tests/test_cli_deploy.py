@@ -19,22 +19,9 @@ from click.testing import CliRunner
 
 from pushsite.cli import cli
 from pushsite.config import load_config
-from pushsite.model import Manifest, blob_key, manifest_key
+from pushsite.model import blob_key, manifest_key
 from pushsite.service import Service
-from tests.conftest import git_bundle
-
-
-def deploy(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
-    runner = CliRunner()
-    result = runner.invoke(cli, ["deploy", *args], input=input, obj={}, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def live_manifest(site: str) -> Manifest:
-    service = Service(load_config())
-    alias = service.state.get_alias(site, "production")
-    assert alias is not None
-    return Manifest.from_bytes(service.store.get(manifest_key(alias.deployment_id)))
+from tests.conftest import deploy, git_bundle, live_manifest
 
 
 def tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

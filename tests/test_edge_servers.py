@@ -9,46 +9,22 @@ bypass the cache, and the control plane must work as before.
 from __future__ import annotations
 
 import http.client
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port, write_files
+from tests.conftest import Server, start_server, write_files
 
 SITE = "fast"
 HOST = f"{SITE}.localhost"
 
 
-def _start(home: Path, server: str) -> Server:
-    import os
-
-    port = free_port()
-    env = {**os.environ, "PUSHSITE_HOME": str(home)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--http-workers", "2", "--http-server", server],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    running = Server(port, home, env, process)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"pushsite serve exited with {process.returncode}"
-        try:
-            if httpx.get(f"{running.url}/api/health", timeout=1).status_code == 200:
-                return running
-        except httpx.TransportError:
-            time.sleep(0.1)
-    running.stop()
-    raise AssertionError("pushsite serve did not answer within 60 s")
-
-
 @pytest.fixture(params=["granian", "uvicorn"])
 def served(request: pytest.FixtureRequest, _isolated_env: Path) -> Iterator[Server]:
-    running = _start(_isolated_env, request.param)
+    running = start_server(_isolated_env,
+                           args=("--http-workers", "2", "--http-server", request.param))
     try:
         yield running
     finally:

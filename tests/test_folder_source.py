@@ -18,24 +18,11 @@ from pushsite.cli import cli
 from pushsite.config import load_config
 from pushsite.deployer import SMALL_FILE, Counters
 from pushsite.errors import BundleRejected, ConfigError
-from pushsite.model import Manifest, manifest_key
 from pushsite.service import Service
-from tests.conftest import Server, write_files
+from tests.conftest import Server, deploy, live_manifest, write_files
 
 HEADERS = "/*\n  X-Frame-Options: DENY\n/assets/*\n  Cache-Control: public, max-age=31536000\n"
 REDIRECTS = "/old /new.html 301\n/blog/* /posts/:splat 302\n"
-
-
-def deploy(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["deploy", *args], obj={}, catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def live_manifest(site: str) -> Manifest:
-    service = Service(load_config())
-    alias = service.state.get_alias(site, "production")
-    assert alias is not None
-    return Manifest.from_bytes(service.store.get(manifest_key(alias.deployment_id)))
 
 
 def deploy_log(deployment_id: str) -> str:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
 from pushsite.model import blob_key
@@ -217,3 +218,21 @@ def test_failed_stream_aborts_the_multipart_upload(moto_s3_url: str, moto: str) 
     assert uploads.get("Uploads", []) == []
     listed = client.list_objects_v2(Bucket=store.bucket)  # type: ignore[attr-defined]
     assert listed.get("Contents", []) == []
+
+
+def test_create_tolerates_a_bucket_another_process_made_meanwhile(seaweed_url: str) -> None:
+    store = _open(seaweed_url)
+    try:
+        # the race: this process's HEAD said "missing", then another one created the bucket
+        # (the real CreateBucket answers BucketAlreadyOwnedByYou)
+        store.client.head_bucket = _missing  # type: ignore[method-assign]
+        store._ensure_bucket()
+        store.put("blobs/00/after-race", b"x")
+        store.flush()
+        assert store.get("blobs/00/after-race") == b"x"
+    finally:
+        store.close()
+
+
+def _missing(**_: object) -> None:
+    raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket")

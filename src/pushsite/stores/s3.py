@@ -171,7 +171,11 @@ class S3Store:
             except ClientError as exc:
                 if error_code(exc) not in _MISSING | {"NoSuchBucket"}:
                     raise
-                self.client.create_bucket(Bucket=self.bucket)
+                try:
+                    self.client.create_bucket(Bucket=self.bucket)
+                except ClientError as race:  # another process made it since the HEAD
+                    if error_code(race) != "BucketAlreadyOwnedByYou":
+                        raise
 
     def full_key(self, key: str) -> str:
         return self.prefix + key

@@ -109,7 +109,9 @@ def symlink_target(link_path: str, target: bytes | str) -> str | None:
             parts.pop()
         else:
             parts.append(part)
-    return "/".join(parts) if parts else None
+    resolved = "/".join(parts)
+    # `x/l -> ../C:/f` spells a drive path no member can have: outside, like an absolute one
+    return resolved if parts and not _DRIVE.match(resolved) else None
 
 
 def is_published(path: str) -> bool:

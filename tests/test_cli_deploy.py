@@ -296,3 +296,34 @@ def test_the_console_script_ends_a_deploy_with_its_output_and_exit_code(
                               "quick"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2
     assert refused.stderr.strip().startswith("error: no such folder or file")
+
+
+def test_a_quick_exit_leaves_the_store_whole_for_the_next_process(
+        make_site: Callable[..., Path], _isolated_env: Path) -> None:
+    """The console script's deploy only flushes the local store (no checkpoint on close): the
+    committed WAL stays behind, and the next processes read and add to it unharmed."""
+    pushsite = Path(sys.executable).with_name("pushsite")
+    site = make_site()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(pushsite), *args], capture_output=True, text=True,
+                              check=False)
+
+    first = run("deploy", str(site), "--site", "wal", "--json")
+    assert first.returncode == 0, first.stderr
+    wal = next(_isolated_env.rglob("objects.db-wal"))
+    assert wal.stat().st_size > 0  # left for the next connection, not checkpointed away
+    (site / "index.html").write_text("<h1>second</h1>")
+    second = run("deploy", str(site), "--site", "wal", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["blobs_new"] == 1
+    checked = run("verify")
+    assert checked.returncode == 0, checked.stderr
+    assert live_manifest("wal").files["index.html"].size == len(b"<h1>second</h1>")
+
+
+def test_a_json_deploy_does_not_import_rich() -> None:
+    """rich is imported when something is printed through it, not for `deploy --json` (its
+    import is a tenth of a one-shot deploy's start-up)."""
+    code = "import sys, pushsite.cli; sys.exit('rich' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

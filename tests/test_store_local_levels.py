@@ -168,3 +168,20 @@ def test_a_reader_in_another_process_sees_flushed_blobs(tmp_path: Path) -> None:
         assert out == ["True", *(k[-6:] for k in keys)]
     finally:
         writer.close()
+
+
+def test_a_new_store_has_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """16 KiB pages for a new store (fewer WAL frames per blob byte); a store made with other
+    pages opens as it is, since a WAL database cannot change its page size in place."""
+    LocalStore(tmp_path / "new").close()
+    assert _rows(tmp_path / "new", "PRAGMA page_size") == 16384
+    old = tmp_path / "old"
+    old.mkdir()
+    with sqlite3.connect(old / "objects.db") as db:
+        db.execute("PRAGMA page_size=4096")
+        db.execute("PRAGMA journal_mode=WAL")
+    store = LocalStore(old)
+    store.put(blob_key(_sha("x")), b"x")
+    store.close()
+    assert _rows(old, "PRAGMA page_size") == 4096
+    assert LocalStore(old).get(blob_key(_sha("x"))) == b"x"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import threading
 from collections.abc import Iterator
 
@@ -22,11 +21,10 @@ _TRIM_EVERY = 0.5
 
 
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
+    # the process's own symbols, libc's among them: ctypes.util.find_library("c") would run
+    # ldconfig, 25 ms of every command's start-up
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)
         libc.malloc_trim  # noqa: B018 - glibc only
         libc.mallopt  # noqa: B018
     except (OSError, AttributeError):

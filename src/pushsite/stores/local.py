@@ -32,6 +32,7 @@ from pushsite.stores import levels
 PACK_LIMIT = 1 << 20  # 1 MiB
 _BATCH_BYTES = 8 << 20
 _BATCH_COUNT = 2000
+_PAGE_SIZE = 16384
 _CHUNK = 1 << 20
 
 
@@ -48,6 +49,10 @@ class LocalStore:
             # Two connections: batches are written on one while readers (the edge, has())
             # keep going on the other; WAL lets them overlap.
             self._wdb = self._connect(root / "objects.db")
+            # 16 KiB pages for a new store (an existing one keeps its size): blobs are most
+            # of its bytes and each page is one WAL frame; 4 KiB pages made a cold deploy's
+            # commits cost 1.6 times as much (64 KiB: 0.6 times, but +30 MB peak RSS)
+            self._wdb.execute(f"PRAGMA page_size={_PAGE_SIZE}")
             self._wdb.execute("PRAGMA journal_mode=WAL")
             self._wdb.execute(
                 "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
@@ -277,6 +282,12 @@ class LocalStore:
             self._wdb.execute("COMMIT")
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
+
+    def detach(self) -> None:
+        """Write what is pending, for a process about to end without teardown (`os._exit`):
+        the committed WAL is as durable as after close (synchronous=NORMAL) and the next
+        connection checkpoints it."""
+        self.flush()
 
     def close(self) -> None:
         self.flush()

@@ -52,7 +52,8 @@ _HEADERS = {
 }
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 MANIFESTS = "manifests/"
-TAIL_GUESS = 64 * 1024  # one ranged GET reads a footer and, mostly, the manifest before it
+TAIL_GUESS = 512 * 1024  # one ranged GET reads the footer and the manifest of a site of
+# up to ~2,500 files (a second round trip costs more than the extra bytes, even on AWS)
 # has() lists a folder instead of HEADing its keys only when, on average, at least this many
 # keys are asked per folder...
 LIST_MIN_KEYS = 16

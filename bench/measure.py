@@ -103,9 +103,15 @@ def tree_rss_bytes(pid: int) -> tuple[int, int]:
 
 
 class TreeSampler:
-    """Samples a process tree's summed RSS in a thread; `peak_mb` is the highest seen."""
+    """Samples a process tree's summed RSS in a thread; `peak_mb` is the highest seen.
 
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
+    Every 20 ms: each sample reads /proc files per thread of the tree, and at 5 ms the sampler
+    took ~10% of a core from what it measured (a 0.35 s deploy read 0.42 s). A single
+    process's peak is exact anyway (its kernel high-water mark, VmHWM); only the sum over a
+    tree of processes (the naive pipeline's gzips) depends on the interval.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid = pid
         self.interval = interval
         self.peak = 0

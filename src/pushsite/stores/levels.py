@@ -27,7 +27,10 @@ _CODES = {suffix: bytes([code]) for code, suffix in enumerate(_SUFFIXES)}
 _TABLES = [f"blob_keys_{level}" for level in range(LEVELS)]
 
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+    # a blob's bytes: inline in `data` (stores written before data files), or `length` bytes
+    # at `offset` of data file `file` (datafiles.py) with `data` empty
+    "CREATE TABLE IF NOT EXISTS blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL, "
+    "file INTEGER, offset INTEGER, length INTEGER)",
     "CREATE TABLE IF NOT EXISTS blob_levels (level INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
     *(
         f"CREATE TABLE IF NOT EXISTS {t} (k BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID"
@@ -43,6 +46,10 @@ def create(db: sqlite3.Connection) -> None:
     """Make the tables (idempotent; an older store simply gains them)."""
     for statement in SCHEMA:
         db.execute(statement)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(blob_data)")}
+    for column in ("file", "offset", "length"):  # a store from before data files
+        if column not in columns:
+            db.execute(f"ALTER TABLE blob_data ADD COLUMN {column} INTEGER")
     (rows,) = db.execute("SELECT count(*) FROM blob_levels").fetchone()
     if rows < LEVELS:  # only then: opening must not wait for the write lock (a long merge)
         db.executemany(
@@ -87,9 +94,12 @@ def present(db: sqlite3.Connection, packed: list[bytes]) -> set[bytes]:
     return found
 
 
-def insert(db: sqlite3.Connection, items: Iterable[tuple[bytes, bytes]]) -> None:
-    """Store (packed key, data) pairs; call inside a write transaction (BEGIN IMMEDIATE)."""
-    batch = sorted(items)
+Row = tuple[bytes, int | None, int | None, int | None]  # blob_data's data, file, offset, length
+
+
+def insert(db: sqlite3.Connection, items: Iterable[tuple[bytes, Row]]) -> None:
+    """Store (packed key, row) pairs; call inside a write transaction (BEGIN IMMEDIATE)."""
+    batch = sorted(items, key=lambda item: item[0])
     if not batch:
         return
     keys = [k for k, _ in batch]
@@ -97,8 +107,9 @@ def insert(db: sqlite3.Connection, items: Iterable[tuple[bytes, bytes]]) -> None
     db.executemany("DELETE FROM blob_data WHERE id = ?", [(i,) for i in replaced])
     (top,) = db.execute("SELECT coalesce(max(id), 0) FROM blob_data").fetchone()
     ids = range(top + 1, top + 1 + len(batch))
-    rows = [(i, d) for i, (_, d) in zip(ids, batch, strict=True)]
-    db.executemany("INSERT INTO blob_data VALUES (?, ?)", rows)
+    rows = [(i, *row) for i, (_, row) in zip(ids, batch, strict=True)]
+    db.executemany("INSERT INTO blob_data (id, data, file, offset, length) "
+                   "VALUES (?, ?, ?, ?, ?)", rows)
     db.executemany(f"INSERT OR REPLACE INTO {_TABLES[0]} VALUES (?, ?)",
                    zip(keys, ids, strict=True))
     _count(db, 0, len(batch) - len(replaced))

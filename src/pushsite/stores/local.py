@@ -1,17 +1,19 @@
-"""The local object store: small objects packed in SQLite, large ones as plain files.
+"""The local object store: small blobs in append-only data files indexed by SQLite, other
+small objects in SQLite, large ones as plain files.
 
 Why this layout: on this machine creating tens of thousands of small files costs most of a
-deploy's time in the kernel (see MEASUREMENTS.md and `make bench`). Packing every object up to
-`PACK_LIMIT` into one SQLite database (WAL mode, written in large transactions) turns 40,000
-file creations into a few dozen commits, and lets the edge read a blob with one indexed query.
+deploy's time in the kernel (see MEASUREMENTS.md and `make bench`). Blobs up to `PACK_LIMIT`
+are appended, a batch at a time, to the writing process's data file (datafiles.py), and one
+SQLite database (WAL mode, large transactions) records where each is: 40,000 files become a
+few dozen appends and commits, and the edge reads a blob with one indexed query and a pread.
 Objects above the limit (images, video, archives) are files under `large/`, written to a
 temporary name and renamed, so a reader never sees half an object.
 
 Blob keys (`blobs/<2 hex>/<sha256>[.gz|.br]`) live in the leveled index of `levels.py`, so a
 put costs the same in a store of 10,000 blobs as in one of millions (figure 7). Other keys
-(manifests, packs) stay in the `objects` table keyed by text. A store written before the
-leveled index keeps its blobs in `objects`: they are read there, and deleted there, as they
-are (nothing is migrated; new blobs go to the levels).
+(manifests, packs) stay in the `objects` table keyed by text. Older stores keep what they hold
+where it is (blobs inline in `blob_data`, or in `objects` from before the leveled index): it is
+read and deleted there; nothing is migrated, and new blobs go to data files.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
-from pushsite.stores import levels
+from pushsite.stores import datafiles, levels
 
 PACK_LIMIT = 1 << 20  # 1 MiB
 _BATCH_BYTES = 8 << 20
@@ -61,6 +63,8 @@ class LocalStore:
             # alone, for every process, without a stat per missing key
             self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
             levels.create(self._wdb)
+            for statement in datafiles.SCHEMA:
+                self._wdb.execute(statement)
             # blobs from before the leveled index: then has/get/put also look at `objects`
             self._legacy_blobs = self._wdb.execute(
                 "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
@@ -75,6 +79,7 @@ class LocalStore:
         self._pending: dict[str, bytes] = {}
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
+        self._files = datafiles.DataFiles(root / "data")
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -142,11 +147,8 @@ class LocalStore:
                 self._writing, self._pending = self._pending, {}
                 self._pending_bytes = 0
             try:
-                self._wdb.execute("BEGIN IMMEDIATE")
                 self._write(self._writing)
-                self._wdb.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._wdb.execute("ROLLBACK")
+            except (sqlite3.Error, OSError) as exc:
                 with self._lock:
                     self._pending = self._writing | self._pending
                     self._writing = {}
@@ -155,21 +157,28 @@ class LocalStore:
                 self._writing = {}
 
     def _write(self, batch: dict[str, bytes]) -> None:
-        """One batch into its tables; the caller holds the write transaction."""
-        blobs: list[tuple[bytes, bytes]] = []
-        texts: list[tuple[str, bytes]] = []
-        for key, data in batch.items():
-            packed = levels.pack(key)
-            if packed is None:
-                texts.append((key, data))
-            else:
-                blobs.append((packed, data))
-        levels.insert(self._wdb, blobs)
-        if self._legacy_blobs and blobs:  # the old copy must not outlive a put
-            self._wdb.executemany(
-                "DELETE FROM objects WHERE key = ?", [(levels.unpack(k),) for k, _ in blobs]
-            )
-        self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
+        """One batch: blob bytes appended to this process's data file and made durable, then
+        their rows and the other objects committed in one transaction (file still locked)."""
+        texts = [(key, data) for key, data in batch.items() if levels.pack(key) is None]
+        with self._files.appending(self._wdb) as out:
+            blobs: list[tuple[bytes, levels.Row]] = []
+            for key, data in batch.items():
+                packed = levels.pack(key)
+                if packed is not None:
+                    blobs.append((packed, (b"", *out.add(data))))
+            if blobs:
+                out.sync()
+            self._wdb.execute("BEGIN IMMEDIATE")
+            try:
+                levels.insert(self._wdb, blobs)
+                if self._legacy_blobs and blobs:  # the old copy must not outlive a put
+                    self._wdb.executemany("DELETE FROM objects WHERE key = ?",
+                                          [(levels.unpack(k),) for k, _ in blobs])
+                self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
+                self._wdb.execute("COMMIT")
+            except BaseException:
+                self._wdb.execute("ROLLBACK")
+                raise
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
@@ -221,6 +230,24 @@ class LocalStore:
                 data = self._writing.get(key)
         if data is not None:
             return data[start:end]
+        for _ in range(3):  # a span can move (compaction) between its lookup and its read
+            with self._read_lock:
+                span = self._span(key)
+            if span is None:
+                break
+            no, offset, length = span
+            first = min(start, length)
+            last = length if end is None else max(first, min(end, length))
+            try:
+                return self._files.read(no, offset + first, last - first)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot read {key} from the local store: {exc}") \
+                    from exc
+        else:
+            raise BackendUnavailable(f"cannot read {key} from the local store: its data file "
+                                     "keeps moving or is missing (run `pushsite verify`)")
         with self._read_lock:
             if end is None:
                 row = self._small("substr(data, :start)", key, start=start + 1)
@@ -242,8 +269,23 @@ class LocalStore:
         except FileNotFoundError:
             return io.BytesIO(self.get(key))
 
+    def _span(self, key: str) -> tuple[int, int, int] | None:
+        """(data file, offset, length) of a blob kept in a data file; call with `_read_lock`."""
+        packed = levels.pack(key)
+        if packed is None:
+            return None
+        row = self._db.execute(
+            f"SELECT file, offset, length FROM blob_data WHERE id = {levels.ID_OF}", {"k": packed}
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]), int(row[1]), int(row[2])
+
     def size(self, key: str) -> int:
         with self._read_lock:
+            span = self._span(key)
+            if span is not None:
+                return span[2]
             row = self._small("length(data)", key)
         if row is not None:
             return int(row[0])  # type: ignore[call-overload]
@@ -280,6 +322,13 @@ class LocalStore:
             self._wdb.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
             self._wdb.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
             self._wdb.execute("COMMIT")
+            if packed:
+                try:
+                    self._files.compact(self._wdb)
+                except (sqlite3.Error, OSError) as exc:
+                    raise BackendUnavailable(f"cannot compact the local store's data files "
+                                             f"(the deleted blobs are gone already): {exc}") \
+                        from exc
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
 
@@ -291,6 +340,7 @@ class LocalStore:
 
     def close(self) -> None:
         self.flush()
+        self._files.close()
         with self._read_lock:
             self._db.close()
         self._wdb.close()

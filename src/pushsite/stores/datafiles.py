@@ -1,0 +1,183 @@
+"""Blob bytes in append-only data files beside the local store's SQLite index.
+
+Why: written into SQLite, each blob byte was copied three times (bound, paged, put in the WAL)
+and written to disk twice (the WAL, then the checkpoint); that was a fifth of a cold deploy.
+Here a batch of blobs is one buffered append to the writer's own file, `data/<n>.dat`, and
+SQLite keeps only where each blob is: (file, offset, length) in its `blob_data` row.
+
+What keeps readers right:
+- A batch's bytes are appended and made durable (fdatasync) before the rows naming them
+  commit, so a committed row never points at bytes a crash could still lose.
+- A writer holds an exclusive flock on its file only while it appends and commits. Compaction
+  takes that lock without waiting, so it never moves a file someone is writing, and a writer
+  whose file was compacted away meanwhile (its inode has no name left) starts a new one.
+- Compaction copies a file's live spans into the compacting process's own file, repoints
+  their rows in one transaction, then unlinks the old file. A reader that looked a span up
+  just before finds the file gone and looks again (`LocalStore.get`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS data_files (no INTEGER PRIMARY KEY AUTOINCREMENT)",
+    "CREATE INDEX IF NOT EXISTS blob_data_file ON blob_data (file, offset) "
+    "WHERE file IS NOT NULL",
+)
+ROLL_BYTES = 1 << 30  # a writer starts a new file past this, so compaction moves at most this
+
+
+class Appender:
+    """Appends to one locked data file; `add` returns where the bytes went."""
+
+    def __init__(self, no: int, handle: object, size: int) -> None:
+        self.no = no
+        self._handle = handle
+        self.size = size
+
+    def add(self, data: bytes) -> tuple[int, int, int]:
+        """(file, offset, length) of `data`, appended."""
+        offset = self.size
+        self._handle.write(data)  # type: ignore[attr-defined]
+        self.size += len(data)
+        return self.no, offset, len(data)
+
+    def sync(self) -> None:
+        self._handle.flush()  # type: ignore[attr-defined]
+        os.fdatasync(self._handle.fileno())  # type: ignore[attr-defined]
+
+
+class DataFiles:
+    """The data files of one store, and this process's own file for appending."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._handle: object | None = None
+        self._no: int | None = None
+
+    def path(self, no: int) -> Path:
+        return self.folder / f"{no}.dat"
+
+    def read(self, no: int, offset: int, length: int) -> bytes:
+        """The bytes of a span; FileNotFoundError when compaction moved them meanwhile."""
+        fd = os.open(self.path(no), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise OSError(f"data file {no} ends before the {length} bytes at {offset}")
+        return data
+
+    @contextmanager
+    def appending(self, db: sqlite3.Connection) -> Iterator[Appender]:
+        """This process's file, locked for one batch (the caller commits its rows inside)."""
+        handle = self._own_file(db)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # type: ignore[attr-defined]
+        try:
+            stat = os.fstat(handle.fileno())  # type: ignore[attr-defined]
+            if stat.st_nlink == 0 or stat.st_size >= ROLL_BYTES:  # compacted away, or full
+                self._drop_own_file()
+                handle = self._own_file(db)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # type: ignore[attr-defined]
+                stat = os.fstat(handle.fileno())  # type: ignore[attr-defined]
+            assert self._no is not None
+            yield Appender(self._no, handle, stat.st_size)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)  # type: ignore[attr-defined]
+
+    def _own_file(self, db: sqlite3.Connection) -> object:
+        if self._handle is None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                no = int(db.execute("INSERT INTO data_files DEFAULT VALUES").lastrowid or 0)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path(no), "ab", buffering=1 << 20)  # noqa: SIM115
+            self._no = no
+        return self._handle
+
+    def _drop_own_file(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+        self._handle = None
+        self._no = None
+
+    def close(self) -> None:
+        self._drop_own_file()
+
+    # compaction --------------------------------------------------------------------------
+    def compact(self, db: sqlite3.Connection) -> int:
+        """Remove files no row uses and rewrite those less than half used; bytes freed.
+
+        Call with the store's write lock held and no transaction open."""
+        freed = 0
+        for (no,) in db.execute("SELECT no FROM data_files ORDER BY no").fetchall():
+            if no != self._no:
+                freed += self._compact_one(db, int(no))
+        return freed
+
+    def _compact_one(self, db: sqlite3.Connection, no: int) -> int:
+        path = self.path(no)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = -1
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return 0  # a writer is appending to it right now
+                size = os.fstat(fd).st_size
+            else:
+                size = 0
+            (used,) = db.execute("SELECT coalesce(sum(length), 0) FROM blob_data "
+                                 "WHERE file = ?", (no,)).fetchone()
+            if used and used * 2 >= size:
+                return 0
+            if used:
+                with self.appending(db) as out:  # rows commit while the copies are locked
+                    moved = self._copy_spans(db, no, fd, out)
+                    self._forget(db, no, moved)
+            else:
+                self._forget(db, no, [])
+            path.unlink(missing_ok=True)
+            return int(size - used)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _copy_spans(db: sqlite3.Connection, no: int, fd: int,
+                    out: Appender) -> list[tuple[int, int, int]]:
+        """Copy a file's live spans to `out`; the (new file, offset, id) of each row."""
+        rows = db.execute("SELECT id, offset, length FROM blob_data WHERE file = ? "
+                          "ORDER BY offset", (no,)).fetchall()
+        moved: list[tuple[int, int, int]] = []
+        for row_id, offset, length in rows:
+            target, new_offset, _ = out.add(os.pread(fd, length, offset))
+            moved.append((target, new_offset, row_id))
+        out.sync()
+        return moved
+
+    @staticmethod
+    def _forget(db: sqlite3.Connection, no: int, moved: list[tuple[int, int, int]]) -> None:
+        """Repoint the moved rows and drop the file's row, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE blob_data SET file = ?, offset = ? WHERE id = ?", moved)
+            db.execute("DELETE FROM data_files WHERE no = ?", (no,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

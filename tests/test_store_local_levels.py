@@ -171,7 +171,7 @@ def test_a_reader_in_another_process_sees_flushed_blobs(tmp_path: Path) -> None:
 
 
 def test_a_new_store_has_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
-    """16 KiB pages for a new store (fewer WAL frames per blob byte); a store made with other
+    """16 KiB pages for a new store (fewer WAL frames per manifest byte); a store made with other
     pages opens as it is, since a WAL database cannot change its page size in place."""
     LocalStore(tmp_path / "new").close()
     assert _rows(tmp_path / "new", "PRAGMA page_size") == 16384
@@ -185,3 +185,26 @@ def test_a_new_store_has_large_pages_and_an_old_one_keeps_its_own(tmp_path: Path
     store.close()
     assert _rows(old, "PRAGMA page_size") == 4096
     assert LocalStore(old).get(blob_key(_sha("x"))) == b"x"
+
+
+def test_processes_opening_new_databases_at_once_all_succeed(tmp_path: Path) -> None:
+    """Processes open fresh stores, states and queues at the same moments (as a new `serve`
+    does with its HTTP processes): each waits its turn, none gets "database is locked"."""
+    go = tmp_path / "go"
+    code = (
+        "import sys, time, pathlib\n"
+        "from pushsite.stores.local import LocalStore\n"
+        "from pushsite.state.sqlite import SqliteState\n"
+        "from pushsite.queues.local import LocalQueue\n"
+        "root, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "for n in range(30):\n"
+        "    LocalStore(root / f'{n}' / 'store').close()\n"
+        "    SqliteState(root / f'{n}' / 'state.db').close()\n"
+        "    LocalQueue(root / f'{n}' / 'queue.db').close()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(go)],
+                              stderr=subprocess.PIPE) for _ in range(4)]
+    go.touch()
+    errors = [p.communicate(timeout=120)[1].decode()[-300:] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pushsite.errors import BackendUnavailable, ConfigError
 from pushsite.queues import QueueItem
+from pushsite.sqlite_setup import setting_up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -31,11 +32,12 @@ class LocalQueue:
     def __init__(self, path: Path, visibility: float = 300.0, poll: float = 0.05) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+            with setting_up(path):
+                self._db = sqlite3.connect(
+                    path, check_same_thread=False, isolation_level=None, timeout=30
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the queue {path}: {exc}") from exc
         self._lock = threading.Lock()

@@ -26,6 +26,7 @@ from pushsite.errors import (
     SiteNotFound,
 )
 from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+from pushsite.sqlite_setup import setting_up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -72,12 +73,13 @@ class SqliteState:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            with setting_up(path):
+                self._db = sqlite3.connect(
+                    path, check_same_thread=False, isolation_level=None, timeout=30
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the state database {path}: {exc}") from exc
         self.path = path

@@ -29,6 +29,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
+from pushsite.sqlite_setup import setting_up
 from pushsite.stores import datafiles, levels
 
 PACK_LIMIT = 1 << 20  # 1 MiB
@@ -48,28 +49,8 @@ class LocalStore:
         try:
             self._large.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
-            # Two connections: batches are written on one while readers (the edge, has())
-            # keep going on the other; WAL lets them overlap.
-            self._wdb = self._connect(root / "objects.db")
-            # 16 KiB pages for a new store (an existing one keeps its size): blobs are most
-            # of its bytes and each page is one WAL frame; 4 KiB pages made a cold deploy's
-            # commits cost 1.6 times as much (64 KiB: 0.6 times, but +30 MB peak RSS)
-            self._wdb.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-            self._wdb.execute("PRAGMA journal_mode=WAL")
-            self._wdb.execute(
-                "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
-            )
-            # the keys of large objects (files under large/): has() answers from the database
-            # alone, for every process, without a stat per missing key
-            self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
-            levels.create(self._wdb)
-            for statement in datafiles.SCHEMA:
-                self._wdb.execute(statement)
-            # blobs from before the leveled index: then has/get/put also look at `objects`
-            self._legacy_blobs = self._wdb.execute(
-                "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
-            ).fetchone() is not None
-            self._db = self._connect(root / "objects.db")
+            with setting_up(root / "objects.db"):
+                self._open_databases(root)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
         self._lock = threading.Lock()  # guards _pending and _writing (held only briefly)
@@ -80,6 +61,32 @@ class LocalStore:
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._files = datafiles.DataFiles(root / "data")
+
+    def _open_databases(self, root: Path) -> None:
+        """The two connections, the pragmas and the schema (idempotent)."""
+        # Two connections: batches are written on one while readers (the edge, has())
+        # keep going on the other; WAL lets them overlap.
+        self._wdb = self._connect(root / "objects.db")
+        # 16 KiB pages for a new store (an existing one keeps its size): each page is one
+        # WAL frame, and manifests (MBs for a big site) still go through SQLite. Measured
+        # when blobs did too: 4 KiB pages made commits cost 1.6 times as much (64 KiB:
+        # 0.6 times, but +30 MB peak RSS)
+        self._wdb.execute(f"PRAGMA page_size={_PAGE_SIZE}")
+        self._wdb.execute("PRAGMA journal_mode=WAL")
+        self._wdb.execute(
+            "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
+        )
+        # the keys of large objects (files under large/): has() answers from the database
+        # alone, for every process, without a stat per missing key
+        self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
+        levels.create(self._wdb)
+        for statement in datafiles.SCHEMA:
+            self._wdb.execute(statement)
+        # blobs from before the leveled index: then has/get/put also look at `objects`
+        self._legacy_blobs = self._wdb.execute(
+            "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
+        ).fetchone() is not None
+        self._db = self._connect(root / "objects.db")
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -349,3 +356,4 @@ class LocalStore:
         if ".." in key.split("/") or key.startswith("/"):
             raise ConfigError(f"invalid object key {key!r}")
         return self._large / key
+

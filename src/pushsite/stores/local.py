@@ -33,7 +33,7 @@ from pushsite.sqlite_setup import setting_up
 from pushsite.stores import datafiles, levels
 
 PACK_LIMIT = 1 << 20  # 1 MiB
-_BATCH_BYTES = 8 << 20
+_BATCH_BYTES = 4 << 20  # a batch is appended and fdatasync-ed at once; 8 MiB held more
 _BATCH_COUNT = 2000
 _PAGE_SIZE = 16384
 _CHUNK = 1 << 20

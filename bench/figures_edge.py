@@ -164,11 +164,17 @@ def edge(corpus: Corpus, runs: int, seconds: int) -> list[Figure]:
                 for path, label in (("index.html", "edge-html"), ("app.js", "edge-js-200k")):
                     enc = f"pushsite {_encoding(server.port, path)}, "
                     enc += f"nginx {_encoding(nginx.port, path)}"
-                    subj, base = alternate(
-                        lambda p=path: _wrk(server.port, p, seconds),  # type: ignore[misc]
-                        lambda p=path: _wrk(nginx.port, p, seconds),  # type: ignore[misc]
-                        runs,
-                    )
+                    try:
+                        subj, base = alternate(
+                            lambda p=path: _wrk(server.port, p, seconds),  # type: ignore[misc]
+                            lambda p=path: _wrk(nginx.port, p, seconds),  # type: ignore[misc]
+                            runs,
+                        )
+                    except BenchError as exc:  # say what the server said, not only wrk
+                        tail = server.log.read_text(errors="replace")[-600:]
+                        raise BenchError(f"{exc}; pushsite serve ({server.port}, nginx "
+                                         f"{nginx.port}) exit {server.proc.poll()}, log "
+                                         f"ends: {tail}") from exc
                     figs.append(figure(
                         "edge_requests_per_s", label, summarize([s[0] for s in subj]), "req/s",
                         baseline=summarize([b[0] for b in base]), baseline_name="nginx gzip_static",

@@ -130,6 +130,12 @@ class InFlight:
             self._used -= amount
             self._cond.notify_all()
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit; bytes already handed out stay, later acquires wait below it."""
+        with self._cond:
+            self._limit = limit
+            self._cond.notify_all()
+
 
 @dataclass
 class _Pending:
@@ -184,7 +190,13 @@ class ManifestBuilder:
         # each extra thread holds its own batch and compressor state: more threads than two
         # share the budget, so memory stays flat whatever the worker count
         workers = max(self.workers, 1)
-        self._budget = InFlight(self.in_flight_bytes * min(workers, 2) // workers)
+        budget = self.in_flight_bytes * min(workers, 2) // workers
+        # while the store is still opening (`later`) the workers hold their hashed batches:
+        # reading runs twice as far ahead, so a slow store (S3: ~0.2 s) overlaps with more
+        # of the site's reading and hashing; the peak (late in a big deploy) is unchanged
+        self._budget = InFlight(budget * 2 if self.later is not None else budget)
+        if self.later is not None:
+            self.later.add_done_callback(lambda _: self._budget.set_limit(budget))
         self._claimed: set[str] = set()
         self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         self._lock = threading.Lock()

@@ -138,3 +138,13 @@ def test_a_store_from_before_data_files_reads_and_deletes_inline_blobs(tmp_path:
         assert store.get(_key("new")) == b"in a data file"
     finally:
         store.close()
+
+
+def test_a_batch_without_blobs_opens_no_data_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    try:
+        _put_all(store, {"manifests/only.json": b"{}"})
+        assert _files(tmp_path) == {}
+        assert store.get("manifests/only.json") == b"{}"
+    finally:
+        store.close()

@@ -166,26 +166,35 @@ class LocalStore:
     def _write(self, batch: dict[str, bytes]) -> None:
         """One batch: blob bytes appended to this process's data file and made durable, then
         their rows and the other objects committed in one transaction (file still locked)."""
-        texts = [(key, data) for key, data in batch.items() if levels.pack(key) is None]
+        texts: list[tuple[str, bytes]] = []
+        blobs: list[tuple[bytes, bytes]] = []
+        for key, data in batch.items():
+            packed = levels.pack(key)
+            if packed is None:
+                texts.append((key, data))
+            else:
+                blobs.append((packed, data))
+        if not blobs:  # a manifest alone: no data file to open
+            self._commit([], texts)
+            return
         with self._files.appending(self._wdb) as out:
-            blobs: list[tuple[bytes, levels.Row]] = []
-            for key, data in batch.items():
-                packed = levels.pack(key)
-                if packed is not None:
-                    blobs.append((packed, (b"", *out.add(data))))
-            if blobs:
-                out.sync()
-            self._wdb.execute("BEGIN IMMEDIATE")
-            try:
-                levels.insert(self._wdb, blobs)
-                if self._legacy_blobs and blobs:  # the old copy must not outlive a put
-                    self._wdb.executemany("DELETE FROM objects WHERE key = ?",
-                                          [(levels.unpack(k),) for k, _ in blobs])
-                self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
-                self._wdb.execute("COMMIT")
-            except BaseException:
-                self._wdb.execute("ROLLBACK")
-                raise
+            rows: list[tuple[bytes, levels.Row]] = [(k, (b"", *out.add(d))) for k, d in blobs]
+            out.sync()
+            self._commit(rows, texts)
+
+    def _commit(self, blobs: list[tuple[bytes, levels.Row]],
+                texts: list[tuple[str, bytes]]) -> None:
+        self._wdb.execute("BEGIN IMMEDIATE")
+        try:
+            levels.insert(self._wdb, blobs)
+            if self._legacy_blobs and blobs:  # the old copy must not outlive a put
+                self._wdb.executemany("DELETE FROM objects WHERE key = ?",
+                                      [(levels.unpack(k),) for k, _ in blobs])
+            self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
+            self._wdb.execute("COMMIT")
+        except BaseException:
+            self._wdb.execute("ROLLBACK")
+            raise
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:

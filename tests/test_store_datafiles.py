@@ -148,3 +148,18 @@ def test_a_batch_without_blobs_opens_no_data_file(tmp_path: Path) -> None:
         assert store.get("manifests/only.json") == b"{}"
     finally:
         store.close()
+
+
+def test_a_failed_batch_does_not_shift_the_next_ones_offsets(tmp_path: Path) -> None:
+    """Bytes a failed batch appended (still in the writer's buffer) reach the file before the
+    next batch measures where it starts."""
+    store = LocalStore(tmp_path)
+    try:
+        with pytest.raises(RuntimeError), store._files.appending(store._wdb) as out:
+            out.add(b"half a batch, never committed")
+            raise RuntimeError("the commit failed")
+        _put_all(store, {_key("next"): b"the next batch"})
+        assert store.get(_key("next")) == b"the next batch"
+        assert LocalStore(tmp_path).get(_key("next")) == b"the next batch"
+    finally:
+        store.close()

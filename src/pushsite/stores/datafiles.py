@@ -18,7 +18,9 @@ What keeps readers right:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ ROLL_BYTES = 1 << 30  # a writer starts a new file past this, so compaction move
 class Appender:
     """Appends to one locked data file; `add` returns where the bytes went."""
 
-    def __init__(self, no: int, handle: object, size: int) -> None:
+    def __init__(self, no: int, handle: io.BufferedWriter, size: int) -> None:
         self.no = no
         self._handle = handle
         self.size = size
@@ -44,13 +46,13 @@ class Appender:
     def add(self, data: bytes) -> tuple[int, int, int]:
         """(file, offset, length) of `data`, appended."""
         offset = self.size
-        self._handle.write(data)  # type: ignore[attr-defined]
+        self._handle.write(data)
         self.size += len(data)
         return self.no, offset, len(data)
 
     def sync(self) -> None:
-        self._handle.flush()  # type: ignore[attr-defined]
-        os.fdatasync(self._handle.fileno())  # type: ignore[attr-defined]
+        self._handle.flush()
+        os.fdatasync(self._handle.fileno())
 
 
 class DataFiles:
@@ -58,7 +60,7 @@ class DataFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._handle: object | None = None
+        self._handle: io.BufferedWriter | None = None
         self._no: int | None = None
 
     def path(self, no: int) -> Path:
@@ -78,21 +80,29 @@ class DataFiles:
     @contextmanager
     def appending(self, db: sqlite3.Connection) -> Iterator[Appender]:
         """This process's file, locked for one batch (the caller commits its rows inside)."""
-        handle = self._own_file(db)
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # type: ignore[attr-defined]
+        handle = self._locked_own_file(db)
+        assert self._no is not None
         try:
-            stat = os.fstat(handle.fileno())  # type: ignore[attr-defined]
-            if stat.st_nlink == 0 or stat.st_size >= ROLL_BYTES:  # compacted away, or full
-                self._drop_own_file()
-                handle = self._own_file(db)
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # type: ignore[attr-defined]
-                stat = os.fstat(handle.fileno())  # type: ignore[attr-defined]
-            assert self._no is not None
-            yield Appender(self._no, handle, stat.st_size)
+            yield Appender(self._no, handle, os.fstat(handle.fileno()).st_size)
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)  # type: ignore[attr-defined]
+            try:  # a failed batch's bytes too, so the next batch's offsets start after them
+                handle.flush()
+            except OSError:
+                self._drop_own_file()  # the next batch starts a new file
+            if not handle.closed:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _own_file(self, db: sqlite3.Connection) -> object:
+    def _locked_own_file(self, db: sqlite3.Connection) -> io.BufferedWriter:
+        handle = self._own_file(db)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        stat = os.fstat(handle.fileno())
+        if stat.st_nlink == 0 or stat.st_size >= ROLL_BYTES:  # compacted away, or full
+            self._drop_own_file()  # closing it releases its lock
+            handle = self._own_file(db)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        return handle
+
+    def _own_file(self, db: sqlite3.Connection) -> io.BufferedWriter:
         if self._handle is None:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -108,7 +118,8 @@ class DataFiles:
 
     def _drop_own_file(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
+            with contextlib.suppress(OSError):  # a full disk fails the close's flush too
+                self._handle.close()
         self._handle = None
         self._no = None
 

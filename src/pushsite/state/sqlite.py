@@ -26,7 +26,7 @@ from pushsite.errors import (
     SiteNotFound,
 )
 from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
-from pushsite.sqlite_setup import setting_up
+from pushsite.sqlite_setup import setting_up, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -97,16 +97,11 @@ class SqliteState:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
+                with write_transaction(self._db) as db:
+                    yield db
                 self._own_writes += 1
             except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
                 raise BackendUnavailable(f"state database error: {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def _query(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pushsite.sqlite_setup import write_transaction
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS data_files (no INTEGER PRIMARY KEY AUTOINCREMENT)",
     "CREATE INDEX IF NOT EXISTS blob_data_file ON blob_data (file, offset) "
@@ -104,13 +106,8 @@ class DataFiles:
 
     def _own_file(self, db: sqlite3.Connection) -> io.BufferedWriter:
         if self._handle is None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(db):
                 no = int(db.execute("INSERT INTO data_files DEFAULT VALUES").lastrowid or 0)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self.folder.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path(no), "ab", buffering=1 << 20)  # noqa: SIM115
             self._no = no
@@ -184,11 +181,6 @@ class DataFiles:
     @staticmethod
     def _forget(db: sqlite3.Connection, no: int, moved: list[tuple[int, int, int]]) -> None:
         """Repoint the moved rows and drop the file's row, in one transaction."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             db.executemany("UPDATE blob_data SET file = ?, offset = ? WHERE id = ?", moved)
             db.execute("DELETE FROM data_files WHERE no = ?", (no,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise

@@ -29,7 +29,7 @@ from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotFound
-from pushsite.sqlite_setup import setting_up
+from pushsite.sqlite_setup import setting_up, write_transaction
 from pushsite.stores import datafiles, levels
 
 PACK_LIMIT = 1 << 20  # 1 MiB
@@ -184,17 +184,12 @@ class LocalStore:
 
     def _commit(self, blobs: list[tuple[bytes, levels.Row]],
                 texts: list[tuple[str, bytes]]) -> None:
-        self._wdb.execute("BEGIN IMMEDIATE")
-        try:
-            levels.insert(self._wdb, blobs)
+        with write_transaction(self._wdb) as db:
+            levels.insert(db, blobs)
             if self._legacy_blobs and blobs:  # the old copy must not outlive a put
-                self._wdb.executemany("DELETE FROM objects WHERE key = ?",
-                                      [(levels.unpack(k),) for k, _ in blobs])
-            self._wdb.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
-            self._wdb.execute("COMMIT")
-        except BaseException:
-            self._wdb.execute("ROLLBACK")
-            raise
+                db.executemany("DELETE FROM objects WHERE key = ?",
+                               [(levels.unpack(k),) for k, _ in blobs])
+            db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
@@ -333,11 +328,10 @@ class LocalStore:
         self.flush()
         packed = [p for k in doomed if (p := levels.pack(k)) is not None]
         with self._write_lock:
-            self._wdb.execute("BEGIN IMMEDIATE")
-            levels.delete(self._wdb, packed)
-            self._wdb.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
-            self._wdb.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
-            self._wdb.execute("COMMIT")
+            with write_transaction(self._wdb) as db:
+                levels.delete(db, packed)
+                db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
+                db.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
             if packed:
                 try:
                     self._files.compact(self._wdb)

@@ -16,10 +16,8 @@ import binascii
 import hmac
 import json
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -30,6 +28,7 @@ from pushsite import names
 from pushsite.errors import Forbidden, NotAuthorized, PushsiteError
 from pushsite.model import Status
 from pushsite.names import branch_label
+from pushsite.secretfile import shared_secret
 from pushsite.service import Service
 from pushsite.sources.gitrepo import SiteRepos, hook_environment
 
@@ -62,20 +61,6 @@ def _challenge(message: str, status: int = 401) -> Response:
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
-def _shared_secret(path: Path) -> str:
-    """A secret every server process of one home shares (the hook may call any of them)."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(16))
-    except FileExistsError:
-        pass
-    return path.read_text().strip()
-
-
 class _PipeResponse(Response):
     """A streamed response that never reads `receive` while it sends.
 
@@ -101,7 +86,7 @@ class GitBridge:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.repos = SiteRepos(service.config.repos)
-        self.hook_secret = _shared_secret(service.config.home / "hook-secret")
+        self.hook_secret = shared_secret(service.config.home / "hook-secret", 16)
 
     async def handle(self, request: Request) -> Response:
         site = request.path_params["site"]

@@ -14,11 +14,12 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pushsite.secretfile import shared_secret
 
 COOKIE = "pushsite_session"
 MAX_AGE = 7 * 24 * 3600  # a week, then sign in again
@@ -43,21 +44,7 @@ class Session:
 
 def load_secret(home: Path) -> bytes:
     """The signing key in `home/secret`, created (mode 0600) by whichever process comes first."""
-    path = home / "secret"
-    home.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(_SECRET_BYTES).hex().encode())
-    for _ in range(50):  # another process may have created the file and not yet written it
-        data = path.read_bytes().strip()
-        if data:
-            return data
-        time.sleep(0.01)
-    raise RuntimeError(f"the session secret {path} is empty; delete it and restart")
+    return shared_secret(home / "secret", _SECRET_BYTES).encode()
 
 
 class SessionSigner:

@@ -6,13 +6,22 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PUSHSITE_HOME ?= $(CURDIR)/.pushsite
 DEBIAN_TEST_PACKAGES := chromium git nginx-light wrk
+# Every Python package the checkout installs, pinned: a new release of moto, botocore or any
+# other dependency cannot change what `make test` or CI runs until `make lock` is committed.
+# pyproject.toml keeps ranges (what users of the package get).
+LOCK := requirements/test.lock.txt
+# The same with boto3/botocore at pyproject's floor, for `make test-floor`.
+FLOOR_LOCK := requirements/floor.lock.txt
+BOTO3_FLOOR := 1.36.0
+COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --no-header \
+	--annotation-style line --upgrade
 
-.PHONY: run test bench lint setup setup-test bytecode clean screenshots
+.PHONY: run test test-floor bench lint lock setup setup-test bytecode clean screenshots
 
-$(BIN)/pushsite: pyproject.toml
+$(BIN)/pushsite: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -c $(LOCK) -e .
 	touch $@
 
 setup: $(BIN)/pushsite
@@ -23,8 +32,8 @@ setup: $(BIN)/pushsite
 bytecode: setup
 	$(BIN)/python -m compileall -q src >/dev/null
 
-$(VENV)/.test-deps: pyproject.toml $(BIN)/pushsite
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+$(VENV)/.test-deps: pyproject.toml $(LOCK) $(BIN)/pushsite
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,bench]'
 	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +50,19 @@ run: setup bytecode
 test: setup-test bytecode
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The AWS backends against the oldest boto3/botocore pyproject.toml allows.
+test-floor: setup-test
+	test -x .venv-floor/bin/python || $(PYTHON) -m venv .venv-floor
+	.venv-floor/bin/pip install --quiet -c $(FLOOR_LOCK) -e '.[test]'
+	.venv-floor/bin/python -m pytest -q -p no:cacheprovider tests/aws tests/contracts
+
+# Refresh the pins to today's releases; commit the result on its own.
+lock: setup
+	$(BIN)/pip install --quiet uv
+	$(COMPILE) --extra test --extra bench -o $(LOCK)
+	printf 'boto3==$(BOTO3_FLOOR)\nbotocore==$(BOTO3_FLOOR)\n' > $(VENV)/floor.in
+	$(COMPILE) --extra test -c $(VENV)/floor.in -o $(FLOOR_LOCK)
+
 lint: setup-test
 	$(BIN)/ruff check .
 
@@ -51,4 +73,4 @@ screenshots: setup-test
 	$(BIN)/python scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) .pushsite
+	rm -rf $(VENV) .venv-floor .pushsite

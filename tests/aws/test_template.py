@@ -84,6 +84,32 @@ def test_role_has_no_wildcard_actions_and_scoped_resources() -> None:
             assert leaf != "*" and not str(leaf).endswith(":*"), statement
 
 
+def test_every_bucket_read_by_key_may_be_listed() -> None:
+    """On AWS a GET or HEAD of a missing key answers 404 only to a caller that may list the
+    bucket, and 403 otherwise. The store's has() and the staging reader treat 404 as "not
+    there" and 403 as an error, so every bucket whose objects the role reads is listable."""
+    statements = _statements(render_template())
+    read = [s for s in statements if "s3:GetObject" in s["Action"]]
+    listed = [s for s in statements if "s3:ListBucket" in s["Action"]]
+    assert len(read) == 3  # staging, content, hosting
+    listable = {_bucket_of(resource) for s in listed for resource in s["Resource"]}
+    for statement in read:
+        [objects] = statement["Resource"]
+        assert _bucket_of(objects, objects=True) in listable, statement["Sid"]
+
+
+def _bucket_of(resource: Any, objects: bool = False) -> str:
+    """One bucket's ARN expression as text, from the bucket's or (objects=True) its keys'."""
+    text = json.dumps(resource, sort_keys=True)
+    if objects:
+        assert '/*"' in text, resource
+        text = text.replace('/*"', '"')
+    if '{"Fn::GetAtt": [' in text:  # {"Fn::GetAtt": ["X", "Arn"]} is "${X.Arn}"
+        name = resource["Fn::GetAtt"][0]
+        text = json.dumps({"Fn::Sub": f"${{{name}.Arn}}"})
+    return text
+
+
 def test_each_service_reaches_only_its_own_resources() -> None:
     by_sid = {s["Sid"]: s for s in _statements(render_template())}
     assert by_sid["ReadQueue"]["Resource"] == [{"Fn::GetAtt": ["DeployQueue", "Arn"]}]
@@ -229,6 +255,45 @@ def _user_session(iam: Any, name: str, policy: dict[str, Any]) -> boto3.session.
     )
 
 
+# The S3 operations AWS authorises with each IAM action the role grants (from AWS's "Actions,
+# resources and condition keys for Amazon S3"). moto up to 5.2.5 checked these IAM actions;
+# from 5.2.6 it checks `s3:<OperationName>` instead (HEAD as `s3:HeadObject`, which is no IAM
+# action at all), so the policy moto enforces gets each operation's name beside the action
+# that authorises it on AWS, for the same resources. Nothing is granted that AWS would refuse.
+_OPERATIONS_AUTHORISED_BY = {
+    "s3:GetObject": ("s3:HeadObject",),
+    "s3:ListBucket": ("s3:ListObjectsV2", "s3:ListObjects", "s3:HeadBucket"),
+    "s3:PutObject": (
+        "s3:CreateMultipartUpload", "s3:UploadPart", "s3:CompleteMultipartUpload",
+    ),
+    "s3:DeleteObject": ("s3:DeleteObjects",),
+}
+
+
+def _as_moto_enforces(document: dict[str, Any]) -> dict[str, Any]:
+    """The role's policy with each granted action's S3 operation names added (see above)."""
+    statements = []
+    for statement in document["Statement"]:
+        actions = statement["Action"]
+        actions = [actions] if isinstance(actions, str) else list(actions)
+        for action in list(actions):
+            actions += _OPERATIONS_AUTHORISED_BY.get(action, ())
+        statements.append({**statement, "Action": actions})
+    return {**document, "Statement": statements}
+
+
+def test_moto_policy_translation_adds_only_operations_of_granted_actions() -> None:
+    """The translation never widens a grant: an operation appears only beside its action."""
+    document = {"Statement": [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"},
+        {"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": "*"},
+    ]}
+    translated = _as_moto_enforces(document)["Statement"]
+    assert translated[0]["Action"] == ["s3:GetObject", "s3:HeadObject"]
+    assert translated[0]["Resource"] == "arn:aws:s3:::b/*"
+    assert translated[1]["Action"] == ["sqs:SendMessage"]
+
+
 def test_role_lets_the_s3_backends_work_and_nothing_more(
     moto_with_iam: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,7 +326,7 @@ def test_role_lets_the_s3_backends_work_and_nothing_more(
     document = admin_iam.get_role_policy(RoleName=role, PolicyName="deployer")["PolicyDocument"]
     if isinstance(document, str):  # moto returns the stack's policy as a Python literal
         document = ast.literal_eval(document)
-    deployer = _user_session(admin_iam, "deployer", document)
+    deployer = _user_session(admin_iam, "deployer", _as_moto_enforces(document))
     credentials = deployer.get_credentials()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", credentials.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret_key)

@@ -158,6 +158,7 @@ def _parameters(prefix: str) -> Json:
 
 
 def _policy(prefix: str) -> Json:
+    staging_bucket = _bucket_arn("StagingBucketName", "staging", prefix)
     staging = _bucket_arn("StagingBucketName", "staging", prefix, "/*")
     content_bucket = _arn("ContentBucket")
     content_objects = {"Fn::Sub": "${ContentBucket.Arn}/*"}
@@ -185,6 +186,9 @@ def _policy(prefix: str) -> Json:
                 [_arn("DeployQueue")],
             ),
             # Read a bundle, then remove it once its deployment finished.
+            # ListBucket makes a bundle deleted before its event is handled a 404 (skipped)
+            # rather than a 403 (an error, retried until the dead-letter queue).
+            _statement("ListStaging", ["s3:ListBucket"], [staging_bucket]),
             _statement("ReadStaging", ["s3:GetObject", "s3:DeleteObject"], [staging]),
             # ListBucket makes a missing key a 404 instead of a 403 (the store's has()).
             _statement("ListContent", ["s3:ListBucket"], [content_bucket]),

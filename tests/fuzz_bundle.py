@@ -21,7 +21,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from pushsite.bundle import BundleReader, Limits
+    from pushsite.deploy.bundle import BundleReader, Limits
     from pushsite.errors import BundleRejected
 
 LIMITS = Limits(

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from pushsite.edge.hosts import HostResolver, Kind, SiteTarget
 from pushsite.errors import BundleRejected, DeploymentTimedOut, DomainConflict
-from pushsite.hosts import HostResolver, Kind, SiteTarget
-from pushsite.logs import DeployLog
 from pushsite.model import Deployment, Status
 from pushsite.service import Service
+from pushsite.service.logs import DeployLog
 from tests.conftest import Server
 from tests.test_service import (
     GatedStream,

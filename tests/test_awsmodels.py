@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from botocore.loaders import Loader
 
-from pushsite import awsmodels
+from pushsite.awssdk import models as awsmodels
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from pushsite.deployer import IN_FLIGHT_BYTES, InFlight, ManifestBuilder
+from pushsite.deploy.builder import IN_FLIGHT_BYTES, InFlight, ManifestBuilder
 from pushsite.stores.local import LocalStore
 
 

@@ -25,8 +25,10 @@ import uvicorn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pushsite import edge as edge_module
-from pushsite.edge import Edge, decode_path, make_edge_or_control_app
+from pushsite.deploy.siteconfig import parse_headers, parse_redirects
+from pushsite.edge import respond as edge_module
+from pushsite.edge.respond import Edge, decode_path, make_edge_or_control_app
+from pushsite.edge.uvicorn_shortcut import EdgeHttpToolsProtocol
 from pushsite.errors import BackendUnavailable, DeploymentNotFound, NotFound, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
@@ -41,8 +43,6 @@ from pushsite.model import (
     branch_alias,
     manifest_key,
 )
-from pushsite.siteconfig import parse_headers, parse_redirects
-from pushsite.web.fastproto import EdgeHttpToolsProtocol
 
 # --------------------------------------------------------------------------- test doubles
 

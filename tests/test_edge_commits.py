@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pushsite.hosts import CommitWatch, HostResolver, Kind, SiteTarget
+from pushsite.edge.hosts import CommitWatch, HostResolver, Kind, SiteTarget
 from pushsite.model import PRODUCTION, Site
 from pushsite.state.sqlite import SqliteState
 

@@ -1,7 +1,7 @@
 """The edge's fast paths through a real `pushsite serve --http-workers 2` on both HTTP servers.
 
-granian runs the RSGI app (pushsite.web.rsgi) with the control plane bridged to ASGI; uvicorn
-runs the shortcut protocol (pushsite.web.fastproto). Either way a cached answer must never
+granian runs the RSGI app (pushsite.edge.rsgi) with the control plane bridged to ASGI; uvicorn
+runs the shortcut protocol (pushsite.edge.uvicorn_shortcut). Either way a cached answer must never
 outlive a deploy or a rollback made by another process, conditional and range requests must
 bypass the cache, and the control plane must work as before.
 """

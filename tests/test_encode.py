@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 
-from pushsite import encode
+from pushsite.deploy import encode
 
 
 def test_javascript_and_css_get_the_harder_gzip_and_still_decode() -> None:

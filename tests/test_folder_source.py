@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pushsite.cli import cli
 from pushsite.config import load_config
-from pushsite.deployer import SMALL_FILE, Counters
+from pushsite.deploy.builder import SMALL_FILE, Counters
 from pushsite.errors import BundleRejected, ConfigError
 from pushsite.service import Service
 from tests.conftest import Server, deploy, live_manifest, write_files

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from pushsite.edge.hosts import HostResolver, Kind, SiteTarget, parse_site_host, split_host
 from pushsite.errors import DeploymentNotFound, SiteNotFound
-from pushsite.hosts import HostResolver, Kind, SiteTarget, parse_site_host, split_host
 from pushsite.ids import new_id
 from pushsite.model import PRODUCTION, Alias, Deployment, Site, Status, branch_alias
 

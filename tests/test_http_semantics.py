@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pushsite import http_semantics as hs
+from pushsite.edge import http_semantics as hs
 
 BOTH = ("br", "gzip")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from pushsite.errors import BackendUnavailable, ConfigError
-from pushsite.logs import DeployLog, JsonStderrSink, sinks_from_env
 from pushsite.model import LogLine
+from pushsite.service.logs import DeployLog, JsonStderrSink, sinks_from_env
+from pushsite.service.syslog import SD_ID, SyslogSink
 from pushsite.state.sqlite import SqliteState
-from pushsite.syslog import SD_ID, SyslogSink
 
 DEPLOYMENT = "01jd5m7k8q0000000000000000"
 

@@ -9,14 +9,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from pushsite.errors import BundleRejected
-from pushsite.paths import (
+from pushsite.deploy.paths import (
     common_top_folder,
     is_published,
     is_root_name,
     normalise_member_path,
     symlink_target,
 )
+from pushsite.errors import BundleRejected
 
 # Components that are safe on their own: no '/', no backslash, no control characters.
 safe_component = st.text(

@@ -17,10 +17,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pushsite.deploy.gitcommit import SiteRepos
 from pushsite.model import Deployment, Status
 from pushsite.queues.local import LocalQueue
 from pushsite.service import Service
-from pushsite.sources.gitrepo import SiteRepos
 from tests.conftest import Server, git, start_server
 from tests.test_service import (
     FifoFeeder,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 from pushsite.rules import CompiledRules, RedirectResult, compile_path
-from pushsite.siteconfig import parse_headers, parse_redirects
 
 
 def redirects(text: str) -> CompiledRules:

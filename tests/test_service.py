@@ -31,7 +31,7 @@ from pushsite.errors import ConfigError, DeploymentCancelled
 from pushsite.model import PRODUCTION, Deployment, Status, blob_key
 from pushsite.queues import QueueItem
 from pushsite.service import Service
-from pushsite.worker import run_worker
+from pushsite.service.worker import run_worker
 from tests.conftest import Server
 
 WAIT = 60.0  # how long a helper waits for another thread or process before giving up

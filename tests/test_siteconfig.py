@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pushsite.errors import SiteConfigError
-from pushsite.siteconfig import (
+from pushsite.deploy.siteconfig import (
     MAX_FILE,
     MAX_LINE,
     MAX_RULES,
@@ -21,6 +20,7 @@ from pushsite.siteconfig import (
     parse_pushsite_toml,
     parse_redirects,
 )
+from pushsite.errors import SiteConfigError
 
 
 def error_of(parse: Callable[[Any], object], text: Any) -> str:

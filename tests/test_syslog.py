@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pushsite.errors import ConfigError
 from pushsite.model import LogLine
-from pushsite.syslog import SD_ID, SyslogSink, format_rfc5424
+from pushsite.service.syslog import SD_ID, SyslogSink, format_rfc5424
 
 BOM = b"\xef\xbb\xbf"
 DEPLOYMENT = "01jd5m7k8q0000000000000000"

@@ -19,7 +19,7 @@ import click
 
 from pushsite import __version__
 from pushsite.config import Config, load_config
-from pushsite.deployer import Counters
+from pushsite.deploy.builder import Counters
 from pushsite.errors import PushsiteError
 from pushsite.model import Deployment
 from pushsite.names import branch_label
@@ -149,7 +149,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
       git archive --format=tar.gz HEAD | pushsite deploy - --site blog --branch feature-x
       pushsite deploy site.tar.gz --site blog --server https://deploy.example.com --token T
     """
-    from pushsite.sources.folder import open_source
+    from pushsite.deploy.folder import open_source
 
     ctx.obj["quick_exit"] = True
     if server:
@@ -264,7 +264,7 @@ def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, sto
 def worker(ctx: click.Context, queue: str | None, store: str | None, state: str | None,
            once: bool) -> None:
     """Run deployments from a queue (several workers may share one queue)."""
-    from pushsite.worker import run_worker
+    from pushsite.service.worker import run_worker
 
     service = _service(ctx, queue=queue, store=store, state=state)
     run_worker(service, once=once, echo=err.print)
@@ -501,7 +501,7 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
 @reports_errors
 def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> None:
     """Write SITE's live deployment as plain files to an S3 bucket (s3://bucket/prefix)."""
-    from pushsite.mirror import mirror_deployment
+    from pushsite.aws.mirror import mirror_deployment
 
     service = _service(ctx)
     alias = service.state.get_alias(service.site(site).name, "production")

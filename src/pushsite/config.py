@@ -76,7 +76,7 @@ class Config:
         return f"{scheme}://{label}.{rest}/"
 
     def limits(self) -> Any:
-        from pushsite.bundle import Limits
+        from pushsite.deploy.bundle import Limits
 
         values: dict[str, Any] = {
             "max_files": self.max_files,

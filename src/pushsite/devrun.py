@@ -13,8 +13,8 @@ import uvicorn
 from rich.console import Console
 
 from pushsite.config import load_config
+from pushsite.deploy.folder import open_folder
 from pushsite.service import Service
-from pushsite.sources.folder import open_folder
 from pushsite.web.app import build_app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"

@@ -1,5 +1,5 @@
 """DynamoState against moto's DynamoDB: what the contract tests do not reach, and the shared
-error mapping of pushsite.awsclient."""
+error mapping of pushsite.awssdk.client."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-from pushsite.awsclient import BackendUrl, make_client, translate
+from pushsite.awssdk.client import BackendUrl, make_client, translate
 from pushsite.errors import BackendUnavailable, ConfigError
 from pushsite.ids import new_id
 from pushsite.model import PRODUCTION, Deployment, LogLine, Site

@@ -346,7 +346,7 @@ def port_of(endpoint: str) -> int:
 def test_a_staging_download_that_breaks_mid_bundle_resumes_where_it_stopped(
         moto: str, aws_env: dict[str, str], service_for: Callable[[str], Service],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from pushsite.worker import run_worker
+    from pushsite.service.worker import run_worker
 
     staging = make_staging(moto)
     service = service_for(staging.pushsite_queue)

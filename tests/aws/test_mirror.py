@@ -13,11 +13,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from pushsite import encode, mirror
+from pushsite.aws import mirror
+from pushsite.aws.mirror import mirror_deployment
+from pushsite.deploy import encode
+from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 from pushsite.errors import ConfigError
-from pushsite.mirror import mirror_deployment
 from pushsite.model import FileEntry, Manifest, blob_key
-from pushsite.siteconfig import parse_headers, parse_redirects
 from pushsite.stores import ObjectStore, open_object_store
 from pushsite.stores.local import LocalStore
 

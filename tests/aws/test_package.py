@@ -51,7 +51,7 @@ def test_zip_holds_pushsite_and_its_deploy_dependencies_but_not_boto3(
     names = [info.filename for info in infos]
     tops = {name.split("/")[0] for name in names}
     assert {"pushsite", "isal", "brotli.py"} <= tops
-    assert "pushsite/deployer.py" in names
+    assert "pushsite/deploy/builder.py" in names
     assert not tops & {"boto3", "botocore", "s3transfer", "click", "starlette", "bin"}
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.endswith(("/RECORD", "/INSTALLER"))]

@@ -21,9 +21,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from pushsite.aws.mirror import mirror_deployment
 from pushsite.aws.template import HANDLER, render_template, write_template
 from pushsite.errors import ConfigError
-from pushsite.mirror import mirror_deployment
 from pushsite.model import FileEntry, Manifest, blob_key
 from pushsite.stores import open_object_store
 from pushsite.stores.local import LocalStore

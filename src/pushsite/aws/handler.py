@@ -34,7 +34,7 @@ from pushsite.config import load_config
 from pushsite.model import PRODUCTION
 from pushsite.queues import QueueItem
 from pushsite.service import Service
-from pushsite.worker import dispatch
+from pushsite.service.worker import dispatch
 
 MARGIN = 10.0  # seconds kept for recording the outcome (at most a tenth of what is left)
 _logger = logging.getLogger("pushsite.aws")
@@ -92,7 +92,7 @@ def _mirror(service: Service, deployment_ids: list[str]) -> None:
     target = os.environ.get("PUSHSITE_MIRROR", "")
     if not target:
         return
-    from pushsite.mirror import mirror_deployment
+    from pushsite.aws.mirror import mirror_deployment
 
     for deployment_id in deployment_ids:
         site = service.state.get_deployment(deployment_id).site

@@ -46,12 +46,12 @@ MAX_ZIPPED = 50 * MB  # Lambda's limit for a zip uploaded directly (not from S3)
 LAMBDA_DEPENDENCIES = ("isal", "brotli")
 # What pushsite.aws.handler runs; each must import from the zip on the runtime (tests check).
 DEPLOY_PATH_MODULES = (
-    "pushsite.service",
-    "pushsite.deployer",
+    "pushsite.service.verbs",
+    "pushsite.deploy.builder",
     "pushsite.stores.s3",
     "pushsite.state.dynamodb",
     "pushsite.queues.sqs",
-    "pushsite.mirror",
+    "pushsite.aws.mirror",
 )
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}

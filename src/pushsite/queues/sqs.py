@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pushsite.awsclient import BackendUrl, aws_errors, error_code, make_client
+from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, make_client
 from pushsite.errors import ConfigError
 from pushsite.queues import QueueItem
 

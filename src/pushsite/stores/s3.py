@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
+from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import BackendUnavailable, NotFound
 from pushsite.stores.packs import Footer, make_ref, pack_key, parse_ref
 

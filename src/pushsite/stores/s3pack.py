@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
-from pushsite.awsclient import aws_errors
+from pushsite.awssdk.client import aws_errors
 from pushsite.ids import new_id
 from pushsite.stores.packs import Footer, make_ref, pack_key
 

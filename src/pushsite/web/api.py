@@ -693,7 +693,7 @@ def _token(token: Token) -> dict[str, Any]:
 
 
 def _hash(secret: str) -> str:
-    from pushsite.tokens import hash_token
+    from pushsite.service.tokens import hash_token
 
     return hash_token(secret)
 

@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pushsite.config import Config
-from pushsite.edge import Edge, make_edge_or_control_app
+from pushsite.edge.respond import Edge, make_edge_or_control_app
+from pushsite.edge.rsgi import EdgeOrControl
 from pushsite.service import Service
-from pushsite.web.rsgi import EdgeOrControl
-from pushsite.worker import run_worker
+from pushsite.service.worker import run_worker
 
 
 def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
@@ -100,7 +100,7 @@ def _die_with_parent() -> None:
 
 def control_routes(service: Service) -> list[Any]:
     routes: list[Any] = [Route("/api/health", health)]
-    for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitroutes",
+    for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitremote",
                         "pushsite.web.hooks"):
         try:
             module = __import__(module_name, fromlist=["routes"])

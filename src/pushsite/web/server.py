@@ -1,9 +1,9 @@
 """Running the app: granian or uvicorn (`pushsite serve --http-server`), one or more HTTP
 processes, and always exactly one deploy worker per `pushsite serve`.
 
-granian runs the RSGI app of pushsite.web.rsgi (the edge answers site hosts itself, the
+granian runs the RSGI app of pushsite.edge.rsgi (the edge answers site hosts itself, the
 control plane is bridged to ASGI); uvicorn runs the ASGI app with the protocol of
-pushsite.web.fastproto, which writes cached edge answers straight from its parser. On the
+pushsite.edge.uvicorn_shortcut, which writes cached edge answers straight from its parser. On the
 edge benchmark (2 processes, 2 cores, wrk on the same machine) uvicorn's shortcut measured
 about 1.5 times granian's RSGI requests/s: granian hands every request from its Rust thread to
 the Python event loop thread and back, which costs more than the whole cached answer.
@@ -21,12 +21,12 @@ import threading
 
 from pushsite.config import Config
 from pushsite.service import Service
+from pushsite.service.worker import run_worker
 from pushsite.web.app import build_app
-from pushsite.worker import run_worker
 
 _FACTORY = "pushsite.web.app:app_from_environment"
-_HTTP = "pushsite.web.fastproto:EdgeHttpToolsProtocol"  # uvicorn's, with the edge shortcut
-_RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.web.rsgi
+_HTTP = "pushsite.edge.uvicorn_shortcut:EdgeHttpToolsProtocol"  # uvicorn's, with the edge shortcut
+_RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.edge.rsgi
 
 
 def run_server(config: Config, *, host: str, port: int, workers: int = 1,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pushsite import encode
-from pushsite.deployer import CONFIG_FILES, SMALL_FILE, ManifestBuilder
+from pushsite.deploy import encode
+from pushsite.deploy.builder import CONFIG_FILES, SMALL_FILE, ManifestBuilder
+from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BackendUnavailable, DeploymentFailed
 from pushsite.model import FileEntry, Manifest
-from pushsite.paths import is_published, normalise_member_path, symlink_target
 
 HOOK = """#!{python}
 # Installed by pushsite: report each push to the server and print the deploy's progress.

@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pushsite.service import DEFAULT_TIMEOUT, Service
+from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -65,7 +65,7 @@ def handle_s3_event(service: Service, body: dict[str, Any], *, attempts: int = 1
     running by a worker that died is taken over). `timeout` covers the whole event: a bundle
     reached after it has run out times out at once, and is queued again by the caller.
     """
-    from pushsite.s3staging import deploy_from_bucket
+    from pushsite.aws.staging import deploy_from_bucket
 
     end = None if timeout is None else time.monotonic() + timeout
     ids = []

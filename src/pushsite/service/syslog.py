@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pushsite.errors import ConfigError
-from pushsite.logs import stderr_warning
 from pushsite.model import LogLine
+from pushsite.service.logs import stderr_warning
 
 APP_NAME = "pushsite"
 # An SD-ID of the form name@<private enterprise number>; 32473 is the number IANA reserves

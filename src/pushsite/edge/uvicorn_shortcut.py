@@ -12,7 +12,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from pushsite.edge import Answer, Edge
+from pushsite.edge.respond import Answer, Edge
 
 _PLAIN_METHODS = (b"GET", b"HEAD")
 _NOT_PLAIN = frozenset(

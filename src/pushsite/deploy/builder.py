@@ -36,8 +36,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from pushsite import encode
-from pushsite.bundle import BundleReader, Limits, MemberKind
+from pushsite.deploy import encode
+from pushsite.deploy.bundle import BundleReader, Limits, MemberKind
+from pushsite.deploy.paths import common_top_folder, is_published
 from pushsite.errors import (
     BundleRejected,
     DeploymentCancelled,
@@ -45,7 +46,6 @@ from pushsite.errors import (
     SiteConfigError,
 )
 from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
-from pushsite.paths import common_top_folder, is_published
 from pushsite.stores import ObjectStore, Packer
 
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
@@ -471,7 +471,7 @@ class ManifestBuilder:
                                     self.dirs)
         if top is not None:
             config = {p[len(top) + 1:]: d for p, d in config.items() if p.startswith(top + "/")}
-        from pushsite.siteconfig import parse_pushsite_toml
+        from pushsite.deploy.siteconfig import parse_pushsite_toml
 
         settings = parse_pushsite_toml(config["pushsite.toml"]) if "pushsite.toml" in config \
             else None
@@ -546,7 +546,7 @@ def _rename_refs(entries: Iterable[FileEntry], old: str, new: str) -> None:
 
 
 def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
-    from pushsite.siteconfig import parse_headers, parse_redirects
+    from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 
     headers: list[dict] = []
     redirects: list[dict] = []

@@ -234,7 +234,9 @@ def sinks_from_env(environ: Mapping[str, str] = os.environ) -> list[LogSink]:
         )
     syslog_url = environ.get("PUSHSITE_SYSLOG", "").strip()
     if syslog_url:
-        from pushsite.syslog import SyslogSink  # only when asked for: it costs start-up time
+        from pushsite.service.syslog import (
+            SyslogSink,  # only when asked for: it costs start-up time
+        )
 
         sinks.append(SyslogSink.from_url(syslog_url))
     return sinks

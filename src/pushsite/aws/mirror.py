@@ -86,7 +86,7 @@ class _Wanted:
 
 
 def _split_target(target_url: str) -> tuple[Any, str]:
-    from pushsite.awsclient import BackendUrl
+    from pushsite.awssdk.client import BackendUrl
 
     target = BackendUrl.parse(target_url, "s3")
     return target, (target.path + "/" if target.path else "")
@@ -245,7 +245,7 @@ def mirror_deployment(
     s3_client: Any = None,
 ) -> MirrorReport:
     """Make s3://bucket/prefix hold exactly the deployment's files and redirects."""
-    from pushsite.awsclient import aws_errors, make_client
+    from pushsite.awssdk.client import aws_errors, make_client
 
     if not 0 <= max_delete_share <= 1:
         raise ConfigError(
@@ -268,7 +268,7 @@ def mirror_deployment(
         """The object's headers; {} when it went away since the listing (so it is uploaded)."""
         from botocore.exceptions import ClientError
 
-        from pushsite.awsclient import http_status
+        from pushsite.awssdk.client import http_status
 
         with aws_errors(what):
             try:

@@ -33,8 +33,8 @@ from typing import BinaryIO
 
 from isal import igzip_lib
 
+from pushsite.deploy.paths import is_root_name, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge
-from pushsite.paths import is_root_name, normalise_member_path, symlink_target
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -31,7 +31,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pushsite import awsmodels
+from pushsite.awssdk import models as awsmodels
 from pushsite.errors import BackendUnavailable, ConfigError
 
 DEFAULT_REGION = "us-east-1"

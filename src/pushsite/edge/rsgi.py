@@ -17,7 +17,7 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
-from pushsite.edge import Answer, ASGIApp, Conditions, Edge, Message
+from pushsite.edge.respond import Answer, ASGIApp, Conditions, Edge, Message
 
 _BAD_PATH = b"/\xff"  # a raw path the edge refuses with 400 (not UTF-8)
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"

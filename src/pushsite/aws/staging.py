@@ -29,11 +29,11 @@ from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pushsite.awsclient import BackendUrl, aws_errors, error_code, http_status, make_client
+from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import BackendUnavailable, ConfigError, DeploymentFailed, DeploymentNotFound
 from pushsite.model import Deployment, Status
 from pushsite.queues import QueueItem
-from pushsite.service import DEFAULT_TIMEOUT, Service
+from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 SCHEME = "s3://"
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # ids.py's Crockford base32

@@ -1,7 +1,7 @@
 """The edge: the HTTP logic that serves every site's files (`Edge.respond`), an ASGI app.
 
-`pushsite serve` runs it under granian through RSGI (pushsite.web.rsgi) or under uvicorn with
-a parser-level shortcut (pushsite.web.fastproto); both reuse whole cached answers
+`pushsite serve` runs it under granian through RSGI (pushsite.edge.rsgi) or under uvicorn with
+a parser-level shortcut (pushsite.edge.uvicorn_shortcut); both reuse whole cached answers
 (`Edge.cached`) for plain GET/HEAD requests while the host serves the same deployment.
 
 Host -> deployment (hosts.py, the alias read on every request) -> manifest (cached by
@@ -38,10 +38,10 @@ from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
 
-from pushsite import http_semantics as hs
-from pushsite.blobcache import ByteLRU
+from pushsite.edge import http_semantics as hs
+from pushsite.edge.blobcache import ByteLRU
+from pushsite.edge.hosts import HostResolver, SiteTarget, split_host
 from pushsite.errors import BackendUnavailable, PushsiteError
-from pushsite.hosts import HostResolver, SiteTarget, split_host
 from pushsite.model import FileEntry, Manifest, manifest_key
 from pushsite.rules import CompiledRules
 from pushsite.state import StateStore
@@ -381,7 +381,7 @@ AnswerKey = tuple[str, bytes, str, "str | None", bool]
 
 class Edge:
     """Serves the sites, with bounded in-memory caches: `respond` is the whole HTTP logic,
-    the ASGI `__call__` (and pushsite.web.rsgi) only carry requests and answers."""
+    the ASGI `__call__` (and pushsite.edge.rsgi) only carry requests and answers."""
 
     def __init__(
         self,
@@ -706,5 +706,5 @@ def make_edge_or_control_app(edge: Edge, control_app: ASGIApp) -> ASGIApp:
                 return
         await control_app(scope, receive, send)
 
-    app.edge = edge  # type: ignore[attr-defined]  # for pushsite.web.fastproto
+    app.edge = edge  # type: ignore[attr-defined]  # for pushsite.edge.uvicorn_shortcut
     return app

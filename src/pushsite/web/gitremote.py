@@ -25,12 +25,12 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pushsite import names
+from pushsite.deploy.gitcommit import SiteRepos, hook_environment
 from pushsite.errors import Forbidden, NotAuthorized, PushsiteError
 from pushsite.model import Status
 from pushsite.names import branch_label
 from pushsite.secretfile import shared_secret
 from pushsite.service import Service
-from pushsite.sources.gitrepo import SiteRepos, hook_environment
 
 ZERO = "0" * 40
 _CHUNK = 64 << 10

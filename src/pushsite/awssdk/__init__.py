@@ -1,0 +1,1 @@
+"""botocore plumbing (clients, error translation, model cache) for the AWS backends."""

@@ -1,0 +1,1 @@
+"""Deploy drivers (tarball, folder, git commit) feeding one manifest builder."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: Host + path -> alias -> manifest entry -> blob bytes."""

@@ -1,0 +1,364 @@
+"""The run state machine: queued -> running -> ready -> live, or failed / timed_out /
+cancelled, with every step a compare-and-set on the deployment so two runners never both win.
+"""
+
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pushsite import names
+from pushsite.deploy.builder import Counters, Deadline, Known, ManifestBuilder, deploy_bundle
+from pushsite.deploy.memory import trimmed_heap
+from pushsite.errors import (
+    DeploymentCancelled,
+    DeploymentFailed,
+    DeploymentNotFound,
+    DeploymentTimedOut,
+    DomainConflict,
+    NotFound,
+    PushsiteError,
+)
+from pushsite.model import (
+    PRODUCTION,
+    Deployment,
+    Manifest,
+    Status,
+    branch_alias,
+    manifest_key,
+)
+from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
+from pushsite.service.logs import DeployLog
+from pushsite.stores import Packer
+
+
+def deadline_margin(timeout: float) -> float:
+    """How long before a hard limit the pipeline stops, to record how far it got."""
+    return min(5.0, timeout * 0.05)
+
+
+class Running(ServiceBase):
+    """Running one deployment to its end, and moving the aliases it earns."""
+
+    def run(
+        self,
+        deployment_id: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        progress: Callable[[Counters], None] | None = None,
+        bundle: BinaryIO | None = None,
+        folder: Path | None = None,
+    ) -> Deployment:
+        """Run a queued deployment to its end; raises DeploymentFailed (or a subclass).
+
+        The files come from `bundle` (a tar.gz stream), `folder` (read in place, no tar), a
+        git commit, or the staged bundle, in that order.
+
+        Only one runner wins the queued -> running step, so a deployment delivered twice
+        runs once. With `timeout`, the pipeline stops `deadline_margin` before it.
+        """
+        deployment = self.state.get_deployment(deployment_id)
+        if deployment.status not in (Status.QUEUED, Status.TIMED_OUT):
+            return deployment
+        previous = deployment.status
+        ran_before = previous == Status.TIMED_OUT or bool(deployment.started)
+        deployment.status = Status.RUNNING
+        deployment.started = time.time()
+        deployment.error = ""
+        if not self.state.update_deployment(deployment, expect_status=previous):
+            return self.state.get_deployment(deployment_id)
+        log = self.log_for(deployment)
+        limit = None if timeout is None else max(timeout - deadline_margin(timeout), 0.0)
+        deadline = Deadline.after(limit, cancelled=lambda: self._is_cancelled(deployment_id))
+        # a push needs the previous table whole (paths and git ids); a bundle only which
+        # blobs are stored with which variants, read without building 100,000 entries
+        from_git = deployment.bundle_key.startswith("git:")
+        if from_git:
+            previous = self._previous_manifest(deployment)
+            known, packer = self._deploy_setup(deployment, ran_before, from_git)
+            builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
+                                      progress=progress, known=known, packer=packer)
+            builder.previous = previous
+        else:  # the store opens, and the previous manifest is read, while files are read
+            opener = ThreadPoolExecutor(1, thread_name_prefix="store-open")
+            later = opener.submit(self._deploy_setup, deployment, ran_before, from_git)
+            opener.shutdown(wait=False)
+            builder = ManifestBuilder(_Opening(self, later), log, deadline,  # type: ignore[arg-type]
+                                      workers=self.config.workers, progress=progress,
+                                      later=later)
+        try:
+            with trimmed_heap():
+                return self._run_pipeline(deployment, builder, log, bundle, folder)
+        except BaseException as exc:
+            self._apply_counters(deployment, builder.counters)
+            self._fail(deployment, exc, log)
+            raise
+        finally:
+            log.flush()
+
+    def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
+                      bundle: BinaryIO | None, folder: Path | None = None) -> Deployment:
+        log.info("read", "reading the bundle", workers=self.config.workers)
+        if deployment.bundle_key.startswith("git:"):
+            outcome = self._deploy_commit(deployment, builder)
+        elif folder is not None:
+            from pushsite.deploy.folder import deploy_folder
+
+            outcome = deploy_folder(folder, builder, self.config.limits(), deployment.id,
+                                    deployment.site, deployment.created)
+        elif bundle is not None:
+            outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
+                                    deployment.site, deployment.created)
+        else:
+            with self._open_staged(deployment) as staged:
+                outcome = deploy_bundle(staged, builder, self.config.limits(),
+                                        deployment.id, deployment.site, deployment.created)
+        deployment.commit = deployment.commit or outcome.commit
+        self._apply_counters(deployment, builder.counters)
+        deployment.files = len(outcome.manifest.files)
+        log.info("manifest", f"wrote the manifest: {builder.counters.describe()}",
+                 files=deployment.files, bytes_stored=deployment.bytes_stored)
+        self._apply_settings(deployment, outcome.settings, log)
+        for listener in self.manifest_listeners:
+            listener(outcome.manifest)
+        return self._complete(deployment, log)
+
+    def _fetch(self, deployment: Deployment, fetch: dict[str, str]) -> None:
+        """Download a webhook's archive into staging (streamed, with retries)."""
+        from pushsite.sources.archive import ArchiveSource, fetch_archive
+
+        settings = self.state.get_site(deployment.site).settings.get("webhook", {})
+        source = ArchiveSource(fetch["provider"], settings.get("base_url", ""), fetch["repo"],
+                               fetch["commit"], settings.get("access_token", ""),
+                               fetch.get("project_id", ""))
+        log = self.log_for(deployment)
+        self.config.staging.mkdir(parents=True, exist_ok=True)
+        target = self.config.staging / f"{deployment.id}.tar.gz"
+        try:
+            with open(target, "wb") as out:
+                size = fetch_archive(source, out, max_bytes=self.config.max_total_mb << 20)
+        except BaseException as exc:
+            target.unlink(missing_ok=True)
+            self._fail(deployment, exc, log)
+            log.flush()
+            raise
+        log.info("accept", f"fetched the archive of {fetch['commit'][:12]} ({size} bytes)")
+        log.flush()
+        deployment.bundle_key = target.name
+        self.state.update_deployment(deployment)
+
+    def _deploy_commit(self, deployment: Deployment, builder: ManifestBuilder) -> Any:
+        from pushsite.deploy.builder import BundleOutcome
+        from pushsite.deploy.gitcommit import SiteRepos, deploy_commit
+
+        commit = deployment.bundle_key.removeprefix("git:")
+        previous = builder.previous
+        manifest = deploy_commit(builder, SiteRepos(self.config.repos), deployment.site, commit,
+                                 deployment.id, deployment.created, previous)
+        return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
+
+    def _deploy_setup(self, deployment: Deployment, ran_before: bool,
+                      from_git: bool) -> tuple[dict[str, Known], Packer | None]:
+        """What a deploy knows is stored, and the pack it writes to (None: loose objects)."""
+        known = {} if from_git else self._previous_blobs(deployment)
+        packer = None
+        if (make_packer := getattr(self.store, "packer", None)) is not None:
+            packer = make_packer(deployment.id)
+            if ran_before and packer is not None:  # reuse what the earlier run packed
+                known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
+        return known, packer
+
+    def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:
+        """hash -> stored variants of the blobs the previous manifest names (see below)."""
+        import json
+
+        for alias in (branch_alias(deployment.branch), PRODUCTION):
+            current = self.state.get_alias(deployment.site, alias)
+            if current is not None:
+                try:
+                    rows = json.loads(self.store.get(manifest_key(current.deployment_id)))
+                except NotFound:
+                    continue
+                return {row[0]: (row[3], row[5] if len(row) > 5 else None)
+                        for row in rows["files"].values()}
+        return {}
+
+    def _previous_manifest(self, deployment: Deployment) -> Manifest | None:
+        """The manifest a push is most likely to share files with: its branch's, else live."""
+        for alias in (branch_alias(deployment.branch), PRODUCTION):
+            current = self.state.get_alias(deployment.site, alias)
+            if current is not None:
+                try:
+                    return self.manifest(current.deployment_id)
+                except DeploymentNotFound:
+                    continue
+        return None
+
+    def run_manifest(self, deployment: Deployment, manifest: Manifest) -> Deployment:
+        """Finish a deployment whose manifest was built elsewhere (a git push, a redeploy)."""
+        log = self.log_for(deployment)
+        try:
+            self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
+                           {"content-type": "application/json"})
+            self.store.flush()
+            return self._complete(deployment, log)
+        except BaseException as exc:
+            self._fail(deployment, exc, log)
+            raise
+        finally:
+            log.flush()
+
+    def _apply_counters(self, deployment: Deployment, counters: Counters) -> None:
+        deployment.files = counters.files
+        deployment.bytes_in = counters.bytes_in
+        deployment.bytes_stored = counters.bytes_stored
+        deployment.blobs_new = counters.blobs_new
+        deployment.blobs_reused = counters.blobs_reused
+        deployment.progress = counters.describe()
+
+    def _apply_settings(self, deployment: Deployment, settings: object, log: DeployLog) -> None:
+        """pushsite.toml may name the production branch and claim domains.
+
+        Only a deployment of the production branch speaks for the site: a feature branch's
+        pushsite.toml never changes production's branch or domains.
+        """
+        if settings is None:
+            return
+        site = self.state.get_site(deployment.site)
+        if deployment.branch != site.production_branch:
+            return
+        for host in getattr(settings, "domains", ()):  # all or nothing: check before writing
+            owner = self.state.domain_site(host)
+            if owner is not None and owner != site.name:
+                raise DomainConflict(f"pushsite.toml claims the domain {host}, which site "
+                                     f"{owner!r} holds; remove it there first with "
+                                     f"`pushsite domains remove {owner} {host}`")
+        tags = bool(getattr(settings, "tags", False))
+        if tags != bool(site.settings.get("tags", False)):
+            site.settings["tags"] = tags
+            self.state.put_site(site)
+            log.info("settings", f"tag pushes {'deploy' if tags else 'are ignored'} "
+                     "(pushsite.toml)")
+        branch = getattr(settings, "production_branch", None)
+        if branch and branch != site.production_branch:
+            site.production_branch = names.check_branch_name(branch)
+            self.state.put_site(site)
+            log.info("settings", f"production branch is now {branch!r} (pushsite.toml)")
+        for host in getattr(settings, "domains", ()):
+            self.state.claim_domain(host, site.name)
+
+    def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
+        deployment.status = Status.READY
+        deployment.finished = time.time()
+        if not self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+            # another delivery of it finished first (the same manifest: that result stands),
+            # or a cancel (or a restart's recovery) got in after the last stop check
+            current = self.state.get_deployment(deployment.id).status
+            if current.servable:
+                return self.state.get_deployment(deployment.id)
+            stopped = DeploymentCancelled if current == Status.CANCELLED else DeploymentFailed
+            raise stopped(f"deployment {deployment.id} became {current} before it could go "
+                          "live; the live site is unchanged")
+        self._discard_staged(deployment)
+        moved = self.activate(deployment, log)
+        if moved:
+            deployment.status = Status.LIVE
+            self.state.update_deployment(deployment)
+            self._refresh_status(deployment.id)  # a newer one may have moved past it meanwhile
+            deployment.status = self.state.get_deployment(deployment.id).status
+        log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
+                 f"{deployment.files} files, {deployment.blobs_new} new blobs, "
+                 f"{deployment.blobs_reused} reused", seconds=deployment.seconds)
+        return deployment
+
+    def _fail(self, deployment: Deployment, exc: BaseException, log: DeployLog) -> None:
+        if isinstance(exc, DeploymentTimedOut):
+            status = Status.TIMED_OUT
+        elif isinstance(exc, DeploymentCancelled):
+            status = Status.CANCELLED
+        else:
+            status = Status.FAILED
+        message = str(exc) if isinstance(exc, PushsiteError) else f"internal error: {exc!r}"
+        was = deployment.status
+        deployment.status = status
+        deployment.error = message
+        deployment.finished = time.time()
+        if not self.state.update_deployment(deployment, expect_status=was):
+            # someone else settled it meanwhile (a cancel, a worker that took it over and
+            # finished): their outcome stands
+            current = self.state.get_deployment(deployment.id)
+            log.error(str(status), f"stopped ({message}); the deployment is already "
+                      f"{current.status}, which stands", error=type(exc).__name__)
+            if current.status in (Status.FAILED, Status.CANCELLED):
+                self._discard_staged(deployment)
+            return
+        log.error("failed" if status == Status.FAILED else str(status), message,
+                  error=type(exc).__name__)
+        if status in (Status.FAILED, Status.CANCELLED):  # a timed-out one may be resumed
+            self._discard_staged(deployment)
+
+    def activate(self, deployment: Deployment, log: DeployLog | None = None) -> bool:
+        """Move the branch's aliases to a ready deployment; a newer acceptance always wins."""
+        site = self.state.get_site(deployment.site)
+        targets = [branch_alias(deployment.branch)]
+        if deployment.branch == site.production_branch:
+            targets.insert(0, PRODUCTION)
+        moved_any = False
+        for alias in targets:
+            before = self.state.get_alias(site.name, alias)
+            if self.state.move_alias(site.name, alias, deployment.id, deployment.id):
+                moved_any = True
+                if log:
+                    log.info("activate", f"{alias} now serves {deployment.id}")
+                if before and before.deployment_id != deployment.id:
+                    self._refresh_status(before.deployment_id)
+            elif log:
+                log.warning("activate", f"{alias} was not moved: a newer deployment holds it")
+        return moved_any
+
+    def _mark_live(self, deployment: Deployment) -> None:
+        if deployment.status != Status.LIVE:
+            deployment.status = Status.LIVE
+            self.state.update_deployment(deployment)
+
+    def _refresh_status(self, deployment_id: str) -> None:
+        """A deployment no alias points at any more is ready, not live."""
+        try:
+            old = self.state.get_deployment(deployment_id)
+        except DeploymentNotFound:
+            return
+        pointed = any(a.deployment_id == deployment_id for a in self.state.list_aliases(old.site))
+        if old.status == Status.LIVE and not pointed:
+            old.status = Status.READY
+            self.state.update_deployment(old)
+
+
+def _sealed_blobs(refs: dict[str, str]) -> dict[str, Known]:
+    """hash -> variants and refs, from the blob index of packs sealed by timed-out runs."""
+    suffixes = {".gz": "gzip", ".br": "br"}
+    found: dict[str, tuple[dict[str, int], dict[str, str]]] = {}
+    for key, ref in refs.items():
+        name = key.rpartition("/")[2]
+        digest, dot, suffix = name.partition(".")
+        encoding = suffixes.get(dot + suffix, "") if dot else ""
+        encodings, where = found.setdefault(digest, ({}, {}))
+        where[encoding] = ref
+        if encoding:
+            encodings[encoding] = int(ref.rpartition("+")[2])
+    return {digest: variants for digest, variants in found.items() if "" in variants[1]}
+
+
+class _Opening:
+    """The service's store while a thread opens it: the first use waits for that thread."""
+
+    def __init__(self, service: ServiceBase, ready: Future[Any]) -> None:
+        self._service = service
+        self._ready = ready
+
+    def __getattr__(self, name: str) -> Any:
+        self._ready.result()
+        return getattr(self._service.store, name)

@@ -1,0 +1,261 @@
+"""The service: accept a bundle, queue it, run it, activate, roll back, prune, verify.
+
+Every entry point (the CLI, the git remote, webhooks, the API, a Lambda handler) goes through
+here, so a push and `pushsite deploy` take the same path: staging, a queued deployment, the
+deployer, then one compare-and-set alias move.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from typing import BinaryIO
+
+from pushsite import ids, names
+from pushsite.errors import (
+    AliasConflict,
+    ConfigError,
+    DeploymentNotFound,
+    NotFound,
+    SiteNotFound,
+)
+from pushsite.model import (
+    PRODUCTION,
+    Deployment,
+    Site,
+    Status,
+    Token,
+    branch_alias,
+)
+from pushsite.service import housekeeping, tokens
+from pushsite.service.base import DEFAULT_TIMEOUT
+from pushsite.service.queueing import Queueing
+from pushsite.service.running import deadline_margin
+
+__all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
+
+_COPY_CHUNK = 1 << 20
+
+
+class Service(Queueing):
+    """The product's verbs, over whichever backends the Config names."""
+
+
+    # backends, opened on first use ------------------------------------------------------
+
+
+
+
+    # sites ---------------------------------------------------------------------------------
+    def site(self, name: str, create: bool = False) -> Site:
+        names.check_site_name(name)
+        try:
+            return self.state.get_site(name)
+        except SiteNotFound:
+            if not create:
+                raise
+        site = Site(name, webhook_secret=secrets.token_hex(20))
+        self.state.put_site(site)
+        return site
+
+    def add_domain(self, site_name: str, host: str) -> Site:
+        site = self.site(site_name)
+        host = names.check_host(host)
+        self.state.claim_domain(host, site.name)
+        return self.state.get_site(site.name)
+
+    def remove_domain(self, site_name: str, host: str) -> Site:
+        site = self.site(site_name)
+        self.state.release_domain(names.check_host(host), site.name)
+        return self.state.get_site(site.name)
+
+    # accepting -------------------------------------------------------------------------------
+    def accept(
+        self,
+        site_name: str,
+        bundle: BinaryIO | None,
+        *,
+        branch: str | None = None,
+        message: str = "",
+        commit: str = "",
+        source: str = "cli",
+        enqueue: bool = True,
+        deployment_id: str | None = None,
+        bundle_key: str = "",
+    ) -> Deployment:
+        """Stage a bundle and record a queued deployment; the bundle is copied as a stream.
+
+        With bundle None the caller streams it into `run` itself (`pushsite deploy` reads
+        its source once, straight through the deployer, instead of copying it first), or
+        names where it already waits (`bundle_key` s3://..., with an id derived from it).
+        """
+        site = self.site(site_name, create=True)
+        branch = names.check_branch_name(branch or site.production_branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(deployment_id or ids.new_id(), site.name, branch, Status.QUEUED,
+                                commit=commit, message=message, source=source,
+                                bundle_key=bundle_key)
+        if bundle is not None:
+            deployment.bundle_key = self._stage(deployment.id, bundle)
+        self.state.create_deployment(deployment)
+        self._note(deployment, "info", "accept",
+                   f"accepted a bundle for {site.name} ({branch}) from {source}",
+                   bytes=self._staged_size(deployment.bundle_key))
+        if enqueue:
+            self.queue.send({"deployment": deployment.id})
+        return deployment
+
+    def _stage(self, deployment_id: str, bundle: BinaryIO) -> str:
+        self.config.staging.mkdir(parents=True, exist_ok=True)
+        target = self.config.staging / f"{deployment_id}.tar.gz"
+        partial = target.with_suffix(".part")
+        try:
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(bundle, out, _COPY_CHUNK)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a cut-off upload leaves nothing behind
+            raise
+        partial.rename(target)
+        return target.name
+
+
+
+    def _check_branch_label(self, site: str, branch: str) -> None:
+        label = names.branch_label(branch)
+        for alias in self.state.list_aliases(site):
+            if not alias.name.startswith("branch/"):
+                continue
+            other = alias.name.removeprefix("branch/")
+            if other != branch and names.branch_label(other) == label:
+                raise ConfigError(
+                    f"branch {branch!r} would share the preview host {label}--{site} with "
+                    f"branch {other!r}; rename one of them (or delete {other!r})"
+                )
+
+    # running -----------------------------------------------------------------------------------
+
+
+
+
+    def accept_commit(self, site_name: str, branch: str, commit: str, message: str = "",
+                      source: str = "git") -> Deployment:
+        """Queue a deployment of a commit already in the site's repository (a push)."""
+        site = self.site(site_name, create=True)
+        names.check_branch_name(branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
+                                message=message, source=source, bundle_key=f"git:{commit}")
+        self.state.create_deployment(deployment)
+        self._note(deployment, "info", "accept", f"push of {commit[:12]} to {branch} queued")
+        self.queue.send({"deployment": deployment.id})
+        return deployment
+
+    def accept_fetch(self, site_name: str, branch: str, provider: str, repo: str, commit: str,
+                     message: str = "", project_id: str = "") -> Deployment:
+        """Queue a deployment whose bundle a worker fetches from a git host (a webhook)."""
+        site = self.site(site_name)
+        names.check_branch_name(branch)
+        self._check_branch_label(site.name, branch)
+        deployment = Deployment(ids.new_id(), site.name, branch, Status.QUEUED, commit=commit,
+                                message=message, source=f"webhook:{provider}")
+        self.state.create_deployment(deployment)
+        self._note(deployment, "info", "accept",
+                   f"{provider} push of {commit[:12]} to {branch} queued")
+        self.queue.send({"deployment": deployment.id, "fetch": {
+            "provider": provider, "repo": repo, "commit": commit, "project_id": project_id}})
+        return deployment
+
+
+
+
+
+
+
+
+
+
+
+
+
+    # aliases -----------------------------------------------------------------------------------
+
+    def rollback(self, site_name: str, deployment_id: str | None = None) -> Deployment:
+        """Point production at an earlier ready deployment: an alias move, no copying."""
+        site = self.site(site_name)
+        current = self.state.get_alias(site.name, PRODUCTION)
+        if deployment_id is None:
+            target = self._previous_production(site, current.deployment_id if current else None)
+        else:
+            target = self.state.get_deployment(deployment_id)
+            if target.site != site.name:
+                raise DeploymentNotFound(
+                    f"deployment {deployment_id} belongs to site {target.site!r}, "
+                    f"not {site.name!r}")
+        if not target.status.servable:
+            raise ConfigError(f"deployment {target.id} is {target.status}, not ready: only a "
+                              "ready deployment can go live")
+        if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
+            raise AliasConflict(f"production of {site.name} moved while rolling back; retry")
+        self._mark_live(target)
+        if current and current.deployment_id != target.id:
+            self._refresh_status(current.deployment_id)
+        self._note(target, "info", "activate", f"rolled back: production now serves {target.id}")
+        return self.state.get_deployment(target.id)
+
+    def _previous_production(self, site: Site, current: str | None) -> Deployment:
+        for candidate in self.state.list_deployments(site.name, branch=site.production_branch,
+                                                     limit=500):
+            if candidate.id != current and candidate.status.servable and (
+                current is None or candidate.id < current
+            ):
+                return candidate
+        raise NotFound(f"site {site.name} has no earlier ready deployment to roll back to")
+
+
+
+    def delete_branch(self, site_name: str, branch: str) -> None:
+        """A deleted branch loses its preview (production is never removed this way)."""
+        alias = self.state.get_alias(site_name, branch_alias(branch))
+        self.state.delete_alias(site_name, branch_alias(branch))
+        if alias:
+            self._refresh_status(alias.deployment_id)
+
+    def cancel(self, deployment_id: str) -> Deployment:
+        deployment = self.state.get_deployment(deployment_id)
+        for status in (Status.QUEUED, Status.RUNNING):
+            deployment.status = Status.CANCELLED
+            deployment.error = "cancelled"
+            deployment.finished = time.time()
+            if self.state.update_deployment(deployment, expect_status=status):
+                if status == Status.QUEUED:
+                    self._discard_staged(deployment)
+                self._note(deployment, "info", "cancelled", f"cancelled while {status}")
+                return deployment
+        current = self.state.get_deployment(deployment_id)
+        raise ConfigError(f"deployment {deployment_id} is {current.status}; only a queued or "
+                          "running deployment can be cancelled")
+
+    # the queue ----------------------------------------------------------------------------------
+
+
+
+
+    # housekeeping -------------------------------------------------------------------------------
+
+    def prune(self, site_name: str, keep: int) -> dict[str, int]:
+        """Delete old deployments and the blobs no kept deployment uses (housekeeping.py)."""
+        return housekeeping.prune(self, site_name, keep)
+
+    def verify(self) -> list[str]:
+        """The problems found in every ready manifest's blobs (housekeeping.py)."""
+        return housekeeping.verify(self)
+
+    # tokens -------------------------------------------------------------------------------------
+    def create_token(self, name: str, site: str | None = None,
+                     scopes: list[str] | None = None) -> str:
+        return tokens.create_token(self.state, name, site, scopes)
+
+    def check_token(self, secret: str, site: str | None = None,
+                    scope: str = "deploy") -> Token:
+        return tokens.check_token(self.state, secret, site, scope)

@@ -4,7 +4,6 @@ on moto."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import tracemalloc
 from collections.abc import Iterator
@@ -16,9 +15,7 @@ from pushsite.errors import NotFound
 from pushsite.model import blob_key, manifest_key
 from pushsite.stores import ObjectStore, open_object_store
 
-BACKENDS = ["s3-seaweedfs", "s3-moto"]
-if importlib.util.find_spec("pushsite.stores.local") is not None:
-    BACKENDS.insert(0, "file")
+BACKENDS = ["file", "s3-seaweedfs", "s3-moto"]  # every backend, unconditionally
 
 MB = 1024 * 1024
 STREAM_SIZE = 20 * MB

@@ -141,6 +141,32 @@ def test_sign_out_needs_the_csrf_value_and_ends_the_session(board: Server, token
     assert browser.get("/").status_code == 303
 
 
+def test_a_copy_of_the_cookie_taken_before_sign_out_is_refused_after(
+        board: Server, token: str) -> None:
+    """Signing out ends the session server-side, not only in the browser that signed out."""
+    browser = sign_in(board, token)
+    stolen = browser.cookies.get(COOKIE)
+    other = sign_in(board, token)  # another session of the same token stays signed in
+    done = browser.post("/logout", data={"csrf": csrf_of(browser.get("/"))})
+    assert done.status_code == 303
+    replay = httpx.Client(base_url=board.url, follow_redirects=False)
+    replay.cookies.set(COOKIE, stolen)
+    assert replay.get("/").status_code == 303
+    assert other.get("/").status_code == 200
+
+
+def test_a_signed_in_cookie_without_a_session_id_is_refused(board: Server, token: str) -> None:
+    """A cookie from before session ids (or forged without one) could never be ended."""
+    signer = SessionSigner(load_secret(board.home))
+    browser = sign_in(board, token)
+    session = signer.loads(browser.cookies.get(COOKIE))
+    assert session is not None and session.sid
+    legacy = signer.dumps(Session(token_id=session.token_id, csrf=session.csrf))
+    replay = httpx.Client(base_url=board.url, follow_redirects=False)
+    replay.cookies.set(COOKIE, legacy)
+    assert replay.get("/").status_code == 303
+
+
 def test_deleting_the_token_signs_its_sessions_out(board: Server) -> None:
     browser = sign_in(board, board.new_token("--name", "doomed"))
     assert browser.get("/").status_code == 200
@@ -163,7 +189,7 @@ def test_session_secret_is_private_and_cookies_signed_with_another_key_fail(
 
 def test_signer_refuses_stale_forged_and_garbled_values(tmp_path: Path) -> None:
     signer = SessionSigner(load_secret(tmp_path), max_age=60)
-    session = Session(token_id="abc")
+    session = Session(token_id="abc", sid="s1")
     value = signer.dumps(session)
     assert signer.loads(value) == session
     assert signer.loads(value, now=session.issued + 120) is None

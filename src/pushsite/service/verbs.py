@@ -259,3 +259,11 @@ class Service(Queueing):
     def check_token(self, secret: str, site: str | None = None,
                     scope: str = "deploy") -> Token:
         return tokens.check_token(self.state, secret, site, scope)
+
+    # dashboard sessions ------------------------------------------------------------------------
+    def end_session(self, session_id: str) -> None:
+        """Sign a dashboard session out everywhere: its cookie is refused from now on."""
+        self.state.remember(f"session-ended:{session_id}")
+
+    def session_ended(self, session_id: str) -> bool:
+        return self.state.recalls(f"session-ended:{session_id}")

@@ -94,6 +94,9 @@ class StateStore(Protocol):
     def remember(self, key: str) -> bool:
         """Record a key (a webhook delivery, an S3 event); True only the first time."""
 
+    def recalls(self, key: str) -> bool:
+        """Whether `remember(key)` was called before; a read that records nothing."""
+
     def close(self) -> None: ...
 
 

@@ -584,6 +584,9 @@ class DynamoState:
         item = {"pk": _s(f"seen#{key}"), "sk": _s("#"), "at": _n(time.time())}
         return self._put(item, "attribute_not_exists(pk)")
 
+    def recalls(self, key: str) -> bool:
+        return self._get(f"seen#{key}", "#") is not None
+
     def close(self) -> None:
         self._client.close()
 

@@ -330,6 +330,11 @@ class SqliteState:
             cursor = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, time.time()))
             return cursor.rowcount == 1
 
+    def recalls(self, key: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

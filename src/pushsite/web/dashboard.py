@@ -130,12 +130,15 @@ class Dashboard:
             return Visit(request, Session(), None, True)
         if session.token_id is None:
             return Visit(request, session, None, False)
-        token = await run_in_threadpool(self._token, session.token_id)
-        if token is None:  # deleted since sign-in: the session ends with it
+        token = await run_in_threadpool(self._token, session.token_id, session.sid)
+        if token is None:  # signed out, or its token deleted since sign-in
             return Visit(request, Session(), None, True)
         return Visit(request, session, token, False)
 
-    def _token(self, token_id: str) -> Token | None:
+    def _token(self, token_id: str, sid: str) -> Token | None:
+        """The session's token, unless the session was ended or the token deleted."""
+        if self.service.session_ended(sid):
+            return None
         return next((t for t in self.state.list_tokens() if t.id == token_id), None)
 
     def finish(self, visit: Visit, response: Response) -> Response:
@@ -225,6 +228,8 @@ class Dashboard:
         form = await self.checked_form(visit)
         if isinstance(form, Response):
             return form
+        if visit.session.sid:
+            await run_in_threadpool(self.service.end_session, visit.session.sid)
         visit.session, visit.set_cookie = Session(), True
         return self.finish(visit, RedirectResponse("/login", 303))
 

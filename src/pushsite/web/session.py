@@ -3,7 +3,9 @@
 The cookie is `<base64 json>.<base64 HMAC-SHA256>`, signed with a key kept in
 `$PUSHSITE_HOME/secret` (created 0600 on first use), so it survives restarts and is shared by
 every process on the machine. It holds only the token's id, never the token itself: each
-request looks the token up again, so deleting a token signs its sessions out at once.
+request looks the token up again, so deleting a token signs its sessions out at once. Each
+signed-in session also has a random id; signing out records that id as ended in the state
+(`Service.end_session`), so a copy of the old cookie is refused afterwards, on every process.
 Every session, signed in or not, carries a random CSRF value that each POSTed form must echo.
 """
 
@@ -33,10 +35,11 @@ class Session:
     token_id: str | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     issued: float = field(default_factory=lambda: float(int(time.time())))
+    sid: str = ""  # a signed-in session's id, for ending it server-side
 
     def signed_in(self, token_id: str) -> Session:
         """A fresh session for a token: a new CSRF value, so one seen before sign-in is void."""
-        return Session(token_id=token_id)
+        return Session(token_id=token_id, sid=secrets.token_urlsafe(18))
 
     def csrf_ok(self, value: str) -> bool:
         return bool(value) and hmac.compare_digest(self.csrf.encode(), value.encode())
@@ -59,7 +62,8 @@ class SessionSigner:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def dumps(self, session: Session) -> str:
-        data = {"t": session.token_id, "c": session.csrf, "i": int(session.issued)}
+        data = {"t": session.token_id, "c": session.csrf, "i": int(session.issued),
+                "s": session.sid}
         payload = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode())
         text = payload.decode().rstrip("=")
         return f"{text}.{self._mac(text.encode())}"
@@ -71,11 +75,14 @@ class SessionSigner:
         try:
             raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
             token_id, csrf, issued = raw["t"], raw["c"], float(raw["i"])
-        except (binascii.Error, ValueError, KeyError, TypeError):
+            sid = raw.get("s", "")
+        except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
             return None
         if not isinstance(csrf, str) or (token_id is not None and not isinstance(token_id, str)):
             return None
+        if not isinstance(sid, str) or (token_id is not None and not sid):
+            return None  # a signed-in session without an id could never be ended
         age = (time.time() if now is None else now) - issued
         if age < -60 or age > self.max_age:
             return None
-        return Session(token_id=token_id, csrf=csrf, issued=issued)
+        return Session(token_id=token_id, csrf=csrf, issued=issued, sid=sid)

@@ -254,3 +254,11 @@ def test_remember_is_true_only_once(state: StateStore) -> None:
     assert results.count(True) == 1
     assert state.remember("delivery-1") is False
     assert state.remember("delivery-2") is True
+
+
+def test_recalls_reads_what_remember_wrote_and_writes_nothing(state: StateStore) -> None:
+    assert state.recalls("session-ended:a") is False
+    assert state.recalls("session-ended:a") is False  # asking did not record it
+    assert state.remember("session-ended:a") is True
+    assert state.recalls("session-ended:a") is True
+    assert state.recalls("session-ended:b") is False

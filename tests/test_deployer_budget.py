@@ -4,10 +4,13 @@ slow store is still opening."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from pathlib import Path
 
-from pushsite.deploy.builder import IN_FLIGHT_BYTES, InFlight, ManifestBuilder
+import pytest
+
+from pushsite.deploy.builder import IN_FLIGHT_BYTES, InFlight, ManifestBuilder, Target
+from pushsite.deploy.later import Later
+from pushsite.errors import BackendUnavailable
 from pushsite.stores.local import LocalStore
 
 
@@ -31,15 +34,52 @@ def test_a_lower_limit_holds_later_acquires_until_bytes_come_back() -> None:
 
 def test_reading_runs_twice_as_far_ahead_while_the_store_opens(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    later: Future[tuple[dict, None]] = Future()
-    builder = ManifestBuilder(store, _Log(), workers=2, later=later)  # type: ignore[arg-type]
+    opened = threading.Event()
+
+    def open_store() -> Target:
+        assert opened.wait(5)
+        return Target(store)
+
+    builder = ManifestBuilder(Later.start(open_store, name="store-open"), _Log(), workers=2)
     try:
         assert builder._budget._limit == 2 * IN_FLIGHT_BYTES
-        later.set_result(({}, None))
+        opened.set()
+        builder.target.get()
         assert builder._budget._limit == IN_FLIGHT_BYTES
-        opened = ManifestBuilder(store, _Log(), workers=2)  # type: ignore[arg-type]
-        assert opened._budget._limit == IN_FLIGHT_BYTES
-        opened.abort()
+        ready = ManifestBuilder(Later.now(Target(store)), _Log(), workers=2)
+        assert ready._budget._limit == IN_FLIGHT_BYTES
+        ready.abort()
     finally:
         builder.abort()
         store.close()
+
+
+def test_files_are_read_while_the_store_opens_and_stored_once_it_is(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    opened = threading.Event()
+
+    def open_store() -> Target:
+        assert opened.wait(5)
+        return Target(store)
+
+    builder = ManifestBuilder(Later.start(open_store, name="store-open"), _Log(), workers=2)
+    try:
+        builder.add_small("site/index.html", b"<p>hello</p>" * 100)
+        builder.add_small("site/index2.html", b"<p>hello</p>" * 100)  # the same blob
+        assert not builder.target.done()  # reading went on without the store
+        opened.set()
+        manifest = builder.finish("d1", "blog", "", 0.0)
+    finally:
+        store.close()
+    assert set(manifest.files) == {"index.html", "index2.html"}
+    assert builder.counters.blobs_new == 1 and builder.counters.blobs_reused == 1
+
+
+def test_a_store_that_fails_to_open_fails_the_deploy_with_its_error(tmp_path: Path) -> None:
+    def open_store() -> Target:
+        raise BackendUnavailable("the store is down")
+
+    builder = ManifestBuilder(Later.start(open_store, name="store-open"), _Log(), workers=2)
+    builder.add_small("site/index.html", b"<p>hello</p>")
+    with pytest.raises(BackendUnavailable, match="the store is down"):
+        builder.finish("d1", "blog", "", 0.0)

@@ -2,7 +2,8 @@
 
 Stages, in the order a bundle meets them:
 
-1. read    a driver (deploy_bundle for a tar.gz stream, the git remote for a push) feeds files
+1. read    a driver (tarball.py for a tar.gz stream, folder.py for a folder, gitcommit.py for
+           a pushed commit) feeds files
            one by one in stream order; nothing is extracted to disk and nothing seeks.
 2. hash    small files (up to SMALL_FILE) are gathered in batches; a pool of threads (one per
            core: sha256, isal and brotli all release the GIL) hashes a batch, asks the store
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from pushsite.deploy import encode
-from pushsite.deploy.bundle import BundleReader, Limits, MemberKind
+from pushsite.deploy.later import Later
 from pushsite.deploy.paths import common_top_folder, is_published
 from pushsite.errors import (
     BundleRejected,
@@ -137,6 +138,23 @@ class InFlight:
             self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a deploy writes: the store, the blobs it is known to hold already (hash ->
+    stored variants, so such a file costs no store query), and, on a store that packs
+    (stores/packs.py), the pack every new blob and the manifest go to."""
+
+    store: ObjectStore
+    known: dict[str, Known] = field(default_factory=dict)
+    packer: Packer | None = None
+
+
+class _PoolMark(threading.local):
+    """True on the builder's own pool threads (set as each starts)."""
+
+    inside = False
+
+
 @dataclass
 class _Pending:
     path: str
@@ -156,24 +174,17 @@ class ManifestBuilder:
     """Collects files into blobs and entries; `finish` turns them into a Manifest.
 
     Thread use: the driver calls add_* from one thread; the pool only runs `_store_batch`.
+    The target may still be opening (`Later.start`): reading and hashing go on meanwhile,
+    and `_open()` waits for it where the store is first needed.
     """
 
-    store: ObjectStore
+    target: Later[Target]
     log: Log
     deadline: Deadline = field(default_factory=Deadline)
     workers: int = 2
     in_flight_bytes: int = IN_FLIGHT_BYTES
     counters: Counters = field(default_factory=Counters)
     progress: Callable[[Counters], None] | None = None
-    # blobs a previous deployment of the site published (hash -> stored variants): known to
-    # be in the store, so a file with one of these hashes costs no store query at all
-    known: dict[str, Known] = field(default_factory=dict)
-    # where new blobs and the manifest go on a store that packs them (stores/packs.py):
-    # then every new blob is appended to this deployment's pack, with no store query
-    packer: Packer | None = None
-    # `known` and `packer` may come later: opening a remote store (boto3 alone takes ~0.3 s)
-    # then overlaps with reading and hashing the first files
-    later: Future[tuple[dict[str, Known], Packer | None]] | None = None
     # the manifest of the deployment this one most likely resembles (its branch's, else
     # production's): a git push carries unchanged files over from it
     previous: Manifest | None = None
@@ -186,17 +197,21 @@ class ManifestBuilder:
         self._batch: list[_Pending] = []
         self._batch_bytes = 0
         self._futures: deque[Future[None]] = deque()
-        self._pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="deploy")
+        self._opened: Target | None = None
+        self._pool_mark = _PoolMark()
+        self._pool = ThreadPoolExecutor(max(self.workers, 1), thread_name_prefix="deploy",
+                                        initializer=self._mark_pool_thread)
         # each extra thread holds its own batch and compressor state: more threads than two
         # share the budget, so memory stays flat whatever the worker count
         workers = max(self.workers, 1)
         budget = self.in_flight_bytes * min(workers, 2) // workers
-        # while the store is still opening (`later`) the workers hold their hashed batches:
-        # reading runs twice as far ahead, so a slow store (S3: ~0.2 s) overlaps with more
-        # of the site's reading and hashing; the peak (late in a big deploy) is unchanged
-        self._budget = InFlight(budget * 2 if self.later is not None else budget)
-        if self.later is not None:
-            self.later.add_done_callback(lambda _: self._budget.set_limit(budget))
+        # while the store is still opening the workers hold their hashed batches: reading
+        # runs twice as far ahead, so a slow store (S3: ~0.2 s) overlaps with more of the
+        # site's reading and hashing; the peak (late in a big deploy) is unchanged
+        opening = not self.target.done()
+        self._budget = InFlight(budget * 2 if opening else budget)
+        if opening:
+            self.target.when_done(lambda: self._budget.set_limit(budget))
         self._claimed: set[str] = set()
         self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         self._lock = threading.Lock()
@@ -227,9 +242,9 @@ class ManifestBuilder:
                 outputs[""][0].write(chunk)
                 self.deadline.check(self.counters)
             sha = digest.hexdigest()
-            self._settle()
-            new = (sha not in self.known and self._claim(sha)
-                   and (self.packer is not None or not self.store.has([blob_key(sha)])))
+            target = self._open()
+            new = (sha not in target.known and self._claim(sha)
+                   and (target.packer is not None or not target.store.has([blob_key(sha)])))
             if not new:
                 encodings, refs = self._known_variants(sha, content_type, total)
                 self._record(path, FileEntry(sha, total, content_type, encodings, git, refs),
@@ -294,12 +309,13 @@ class ManifestBuilder:
 
     def _store_batch(self, batch: list[_Pending]) -> None:
         hashes = [hashlib.sha256(item.data).hexdigest() for item in batch]
-        self._settle()
-        unknown = [h for h in hashes if h not in self.known]
+        target = self._open()
+        known, packer = target.known, target.packer
+        unknown = [h for h in hashes if h not in known]
         present = set()
-        if unknown and self.packer is None:
-            present = self.store.has(blob_key(h) for h in unknown)
-        present.update(blob_key(h) for h in hashes if h in self.known)
+        if unknown and packer is None:
+            present = target.store.has(blob_key(h) for h in unknown)
+        present.update(blob_key(h) for h in hashes if h in known)
         for item, sha in zip(batch, hashes, strict=True):
             content_type = encode.media_type(item.path)
             key = blob_key(sha)
@@ -313,21 +329,24 @@ class ManifestBuilder:
             meta = {"content-type": content_type, "sha256": sha}
             refs = {}
             for enc, blob in variants.items():
-                if self.packer is not None:
-                    refs[enc] = self.packer.add(blob_key(sha, enc), blob)
+                if packer is not None:
+                    refs[enc] = packer.add(blob_key(sha, enc), blob)
                 else:
-                    self.store.put(blob_key(sha, enc), blob,
-                                   meta | {"content-encoding": enc} if enc else meta)
+                    target.store.put(blob_key(sha, enc), blob,
+                                     meta | {"content-encoding": enc} if enc else meta)
             encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
             entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, refs)
             self._record(item.path, entry, True, sum(map(len, variants.values())))
 
-    def _settle(self) -> None:
-        """Wait for `known` and `packer` if they are still coming (see `later`)."""
-        later = self.later
-        if later is not None:
-            self.known, self.packer = later.result()
-            self.later = None
+    def _open(self) -> Target:
+        """The target, waiting while it is still opening; raises what opening it raised."""
+        opened = self._opened
+        if opened is None:
+            opened = self._opened = self.target.get()
+        return opened
+
+    def _mark_pool_thread(self) -> None:
+        self._pool_mark.inside = True
 
     def _new_entry(self, sha: str, size: int, content_type: str, encodings: dict[str, int],
                    git: str, refs: dict[str, str | None]) -> FileEntry:
@@ -341,10 +360,11 @@ class ManifestBuilder:
     def _known_variants(self, sha: str, content_type: str, size: int) -> Known:
         """The variants an already stored blob has (looked up, since a manifest needs sizes),
         and where they are when packed."""
-        if sha in self.known:
-            encodings, refs = self.known[sha]
+        target = self._open()
+        if sha in target.known:
+            encodings, refs = target.known[sha]
             return dict(encodings), refs
-        if self.packer is not None:  # stored by this deploy; finish() fills in what is late
+        if target.packer is not None:  # stored by this deploy; finish() fills in what is late
             self._wait_for_claims(sha)
             with self._lock:
                 return self._packed.get(sha, ({}, None))
@@ -352,12 +372,12 @@ class ManifestBuilder:
             return {}, None
         self._wait_for_claims(sha)
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
-        present = self.store.has(keys.values())
-        sizer = getattr(self.store, "size", None)
+        present = target.store.has(keys.values())
+        sizer = getattr(target.store, "size", None)
         out = {}
         for enc, key in keys.items():
             if key in present:
-                out[enc] = sizer(key) if sizer else len(self.store.get(key))
+                out[enc] = sizer(key) if sizer else len(target.store.get(key))
         return out, None
 
     def _wait_for_claims(self, sha: str) -> None:
@@ -368,10 +388,10 @@ class ManifestBuilder:
             return
         # the reader's thread may wait for the pool; a pool thread never waits on the pool
         # (a duplicate found there may then lack variants: served uncompressed, still right)
-        if not threading.current_thread().name.startswith("deploy"):
+        if not self._pool_mark.inside:
             for future in list(self._futures):
                 future.result()
-        self.store.flush()
+        self._open().store.flush()
 
     def _claim(self, sha: str) -> bool:
         with self._lock:
@@ -396,9 +416,9 @@ class ManifestBuilder:
     def _temp(self) -> tuple[BinaryIO, object]:
         """A spool file: in the store's own folder when it has one (renamed into place, no
         copy), else anonymous, as while the store is still opening (never wait for it)."""
-        if self.later is not None and not self.later.done():
+        if not self.target.done():
             return tempfile.TemporaryFile(), None
-        maker = getattr(self.store, "temp_file", None)
+        maker = getattr(self._open().store, "temp_file", None)
         if maker is not None:
             handle, path = maker()
             return handle, path
@@ -411,16 +431,17 @@ class ManifestBuilder:
         handle.flush()
         size = handle.tell()
         handle.seek(0)
-        if self.packer is not None:
-            return self.packer.add_stream(key, handle, size)
-        adopt = getattr(self.store, "adopt_file", None)
+        target = self._open()
+        if target.packer is not None:
+            return target.packer.add_stream(key, handle, size)
+        adopt = getattr(target.store, "adopt_file", None)
         if adopt is not None and tmp is not None:
             adopt(key, tmp)
             return None
         meta = {"content-type": content_type, "sha256": sha}
         if enc:
             meta["content-encoding"] = enc
-        self.store.put_stream(key, handle, size, meta)
+        target.store.put_stream(key, handle, size, meta)
         return None
 
     # finishing -----------------------------------------------------------------------------
@@ -434,22 +455,24 @@ class ManifestBuilder:
         except BaseException:
             self.abort()
             raise
-        self.store.flush()
+        self._open().store.flush()
 
     def abort(self) -> None:
         """Stop the pool; a pack is sealed for the retry when time ran out, else dropped."""
         for future in self._futures:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        with contextlib.suppress(Exception):  # a store that failed to open has no pack
-            self._settle()
-        if self.packer is None:
+        try:
+            packer = self._open().packer
+        except Exception:  # a store that failed to open has no pack; its error is reported
+            return
+        if packer is None:
             return
         if self.deadline.expired:
             with contextlib.suppress(Exception):  # the timeout is what gets reported
-                self.packer.close(None)
+                packer.close(None)
         else:
-            self.packer.abort()
+            packer.abort()
 
     def finish(self, deployment_id: str, site: str, commit: str, created: float,
                publish: str | None = None, exclude: tuple[str, ...] = (),
@@ -461,7 +484,7 @@ class ManifestBuilder:
         """
         self.drain()
         self._pool.shutdown()
-        self._settle()
+        target = self._open()
         self._fill_late_refs()
         self._resolve_links()
         config = dict(self.config_files)
@@ -498,18 +521,18 @@ class ManifestBuilder:
         if not files:
             raise BundleRejected("the bundle has no publishable file (after leaving out "
                                  "dotfiles, excludes and the publish folder's rules)")
-        if self.packer is not None:
-            _rename_refs(files.values(), self.packer.pending, self.packer.key)
+        if target.packer is not None:
+            _rename_refs(files.values(), target.packer.pending, target.packer.key)
         manifest = Manifest(deployment_id, site, created, files, commit=commit)
         manifest.headers, manifest.redirects = _parse_rules(config)
         manifest.not_found = "404.html" if "404.html" in files else None
         body = manifest.to_bytes()
-        if self.packer is not None:
-            self.packer.close(body)
+        if target.packer is not None:
+            target.packer.close(body)
         else:
-            self.store.put(manifest_key(deployment_id), body,
-                           {"content-type": "application/json"})
-            self.store.flush()
+            target.store.put(manifest_key(deployment_id), body,
+                             {"content-type": "application/json"})
+            target.store.flush()
         self.settings = settings
         return manifest
 
@@ -573,45 +596,3 @@ class BundleOutcome:
     commit: str
     compressed_bytes: int
     settings: object
-
-
-def deploy_bundle(stream: BinaryIO, builder: ManifestBuilder, limits: Limits,
-                  deployment_id: str, site: str, created: float) -> BundleOutcome:
-    """Read a tar.gz bundle as a stream and build its manifest (stages 1-4)."""
-    reader = BundleReader(stream, limits)
-    skipped_dotfiles = 0
-    try:
-        for member in reader.members():
-            if member.kind == MemberKind.DIR:
-                builder.add_dir(member.path)
-            elif member.kind == MemberKind.FILE:
-                if not _maybe_published(member.path):
-                    skipped_dotfiles += 1
-                    continue
-                if member.size <= SMALL_FILE:
-                    builder.add_small(member.path, reader.read())
-                else:
-                    builder.add_stream(member.path, reader, member.size)
-            elif member.kind in (MemberKind.SYMLINK, MemberKind.HARDLINK):
-                builder.add_link(member.path, member.link_target, str(member.kind))
-            else:
-                builder.log.warning("read", f"skipped {member.path}: devices, FIFOs and "
-                                    "other special files are never published")
-        # `tar czf x.tgz -C site .` lists "./": its files are the site, no wrapping folder
-        manifest = builder.finish(deployment_id, site, reader.commit, created,
-                                  strip_top=not reader.root_listed)
-    except BaseException:
-        builder.abort()
-        raise
-    if skipped_dotfiles:
-        builder.log.info("read", f"left out {skipped_dotfiles} dotfiles (.git/, .env*, ...)")
-    return BundleOutcome(manifest, reader.commit, reader.compressed_bytes,
-                         getattr(builder, "settings", None))
-
-
-def _maybe_published(path: str) -> bool:
-    """Early dotfile filter: published as is, or once a top folder is stripped."""
-    if is_published(path):
-        return True
-    _, _, rest = path.partition("/")
-    return bool(rest) and is_published(rest)

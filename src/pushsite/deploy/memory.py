@@ -3,10 +3,11 @@
 A deploy allocates and frees tens of thousands of buffers (file contents, gzip and brotli
 output) from several threads. glibc gives each thread its own arena and keeps freed pages,
 so resident memory grew with the number of files (170 MB on a 35,000-file site) although
-the live data stayed small. Capping the arenas at two and calling malloc_trim twice a
-second brought that to about 140 MB for a few percent more system time; a lower mmap
-threshold did better on memory but cost five times the system time (measured with
-`make bench`, large corpus). On other C libraries this is a no-op.
+the live data stayed small. Capping the arenas at two (`cap_arenas`, when a deploy starts)
+and calling malloc_trim twice a second (`trimmed_heap`) brought that to about 140 MB for a
+few percent more system time; a lower mmap threshold did better on memory but cost five
+times the system time (measured with `make bench`, large corpus). On other C libraries
+this is a no-op.
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
-if _LIBC is not None:
-    _LIBC.mallopt(_M_ARENA_MAX, 2)
+_capped = threading.Lock()  # held for good once the arenas are capped
+
+
+def cap_arenas() -> None:
+    """Cap glibc's malloc arenas at two in this process, once: called when a deploy starts,
+    before its threads do, so only deploying processes pay for it (an edge process's
+    request threads keep glibc's defaults). Arenas made before the call stay."""
+    if _LIBC is not None and _capped.acquire(blocking=False):
+        _LIBC.mallopt(_M_ARENA_MAX, 2)
 
 
 @contextlib.contextmanager

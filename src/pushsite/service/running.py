@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite import names
-from pushsite.deploy.builder import Counters, Deadline, Known, ManifestBuilder, deploy_bundle
-from pushsite.deploy.memory import trimmed_heap
+from pushsite.deploy.builder import Counters, Deadline, Known, ManifestBuilder, Target
+from pushsite.deploy.later import Later
+from pushsite.deploy.memory import cap_arenas, trimmed_heap
+from pushsite.deploy.tarball import deploy_bundle
 from pushsite.errors import (
     DeploymentCancelled,
     DeploymentFailed,
@@ -33,7 +36,6 @@ from pushsite.model import (
 )
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
 from pushsite.service.logs import DeployLog
-from pushsite.stores import Packer
 
 
 def deadline_margin(timeout: float) -> float:
@@ -77,19 +79,16 @@ class Running(ServiceBase):
         # a push needs the previous table whole (paths and git ids); a bundle only which
         # blobs are stored with which variants, read without building 100,000 entries
         from_git = deployment.bundle_key.startswith("git:")
+        cap_arenas()  # this process deploys: before the deploy's threads start
         if from_git:
-            previous = self._previous_manifest(deployment)
-            known, packer = self._deploy_setup(deployment, ran_before, from_git)
-            builder = ManifestBuilder(self.store, log, deadline, workers=self.config.workers,
-                                      progress=progress, known=known, packer=packer)
-            builder.previous = previous
-        else:  # the store opens, and the previous manifest is read, while files are read
-            opener = ThreadPoolExecutor(1, thread_name_prefix="store-open")
-            later = opener.submit(self._deploy_setup, deployment, ran_before, from_git)
-            opener.shutdown(wait=False)
-            builder = ManifestBuilder(_Opening(self, later), log, deadline,  # type: ignore[arg-type]
-                                      workers=self.config.workers, progress=progress,
-                                      later=later)
+            target = Later.now(self._deploy_setup(deployment, ran_before, from_git))
+        else:  # the store opens, and the previous blobs are read, while files are read
+            target = Later.start(partial(self._deploy_setup, deployment, ran_before, from_git),
+                                 name="store-open")
+        builder = ManifestBuilder(target, log, deadline, workers=self.config.workers,
+                                  progress=progress,
+                                  previous=self._previous_manifest(deployment) if from_git
+                                  else None)
         try:
             with trimmed_heap():
                 return self._run_pipeline(deployment, builder, log, bundle, folder)
@@ -131,9 +130,9 @@ class Running(ServiceBase):
         """Download a webhook's archive into staging (streamed, with retries)."""
         from pushsite.sources.archive import ArchiveSource, fetch_archive
 
-        settings = self.state.get_site(deployment.site).settings.get("webhook", {})
-        source = ArchiveSource(fetch["provider"], settings.get("base_url", ""), fetch["repo"],
-                               fetch["commit"], settings.get("access_token", ""),
+        hook = self.state.get_site(deployment.site).settings.webhook
+        source = ArchiveSource(fetch["provider"], hook.base_url, fetch["repo"],
+                               fetch["commit"], hook.access_token,
                                fetch.get("project_id", ""))
         log = self.log_for(deployment)
         self.config.staging.mkdir(parents=True, exist_ok=True)
@@ -161,16 +160,16 @@ class Running(ServiceBase):
                                  deployment.id, deployment.created, previous)
         return BundleOutcome(manifest, commit, 0, getattr(builder, "settings", None))
 
-    def _deploy_setup(self, deployment: Deployment, ran_before: bool,
-                      from_git: bool) -> tuple[dict[str, Known], Packer | None]:
-        """What a deploy knows is stored, and the pack it writes to (None: loose objects)."""
+    def _deploy_setup(self, deployment: Deployment, ran_before: bool, from_git: bool) -> Target:
+        """The store (opened here), what a deploy knows it holds, and the pack it writes to
+        (None: loose objects)."""
         known = {} if from_git else self._previous_blobs(deployment)
         packer = None
         if (make_packer := getattr(self.store, "packer", None)) is not None:
             packer = make_packer(deployment.id)
             if ran_before and packer is not None:  # reuse what the earlier run packed
                 known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
-        return known, packer
+        return Target(self.store, known, packer)
 
     def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:
         """hash -> stored variants of the blobs the previous manifest names (see below)."""
@@ -238,8 +237,8 @@ class Running(ServiceBase):
                                      f"{owner!r} holds; remove it there first with "
                                      f"`pushsite domains remove {owner} {host}`")
         tags = bool(getattr(settings, "tags", False))
-        if tags != bool(site.settings.get("tags", False)):
-            site.settings["tags"] = tags
+        if tags != site.settings.tags:
+            site.settings = replace(site.settings, tags=tags)
             self.state.put_site(site)
             log.info("settings", f"tag pushes {'deploy' if tags else 'are ignored'} "
                      "(pushsite.toml)")
@@ -286,6 +285,8 @@ class Running(ServiceBase):
         was = deployment.status
         deployment.status = status
         deployment.error = message
+        deployment.error_kind = (type(exc).__name__ if isinstance(exc, PushsiteError)
+                                 else "internal")
         deployment.finished = time.time()
         if not self.state.update_deployment(deployment, expect_status=was):
             # someone else settled it meanwhile (a cancel, a worker that took it over and
@@ -351,14 +352,3 @@ def _sealed_blobs(refs: dict[str, str]) -> dict[str, Known]:
             encodings[encoding] = int(ref.rpartition("+")[2])
     return {digest: variants for digest, variants in found.items() if "" in variants[1]}
 
-
-class _Opening:
-    """The service's store while a thread opens it: the first use waits for that thread."""
-
-    def __init__(self, service: ServiceBase, ready: Future[Any]) -> None:
-        self._service = service
-        self._ready = ready
-
-    def __getattr__(self, name: str) -> Any:
-        self._ready.result()
-        return getattr(self._service.store, name)

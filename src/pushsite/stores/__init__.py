@@ -66,6 +66,10 @@ class ObjectStore(Protocol):
     def keys(self, prefix: str = "") -> Iterator[str]:
         """Every key under a prefix."""
 
+    def stamps(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key under a prefix with when it was written (seconds since the epoch; 0 when
+        the backend does not know): prune keeps what is younger than its grace period."""
+
     def flush(self) -> None:
         """Make every put so far durable and visible."""
 

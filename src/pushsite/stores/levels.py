@@ -15,6 +15,7 @@ stay in the page cache. The newest level holding a key wins; merges drop the old
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 
 LEVELS = 6  # caps 16 Ki, 128 Ki, 1 Mi, 8 Mi, 64 Mi keys; the last level has none
@@ -28,9 +29,10 @@ _TABLES = [f"blob_keys_{level}" for level in range(LEVELS)]
 
 SCHEMA = (
     # a blob's bytes: inline in `data` (stores written before data files), or `length` bytes
-    # at `offset` of data file `file` (datafiles.py) with `data` empty
+    # at `offset` of data file `file` (datafiles.py) with `data` empty; `written` is when it
+    # was put (seconds since the epoch), which prune's grace period reads (stamps below)
     "CREATE TABLE IF NOT EXISTS blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL, "
-    "file INTEGER, offset INTEGER, length INTEGER)",
+    "file INTEGER, offset INTEGER, length INTEGER, written REAL)",
     "CREATE TABLE IF NOT EXISTS blob_levels (level INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
     *(
         f"CREATE TABLE IF NOT EXISTS {t} (k BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID"
@@ -50,6 +52,8 @@ def create(db: sqlite3.Connection) -> None:
     for column in ("file", "offset", "length"):  # a store from before data files
         if column not in columns:
             db.execute(f"ALTER TABLE blob_data ADD COLUMN {column} INTEGER")
+    if "written" not in columns:  # a store from before write times: its blobs count as old
+        db.execute("ALTER TABLE blob_data ADD COLUMN written REAL")
     (rows,) = db.execute("SELECT count(*) FROM blob_levels").fetchone()
     if rows < LEVELS:  # only then: opening must not wait for the write lock (a long merge)
         db.executemany(
@@ -107,9 +111,10 @@ def insert(db: sqlite3.Connection, items: Iterable[tuple[bytes, Row]]) -> None:
     db.executemany("DELETE FROM blob_data WHERE id = ?", [(i,) for i in replaced])
     (top,) = db.execute("SELECT coalesce(max(id), 0) FROM blob_data").fetchone()
     ids = range(top + 1, top + 1 + len(batch))
-    rows = [(i, *row) for i, (_, row) in zip(ids, batch, strict=True)]
-    db.executemany("INSERT INTO blob_data (id, data, file, offset, length) "
-                   "VALUES (?, ?, ?, ?, ?)", rows)
+    now = time.time()
+    rows = [(i, *row, now) for i, (_, row) in zip(ids, batch, strict=True)]
+    db.executemany("INSERT INTO blob_data (id, data, file, offset, length, written) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.executemany(f"INSERT OR REPLACE INTO {_TABLES[0]} VALUES (?, ?)",
                    zip(keys, ids, strict=True))
     _count(db, 0, len(batch) - len(replaced))
@@ -131,6 +136,17 @@ def all_keys(db: sqlite3.Connection) -> list[bytes]:
     """Every stored packed key once, in order."""
     union = " UNION ".join(f"SELECT k FROM {t}" for t in _TABLES)
     return [bytes(row[0]) for row in db.execute(f"{union} ORDER BY 1")]
+
+
+def stamps(db: sqlite3.Connection) -> dict[bytes, float]:
+    """Every stored packed key with when its newest copy was written (0 when unknown: a blob
+    stored before write times were kept, so old)."""
+    found: dict[bytes, float] = {}
+    for table in reversed(_TABLES):  # the newest level last: its copy wins
+        rows = db.execute(f"SELECT t.k, coalesce(d.written, 0) FROM {table} t "
+                          "JOIN blob_data d ON d.id = t.id")
+        found.update((bytes(k), float(w)) for k, w in rows)
+    return found
 
 
 def level_sizes(db: sqlite3.Connection) -> list[int]:

@@ -293,6 +293,14 @@ class LocalStore:
         return int(row[0]), int(row[1]), int(row[2])
 
     def size(self, key: str) -> int:
+        # the buffers first, as in has(): a key has() found there is sized there, never missed
+        # while its batch is being written (a deploy's duplicate files ask has, then size)
+        with self._lock:
+            data = self._pending.get(key)
+            if data is None:
+                data = self._writing.get(key)
+        if data is not None:
+            return len(data)
         with self._read_lock:
             span = self._span(key)
             if span is not None:
@@ -322,6 +330,33 @@ class LocalStore:
                 key = path.relative_to(self._large).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+    def stamps(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key under a prefix with when it was written (seconds since the epoch), for
+        prune's grace period. Blobs carry their commit time, large objects their file's mtime;
+        other objects in SQLite (manifests) carry none and answer 0."""
+        self.flush()
+        with self._read_lock:
+            blobs: dict[bytes, float] = {}
+            if prefix.startswith("blobs/") or "blobs/".startswith(prefix):
+                blobs = levels.stamps(self._db)
+            rows = self._db.execute(
+                "SELECT key FROM objects WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+        for packed, written in blobs.items():
+            key = levels.unpack(packed)
+            if key.startswith(prefix):
+                yield key, written
+        yield from ((row[0], 0.0) for row in rows)
+        for path in sorted(self._large.rglob("*")):
+            key = path.relative_to(self._large).as_posix()
+            if key.startswith(prefix):
+                try:
+                    if path.is_file():
+                        yield key, path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
 
     def delete(self, keys: Iterable[str]) -> None:
         doomed = list(keys)

@@ -285,10 +285,17 @@ class S3Store:
         return io.BufferedReader(_Body(response["Body"], self._what), buffer_size=256 * 1024)
 
     def size(self, key: str) -> int:
-        """The object's length in bytes (one HEAD, none for a ref); raises NotFound."""
+        """The object's length in bytes (one HEAD, none for a ref); raises NotFound.
+
+        A key still being put (has() counts it) is waited for first, so has() and size()
+        agree: a deploy's later copy of a file sizes the variants of the first copy."""
         ref = parse_ref(key)
         if ref is not None:
             return ref[2]
+        with self._lock:
+            queued = self._pending.get(key)
+        if queued is not None:
+            queued.exception()  # waits; a failure surfaces from flush()
         return int(self.head(key)["content-length"])
 
     # packs (see packs.py) -----------------------------------------------------------------
@@ -374,6 +381,16 @@ class S3Store:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
                 for item in page.get("Contents", []):
                     yield item["Key"][cut:]
+
+    def stamps(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key under a prefix with its LastModified (seconds since the epoch, the
+        server's clock), from the same paginated listing as keys()."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        cut = len(self.prefix)
+        with aws_errors(self._what):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+                for item in page.get("Contents", []):
+                    yield item["Key"][cut:], item["LastModified"].timestamp()
 
     # writing -------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""hosts.CommitWatch: the edge skips SQLite's version query only while nothing was committed.
+"""SqliteState.change_token: the edge skips SQLite's version query only while nothing was
+committed; a state without that ability is read on every request.
 
 Real SQLite files; the writes come from other processes, as `pushsite deploy` and `pushsite
 rollback` make them.
@@ -10,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pushsite.edge.hosts import CommitWatch, HostResolver, Kind, SiteTarget
-from pushsite.model import PRODUCTION, Site
+from pushsite.edge.hosts import HostResolver, Kind, SiteTarget, Watchable
+from pushsite.model import PRODUCTION, Alias, Site
 from pushsite.state.sqlite import SqliteState
 
 _POINT = """
@@ -29,24 +30,20 @@ def _point_elsewhere(database: Path, deployment_id: str) -> None:
                    timeout=60)  # fmt: skip
 
 
-class _CountingVersion:
-    def __init__(self, state: SqliteState) -> None:
-        self.state = state
-        self.calls = 0
+class _CountingState(SqliteState):
+    calls = 0
 
-    def __call__(self) -> object:
+    def version(self) -> tuple[int, int]:
         self.calls += 1
-        return self.state.version()
+        return super().version()
 
 
 def test_the_version_is_read_only_after_a_commit(tmp_path: Path) -> None:
     database = tmp_path / "state.db"
-    state = SqliteState(database)
+    state = counter = _CountingState(database)
     state.put_site(Site("blog"))
     assert state.move_alias("blog", PRODUCTION, "dep-one", "0")
     resolver = HostResolver(state)
-    counter = _CountingVersion(state)
-    resolver._version = counter
     target = SiteTarget("blog", Kind.PRODUCTION)
     assert resolver.deployment_id(target) == "dep-one"
     for _ in range(50):
@@ -64,18 +61,40 @@ def test_every_commit_changes_the_token(tmp_path: Path) -> None:
     database = tmp_path / "state.db"
     state = SqliteState(database)
     state.put_site(Site("blog"))
-    watch = CommitWatch(database)
+    assert isinstance(state, Watchable)
     state.version()
-    seen = watch.token()
+    seen = state.change_token()
     assert seen is not None
     for number in range(5):
         _point_elsewhere(database, f"dep-{number}")
-        token = watch.token()
+        token = state.change_token()
         assert token != seen
-        assert watch.token() == token  # stable while nothing is committed
+        assert state.change_token() == token  # stable while nothing is committed
         seen = token
+    state.put_site(Site("docs"))  # this connection's own commits too
+    assert state.change_token() != seen
+    state.close()
 
 
-def test_without_a_database_file_every_request_asks_the_state(tmp_path: Path) -> None:
-    assert CommitWatch(None).token() is None
-    assert CommitWatch(tmp_path / "missing.db").token() is None
+class _PlainState:
+    """A state store without the ability (as DynamoDB's): only what the edge reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.deployment_id = "dep-one"
+
+    def get_alias(self, site: str, name: str) -> Alias | None:
+        self.reads += 1
+        return Alias(site, name, self.deployment_id, self.deployment_id, 0.0)
+
+
+def test_a_state_without_the_ability_is_read_on_every_request() -> None:
+    state = _PlainState()
+    assert not isinstance(state, Watchable)
+    resolver = HostResolver(state)  # type: ignore[arg-type]  # only get_alias is used here
+    target = SiteTarget("blog", Kind.PRODUCTION)
+    for _ in range(5):
+        assert resolver.deployment_id(target) == "dep-one"
+    assert state.reads == 5
+    state.deployment_id = "dep-two"
+    assert resolver.deployment_id(target) == "dep-two"

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+from pushsite.caches import BoundedCache
+
 REDIRECT_STATUSES = (200, 301, 302, 303, 307, 308, 404)
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REFERENCE = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
@@ -260,8 +262,9 @@ class CompiledRules:
         self._redirect_rules = redirects
         self._headers: _Index | None = None
         self._redirects: _Index | None = None
-        self._header_cache: dict[tuple[str, str | None], tuple[list[tuple[str, str]],
-                                                                frozenset[str]]] = {}
+        self._header_cache: BoundedCache[
+            tuple[str, str | None], tuple[list[tuple[str, str]], frozenset[str]]
+        ] = BoundedCache(_HEADER_CACHE_SIZE)
 
     def redirect_for(self, path: str, query: str, file_exists: bool,
                      host: str | None = None) -> RedirectResult | None:
@@ -296,10 +299,7 @@ class CompiledRules:
         key = (path, host)
         cached = self._header_cache.get(key)
         if cached is None:
-            cached = self._compute_headers(path, host)
-            if len(self._header_cache) >= _HEADER_CACHE_SIZE:
-                self._header_cache.clear()
-            self._header_cache[key] = cached
+            cached = self._header_cache.put(key, self._compute_headers(path, host))
         return list(cached[0]), set(cached[1])
 
     def _compute_headers(self, path: str,

@@ -12,11 +12,12 @@ branch-label -> alias-name mapping is cached, and it is checked by that same rea
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
+from pushsite.caches import BoundedCache
 from pushsite.errors import NotFound
 from pushsite.ids import looks_like_id
 from pushsite.model import PRODUCTION, branch_alias
@@ -26,6 +27,7 @@ from pushsite.state import StateStore
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BRANCH_PREFIX = branch_alias("")
 _MAX_CACHED_HOSTS = 10_000
+_MISSING = object()
 
 
 class Kind(StrEnum):
@@ -78,40 +80,18 @@ def parse_site_host(host: str, base_domain: str) -> SiteTarget | None:
     return SiteTarget(site, Kind.PREVIEW, left)
 
 
-class CommitWatch:
-    """Tells cheaply that nothing was committed to a SQLite state (WAL mode) since last asked.
+@runtime_checkable
+class Watchable(Protocol):
+    """A state store that tells cheaply whether anything changed (state/sqlite.py).
 
-    The edge asks on every request which deployment to serve; asking SQLite for its
-    data_version costs a statement (about 4 us, a good part of a cached request). Every commit
-    in WAL mode, by any process, rewrites the header of the WAL index, the first 96 bytes of
-    the "-shm" file beside the database (two copies of: change counter, last frame, checksums,
-    salts), which is how SQLite's own readers notice commits. One
-    pread of it (under 1 us) that returns the same bytes as before proves no commit happened
-    in between, so the answers read after it still hold; any other value (or no file: another
-    store, another journal mode) makes the caller ask the state store as before. Nothing is
-    ever stale: a deploy or rollback that returned is seen by the next request.
+    `version()` changes on every commit; `change_token()` is a cheaper first check: the same
+    bytes as last time prove nothing was committed in between, None means "ask version()".
+    A store without these is read on every request.
     """
 
-    _HEADER = 96
+    def version(self) -> object: ...
 
-    def __init__(self, database: object) -> None:
-        self._path = f"{database}-shm" if database else None
-        self._fd: int | None = None
-
-    def token(self) -> bytes | None:
-        """The WAL index header now, or None when there is none to watch."""
-        if self._fd is None:
-            if self._path is None:
-                return None
-            try:
-                self._fd = os.open(self._path, os.O_RDONLY)
-            except OSError:
-                return None
-        try:
-            header = os.pread(self._fd, self._HEADER, 0)
-        except OSError:
-            return None
-        return header if len(header) == self._HEADER else None
+    def change_token(self) -> bytes | None: ...
 
 
 class HostResolver:
@@ -120,53 +100,46 @@ class HostResolver:
     def __init__(self, state: StateStore, base_domain: str = "localhost") -> None:
         self.state = state
         self.base_domain = split_host(base_domain)
-        self._hosts: dict[str, SiteTarget | None] = {}
-        self._preview_alias: dict[tuple[str, str], str] = {}
-        # An optional StateStore ability: a version that changes on every write. With it,
-        # answers are kept until the state changes; without it, read on every request.
-        self._version = getattr(state, "version", None)
+        self._hosts: BoundedCache[str, SiteTarget | None] = BoundedCache(_MAX_CACHED_HOSTS)
+        self._preview_alias: BoundedCache[tuple[str, str], str] = BoundedCache(
+            _MAX_CACHED_HOSTS)
+        # With a state that tells when it changed, answers are kept until it does; without,
+        # read on every request.
+        self._watched = state if isinstance(state, Watchable) else None
         self._seen_version: object = None
-        self._answers: dict[SiteTarget, str | None] = {}
-        self._commits = CommitWatch(getattr(state, "path", None))
-        self._seen_commits: bytes | None = None
+        self._answers: BoundedCache[SiteTarget, str | None] = BoundedCache(_MAX_CACHED_HOSTS)
+        self._seen_token: bytes | None = None
 
     def target(self, host: str) -> SiteTarget | None:
         """The site a Host header names, or None when the control plane should answer."""
-        cached = self._hosts.get(host, False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
+        cached = self._hosts.get(host, _MISSING)
+        if cached is None or isinstance(cached, SiteTarget):
+            return cached
         name = split_host(host)
         target = parse_site_host(name, self.base_domain)
         if target is not None or "." not in name or name.startswith("["):
-            if len(self._hosts) >= _MAX_CACHED_HOSTS:
-                self._hosts.clear()
-            self._hosts[host] = target
-            return target
+            return self._hosts.put(host, target)
         # Custom domains are claimed and released at any time: never cached.
         site = self.state.domain_site(name)
         return SiteTarget(site, Kind.PRODUCTION) if site else None
 
     def deployment_id(self, target: SiteTarget) -> str | None:
         """The deployment to serve for a target now, or None when there is none."""
-        if self._version is None:
+        watched = self._watched
+        if watched is None:
             return self._lookup(target)
-        commits = self._commits.token()
-        if commits is None or commits != self._seen_commits:
+        token = watched.change_token()
+        if token is None or token != self._seen_token:
             # Read before the version: a commit after this read changes the next token.
-            version = self._version()
-            self._seen_commits = commits
+            version = watched.version()
+            self._seen_token = token
             if version != self._seen_version:
                 self._answers.clear()
                 self._seen_version = version
-        try:
-            return self._answers[target]
-        except KeyError:
-            pass
-        answer = self._lookup(target)
-        if len(self._answers) >= _MAX_CACHED_HOSTS:
-            self._answers.clear()
-        self._answers[target] = answer
-        return answer
+        answer = self._answers.get(target, _MISSING)
+        if answer is None or isinstance(answer, str):
+            return answer
+        return self._answers.put(target, self._lookup(target))
 
     def _lookup(self, target: SiteTarget) -> str | None:
         if target.kind is Kind.PRODUCTION:
@@ -189,14 +162,12 @@ class HostResolver:
             alias = self.state.get_alias(site, name)
             if alias is not None:
                 return alias.deployment_id
-            del self._preview_alias[key]
+            self._preview_alias.pop(key)
         for alias in self.state.list_aliases(site):
             if alias.name.startswith(_BRANCH_PREFIX) and (
                 branch_label(alias.name[len(_BRANCH_PREFIX) :]) == label
             ):
-                if len(self._preview_alias) >= _MAX_CACHED_HOSTS:
-                    self._preview_alias.clear()
-                self._preview_alias[key] = alias.name
+                self._preview_alias.put(key, alias.name)
                 return alias.deployment_id
         # The production branch's preview is production itself when it has no branch alias.
         try:

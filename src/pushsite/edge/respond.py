@@ -31,13 +31,14 @@ refuses identity and nothing else fits.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
 
+from pushsite.caches import BoundedCache
 from pushsite.edge import http_semantics as hs
 from pushsite.edge.blobcache import ByteLRU
 from pushsite.edge.hosts import HostResolver, SiteTarget, split_host
@@ -130,7 +131,8 @@ class _Deployed:
         )
         self.last_modified = hs.http_date(manifest.created).encode()
         self.created = manifest.created
-        self.plans: dict[tuple[str, bytes, str], _Plan] = {}
+        self.plans: BoundedCache[tuple[str, bytes, str], _Plan] = BoundedCache(
+            _PLANS_PER_DEPLOYMENT)
         self._variants: dict[tuple[str, str, bool], Headers] = {}
 
     def plan(self, host: str, raw_path: bytes, query: str) -> _Plan:
@@ -138,9 +140,7 @@ class _Deployed:
         key = (host, raw_path, query)
         plan = self.plans.get(key)
         if plan is None:
-            if len(self.plans) >= _PLANS_PER_DEPLOYMENT:
-                self.plans.clear()
-            plan = self.plans[key] = self._route(host, raw_path, query)
+            plan = self.plans.put(key, self._route(host, raw_path, query))
         return plan
 
     def headers(self, plan: _Plan, encoding: str, full: bool) -> Headers:
@@ -376,6 +376,8 @@ def _answer(plan: _Plan, head: bool, extra: Headers | None = None) -> Answer:
 # The answers cache: (host, raw path, query, Accept-Encoding, HEAD?) -> (deployment, answer).
 _ANSWERS_MAX = 4096
 _ANSWERS_BYTES = 64 << 20
+_CODINGS_MAX = 1024  # clients repeat the same few Accept-Encoding values
+_MISSING = object()
 AnswerKey = tuple[str, bytes, str, "str | None", bool]
 
 
@@ -397,9 +399,10 @@ class Edge:
             cache_bytes - cache_bytes // 8, max_item=min(STREAM_THRESHOLD, cache_bytes // 8)
         )
         self.manifests: ByteLRU[_Deployed] = ByteLRU(cache_bytes // 8, max_item=cache_bytes // 8)
-        self._codings: dict[tuple[str, tuple[str, ...]], str | None] = {}
-        self._answers: dict[AnswerKey, tuple[str | None, Answer]] = {}
-        self._answer_bytes = 0
+        self._codings: BoundedCache[tuple[str, tuple[str, ...]], str | None] = BoundedCache(
+            _CODINGS_MAX)
+        self._answers: BoundedCache[AnswerKey, tuple[str | None, Answer]] = BoundedCache(
+            _ANSWERS_MAX, max_weight=_ANSWERS_BYTES)
 
     def site_for_host(self, host: str) -> SiteTarget | None:
         """The site a Host header names; None when the control plane should answer."""
@@ -419,15 +422,7 @@ class Edge:
         return None
 
     def _remember(self, key: AnswerKey, deployment_id: str | None, answer: Answer) -> None:
-        size = len(answer.body) + 512
-        if len(self._answers) >= _ANSWERS_MAX or self._answer_bytes + size > _ANSWERS_BYTES:
-            self._answers.clear()
-            self._answer_bytes = 0
-        old = self._answers.get(key)
-        if old is not None:
-            self._answer_bytes -= len(old[1].body) + 512
-        self._answers[key] = (deployment_id, answer)
-        self._answer_bytes += size
+        self._answers.put(key, (deployment_id, answer), weight=len(answer.body) + 512)
 
     async def respond(
         self,
@@ -610,15 +605,13 @@ class Edge:
         if accept is None:
             return ""
         key = (accept, codings)
-        try:
-            return self._codings[key]
-        except KeyError:
-            if len(self._codings) >= 1024:
-                self._codings.clear()
-            chosen = self._codings[key] = hs.choose_encoding(accept, codings)
+        chosen = self._codings.get(key, _MISSING)
+        if chosen is None or isinstance(chosen, str):
             return chosen
+        return self._codings.put(key, hs.choose_encoding(accept, codings))
 
-    async def _chunks(self, key: str, start: int, end: int, size: int) -> AsyncIterator[bytes]:
+    async def _chunks(self, key: str, start: int, end: int,
+                      size: int) -> AsyncGenerator[bytes, None]:
         """A large blob in chunks read from the store, so memory stays bounded.
 
         The whole object is read as one stream (one GET on S3); a range with ranged reads.

@@ -8,6 +8,7 @@ transactions, not thousands.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -25,7 +26,7 @@ from pushsite.errors import (
     DomainConflict,
     SiteNotFound,
 )
-from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+from pushsite.model import Alias, Deployment, LogLine, Site, SiteSettings, Status, Token
 from pushsite.sqlite_setup import setting_up, write_transaction
 
 _SCHEMA = """
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     bundle_key TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
     files INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
     blobs_new INTEGER NOT NULL, blobs_reused INTEGER NOT NULL, error TEXT NOT NULL,
-    progress TEXT NOT NULL);
+    progress TEXT NOT NULL, error_kind TEXT NOT NULL DEFAULT '',
+    runner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, id);
 CREATE TABLE IF NOT EXISTS aliases (
     site TEXT NOT NULL, name TEXT NOT NULL, deployment_id TEXT NOT NULL,
@@ -67,6 +69,20 @@ _DEPLOYMENT_COLUMNS = [f.name for f in fields(Deployment)]
 _QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
 
 
+# columns added since a table was first created: (table, column, declaration)
+_ADDED_COLUMNS = [("deployments", "error_kind", "TEXT NOT NULL DEFAULT ''"),
+                  ("deployments", "runner", "TEXT NOT NULL DEFAULT ''"),
+                  ("deployments", "lease_until", "REAL NOT NULL DEFAULT 0")]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a database made by an older version up to the schema (ALTER TABLE ADD COLUMN)."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" {declaration}')
+
+
 class SqliteState:
     """A StateStore in one SQLite file."""
 
@@ -80,6 +96,10 @@ class SqliteState:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                _add_missing_columns(self._db)
+                # recovery lists running and queued deployments (an old table gains it too)
+                self._db.execute("CREATE INDEX IF NOT EXISTS deployments_status "
+                                 "ON deployments (status, id)")
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the state database {path}: {exc}") from exc
         self.path = path
@@ -120,13 +140,42 @@ class SqliteState:
             row = self._db.execute("PRAGMA data_version").fetchone()
             return int(row[0]), self._own_writes
 
+    _SHM_HEADER = 96
+    _shm_fd: int | None = None
+
+    def change_token(self) -> bytes | None:
+        """Bytes that stay the same while nobody commits; None when there is nothing to watch
+        (then ask `version()`). A cheap first check before `version()`, for the edge.
+
+        `version()` costs a statement (about 4 us, a good part of a cached edge request).
+        Every commit in WAL mode, by any process, rewrites the header of the WAL index, the
+        first 96 bytes of the "-shm" file beside the database (two copies of: change counter,
+        last frame, checksums, salts), which is how SQLite's own readers notice commits. One
+        pread of it (under 1 us) that returns the same bytes as before proves no commit
+        happened in between; different bytes (a commit, or a checkpoint) say: ask again.
+        """
+        fd = self._shm_fd
+        if fd is None:
+            with self._lock:
+                if self._shm_fd is None:
+                    try:
+                        self._shm_fd = os.open(f"{self.path}-shm", os.O_RDONLY)
+                    except OSError:
+                        return None
+                fd = self._shm_fd
+        try:
+            header = os.pread(fd, self._SHM_HEADER, 0)
+        except OSError:
+            return None
+        return header if len(header) == self._SHM_HEADER else None
+
     # sites ---------------------------------------------------------------------------------
     def put_site(self, site: Site) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO sites VALUES (?, ?, ?, ?, ?)",
                 (site.name, site.production_branch, site.created, site.webhook_secret,
-                 json.dumps(site.settings)),
+                 json.dumps(site.settings.to_dict())),
             )
 
     def get_site(self, name: str) -> Site:
@@ -141,7 +190,8 @@ class SqliteState:
     def _site(self, row: tuple[Any, ...]) -> Site:
         domains = [r[0] for r in self._query(
             "SELECT host FROM domains WHERE site = ? ORDER BY host", (row[0],))]
-        return Site(row[0], row[1], row[2], domains, row[3], json.loads(row[4]))
+        return Site(row[0], row[1], row[2], domains, row[3],
+                    SiteSettings.from_dict(json.loads(row[4])))
 
     def delete_site(self, name: str) -> None:
         with self._tx() as db:
@@ -185,7 +235,8 @@ class SqliteState:
         return self._deployment(rows[0])
 
     def update_deployment(
-        self, deployment: Deployment, expect_status: Status | None = None
+        self, deployment: Deployment, expect_status: Status | None = None,
+        *, expect_runner: str | None = None,
     ) -> bool:
         assignments = ", ".join(f'"{c}" = ?' for c in _DEPLOYMENT_COLUMNS[1:])
         sql = f"UPDATE deployments SET {assignments} WHERE id = ?"
@@ -193,6 +244,20 @@ class SqliteState:
         if expect_status is not None:
             sql += " AND status = ?"
             args.append(str(expect_status))
+        if expect_runner is not None:
+            sql += " AND runner = ?"
+            args.append(expect_runner)
+        with self._tx() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def claim_lease(self, deployment_id: str, runner: str, until: float, *, holder: str,
+                    held_until: float | None = None) -> bool:
+        sql = ("UPDATE deployments SET runner = ?, lease_until = ? "
+               "WHERE id = ? AND status = ? AND runner = ?")
+        args: list[Any] = [runner, until, deployment_id, str(Status.RUNNING), holder]
+        if held_until is not None:
+            sql += " AND lease_until = ?"
+            args.append(held_until)
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
 
@@ -330,6 +395,10 @@ class SqliteState:
             cursor = db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, time.time()))
             return cursor.rowcount == 1
 
+    def forget(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM seen WHERE key = ?", (key,))
+
     def recalls(self, key: str) -> bool:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone()
@@ -338,3 +407,6 @@ class SqliteState:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._shm_fd is not None:
+                os.close(self._shm_fd)
+                self._shm_fd = None

@@ -118,12 +118,12 @@ def test_prune_deletes_packs_no_kept_deployment_uses(
     changed["p1/index.html"] = PAGE + "changed"
     second = _deploy(service_on, _site(tmp_path / "v2", changed))
     # the second deployment's manifest points into the first one's pack: both stay
-    service_on.prune("blog", keep=1)
+    service_on.prune("blog", keep=1, grace=0)
     assert _objects(service_on) == {f"packs/{first}", f"packs/{second}"}
     assert _served(service_on, second)["p1/index.html"] == (PAGE + "changed").encode()
 
     third = _deploy(service_on, _site(tmp_path / "v3", _pages(3, tag="new")))
-    result = service_on.prune("blog", keep=1)
+    result = service_on.prune("blog", keep=1, grace=0)
     assert _objects(service_on) == {f"packs/{third}"}
     assert result["deployments"] == 1
     assert service_on.verify() == []

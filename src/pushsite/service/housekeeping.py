@@ -1,71 +1,267 @@
 """Housekeeping over the whole store: prune what no kept deployment uses, verify what is kept.
 
-Both read every manifest they keep, so they run while nothing deploys (prune refuses while
-a deployment is queued or running; a blob it deletes could otherwise be reused meanwhile).
+Prune is a mark and sweep that runs beside deploys (DESIGN.md "Several actors"); see `prune`
+for why nothing a deployment started before or during it references is ever deleted, and
+why a kill at any moment leaves every `ready` or `live` deployment whole.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
+import time
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import brotli
 
 from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
-from pushsite.model import FileEntry, Status, manifest_key
+from pushsite.model import Deployment, FileEntry, Status, manifest_key
+from pushsite.service.lease import lease_end
+from pushsite.state import StateStore
 from pushsite.stores.packs import PACKS, pack_key, parse_ref
 
 if TYPE_CHECKING:
     from pushsite.service import Service
 
+PAGE = 1000  # deployments per listing request; every loop pages through to the end
+SWEEP_BATCH = 1000  # blobs deleted between two looks for deployments that started meanwhile
+_POLL = 0.2  # seconds between two looks at a deployment prune waits for
+PRUNED = "pruned"  # the error of a deployment prune cancelled
+MANIFESTS = manifest_key("").removesuffix(".json")  # "manifests/"
+_logger = logging.getLogger("pushsite.prune")
 
-def prune(service: Service, site_name: str, keep: int) -> dict[str, int]:
-    """Delete old deployments' manifests and every blob no kept deployment references.
 
-    Kept: the `keep` newest ready deployments of the site, and any deployment an alias of any
-    site points at (a rollback target stays servable).
+def every_deployment(state: StateStore, page: int = PAGE, *, site: str | None = None,
+                     status: Status | None = None) -> Iterator[Deployment]:
+    """All deployments (newest first) matching the filters, page after page: never a cap."""
+    before: str | None = None
+    while True:
+        found = state.list_deployments(site, status=status, limit=page, before=before)
+        yield from found
+        if len(found) < page:
+            return
+        before = found[-1].id
+
+
+def prune(service: Service, site_name: str, keep: int, *, grace: float | None = None,
+          page: int = PAGE) -> dict[str, int]:
+    """Drop all but the `keep` newest ready deployments of a site, then every blob, pack and
+    manifest no kept deployment references.
+
+    Kept: the `keep` newest ready deployments of the site, any deployment an alias of any site
+    points at (a rollback target stays servable), and every queued or running one.
+
+    Order, so that a kill at any point stays consistent: the dropped deployments are first
+    marked pruned in the state (cancelled, error "pruned"), then their manifests go, then the
+    blobs are swept. A kill after the first step leaves cancelled deployments whose manifests
+    the next prune removes (orphans); never a `ready` deployment without its manifest.
+
+    Why a deployment running beside prune keeps everything it references:
+    - what it writes is younger than the prune's start minus `grace` (and younger than the
+      listing, or not listed at all): the sweep only considers objects listed with a write
+      time before that cutoff. The grace (setting `prune_grace`, 1 hour) also absorbs clock
+      skew between this machine and an S3 server's LastModified;
+    - what it reuses (found in the store by a lookup, never written) may be old. Deployments
+      record themselves before their first lookup, so the sweep watches the state: one
+      running when prune starts is waited for before anything is swept, and before every batch
+      of deletions prune looks for deployments that started meanwhile (newly running, newer
+      than any it has seen, or no longer queued), waits for each to finish and keeps what its
+      manifest references. Only a deployment that starts during the last batch's deletion
+      itself (milliseconds) is left to the look after it, which logs it for `pushsite verify`.
+    A running deployment whose lease ran out (its runner died) is neither waited for nor a
+    reason to refuse: its record is stale, and a takeover makes it a new start, seen above.
     """
     if keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {keep}")
     site = service.site(site_name)
-    every = service.state.list_deployments(limit=100_000)
-    if any(d.status in (Status.RUNNING, Status.QUEUED) for d in every):
-        raise ConfigError("a deployment is queued or running; prune when it has finished")
-    pointed = {a.deployment_id for s in service.state.list_sites()
-               for a in service.state.list_aliases(s.name)}
-    ours = [d for d in every if d.site == site.name and d.status.servable]
-    kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
-    dropped = [d for d in ours if d.id not in kept_ids]
-    dropped_ids = {d.id for d in dropped}
+    started = time.time()
+    grace = service.config.prune_grace if grace is None else grace
+    state = service.state
+    dropped = _mark_pruned(service, site.name, keep, page)
     service.store.delete([manifest_key(d.id) for d in dropped])
-    live_keys: set[str] = set()
-    live_packs: set[str] = set()
-    kept = [d for d in every if d.status.servable and d.id not in dropped_ids]
-    for d in kept:
-        try:
-            manifest = service.manifest(d.id)
-        except DeploymentNotFound:
+    watch = _Watch(service, page)
+    cutoff = started - max(grace, 0.0)
+    listed = {prefix: list(service.store.stamps(prefix)) for prefix in ("blobs/", PACKS, MANIFESTS)}
+    candidates = {prefix: {k for k, t in stamps if t < cutoff} for prefix, stamps in listed.items()}
+    recent = sum(len(stamps) - len(candidates[p]) for p, stamps in listed.items())
+    watch.wait_for(watch.running_at_start)
+    marks = _Marks()
+    kept_ids: set[str] = set()
+    for d in every_deployment(state, page):
+        if d.status.servable:
+            marks.add(service, d)
+        if d.status.servable or not d.status.finished:
+            kept_ids.add(d.id)
+    doomed = sorted(candidates["blobs/"] - marks.keys)
+    # a kept deployment's own pack holds its manifest, even when no file of it is new
+    doomed += sorted(k for k in candidates[PACKS]
+                     if k not in marks.packs and k.partition(".")[0] not in marks.owners)
+    orphans = [k for k in candidates[MANIFESTS]
+               if k[len(MANIFESTS):].removesuffix(".json") not in kept_ids]
+    service.store.delete(orphans)
+    deleted: list[str] = []
+    batches = [doomed[n:n + SWEEP_BATCH] for n in range(0, len(doomed), SWEEP_BATCH)]
+    for batch in [*batches, []]:  # the last look comes after the last deletion
+        late = watch.newcomers()
+        if late:  # started during the sweep: keep what they reference, check what is gone
+            watch.wait_for(late)
+            for deployment_id in late:
+                marks.add(service, state.get_deployment(deployment_id))
+            _warn_if_broken(marks, deleted, late)
+        batch = [k for k in batch
+                 if k not in marks.keys and k not in marks.packs
+                 and k.partition(".")[0] not in marks.owners]
+        service.store.delete(batch)
+        deleted += batch
+    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": len(orphans),
+            "recent": recent}
+
+
+def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Deployment]:
+    """Mark the deployments to drop as pruned in the state (compare-and-set on their status),
+    so none is `ready` once its manifest goes; the ones marked."""
+    state = service.state
+    pointed = _pointed(state)
+    ours = [d for d in every_deployment(state, page, site=site) if d.status.servable]
+    kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
+    marked = []
+    for deployment in ours:
+        if deployment.id in kept_ids:
             continue
+        before = Deployment.from_dict(deployment.to_dict())
+        deployment.status = Status.CANCELLED
+        deployment.error = deployment.error or PRUNED
+        if state.update_deployment(deployment, expect_status=before.status):
+            marked.append((deployment, before))
+    # a rollback may have moved an alias onto one of them meanwhile: that one stays
+    pointed = _pointed(state)
+    dropped = []
+    for deployment, before in marked:
+        if deployment.id in pointed:
+            state.update_deployment(before, expect_status=Status.CANCELLED)
+        else:
+            dropped.append(deployment)
+    return dropped
+
+
+def _pointed(state: StateStore) -> set[str]:
+    return {a.deployment_id for s in state.list_sites() for a in state.list_aliases(s.name)}
+
+
+@dataclass
+class _Marks:
+    """What kept deployments reference: blob keys, pack objects, and their own packs."""
+
+    keys: set[str] = field(default_factory=set)
+    packs: set[str] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)
+    refs: dict[str, set[str]] = field(default_factory=dict)  # deployment -> its keys and packs
+
+    def add(self, service: Service, deployment: Deployment) -> None:
+        self.owners.add(pack_key(deployment.id))
+        if not deployment.status.servable:
+            return
+        try:
+            manifest = service.manifest(deployment.id)
+        except DeploymentNotFound:
+            return
+        mine = self.refs.setdefault(deployment.id, set())
         for entry in manifest.files.values():
             for key in (entry.key(enc) for enc in ("", *entry.encodings)):
                 ref = parse_ref(key)
                 if ref is None:
-                    live_keys.add(key)
+                    self.keys.add(key)
+                    mine.add(key)
                 else:
-                    live_packs.add(ref[0])
-    doomed = [k for k in service.store.keys("blobs/") if k not in live_keys]
-    # a kept deployment's own pack holds its manifest, even when no file of it is new
-    owners = {pack_key(d.id) for d in kept}
-    doomed += [k for k in service.store.keys(PACKS)
-               if k not in live_packs and k.partition(".")[0] not in owners]
-    service.store.delete(doomed)
-    for deployment in dropped:
-        deployment.status = Status.CANCELLED
-        deployment.error = deployment.error or "pruned"
-        service.state.update_deployment(deployment)
-    return {"deployments": len(dropped), "blobs": len(doomed)}
+                    self.packs.add(ref[0])
+                    mine.add(ref[0])
+
+
+class _Watch:
+    """Deployments that may look blobs up while prune runs: running ones (with a live lease),
+    and those that start later."""
+
+    def __init__(self, service: Service, page: int) -> None:
+        self._service = service
+        self._page = page
+        now = time.time()
+        running = list(every_deployment(service.state, page, status=Status.RUNNING))
+        self.running_at_start = [d.id for d in running if not self._stale(d, now)]
+        self._seen = {d.id for d in running}
+        self._queued = {d.id for d in every_deployment(service.state, page, status=Status.QUEUED)}
+        newest = service.state.list_deployments(limit=1)
+        self._newest = newest[0].id if newest else ""
+
+    def _stale(self, deployment: Deployment, now: float) -> bool:
+        return lease_end(deployment, self._service.config.lease) < now
+
+    def newcomers(self) -> list[str]:
+        """Deployments that started since the last look."""
+        state, page = self._service.state, self._page
+        found = []
+        for d in every_deployment(state, page, status=Status.RUNNING):
+            if d.id not in self._seen:
+                found.append(d.id)
+        queued = {d.id for d in every_deployment(state, page, status=Status.QUEUED)}
+        found += sorted(self._queued - queued - self._seen - set(found))  # ran meanwhile
+        self._queued = queued
+        newest = self._newest
+        for d in every_deployment(state, page):
+            if d.id <= self._newest:
+                break
+            newest = max(newest, d.id)
+            if d.status != Status.QUEUED and d.id not in self._seen and d.id not in found:
+                found.append(d.id)
+        self._newest = newest
+        self._seen.update(found)
+        return found
+
+    def wait_for(self, ids: list[str]) -> None:
+        """Until each of these deployments has finished (or its lease ran out)."""
+        for deployment_id in ids:
+            while True:
+                try:
+                    d = self._service.state.get_deployment(deployment_id)
+                except DeploymentNotFound:
+                    break
+                if d.status.finished or (d.status == Status.RUNNING
+                                         and self._stale(d, time.time())):
+                    break
+                time.sleep(_POLL)
+
+
+def _warn_if_broken(marks: _Marks, deleted: list[str], late: list[str]) -> None:
+    gone = set(deleted)
+    for deployment_id in late:
+        lost = marks.refs.get(deployment_id, set()) & gone
+        if lost:
+            _logger.warning("deployment %s started while prune deleted %d objects it "
+                            "references (e.g. %s): redeploy it; `pushsite verify` lists them",
+                            deployment_id, len(lost), min(lost))
+
+
+def check_servable(service: Service, deployment: Deployment) -> None:
+    """Raise NotFound (exit 4) unless the deployment's manifest and every object it references
+    are stored: a rollback or promote checks this before any alias moves, so it never puts a
+    site on 500s (a prune killed before the fixes in `prune`, a store restored from backup)."""
+    try:
+        manifest = service.manifest(deployment.id)
+    except DeploymentNotFound:
+        raise DeploymentNotFound(f"deployment {deployment.id} of site {deployment.site} has no "
+                                 "manifest in the store (pruned?): it cannot go live") from None
+    wanted: set[str] = set()
+    for entry in manifest.files.values():
+        for key in (entry.key(enc) for enc in ("", *entry.encodings)):
+            ref = parse_ref(key)
+            wanted.add(key if ref is None else ref[0])
+    missing = wanted - service.store.has(wanted)
+    if missing:
+        raise NotFound(f"deployment {deployment.id} of site {deployment.site} lacks {len(missing)}"
+                       f" stored objects (e.g. {min(missing)}; pruned?): it cannot go live")
 
 
 def verify(service: Service) -> list[str]:
@@ -73,7 +269,7 @@ def verify(service: Service) -> list[str]:
     variants once decoded (the edge sends them as stored). Each blob is checked once."""
     problems: list[str] = []
     verdicts: dict[str, list[str]] = {}  # hash -> what is wrong with it, checked once
-    for d in service.state.list_deployments(limit=100_000):
+    for d in every_deployment(service.state):
         if not d.status.servable:
             continue
         try:

@@ -21,8 +21,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from pushsite.deploy.bundle import BundleReader, Limits
+    from pushsite.deploy.bundle import BundleReader
     from pushsite.errors import BundleRejected
+    from pushsite.limits import Limits
 
 LIMITS = Limits(
     max_files=1000,

@@ -20,9 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from isal import isal_zlib
 
-from pushsite.deploy.bundle import DEFAULT_LIMITS, BundleReader, Limits, Member, MemberKind
+from pushsite.deploy.bundle import BundleReader, Member, MemberKind
 from pushsite.deploy.paths import common_top_folder
 from pushsite.errors import BundleRejected, BundleTooLarge
+from pushsite.limits import DEFAULT_LIMITS, Limits
 
 MiB = 1 << 20
 

@@ -24,16 +24,14 @@ from starlette.routing import Route
 
 from pushsite.errors import BackendUnavailable, ConfigError, NotAuthorized, NotFound
 from pushsite.sources.webhooks import (
-    MAX_BODY,
     ZERO_COMMIT,
-    MemorySeen,
     PushEvent,
     is_ping,
     parse_push,
     parse_pushes,
     verify_signature,
-    webhook_endpoint,
 )
+from pushsite.web.hooks import MAX_BODY, MemorySeen, webhook_endpoint
 
 DATA = Path(__file__).parent / "data" / "webhooks"
 SECRET = "correct horse battery staple"

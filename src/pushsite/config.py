@@ -41,6 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_ratio", int, 0, "largest compression ratio a bundle may have (0: the "
             "reader's default); stops gzip bombs"),
     Setting("wait", float, 60.0, "seconds a git push waits to report the deploy's outcome"),
+    Setting("prune_grace", float, 3600.0, "seconds for which prune keeps any blob however "
+            "unused: longer than any deploy may take to reference what it found stored"),
 )
 
 
@@ -61,6 +63,7 @@ class Config:
     max_path: int = 1024
     max_ratio: int = 0
     wait: float = 60.0
+    prune_grace: float = 3600.0
 
     @property
     def staging(self) -> Path:

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import pytest
 
 from pushsite import ids
-from pushsite.aws.staging import object_deployment_id, parse_bundle_key
 from pushsite.model import Status
 from pushsite.service import Service
 from pushsite.service.worker import run_worker
+from pushsite.sources.s3bundle import object_deployment_id, parse_bundle_key
 from tests.aws.test_end_to_end import (
     Staging,
     big_bundle,

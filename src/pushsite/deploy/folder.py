@@ -28,9 +28,9 @@ from typing import BinaryIO, cast
 from isal import igzip
 
 from pushsite.deploy.builder import SMALL_FILE, BundleOutcome, ManifestBuilder
-from pushsite.deploy.bundle import Limits
 from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge, ConfigError
+from pushsite.limits import Limits
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 

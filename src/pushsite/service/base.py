@@ -109,7 +109,7 @@ class ServiceBase:
     @contextmanager
     def _open_staged(self, deployment: Deployment) -> Iterator[BinaryIO]:
         if in_bucket(deployment.bundle_key):
-            from pushsite.aws.staging import open_bundle
+            from pushsite.sources.s3bundle import open_bundle
 
             with open_bundle(deployment.bundle_key) as remote:
                 yield remote
@@ -140,5 +140,5 @@ class ServiceBase:
 
 
 def in_bucket(bundle_key: str) -> bool:
-    """A bundle staged in an S3 bucket (aws/staging.py), not in the local staging folder."""
+    """A bundle staged in an S3 bucket (sources/s3bundle.py), not in the local staging folder."""
     return bundle_key.startswith("s3://")

@@ -9,18 +9,25 @@ notifications are configured) and records other than ObjectCreated are skipped. 
 message (the bundle's pax header fills a missing commit).
 
 S3 delivers events at least once and sends two for a multipart upload: every event about one
-object (bucket, key, ETag) maps to one deployment id (s3staging.py), so duplicates find the
+object (bucket, key, ETag) maps to one deployment id (sources/s3bundle.py), so duplicates find the
 deployment the first one made instead of making another, and a redelivery after a worker died
 takes it over. Uploading one key per branch (overwriting it) is the simplest convention: an
 older event that arrives late finds its object replaced and is skipped.
+
+The service's own worker reads these events off the queue, so the adapter lives here, beside
+it, and not in aws/ (the Lambda's package): the layers stay one-way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 from urllib.parse import unquote_plus
 
+from pushsite.errors import BackendUnavailable, ConfigError, DeploymentNotFound
+from pushsite.model import Deployment, Status
+from pushsite.queues import QueueItem
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
@@ -65,8 +72,6 @@ def handle_s3_event(service: Service, body: dict[str, Any], *, attempts: int = 1
     running by a worker that died is taken over). `timeout` covers the whole event: a bundle
     reached after it has run out times out at once, and is queued again by the caller.
     """
-    from pushsite.aws.staging import deploy_from_bucket
-
     end = None if timeout is None else time.monotonic() + timeout
     ids = []
     for bucket, key, etag in bundle_records(body):
@@ -79,3 +84,69 @@ def handle_s3_event(service: Service, body: dict[str, Any], *, attempts: int = 1
         if deployment_id is not None:
             ids.append(deployment_id)
     return ids
+
+
+def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch: str | None,
+                      etag: str = "", attempts: int = 1) -> Deployment | None:
+    """The deployment of one staged object, created on its first event; None when the object
+    is gone or was replaced since the event (its successor's own event deploys that)."""
+    # botocore loads on the first S3 event, not in every process that runs a worker
+    from pushsite.sources.s3bundle import bundle_key, head_bundle, object_deployment_id
+
+    head = head_bundle(bucket, key, etag)
+    if head is None:
+        if etag:
+            _abandon(service, site, bundle_key(bucket, key, etag), attempts)
+        return None
+    etag = str(head["ETag"]).strip('"')
+    deployment_id = object_deployment_id(head["LastModified"].timestamp(),
+                                         f"{bucket}/{key}@{etag}")
+    try:
+        return service.state.get_deployment(deployment_id)
+    except DeploymentNotFound:
+        pass
+    meta = head.get("Metadata", {})
+    try:
+        return service.accept(site, None, branch=branch, message=meta.get("message", ""),
+                              commit=meta.get("commit", ""), source="s3", enqueue=False,
+                              deployment_id=deployment_id,
+                              bundle_key=bundle_key(bucket, key, etag))
+    except (ConfigError, BackendUnavailable):
+        with contextlib.suppress(DeploymentNotFound):  # another event created it first
+            return service.state.get_deployment(deployment_id)
+        raise  # an invalid site or branch in the key: the message ends in the dead letters
+
+
+def _abandon(service: Service, site: str, staged: str, attempts: int) -> None:
+    """Fail the unfinished deployment of a bundle that is gone: nothing can ever finish it.
+
+    A running one is left alone on a first delivery (its worker may be alive and reading a
+    stream it opened before the object changed), as in Service.process.
+    """
+    for deployment in service.state.list_deployments(site, limit=50):
+        previous = deployment.status
+        if deployment.bundle_key != staged or (previous.finished and previous != Status.TIMED_OUT):
+            continue
+        if previous == Status.RUNNING and attempts <= 1:
+            continue
+        deployment.status = Status.FAILED
+        deployment.error = ("its bundle was replaced or removed from the staging bucket before "
+                            "the deployment finished; the newer upload deploys on its own event")
+        deployment.finished = time.time()
+        if service.state.update_deployment(deployment, expect_status=previous):
+            log = service.log_for(deployment)
+            log.error("failed", deployment.error)
+            log.flush()
+
+
+def deploy_from_bucket(service: Service, bucket: str, key: str, site: str,
+                       branch: str | None, *, etag: str = "", attempts: int = 1,
+                       timeout: float | None = DEFAULT_TIMEOUT) -> str | None:
+    """Create (or find) the deployment of a staged object and run it; its id, or None when
+    the object is gone. `attempts` above 1 lets a run whose worker died be taken over."""
+    deployment = stage_from_bucket(service, bucket, key, site, branch, etag, attempts)
+    if deployment is None:
+        return None
+    item = QueueItem({"deployment": deployment.id}, receipt="", attempts=attempts)
+    service.process(item, timeout=timeout)
+    return deployment.id

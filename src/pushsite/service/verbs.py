@@ -195,6 +195,7 @@ class Service(Queueing):
         if not target.status.servable:
             raise ConfigError(f"deployment {target.id} is {target.status}, not ready: only a "
                               "ready deployment can go live")
+        housekeeping.check_servable(self, target)  # before any alias moves
         if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
             raise AliasConflict(f"production of {site.name} moved while rolling back; retry")
         self._mark_live(target)
@@ -243,9 +244,10 @@ class Service(Queueing):
 
     # housekeeping -------------------------------------------------------------------------------
 
-    def prune(self, site_name: str, keep: int) -> dict[str, int]:
-        """Delete old deployments and the blobs no kept deployment uses (housekeeping.py)."""
-        return housekeeping.prune(self, site_name, keep)
+    def prune(self, site_name: str, keep: int, grace: float | None = None) -> dict[str, int]:
+        """Delete old deployments and the blobs no kept deployment uses (housekeeping.py);
+        `grace`: seconds of recent writes always kept (default: the prune_grace setting)."""
+        return housekeeping.prune(self, site_name, keep, grace=grace)
 
     def verify(self) -> list[str]:
         """The problems found in every ready manifest's blobs (housekeeping.py)."""

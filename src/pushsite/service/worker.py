@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from pushsite.errors import DeploymentNotFound
 from pushsite.model import Status
 from pushsite.queues import QueueItem
+from pushsite.service.s3events import handle_s3_event, is_s3_event
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 VISIBILITY = 60.0
@@ -63,8 +64,6 @@ def dispatch(service: Service, item: QueueItem,
     """Run what one message asks for (a deployment, or an S3 event's bundles); a deployment
     that ran out of time is queued again to resume. Raises when the message must be retried;
     returns the ids of the deployments it named."""
-    from pushsite.aws.events import handle_s3_event, is_s3_event
-
     if is_s3_event(item.body):
         deployment_ids = handle_s3_event(service, item.body, attempts=item.attempts,
                                          timeout=timeout)

@@ -1,4 +1,7 @@
-"""Bundles staged in an S3 bucket: from an object's event to a deployment, and back to its bytes.
+"""Bundles staged in an S3 bucket: an object's identity, its deployment id, and its bytes.
+
+Below the service (service/base.py reads a staged bundle through `open_bundle`); the event
+adapter that turns an S3 event into a deployment is service/s3events.py.
 
 The deployment's id is derived from the object itself: its Last-Modified second, then 80 bits
 of sha256("<bucket>/<key>@<etag>"). Every event about one upload (S3 delivers at least once,
@@ -20,20 +23,15 @@ The staging client uses the default S3 endpoint, or AWS_ENDPOINT_URL_S3 / AWS_EN
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
-import time
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, http_status, make_client
-from pushsite.errors import BackendUnavailable, ConfigError, DeploymentFailed, DeploymentNotFound
-from pushsite.model import Deployment, Status
-from pushsite.queues import QueueItem
-from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
+from pushsite.errors import ConfigError, DeploymentFailed
 
 SCHEME = "s3://"
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # ids.py's Crockford base32
@@ -76,75 +74,20 @@ def _quoted(etag: str) -> str:
     return f'"{etag}"'
 
 
-def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch: str | None,
-                      etag: str = "", attempts: int = 1) -> Deployment | None:
-    """The deployment of one staged object, created on its first event; None when the object
-    is gone or was replaced since the event (its successor's own event deploys that)."""
-    what = f"staged bundle s3://{bucket}/{key}"
+def head_bundle(bucket: str, key: str, etag: str = "") -> dict[str, Any] | None:
+    """HeadObject of a staged bundle (If-Match `etag` when given); None when the object is
+    gone or was replaced since the event that named it."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if etag:
         args["IfMatch"] = _quoted(etag)
-    with aws_errors(what):
+    with aws_errors(f"staged bundle s3://{bucket}/{key}"):
         try:
-            head = _client(bucket).head_object(**args)
+            head: dict[str, Any] = _client(bucket).head_object(**args)
         except ClientError as exc:
             if error_code(exc) in _GONE or http_status(exc) in (404, 412):
-                if etag:
-                    _abandon(service, site, bundle_key(bucket, key, etag), attempts)
                 return None
             raise
-    etag = str(head["ETag"]).strip('"')
-    deployment_id = object_deployment_id(head["LastModified"].timestamp(),
-                                         f"{bucket}/{key}@{etag}")
-    try:
-        return service.state.get_deployment(deployment_id)
-    except DeploymentNotFound:
-        pass
-    meta = head.get("Metadata", {})
-    try:
-        return service.accept(site, None, branch=branch, message=meta.get("message", ""),
-                              commit=meta.get("commit", ""), source="s3", enqueue=False,
-                              deployment_id=deployment_id,
-                              bundle_key=bundle_key(bucket, key, etag))
-    except (ConfigError, BackendUnavailable):
-        with contextlib.suppress(DeploymentNotFound):  # another event created it first
-            return service.state.get_deployment(deployment_id)
-        raise  # an invalid site or branch in the key: the message ends in the dead letters
-
-
-def _abandon(service: Service, site: str, staged: str, attempts: int) -> None:
-    """Fail the unfinished deployment of a bundle that is gone: nothing can ever finish it.
-
-    A running one is left alone on a first delivery (its worker may be alive and reading a
-    stream it opened before the object changed), as in Service.process.
-    """
-    for deployment in service.state.list_deployments(site, limit=50):
-        previous = deployment.status
-        if deployment.bundle_key != staged or (previous.finished and previous != Status.TIMED_OUT):
-            continue
-        if previous == Status.RUNNING and attempts <= 1:
-            continue
-        deployment.status = Status.FAILED
-        deployment.error = ("its bundle was replaced or removed from the staging bucket before "
-                            "the deployment finished; the newer upload deploys on its own event")
-        deployment.finished = time.time()
-        if service.state.update_deployment(deployment, expect_status=previous):
-            log = service.log_for(deployment)
-            log.error("failed", deployment.error)
-            log.flush()
-
-
-def deploy_from_bucket(service: Service, bucket: str, key: str, site: str,
-                       branch: str | None, *, etag: str = "", attempts: int = 1,
-                       timeout: float | None = DEFAULT_TIMEOUT) -> str | None:
-    """Create (or find) the deployment of a staged object and run it; its id, or None when
-    the object is gone. `attempts` above 1 lets a run whose worker died be taken over."""
-    deployment = stage_from_bucket(service, bucket, key, site, branch, etag, attempts)
-    if deployment is None:
-        return None
-    item = QueueItem({"deployment": deployment.id}, receipt="", attempts=attempts)
-    service.process(item, timeout=timeout)
-    return deployment.id
+    return head
 
 
 def open_bundle(text: str) -> BinaryIO:

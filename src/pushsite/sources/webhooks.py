@@ -1,6 +1,8 @@
-"""Push webhooks from git hosts: verify, recognise pings, parse pushes, answer over HTTP.
+"""Push webhooks from git hosts: verify signatures, recognise pings, parse pushes.
 
     POST /hooks/<provider>/<site>     provider: github, gitlab, bitbucket, gitea, forgejo
+
+No HTTP framework here: the endpoint that answers the host, with its dedup, is web/hooks.py.
 
 Each host signs differently; every comparison is constant-time and a missing or wrong
 signature is NotAuthorized before the body is even parsed:
@@ -14,13 +16,6 @@ Tests the hosts send: GitHub's `ping` event, Bitbucket's `diagnostics:ping`, and
 "Test Delivery", a push whose before and after are both the zero id. GitLab's "Test" button
 sends a real push of the default branch's last commits that no header tells apart, so it
 deploys that commit like any push (and the commit dedup makes a repeat harmless).
-
-Duplicates are dropped twice: by delivery id (a host's retry of the same event) and by the
-ref update itself, (site, ref, before, commit), seen again within a minute or so: one push
-reported by two hooks. The ref is in that key so that fast-forwarding `main` to a commit
-already previewed on a branch still deploys production; the time window, so that pushing
-the same update again later (A->B, back to A, B again) deploys again. When `on_push` fails,
-the keys it took are forgotten (where the dedup store can forget) so a retry is not dropped.
 """
 
 from __future__ import annotations
@@ -28,35 +23,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import re
-import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-
-from pushsite.errors import (
-    BundleTooLarge,
-    ConfigError,
-    NotAuthorized,
-    NotFound,
-    PushsiteError,
-    SiteNotFound,
-)
-
-log = logging.getLogger(__name__)
+from pushsite.errors import ConfigError, NotAuthorized, NotFound
 
 PROVIDERS = ("github", "gitlab", "bitbucket", "gitea", "forgejo")
-MAX_BODY = 1_000_000
 ZERO_COMMIT = "0" * 40
 
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_DRAIN_FACTOR = 16  # read and drop at most this many times the limit before giving up
 
 
 @dataclass(frozen=True)
@@ -88,7 +66,8 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in headers.items()}
 
 
-def _check_provider(provider: str) -> str:
+def check_provider(provider: str) -> str:
+    """The provider, or NotFound for a host we have no parser for."""
     if provider not in PROVIDERS:
         raise NotFound(f"unknown webhook provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     return provider
@@ -102,7 +81,7 @@ def _same(given: str, expected: str) -> bool:
 
 def verify_signature(provider: str, headers: Mapping[str, str], body: bytes, secret: str) -> None:
     """Raise NotAuthorized unless the request carries this provider's valid signature."""
-    _check_provider(provider)
+    check_provider(provider)
     if not secret:
         raise NotAuthorized(
             "this site has no webhook secret, so no webhook can be trusted: set one for the "
@@ -147,6 +126,11 @@ def _event_name(provider: str, headers: dict[str, str]) -> str:
     )
 
 
+def event_name(provider: str, headers: Mapping[str, str]) -> str:
+    """The host's name for the delivery's event, e.g. `push` or `Push Hook` ("" if none)."""
+    return _event_name(check_provider(provider), _lower(headers))
+
+
 def delivery_id(provider: str, headers: Mapping[str, str]) -> str:
     """The host's id of this delivery, the same when the host retries it ("" if none)."""
     lowered = _lower(headers)
@@ -156,7 +140,7 @@ def delivery_id(provider: str, headers: Mapping[str, str]) -> str:
         "bitbucket": ("x-request-uuid", "x-hook-uuid"),
         "gitea": ("x-gitea-delivery", "x-forgejo-delivery", "x-gogs-delivery"),
         "forgejo": ("x-forgejo-delivery", "x-gitea-delivery"),
-    }[_check_provider(provider)]
+    }[check_provider(provider)]
     return next((lowered[name] for name in names if lowered.get(name)), "")
 
 
@@ -180,7 +164,7 @@ def _load(headers: dict[str, str], body: bytes) -> dict[str, Any]:
 def is_ping(provider: str, headers: Mapping[str, str], body: bytes) -> bool:
     """True for a host's connection test, which is answered 200 and deploys nothing."""
     lowered = _lower(headers)
-    event = _event_name(_check_provider(provider), lowered)
+    event = _event_name(check_provider(provider), lowered)
     if provider == "github":
         return event == "ping"
     if provider == "bitbucket":
@@ -344,7 +328,7 @@ def _bitbucket(delivery: str, data: dict[str, Any]) -> list[PushEvent]:
 def parse_pushes(provider: str, headers: Mapping[str, str], body: bytes) -> list[PushEvent]:
     """Every ref update in a delivery; empty for events that are not pushes."""
     lowered = _lower(headers)
-    event = _event_name(_check_provider(provider), lowered)
+    event = _event_name(check_provider(provider), lowered)
     delivery = delivery_id(provider, lowered)
     if provider == "github":
         return [_github_like(provider, delivery, _load(lowered, body))] if event == "push" else []
@@ -366,156 +350,3 @@ def parse_push(provider: str, headers: Mapping[str, str], body: bytes) -> PushEv
     """The delivery's push (the first ref update of a multi-ref Bitbucket push), or None."""
     events = parse_pushes(provider, headers, body)
     return events[0] if events else None
-
-
-# -- the HTTP endpoint ---------------------------------------------------------------------
-
-
-class MemorySeen:
-    """Dedup keys kept in memory (the most recent `size`); StateStore.remember persists them."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._keys: OrderedDict[str, None] = OrderedDict()
-        self._size = size
-
-    def __call__(self, key: str) -> bool:
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return True
-
-    def forget(self, key: str) -> None:
-        self._keys.pop(key, None)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    """The body, or BundleTooLarge as soon as it passes `limit` (never buffered past it)."""
-    declared = request.headers.get("content-length", "")
-    chunks: list[bytes] = []
-    total = 0
-    stream = request.stream()
-    if not (declared.isdigit() and int(declared) > limit):
-        async for chunk in stream:
-            total += len(chunk)
-            if total > limit:
-                break
-            chunks.append(chunk)
-        else:
-            return b"".join(chunks)
-    await _drain(stream, limit * _DRAIN_FACTOR)
-    raise BundleTooLarge(
-        f"the webhook body is over the limit of {limit} bytes: a push payload is far smaller, "
-        "so check the URL points at a webhook and not an upload"
-    )
-
-
-async def _drain(stream: AsyncIterator[bytes], most: int) -> None:
-    """Read and drop the rest so the client sees our answer and not a reset connection."""
-    dropped = 0
-    async for chunk in stream:
-        dropped += len(chunk)
-        if dropped > most:
-            return
-
-
-def _error(error: PushsiteError) -> JSONResponse:
-    body = {"ok": False, "error": error.message, "status": error.http_status}
-    return JSONResponse(body, status_code=error.http_status)
-
-
-def webhook_endpoint(
-    get_secret: Callable[[str], str | None],
-    on_push: Callable[[str, PushEvent], Awaitable[dict[str, Any]]],
-    read_limit: int = MAX_BODY,
-    *,
-    remember: Callable[[str], bool] | None = None,
-    forget: Callable[[str], None] | None = None,
-    deploy_tags: Callable[[str], bool] | None = None,
-    same_push_window: float = 60.0,
-    clock: Callable[[], float] = time.time,
-) -> Callable[[Request], Awaitable[Response]]:
-    """A Starlette endpoint for `/hooks/{provider}/{site}`.
-
-    `get_secret(site)` is the site's webhook secret, None for an unknown site (404).
-    `on_push(site, event)` queues the deployment (or, for a deleted branch, its cleanup) and
-    returns a small dict that goes into the answer; it must be quick, the host is waiting.
-    `remember(key)` is True the first time it sees a key (default: in memory); pass
-    StateStore.remember to dedup across restarts and processes, and `forget(key)` if the store
-    has one, so that a push whose `on_push` failed is taken again when the host retries.
-    Tag pushes are ignored unless `deploy_tags(site)` is True. The same ref update is dropped
-    when seen again within `same_push_window` seconds (and taken after twice that).
-    Answers JSON: {"ok": true, "site": ..., "events": [...]}, or {"ok": false, "error", "status"}.
-    """
-    if remember is None:
-        memory = MemorySeen()
-        remember, forget = memory, memory.forget
-    seen = remember
-
-    async def endpoint(request: Request) -> Response:
-        provider = request.path_params.get("provider", "")
-        site = request.path_params.get("site", "")
-        try:
-            if request.method != "POST":
-                return JSONResponse(
-                    {"ok": False, "error": "webhooks are POST requests", "status": 405},
-                    status_code=405,
-                )
-            _check_provider(provider)
-            secret = get_secret(site)
-            if secret is None:
-                raise SiteNotFound(f"no site named {site!r}: create it before adding a webhook")
-            body = await _read_capped(request, read_limit)
-            verify_signature(provider, request.headers, body, secret)
-            if is_ping(provider, request.headers, body):
-                return JSONResponse({"ok": True, "ping": True, "site": site})
-            events = parse_pushes(provider, request.headers, body)
-            if not events:
-                event = _event_name(provider, _lower(request.headers)) or "unnamed"
-                return JSONResponse({"ok": True, "ignored": f"{event} is not a push event"})
-            tags = deploy_tags(site) if deploy_tags else False
-            results = [await _handle(site, event, tags) for event in events]
-            return JSONResponse({"ok": True, "site": site, "events": results})
-        except PushsiteError as error:
-            return _error(error)
-        except ClientDisconnect:  # the host gave up mid-body; it will retry, nothing was taken
-            return Response(status_code=400)
-
-    async def _handle(site: str, event: PushEvent, tags: bool) -> dict[str, Any]:
-        summary: dict[str, Any] = {"ref": event.ref, "commit": event.commit}
-        if event.tag is not None and not tags:
-            return {**summary, "ignored": "tag pushes are not deployed for this site"}
-        if event.branch is None and event.tag is None:
-            return {**summary, "ignored": "only branch and tag refs are deployed"}
-        taken = []
-        delivery = f"hook:{site}:{event.provider}:{event.delivery_id}:{event.ref}"
-        if event.delivery_id:
-            if not seen(delivery):
-                return {**summary, "ignored": "duplicate delivery"}
-            taken.append(delivery)
-        if not event.deleted:
-            # Keys for this time bucket and the one before: a repeat within one window always
-            # meets one of them; both are recorded, so no short-circuit.
-            bucket = int(clock() // same_push_window)
-            update = f"push:{site}:{event.ref}:{event.before}:{event.commit}"
-            keys = [f"{update}:{bucket}", f"{update}:{bucket - 1}"]
-            fresh = [seen(key) for key in keys]
-            taken += [key for key, new in zip(keys, fresh, strict=True) if new]
-            if not all(fresh):
-                return {**summary, "ignored": "this push was already received"}
-        log.info("webhook %s for %s: %s at %s", event.provider, site, event.ref, event.commit)
-        try:
-            result = await on_push(site, event)
-        except BaseException:
-            _forget(taken)
-            raise
-        return {**summary, **result}
-
-    def _forget(keys: list[str]) -> None:
-        if forget is not None:
-            for key in keys:
-                forget(key)
-
-    return endpoint

@@ -213,3 +213,17 @@ def test_html_always_revalidates_even_when_fingerprinted() -> None:
     assert hs.default_cache_control("page.3f9a2b7c.html", "text/html; charset=utf-8") == (
         hs.REVALIDATE
     )
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=" + "9" * 5000 + "-", hs.UNSATISFIABLE),  # a start past any end
+        ("bytes=0-" + "9" * 5000, (0, 10)),  # an end past the end is clamped
+        ("bytes=-" + "9" * 5000, (0, 10)),  # a suffix longer than the file is all of it
+        ("bytes=" + "0" * 5000 + "2-3", (2, 4)),  # leading zeros are only zeros
+    ],
+)
+def test_range_positions_of_thousands_of_digits_are_answered(header: str,
+                                                             expected: object) -> None:
+    assert hs.parse_range(header, 10) == expected

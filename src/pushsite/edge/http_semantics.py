@@ -158,6 +158,14 @@ class Unsatisfiable:
 UNSATISFIABLE = Unsatisfiable()
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_BEYOND_ANY_FILE = 1 << 63
+
+
+def _position(digits: str) -> int:
+    """A range position; one too long for any file counts as past every end (Python's int()
+    refuses strings over 4,300 digits, and a Range header must never make a 500)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | Unsatisfiable | None:
@@ -176,13 +184,13 @@ def parse_range(header: str, size: int) -> tuple[int, int] | Unsatisfiable | Non
     if not first and not last:
         return None
     if not first:
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             return UNSATISFIABLE
         return (max(size - suffix, 0), size)
-    start = int(first)
+    start = _position(first)
     if last:
-        end = int(last)
+        end = _position(last)
         if end < start:
             return None  # invalid range-spec: ignore the header
         end = min(end + 1, size)

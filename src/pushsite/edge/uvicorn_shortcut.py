@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from pushsite.edge.bounded import BoundedHttpToolsProtocol
 from pushsite.edge.respond import Answer, Edge
 
 _PLAIN_METHODS = (b"GET", b"HEAD")
@@ -33,8 +34,8 @@ def find_edge(app: Any) -> Edge | None:
     return None
 
 
-class EdgeHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that answers cached edge requests without leaving the parser."""
+class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
+    """The bounded protocol (bounded.py), answering cached edge requests from the parser."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +48,8 @@ class EdgeHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        if not self.head_ok():
+            return
         try:
             shortcut = self._edge is not None and self._answer_cached()
         except Exception:  # e.g. the state store is down: the ordinary path answers 503

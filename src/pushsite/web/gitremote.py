@@ -32,7 +32,12 @@ from pushsite.names import branch_label
 from pushsite.secretfile import shared_secret
 from pushsite.service import Service
 
-ZERO = "0" * 40
+# What a git client asks of a repository over HTTP (smart, and dumb for old clients); anything
+# else (`..`, other files of the repository) is refused before git http-backend sees it.
+_GIT_PATH = re.compile(
+    r"(info/refs|git-upload-pack|git-receive-pack|HEAD|objects/info/[a-z-]+"
+    r"|objects/[0-9a-f]{2}/[0-9a-f]{38}|objects/pack/pack-[0-9a-f]{40}\.(pack|idx))"
+)
 _CHUNK = 64 << 10
 
 
@@ -91,6 +96,9 @@ class GitBridge:
     async def handle(self, request: Request) -> Response:
         site = request.path_params["site"]
         rest = request.path_params["rest"]
+        if not _GIT_PATH.fullmatch(rest):
+            return PlainTextResponse(f"pushsite: {rest!r} is not something git asks a "
+                                     "repository for\n", status_code=404)
         pushing = rest == "git-receive-pack" or request.query_params.get("service") == \
             "git-receive-pack"
         try:

@@ -1,26 +1,20 @@
-"""Shared fixtures: an isolated PUSHSITE_HOME per test, sites and git repos built in tmp, and a
-real `pushsite serve` subprocess on a free 127.0.0.1 port."""
+"""Shared fixtures (only fixtures: the helpers they use live in tests/support/): an isolated
+PUSHSITE_HOME per test, sites and git repos built in tmp, a real `pushsite serve` subprocess on
+a free 127.0.0.1 port, and the AWS backends' servers (moto, SeaweedFS), each started once per
+run for tests/aws and tests/contracts alike."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from pushsite.model import Manifest
-
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+from support.aws_servers import dummy_credentials, reset_moto, run_moto, run_seaweed, unique_bucket
+from support.servers import Server, serving
+from support.sites import GIT_ENV, git, write_files
 
 
 @pytest.fixture(autouse=True)
@@ -36,38 +30,6 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
-            content = content.encode()
-        path.write_bytes(content)
-    return root
-
-def deploy(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
-    """`pushsite deploy ARGS` in this process: exit code, stdout, stderr."""
-    from click.testing import CliRunner
-
-    from pushsite.cli import cli
-
-    result = CliRunner().invoke(cli, ["deploy", *args], input=input, obj={},
-                                catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def live_manifest(site: str) -> Manifest:
-    """The manifest a site's production alias points at."""
-    from pushsite.config import load_config
-    from pushsite.model import manifest_key
-    from pushsite.service import Service
-
-    service = Service(load_config())
-    alias = service.state.get_alias(site, "production")
-    assert alias is not None
-    return Manifest.from_bytes(service.store.get(manifest_key(alias.deployment_id)))
-
-
 @pytest.fixture
 def make_site(tmp_path: Path) -> Callable[..., Path]:
     """A folder holding the given files (default: a tiny site)."""
@@ -81,12 +43,6 @@ def make_site(tmp_path: Path) -> Callable[..., Path]:
                                            "css/a.css": "body{color:red}" * 40})
 
     return make
-
-
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 @pytest.fixture
@@ -107,88 +63,60 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def git_bundle(repo: Path, out: Path, rev: str = "HEAD") -> Path:
-    """A bundle exactly as `git archive` makes one: one top folder, pax header with commit."""
-    subprocess.run(["git", "archive", "--format=tar.gz", f"--prefix={repo.name}/", "-o",
-                    str(out), rev], cwd=repo, check=True)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    port: int
-    home: Path
-    env: dict[str, str]
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, host: str, path: str = "/", **kwargs: object) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
-        headers["Host"] = host
-        return httpx.get(self.url + path, headers=headers, timeout=10, **kwargs)  # type: ignore[arg-type]
-
-    def new_token(self, *args: str) -> str:
-        """`pushsite tokens create ARGS`, and the secret it printed."""
-        done = self.cli("tokens", "create", *(args or ("--name", "test")))
-        assert done.returncode == 0, done.stderr
-        return done.stdout.decode().strip()
-
-    def cli(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "pushsite", *args], env=self.env,
-                              input=input, capture_output=True, timeout=120)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> Server:
-    port = port or free_port()
-    env = {**os.environ, "PUSHSITE_HOME": str(home), **(extra_env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
-         *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(port, home, env, process)
-    deadline = time.monotonic() + 60  # a loaded CI machine starts granian slowly
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"pushsite serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{server.url}/api/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError("pushsite serve did not answer within 60 s")
-
-
-@contextmanager
-def serving(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    """A `pushsite serve` for the block (module-scoped fixtures share one this way)."""
-    srv = start_server(home, extra_env=extra_env)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 @pytest.fixture
 def server(_isolated_env: Path) -> Iterator[Server]:
     with serving(_isolated_env) as srv:
         yield srv
+
+
+# the AWS backends' servers ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def aws_credentials() -> Iterator[None]:
+    """Dummy credentials so boto3 never looks for real ones."""
+    with dummy_credentials():
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_credentials: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone server; yields its endpoint URL."""
+    with run_moto(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def moto(moto_server: str) -> str:
+    """The moto endpoint, emptied before the test."""
+    reset_moto(moto_server)
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(
+    aws_credentials: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """SeaweedFS `weed mini` (master, volume, filer, S3); yields the S3 endpoint URL."""
+    with run_seaweed(tmp_path_factory.mktemp("seaweed")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def seaweed_url(seaweed_server: str) -> str:
+    """An s3:// store URL on SeaweedFS in a bucket of its own."""
+    return f"s3://{unique_bucket()}/site-data?endpoint={seaweed_server}&create=1"
+
+
+@pytest.fixture
+def moto_s3_url(moto: str) -> str:
+    """An s3:// store URL on moto in a bucket of its own."""
+    return f"s3://{unique_bucket()}/site-data?endpoint={moto}&create=1"
+
+
+@pytest.fixture
+def dynamodb_url(moto: str) -> str:
+    return f"dynamodb://pushsite-{uuid.uuid4().hex[:8]}?endpoint={moto}&create=1"
+
+
+@pytest.fixture
+def sqs_url(moto: str) -> str:
+    return f"sqs://deploys-{uuid.uuid4().hex[:8]}?endpoint={moto}&create=1"

@@ -16,8 +16,8 @@ from pushsite.errors import BundleRejected, DeploymentTimedOut, DomainConflict
 from pushsite.model import Deployment, Status
 from pushsite.service import Service
 from pushsite.service.logs import DeployLog
-from tests.conftest import Server
-from tests.test_service import (
+from support.servers import Server
+from support.service import (
     GatedStream,
     accept,
     alias_of,

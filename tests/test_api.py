@@ -26,53 +26,12 @@ from pushsite import errors
 from pushsite.config import load_config
 from pushsite.service import Service
 from pushsite.web.errors import install_error_handlers, with_debug_flag
-from tests.conftest import Server, free_port, git, git_bundle, serving, write_files
+from support.servers import Server, free_port, serving
+from support.sites import git, git_bundle, write_files
 
 SITE_FILES = {"index.html": "<h1>one</h1>", "about/index.html": "<p>about</p>",
               "css/site.css": "body{color:red}" * 50}
 
-
-
-@dataclass
-class Api:
-    """An HTTP client for the server's /api with a token."""
-
-    server: Server
-    token: str
-
-    def call(self, method: str, path: str, token: str | None = None,
-             **kwargs: Any) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        secret = self.token if token is None else token
-        if secret:
-            headers.setdefault("Authorization", f"Bearer {secret}")
-        return httpx.request(method, f"{self.server.url}/api{path}", headers=headers,
-                             timeout=30, **kwargs)
-
-    def ok(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
-        response = self.call(method, path, **kwargs)
-        assert response.status_code == status, response.text
-        return response.json()
-
-    def upload(self, bundle: Path | bytes, site: str, **params: str) -> dict[str, Any]:
-        body = bundle if isinstance(bundle, bytes) else bundle.read_bytes()
-        data: dict[str, Any] = self.ok("POST", f"/sites/{site}/deploys", 202, content=body,
-                                       params=params,
-                                       headers={"Content-Type": "application/gzip"})
-        return data
-
-    def finished(self, deployment_id: str) -> dict[str, Any]:
-        """Poll until the deployment has ended (bounded in count, not in time)."""
-        data: dict[str, Any] = {}
-        for _ in range(600):
-            data = self.ok("GET", f"/deployments/{deployment_id}")
-            if data["exit_code"] is not None:
-                return data
-            time.sleep(0.05)
-        raise AssertionError(f"deployment {deployment_id} never finished: {data}")
-
-    def deploy(self, bundle: Path | bytes, site: str, **params: str) -> dict[str, Any]:
-        return self.finished(self.upload(bundle, site, **params)["id"])
 
 
 @pytest.fixture(scope="module")

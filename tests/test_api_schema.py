@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from pushsite.config import load_config
 from pushsite.service import Service
 from pushsite.web.api import create_api
-from tests.conftest import Server, serving
+from support.servers import Server, serving
 
 
 @schemathesis.check

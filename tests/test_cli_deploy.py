@@ -21,7 +21,7 @@ from pushsite.cli import cli
 from pushsite.config import load_config
 from pushsite.model import blob_key, manifest_key
 from pushsite.service import Service
-from tests.conftest import deploy, git_bundle, live_manifest
+from support.sites import deploy, git_bundle, live_manifest
 
 
 def tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

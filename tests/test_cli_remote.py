@@ -17,8 +17,9 @@ import pytest
 from pushsite.config import load_config
 from pushsite.remote import api_base
 from pushsite.service import Service
-from tests.conftest import Server, free_port, git, git_bundle, serving
-from tests.test_api import Api
+from support.api import Api
+from support.servers import Server, free_port, serving
+from support.sites import git, git_bundle
 
 
 @pytest.fixture(scope="module")

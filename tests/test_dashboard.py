@@ -16,7 +16,8 @@ import pytest
 
 from pushsite.web.dashboard import human_age, human_bytes, human_duration
 from pushsite.web.session import COOKIE, Session, SessionSigner, load_secret
-from tests.conftest import Server, git, serving, write_files
+from support.servers import Server, serving
+from support.sites import git, write_files
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _DEPLOYMENT = re.compile(r'href="/deployments/([0-9a-z]{26})"')

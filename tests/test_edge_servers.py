@@ -1,7 +1,6 @@
-"""The edge's fast paths through a real `pushsite serve --http-workers 2` on both HTTP servers.
+"""The edge's fast paths through a real `pushsite serve --http-workers 2`.
 
-granian runs the RSGI app (pushsite.edge.rsgi) with the control plane bridged to ASGI; uvicorn
-runs the shortcut protocol (pushsite.edge.uvicorn_shortcut). Either way a cached answer must never
+uvicorn runs the shortcut protocol (pushsite.edge.uvicorn_shortcut): a cached answer must never
 outlive a deploy or a rollback made by another process, conditional and range requests must
 bypass the cache, and the control plane must work as before.
 """
@@ -15,16 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, write_files
+from support.servers import Server, start_server
+from support.sites import write_files
 
 SITE = "fast"
 HOST = f"{SITE}.localhost"
 
 
-@pytest.fixture(params=["granian", "uvicorn"])
-def served(request: pytest.FixtureRequest, _isolated_env: Path) -> Iterator[Server]:
-    running = start_server(_isolated_env,
-                           args=("--http-workers", "2", "--http-server", request.param))
+@pytest.fixture
+def served(_isolated_env: Path) -> Iterator[Server]:
+    running = start_server(_isolated_env, args=("--http-workers", "2"))
     try:
         yield running
     finally:

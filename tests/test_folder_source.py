@@ -19,7 +19,8 @@ from pushsite.config import load_config
 from pushsite.deploy.builder import SMALL_FILE, Counters
 from pushsite.errors import BundleRejected, ConfigError
 from pushsite.service import Service
-from tests.conftest import Server, deploy, live_manifest, write_files
+from support.servers import Server
+from support.sites import deploy, live_manifest, write_files
 
 HEADERS = "/*\n  X-Frame-Options: DENY\n/assets/*\n  Cache-Control: public, max-age=31536000\n"
 REDIRECTS = "/old /new.html 301\n/blog/* /posts/:splat 302\n"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, git, write_files
+from support.servers import Server
+from support.sites import git, write_files
 
 
 def push(repo: Path, url: str, *refspecs: str,

@@ -21,8 +21,8 @@ from pushsite.deploy.gitcommit import SiteRepos
 from pushsite.model import Deployment, Status
 from pushsite.queues.local import LocalQueue
 from pushsite.service import Service
-from tests.conftest import Server, git, start_server
-from tests.test_service import (
+from support.servers import Server, start_server
+from support.service import (
     FifoFeeder,
     alias_of,
     big_files,
@@ -36,6 +36,7 @@ from tests.test_service import (
     stores_blobs,
     wait_for,
 )
+from support.sites import git
 
 INTERRUPTED = "interrupted by a restart; queued again"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, git
+from support.servers import Server
+from support.sites import git
 
 
 class ArchiveHost:

@@ -406,11 +406,13 @@ def make_hooks(
     async def on_push(site: str, event: PushEvent) -> dict[str, Any]:
         if hooks.fail:
             raise hooks.fail
+        if event.tag is not None and not tags:  # as Service.deploy_ref decides
+            return {"ignored": "tag pushes are not deployed for this site"}
         hooks.pushes.append((site, event))
         return {"deployment": f"dep{len(hooks.pushes)}", "status": "queued"}
 
     holder.endpoint = webhook_endpoint(
-        secrets.get, on_push, deploy_tags=lambda site: tags, clock=clock or Clock()
+        secrets.get, on_push, clock=clock or Clock()
     )
     return hooks
 

@@ -227,15 +227,10 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
 @click.option("--http-workers", default=1, show_default=True, type=int,
               help="Processes answering HTTP (the edge scales with cores); one deploy worker "
               "runs beside them either way.")
-@click.option("--http-server", type=click.Choice(["uvicorn", "granian"]), default="uvicorn",
-              show_default=True, envvar="PUSHSITE_HTTP_SERVER",
-              help="The HTTP server (env PUSHSITE_HTTP_SERVER): uvicorn with pushsite's edge "
-              "shortcut measured about 1.4 times granian's requests/s on the edge (make bench).")
 @click.pass_context
 @reports_errors
 def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, store: str | None,
-          state: str | None, queue: str | None, debug: bool, http_workers: int,
-          http_server: str) -> None:
+          state: str | None, queue: str | None, debug: bool, http_workers: int) -> None:
     """Serve every site, the dashboard, the API and the git remote on one port.
 
     \b
@@ -250,8 +245,7 @@ def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, sto
                      public_url=f"http://{base_domain or 'localhost'}:{port}")
     err.print(f"pushsite serving on http://{host}:{port}/  (sites at "
               f"http://<site>.{config.base_domain}:{port}/)", highlight=False, soft_wrap=True)
-    run_server(config, host=host, port=port, workers=http_workers, server=http_server,
-               debug=debug)
+    run_server(config, host=host, port=port, workers=http_workers, debug=debug)
 
 
 @cli.command()
@@ -415,7 +409,7 @@ def tokens_list(ctx: click.Context) -> None:
 @reports_errors
 def tokens_delete(ctx: click.Context, token_id: str) -> None:
     """Revoke a token by its id (`pushsite tokens list` shows ids); it stops working at once."""
-    _service(ctx).state.delete_token(token_id)
+    _service(ctx).delete_token(token_id)
 
 
 @cli.group()
@@ -474,22 +468,13 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
     Example (GitHub: Settings > Webhooks > Add webhook, content type application/json):
       pushsite hooks blog --access-token ghp_... --server-url https://deploy.example.com
     """
-    service = _service(ctx)
-    record = service.site(site)
-    hook = dict(record.settings.get("webhook", {}))
-    if base_url is not None:
-        hook["base_url"] = base_url
-    if access_token is not None:
-        hook["access_token"] = access_token
-    if tags is not None:
-        record.settings["tags"] = tags
-    record.settings["webhook"] = hook
-    service.state.put_site(record)
+    record = _service(ctx).update_site(site, tags=tags, webhook_base_url=base_url,
+                                       webhook_access_token=access_token)
     for provider in ("github", "gitlab", "bitbucket", "gitea"):
         click.echo(f"{provider:<10} {server_url.rstrip('/')}/hooks/{provider}/{record.name}")
     click.echo(f"secret     {record.webhook_secret}")
-    if hook.get("base_url"):
-        click.echo(f"base url   {hook['base_url']}")
+    if record.settings.webhook.base_url:
+        click.echo(f"base url   {record.settings.webhook.base_url}")
 
 
 @cli.command()

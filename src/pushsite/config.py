@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pushsite.errors import ConfigError
+from pushsite.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("wait", float, 60.0, "seconds a git push waits to report the deploy's outcome"),
     Setting("prune_grace", float, 3600.0, "seconds for which prune keeps any blob however "
             "unused: longer than any deploy may take to reference what it found stored"),
+    Setting("lease", float, 30.0, "seconds a runner's lease on a running deployment lasts "
+            "(renewed every third of it; an expired one is taken over)"),
 )
 
 
@@ -64,6 +67,7 @@ class Config:
     max_ratio: int = 0
     wait: float = 60.0
     prune_grace: float = 3600.0
+    lease: float = 30.0
 
     @property
     def staging(self) -> Path:
@@ -78,9 +82,7 @@ class Config:
         scheme, _, rest = self.public_url.partition("://")
         return f"{scheme}://{label}.{rest}/"
 
-    def limits(self) -> Any:
-        from pushsite.deploy.bundle import Limits
-
+    def limits(self) -> Limits:
         values: dict[str, Any] = {
             "max_files": self.max_files,
             "max_file_bytes": self.max_file_mb << 20,
@@ -114,7 +116,7 @@ def load_config(**overrides: Any) -> Config:
     values["public_url"] = (values["public_url"] or default_url).rstrip("/")
     if values["workers"] <= 0:
         values["workers"] = os.cpu_count() or 2
-    for name in ("max_files", "max_file_mb", "max_total_mb", "max_path"):
+    for name in ("max_files", "max_file_mb", "max_total_mb", "max_path", "lease"):
         if values[name] <= 0:
             raise ConfigError(f"setting {name} must be positive, got {values[name]}")
     return Config(home=home, **values)

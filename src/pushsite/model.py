@@ -35,6 +35,43 @@ def branch_alias(branch: str) -> str:
     return f"branch/{branch}"
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Where a site's webhook pushes fetch their archives from (a git host's API)."""
+
+    base_url: str = ""  # a self-hosted host's API base; "" for the public host
+    access_token: str = ""  # for private repositories; never shown back
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "access_token": self.access_token}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> WebhookSettings:
+        data = data if isinstance(data, dict) else {}
+        return cls(str(data.get("base_url") or ""), str(data.get("access_token") or ""))
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """A site's settings as one value; state stores keep it as the dict `to_dict` makes.
+
+    `tags`: tag pushes deploy too (as `tag/<name>` previews), set by `pushsite hooks --tags`,
+    the API or the production branch's pushsite.toml.
+    """
+
+    tags: bool = False
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tags": self.tags, "webhook": self.webhook.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SiteSettings:
+        """Read a stored dict, including older ones with keys left out (or unknown ones)."""
+        data = data if isinstance(data, dict) else {}
+        return cls(bool(data.get("tags", False)), WebhookSettings.from_dict(data.get("webhook")))
+
+
 @dataclass
 class Site:
     name: str
@@ -42,11 +79,13 @@ class Site:
     created: float = field(default_factory=time.time)
     domains: list[str] = field(default_factory=list)
     webhook_secret: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: SiteSettings = field(default_factory=SiteSettings)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record without its secrets (the webhook secret, the git host's token)."""
         data = asdict(self)
         data.pop("webhook_secret")
+        data["settings"]["webhook"].pop("access_token")
         return data
 
 
@@ -70,6 +109,12 @@ class Deployment:
     blobs_reused: int = 0
     error: str = ""
     progress: str = ""  # how far it got, e.g. "1200 files, 34 MB read"
+    # while running: who holds its lease ("<kind>@<host>:<pid>:<nonce>", see service/lease.py)
+    # and until when (epoch seconds, renewed by the runner's heartbeat; 0: never leased)
+    runner: str = ""
+    lease_until: float = 0.0
+    # the pushsite.errors class it stopped with ("internal" for anything else), set on failure
+    error_kind: str = ""
 
     @property
     def seconds(self) -> float | None:
@@ -88,6 +133,30 @@ class Deployment:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["status"] = Status(known.get("status", "queued"))
         return cls(**known)
+
+
+@dataclass(frozen=True)
+class HostedRepo:
+    """A repository on a git host, whose commits' archives a worker fetches (webhooks)."""
+
+    provider: str  # github, gitlab, bitbucket, gitea, forgejo
+    repo: str  # "owner/name"; GitLab: path_with_namespace
+    project_id: str = ""  # GitLab's numeric project id
+
+
+@dataclass(frozen=True)
+class RefOutcome:
+    """What one pushed ref update did (Service.deploy_ref), for the pusher or the git host.
+
+    action: "deploy" (a deployment was queued), "remove" (a preview went with its branch or
+    tag), or "ignore" (`reason` says why).
+    """
+
+    ref: str
+    action: str
+    branch: str = ""  # the deployment's branch: the branch name, or tag/<name> for a tag
+    deployment: Deployment | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 from pushsite.aws.handler import handler
 from pushsite.model import Status
 from pushsite.service import Service
-from tests.aws.test_end_to_end import (
+from support.aws_staging import (
     Proxy,
     Staging,
     big_bundle,

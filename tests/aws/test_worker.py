@@ -16,7 +16,7 @@ from pushsite.model import Status
 from pushsite.service import Service
 from pushsite.service.worker import run_worker
 from pushsite.sources.s3bundle import object_deployment_id, parse_bundle_key
-from tests.aws.test_end_to_end import (
+from support.aws_staging import (
     Staging,
     big_bundle,
     deployments,

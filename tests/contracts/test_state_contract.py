@@ -9,7 +9,17 @@ import pytest
 
 from pushsite.errors import DeploymentNotFound, DomainConflict, SiteNotFound
 from pushsite.ids import new_id
-from pushsite.model import PRODUCTION, Deployment, LogLine, Site, Status, Token, branch_alias
+from pushsite.model import (
+    PRODUCTION,
+    Deployment,
+    LogLine,
+    Site,
+    SiteSettings,
+    Status,
+    Token,
+    WebhookSettings,
+    branch_alias,
+)
 from pushsite.state import StateStore, open_state_store
 
 BACKENDS = ["sqlite", "dynamodb"]  # every backend, unconditionally: a rename fails loudly
@@ -40,10 +50,12 @@ def _line(deployment_id: str, message: str, stage: str = "read") -> LogLine:
 
 # sites -------------------------------------------------------------------------------------
 def test_site_round_trip_and_listing(state: StateStore) -> None:
-    state.put_site(Site("blog", production_branch="trunk", settings={"publish": "dist"}))
+    settings = SiteSettings(tags=True, webhook=WebhookSettings("https://git.example", "t0k"))
+    state.put_site(Site("blog", production_branch="trunk", settings=settings))
     state.put_site(Site("docs"))
     blog = state.get_site("blog")
-    assert (blog.production_branch, blog.settings) == ("trunk", {"publish": "dist"})
+    assert (blog.production_branch, blog.settings) == ("trunk", settings)
+    assert state.get_site("docs").settings == SiteSettings()
     assert sorted(s.name for s in state.list_sites()) == ["blog", "docs"]
     state.put_site(Site("blog", production_branch="main"))
     assert state.get_site("blog").production_branch == "main"
@@ -117,8 +129,10 @@ def test_update_with_expect_status_is_compare_and_set(state: StateStore) -> None
     assert state.update_deployment(deployment, expect_status=Status.QUEUED) is False
     stored = state.get_deployment(deployment.id)
     assert (stored.status, stored.error) == (Status.RUNNING, "")
+    deployment.error_kind = "BundleRejected"
     assert state.update_deployment(deployment) is True
-    assert state.get_deployment(deployment.id).status == Status.FAILED
+    stored = state.get_deployment(deployment.id)
+    assert (stored.status, stored.error_kind) == (Status.FAILED, "BundleRejected")
 
 
 def test_list_deployments_newest_first_with_filters_and_paging(state: StateStore) -> None:

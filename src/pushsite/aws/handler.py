@@ -18,6 +18,11 @@ With PUSHSITE_MIRROR set (`s3://hosting-bucket[/prefix]`, as the template sets i
 deployment that went live on production is also mirrored to `<mirror>/<site>/` as plain files
 (mirror.py), for S3 website hosting or a CDN; a failed mirror is retried with the message.
 
+Each invocation first runs Service.recover (at most once per lease in a container): a
+deployment whose runner stopped renewing its lease (a killed invocation, a dead worker) is
+taken over or failed cleanly, so nothing waits for a `serve` restart. Deployments run here
+hold leases as runner `lambda`.
+
 Settings come from PUSHSITE_* variables (config.py); the Service is kept for the container's
 life, as Lambda reuses it between invocations.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,11 +40,12 @@ from pushsite.config import load_config
 from pushsite.model import PRODUCTION
 from pushsite.queues import QueueItem
 from pushsite.service import Service
-from pushsite.service.worker import dispatch
+from pushsite.service.worker import dispatch, recover
 
 MARGIN = 10.0  # seconds kept for recording the outcome (at most a tenth of what is left)
 _logger = logging.getLogger("pushsite.aws")
 _services: dict[tuple[str, str, str], Service] = {}
+_recovered: dict[int, float] = {}  # id(service) -> monotonic time of its last recovery
 
 
 class LambdaContext(Protocol):
@@ -50,12 +57,25 @@ class LambdaContext(Protocol):
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Deploy what the event names; for SQS batches, report the records to retry."""
     service = _service()
+    _recover(service)
     records = event.get("Records") or []
     if records and records[0].get("eventSource") == "aws:sqs":
         return _sqs_batch(service, records, context)
     item = QueueItem(body=event, receipt="", attempts=1)
     _mirror(service, dispatch(service, item, timeout=_time_left(context)))
     return {}
+
+
+def _recover(service: Service) -> None:
+    """Service.recover, at most once per lease in this container (each lists the running
+    and queued deployments); a failure is logged and the deploys go on."""
+    now = time.monotonic()
+    if now < _recovered.get(id(service), float("-inf")) + service.lease:
+        return
+    _recovered[id(service)] = now
+    settled = recover(service)
+    if settled:
+        _logger.info("recovered %d deployment(s): %s", len(settled), ", ".join(settled))
 
 
 def _sqs_batch(service: Service, records: list[dict[str, Any]],
@@ -124,4 +144,5 @@ def _service() -> Service:
     key = (config.store, config.state, config.queue)
     if key not in _services:
         _services[key] = Service(config)
+        _services[key].runner_kind = "lambda"
     return _services[key]

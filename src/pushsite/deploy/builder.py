@@ -256,9 +256,9 @@ class ManifestBuilder:
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
                          if enc and encode.worth_keeping(n, total)}
-            refs = {enc: self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
-                    for enc in ("", *encodings)}
-            self._record(path, self._new_entry(sha, total, content_type, encodings, git, refs),
+            adopted = {enc: self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
+                       for enc in ("", *encodings)}
+            self._record(path, self._new_entry(sha, total, content_type, encodings, git, adopted),
                          True, stored=sum(sizes[e] for e in ("", *encodings)))
         finally:
             for handle, tmp in outputs.values():
@@ -327,15 +327,15 @@ class ManifestBuilder:
                 continue
             variants = {"": item.data, **encode.variants(item.data, content_type)}
             meta = {"content-type": content_type, "sha256": sha}
-            refs = {}
+            added: dict[str, str | None] = {}
             for enc, blob in variants.items():
                 if packer is not None:
-                    refs[enc] = packer.add(blob_key(sha, enc), blob)
+                    added[enc] = packer.add(blob_key(sha, enc), blob)
                 else:
                     target.store.put(blob_key(sha, enc), blob,
                                      meta | {"content-encoding": enc} if enc else meta)
             encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
-            entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, refs)
+            entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, added)
             self._record(item.path, entry, True, sum(map(len, variants.values())))
 
     def _open(self) -> Target:

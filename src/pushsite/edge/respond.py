@@ -1,8 +1,8 @@
 """The edge: the HTTP logic that serves every site's files (`Edge.respond`), an ASGI app.
 
-`pushsite serve` runs it under granian through RSGI (pushsite.edge.rsgi) or under uvicorn with
-a parser-level shortcut (pushsite.edge.uvicorn_shortcut); both reuse whole cached answers
-(`Edge.cached`) for plain GET/HEAD requests while the host serves the same deployment.
+`pushsite serve` runs it under uvicorn with a parser-level shortcut
+(pushsite.edge.uvicorn_shortcut) that reuses whole cached answers (`Edge.cached`) for plain
+GET/HEAD requests while the host serves the same deployment.
 
 Host -> deployment (hosts.py, the alias read on every request) -> manifest (cached by
 deployment id) -> file -> blob variant (cached by hash; large ones streamed from the store).
@@ -328,11 +328,10 @@ class Answer:
     """A finished response: status, headers, body, and for a streamed blob the rest of it.
 
     An answer without a stream is immutable once built, so the edge may hand the same one to
-    many requests (see Edge.cached); `rsgi_headers` is the header list in RSGI's str form,
-    converted once per answer.
+    many requests (see Edge.cached).
     """
 
-    __slots__ = ("status", "headers", "body", "rest", "_rsgi", "_wire")
+    __slots__ = ("status", "headers", "body", "rest", "_wire")
 
     def __init__(
         self,
@@ -345,7 +344,6 @@ class Answer:
         self.headers = headers
         self.body = body  # for a stream: its first chunk, read before the status goes out
         self.rest = rest  # the stream's remaining chunks, or None
-        self._rsgi: list[tuple[str, str]] | None = None
         self._wire: bytes | None = None
 
     @property
@@ -357,15 +355,6 @@ class Answer:
                 [name + b": " + value + b"\r\n" for name, value in self.headers] + [b"\r\n"]
             )
         return wire
-
-    @property
-    def rsgi_headers(self) -> list[tuple[str, str]]:
-        headers = self._rsgi
-        if headers is None:
-            headers = self._rsgi = [
-                (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.headers
-            ]
-        return headers
 
 
 def _answer(plan: _Plan, head: bool, extra: Headers | None = None) -> Answer:
@@ -383,7 +372,7 @@ AnswerKey = tuple[str, bytes, str, "str | None", bool]
 
 class Edge:
     """Serves the sites, with bounded in-memory caches: `respond` is the whole HTTP logic,
-    the ASGI `__call__` (and pushsite.edge.rsgi) only carry requests and answers."""
+    the ASGI `__call__` (and the uvicorn shortcut) only carry requests and answers."""
 
     def __init__(
         self,

@@ -44,6 +44,14 @@ class ServiceBase:
         self._sinks = sinks_from_env()
         # called with each manifest built here before its alias moves (the edge caches it)
         self.manifest_listeners: list[Callable[[Manifest], None]] = []
+        # what kind of runner this process is, in the leases of the deployments it runs:
+        # cli, serve, worker or lambda (each entry point says; see service/lease.py)
+        self.runner_kind = "cli"
+
+    @property
+    def lease(self) -> float:
+        """Seconds a runner's lease lasts; its heartbeat renews it every third of that."""
+        return self.config.lease
 
     @property
     def store(self) -> ObjectStore:
@@ -125,9 +133,10 @@ class ServiceBase:
             yield handle
 
     def _resumable(self, bundle_key: str) -> bool:
-        """Its bundle can be read again: a pushed commit, or a file still in staging ("" is a
-        stream `pushsite deploy` read once and never staged)."""
-        return bundle_key.startswith("git:") or bool(
+        """Its bundle can be read again: a pushed commit, an object in a staging bucket (a
+        run finds out if it is gone), or a file still in staging ("" is a stream
+        `pushsite deploy` read once and never staged)."""
+        return bundle_key.startswith("git:") or in_bucket(bundle_key) or bool(
             bundle_key and (self.config.staging / bundle_key).exists())
 
     def manifest(self, deployment_id: str) -> Manifest:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
+from collections.abc import Iterator
 
 from pushsite.errors import (
+    BackendUnavailable,
     DeploymentNotFound,
 )
 from pushsite.model import (
@@ -14,8 +15,12 @@ from pushsite.model import (
     Status,
 )
 from pushsite.queues import QueueItem
-from pushsite.service.base import DEFAULT_TIMEOUT, in_bucket
+from pushsite.service.base import DEFAULT_TIMEOUT
+from pushsite.service.lease import Runner, lease_end, who_stopped
 from pushsite.service.running import Running
+
+RESEND_EVERY = 10  # leases between two re-sends of a queued deployment's message
+FETCH_WAITS = 86_400.0  # seconds a webhook's queued deployment may wait for its message
 
 
 class Queueing(Running):
@@ -25,7 +30,9 @@ class Queueing(Running):
         """Handle one queue message: run its deployment unless a newer one superseded it.
 
         A timed-out deployment runs again from where its blobs got to; a running one is taken
-        over only when its message comes back (see _take_over).
+        over only when its message comes back and its lease ran out (see _take_over). Raises
+        when the message must stay on the queue: a backend outage, or a failure that could
+        not be recorded; returns when the outcome is on the deployment's record.
         """
         deployment_id = item.body.get("deployment")
         if not deployment_id:
@@ -50,55 +57,121 @@ class Queueing(Running):
                 self._discard_staged(deployment)
                 self._note(deployment, "info", "skipped", deployment.error)
             return
-        # run and _fetch record any error on the deployment and its log; one that is no
-        # PushsiteError (a bug, an OS error) must not end the worker that called us either
-        with contextlib.suppress(Exception):
+        try:
             if "fetch" in item.body and not deployment.bundle_key:
                 self._fetch(deployment, item.body["fetch"])
             self.run(deployment_id, timeout=timeout)
+        except Exception as exc:
+            if not self._settled(deployment_id, exc):
+                raise  # an outage: the message stays on the queue and is retried
+            # recorded on the deployment (failed, timed out, cancelled) and in its log: the
+            # message is done; the error was the deployment's, not the worker's
+
+    def _settled(self, deployment_id: str, exc: Exception) -> bool:
+        """Whether a failed run's outcome is on record for good. Not when the deployment was
+        handed back to the queue for an outage, nor when nothing could be recorded (still
+        `running`: its lease runs out and a recovery settles it). Reading the record needs
+        the state: when that is down too, this raises and the message stays."""
+        current = self.state.get_deployment(deployment_id)
+        if current.status == Status.RUNNING:
+            return False
+        return not (current.status == Status.QUEUED and isinstance(exc, BackendUnavailable))
 
     def _take_over(self, deployment: Deployment) -> Deployment:
-        """Queue again a running deployment whose message the queue delivered again.
-
-        A worker keeps its message hidden while it runs (worker.py's heartbeat), so a message
-        that comes back means that worker stopped: this one resumes the deployment (stored
-        blobs are reused). `remember` on the interrupted run's start lets one taker win.
-        """
-        if not self.state.remember(f"takeover:{deployment.id}:{deployment.started}"):
+        """A running deployment whose message the queue delivered again: if its lease ran
+        out (its runner stopped), take it over here; a live runner's is left alone."""
+        if lease_end(deployment, self.lease) > time.time():
             return deployment
-        deployment.status = Status.QUEUED
-        if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-            self._note(deployment, "warning", "accept", "its worker stopped (the queue "
-                       "delivered it again); taken over, stored blobs are reused")
+        self._take_over_expired(deployment, send=False)
         return self.state.get_deployment(deployment.id)
 
-    def recover(self) -> list[str]:
-        """After a restart: deployments left running were interrupted; queue them again.
-
-        Bundles in a staging bucket are left to their queue: other machines may run them.
-        """
-        requeued = []
-        for deployment in self.state.list_deployments(status=Status.RUNNING, limit=1000):
-            if in_bucket(deployment.bundle_key):
-                continue
-            if not self._resumable(deployment.bundle_key):
-                deployment.status = Status.FAILED
-                deployment.error = ("interrupted by a restart, and its bundle is gone (a "
-                                    "streamed deploy cannot resume); deploy it again")
-                deployment.finished = time.time()
-                if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-                    self._note(deployment, "error", "failed", deployment.error)
-                continue
+    def _take_over_expired(self, deployment: Deployment, *, send: bool) -> bool:
+        """Take over a running deployment whose lease ran out: queue it again (with a new
+        message when `send`) if its bundle can be read again, else fail it. The lease is
+        claimed first, with a compare on the expired one, so one taker wins and a runner
+        that renewed meanwhile keeps its deployment. True when this call took it over."""
+        who = who_stopped(deployment, self.lease)
+        me = str(Runner.here(self.runner_kind))
+        if not self.state.claim_lease(deployment.id, me, time.time() + self.lease,
+                                      holder=deployment.runner,
+                                      held_until=deployment.lease_until):
+            return False
+        deployment.runner = me
+        if self._resumable(deployment.bundle_key):
             deployment.status = Status.QUEUED
-            if self.state.update_deployment(deployment, expect_status=Status.RUNNING):
-                self._note(deployment, "warning", "accept", "interrupted by a restart; queued "
-                           "again (stored blobs are reused)")
-                self.queue.send({"deployment": deployment.id})
-                requeued.append(deployment.id)
-        # queued ones whose message may have been lost between recording and sending (a
-        # duplicate message is harmless: only one runner wins queued -> running)
-        for deployment in self.state.list_deployments(status=Status.QUEUED, limit=1000):
-            if not in_bucket(deployment.bundle_key) and self._resumable(deployment.bundle_key):
-                self.queue.send({"deployment": deployment.id})
-                requeued.append(deployment.id)
-        return requeued
+            note = f"{who}; taken over: queued again (stored blobs are reused)"
+            level = "warning"
+        else:
+            deployment.status = Status.FAILED
+            deployment.error = (f"{who}; taken over, but its bundle cannot be read again (a "
+                                "streamed deploy cannot resume): deploy it again")
+            deployment.error_kind = "DeploymentFailed"
+            deployment.finished = time.time()
+            note, level = deployment.error, "error"
+        if not self.state.update_deployment(deployment, expect_status=Status.RUNNING,
+                                            expect_runner=me):
+            return False  # cancelled meanwhile
+        self._note(deployment, level, "accept", note)
+        if deployment.status == Status.FAILED:
+            self._discard_staged(deployment)
+        elif send:
+            self.queue.send({"deployment": deployment.id})
+        return True
+
+    def recover(self, page: int = 1000) -> list[str]:
+        """Settle what no live runner will finish; safe to run anywhere, at any time.
+
+        - running deployments whose lease ran out: taken over (queued again, or failed when
+          their bundle cannot be read again); a live runner's lease keeps its deployment;
+        - queued ones older than a lease: re-sent when their bundle can be read again (their
+          message may be lost; a duplicate is harmless, one runner wins queued -> running),
+          at most once a RESEND_EVERY leases; failed when nothing can ever run them (a
+          `pushsite deploy` stopped between accepting and starting; a webhook's after a day).
+
+        Every deployment is looked at, `page` at a time. Returns the ids taken over,
+        re-sent or failed.
+        """
+        now = time.time()
+        settled = []
+        for deployment in self._every(Status.RUNNING, page):
+            if lease_end(deployment, self.lease) <= now and self._take_over_expired(
+                    deployment, send=True):
+                settled.append(deployment.id)
+        window = int(now // (self.lease * RESEND_EVERY))
+        for deployment in self._every(Status.QUEUED, page):
+            if now - deployment.created < self.lease:
+                continue
+            if self._resumable(deployment.bundle_key):
+                if self.state.remember(f"resend:{deployment.id}:{window}"):
+                    self.queue.send({"deployment": deployment.id})
+                    settled.append(deployment.id)
+            elif self._never_runs(deployment, now):
+                settled.append(deployment.id)
+        return settled
+
+    def _never_runs(self, deployment: Deployment, now: float) -> bool:
+        """Fail a queued deployment that no message or runner can start any more."""
+        fetching = deployment.source.startswith("webhook:")  # its message holds the fetch
+        if fetching and now - deployment.created < FETCH_WAITS:
+            return False
+        deployment.status = Status.FAILED
+        deployment.error = ("its webhook's message never came in a day; push again" if fetching
+                            else "its runner stopped before starting it, and its bundle "
+                            "cannot be read again (a streamed deploy cannot resume): deploy "
+                            "it again")
+        deployment.error_kind = "DeploymentFailed"
+        deployment.finished = now
+        if not self.state.update_deployment(deployment, expect_status=Status.QUEUED):
+            return False
+        self._note(deployment, "error", "failed", deployment.error)
+        return True
+
+    def _every(self, status: Status, page: int) -> Iterator[Deployment]:
+        """Every deployment with a status, newest first, `page` at a time (cursor: the id)."""
+        before = None
+        while True:
+            batch = self.state.list_deployments(status=status, limit=page, before=before)
+            yield from batch
+            if len(batch) < page:
+                return
+            before = batch[-1].id

@@ -18,6 +18,7 @@ from pushsite.deploy.later import Later
 from pushsite.deploy.memory import cap_arenas, trimmed_heap
 from pushsite.deploy.tarball import deploy_bundle
 from pushsite.errors import (
+    BackendUnavailable,
     DeploymentCancelled,
     DeploymentFailed,
     DeploymentNotFound,
@@ -35,6 +36,7 @@ from pushsite.model import (
     manifest_key,
 )
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
+from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
 
 
@@ -61,7 +63,11 @@ class Running(ServiceBase):
         git commit, or the staged bundle, in that order.
 
         Only one runner wins the queued -> running step, so a deployment delivered twice
-        runs once. With `timeout`, the pipeline stops `deadline_margin` before it.
+        runs once; the winner holds the deployment's lease and a heartbeat renews it while
+        it runs (service/lease.py). With `timeout`, the pipeline stops `deadline_margin`
+        before it. Every failure after that step is recorded (_stopped): an outage of the
+        store or the state puts a resumable deployment back to `queued` and raises
+        BackendUnavailable (a queue message is then retried), anything else fails it.
         """
         deployment = self.state.get_deployment(deployment_id)
         if deployment.status not in (Status.QUEUED, Status.TIMED_OUT):
@@ -71,11 +77,34 @@ class Running(ServiceBase):
         deployment.status = Status.RUNNING
         deployment.started = time.time()
         deployment.error = ""
+        deployment.runner = str(Runner.here(self.runner_kind))
+        deployment.lease_until = deployment.started + self.lease
         if not self.state.update_deployment(deployment, expect_status=previous):
             return self.state.get_deployment(deployment_id)
         log = self.log_for(deployment)
+        builder: ManifestBuilder | None = None
+        try:
+            with Heartbeat(self.state, deployment, self.lease) as beat:
+                builder = self._builder(deployment, ran_before, log, beat, timeout, progress)
+                with trimmed_heap():
+                    return self._run_pipeline(deployment, builder, log, bundle, folder)
+        except BaseException as exc:
+            if builder is not None:
+                self._apply_counters(deployment, builder.counters)
+            retry = bundle is None and folder is None and self._resumable(deployment.bundle_key)
+            self._stopped(deployment, exc, log, retry=retry)
+            raise
+        finally:
+            log.flush()
+
+    def _builder(self, deployment: Deployment, ran_before: bool, log: DeployLog,
+                 beat: Heartbeat, timeout: float | None,
+                 progress: Callable[[Counters], None] | None) -> ManifestBuilder:
+        """The deployer for one run. Opening the store and reading the previous manifest
+        happen here (or on a thread the builder awaits), inside the run's recording `try`."""
         limit = None if timeout is None else max(timeout - deadline_margin(timeout), 0.0)
-        deadline = Deadline.after(limit, cancelled=lambda: self._is_cancelled(deployment_id))
+        deadline = Deadline.after(limit, cancelled=lambda: _lease_lost(deployment, beat)
+                                  or self._is_cancelled(deployment.id))
         # a push needs the previous table whole (paths and git ids); a bundle only which
         # blobs are stored with which variants, read without building 100,000 entries
         from_git = deployment.bundle_key.startswith("git:")
@@ -85,19 +114,39 @@ class Running(ServiceBase):
         else:  # the store opens, and the previous blobs are read, while files are read
             target = Later.start(partial(self._deploy_setup, deployment, ran_before, from_git),
                                  name="store-open")
-        builder = ManifestBuilder(target, log, deadline, workers=self.config.workers,
-                                  progress=progress,
-                                  previous=self._previous_manifest(deployment) if from_git
-                                  else None)
+        return ManifestBuilder(target, log, deadline, workers=self.config.workers,
+                               progress=progress,
+                               previous=self._previous_manifest(deployment) if from_git
+                               else None)
+
+    def _stopped(self, deployment: Deployment, exc: BaseException, log: DeployLog, *,
+                 retry: bool) -> None:
+        """Record why a run stopped: a backend outage (BackendUnavailable) gives a deployment
+        whose bundle can be read again (`retry`) back to the queue, anything else fails it.
+
+        When even that cannot be written (the state is down), `exc` carries a note saying
+        so and the deployment stays `running` under a lease nobody renews: a recovery takes
+        it over once the lease runs out. Nothing is swallowed: the caller re-raises `exc`.
+        """
         try:
-            with trimmed_heap():
-                return self._run_pipeline(deployment, builder, log, bundle, folder)
-        except BaseException as exc:
-            self._apply_counters(deployment, builder.counters)
-            self._fail(deployment, exc, log)
-            raise
-        finally:
-            log.flush()
+            if retry and isinstance(exc, BackendUnavailable):
+                self._requeue(deployment, exc, log)
+            else:
+                self._fail(deployment, exc, log)
+        except Exception as unrecorded:  # noqa: BLE001 - noted on exc, which is re-raised
+            exc.add_note(f"recording this on deployment {deployment.id} failed too "
+                         f"({unrecorded}); its lease runs out and a recovery settles it")
+
+    def _requeue(self, deployment: Deployment, exc: BaseException, log: DeployLog) -> None:
+        deployment.status = Status.QUEUED
+        if self.state.update_deployment(deployment, expect_status=Status.RUNNING,
+                                        expect_runner=deployment.runner):
+            log.warning("accept", f"stopped: {exc}; queued again for a retry (stored blobs "
+                        "are reused)", error=type(exc).__name__)
+            return
+        current = self.state.get_deployment(deployment.id)
+        log.warning("accept", f"stopped ({exc}); the deployment is already "
+                    f"{current.status}, which stands", error=type(exc).__name__)
 
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                       bundle: BinaryIO | None, folder: Path | None = None) -> Deployment:
@@ -198,18 +247,32 @@ class Running(ServiceBase):
         return None
 
     def run_manifest(self, deployment: Deployment, manifest: Manifest) -> Deployment:
-        """Finish a deployment whose manifest was built elsewhere (a git push, a redeploy)."""
+        """Finish a deployment recorded `running` whose manifest was built elsewhere (a
+        redeploy): it takes the lease first, and every failure is recorded as in `run`."""
         log = self.log_for(deployment)
         try:
-            self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
-                           {"content-type": "application/json"})
-            self.store.flush()
-            return self._complete(deployment, log)
+            self._hold(deployment)
+            with Heartbeat(self.state, deployment, self.lease):
+                self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
+                               {"content-type": "application/json"})
+                self.store.flush()
+                return self._complete(deployment, log)
         except BaseException as exc:
-            self._fail(deployment, exc, log)
+            self._stopped(deployment, exc, log, retry=False)
             raise
         finally:
             log.flush()
+
+    def _hold(self, deployment: Deployment) -> None:
+        """Take the lease of a deployment created `running` with none (or its creator's)."""
+        runner = str(Runner.here(self.runner_kind))
+        until = time.time() + self.lease
+        if not self.state.claim_lease(deployment.id, runner, until, holder=deployment.runner,
+                                      held_until=deployment.lease_until):
+            current = self.state.get_deployment(deployment.id)
+            raise DeploymentFailed(f"deployment {deployment.id} is {current.status} under "
+                                   "another runner's lease; it was not run here")
+        deployment.runner, deployment.lease_until = runner, until
 
     def _apply_counters(self, deployment: Deployment, counters: Counters) -> None:
         deployment.files = counters.files
@@ -253,9 +316,11 @@ class Running(ServiceBase):
     def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
         deployment.status = Status.READY
         deployment.finished = time.time()
-        if not self.state.update_deployment(deployment, expect_status=Status.RUNNING):
+        if not self.state.update_deployment(deployment, expect_status=Status.RUNNING,
+                                            expect_runner=deployment.runner):
             # another delivery of it finished first (the same manifest: that result stands),
-            # or a cancel (or a restart's recovery) got in after the last stop check
+            # or a cancel (or a recovery that took over an expired lease) got in after the
+            # last stop check
             current = self.state.get_deployment(deployment.id).status
             if current.servable:
                 return self.state.get_deployment(deployment.id)
@@ -288,7 +353,9 @@ class Running(ServiceBase):
         deployment.error_kind = (type(exc).__name__ if isinstance(exc, PushsiteError)
                                  else "internal")
         deployment.finished = time.time()
-        if not self.state.update_deployment(deployment, expect_status=was):
+        holder = deployment.runner if was == Status.RUNNING else None
+        if not self.state.update_deployment(deployment, expect_status=was,
+                                            expect_runner=holder):
             # someone else settled it meanwhile (a cancel, a worker that took it over and
             # finished): their outcome stands
             current = self.state.get_deployment(deployment.id)
@@ -336,6 +403,15 @@ class Running(ServiceBase):
         if old.status == Status.LIVE and not pointed:
             old.status = Status.READY
             self.state.update_deployment(old)
+
+
+def _lease_lost(deployment: Deployment, beat: Heartbeat) -> bool:
+    """Stop a run whose lease another runner took (this one could not renew it in time)."""
+    if beat.lost.is_set():
+        raise DeploymentFailed(f"deployment {deployment.id} was taken over by another runner "
+                               "(this one could not renew its lease in time); that runner "
+                               "finishes it")
+    return False
 
 
 def _sealed_blobs(refs: dict[str, str]) -> dict[str, Known]:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import subprocess
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import BinaryIO
 
 from pushsite import ids, names
+from pushsite.deploy.gitcommit import SiteRepos
 from pushsite.errors import (
     AliasConflict,
     ConfigError,
+    DeploymentCancelled,
     DeploymentNotFound,
     NotFound,
     SiteNotFound,
@@ -23,10 +28,13 @@ from pushsite.errors import (
 from pushsite.model import (
     PRODUCTION,
     Deployment,
+    HostedRepo,
+    RefOutcome,
     Site,
     Status,
     Token,
     branch_alias,
+    manifest_key,
 )
 from pushsite.service import housekeeping, tokens
 from pushsite.service.base import DEFAULT_TIMEOUT
@@ -36,6 +44,20 @@ from pushsite.service.running import deadline_margin
 __all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
 
 _COPY_CHUNK = 1 << 20
+_PAGE = 500  # deployments per state query when a verb must see all of a site's
+ZERO = "0" * 40  # a ref's old or new id when it is created or deleted
+
+
+def _is_zero(oid: str) -> bool:
+    """A ref's missing side: git's all-zero id ("" is an id a host left out)."""
+    return bool(oid) and oid.strip("0") == ""
+
+
+def _peeled(repo: Path, oid: str) -> str:
+    """An annotated tag names a tag object; the commit it points at is what deploys."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{oid}^{{commit}}"],
+                          capture_output=True, text=True, cwd=repo, check=False)
+    return done.stdout.strip() or oid
 
 
 class Service(Queueing):
@@ -69,6 +91,63 @@ class Service(Queueing):
         site = self.site(site_name)
         self.state.release_domain(names.check_host(host), site.name)
         return self.state.get_site(site.name)
+
+    def create_site(self, name: str, production_branch: str = "main") -> Site:
+        """A new site, on purpose (a deploy to an unknown name creates one too)."""
+        names.check_site_name(name)
+        names.check_branch_name(production_branch)
+        try:
+            self.state.get_site(name)
+        except SiteNotFound:
+            pass
+        else:
+            raise ConfigError(f"site {name!r} already exists; change its settings instead")
+        site = Site(name, production_branch, webhook_secret=secrets.token_hex(20))
+        self.state.put_site(site)
+        return site
+
+    def update_site(self, name: str, *, production_branch: str | None = None,
+                    tags: bool | None = None, webhook_base_url: str | None = None,
+                    webhook_access_token: str | None = None) -> Site:
+        """Change a site's record and settings; a value left as None stays as it is."""
+        site = self.site(name)
+        if production_branch is not None:
+            site.production_branch = names.check_branch_name(production_branch)
+        hook = site.settings.webhook
+        if webhook_base_url is not None:
+            hook = replace(hook, base_url=webhook_base_url.strip())
+        if webhook_access_token is not None:
+            hook = replace(hook, access_token=webhook_access_token)
+        site.settings = replace(site.settings, webhook=hook,
+                                tags=site.settings.tags if tags is None else tags)
+        self.state.put_site(site)
+        return site
+
+    def delete_site(self, name: str) -> None:
+        """Delete a site: its record and settings, domains, aliases, deployments and logs,
+        their manifests, and its git repository. Its blobs go at the next prune (other sites
+        may share them). A site with a queued or running deployment is kept."""
+        site = self.site(name)
+        for status in (Status.QUEUED, Status.RUNNING):
+            busy = self.state.list_deployments(site.name, status=status, limit=1)
+            if busy:
+                raise ConfigError(f"deployment {busy[0].id} of site {site.name} is {status}; "
+                                  "cancel it or wait for it, then delete the site")
+        doomed = [manifest_key(d.id) for d in self._every_deployment(site.name)]
+        self.state.delete_site(site.name)  # first: the edge stops serving it at once
+        self.store.delete(doomed)
+        shutil.rmtree(SiteRepos(self.config.repos).path(site.name), ignore_errors=True)
+
+    def _every_deployment(self, site_name: str) -> list[Deployment]:
+        """All of a site's deployments, page by page (no cap on how many)."""
+        found: list[Deployment] = []
+        before = None
+        while True:
+            page = self.state.list_deployments(site_name, limit=_PAGE, before=before)
+            found += page
+            if len(page) < _PAGE:
+                return found
+            before = page[-1].id
 
     # accepting -------------------------------------------------------------------------------
     def accept(
@@ -178,6 +257,66 @@ class Service(Queueing):
 
 
 
+    def deploy_ref(self, site_name: str, ref: str, old: str, new: str, *, message: str = "",
+                   hosted: HostedRepo | None = None) -> RefOutcome:
+        """Decide what one pushed ref update does, do it, and say what it did.
+
+        A branch push queues a deployment of its commit; a deleted branch loses its preview
+        (never production). A tag does the same as the branch `tag/<name>`, only when the site
+        deploys tags. Any other ref is ignored. The commit is in the site's own repository (a
+        git push: an annotated tag is peeled to its commit), or, with `hosted`, on a git host
+        whose archive a worker fetches (a webhook).
+        """
+        site = self.site(site_name, create=hosted is None)  # a push may create its site
+        if ref.startswith("refs/heads/"):
+            branch = ref.removeprefix("refs/heads/")
+        elif ref.startswith("refs/tags/") and site.settings.tags:
+            branch = "tag/" + ref.removeprefix("refs/tags/")
+        elif ref.startswith("refs/tags/"):
+            return RefOutcome(ref, "ignore", reason="tag pushes are not deployed for this site "
+                              "(they are with `tags = true` in pushsite.toml, or `pushsite "
+                              "hooks --tags`)")
+        else:
+            return RefOutcome(ref, "ignore", reason="only branch and tag refs are deployed")
+        if _is_zero(new):
+            if _is_zero(old):  # created and deleted at once: a host's test delivery
+                return RefOutcome(ref, "ignore", branch, reason="the ref did not change")
+            self.delete_branch(site.name, branch)
+            return RefOutcome(ref, "remove", branch)
+        if hosted is not None:
+            deployment = self.accept_fetch(site.name, branch, hosted.provider, hosted.repo, new,
+                                           message, hosted.project_id)
+            return RefOutcome(ref, "deploy", branch, deployment)
+        repos = SiteRepos(self.config.repos)
+        commit = _peeled(repos.path(site.name), new) if branch.startswith("tag/") else new
+        deployment = self.accept_commit(site.name, branch, commit,
+                                        message or repos.commit_message(site.name, commit))
+        return RefOutcome(ref, "deploy", branch, deployment)
+
+    def redeploy(self, deployment_id: str) -> Deployment:
+        """A new deployment with an earlier one's files, on its branch: no bundle is read and
+        no blob written, only its manifest copied under a fresh id (so it wins the branch's
+        aliases). Runs to its end here, recorded like any run; raises DeploymentFailed (or a
+        subclass) when it fails."""
+        original = self.state.get_deployment(deployment_id)
+        if not original.status.servable:
+            raise ConfigError(f"deployment {original.id} is {original.status} and has no "
+                              "manifest to redeploy; deploy its files again instead")
+        manifest = self.manifest(original.id)
+        now = time.time()
+        deployment = Deployment(
+            ids.new_id(now), original.site, original.branch, Status.RUNNING,
+            commit=original.commit, source="redeploy", created=now, started=now,
+            message=f"redeploy of {original.id}" + (f": {original.message}"
+                                                      if original.message else ""),
+            files=len(manifest.files), bytes_in=sum(e.size for e in manifest.files.values()),
+            blobs_reused=len({e.hash for e in manifest.files.values()}))
+        copy = replace(manifest, deployment_id=deployment.id, created=now)
+        self.state.create_deployment(deployment)
+        self._note(deployment, "info", "accept", f"redeploying the {deployment.files} files "
+                   f"of {original.id} to {deployment.branch}")
+        return self.run_manifest(deployment, copy)
+
     # aliases -----------------------------------------------------------------------------------
 
     def rollback(self, site_name: str, deployment_id: str | None = None) -> Deployment:
@@ -227,6 +366,7 @@ class Service(Queueing):
         for status in (Status.QUEUED, Status.RUNNING):
             deployment.status = Status.CANCELLED
             deployment.error = "cancelled"
+            deployment.error_kind = DeploymentCancelled.__name__
             deployment.finished = time.time()
             if self.state.update_deployment(deployment, expect_status=status):
                 if status == Status.QUEUED:
@@ -261,6 +401,16 @@ class Service(Queueing):
     def check_token(self, secret: str, site: str | None = None,
                     scope: str = "deploy") -> Token:
         return tokens.check_token(self.state, secret, site, scope)
+
+    def delete_token(self, token_id: str, site: str | None = None) -> Token:
+        """Revoke a token by id; with `site`, only a token limited to that site (what a site's
+        admin may manage). It stops working at once."""
+        for token in self.state.list_tokens():
+            if token.id == token_id and (site is None or token.site == site):
+                self.state.delete_token(token.id)
+                return token
+        raise NotFound(f"no token with id {token_id!r} that you may manage; "
+                       "`pushsite tokens list` (or GET /api/tokens) lists them")
 
     # dashboard sessions ------------------------------------------------------------------------
     def end_session(self, session_id: str) -> None:

@@ -14,7 +14,9 @@ that runs out of time goes back on the queue and resumes, at most MAX_RESUMES ti
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +28,7 @@ from pushsite.service.s3events import handle_s3_event, is_s3_event
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 VISIBILITY = 60.0
+_logger = logging.getLogger("pushsite.worker")
 MAX_RESUMES = 50
 
 
@@ -93,6 +96,22 @@ def _resume_later(service: Service, deployment_id: str, resumes: int) -> None:
     log.flush()
 
 
+def recover(service: Service, echo: Callable[..., Any] | None = None) -> list[str]:
+    """Service.recover for a loop that must go on: a failure (the state unreachable) is
+    reported, and the next round tries again."""
+    try:
+        settled = service.recover()
+    except Exception as exc:  # noqa: BLE001 - reported; recovery runs again next round
+        _logger.warning("recovery failed (%s: %s); retried in %.0f s", type(exc).__name__,
+                        exc, service.lease)
+        if echo:
+            echo(f"worker: recovery failed ({type(exc).__name__}: {exc}); retried later")
+        return []
+    if settled and echo:
+        echo(f"worker: recovered {len(settled)} deployment(s): {', '.join(settled)}")
+    return settled
+
+
 def handle(service: Service, item: QueueItem) -> None:
     """Run what one message asks for, keeping it hidden meanwhile; then ack it."""
     with _Heartbeat(service, item):
@@ -101,13 +120,24 @@ def handle(service: Service, item: QueueItem) -> None:
 
 
 def run_worker(service: Service, *, once: bool = False, stop: threading.Event | None = None,
-               echo: Callable[..., Any] | None = None, wait: float = 5.0) -> int:
-    """Consume the queue until `stop` is set (or it is empty, with once); returns items done."""
+               echo: Callable[..., Any] | None = None, wait: float = 5.0,
+               kind: str = "worker") -> int:
+    """Consume the queue until `stop` is set (or it is empty, with once); returns items done.
+
+    `kind` names this runner in the leases it holds (`serve` for serve's worker). Every
+    lease, and at the start, it runs Service.recover: deployments whose runner stopped
+    renewing its lease are taken over wherever that runner was.
+    """
     stop = stop or threading.Event()
+    service.runner_kind = kind
     done = 0
     if echo:
         echo(f"worker: consuming {service.config.queue}")
+    next_recovery = 0.0
     while not stop.is_set():
+        if time.monotonic() >= next_recovery:
+            next_recovery = time.monotonic() + service.lease
+            recover(service, echo)
         item = service.queue.receive(wait_seconds=0 if once else wait)
         if item is None:
             if once:

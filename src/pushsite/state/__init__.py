@@ -46,9 +46,18 @@ class StateStore(Protocol):
         """Raises DeploymentNotFound."""
 
     def update_deployment(
-        self, deployment: Deployment, expect_status: Status | None = None
+        self, deployment: Deployment, expect_status: Status | None = None,
+        *, expect_runner: str | None = None,
     ) -> bool:
-        """Write every field; with expect_status, only if the stored status is that one."""
+        """Write every field; with expect_status, only if the stored status is that one, and
+        with expect_runner, only if the stored `runner` is that one (the lease holder)."""
+
+    def claim_lease(self, deployment_id: str, runner: str, until: float, *, holder: str,
+                    held_until: float | None = None) -> bool:
+        """Set `runner` and `lease_until` of a running deployment, writing nothing else, only
+        if `holder` holds its lease (and, with held_until, its lease still ends then: nobody
+        renewed it since it was read). True when written: a renewal (holder == runner) or a
+        takeover of an expired lease (service/lease.py)."""
 
     def list_deployments(
         self,
@@ -93,6 +102,10 @@ class StateStore(Protocol):
     # dedup ---------------------------------------------------------------------------------
     def remember(self, key: str) -> bool:
         """Record a key (a webhook delivery, an S3 event); True only the first time."""
+
+    def forget(self, key: str) -> None:
+        """Drop a remembered key, so that `remember(key)` is True again (a webhook whose
+        hand-on failed is taken again when the host retries it)."""
 
     def recalls(self, key: str) -> bool:
         """Whether `remember(key)` was called before; a read that records nothing."""

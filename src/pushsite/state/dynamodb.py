@@ -42,7 +42,7 @@ from pushsite.errors import (
     DomainConflict,
     SiteNotFound,
 )
-from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+from pushsite.model import Alias, Deployment, LogLine, Site, SiteSettings, Status, Token
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
@@ -182,7 +182,7 @@ class DynamoState:
             "production_branch": site.production_branch,
             "created": site.created,
             "webhook_secret": site.webhook_secret,
-            "settings": site.settings,
+            "settings": site.settings.to_dict(),
         }
         self._put({"pk": _s("sites"), "sk": _s(site.name), "data": _json(data)})
 
@@ -197,7 +197,9 @@ class DynamoState:
         return [self._site(item) for item in self._partition("sites")]
 
     def _site(self, item: Item) -> Site:
-        site = Site(**_load(item))
+        data = _load(item)
+        data["settings"] = SiteSettings.from_dict(data.get("settings"))
+        site = Site(**data)
         site.domains = self._claimed(site.name)
         return site
 
@@ -305,7 +307,20 @@ class DynamoState:
             "status": _s(str(deployment.status)),
             "branch": _s(deployment.branch),
             "data": _json(deployment.to_dict()),
+            # copied out so a heartbeat renews the lease alone (claim_lease), under conditions
+            "runner": _s(deployment.runner),
+            "lease_until": _n(float(deployment.lease_until)),
         }
+
+    @staticmethod
+    def _deployment(item: Item) -> Deployment:
+        """The record, with the lease as last renewed (a renewal writes only the attributes)."""
+        deployment = Deployment.from_dict(_load(item))
+        if "runner" in item:
+            deployment.runner = item["runner"]["S"]
+        if "lease_until" in item:
+            deployment.lease_until = float(item["lease_until"]["N"])
+        return deployment
 
     def create_deployment(self, deployment: Deployment) -> None:
         if not self._put(self._deployment_item(deployment), "attribute_not_exists(pk)"):
@@ -320,22 +335,54 @@ class DynamoState:
             raise DeploymentNotFound(
                 f"no deployment with id {deployment_id!r}: check the id in the deployment list"
             )
-        return Deployment.from_dict(_load(item))
+        return self._deployment(item)
 
     def update_deployment(
-        self, deployment: Deployment, expect_status: Status | None = None
+        self, deployment: Deployment, expect_status: Status | None = None,
+        *, expect_runner: str | None = None,
     ) -> bool:
         """Write every field if the deployment exists (and, with expect_status, has that
-        status); False otherwise, so a stale writer never resurrects or overwrites one."""
+        status, and with expect_runner, that lease holder); False otherwise, so a stale writer
+        never resurrects or overwrites one."""
         condition = "attribute_exists(pk)"
-        extra: dict[str, Any] = {}
+        names: dict[str, str] = {}
+        values: dict[str, dict[str, str]] = {}
         if expect_status is not None:
             condition += " AND #status = :expected"
-            extra = {
-                "ExpressionAttributeNames": {"#status": "status"},
-                "ExpressionAttributeValues": {":expected": _s(str(expect_status))},
-            }
+            names["#status"] = "status"
+            values[":expected"] = _s(str(expect_status))
+        if expect_runner is not None:
+            condition += " AND " + _runner_is(expect_runner, names, values)
+        extra: dict[str, Any] = {}
+        if names:
+            extra = {"ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
         return self._put(self._deployment_item(deployment), condition, **extra)
+
+    def claim_lease(self, deployment_id: str, runner: str, until: float, *, holder: str,
+                    held_until: float | None = None) -> bool:
+        """One conditional update of the lease attributes: running, held by `holder` (and
+        still ending at `held_until`)."""
+        names = {"#status": "status", "#until": "lease_until"}
+        values = {":running": _s(str(Status.RUNNING)), ":runner": _s(runner),
+                  ":until": _n(float(until))}
+        condition = "attribute_exists(pk) AND #status = :running AND " + _runner_is(
+            holder, names, values)
+        if held_until is not None:
+            values[":held"] = _n(float(held_until))
+            condition += " AND (#until = :held"
+            condition += " OR attribute_not_exists(#until))" if not held_until else ")"
+        with aws_errors(self._what):
+            try:
+                self._client.update_item(
+                    TableName=self.table, Key=_key(f"dep#{deployment_id}", "#"),
+                    UpdateExpression="SET #runner = :runner, #until = :until",
+                    ConditionExpression=condition, ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values)
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        return True
 
     def list_deployments(
         self,
@@ -381,7 +428,7 @@ class DynamoState:
         if limit <= 0:
             return found
         for item in self._query(**args):
-            found.append(Deployment.from_dict(_load(item)))
+            found.append(self._deployment(item))
             if len(found) >= limit:
                 break
         return found
@@ -584,11 +631,23 @@ class DynamoState:
         item = {"pk": _s(f"seen#{key}"), "sk": _s("#"), "at": _n(time.time())}
         return self._put(item, "attribute_not_exists(pk)")
 
+    def forget(self, key: str) -> None:
+        self._delete(f"seen#{key}", "#")
+
     def recalls(self, key: str) -> bool:
         return self._get(f"seen#{key}", "#") is not None
 
     def close(self) -> None:
         self._client.close()
+
+
+def _runner_is(runner: str, names: dict[str, str], values: dict[str, dict[str, str]]) -> str:
+    """A condition on the lease holder; "" also matches an item written before leases."""
+    names["#runner"] = "runner"
+    values[":holder"] = _s(runner)
+    if runner:
+        return "#runner = :holder"
+    return "(#runner = :holder OR attribute_not_exists(#runner))"
 
 
 def _key(pk: str, sk: str) -> Item:

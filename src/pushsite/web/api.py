@@ -294,18 +294,7 @@ def create_api(service: Service) -> FastAPI:
     def create_site(token: Caller, body: SiteIn) -> dict[str, Any]:
         """Create a site (admin)."""
         auth.require(token, names.check_site_name(body.name), "admin")
-        names.check_branch_name(body.production_branch)
-        try:
-            service.state.get_site(body.name)
-        except NotFound:
-            pass
-        else:
-            raise ConfigError(f"site {body.name!r} already exists; change it with "
-                              f"PATCH /api/sites/{body.name}")
-        site = service.site(body.name, create=True)
-        site.production_branch = body.production_branch
-        service.state.put_site(site)
-        return view.site(site)
+        return view.site(service.create_site(body.name, body.production_branch))
 
     @api.get("/sites/{site}", response_model=SiteOut, tags=["sites"])
     def get_site(token: Caller, site: SiteName) -> dict[str, Any]:
@@ -315,34 +304,21 @@ def create_api(service: Service) -> FastAPI:
     @api.patch("/sites/{site}", response_model=SiteOut, tags=["sites"])
     def update_site(token: Caller, site: SiteName, body: SiteSettingsIn) -> dict[str, Any]:
         """Change a site's settings (admin); fields left out stay as they are."""
-        record = service.site(_covered(token, site, "admin"))
-        if body.production_branch is not None:
-            record.production_branch = names.check_branch_name(body.production_branch)
-        if body.deploy_tags is not None:
-            record.settings["tags"] = body.deploy_tags
-        hook = dict(record.settings.get("webhook", {}))
-        if body.webhook_base_url is not None:
-            hook["base_url"] = body.webhook_base_url
-        if body.webhook_access_token is not None:
-            hook["access_token"] = body.webhook_access_token
-        record.settings["webhook"] = hook
-        service.state.put_site(record)
+        record = service.update_site(
+            _covered(token, site, "admin"), production_branch=body.production_branch,
+            tags=body.deploy_tags, webhook_base_url=body.webhook_base_url,
+            webhook_access_token=body.webhook_access_token)
         return view.site(record)
 
     @api.delete("/sites/{site}", response_model=Deleted, tags=["sites"], responses=_errors(409))
     def delete_site(token: Caller, site: SiteName) -> dict[str, Any]:
         """Delete a site with its aliases, domains, deployments and logs (admin).
 
-        Blobs stay until `pushsite prune`; a site with a queued or running deployment is kept.
+        Its git repository goes too; blobs stay until the next prune. A site with a queued or
+        running deployment is kept.
         """
-        record = service.site(_covered(token, site, "admin"))
-        for status in (Status.QUEUED, Status.RUNNING):
-            busy = service.state.list_deployments(record.name, status=status, limit=1)
-            if busy:
-                raise ConfigError(f"deployment {busy[0].id} of site {record.name} is {status}; "
-                                  "cancel it or wait for it, then delete the site")
-        service.state.delete_site(record.name)
-        return {"ok": True, "deleted": record.name}
+        service.delete_site(_covered(token, site, "admin"))
+        return {"ok": True, "deleted": site}
 
     @api.get("/sites/{site}/domains", response_model=DomainList, tags=["sites"])
     def list_domains(token: Caller, site: SiteName) -> dict[str, Any]:
@@ -486,7 +462,7 @@ def create_api(service: Service) -> FastAPI:
               response_model=DeploymentOut, tags=["actions"], responses=_errors(409))
     def redeploy(request: Request, token: Caller, deployment_id: DeploymentId) -> JSONResponse:
         """A new deployment with this one's files, on its branch; it goes live at once."""
-        deployment = _redeploy(service, view.covered_deployment(token, deployment_id))
+        deployment = service.redeploy(view.covered_deployment(token, deployment_id).id)
         return _created(request, view.deployment(deployment), 201)
 
     # tokens ----------------------------------------------------------------------------------
@@ -514,12 +490,7 @@ def create_api(service: Service) -> FastAPI:
                      ) -> dict[str, Any]:
         """Revoke a token (admin)."""
         auth.require(token, token.site, "admin")
-        for record in service.state.list_tokens():
-            if record.id == token_id and (token.site is None or record.site == token.site):
-                service.state.delete_token(record.id)
-                return {"ok": True, "deleted": record.id}
-        raise NotFound(f"no token with id {token_id!r} that this token may manage; "
-                       "GET /api/tokens lists them")
+        return {"ok": True, "deleted": service.delete_token(token_id, site=token.site).id}
 
     @api.get("/whoami", response_model=TokenOut, tags=["tokens"])
     def whoami(token: Caller) -> dict[str, Any]:
@@ -553,7 +524,7 @@ class _Views:
     def deployment(self, deployment: Deployment) -> dict[str, Any]:
         data = deployment.to_dict()
         data.pop("bundle_key", None)
-        kind = failure_kind(deployment, self._last_error(deployment))
+        kind = failure_kind(deployment)
         data["error_kind"] = kind.__name__ if kind else None
         data["exit_code"] = (None if not self.settled(deployment)
                              else kind.exit_code if kind else 0)
@@ -580,59 +551,42 @@ class _Views:
             return True
         return any(x.stage == "done" for x in self.service.state.get_logs(deployment.id))
 
-    def _last_error(self, deployment: Deployment) -> LogLine | None:
-        if deployment.status != Status.FAILED:
-            return None
-        lines = self.service.state.get_logs(deployment.id)
-        return next((x for x in reversed(lines) if x.level == "error"), None)
-
     def site(self, site: Site) -> dict[str, Any]:
-        hook = site.settings.get("webhook", {})
+        hook = site.settings.webhook
         return {
             "name": site.name, "production_branch": site.production_branch,
             "created": site.created, "domains": site.domains,
-            "settings": {"deploy_tags": bool(site.settings.get("tags", False)),
-                         "webhook_base_url": hook.get("base_url", ""),
-                         "webhook_access_token_set": bool(hook.get("access_token"))},
+            "settings": {"deploy_tags": site.settings.tags,
+                         "webhook_base_url": hook.base_url,
+                         "webhook_access_token_set": bool(hook.access_token)},
             "aliases": [{"name": a.name, "deployment_id": a.deployment_id, "updated": a.updated}
                         for a in self.service.state.list_aliases(site.name)],
             "url": self.service.config.site_url(site.name),
         }
 
 
-_BUNDLE_PREFIXES = ("the bundle", "the path ", "the file ", "bundle ")
-_SITE_FILES = ("pushsite.toml", "_headers", "_redirects", "404.html", "CNAME")
+_STATUS_KINDS: dict[Status, type[PushsiteError]] = {
+    Status.FAILED: errors.DeploymentFailed,
+    Status.TIMED_OUT: errors.DeploymentTimedOut,
+    Status.CANCELLED: errors.DeploymentCancelled,
+}
 
 
-def failure_kind(deployment: Deployment, last_error: LogLine | None = None
-                 ) -> type[PushsiteError] | None:
+def failure_kind(deployment: Deployment) -> type[PushsiteError] | None:
     """The error class a finished, unsuccessful deployment stopped with (None otherwise).
 
-    The class is read from the error line of the deployment's log when the service records it
-    there (field `error`); otherwise it is inferred from the status and the message.
+    The service stores it on the deployment when it fails (`error_kind`); one stopped without
+    a class (superseded, or recorded by an older version) answers for its status.
     """
-    status = deployment.status
-    if status == Status.TIMED_OUT:
-        return errors.DeploymentTimedOut
-    if status == Status.CANCELLED:
-        return errors.DeploymentCancelled
-    if status != Status.FAILED:
+    fallback = _STATUS_KINDS.get(deployment.status)
+    if fallback is None:
         return None
-    recorded = (last_error.fields.get("error") or last_error.fields.get("kind")
-                if last_error else None)
-    named = getattr(errors, str(recorded), None) if recorded else None
+    if deployment.error_kind == "internal":
+        return PushsiteError
+    named = getattr(errors, deployment.error_kind, None) if deployment.error_kind else None
     if isinstance(named, type) and issubclass(named, PushsiteError):
         return named
-    text = deployment.error
-    if text.startswith(_BUNDLE_PREFIXES):
-        return BundleTooLarge if "(limit" in text or "limit max_" in text else BundleRejected
-    if text.startswith(_SITE_FILES):
-        return errors.SiteConfigError
-    if "already claimed by site" in text:
-        return errors.DomainConflict
-    if text.startswith("internal error"):
-        return PushsiteError
-    return errors.DeploymentFailed
+    return fallback
 
 
 def _diff(new: Manifest, old: Manifest) -> dict[str, Any]:
@@ -651,26 +605,6 @@ def _diff(new: Manifest, old: Manifest) -> dict[str, Any]:
                 unchanged += 1
     return {"deployment": new.deployment_id, "against": old.deployment_id, "added": added,
             "changed": changed, "removed": removed, "unchanged": unchanged}
-
-
-def _redeploy(service: Service, original: Deployment) -> Deployment:
-    """A new deployment from an existing one's manifest: no bundle, no blob is written."""
-    manifest = service.manifest(original.id)
-    now = time.time()
-    deployment = Deployment(ids.new_id(now), original.site, original.branch, Status.RUNNING,
-                            commit=original.commit, message=f"redeploy of {original.id}",
-                            source="redeploy", created=now, started=now)
-    deployment.files = len(manifest.files)
-    deployment.blobs_reused = len({e.hash for e in manifest.files.values()})
-    deployment.bytes_in = sum(e.size for e in manifest.files.values())
-    copy = Manifest(deployment.id, original.site, now, dict(manifest.files), manifest.headers,
-                    manifest.redirects, manifest.not_found, manifest.commit)
-    service.state.create_deployment(deployment)
-    log = service.log_for(deployment)
-    log.info("accept", f"redeploy of {original.id} ({deployment.files} files) to "
-             f"{deployment.branch}")
-    log.flush()
-    return service.run_manifest(deployment, copy)
 
 
 def _created(request: Request, deployment: dict[str, Any], status: int) -> JSONResponse:

@@ -15,7 +15,6 @@ from starlette.routing import Route
 
 from pushsite.config import Config
 from pushsite.edge.respond import Edge, make_edge_or_control_app
-from pushsite.edge.rsgi import EdgeOrControl
 from pushsite.service import Service
 from pushsite.service.worker import run_worker
 
@@ -30,6 +29,7 @@ def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
 
 def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
     service = Service(config)
+    service.runner_kind = "serve"  # in the leases of what it runs (a redeploy, its worker's)
     edge = Edge(service.state, service.store, base_domain=config.base_domain)
     service.manifest_listeners.append(edge.warm)
     stop = threading.Event()
@@ -37,11 +37,10 @@ def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         thread = None
-        if worker:
-            service.recover()
+        if worker:  # it recovers expired leases first, then every lease (run_worker)
             thread = threading.Thread(target=run_worker, args=(service,),
-                                      kwargs={"stop": stop, "wait": 0.5}, daemon=True,
-                                      name="pushsite-worker")
+                                      kwargs={"stop": stop, "wait": 0.5, "kind": "serve"},
+                                      daemon=True, name="pushsite-worker")
             thread.start()
         try:
             yield
@@ -69,21 +68,6 @@ def app_from_environment() -> Any:
     return build_app(load_config(), debug=os.environ.get("PUSHSITE_DEBUG") == "1", worker=False)
 
 
-def rsgi_app_from_environment() -> EdgeOrControl:
-    """The RSGI app for each granian process of `pushsite serve` (settings from env).
-
-    Granian does not run ASGI lifespan events for an RSGI app; the control plane's lifespan
-    only starts a deploy worker, which these processes never do (the parent runs it).
-    """
-    import os
-
-    from pushsite.config import load_config
-
-    _die_with_parent()
-    edge, control = _parts(load_config(), os.environ.get("PUSHSITE_DEBUG") == "1", False)
-    return EdgeOrControl(edge, control)
-
-
 def _die_with_parent() -> None:
     """An HTTP process ends when its `pushsite serve` parent does, even on kill -9 (Linux):
     an orphan would keep the port and serve without a deploy worker."""
@@ -102,12 +86,7 @@ def control_routes(service: Service) -> list[Any]:
     routes: list[Any] = [Route("/api/health", health)]
     for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitremote",
                         "pushsite.web.hooks"):
-        try:
-            module = __import__(module_name, fromlist=["routes"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+        module = __import__(module_name, fromlist=["routes"])
         routes.extend(module.routes(service))
     return routes
 

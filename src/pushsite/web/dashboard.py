@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from pushsite.errors import (
     NotAuthorized,
     PushsiteError,
 )
-from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Status, Token
+from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Token
 from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
@@ -379,33 +378,10 @@ class Dashboard:
         return self.service.cancel(deployment.id).id
 
     def _redeploy(self, visit: Visit, deployment_id: str) -> str:
-        """A new deployment of the same files: a fresh id, so it wins its branch's aliases."""
-        old = self._deployment(visit, deployment_id)
-        manifest = self._manifest(old)
-        if manifest is None:
-            raise ConfigError(f"deployment {old.id} is {old.status} and has no manifest to "
-                              "redeploy; push the commit again instead")
-        now = time.time()
-        new = Deployment(ids.new_id(now), old.site, old.branch, Status.RUNNING,
-                         commit=old.commit, message=f"redeploy of {old.id}: {old.message}",
-                         source="redeploy", created=now, started=now,
-                         files=len(manifest.files), bytes_in=old.bytes_in,
-                         bytes_stored=old.bytes_stored,
-                         blobs_reused=len({e.hash for e in manifest.files.values()}))
-        self.state.create_deployment(new)
-        log = self.service.log_for(new)
-        log.info("accept", f"redeploying the {len(manifest.files)} files of {old.id}")
-        log.flush()
-        copy = replace(manifest, deployment_id=new.id, created=now)
-        threading.Thread(target=self._run_redeploy, args=(new, copy), daemon=True,
-                         name=f"redeploy-{new.id}").start()
-        return new.id
-
-    def _run_redeploy(self, deployment: Deployment, manifest: Manifest) -> None:
-        try:
-            self.service.run_manifest(deployment, manifest)
-        except Exception:  # noqa: BLE001 - run_manifest recorded it on the deployment and log
-            return
+        """A new deployment of the same files (Service.redeploy: a manifest copy, so it is
+        done in the time of this request, and a failure is recorded like any run's)."""
+        deployment = self._deployment(visit, deployment_id)
+        return self.service.redeploy(deployment.id).id
 
     # the live log -------------------------------------------------------------------------
     async def events(self, request: Request) -> Response:

@@ -16,6 +16,7 @@ import binascii
 import hmac
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -201,45 +202,24 @@ class GitBridge:
                                  media_type="text/plain; charset=utf-8")
 
     def _accept_updates(self, site: str, updates: list[list[str]], lines: list[str]) -> list[str]:
+        """Each updated ref to Service.deploy_ref, which decides; its outcome as a line."""
         accepted = []
-        for _old, new, ref in updates:
-            if ref.startswith("refs/tags/") and self._deploys_tags(site):
-                branch = "tag/" + ref.removeprefix("refs/tags/")  # a preview per tag
-                new = self._peeled(site, new) if new != ZERO else new
-            elif not ref.startswith("refs/heads/"):
-                lines.append(f"pushsite: {ref} ignored (branches deploy; tags too when the "
-                             "site sets `tags = true` in pushsite.toml or `pushsite hooks "
-                             "--tags`)")
-                continue
-            else:
-                branch = ref.removeprefix("refs/heads/")
-            if new == ZERO:
-                self.service.delete_branch(site, branch)
-                lines.append(f"pushsite: branch {branch} deleted; its preview is gone")
-                continue
+        for old, new, ref in updates:
             try:
-                message = self.repos.commit_message(site, new)
-                deployment = self.service.accept_commit(site, branch, new, message)
+                outcome = self.service.deploy_ref(site, ref, old, new)
             except PushsiteError as exc:
                 lines.append(f"pushsite: error: {exc} (the site was not updated)")
                 continue
-            lines.append(f"pushsite: {branch} {new[:12]} queued as deployment {deployment.id}")
-            accepted.append(deployment.id)
+            if outcome.deployment is not None:
+                deployment = outcome.deployment
+                lines.append(f"pushsite: {outcome.branch} {deployment.commit[:12]} queued as "
+                             f"deployment {deployment.id}")
+                accepted.append(deployment.id)
+            elif outcome.action == "remove":
+                lines.append(f"pushsite: {outcome.branch} deleted; its preview is gone")
+            else:
+                lines.append(f"pushsite: {ref} ignored: {outcome.reason}")
         return accepted
-
-    def _deploys_tags(self, site: str) -> bool:
-        try:
-            return bool(self.service.state.get_site(site).settings.get("tags", False))
-        except PushsiteError:
-            return False
-
-    def _peeled(self, site: str, oid: str) -> str:
-        """An annotated tag names a tag object; deploy the commit it points at."""
-        import subprocess
-
-        done = subprocess.run(["git", "rev-parse", f"{oid}^{{commit}}"], capture_output=True,
-                              text=True, cwd=self.repos.path(site), check=False)
-        return done.stdout.strip() or oid
 
     async def _follow(self, deployment_ids: list[str], lines: list[str]) -> AsyncIterator[str]:
         for line in lines:

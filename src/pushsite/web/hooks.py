@@ -26,7 +26,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pushsite.errors import BundleTooLarge, PushsiteError, SiteNotFound
+from pushsite import names
+from pushsite.errors import (
+    BackendUnavailable,
+    BundleTooLarge,
+    ConfigError,
+    PushsiteError,
+    SiteNotFound,
+)
+from pushsite.model import HostedRepo
 from pushsite.service import Service
 from pushsite.sources.webhooks import (
     PushEvent,
@@ -45,29 +53,32 @@ _DRAIN_FACTOR = 16  # read and drop at most this many times the limit before giv
 
 def routes(service: Service) -> list[Any]:
     def get_secret(site: str) -> str | None:
+        """The site's secret; None only for a site that does not exist (404). An outage of
+        the state answers 503, so a host retries instead of being told the site is gone."""
         try:
-            return service.state.get_site(site).webhook_secret or None
-        except SiteNotFound:
+            names.check_site_name(site)
+            return service.site(site).webhook_secret or None
+        except (SiteNotFound, ConfigError):  # a name no site can have is an unknown site
             return None
-        except Exception:  # noqa: BLE001 - a bad name is an unknown site here
-            return None
-
-    def deploy_tags(site: str) -> bool:
-        return bool(service.state.get_site(site).settings.get("tags", False))
+        except PushsiteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a backend raised: it is down
+            raise BackendUnavailable(f"the state store did not answer ({exc!r}); the git "
+                                     "host will retry the delivery") from exc
 
     async def on_push(site: str, event: PushEvent) -> dict[str, Any]:
-        if event.deleted:
-            if event.branch:
-                await run_in_threadpool(service.delete_branch, site, event.branch)
-            return {"deleted": True}
-        branch = event.branch or f"tag/{event.tag}"
-        deployment = await run_in_threadpool(
-            service.accept_fetch, site, branch, event.provider, event.repo, event.commit,
-            event.message, event.project_id)
-        return {"deployment": deployment.id, "status": str(deployment.status)}
+        hosted = HostedRepo(event.provider, event.repo, event.project_id)
+        outcome = await run_in_threadpool(
+            lambda: service.deploy_ref(site, event.ref, event.before, event.commit,
+                                       message=event.message, hosted=hosted))
+        if outcome.action == "ignore":
+            return {"ignored": outcome.reason}
+        if outcome.deployment is None:
+            return {"deleted": True, "branch": outcome.branch}
+        return {"deployment": outcome.deployment.id, "status": str(outcome.deployment.status)}
 
     endpoint = webhook_endpoint(get_secret, on_push, remember=service.state.remember,
-                                deploy_tags=deploy_tags)
+                                forget=service.state.forget)
     return [Route("/hooks/{provider}/{site}", endpoint, methods=["POST"])]
 
 
@@ -133,19 +144,19 @@ def webhook_endpoint(
     *,
     remember: Callable[[str], bool] | None = None,
     forget: Callable[[str], None] | None = None,
-    deploy_tags: Callable[[str], bool] | None = None,
     same_push_window: float = 60.0,
     clock: Callable[[], float] = time.time,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A Starlette endpoint for `/hooks/{provider}/{site}`.
 
     `get_secret(site)` is the site's webhook secret, None for an unknown site (404).
-    `on_push(site, event)` queues the deployment (or, for a deleted branch, its cleanup) and
-    returns a small dict that goes into the answer; it must be quick, the host is waiting.
+    `on_push(site, event)` decides what the ref update does (Service.deploy_ref: a branch
+    deploys, a tag only where the site deploys tags) and returns a small dict that goes into
+    the answer, with "ignored" when it did nothing; it must be quick, the host is waiting.
     `remember(key)` is True the first time it sees a key (default: in memory); pass
     StateStore.remember to dedup across restarts and processes, and `forget(key)` if the store
     has one, so that a push whose `on_push` failed is taken again when the host retries.
-    Tag pushes are ignored unless `deploy_tags(site)` is True. The same ref update is dropped
+    An ignored update's dedup keys are forgotten too. The same ref update is dropped
     when seen again within `same_push_window` seconds (and taken after twice that).
     Answers JSON: {"ok": true, "site": ..., "events": [...]}, or {"ok": false, "error", "status"}.
     """
@@ -175,20 +186,15 @@ def webhook_endpoint(
             if not events:
                 event = event_name(provider, request.headers) or "unnamed"
                 return JSONResponse({"ok": True, "ignored": f"{event} is not a push event"})
-            tags = deploy_tags(site) if deploy_tags else False
-            results = [await _handle(site, event, tags) for event in events]
+            results = [await _handle(site, event) for event in events]
             return JSONResponse({"ok": True, "site": site, "events": results})
         except PushsiteError as error:
             return _error(error)
         except ClientDisconnect:  # the host gave up mid-body; it will retry, nothing was taken
             return Response(status_code=400)
 
-    async def _handle(site: str, event: PushEvent, tags: bool) -> dict[str, Any]:
+    async def _handle(site: str, event: PushEvent) -> dict[str, Any]:
         summary: dict[str, Any] = {"ref": event.ref, "commit": event.commit}
-        if event.tag is not None and not tags:
-            return {**summary, "ignored": "tag pushes are not deployed for this site"}
-        if event.branch is None and event.tag is None:
-            return {**summary, "ignored": "only branch and tag refs are deployed"}
         taken = []
         delivery = f"hook:{site}:{event.provider}:{event.delivery_id}:{event.ref}"
         if event.delivery_id:
@@ -211,6 +217,8 @@ def webhook_endpoint(
         except BaseException:
             _forget(taken)
             raise
+        if "ignored" in result:  # nothing was done: a later delivery may be taken
+            _forget(taken)
         return {**summary, **result}
 
     def _forget(keys: list[str]) -> None:

@@ -1,12 +1,12 @@
-"""Running the app: granian or uvicorn (`pushsite serve --http-server`), one or more HTTP
-processes, and always exactly one deploy worker per `pushsite serve`.
+"""Running the app: uvicorn, one or more HTTP processes, and always exactly one deploy worker
+per `pushsite serve`.
 
-granian runs the RSGI app of pushsite.edge.rsgi (the edge answers site hosts itself, the
-control plane is bridged to ASGI); uvicorn runs the ASGI app with the protocol of
-pushsite.edge.uvicorn_shortcut, which writes cached edge answers straight from its parser. On the
-edge benchmark (2 processes, 2 cores, wrk on the same machine) uvicorn's shortcut measured
-about 1.5 times granian's RSGI requests/s: granian hands every request from its Rust thread to
-the Python event loop thread and back, which costs more than the whole cached answer.
+uvicorn runs the ASGI app with the protocol of pushsite.edge.uvicorn_shortcut, which writes
+cached edge answers straight from its parser. granian (with an RSGI app) used to be offered
+beside it and was removed: on the edge benchmark (2 processes, 2 cores, wrk on the same
+machine) uvicorn's shortcut measured about 1.5 times granian's RSGI requests/s, since granian
+hands every request from its Rust thread to the Python event loop thread and back, which costs
+more than the whole cached answer.
 
 With one uvicorn process the worker thread lives in the app's lifespan. Otherwise the HTTP
 processes are built from the environment (`app_from_environment`, worker=False) and the
@@ -26,13 +26,12 @@ from pushsite.web.app import build_app
 
 _FACTORY = "pushsite.web.app:app_from_environment"
 _HTTP = "pushsite.edge.uvicorn_shortcut:EdgeHttpToolsProtocol"  # uvicorn's, with the edge shortcut
-_RSGI_FACTORY = "pushsite.web.app:rsgi_app_from_environment"  # see pushsite.edge.rsgi
 
 
 def run_server(config: Config, *, host: str, port: int, workers: int = 1,
-               server: str = "uvicorn", debug: bool = False) -> None:
+               debug: bool = False) -> None:
     workers = max(workers, 1)
-    if server == "uvicorn" and workers == 1:
+    if workers == 1:
         import uvicorn
 
         uvicorn.run(build_app(config, debug=debug), host=host, port=port, log_level="warning",
@@ -40,20 +39,12 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
         return
     _export(config, debug)
     service = Service(config)
-    service.recover()
-    threading.Thread(target=run_worker, args=(service,), kwargs={"wait": 0.5}, daemon=True,
-                     name="pushsite-worker").start()
-    if server == "uvicorn":
-        from pushsite.web.processes import serve_processes
+    # the worker recovers expired leases at its start, then every lease (run_worker)
+    threading.Thread(target=run_worker, args=(service,), kwargs={"wait": 0.5, "kind": "serve"},
+                     daemon=True, name="pushsite-worker").start()
+    from pushsite.web.processes import serve_processes
 
-        serve_processes(host, port, workers, _serve_uvicorn)
-        return
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
-    Granian(_RSGI_FACTORY, address=host, port=port, interface=Interfaces.RSGI,
-            workers=workers, factory=True, loop=Loops.uvloop, http=HTTPModes.http1,
-            websockets=False, log_enabled=False, workers_kill_timeout=3).serve()
+    serve_processes(host, port, workers, _serve_uvicorn)
 
 
 def _serve_uvicorn(sock: socket.socket) -> None:
@@ -70,7 +61,7 @@ def _export(config: Config, debug: bool) -> None:
     for name, value in (("HOME", config.home), ("STORE", config.store), ("STATE", config.state),
                         ("QUEUE", config.queue), ("BASE_DOMAIN", config.base_domain),
                         ("PUBLIC_URL", config.public_url), ("WAIT", config.wait),
-                        ("WORKERS", config.workers)):
+                        ("WORKERS", config.workers), ("LEASE", config.lease)):
         os.environ[f"PUSHSITE_{name}"] = str(value)
     if debug:
         os.environ["PUSHSITE_DEBUG"] = "1"

@@ -412,6 +412,16 @@ class Service(Queueing):
         raise NotFound(f"no token with id {token_id!r} that you may manage; "
                        "`pushsite tokens list` (or GET /api/tokens) lists them")
 
+    # webhook deliveries --------------------------------------------------------------------------
+    def remember_delivery(self, key: str) -> bool:
+        """Record a delivery's dedup key in the state (every process sees it); True only the
+        first time."""
+        return self.state.remember(key)
+
+    def forget_delivery(self, key: str) -> None:
+        """Drop a key whose delivery was not handed on, so the host's retry is taken."""
+        self.state.forget(key)
+
     # dashboard sessions ------------------------------------------------------------------------
     def end_session(self, session_id: str) -> None:
         """Sign a dashboard session out everywhere: its cookie is refused from now on."""

@@ -77,8 +77,8 @@ def routes(service: Service) -> list[Any]:
             return {"deleted": True, "branch": outcome.branch}
         return {"deployment": outcome.deployment.id, "status": str(outcome.deployment.status)}
 
-    endpoint = webhook_endpoint(get_secret, on_push, remember=service.state.remember,
-                                forget=service.state.forget)
+    endpoint = webhook_endpoint(get_secret, on_push, remember=service.remember_delivery,
+                                forget=service.forget_delivery)
     return [Route("/hooks/{provider}/{site}", endpoint, methods=["POST"])]
 
 

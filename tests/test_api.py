@@ -11,7 +11,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from pushsite import errors
 from pushsite.config import load_config
 from pushsite.service import Service
 from pushsite.web.errors import install_error_handlers, with_debug_flag
+from support.api import Api
 from support.servers import Server, free_port, serving
 from support.sites import git, git_bundle, write_files
 

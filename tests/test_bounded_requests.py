@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.servers import Server, serving
+from support.servers import Server, serving
 
 HEAD_TIMEOUT = 1.5
 

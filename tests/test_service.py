@@ -81,19 +81,46 @@ def test_two_queue_deliveries_of_one_deployment_run_it_once(service: Service) ->
     assert log_text(service, deployment.id).count("reading the bundle") == 1
 
 
-def test_a_deployment_taken_over_while_its_first_runner_lives_ends_live_once(
+def test_a_redelivered_message_leaves_a_live_runners_deployment_alone(
         service: Service) -> None:
-    """The queue hands a running deployment's message out again (its worker looked dead, but
-    was only slow): the second worker takes it over and finishes first. When the first
-    worker finishes too, the deployment stays live: it is not marked failed."""
-    first, rest = split_bundle(big_files("o", 1), site_files("v1"))
+    """The queue hands a running deployment's message out again, but its runner still renews
+    its lease: nothing is taken over, and the runner finishes it."""
+    first, rest = split_bundle(big_files("l", 1), site_files("v1"))
     deployment = service.accept("blog", io.BytesIO(first + rest))
     gated = GatedStream(first, rest)
     thread, errors = run_in_thread(service, deployment.id, bundle=gated)
     try:
         assert gated.waiting.wait(WAIT)
         service.process(QueueItem({"deployment": deployment.id}, "again", attempts=2))
+        assert status(service, deployment.id) == Status.RUNNING
+        assert "taken over" not in log_text(service, deployment.id)
+    finally:
+        gated.go.set()
+        joined(thread)
+    assert not errors
+    assert status(service, deployment.id) == Status.LIVE
+    assert log_text(service, deployment.id).count("reading the bundle") == 1
+
+
+def test_a_deployment_taken_over_while_its_first_runner_lives_ends_live_once(
+        service: Service) -> None:
+    """The queue hands a running deployment's message out again after its lease ran out (its
+    runner was only slow: its heartbeat missed the lease): the second worker takes it over
+    and finishes first. When the first runner finishes too, the deployment stays live."""
+    first, rest = split_bundle(big_files("o", 1), site_files("v1"))
+    deployment = service.accept("blog", io.BytesIO(first + rest))
+    gated = GatedStream(first, rest)
+    thread, errors = run_in_thread(service, deployment.id, bundle=gated)
+    try:
+        assert gated.waiting.wait(WAIT)
+        held = service.state.get_deployment(deployment.id)
+        assert held.runner.startswith("cli@") and held.lease_until > time.time()
+        # the runner's last renewal ended a moment ago (its next beat is seconds away)
+        assert service.state.claim_lease(held.id, held.runner, time.time() - 1,
+                                         holder=held.runner)
+        service.process(QueueItem({"deployment": deployment.id}, "again", attempts=2))
         assert status(service, deployment.id) == Status.LIVE
+        assert "stopped renewing its lease" in log_text(service, deployment.id)
     finally:
         gated.go.set()
         joined(thread)

@@ -1,36 +1,34 @@
 """The serverless shape end to end, on real servers the tests start: a bundle put in a moto
 staging bucket -> S3 notification -> SQS -> `pushsite worker` subprocesses (or the Lambda
 handler) -> blobs in SeaweedFS -> alias in DynamoDB -> `pushsite serve` answers.
-
-The helpers here (bundles, a staging bucket wired to a queue) serve test_worker.py and
-test_lambda.py too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tarfile
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import boto3
 import pytest
 
-from pushsite.config import load_config
-from pushsite.model import Deployment, Status
+from pushsite.model import Status
 from pushsite.service import Service
+from support.aws_staging import (
+    Proxy,
+    big_bundle,
+    deployments,
+    live,
+    make_bundle,
+    make_staging,
+    opened_services,
+    port_of,
+    staging_through,
+    use_aws_backends,
+    wait_for,
+)
 from support.servers import start_server
 
 

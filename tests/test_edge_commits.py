@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pushsite.edge.hosts import HostResolver, Kind, SiteTarget, Watchable
+from pushsite.edge.hosts import HostResolver, Kind, SiteTarget
 from pushsite.model import PRODUCTION, Alias, Site
+from pushsite.state import Watchable
 from pushsite.state.sqlite import SqliteState
 
 _POINT = """

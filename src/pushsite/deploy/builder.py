@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from pushsite.deploy import encode
@@ -47,7 +48,7 @@ from pushsite.errors import (
     SiteConfigError,
 )
 from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
-from pushsite.stores import ObjectStore, Packer
+from pushsite.stores import ObjectStore, Packer, SizedStore, SpoolingStore
 
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
 BATCH_BYTES = 1 << 20
@@ -265,7 +266,7 @@ class ManifestBuilder:
                 handle.close()
                 _discard(tmp)
 
-    def _compress_file(self, variants: dict[str, tuple[BinaryIO, object]],
+    def _compress_file(self, variants: dict[str, tuple[BinaryIO, Path | None]],
                        content_type: str) -> None:
         """Write the gzip and brotli variants of the spooled identity, chunk by chunk."""
         identity = variants[""][0]
@@ -373,11 +374,12 @@ class ManifestBuilder:
         self._wait_for_claims(sha)
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
         present = target.store.has(keys.values())
-        sizer = getattr(target.store, "size", None)
+        store = target.store
         out = {}
         for enc, key in keys.items():
             if key in present:
-                out[enc] = sizer(key) if sizer else len(target.store.get(key))
+                out[enc] = (store.size(key) if isinstance(store, SizedStore)
+                            else len(store.get(key)))
         return out, None
 
     def _wait_for_claims(self, sha: str) -> None:
@@ -413,18 +415,18 @@ class ManifestBuilder:
         if self.progress is not None:
             self.progress(self.counters)
 
-    def _temp(self) -> tuple[BinaryIO, object]:
+    def _temp(self) -> tuple[BinaryIO, Path | None]:
         """A spool file: in the store's own folder when it has one (renamed into place, no
         copy), else anonymous, as while the store is still opening (never wait for it)."""
         if not self.target.done():
             return tempfile.TemporaryFile(), None
-        maker = getattr(self._open().store, "temp_file", None)
-        if maker is not None:
-            handle, path = maker()
+        store = self._open().store
+        if isinstance(store, SpoolingStore):
+            handle, path = store.temp_file()
             return handle, path
         return tempfile.TemporaryFile(), None
 
-    def _adopt(self, key: str, output: tuple[BinaryIO, object], content_type: str, enc: str,
+    def _adopt(self, key: str, output: tuple[BinaryIO, Path | None], content_type: str, enc: str,
                sha: str) -> str | None:
         """Store a spooled variant; its ref when it went into the pack."""
         handle, tmp = output
@@ -434,9 +436,8 @@ class ManifestBuilder:
         target = self._open()
         if target.packer is not None:
             return target.packer.add_stream(key, handle, size)
-        adopt = getattr(target.store, "adopt_file", None)
-        if adopt is not None and tmp is not None:
-            adopt(key, tmp)
+        if tmp is not None and isinstance(target.store, SpoolingStore):
+            target.store.adopt_file(key, tmp)
             return None
         meta = {"content-type": content_type, "sha256": sha}
         if enc:
@@ -584,10 +585,10 @@ def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
     return headers, redirects
 
 
-def _discard(tmp: object) -> None:
+def _discard(tmp: Path | None) -> None:
     if tmp is not None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # type: ignore[arg-type]
+            os.unlink(tmp)
 
 
 @dataclass

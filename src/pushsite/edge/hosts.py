@@ -15,14 +15,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
 
 from pushsite.caches import BoundedCache
 from pushsite.errors import NotFound
 from pushsite.ids import looks_like_id
 from pushsite.model import PRODUCTION, branch_alias
 from pushsite.names import branch_label
-from pushsite.state import StateStore
+from pushsite.state import StateStore, Watchable
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BRANCH_PREFIX = branch_alias("")
@@ -78,20 +77,6 @@ def parse_site_host(host: str, base_domain: str) -> SiteTarget | None:
     if looks_like_id(left):
         return SiteTarget(site, Kind.DEPLOYMENT, left)
     return SiteTarget(site, Kind.PREVIEW, left)
-
-
-@runtime_checkable
-class Watchable(Protocol):
-    """A state store that tells cheaply whether anything changed (state/sqlite.py).
-
-    `version()` changes on every commit; `change_token()` is a cheaper first check: the same
-    bytes as last time prove nothing was committed in between, None means "ask version()".
-    A store without these is read on every request.
-    """
-
-    def version(self) -> object: ...
-
-    def change_token(self) -> bytes | None: ...
 
 
 class HostResolver:

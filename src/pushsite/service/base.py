@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
+from pushsite.backends import Detachable
 from pushsite.config import Config
 from pushsite.errors import (
     DeploymentFailed,
@@ -83,9 +84,8 @@ class ServiceBase:
         for backend in (self._store, self._state, self._queue):
             if backend is None:
                 continue
-            detach = getattr(backend, "detach", None) if exiting else None
-            if detach is not None:
-                detach()
+            if exiting and isinstance(backend, Detachable):
+                backend.detach()
             else:
                 backend.close()
 

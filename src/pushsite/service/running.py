@@ -38,6 +38,7 @@ from pushsite.model import (
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
+from pushsite.stores import PackingStore
 
 
 def deadline_margin(timeout: float) -> float:
@@ -214,10 +215,11 @@ class Running(ServiceBase):
         (None: loose objects)."""
         known = {} if from_git else self._previous_blobs(deployment)
         packer = None
-        if (make_packer := getattr(self.store, "packer", None)) is not None:
-            packer = make_packer(deployment.id)
+        store = self.store
+        if isinstance(store, PackingStore):
+            packer = store.packer(deployment.id)
             if ran_before and packer is not None:  # reuse what the earlier run packed
-                known.update(_sealed_blobs(self.store.packed_blobs(deployment.id)))  # type: ignore[attr-defined]
+                known.update(_sealed_blobs(store.packed_blobs(deployment.id)))
         return Target(self.store, known, packer)
 
     def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:

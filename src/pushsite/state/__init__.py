@@ -12,7 +12,7 @@ Nothing here imports service, web, cli or aws.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
 from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
@@ -111,6 +111,21 @@ class StateStore(Protocol):
         """Whether `remember(key)` was called before; a read that records nothing."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Watchable(Protocol):
+    """An optional ability: a state store that tells cheaply whether anything changed
+    (state/sqlite.py), so a reader (the edge) may keep answers until it does.
+
+    `version()` changes on every commit; `change_token()` is a cheaper first check: the same
+    bytes as last time prove nothing was committed in between, None means "ask version()".
+    A store without these is read on every request.
+    """
+
+    def version(self) -> object: ...
+
+    def change_token(self) -> bytes | None: ...
 
 
 _BACKENDS = {

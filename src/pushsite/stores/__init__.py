@@ -11,7 +11,8 @@ Nothing here imports service, web, cli or aws.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
 
@@ -19,9 +20,7 @@ from pushsite.backends import open_backend
 class Packer(Protocol):
     """One deployment's pack: new blobs appended, then the manifest (stores/packs.py).
 
-    A store that packs offers `packer(deployment_id) -> Packer | None` and
-    `packed_blobs(deployment_id) -> {key: ref}` (what timed-out runs sealed); the deployer
-    looks for them with getattr, as for the optional `size`, `temp_file` and `adopt_file`.
+    A store that packs is a PackingStore (below).
     """
 
     key: str  # the object that will hold the manifest
@@ -74,6 +73,42 @@ class ObjectStore(Protocol):
         """Make every put so far durable and visible."""
 
     def close(self) -> None: ...
+
+
+# Optional abilities: a store declares one by having its methods, and callers ask with
+# isinstance, so what a backend lacks is visible in its type (tests/contracts assert which
+# backend has which).
+
+
+@runtime_checkable
+class PackingStore(Protocol):
+    """Writes a deployment's new blobs into one pack object (stores/s3.py)."""
+
+    def packer(self, deployment_id: str) -> Packer | None:
+        """The deployment's pack to append to; None when this store writes loose objects."""
+
+    def packed_blobs(self, deployment_id: str) -> dict[str, str]:
+        """{key: ref} of the blobs earlier (timed-out) runs of the deployment sealed."""
+
+
+@runtime_checkable
+class SizedStore(Protocol):
+    """Tells an object's size without reading it (else the deployer reads the bytes)."""
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes; raises NotFound."""
+
+
+@runtime_checkable
+class SpoolingStore(Protocol):
+    """Has its own file system: a large blob is spooled there and renamed into place, with
+    no copy (stores/local.py)."""
+
+    def temp_file(self) -> tuple[BinaryIO, Path]:
+        """An open temporary file on the store's file system, and its path."""
+
+    def adopt_file(self, key: str, path: Path) -> None:
+        """Move a finished temporary file (from temp_file) into place under `key`."""
 
 
 _BACKENDS = {

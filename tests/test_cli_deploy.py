@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -19,7 +20,7 @@ from click.testing import CliRunner
 
 from pushsite.cli import cli
 from pushsite.config import load_config
-from pushsite.model import blob_key, manifest_key
+from pushsite.model import Status, blob_key, manifest_key
 from pushsite.service import Service
 from support.sites import deploy, git_bundle, live_manifest
 
@@ -253,22 +254,34 @@ def test_timeout_mid_deploy_marks_timed_out_and_keeps_live(tmp_path: Path) -> No
     assert code == 0 and json.loads(out)["status"] == "live"
 
 
-def test_rollback_prune_and_verify(make_site: Callable[..., Path], _isolated_env: Path) -> None:
+def test_rollback_prune_and_verify(make_site: Callable[..., Path], _isolated_env: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHSITE_PRUNE_GRACE", "0")  # blobs written a moment ago may go too
     site = make_site({"index.html": "<p>one</p>"})
     first = json.loads(deploy(str(site), "--site", "blog", "--json")[1])
     (site / "index.html").write_text("<p>two</p>")
     second = json.loads(deploy(str(site), "--site", "blog", "--json")[1])
+    (site / "index.html").write_text("<p>three</p>")
+    third = json.loads(deploy(str(site), "--site", "blog", "--json")[1])
     runner = CliRunner()
     result = runner.invoke(cli, ["rollback", "blog"], obj={})
-    assert result.exit_code == 0 and first["id"] in result.stderr
-    assert live_manifest("blog").deployment_id == first["id"]
+    assert result.exit_code == 0 and second["id"] in result.stderr
+    assert live_manifest("blog").deployment_id == second["id"]
     assert runner.invoke(cli, ["verify"], obj={}).exit_code == 0
     result = runner.invoke(cli, ["prune", "blog", "--keep", "1"], obj={})
     assert result.exit_code == 0, result.stderr
-    # the live (rolled back) one is kept even though it is not the newest
+    # kept: the newest (third) and the live one, rolled back to though it is not the newest;
+    # dropped: the first, its manifest and the blob only it used
+    pruned = re.search(r"pruned (\d+) deployments and (\d+) blobs", result.stderr)
+    assert pruned is not None, result.stderr
+    assert int(pruned[1]) == 1 and int(pruned[2]) >= 1
     service = Service(load_config())
-    assert service.store.has([manifest_key(first["id"])])
-    assert not service.store.has([manifest_key(second["id"])]) or True
+    assert service.store.has([manifest_key(second["id"]), manifest_key(third["id"])]) == {
+        manifest_key(second["id"]), manifest_key(third["id"])}
+    assert not service.store.has([manifest_key(first["id"])])
+    dropped = service.state.get_deployment(first["id"])
+    assert (dropped.status, dropped.error) == (Status.CANCELLED, "pruned")
+    assert live_manifest("blog").deployment_id == second["id"]
     assert runner.invoke(cli, ["verify"], obj={}).exit_code == 0
     # corrupt a blob: verify must notice
     entry = live_manifest("blog").files["index.html"]

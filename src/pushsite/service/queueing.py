@@ -139,7 +139,7 @@ class Queueing(Running):
                 settled.append(deployment.id)
         window = int(now // (self.lease * RESEND_EVERY))
         for deployment in self._every(Status.QUEUED, page):
-            if now - deployment.created < self.lease:
+            if deployment.id in settled or now - deployment.created < self.lease:
                 continue
             if self._resumable(deployment.bundle_key):
                 if self.state.remember(f"resend:{deployment.id}:{window}"):

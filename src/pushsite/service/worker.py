@@ -138,7 +138,16 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
         if time.monotonic() >= next_recovery:
             next_recovery = time.monotonic() + service.lease
             recover(service, echo)
-        item = service.queue.receive(wait_seconds=0 if once else wait)
+        try:
+            item = service.queue.receive(wait_seconds=0 if once else wait)
+        except Exception as exc:  # the queue unreachable: the worker waits and tries again
+            _logger.warning("receiving from the queue failed (%s: %s)", type(exc).__name__, exc)
+            if echo:
+                echo(f"worker: the queue is unreachable ({type(exc).__name__}: {exc})")
+            if once:
+                raise
+            stop.wait(max(wait, 1.0))
+            continue
         if item is None:
             if once:
                 break

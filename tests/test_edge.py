@@ -223,7 +223,7 @@ def world() -> Iterator[World]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     world.port = sock.getsockname()[1]
-    # The protocol `pushsite serve --http-server uvicorn` runs: repeated requests below take
+    # The protocol `pushsite serve` runs: repeated requests below take
     # its shortcut for cached answers, so every rule here is checked on both paths.
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                             http=EdgeHttpToolsProtocol)

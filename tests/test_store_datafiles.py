@@ -1,5 +1,5 @@
 """The local store's data files: blob bytes outside SQLite, read back by span, compacted on
-delete without moving a file being written, and stores from before them still read."""
+delete without moving a file being written, and stores from before them refused."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pushsite.errors import NotFound
+from pushsite.errors import ConfigError, NotFound
 from pushsite.model import blob_key
 from pushsite.stores import levels
 from pushsite.stores.local import LocalStore
@@ -117,27 +117,22 @@ def test_bytes_no_row_names_count_as_dead(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_store_from_before_data_files_reads_and_deletes_inline_blobs(tmp_path: Path) -> None:
+def test_a_store_with_inline_blobs_is_refused_naming_it(tmp_path: Path) -> None:
     old = _key("old")
     with sqlite3.connect(tmp_path / "objects.db") as db:  # the schema before data files
         db.execute("CREATE TABLE blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
-        for statement in levels.SCHEMA:
+        for statement in levels.SCHEMA[1:]:
             db.execute(statement)
         db.execute("INSERT INTO blob_data VALUES (1, ?)", (b"inline bytes",))
         db.execute("INSERT INTO blob_keys_0 VALUES (?, 1)", (levels.pack(old),))
-    store = LocalStore(tmp_path)
-    try:
-        assert store.get(old) == b"inline bytes"
-        assert store.get(old, 7) == b"bytes"
-        assert store.size(old) == len(b"inline bytes")
-        _put_all(store, {_key("new"): b"in a data file"})
-        assert store.get(_key("new")) == b"in a data file"
-        store.delete([old])
-        with pytest.raises(NotFound):
-            store.get(old)
-        assert store.get(_key("new")) == b"in a data file"
-    finally:
-        store.close()
+    with pytest.raises(ConfigError, match="inline in SQLite") as refused:
+        LocalStore(tmp_path)
+    assert str(tmp_path) in str(refused.value)
+    with sqlite3.connect(tmp_path / "objects.db") as db:  # as a later version altered it
+        for column in ("file INTEGER", "offset INTEGER", "length INTEGER", "written REAL"):
+            db.execute(f"ALTER TABLE blob_data ADD COLUMN {column}")
+    with pytest.raises(ConfigError, match="inline in SQLite"):
+        LocalStore(tmp_path)
 
 
 def test_a_batch_without_blobs_opens_no_data_file(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The local store's leveled blob index: keys of every variant, merges between levels, stores
-written before the index, and a reader in another process."""
+in older layouts refused, and a reader in another process."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pushsite.errors import NotFound
+from pushsite.errors import ConfigError, NotFound
 from pushsite.model import blob_key
 from pushsite.stores import levels
-from pushsite.stores.local import LocalStore
+from pushsite.stores.local import LAYOUT, LocalStore
 
 
 def _sha(text: str) -> str:
@@ -119,31 +119,46 @@ def _old_store(root: Path, blobs: dict[str, bytes]) -> None:
         db.executemany("INSERT INTO objects VALUES (?, ?)", blobs.items())
 
 
-def test_a_store_from_before_the_index_opens_and_serves(tmp_path: Path) -> None:
-    old = {blob_key(_sha(str(i)), enc): f"old {i}{enc}".encode()
-           for i in range(5) for enc in ("", "gzip")}
-    _old_store(tmp_path, old | {"manifests/m.json": b'{"old": 1}'})
+def test_a_store_from_before_the_index_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
+    _old_store(tmp_path, {blob_key(_sha("0")): b"old", "manifests/m.json": b"{}"})
+    with pytest.raises(ConfigError) as refused:
+        LocalStore(tmp_path)
+    message = str(refused.value)
+    assert str(tmp_path) in message and "before the leveled index" in message
+    assert "\n" not in message
+    assert _rows(tmp_path, "SELECT count(*) FROM objects") == 2  # left as it was
+
+
+def test_a_store_from_before_write_times_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "objects.db") as db:
+        db.execute("CREATE TABLE blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL, "
+                   "file INTEGER, offset INTEGER, length INTEGER)")
+    with pytest.raises(ConfigError, match="without write times"):
+        LocalStore(tmp_path)
+
+
+def test_a_store_of_this_layout_made_before_it_was_versioned_opens(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put(blob_key(_sha("kept")), b"kept")
+    store.put("manifests/m.json", b"{}")
+    store.close()
+    with sqlite3.connect(tmp_path / "objects.db") as db:
+        db.execute("PRAGMA user_version=0")
     store = LocalStore(tmp_path)
     try:
-        new = blob_key(_sha("new"))
-        store.put(new, b"new")
-        again = blob_key(_sha("0"))
-        store.put(again, b"put again")  # replaces the old copy, which must not linger
-        store.flush()
-        assert store.has([*old, new, "manifests/m.json"]) == {*old, new, "manifests/m.json"}
-        assert store.get(blob_key(_sha("3"), "gzip"), 1) == b"ld 3gzip"
-        assert store.size(blob_key(_sha("4"))) == len(b"old 4")
-        assert store.get(again) == b"put again"
-        assert store.get("manifests/m.json") == b'{"old": 1}'
-        listed = list(store.keys("blobs/"))
-        assert sorted(listed) == sorted({*old, new}) and len(listed) == len(set(listed))
-        store.delete([blob_key(_sha("1")), new])
-        assert blob_key(_sha("1")) not in store.has(old)
-        with pytest.raises(NotFound):
-            store.get(blob_key(_sha("1")))
-        assert len(list(store.keys("blobs/"))) == len(old) - 1
+        assert store.get(blob_key(_sha("kept"))) == b"kept"
+        assert store.get("manifests/m.json") == b"{}"
     finally:
         store.close()
+    assert _rows(tmp_path, "PRAGMA user_version") == LAYOUT
+
+
+def test_a_store_of_an_unknown_layout_is_refused(tmp_path: Path) -> None:
+    LocalStore(tmp_path).close()
+    with sqlite3.connect(tmp_path / "objects.db") as db:
+        db.execute("PRAGMA user_version=99")
+    with pytest.raises(ConfigError, match="layout 99"):
+        LocalStore(tmp_path)
 
 
 _READER = """

@@ -12,9 +12,10 @@ import brotli
 import pytest
 
 from pushsite.config import load_config
-from pushsite.errors import BackendUnavailable, SiteConfigError
+from pushsite.errors import BackendUnavailable, ConfigError, SiteConfigError
 from pushsite.service import Service
 from pushsite.stores.packs import Footer, make_ref, parse_ref
+from pushsite.stores.s3 import S3Store
 
 PAGE = "<html><body>" + "<p>a page worth compressing</p>" * 60 + "</body></html>"
 
@@ -150,17 +151,9 @@ def test_verify_names_the_files_of_a_lost_segment(service_on: Service, tmp_path:
         assert named == (obj == lost), path
 
 
-def test_packs_off_keeps_one_object_per_variant(seaweed_url: str, tmp_path: Path) -> None:
-    service = Service(load_config(store=seaweed_url + "&packs=0"))
-    try:
-        deployment = _deploy(service, _site(tmp_path / "v1", {"index.html": PAGE}))
-        keys = _objects(service)
-        assert f"manifests/{deployment}.json" in keys
-        assert sum(key.startswith("blobs/") for key in keys) == 3  # identity, gzip, brotli
-        assert service.manifest(deployment).files["index.html"].refs is None
-        assert _served(service, deployment) == {"index.html": PAGE.encode()}
-    finally:
-        service.close()
+def test_the_removed_packs_option_is_refused_in_one_line(seaweed_url: str) -> None:
+    with pytest.raises(ConfigError, match="the `packs` option is gone"):
+        S3Store.from_url(seaweed_url + "&packs=0")
 
 
 def test_refs_and_footers_round_trip_and_refuse_what_is_not_a_pack() -> None:

@@ -28,9 +28,9 @@ _CODES = {suffix: bytes([code]) for code, suffix in enumerate(_SUFFIXES)}
 _TABLES = [f"blob_keys_{level}" for level in range(LEVELS)]
 
 SCHEMA = (
-    # a blob's bytes: inline in `data` (stores written before data files), or `length` bytes
-    # at `offset` of data file `file` (datafiles.py) with `data` empty; `written` is when it
-    # was put (seconds since the epoch), which prune's grace period reads (stamps below)
+    # where a blob's bytes are: `length` bytes at `offset` of data file `file` (datafiles.py;
+    # `data` is always empty); `written` is when it was put (seconds since the epoch), which
+    # prune's grace period reads (stamps below)
     "CREATE TABLE IF NOT EXISTS blob_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL, "
     "file INTEGER, offset INTEGER, length INTEGER, written REAL)",
     "CREATE TABLE IF NOT EXISTS blob_levels (level INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
@@ -45,15 +45,9 @@ ID_OF = "coalesce(" + ", ".join(f"(SELECT id FROM {t} WHERE k = :k)" for t in _T
 
 
 def create(db: sqlite3.Connection) -> None:
-    """Make the tables (idempotent; an older store simply gains them)."""
+    """Make the tables (idempotent; LocalStore refuses a store in an older layout first)."""
     for statement in SCHEMA:
         db.execute(statement)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(blob_data)")}
-    for column in ("file", "offset", "length"):  # a store from before data files
-        if column not in columns:
-            db.execute(f"ALTER TABLE blob_data ADD COLUMN {column} INTEGER")
-    if "written" not in columns:  # a store from before write times: its blobs count as old
-        db.execute("ALTER TABLE blob_data ADD COLUMN written REAL")
     (rows,) = db.execute("SELECT count(*) FROM blob_levels").fetchone()
     if rows < LEVELS:  # only then: opening must not wait for the write lock (a long merge)
         db.executemany(
@@ -139,8 +133,7 @@ def all_keys(db: sqlite3.Connection) -> list[bytes]:
 
 
 def stamps(db: sqlite3.Connection) -> dict[bytes, float]:
-    """Every stored packed key with when its newest copy was written (0 when unknown: a blob
-    stored before write times were kept, so old)."""
+    """Every stored packed key with when its newest copy was written."""
     found: dict[bytes, float] = {}
     for table in reversed(_TABLES):  # the newest level last: its copy wins
         rows = db.execute(f"SELECT t.k, coalesce(d.written, 0) FROM {table} t "

@@ -11,32 +11,39 @@ temporary name and renamed, so a reader never sees half an object.
 
 Blob keys (`blobs/<2 hex>/<sha256>[.gz|.br]`) live in the leveled index of `levels.py`, so a
 put costs the same in a store of 10,000 blobs as in one of millions (figure 7). Other keys
-(manifests, packs) stay in the `objects` table keyed by text. Older stores keep what they hold
-where it is (blobs inline in `blob_data`, or in `objects` from before the leveled index): it is
-read and deleted there; nothing is migrated, and new blobs go to data files.
+(manifests, packs) stay in the `objects` table keyed by text.
+
+Only this layout is read (`PRAGMA user_version` = LAYOUT). A store written by a development
+version before it (blobs in `objects` before the leveled index, inline in `blob_data` before
+data files, rows without write times) is refused at open with one line naming its folder:
+nothing was released in those layouts, and reading them cost a branch on every lookup.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from pushsite.errors import BackendUnavailable, ConfigError, NotFound
+from pushsite.diskspace import Reserve, is_full, opened_with_room, translating
+from pushsite.errors import BackendUnavailable, ConfigError, DiskFull, NotFound
 from pushsite.sqlite_setup import setting_up, write_transaction
-from pushsite.stores import datafiles, levels
+from pushsite.stores import datafiles, levels, tempfiles
 
 PACK_LIMIT = 1 << 20  # 1 MiB
 _BATCH_BYTES = 4 << 20  # a batch is appended and fdatasync-ed at once; 8 MiB held more
 _BATCH_COUNT = 2000
 _PAGE_SIZE = 16384
 _CHUNK = 1 << 20
+_RESERVE_BYTES = 2 << 20  # diskspace.py; deleting a 1,000-blob batch commits ~0.5 MiB of WAL
+_logger = logging.getLogger("pushsite.store")
+LAYOUT = 1  # objects.db's user_version: data files, the leveled index, write times
 
 
 class LocalStore:
@@ -46,13 +53,18 @@ class LocalStore:
         self.root = root
         self._large = root / "large"
         self._tmp = root / "tmp"
+        # room for a prune's commits on a full disk (diskspace.py)
+        self._reserve = Reserve(root / "objects.db-reserve", _RESERVE_BYTES)
         try:
             self._large.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
-            with setting_up(root / "objects.db"):
-                self._open_databases(root)
+            tempfiles.sweep(self._tmp)  # what killed writers left
+            opened_with_room(self._reserve, root, lambda: self._open_locked(root))
         except (OSError, sqlite3.Error) as exc:
+            if is_full(exc, root):
+                raise DiskFull.holding(root) from exc
             raise BackendUnavailable(f"cannot open the local store at {root}: {exc}") from exc
+        self._reserve.restore()
         self._lock = threading.Lock()  # guards _pending and _writing (held only briefly)
         # guards the reading connection: a has() or get() query never holds up a put()
         self._read_lock = threading.Lock()
@@ -61,6 +73,10 @@ class LocalStore:
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
         self._files = datafiles.DataFiles(root / "data")
+
+    def _open_locked(self, root: Path) -> None:
+        with setting_up(root / "objects.db"):
+            self._open_databases(root)
 
     def _open_databases(self, root: Path) -> None:
         """The two connections, the pragmas and the schema (idempotent)."""
@@ -73,19 +89,23 @@ class LocalStore:
         # 0.6 times, but +30 MB peak RSS)
         self._wdb.execute(f"PRAGMA page_size={_PAGE_SIZE}")
         self._wdb.execute("PRAGMA journal_mode=WAL")
-        self._wdb.execute(
-            "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
-        )
-        # the keys of large objects (files under large/): has() answers from the database
-        # alone, for every process, without a stat per missing key
-        self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
-        levels.create(self._wdb)
-        for statement in datafiles.SCHEMA:
-            self._wdb.execute(statement)
-        # blobs from before the leveled index: then has/get/put also look at `objects`
-        self._legacy_blobs = self._wdb.execute(
-            "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
-        ).fetchone() is not None
+        (layout,) = self._wdb.execute("PRAGMA user_version").fetchone()
+        if layout != LAYOUT:
+            older = _older_layout(self._wdb) if layout == 0 else f"layout {layout}"
+            if older is not None:
+                raise ConfigError(f"the local store at {root} was written by an older "
+                                  f"development version of pushsite ({older}), which this "
+                                  "one does not read: deploy into a new store folder")
+            self._wdb.execute(
+                "CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, data BLOB NOT NULL)"
+            )
+            # the keys of large objects (files under large/): has() answers from the database
+            # alone, for every process, without a stat per missing key
+            self._wdb.execute("CREATE TABLE IF NOT EXISTS large (key TEXT PRIMARY KEY)")
+            levels.create(self._wdb)
+            for statement in datafiles.SCHEMA:
+                self._wdb.execute(statement)
+            self._wdb.execute(f"PRAGMA user_version={LAYOUT}")
         self._db = self._connect(root / "objects.db")
 
     @staticmethod
@@ -124,15 +144,15 @@ class LocalStore:
     def adopt_file(self, key: str, path: Path) -> None:
         """Move a finished temporary file (made by `temp_file`) into place under `key`."""
         target = self._large_path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        with self._write_lock:
-            self._wdb.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
+        with translating(self.root):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            with self._write_lock:
+                self._wdb.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""
-        fd, name = tempfile.mkstemp(dir=self._tmp)
-        return os.fdopen(fd, "w+b"), Path(name)
+        return tempfiles.create(self._tmp)  # named after this process (tempfiles.py)
 
     def _write_file(self, key: str, source: BinaryIO) -> None:
         handle, tmp = self.temp_file()
@@ -141,8 +161,10 @@ class LocalStore:
                 while chunk := source.read(_CHUNK):
                     handle.write(chunk)
             self.adopt_file(key, tmp)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             tmp.unlink(missing_ok=True)
+            if is_full(exc, self.root):
+                raise DiskFull.holding(self.root) from exc
             raise BackendUnavailable(f"cannot write {key} to the local store: {exc}") from exc
 
     def flush(self) -> None:
@@ -159,6 +181,8 @@ class LocalStore:
                 with self._lock:
                     self._pending = self._writing | self._pending
                     self._writing = {}
+                if is_full(exc, self.root):
+                    raise DiskFull.holding(self.root) from exc
                 raise BackendUnavailable(f"cannot write to the local store: {exc}") from exc
             with self._lock:
                 self._writing = {}
@@ -186,9 +210,6 @@ class LocalStore:
                 texts: list[tuple[str, bytes]]) -> None:
         with write_transaction(self._wdb) as db:
             levels.insert(db, blobs)
-            if self._legacy_blobs and blobs:  # the old copy must not outlive a put
-                db.executemany("DELETE FROM objects WHERE key = ?",
-                               [(levels.unpack(k),) for k, _ in blobs])
             db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
 
     # reading -------------------------------------------------------------------------------
@@ -203,9 +224,7 @@ class LocalStore:
         with self._read_lock:
             held = levels.present(self._db, list(packed.values()))
             found.update(k for k, p in packed.items() if p in held)
-            rest = [k for k in wanted if k not in found]
-            if not self._legacy_blobs:
-                rest = [k for k in rest if k not in packed]
+            rest = [k for k in wanted if k not in found and k not in packed]
             found.update(self._present_in("objects", rest))
             rest = [k for k in wanted if k not in found]
             found.update(self._present_in("large", rest))
@@ -220,19 +239,15 @@ class LocalStore:
             found.update(row[0] for row in rows)
         return found
 
-    def _small(self, what: str, key: str, **args: int) -> tuple[object, ...] | None:
-        """One row about a packed object (`what`: SQL over its `data` with :named args);
-        call with `_read_lock` held."""
-        packed = levels.pack(key)
-        if packed is not None:
-            row = self._db.execute(
-                f"SELECT {what} FROM blob_data WHERE id = {levels.ID_OF}", {**args, "k": packed}
-            ).fetchone()
-            if row is not None or not self._legacy_blobs:
-                return row  # type: ignore[no-any-return]
-        return self._db.execute(  # type: ignore[no-any-return]
+    def _small(self, what: str, key: str, **args: int) -> tuple[Any, ...] | None:
+        """One row about a small object other than a blob (a manifest; `what`: SQL over its
+        `data` with :named args), or None; call with `_read_lock` held."""
+        if levels.pack(key) is not None:  # a blob: in a data file (a span) or under large/
+            return None
+        row: tuple[Any, ...] | None = self._db.execute(
             f"SELECT {what} FROM objects WHERE key = :k", {**args, "k": key}
         ).fetchone()
+        return row
 
     def get(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         with self._lock:
@@ -266,7 +281,7 @@ class LocalStore:
                 row = self._small("substr(data, :start, :n)", key, start=start + 1,
                                   n=max(end - start, 0))
         if row is not None:
-            return bytes(row[0])  # type: ignore[call-overload]
+            return bytes(row[0])
         try:
             with open(self._large_path(key), "rb") as handle:
                 handle.seek(start)
@@ -307,7 +322,7 @@ class LocalStore:
                 return span[2]
             row = self._small("length(data)", key)
         if row is not None:
-            return int(row[0])  # type: ignore[call-overload]
+            return int(row[0])
         try:
             return self._large_path(key).stat().st_size
         except FileNotFoundError:
@@ -363,7 +378,9 @@ class LocalStore:
         self.flush()
         packed = [p for k in doomed if (p := levels.pack(k)) is not None]
         with self._write_lock:
-            with write_transaction(self._wdb) as db:
+            # a prune's deletions commit on a full disk with the reserve's room (diskspace.py)
+            with self._reserve.room(), translating(self.root), \
+                    write_transaction(self._wdb) as db:
                 levels.delete(db, packed)
                 db.executemany("DELETE FROM objects WHERE key = ?", [(k,) for k in doomed])
                 db.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
@@ -371,11 +388,17 @@ class LocalStore:
                 try:
                     self._files.compact(self._wdb)
                 except (sqlite3.Error, OSError) as exc:
-                    raise BackendUnavailable(f"cannot compact the local store's data files "
-                                             f"(the deleted blobs are gone already): {exc}") \
-                        from exc
+                    if not is_full(exc, self.root):
+                        raise BackendUnavailable(f"cannot compact the local store's data files "
+                                                 f"(the deleted blobs are gone already): {exc}"
+                                                 ) from exc
+                    # files no row uses went first; the rest is compacted by a later prune
+                    _logger.warning("compacting the data files of %s stopped: the disk is "
+                                    "full; a later prune finishes it", self.root)
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)
+        tempfiles.sweep(self._tmp)
+        self._reserve.restore()  # what a prune freed refills the reserve first
 
     def detach(self) -> None:
         """Write what is pending, for a process about to end without teardown (`os._exit`):
@@ -394,4 +417,24 @@ class LocalStore:
         if ".." in key.split("/") or key.startswith("/"):
             raise ConfigError(f"invalid object key {key!r}")
         return self._large / key
+
+
+def _older_layout(db: sqlite3.Connection) -> str | None:
+    """What marks an unversioned objects.db as an older layout, or None when it is new (no
+    tables yet) or already this one (made before the layout was versioned)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "objects" in tables and db.execute(
+        "SELECT 1 FROM objects WHERE key >= 'blobs/' AND key < 'blobs0' LIMIT 1"
+    ).fetchone():
+        return "blobs in the objects table, before the leveled index"
+    if "blob_data" not in tables:
+        return None
+    columns = {row[1] for row in db.execute("PRAGMA table_info(blob_data)")}
+    if not {"file", "offset", "length"} <= columns:
+        return "blobs inline in SQLite, before data files"
+    if "written" not in columns:
+        return "blobs without write times"
+    if db.execute("SELECT 1 FROM blob_data WHERE file IS NULL LIMIT 1").fetchone():
+        return "blobs inline in SQLite, before data files"
+    return None
 

@@ -1,11 +1,11 @@
 """The object store on S3 or any S3-compatible server (SeaweedFS, MinIO, Ceph, R2).
 
-    s3://bucket/prefix?endpoint=http://127.0.0.1:8333&create=1&workers=16&packs=1
+    s3://bucket/prefix?endpoint=http://127.0.0.1:8333&create=1&workers=16
 
 A deployment's new blobs and its manifest go into one pack object (packs.py, s3pack.py), so a
-site of 1,000 files is one upload, not 3,000; `packs=0` writes one object per blob variant
-instead (the layout of earlier versions, which stays readable either way); `segment_mb` (4)
-is the size at which a pack is cut into another object while the deploy goes on.
+site of 1,000 files is one upload, not 3,000; `segment_mb` (4) is the size at which a pack is
+cut into another object while the deploy goes on. (`packs=0`, one object per blob variant,
+was a development version's layout: the option is refused now.)
 
 Small puts go through a thread pool and `flush()` waits for them (boto3 clients are
 thread-safe); at most `2 * workers` puts are in flight, so a fast producer blocks instead of
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, http_status, make_client
-from pushsite.errors import BackendUnavailable, NotFound
+from pushsite.errors import BackendUnavailable, ConfigError, NotFound
 from pushsite.stores.packs import Footer, make_ref, pack_key, parse_ref
 
 if TYPE_CHECKING:
@@ -130,13 +130,11 @@ class S3Store:
         workers: int = 16,
         part_size: int = 8 * MB,
         has_strategy: str = "auto",
-        packs: bool = True,
         segment_size: int = 4 * MB,
     ) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.has_strategy = has_strategy
-        self.packs = packs
         self.segment_size = segment_size
         self._what = f"S3 bucket {bucket!r}"
         self.client = make_client("s3", target, pool_size=max(workers, 10) + 4)
@@ -154,6 +152,9 @@ class S3Store:
     @classmethod
     def from_url(cls, url: str) -> S3Store:
         target = BackendUrl.parse(url, "s3")
+        if "packs" in target.options:
+            raise ConfigError(f"invalid S3 store URL {url!r}: the `packs` option is gone "
+                              "(a deployment's new blobs always go into packs); remove it")
         return cls(
             target.name,
             target.path,
@@ -161,7 +162,6 @@ class S3Store:
             workers=target.int_option("workers", 16),
             part_size=target.int_option("part_mb", 8) * MB,
             has_strategy=target.options.get("has", "auto"),
-            packs=target.options.get("packs", "1") not in ("0", "false", "no"),
             segment_size=target.int_option("segment_mb", 4) * MB,
         )
 
@@ -272,7 +272,7 @@ class S3Store:
         if ref is not None:
             key, offset, length = ref
             if not length:
-                return io.BytesIO(b"")  # type: ignore[return-value]
+                return io.BytesIO(b"")
             args = {"Bucket": self.bucket, "Key": self.full_key(key),
                     "Range": f"bytes={offset}-{offset + length - 1}"}
         with aws_errors(self._what):
@@ -300,12 +300,10 @@ class S3Store:
 
     # packs (see packs.py) -----------------------------------------------------------------
     def packer(self, deployment_id: str) -> S3Packer | None:
-        """The pack a run of a deployment writes (None with `packs=0`); every run's segments
+        """The pack a run of a deployment writes; every run's segments
         have names of their own, so a retry never overwrites what an earlier run stored."""
         from pushsite.stores.s3pack import S3Packer
 
-        if not self.packs:
-            return None
         return S3Packer(self, deployment_id, segment_size=self.segment_size)
 
     def packed_blobs(self, deployment_id: str) -> dict[str, str]:

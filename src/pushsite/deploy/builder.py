@@ -69,6 +69,13 @@ class Log(Protocol):
     def warning(self, stage: str, message: str, **fields: object) -> None: ...
 
 
+class Readable(Protocol):
+    """A large file's bytes as a driver hands them on: a bundle member (BundleReader), a git
+    blob (gitcommit.BlobStream), an open file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 @dataclass
 class Counters:
     files: int = 0
@@ -156,6 +163,22 @@ class _PoolMark(threading.local):
     inside = False
 
 
+class _Claim:
+    """The first copy of a blob in a deploy: later copies wait for it and take what it stored,
+    so they never ask the store about a blob that is still being written (a look-up there
+    could see some variants and not others: a cold deploy of many identical files failed
+    with "object ... is not in the store"). `known` None: ask the store (it had the blob)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.known: Known | None = None
+
+    def settle(self, known: Known | None) -> None:
+        if not self.done.is_set():
+            self.known = known
+            self.done.set()
+
+
 @dataclass
 class _Pending:
     path: str
@@ -213,7 +236,7 @@ class ManifestBuilder:
         self._budget = InFlight(budget * 2 if opening else budget)
         if opening:
             self.target.when_done(lambda: self._budget.set_limit(budget))
-        self._claimed: set[str] = set()
+        self._claimed: dict[str, _Claim] = {}
         self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         self._lock = threading.Lock()
 
@@ -228,7 +251,7 @@ class ManifestBuilder:
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FILES:
             self._submit()
 
-    def add_stream(self, path: str, source: BinaryIO, size: int, git: str = "") -> None:
+    def add_stream(self, path: str, source: Readable, size: int, git: str = "") -> None:
         """A large file: one pass through sha256 into a temporary file; only a blob the
         store lacks is then compressed (from that file), so a redeploy costs a hash."""
         self.deadline.check(self.counters)
@@ -236,6 +259,7 @@ class ManifestBuilder:
         digest = hashlib.sha256()
         outputs = {"": self._temp()}
         total = 0
+        sha, claimed = "", False
         try:
             while chunk := source.read(CHUNK):
                 total += len(chunk)
@@ -244,8 +268,10 @@ class ManifestBuilder:
                 self.deadline.check(self.counters)
             sha = digest.hexdigest()
             target = self._open()
-            new = (sha not in target.known and self._claim(sha)
-                   and (target.packer is not None or not target.store.has([blob_key(sha)])))
+            claimed = sha not in target.known and self._claim(sha)
+            new = claimed and (target.packer is not None or not target.store.has([blob_key(sha)]))
+            if claimed and not new:
+                self._settle_claim(sha, None)  # stored before this deploy: ask the store
             if not new:
                 encodings, refs = self._known_variants(sha, content_type, total)
                 self._record(path, FileEntry(sha, total, content_type, encodings, git, refs),
@@ -262,6 +288,8 @@ class ManifestBuilder:
             self._record(path, self._new_entry(sha, total, content_type, encodings, git, adopted),
                          True, stored=sum(sizes[e] for e in ("", *encodings)))
         finally:
+            if claimed:  # no-op once settled with what was stored; else copies ask the store
+                self._settle_claim(sha, None)
             for handle, tmp in outputs.values():
                 handle.close()
                 _discard(tmp)
@@ -326,17 +354,21 @@ class ManifestBuilder:
                 self._record(item.path, FileEntry(sha, len(item.data), content_type, encodings,
                                                   item.git, refs), False, 0)
                 continue
-            variants = {"": item.data, **encode.variants(item.data, content_type)}
-            meta = {"content-type": content_type, "sha256": sha}
-            added: dict[str, str | None] = {}
-            for enc, blob in variants.items():
-                if packer is not None:
-                    added[enc] = packer.add(blob_key(sha, enc), blob)
-                else:
-                    target.store.put(blob_key(sha, enc), blob,
-                                     meta | {"content-encoding": enc} if enc else meta)
-            encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
-            entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git, added)
+            try:
+                variants = {"": item.data, **encode.variants(item.data, content_type)}
+                meta = {"content-type": content_type, "sha256": sha}
+                added: dict[str, str | None] = {}
+                for enc, blob in variants.items():
+                    if packer is not None:
+                        added[enc] = packer.add(blob_key(sha, enc), blob)
+                    else:
+                        target.store.put(blob_key(sha, enc), blob,
+                                         meta | {"content-encoding": enc} if enc else meta)
+                encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
+                entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git,
+                                        added)
+            finally:
+                self._settle_claim(sha, None)  # no-op once _new_entry settled it
             self._record(item.path, entry, True, sum(map(len, variants.values())))
 
     def _open(self) -> Target:
@@ -351,11 +383,13 @@ class ManifestBuilder:
 
     def _new_entry(self, sha: str, size: int, content_type: str, encodings: dict[str, int],
                    git: str, refs: dict[str, str | None]) -> FileEntry:
-        """The entry of a blob this deploy stored; remembered when it went into the pack."""
+        """The entry of a blob this deploy stored; remembered when it went into the pack, and
+        handed to the copies of it that wait for this first one (_Claim)."""
         packed = {enc: ref for enc, ref in refs.items() if ref} or None
         if packed is not None:
             with self._lock:
                 self._packed[sha] = (encodings, packed)
+        self._settle_claim(sha, (dict(encodings), packed))
         return FileEntry(sha, size, content_type, encodings, git, packed)
 
     def _known_variants(self, sha: str, content_type: str, size: int) -> Known:
@@ -365,13 +399,18 @@ class ManifestBuilder:
         if sha in target.known:
             encodings, refs = target.known[sha]
             return dict(encodings), refs
+        with self._lock:
+            claim = self._claimed.get(sha)
+        if claim is not None:  # a first copy in this deploy: what it stored, once stored
+            claim.done.wait()
+            if claim.known is not None:
+                encodings, refs = claim.known
+                return dict(encodings), refs
         if target.packer is not None:  # stored by this deploy; finish() fills in what is late
-            self._wait_for_claims(sha)
             with self._lock:
                 return self._packed.get(sha, ({}, None))
         if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
             return {}, None
-        self._wait_for_claims(sha)
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
         present = target.store.has(keys.values())
         store = target.store
@@ -382,25 +421,21 @@ class ManifestBuilder:
                             else len(store.get(key)))
         return out, None
 
-    def _wait_for_claims(self, sha: str) -> None:
-        """A blob claimed by another batch of this deploy may still be being written."""
-        with self._lock:
-            claimed = sha in self._claimed
-        if not claimed:
-            return
-        # the reader's thread may wait for the pool; a pool thread never waits on the pool
-        # (a duplicate found there may then lack variants: served uncompressed, still right)
-        if not self._pool_mark.inside:
-            for future in list(self._futures):
-                future.result()
-        self._open().store.flush()
-
     def _claim(self, sha: str) -> bool:
+        """True for the first copy of a blob in this deploy: it stores the blob, then settles
+        the claim (always, even when storing fails) so later copies stop waiting. Nothing
+        waits while holding an unsettled claim, so waiting never deadlocks."""
         with self._lock:
             if sha in self._claimed:
                 return False
-            self._claimed.add(sha)
+            self._claimed[sha] = _Claim()
             return True
+
+    def _settle_claim(self, sha: str, known: Known | None) -> None:
+        with self._lock:
+            claim = self._claimed.get(sha)
+        if claim is not None:
+            claim.settle(known)
 
     def _record(self, path: str, entry: FileEntry, new: bool, stored: int) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -23,6 +23,9 @@ from pushsite.deploy.builder import Counters
 from pushsite.errors import PushsiteError
 from pushsite.model import Deployment
 from pushsite.names import branch_label
+
+if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
+    from pushsite.service import Service
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,22 +61,39 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except PushsiteError as exc:
+            _reported.append(exc)
             err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
+
+
+_reported: list[PushsiteError] = []  # what reports_errors printed in this process
+
+
+def _close(service: Service, exiting: bool) -> None:
+    """Close the backends when the command ends. An error doing so is one line as well, and
+    none after the command's own: a full disk fails a deploy, then the store's final flush."""
+    try:
+        service.close(exiting=exiting)
+    except PushsiteError as exc:
+        if _reported:
+            return
+        _reported.append(exc)
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
     return load_config(home=ctx.obj.get("home"), **overrides)
 
 
-def _service(ctx: click.Context, **overrides: Any):  # type: ignore[no-untyped-def]
+def _service(ctx: click.Context, **overrides: Any) -> Service:
     from pushsite.service import Service
 
     service = Service(_config(ctx, **overrides))
     # backends flushed and closed when the command ends (only flushed before a quick exit)
-    ctx.call_on_close(lambda: service.close(exiting=bool(ctx.obj.get("quick_exit"))))
+    ctx.call_on_close(lambda: _close(service, bool(ctx.obj.get("quick_exit"))))
     return service
 
 
@@ -156,14 +176,14 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
         from pushsite.remote import deploy_remote
 
         try:
-            deployment = deploy_remote(server, token or "", open_source(source), site=site,
-                                       branch=branch, message=message, timeout=timeout,
-                                       echo=None if as_json else err.print)
+            uploaded = deploy_remote(server, token or "", open_source(source), site=site,
+                                     branch=branch, message=message, timeout=timeout,
+                                     echo=None if as_json else err.print)
         except PushsiteError as exc:
-            if as_json and getattr(exc, "deployment", None):
-                click.echo(json.dumps(exc.deployment))  # type: ignore[attr-defined]
+            if as_json and (remote := getattr(exc, "deployment", None)):  # remote._failure's
+                click.echo(json.dumps(remote))
             raise
-        _report(deployment, as_json)
+        _report(uploaded, as_json)
         return
     service = _service(ctx)
     from pushsite.names import check_site_name

@@ -14,6 +14,7 @@
     │   ├── DeploymentTimedOut                           the deadline came first
     │   └── DeploymentCancelled                          someone cancelled it
     ├── BackendUnavailable             exit 7  HTTP 503  store, state or queue unreachable
+    │   └── DiskFull                           HTTP 507  no space left where the data lives
     └── NotAuthorized                  exit 8  HTTP 401  token missing or not allowed
         └── Forbidden                          HTTP 403  token valid but does not cover this
 
@@ -95,6 +96,19 @@ class DeploymentCancelled(DeploymentFailed):
 class BackendUnavailable(PushsiteError):
     exit_code = 7
     http_status = 503
+
+
+class DiskFull(BackendUnavailable):
+    """The file system holding pushsite's data is full (ENOSPC, SQLite's SQLITE_FULL): an
+    outage reported in one line, never a traceback; the live site is untouched. The backends
+    recognise it (diskspace.py) where they write."""
+
+    http_status = 507
+
+    @classmethod
+    def holding(cls, path: object) -> DiskFull:
+        return cls(f"no space left on the device holding {path}; free some space there "
+                   "(`pushsite prune SITE --keep N` drops old deployments) and try again")
 
 
 class NotAuthorized(PushsiteError):

@@ -32,11 +32,14 @@ def setting_up(database: Path) -> Iterator[None]:
 @contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT on a connection in autocommit mode; ROLLBACK on any error,
-    so the connection is usable again."""
+    so the connection is usable again. SQLite may have rolled back already (SQLITE_FULL, an
+    I/O error): then there is nothing to roll back, and the original error is what is raised,
+    not "cannot rollback - no transaction is active"."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise

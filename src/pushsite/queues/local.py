@@ -11,13 +11,18 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pushsite.errors import BackendUnavailable, ConfigError
+from pushsite.diskspace import Reserve, is_full, opened_with_room
+from pushsite.errors import BackendUnavailable, ConfigError, DiskFull
 from pushsite.queues import QueueItem
 from pushsite.sqlite_setup import setting_up
+
+_RESERVE_BYTES = 256 << 10  # diskspace.py; an ack is one page of WAL
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -30,20 +35,46 @@ class LocalQueue:
     """A durable FIFO queue in a SQLite file (`local:///path/queue.db`)."""
 
     def __init__(self, path: Path, visibility: float = 300.0, poll: float = 0.05) -> None:
+        # room to ack and release on a full disk (diskspace.py): those settle, never add
+        self._reserve = Reserve(path.with_name(path.name + "-reserve"), _RESERVE_BYTES)
+        self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with setting_up(path):
-                self._db = sqlite3.connect(
-                    path, check_same_thread=False, isolation_level=None, timeout=30
-                )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.executescript(_SCHEMA)
+            self._db = opened_with_room(self._reserve, path, lambda: self._open(path))
         except (OSError, sqlite3.Error) as exc:
+            if is_full(exc, path):
+                raise DiskFull.holding(path) from exc
             raise BackendUnavailable(f"cannot open the queue {path}: {exc}") from exc
+        self._reserve.restore()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.visibility = visibility
         self._poll = poll
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        with setting_up(path):
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+        return db
+
+    @contextmanager
+    def _writing(self, *, settling: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, locked, for one statement; a full disk is DiskFull, another
+        SQLite error BackendUnavailable (never a bare sqlite3 error: an API 500)."""
+        with self._lock:
+            try:
+                with self._reserve.room(settling=settling):
+                    yield self._db
+            except sqlite3.Error as exc:
+                if is_full(exc, self.path):
+                    raise DiskFull.holding(self.path) from exc
+                raise BackendUnavailable(f"queue database error: {exc}") from exc
 
     @classmethod
     def from_url(cls, url: str) -> LocalQueue:
@@ -55,8 +86,8 @@ class LocalQueue:
         return cls(Path(unquote(parts.path)), visibility=visibility)
 
     def send(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writing() as db:
+            db.execute(
                 "INSERT INTO queue (body, visible_at) VALUES (?, ?)", (json.dumps(body), 0.0)
             )
         self._wake.set()
@@ -75,8 +106,8 @@ class LocalQueue:
     def _try_receive(self) -> QueueItem | None:
         receipt = uuid.uuid4().hex
         now = time.time()
-        with self._lock:
-            row = self._db.execute(
+        with self._writing() as db:
+            row = db.execute(
                 "UPDATE queue SET visible_at = ?, attempts = attempts + 1, receipt = ? "
                 "WHERE id = (SELECT id FROM queue WHERE visible_at <= ? ORDER BY id LIMIT 1) "
                 "RETURNING body, attempts",
@@ -87,19 +118,19 @@ class LocalQueue:
         return QueueItem(json.loads(row[0]), receipt, row[1])
 
     def ack(self, item: QueueItem) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM queue WHERE receipt = ?", (item.receipt,))
+        with self._writing(settling=True) as db:
+            db.execute("DELETE FROM queue WHERE receipt = ?", (item.receipt,))
 
     def release(self, item: QueueItem) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writing(settling=True) as db:
+            db.execute(
                 "UPDATE queue SET visible_at = 0 WHERE receipt = ?", (item.receipt,)
             )
         self._wake.set()
 
     def extend(self, item: QueueItem, seconds: float) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writing() as db:
+            db.execute(
                 "UPDATE queue SET visible_at = ? WHERE receipt = ?",
                 (time.time() + seconds, item.receipt),
             )

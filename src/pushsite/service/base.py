@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from pushsite.backends import Detachable
 from pushsite.config import Config
+from pushsite.diskspace import as_disk_full
 from pushsite.errors import (
     DeploymentFailed,
     DeploymentNotFound,
@@ -88,6 +90,12 @@ class ServiceBase:
                 backend.detach()
             else:
                 backend.close()
+
+    def _disk_full(self, exc: BaseException) -> BaseException:
+        """`exc`, or a DiskFull when it says the disk is full (a raw ENOSPC from a spool file,
+        say): about the file it names, else the data directory."""
+        where = getattr(exc, "filename", None)
+        return as_disk_full(exc, Path(where) if isinstance(where, str) else self.config.home)
 
     def log_for(self, deployment: Deployment) -> DeployLog:
         return DeployLog(self.state, deployment.id, deployment.site, sinks=self._sinks)

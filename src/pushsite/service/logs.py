@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
-from pushsite.errors import ConfigError
+from pushsite.errors import ConfigError, DiskFull
 from pushsite.model import LogLine
 from pushsite.state import StateStore
 
@@ -176,7 +176,9 @@ class DeployLog:
 
     def _note_failure(self, exc: Exception) -> None:
         self.last_error = exc
-        if not self._warned:
+        # a full disk fails the deployment itself, which says so in one line; its final
+        # flush uses the reserve's room (diskspace.py)
+        if not self._warned and not isinstance(exc, DiskFull):
             self._warned = True
             stderr_warning(
                 f"pushsite: cannot write the log of deployment {self.deployment_id} "

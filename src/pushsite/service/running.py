@@ -17,12 +17,14 @@ from pushsite.deploy.builder import Counters, Deadline, Known, ManifestBuilder, 
 from pushsite.deploy.later import Later
 from pushsite.deploy.memory import cap_arenas, trimmed_heap
 from pushsite.deploy.tarball import deploy_bundle
+from pushsite.diskspace import as_disk_full, settling
 from pushsite.errors import (
     BackendUnavailable,
     DeploymentCancelled,
     DeploymentFailed,
     DeploymentNotFound,
     DeploymentTimedOut,
+    DiskFull,
     DomainConflict,
     NotFound,
     PushsiteError,
@@ -89,12 +91,17 @@ class Running(ServiceBase):
                 builder = self._builder(deployment, ran_before, log, beat, timeout, progress)
                 with trimmed_heap():
                     return self._run_pipeline(deployment, builder, log, bundle, folder)
-        except BaseException as exc:
+        except BaseException as caught:
+            exc = self._disk_full(caught)
             if builder is not None:
                 self._apply_counters(deployment, builder.counters)
             retry = bundle is None and folder is None and self._resumable(deployment.bundle_key)
-            self._stopped(deployment, exc, log, retry=retry)
-            raise
+            with settling():  # on a full disk, the reserve's room records it (diskspace.py)
+                self._stopped(deployment, exc, log, retry=retry)
+                log.flush()
+            if exc is caught:
+                raise
+            raise exc from caught
         finally:
             log.flush()
 
@@ -130,13 +137,19 @@ class Running(ServiceBase):
         it over once the lease runs out. Nothing is swallowed: the caller re-raises `exc`.
         """
         try:
-            if retry and isinstance(exc, BackendUnavailable):
+            # a full disk fails it: a retry would only fill the disk again
+            if retry and isinstance(exc, BackendUnavailable) and not isinstance(exc, DiskFull):
                 self._requeue(deployment, exc, log)
             else:
                 self._fail(deployment, exc, log)
         except Exception as unrecorded:  # noqa: BLE001 - noted on exc, which is re-raised
             exc.add_note(f"recording this on deployment {deployment.id} failed too "
                          f"({unrecorded}); its lease runs out and a recovery settles it")
+            if isinstance(exc, DiskFull):  # the one line the user sees says so too
+                exc.message += (f"; deployment {deployment.id} could not be marked failed "
+                                f"either: it stays running until its lease runs out "
+                                f"({self.lease:g} s), then `pushsite serve` or a worker "
+                                "takes it over and fails it")
 
     def _requeue(self, deployment: Deployment, exc: BaseException, log: DeployLog) -> None:
         deployment.status = Status.QUEUED
@@ -190,11 +203,15 @@ class Running(ServiceBase):
         try:
             with open(target, "wb") as out:
                 size = fetch_archive(source, out, max_bytes=self.config.max_total_mb << 20)
-        except BaseException as exc:
+        except BaseException as caught:
             target.unlink(missing_ok=True)
-            self._fail(deployment, exc, log)
-            log.flush()
-            raise
+            exc = as_disk_full(caught, self.config.staging)
+            with settling():
+                self._fail(deployment, exc, log)
+                log.flush()
+            if exc is caught:
+                raise
+            raise exc from caught
         log.info("accept", f"fetched the archive of {fetch['commit'][:12]} ({size} bytes)")
         log.flush()
         deployment.bundle_key = target.name
@@ -260,7 +277,8 @@ class Running(ServiceBase):
                 self.store.flush()
                 return self._complete(deployment, log)
         except BaseException as exc:
-            self._stopped(deployment, exc, log, retry=False)
+            with settling():
+                self._stopped(deployment, exc, log, retry=False)
             raise
         finally:
             log.flush()

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from pushsite import ids, names
 from pushsite.deploy.gitcommit import SiteRepos
+from pushsite.diskspace import settling, translating
 from pushsite.errors import (
     AliasConflict,
     ConfigError,
@@ -190,7 +191,7 @@ class Service(Queueing):
         target = self.config.staging / f"{deployment_id}.tar.gz"
         partial = target.with_suffix(".part")
         try:
-            with open(partial, "wb") as out:
+            with translating(self.config.staging), open(partial, "wb") as out:
                 shutil.copyfileobj(bundle, out, _COPY_CHUNK)
         except BaseException:
             partial.unlink(missing_ok=True)  # a cut-off upload leaves nothing behind
@@ -362,6 +363,11 @@ class Service(Queueing):
             self._refresh_status(alias.deployment_id)
 
     def cancel(self, deployment_id: str) -> Deployment:
+        """Cancel a queued or running deployment; works on a full disk (diskspace.py)."""
+        with settling():
+            return self._cancel(deployment_id)
+
+    def _cancel(self, deployment_id: str) -> Deployment:
         deployment = self.state.get_deployment(deployment_id)
         for status in (Status.QUEUED, Status.RUNNING):
             deployment.status = Status.CANCELLED
@@ -386,8 +392,10 @@ class Service(Queueing):
 
     def prune(self, site_name: str, keep: int, grace: float | None = None) -> dict[str, int]:
         """Delete old deployments and the blobs no kept deployment uses (housekeeping.py);
-        `grace`: seconds of recent writes always kept (default: the prune_grace setting)."""
-        return housekeeping.prune(self, site_name, keep, grace=grace)
+        `grace`: seconds of recent writes always kept (default: the prune_grace setting).
+        Works on a full disk: its writes use the reserve's room (diskspace.py)."""
+        with settling():
+            return housekeeping.prune(self, site_name, keep, grace=grace)
 
     def verify(self) -> list[str]:
         """The problems found in every ready manifest's blobs (housekeeping.py)."""

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pushsite.diskspace import Reserve, is_full, opened_with_room
 from pushsite.errors import (
     BackendUnavailable,
     ConfigError,
     DeploymentNotFound,
+    DiskFull,
     DomainConflict,
     SiteNotFound,
 )
@@ -65,6 +67,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, time REAL NOT NULL);
 """
 
+_RESERVE_BYTES = 1 << 20  # diskspace.py: a cancel's commit took 36 KiB on a full disk
 _DEPLOYMENT_COLUMNS = [f.name for f in fields(Deployment)]
 _QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
 
@@ -87,24 +90,36 @@ class SqliteState:
     """A StateStore in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
+        # room for the writes that settle things on a full disk (diskspace.py)
+        self._reserve = Reserve(path.with_name(path.name + "-reserve"), _RESERVE_BYTES)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with setting_up(path):
-                self._db = sqlite3.connect(
-                    path, check_same_thread=False, isolation_level=None, timeout=30
-                )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.executescript(_SCHEMA)
-                _add_missing_columns(self._db)
-                # recovery lists running and queued deployments (an old table gains it too)
-                self._db.execute("CREATE INDEX IF NOT EXISTS deployments_status "
-                                 "ON deployments (status, id)")
+            self._db = opened_with_room(self._reserve, path, lambda: self._open(path))
         except (OSError, sqlite3.Error) as exc:
+            if is_full(exc, path):
+                raise DiskFull.holding(path) from exc
             raise BackendUnavailable(f"cannot open the state database {path}: {exc}") from exc
+        self._reserve.restore()
         self.path = path
         self._lock = threading.RLock()
         self._own_writes = 0
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        with setting_up(path):
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                _add_missing_columns(db)
+                # recovery lists running and queued deployments (an old table gains it too)
+                db.execute("CREATE INDEX IF NOT EXISTS deployments_status "
+                           "ON deployments (status, id)")
+            except BaseException:
+                db.close()
+                raise
+        return db
 
     @classmethod
     def from_url(cls, url: str) -> SqliteState:
@@ -117,18 +132,23 @@ class SqliteState:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
-                with write_transaction(self._db) as db:
+                with self._reserve.room(), write_transaction(self._db) as db:
                     yield db
                 self._own_writes += 1
             except sqlite3.Error as exc:
-                raise BackendUnavailable(f"state database error: {exc}") from exc
+                raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> BackendUnavailable:
+        if is_full(exc, self.path):
+            return DiskFull.holding(self.path)
+        return BackendUnavailable(f"state database error: {exc}")
 
     def _query(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise BackendUnavailable(f"state database error: {exc}") from exc
+                raise self._error(exc) from exc
 
     def version(self) -> tuple[int, int]:
         """Changes whenever any process commits a change: lets readers cache safely.
@@ -187,7 +207,7 @@ class SqliteState:
     def list_sites(self) -> list[Site]:
         return [self._site(row) for row in self._query("SELECT * FROM sites ORDER BY name")]
 
-    def _site(self, row: tuple[Any, ...]) -> Site:
+    def _site(self, row: sqlite3.Row) -> Site:
         domains = [r[0] for r in self._query(
             "SELECT host FROM domains WHERE site = ? ORDER BY host", (row[0],))]
         return Site(row[0], row[1], row[2], domains, row[3],
@@ -292,7 +312,7 @@ class SqliteState:
         return row
 
     @staticmethod
-    def _deployment(row: tuple[Any, ...]) -> Deployment:
+    def _deployment(row: sqlite3.Row) -> Deployment:
         return Deployment.from_dict(dict(zip(_DEPLOYMENT_COLUMNS, row, strict=True)))
 
     # aliases -------------------------------------------------------------------------------
@@ -362,7 +382,7 @@ class SqliteState:
         return [self._line(row) for row in rows]
 
     @staticmethod
-    def _line(row: tuple[Any, ...]) -> LogLine:
+    def _line(row: sqlite3.Row) -> LogLine:
         return LogLine(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
 
     # tokens --------------------------------------------------------------------------------
@@ -382,7 +402,7 @@ class SqliteState:
         return [self._token(r) for r in self._query("SELECT * FROM tokens ORDER BY created")]
 
     @staticmethod
-    def _token(row: tuple[Any, ...]) -> Token:
+    def _token(row: sqlite3.Row) -> Token:
         return Token(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
     def delete_token(self, token_id: str) -> None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from pushsite.sqlite_setup import write_transaction
 
@@ -40,7 +40,7 @@ ROLL_BYTES = 1 << 30  # a writer starts a new file past this, so compaction move
 class Appender:
     """Appends to one locked data file; `add` returns where the bytes went."""
 
-    def __init__(self, no: int, handle: io.BufferedWriter, size: int) -> None:
+    def __init__(self, no: int, handle: BinaryIO, size: int) -> None:
         self.no = no
         self._handle = handle
         self.size = size
@@ -62,7 +62,7 @@ class DataFiles:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._handle: io.BufferedWriter | None = None
+        self._handle: BinaryIO | None = None
         self._no: int | None = None
 
     def path(self, no: int) -> Path:
@@ -94,7 +94,7 @@ class DataFiles:
             if not handle.closed:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _locked_own_file(self, db: sqlite3.Connection) -> io.BufferedWriter:
+    def _locked_own_file(self, db: sqlite3.Connection) -> BinaryIO:
         handle = self._own_file(db)
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         stat = os.fstat(handle.fileno())
@@ -104,7 +104,7 @@ class DataFiles:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         return handle
 
-    def _own_file(self, db: sqlite3.Connection) -> io.BufferedWriter:
+    def _own_file(self, db: sqlite3.Connection) -> BinaryIO:
         if self._handle is None:
             with write_transaction(db):
                 no = int(db.execute("INSERT INTO data_files DEFAULT VALUES").lastrowid or 0)
@@ -129,7 +129,9 @@ class DataFiles:
 
         Call with the store's write lock held and no transaction open."""
         freed = 0
-        for (no,) in db.execute("SELECT no FROM data_files ORDER BY no").fetchall():
+        # files no row uses first: on a full disk they free the room the copies need
+        for (no,) in db.execute("SELECT no FROM data_files ORDER BY (SELECT count(*) FROM "
+                                "blob_data WHERE file = no) > 0, no").fetchall():
             if no != self._no:
                 freed += self._compact_one(db, int(no))
         return freed

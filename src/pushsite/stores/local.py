@@ -393,7 +393,7 @@ class LocalStore:
                                                  f"(the deleted blobs are gone already): {exc}"
                                                  ) from exc
                     # files no row uses went first; the rest is compacted by a later prune
-                    _logger.warning("compacting the data files of %s stopped: the disk is "
+                    _logger.info("compacting the data files of %s stopped: the disk is "
                                     "full; a later prune finishes it", self.root)
         for key in doomed:
             self._large_path(key).unlink(missing_ok=True)

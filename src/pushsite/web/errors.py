@@ -2,7 +2,8 @@
 
     {"ok": false, "error": "<a sentence for a person>", "status": <HTTP status>}
 
-A PushsiteError answers with its class's `http_status` and its message. A malformed request
+A PushsiteError answers with its class's `http_status` and its message (a full disk, DiskFull:
+507 Insufficient Storage, also for an ENOSPC no backend translated). A malformed request
 (a bad query parameter, a JSON body of the wrong shape) is a 400 in the same shape, and so is
 any other HTTP error the framework raises (an unknown path, a wrong method). Anything else is a
 bug: a plain 500 whose body says so, with the traceback only when the server runs with --debug.
@@ -20,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pushsite.errors import PushsiteError
+from pushsite.diskspace import is_full
+from pushsite.errors import DiskFull, PushsiteError
 
 DEBUG_KEY = "pushsite.debug"  # set in the ASGI scope by `with_debug_flag`
 
@@ -82,6 +84,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if is_full(exc):  # a full disk a backend did not name: still 507 and one sentence
+        return error_response(DiskFull("no space left on the device holding pushsite's data; "
+                                       "free some space there and try again"))
     body = error_body("internal server error: this is a bug in pushsite; the server log has "
                       "the details", 500)
     if request.scope.get(DEBUG_KEY):

@@ -4,6 +4,7 @@ slow store is still opening."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,9 @@ def test_reading_runs_twice_as_far_ahead_while_the_store_opens(tmp_path: Path) -
         assert builder._budget._limit == 2 * IN_FLIGHT_BYTES
         opened.set()
         builder.target.get()
+        deadline = time.monotonic() + 5  # the callback may run just after get() returns
+        while builder._budget._limit != IN_FLIGHT_BYTES and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert builder._budget._limit == IN_FLIGHT_BYTES
         ready = ManifestBuilder(Later.now(Target(store)), _Log(), workers=2)
         assert ready._budget._limit == IN_FLIGHT_BYTES

@@ -18,9 +18,10 @@ With PUSHSITE_MIRROR set (`s3://hosting-bucket[/prefix]`, as the template sets i
 deployment that went live on production is also mirrored to `<mirror>/<site>/` as plain files
 (mirror.py), for S3 website hosting or a CDN; a failed mirror is retried with the message.
 
-Each invocation first runs Service.recover (at most once per lease in a container): a
-deployment whose runner stopped renewing its lease (a killed invocation, a dead worker) is
-taken over or failed cleanly, so nothing waits for a `serve` restart. Deployments run here
+Each invocation ends with Service.recover, in the time its records left over (more than
+MARGIN; at most once per lease in a container): a deployment whose runner stopped renewing its
+lease (a killed invocation, a dead worker) is taken over or failed cleanly, so nothing waits
+for a `serve` restart. It comes last so that it never takes a deploy's time. Deployments run here
 hold leases as runner `lambda`.
 
 Settings come from PUSHSITE_* variables (config.py); the Service is kept for the container's
@@ -57,13 +58,16 @@ class LambdaContext(Protocol):
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Deploy what the event names; for SQS batches, report the records to retry."""
     service = _service()
-    _recover(service)
-    records = event.get("Records") or []
-    if records and records[0].get("eventSource") == "aws:sqs":
-        return _sqs_batch(service, records, context)
-    item = QueueItem(body=event, receipt="", attempts=1)
-    _mirror(service, dispatch(service, item, timeout=_time_left(context)))
-    return {}
+    try:
+        records = event.get("Records") or []
+        if records and records[0].get("eventSource") == "aws:sqs":
+            return _sqs_batch(service, records, context)
+        item = QueueItem(body=event, receipt="", attempts=1)
+        _mirror(service, dispatch(service, item, timeout=_time_left(context)))
+        return {}
+    finally:
+        if context.get_remaining_time_in_millis() / 1000 > MARGIN:
+            _recover(service)
 
 
 def _recover(service: Service) -> None:

@@ -175,6 +175,16 @@ def test_cli_hooks_and_api_patch_change_the_same_settings(server: Server) -> Non
     assert api.call("GET", "/sites/hooked").status_code == 404
 
 
+
+def test_tokens_are_revoked_through_the_service_from_cli_and_api(server: Server) -> None:
+    admin = Api(server, server.new_token("--admin"))
+    doomed = admin.ok("POST", "/tokens", 201, json={"name": "doomed"})["token"]["id"]
+    assert admin.ok("DELETE", f"/tokens/{doomed}") == {"ok": True, "deleted": doomed}
+    assert admin.call("DELETE", f"/tokens/{doomed}").status_code == 404
+    gone = server.cli("tokens", "delete", doomed)
+    assert gone.returncode == 4 and f"no token with id {doomed!r}" in gone.stderr.decode()
+
+
 # deploy_ref --------------------------------------------------------------------------------------
 @pytest.fixture
 def pushed(service: Service, make_repo: Callable[..., Path]) -> tuple[Path, Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,19 +25,23 @@ import pytest
 
 from pushsite.config import load_config
 from pushsite.deploy.gitcommit import SiteRepos
-from pushsite.errors import BackendUnavailable
+from pushsite.errors import BackendUnavailable, DeploymentFailed
 from pushsite.model import Deployment, Status
 from pushsite.queues.local import LocalQueue
 from pushsite.service import Service
 from pushsite.service.worker import handle, run_worker
+from pushsite.state import open_state_store
 from support.servers import start_server
 from support.service import (
     FifoFeeder,
+    GatedStream,
     alias_of,
     big_files,
     bundle,
     deploy,
+    joined,
     log_text,
+    run_in_thread,
     site_files,
     split_bundle,
     status,
@@ -325,3 +330,55 @@ def test_a_webhook_retry_after_a_failed_hand_on_is_taken(tmp_path: Path) -> None
         assert again.json()["events"][0]["ignored"] == "duplicate delivery"
     finally:
         server.stop()
+
+
+def test_a_runner_that_lost_its_lease_stops_and_leaves_the_takers_outcome() -> None:
+    """A runner that was only slow (its lease ran out) finds another runner holds it: it stops
+    with an error that says so, and never overwrites the record the taker wrote."""
+    first, rest = split_bundle(big_files("z", 1), site_files("taken"))
+    with opened(lease=1.0) as slow, opened(lease=1.0) as other:
+        deployment = slow.accept("blog", io.BytesIO(first + rest))
+        gated = GatedStream(first, rest)
+        thread, errors = run_in_thread(slow, deployment.id, bundle=gated)
+        try:
+            assert gated.waiting.wait(30)
+            held = other.state.get_deployment(deployment.id)
+            # its heartbeat stops for longer than the lease (a paused process, say)
+            assert other.state.claim_lease(held.id, held.runner, time.time() - 1,
+                                           holder=held.runner)
+            assert other.recover() == [deployment.id]
+            time.sleep(1.0)  # the slow runner's next beats find the lease gone
+        finally:
+            gated.go.set()
+            joined(thread)
+        assert len(errors) == 1 and isinstance(errors[0], DeploymentFailed), errors
+        assert status(other, deployment.id) == Status.QUEUED
+        assert run_worker(other, once=True) == 2  # accept's message and the takeover's
+        assert status(other, deployment.id) == Status.LIVE
+        assert alias_of(other, "blog") == deployment.id
+
+
+OLD_DEPLOYMENTS = """CREATE TABLE deployments (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, branch TEXT NOT NULL, status TEXT NOT NULL,
+    "commit" TEXT NOT NULL, message TEXT NOT NULL, source TEXT NOT NULL,
+    bundle_key TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL,
+    files INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
+    blobs_new INTEGER NOT NULL, blobs_reused INTEGER NOT NULL, error TEXT NOT NULL,
+    progress TEXT NOT NULL)"""
+
+
+def test_a_state_database_from_before_leases_gains_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(OLD_DEPLOYMENTS)
+        db.execute("INSERT INTO deployments VALUES ('0old', 'blog', 'main', 'running', '', '',"
+                   " 'cli', '', 1.0, 2.0, NULL, 0, 0, 0, 0, 0, '', '')")
+        db.commit()
+    state = open_state_store(f"sqlite://{path}")
+    try:
+        old = state.get_deployment("0old")
+        assert (old.runner, old.lease_until) == ("", 0.0)
+        assert state.claim_lease("0old", "serve@h:1:n", 5.0, holder="", held_until=0.0)
+        assert state.get_deployment("0old").lease_until == 5.0
+    finally:
+        state.close()

@@ -133,11 +133,12 @@ class Queueing(Running):
         """
         now = time.time()
         settled = []
+        window = int(now // (self.lease * RESEND_EVERY))
         for deployment in self._every(Status.RUNNING, page):
             if lease_end(deployment, self.lease) <= now and self._take_over_expired(
                     deployment, send=True):
+                self.state.remember(f"resend:{deployment.id}:{window}")  # just sent
                 settled.append(deployment.id)
-        window = int(now // (self.lease * RESEND_EVERY))
         for deployment in self._every(Status.QUEUED, page):
             if deployment.id in settled or now - deployment.created < self.lease:
                 continue

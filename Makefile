@@ -63,8 +63,12 @@ lock: setup
 	printf 'boto3==$(BOTO3_FLOOR)\nbotocore==$(BOTO3_FLOOR)\n' > $(VENV)/floor.in
 	$(COMPILE) --extra test -c $(VENV)/floor.in -o $(FLOOR_LOCK)
 
+# ruff; mypy over src/ ([tool.mypy]); the layer contract ([tool.importlinter]: entry points >
+# service > deploy | edge > backends > vocabulary, and a standard-library-only git hook).
 lint: setup-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 bench: setup-test bytecode
 	$(BIN)/python -m bench $(BENCH_ARGS)

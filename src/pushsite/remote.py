@@ -96,8 +96,9 @@ class _Remote:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
             raise BackendUnavailable(
-                f"could not reach the pushsite server at {self.base} ({exc or type(exc).__name__}"
+                f"could not reach the pushsite server at {self.base} ({reason}"
                 "); check --server and that `pushsite serve` runs there") from exc
         try:
             data = response.json()

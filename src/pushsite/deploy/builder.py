@@ -599,9 +599,10 @@ def _rename_refs(entries: Iterable[FileEntry], old: str, new: str) -> None:
     In place: entries of duplicates and links share one refs dict."""
     prefix = old + "@"
     for entry in entries:
-        for encoding, ref in (entry.refs or {}).items():
+        refs = entry.refs or {}
+        for encoding, ref in refs.items():
             if ref.startswith(prefix):
-                entry.refs[encoding] = new + ref[len(old):]  # type: ignore[index]
+                refs[encoding] = new + ref[len(old):]
 
 
 def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:

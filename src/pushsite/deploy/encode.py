@@ -139,7 +139,8 @@ def gzip_bytes(data: bytes, content_type: str = "") -> bytes:
 
 
 def brotli_bytes(data: bytes) -> bytes:
-    return brotli.compress(data, quality=BROTLI_QUALITY)
+    compressed: bytes = brotli.compress(data, quality=BROTLI_QUALITY)  # brotli has no types
+    return compressed
 
 
 def variants(data: bytes, content_type: str) -> dict[str, bytes]:

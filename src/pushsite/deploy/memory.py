@@ -55,7 +55,7 @@ def trimmed_heap() -> Iterator[None]:
 
     def trim() -> None:
         while not stop.wait(_TRIM_EVERY):
-            _LIBC.malloc_trim(0)  # type: ignore[union-attr]
+            _LIBC.malloc_trim(0)
 
     thread = threading.Thread(target=trim, name="pushsite-trim", daemon=True)
     thread.start()

@@ -130,9 +130,7 @@ def parse_http_date(value: str) -> float | None:
     """Seconds since the epoch of an HTTP date (all three RFC 9110 forms), None if invalid."""
     try:
         parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed is None:
+    except (TypeError, ValueError, IndexError, OverflowError):  # 3.10+: ValueError, not None
         return None
     if parsed.tzinfo is None:  # RFC 850 / asctime dates are GMT by definition
         parsed = parsed.replace(tzinfo=UTC)

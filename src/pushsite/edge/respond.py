@@ -338,7 +338,7 @@ class Answer:
         status: int,
         headers: Headers,
         body: bytes = b"",
-        rest: AsyncIterator[bytes] | None = None,
+        rest: AsyncGenerator[bytes, None] | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -653,12 +653,13 @@ def _text(value: bytes | None) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def _closing(rest: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+async def _closing(
+        rest: AsyncGenerator[bytes, None]) -> AsyncIterator[AsyncGenerator[bytes, None]]:
     """Close a stream's generator (and its store handle) however the sending ends."""
     try:
         yield rest
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

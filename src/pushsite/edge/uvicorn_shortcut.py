@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from pushsite.edge.bounded import BoundedHttpToolsProtocol
 from pushsite.edge.respond import Answer, Edge
@@ -69,7 +69,8 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
             super().on_message_complete()
 
     def _answer_cached(self) -> bool:
-        cycle = self.cycle
+        # uvicorn declares `cycle` non-optional but it is None until the first request
+        cycle: RequestResponseCycle | None = self.cycle
         if (cycle is not None and not cycle.response_complete) or self.pipeline:
             return False  # an earlier request is still being answered: keep the order
         if self.flow.write_paused:

@@ -80,4 +80,4 @@ class Footer:
         doc = json.loads(tail[-needed:-TRAILER.size])
         manifest = tuple(doc["manifest"]) if doc.get("manifest") else None
         blobs = {key: (where[0], where[1]) for key, where in doc.get("blobs", {}).items()}
-        return cls(manifest, blobs), 0  # type: ignore[arg-type]
+        return cls(manifest, blobs), 0

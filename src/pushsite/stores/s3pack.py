@@ -26,6 +26,8 @@ from pushsite.ids import new_id
 from pushsite.stores.packs import Footer, make_ref, pack_key
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from pushsite.stores.s3 import S3Store
 
 MB = 1024 * 1024
@@ -42,7 +44,8 @@ class _Then(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        # the head is the deployer's spool file (a BufferedRandom): BinaryIO lacks readinto
         count = self._head.readinto(buffer)  # type: ignore[attr-defined]
         return count if count else self._tail.readinto(buffer)
 
@@ -95,7 +98,9 @@ class S3Packer:
                 self._ship()
             segment = self._segment
             footer = Footer(blobs={key: (0, size)}).to_bytes()
-            self._store.put_stream(segment, _Then(source, footer), size + len(footer), _META)  # type: ignore[arg-type]
+            # a RawIOBase, not a BinaryIO: put_stream reads it with readinto (or read)
+            self._store.put_stream(segment, _Then(source, footer),  # type: ignore[arg-type]
+                                   size + len(footer), _META)
             self._written.append(segment)
             self._start_segment()
             return make_ref(segment, 0, size)

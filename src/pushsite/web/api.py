@@ -497,6 +497,7 @@ def create_api(service: Service) -> FastAPI:
         """The token this request carries (to check a token works)."""
         return _token(token)
 
+    # FastAPI's documented way to customise the schema is to replace this method
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     return api
 

@@ -23,6 +23,7 @@ def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     """The ASGI app: the edge for site hosts, the Starlette control plane for the rest."""
     edge, control = _parts(config, debug, worker)
     app = make_edge_or_control_app(edge, control)
+    # an attribute on the ASGI function: whoever embeds build_app's app finds its service
     app.service = control.state.service  # type: ignore[attr-defined]
     return app
 

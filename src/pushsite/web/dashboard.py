@@ -38,6 +38,7 @@ from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Token
 from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
+from pushsite.state import StateStore
 from pushsite.web.session import COOKIE, MAX_AGE, Session, SessionSigner, load_secret
 
 _HERE = Path(__file__).parent
@@ -118,7 +119,7 @@ class Dashboard:
                                       iso=iso_time, clock=clock_time, short=short_commit)
 
     @property
-    def state(self) -> Any:
+    def state(self) -> StateStore:
         return self.service.state
 
     # sessions -----------------------------------------------------------------------------

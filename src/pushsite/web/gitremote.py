@@ -76,13 +76,14 @@ class _PipeResponse(Response):
 
     def __init__(self, body: AsyncIterator[bytes], status: int, headers: dict[str, str]) -> None:
         self.status_code = status
-        self._headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                         for k, v in headers.items()]
+        # Starlette's own name for the raw list (its `_headers` is a MutableHeaders view)
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                            for k, v in headers.items()]
         self._body = body
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self._headers})
+                    "headers": self.raw_headers})
         async for chunk in self._body:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -152,6 +153,7 @@ class GitBridge:
             "git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
+        stdout = proc.stdout  # narrowed, also for body() below
         pump = asyncio.create_task(self._pump(request, proc.stdin))
         status, headers = 200, {}
         while True:
@@ -167,7 +169,7 @@ class GitBridge:
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                while chunk := await proc.stdout.read(_CHUNK):
+                while chunk := await stdout.read(_CHUNK):
                     yield chunk
             finally:
                 await pump

@@ -46,6 +46,7 @@ _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 _SQLITE_CANTOPEN = 14
 _CHUNK = 64 << 10  # the reserve grows back this much at a time, as far as the space allows
+_PAGE = 4096  # then this much, when a chunk no longer fits
 
 T = TypeVar("T")
 
@@ -148,15 +149,20 @@ class Reserve:
             return
         try:
             have = os.fstat(fd).st_size
+            chunk = _CHUNK
             while have < self.size:
-                step = min(_CHUNK, self.size - have)
+                step = min(chunk, self.size - have)
                 try:
                     os.posix_fallocate(fd, have, step)
                 except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        return  # full: the rest grows back later
-                    os.pwrite(fd, bytes(step), have)  # no fallocate here: real zeros
-                    os.fdatasync(fd)
+                    if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                        os.pwrite(fd, bytes(step), have)  # no fallocate here: real zeros
+                        os.fdatasync(fd)
+                    elif chunk > _PAGE:  # full: take back what is left, to the last page,
+                        chunk = _PAGE  # so that no write that settles nothing fits in it
+                        continue
+                    else:
+                        return  # the rest grows back later
                 have += step
         except OSError:
             return

@@ -184,7 +184,7 @@ def _not_gzip_message(data: bytes) -> str:
     return f"the bundle is not gzip data: {hint}"
 
 
-def _gzip_error(error: igzip_lib.IsalError) -> BundleRejected:
+def _gzip_error(error: Exception) -> BundleRejected:
     text = str(error)
     if "checksum" in text:
         return _rejected("a gzip CRC32 or length check failed (the file is damaged)")
@@ -260,6 +260,7 @@ class BundleReader:
         self._total = 0
         self._links: set[str] = set()
         self._linkable: set[str] = set()  # earlier non-folder members a hard link may name
+        self._folders: set[str] = set()  # earlier folder members (one may be listed twice)
         self._hard_targets: dict[str, str | None] = {}
         self._offset = 0  # tar bytes consumed, for messages
 
@@ -457,6 +458,7 @@ class BundleReader:
         path = normalise_member_path(name)
         self._check_limits(path, size)
         self._check_not_through_link(path)
+        self._check_named_once(path, member_kind)
         target: str | None = None
         if member_kind is MemberKind.SYMLINK:
             target = symlink_target(path, linkname)
@@ -484,6 +486,18 @@ class BundleReader:
                 f"(limit max_path_length={limits.max_path_length})"
             )
         self._total = limits.count_file(path, size, self._total)
+
+    def _check_named_once(self, path: str, kind: MemberKind) -> None:
+        """A path named twice (a link then a file, two files) is ambiguous: tools disagree
+        about which entry wins, so a reviewer's listing and the live site could differ."""
+        if kind is MemberKind.DIR:
+            twice = path in self._linkable
+            self._folders.add(path)
+        else:
+            twice = path in self._linkable or path in self._folders
+        if twice:
+            raise BundleRejected(f"the bundle names {path!r} twice; which entry is meant is "
+                                 "ambiguous, so the bundle is refused")
 
     def _check_not_through_link(self, path: str) -> None:
         """A member under an earlier link's path would be written through that link: reject."""

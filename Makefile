@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 export PUSHSITE_HOME ?= $(CURDIR)/.pushsite
-DEBIAN_TEST_PACKAGES := chromium git nginx-light wrk
+DEBIAN_TEST_PACKAGES := caddy chromium git nginx-light pebble wrk
 # Every Python package the checkout installs, pinned: a new release of moto, botocore or any
 # other dependency cannot change what `make test` or CI runs until `make lock` is committed.
 # pyproject.toml keeps ranges (what users of the package get).

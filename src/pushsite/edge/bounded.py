@@ -45,16 +45,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return  # answered and closing: the rest of the head is not worth parsing
         super().data_received(data)
-        if self._in_head and not self._refused:
+        if self._in_head and not self._refused:  # a head split over reads: rarely the case
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._refuse(431, f"request headers larger than {MAX_HEAD >> 10} KiB")
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._head_bytes = 0
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_too_slow)
+        self._head_bytes = 0  # the clock starts only if the head outlasts this read (above)
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:

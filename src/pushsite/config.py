@@ -46,6 +46,11 @@ SETTINGS: tuple[Setting, ...] = (
             "unused: longer than any deploy may take to reference what it found stored"),
     Setting("lease", float, 30.0, "seconds a runner's lease on a running deployment lasts "
             "(renewed every third of it; an expired one is taken over)"),
+    Setting("tls_previews", bool, False, "let Caddy's on-demand TLS get a certificate for "
+            "branch previews and deployment permalinks too (one each; off: a wildcard "
+            "certificate covers them, see README)"),
+    Setting("forwarded_allow_ips", str, "", "proxies (IPs or networks, comma-separated, or *) "
+            "whose X-Forwarded-For/-Proto/-Host are believed; default none"),
 )
 
 
@@ -68,6 +73,8 @@ class Config:
     wait: float = 60.0
     prune_grace: float = 3600.0
     lease: float = 30.0
+    tls_previews: bool = False
+    forwarded_allow_ips: str = ""
 
     @property
     def staging(self) -> Path:
@@ -94,6 +101,17 @@ class Config:
         return Limits(**values)
 
 
+def _parse(kind: type, raw: Any) -> Any:
+    """A setting's value from an option or an environment variable (`bool("0")` is True)."""
+    if kind is bool and isinstance(raw, str):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("", "0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return kind(raw)
+
+
 def load_config(**overrides: Any) -> Config:
     """Build a Config from overrides (options given), then PUSHSITE_* variables, then defaults."""
     values: dict[str, Any] = {}
@@ -102,7 +120,7 @@ def load_config(**overrides: Any) -> Config:
         if raw is None or raw == "":
             raw = os.environ.get(f"PUSHSITE_{setting.name.upper()}", setting.default)
         try:
-            values[setting.name] = setting.type(raw)
+            values[setting.name] = _parse(setting.type, raw)
         except (TypeError, ValueError):
             raise ConfigError(
                 f"invalid value {raw!r} for setting {setting.name} "

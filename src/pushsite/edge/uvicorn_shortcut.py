@@ -84,16 +84,20 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         url = self.url
         if url[:1] != b"/":
             return False
-        host = accept = None
+        host = accept = forwarded_host = None
         for name, value in self.headers:
             if name == b"host":
                 host = value
             elif name == b"accept-encoding":
                 accept = value if accept is None else accept + b"," + value
+            elif name == b"x-forwarded-host":
+                forwarded_host = value
             elif name in _NOT_PLAIN:
                 return False
         if host is None:
             return False
+        if forwarded_host is not None and forwarded_host != host:
+            return False  # a trusted proxy's may name another host (web/forwarded.py)
         edge = self._edge
         assert edge is not None
         host_name = host.decode("latin-1")

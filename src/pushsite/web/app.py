@@ -17,12 +17,14 @@ from pushsite.config import Config
 from pushsite.edge.respond import Edge, make_edge_or_control_app
 from pushsite.service import Service
 from pushsite.service.worker import run_worker
+from pushsite.web import tls
+from pushsite.web.forwarded import trusting_proxies
 
 
 def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     """The ASGI app: the edge for site hosts, the Starlette control plane for the rest."""
     edge, control = _parts(config, debug, worker)
-    app = make_edge_or_control_app(edge, control)
+    app = trusting_proxies(make_edge_or_control_app(edge, control), config.forwarded_allow_ips)
     # an attribute on the ASGI function: whoever embeds build_app's app finds its service
     app.service = control.state.service  # type: ignore[attr-defined]
     return app
@@ -51,6 +53,7 @@ def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
                 thread.join(timeout=5)
 
     routes = control_routes(service)
+    routes.extend(tls.routes(service, edge.hosts))  # Caddy's ask, through the edge's resolver
     control = Starlette(debug=debug, routes=routes, lifespan=lifespan)
     control.state.service = service
     return edge, control

@@ -9,6 +9,7 @@ kernel spreads new connections across them by a hash of the addresses.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -39,9 +40,12 @@ def _child(host: str, port: int, serve: Callable[[socket.socket], None]) -> None
     serve(listening_socket(host, port))
 
 
-def serve_processes(host: str, port: int, count: int,
-                    serve: Callable[[socket.socket], None]) -> None:
-    """Run `serve` in `count` processes until one stops or this one is told to stop."""
+def serve_processes(host: str, port: int, count: int, serve: Callable[[socket.socket], None],
+                    forward_hangup: bool = False) -> None:
+    """Run `serve` in `count` processes until one stops or this one is told to stop.
+
+    With forward_hangup, a SIGHUP to this process goes to each of them (they reload their
+    certificate: web/certificates.py) instead of ending it."""
     # bound here first (not listening: no connection may wait on it), so a port already in
     # use is one clear error, not `count` tracebacks
     probe = listening_socket(host, port, listen=False)
@@ -57,7 +61,14 @@ def serve_processes(host: str, port: int, count: int,
             if child.is_alive():
                 child.terminate()
 
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if forward_hangup:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     try:
         for child in children:
             child.start()

@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-export PUSHSITE_HOME ?= $(CURDIR)/.pushsite
+# the data lives in PUSHSITE_HOME if set, else ~/.local/share/pushsite ($XDG_DATA_HOME), as
+# for every pushsite command: never in the checkout
 DEBIAN_TEST_PACKAGES := caddy chromium git nginx-light pebble wrk
 # Every Python package the checkout installs, pinned: a new release of moto, botocore or any
 # other dependency cannot change what `make test` or CI runs until `make lock` is committed.

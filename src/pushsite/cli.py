@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -53,6 +54,13 @@ out = _LazyConsole()
 err = _LazyConsole(stderr=True)
 
 
+def escape(text: str) -> str:
+    """`text` shown as written: rich would take `[status]` in a message for markup."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def reports_errors(func: F) -> F:
     """Turn a PushsiteError into one line on stderr and its exit code."""
 
@@ -85,7 +93,16 @@ def _close(service: Service, exiting: bool) -> None:
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
-    return load_config(home=ctx.obj.get("home"), **overrides)
+    """The settings, with the public URL of the server running on this home (when one is and
+    none was given): printed URLs carry the port actually served."""
+    config = load_config(home=ctx.obj.get("home"), **overrides)
+    if not overrides.get("public_url") and not os.environ.get("PUSHSITE_PUBLIC_URL"):
+        from pushsite.web.listening import running
+
+        served = running(config.home)
+        if served is not None:
+            config = replace(config, public_url=served.public_url)
+    return config
 
 
 def _service(ctx: click.Context, **overrides: Any) -> Service:
@@ -100,7 +117,8 @@ def _service(ctx: click.Context, **overrides: Any) -> Service:
 @click.group(context_settings={"help_option_names": ["-h", "--help"],
                                "auto_envvar_prefix": "PUSHSITE"})
 @click.option("--home", type=click.Path(file_okay=False), default=None,
-              help="Data directory (default ./.pushsite; env PUSHSITE_HOME).")
+              help="Data directory (default $XDG_DATA_HOME/pushsite, i.e. "
+              "~/.local/share/pushsite; env PUSHSITE_HOME).")
 @click.version_option(__version__, prog_name="pushsite")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
@@ -247,10 +265,24 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
 @click.option("--http-workers", default=1, show_default=True, type=int,
               help="Processes answering HTTP (the edge scales with cores); one deploy worker "
               "runs beside them either way.")
+@click.option("--public-url", default=None, help="How visitors reach the sites, e.g. "
+              "https://example.com behind Caddy: printed URLs and pages use it "
+              "(default http://<base-domain>:<port>, https with --tls-cert).")
+@click.option("--forwarded-allow-ips", default=None, help="Proxies (IPs or networks, "
+              "comma-separated) whose X-Forwarded-For/-Proto/-Host are believed; default "
+              "none, e.g. 127.0.0.1 behind a Caddy on this machine.")
+@click.option("--tls-previews/--no-tls-previews", default=None, help="Let Caddy's on-demand "
+              "TLS certify branch previews and permalinks too (default off).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="Serve HTTPS with this certificate chain (PEM); SIGHUP reloads it.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None,
+              help="The private key of --tls-cert (PEM).")
 @click.pass_context
 @reports_errors
 def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, store: str | None,
-          state: str | None, queue: str | None, debug: bool, http_workers: int) -> None:
+          state: str | None, queue: str | None, debug: bool, http_workers: int,
+          public_url: str | None, forwarded_allow_ips: str | None, tls_previews: bool | None,
+          tls_cert: str | None, tls_key: str | None) -> None:
     """Serve every site, the dashboard, the API and the git remote on one port.
 
     \b
@@ -261,11 +293,55 @@ def serve(ctx: click.Context, host: str, port: int, base_domain: str | None, sto
     """
     from pushsite.web.server import run_server
 
-    config = _config(ctx, base_domain=base_domain, store=store, state=state, queue=queue,
-                     public_url=f"http://{base_domain or 'localhost'}:{port}")
-    err.print(f"pushsite serving on http://{host}:{port}/  (sites at "
-              f"http://<site>.{config.base_domain}:{port}/)", highlight=False, soft_wrap=True)
-    run_server(config, host=host, port=port, workers=http_workers, debug=debug)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    scheme = "https" if tls_cert else "http"
+    config = load_config(home=ctx.obj.get("home"), base_domain=base_domain, store=store,
+                         state=state, queue=queue, public_url=public_url,
+                         forwarded_allow_ips=forwarded_allow_ips, tls_previews=tls_previews)
+    if not public_url and not os.environ.get("PUSHSITE_PUBLIC_URL"):  # the port served
+        config = replace(config, public_url=f"{scheme}://{config.base_domain}:{port}")
+    err.print(f"pushsite serving on {scheme}://{host}:{port}/  (sites at "
+              f"{config.site_url('<site>')})", highlight=False, soft_wrap=True)
+    run_server(config, host=host, port=port, workers=http_workers, debug=debug,
+               tls=(tls_cert, tls_key) if tls_cert and tls_key else None)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
+@click.pass_context
+@reports_errors
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Where the data lives, whether a server runs on it (and where), and this folder's site."""
+    from pushsite.web.listening import running
+
+    config = _config(ctx)
+    served = running(config.home)
+    data: dict[str, Any] = {"home": str(config.home),
+                            "server": served.to_dict() if served else None,
+                            "public_url": config.public_url}
+    data.update(_linked_status(ctx))
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    lines = [("home", str(config.home))]
+    if served:
+        lines.append(("server", f"running at {served.url}/ (pid {served.pid}); sites at "
+                                f"{config.site_url('<site>')}"))
+    else:
+        lines.append(("server", "not running on this home (start one with: pushsite serve)"))
+    lines += _linked_lines(data)
+    for name, value in lines:
+        out.print(f"{name + ':':<12}{escape(value)}", highlight=False, soft_wrap=True)
+
+
+def _linked_status(ctx: click.Context) -> dict[str, Any]:
+    """The linked site's part of `status` (see `pushsite link`)."""
+    return {"site": None}
+
+
+def _linked_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [("site", "none linked here (pushsite link SITE)")]
 
 
 @cli.command()
@@ -521,6 +597,54 @@ def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> Non
     for rule in report.skipped_rules:
         err.print(f"[yellow]not mirrored:[/] {rule} (S3 website hosting cannot express it)",
                   highlight=False)
+
+
+@cli.command()
+@click.option("--base-domain", required=True, help="Sites answer at <site>.<base-domain>.")
+@click.option("--email", default="", help="Your address for the certificate authority.")
+@click.option("--upstream", default="127.0.0.1:8000", show_default=True,
+              help="Where `pushsite serve` listens.")
+@click.option("--dashboard-host", default="", help="The control plane's host name "
+              "(default the base domain itself).")
+@click.option("--http-port", default=80, show_default=True, type=int)
+@click.option("--https-port", default=443, show_default=True, type=int)
+@click.option("--acme-ca", default="", help="ACME directory URL (default Caddy's: Let's "
+              "Encrypt); e.g. a staging or test CA.")
+@click.option("--acme-ca-root", default="", help="PEM file Caddy trusts for --acme-ca.")
+@click.option("--admin", default="", help="Caddy's admin endpoint (default localhost:2019).")
+@click.option("--storage", default="", help="Folder for Caddy's certificates.")
+def caddyfile(base_domain: str, email: str, upstream: str, dashboard_host: str, http_port: int,
+              https_port: int, acme_ca: str, acme_ca_root: str, admin: str,
+              storage: str) -> None:
+    """Print a Caddyfile: Caddy in front of `pushsite serve`, HTTPS for every site.
+
+    \b
+    Example:
+      pushsite caddyfile --base-domain example.com --email you@example.com > /etc/caddy/Caddyfile
+    """
+    from pushsite.web.caddyfile import CaddySetup, render
+
+    click.echo(render(CaddySetup(base_domain, email, upstream, dashboard_host, http_port,
+                                 https_port, acme_ca, acme_ca_root, admin, storage)), nl=False)
+
+
+@cli.command("systemd-unit")
+@click.option("--user", default="pushsite", show_default=True, help="The service's user.")
+@click.option("--home", "home_dir", default="/var/lib/pushsite", show_default=True,
+              help="PUSHSITE_HOME of the service.")
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED)
+def systemd_unit(user: str, home_dir: str, serve_args: tuple[str, ...]) -> None:
+    """Print a systemd unit running `pushsite serve SERVE_ARGS...`.
+
+    \b
+    Example:
+      pushsite systemd-unit -- --base-domain example.com --public-url https://example.com \\
+        --forwarded-allow-ips 127.0.0.1 > /etc/systemd/system/pushsite.service
+    """
+    from pushsite.web.systemd import Unit, render
+
+    click.echo(render(Unit((sys.executable, "-m", "pushsite"), serve_args, user, home_dir)),
+               nl=False)
 
 
 @cli.group()

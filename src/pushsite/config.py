@@ -24,7 +24,8 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("home", str, ".pushsite", "data directory for the embedded defaults"),
+    Setting("home", str, "", "data directory for the embedded defaults (default "
+            "$XDG_DATA_HOME/pushsite, i.e. ~/.local/share/pushsite; never the current folder)"),
     Setting("store", str, "", "object store URL (default file://$PUSHSITE_HOME/store; "
             "or s3://bucket/prefix)"),
     Setting("state", str, "", "state store URL (default sqlite://$PUSHSITE_HOME/state.db; "
@@ -46,11 +47,22 @@ SETTINGS: tuple[Setting, ...] = (
             "unused: longer than any deploy may take to reference what it found stored"),
     Setting("lease", float, 30.0, "seconds a runner's lease on a running deployment lasts "
             "(renewed every third of it; an expired one is taken over)"),
+    Setting("notify_retry", float, 30.0, "seconds before a failed notification or commit "
+            "status is tried again (doubling each time, at most an hour, with jitter)"),
+    Setting("notify_window", float, 86400.0, "seconds a notification is retried for; an "
+            "endpoint failing that long is disabled"),
+    Setting("notify_timeout", float, 10.0, "seconds a notification receiver or git host has "
+            "to answer one delivery"),
+    Setting("metrics", bool, True, "serve /metrics (Prometheus) and count edge requests"),
+    Setting("metrics_allow", str, "", "addresses or networks (comma-separated) that may read "
+            "/metrics without a token; others need an admin token"),
     Setting("tls_previews", bool, False, "let Caddy's on-demand TLS get a certificate for "
             "branch previews and deployment permalinks too (one each; off: a wildcard "
             "certificate covers them, see README)"),
     Setting("forwarded_allow_ips", str, "", "proxies (IPs or networks, comma-separated, or *) "
             "whose X-Forwarded-For/-Proto/-Host are believed; default none"),
+    Setting("dns", str, "", "DNS server that `domains verify` asks for a domain's TXT "
+            "record, host or host:port (default: the system's resolvers)"),
 )
 
 
@@ -73,8 +85,14 @@ class Config:
     wait: float = 60.0
     prune_grace: float = 3600.0
     lease: float = 30.0
+    notify_retry: float = 30.0
+    notify_window: float = 86400.0
+    notify_timeout: float = 10.0
+    metrics: bool = True
+    metrics_allow: str = ""
     tls_previews: bool = False
     forwarded_allow_ips: str = ""
+    dns: str = ""
 
     @property
     def staging(self) -> Path:
@@ -99,6 +117,15 @@ class Config:
         if self.max_ratio:
             values["max_ratio"] = self.max_ratio
         return Limits(**values)
+
+
+def default_home() -> Path:
+    """The per-user data folder (the XDG base directory rule, as platformdirs applies it on
+    Linux): one home whichever folder a command runs in, so the CLI and `pushsite serve` meet.
+    A relative XDG_DATA_HOME is invalid by the specification and ignored."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / "pushsite"
 
 
 def _parse(kind: type, raw: Any) -> Any:
@@ -126,7 +153,7 @@ def load_config(**overrides: Any) -> Config:
                 f"invalid value {raw!r} for setting {setting.name} "
                 f"(PUSHSITE_{setting.name.upper()}): expected {setting.type.__name__}"
             ) from None
-    home = Path(values.pop("home")).absolute()
+    home = Path(values.pop("home") or default_home()).absolute()
     values["store"] = values["store"] or f"file://{home / 'store'}"
     values["state"] = values["state"] or f"sqlite://{home / 'state.db'}"
     values["queue"] = values["queue"] or f"local://{home / 'queue.db'}"

@@ -18,10 +18,12 @@ ENTRY_POINTS = [*sorted((SRC / "web").rglob("*.py")), *sorted((SRC / "aws").rglo
                 *(SRC / name for name in ("cli.py", "remote.py", "devrun.py", "githook.py"))]
 
 # every StateStore method, sorted into the ones that change the state and the ones that do not
-WRITES = {"put_site", "delete_site", "claim_domain", "release_domain", "create_deployment",
+WRITES = {"put_site", "delete_site", "claim_domain", "approve_domain", "release_domain",
+          "create_deployment",
           "update_deployment", "claim_lease", "move_alias", "delete_alias", "append_logs",
           "put_token", "delete_token", "remember", "forget"}
-READS = {"get_site", "list_sites", "domain_site", "get_deployment", "list_deployments",
+READS = {"get_site", "list_sites", "domain_site", "get_domain", "list_domains",
+         "get_deployment", "list_deployments",
          "get_alias", "list_aliases", "get_logs", "search_logs", "find_token", "list_tokens",
          "recalls", "close"}
 

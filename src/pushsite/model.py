@@ -37,18 +37,23 @@ def branch_alias(branch: str) -> str:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """Where a site's webhook pushes fetch their archives from (a git host's API)."""
+    """Where a site's webhook pushes fetch their archives from (a git host's API), and the
+    one repository whose pushes may deploy it (the secret alone proves only who signed)."""
 
     base_url: str = ""  # a self-hosted host's API base; "" for the public host
     access_token: str = ""  # for private repositories; never shown back
+    repo: str = ""  # "owner/name" the site is bound to; "" until set or the first valid push
+    last_ignored_repo: str = ""  # the latest signed push from another repository, ignored
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "access_token": self.access_token}
+        return {"base_url": self.base_url, "access_token": self.access_token,
+                "repo": self.repo, "last_ignored_repo": self.last_ignored_repo}
 
     @classmethod
     def from_dict(cls, data: Any) -> WebhookSettings:
         data = data if isinstance(data, dict) else {}
-        return cls(str(data.get("base_url") or ""), str(data.get("access_token") or ""))
+        return cls(*(str(data.get(key) or "") for key in
+                     ("base_url", "access_token", "repo", "last_ignored_repo")))
 
 
 @dataclass(frozen=True)
@@ -61,15 +66,56 @@ class SiteSettings:
 
     tags: bool = False
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    # the value a DNS TXT record `_pushsite-challenge.<host>` holds to prove the site's owner
+    # controls <host> (not a secret: it is published); made on first use
+    domain_token: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tags": self.tags, "webhook": self.webhook.to_dict()}
+        return {"tags": self.tags, "webhook": self.webhook.to_dict(),
+                "domain_token": self.domain_token}
 
     @classmethod
     def from_dict(cls, data: Any) -> SiteSettings:
         """Read a stored dict, including older ones with keys left out (or unknown ones)."""
         data = data if isinstance(data, dict) else {}
-        return cls(bool(data.get("tags", False)), WebhookSettings.from_dict(data.get("webhook")))
+        return cls(bool(data.get("tags", False)), WebhookSettings.from_dict(data.get("webhook")),
+                   str(data.get("domain_token") or ""))
+
+
+class DomainStatus(enum.StrEnum):
+    PENDING = "pending"  # claimed: held for the site, never served
+    APPROVED = "approved"  # an admin approved it or DNS proved it: the edge serves it
+
+
+ADMIN_SCOPE = "admin"  # a claim by an admin (the local CLI, an admin token)
+
+
+def site_scope(site: str) -> str:
+    """The scope of a claim made with authority over one site only (its pushsite.toml)."""
+    return f"site:{site}"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A custom host name claimed by one site; served only once approved.
+
+    `scope` is the authority of whoever claimed it: ADMIN_SCOPE, or site_scope(site) for a
+    claim in the site's own pushsite.toml (a deploy token speaks for that site alone).
+    """
+
+    host: str
+    site: str
+    status: DomainStatus = DomainStatus.PENDING
+    scope: str = ADMIN_SCOPE
+    claimed: float = field(default_factory=time.time)
+
+    @property
+    def approved(self) -> bool:
+        return self.status is DomainStatus.APPROVED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "site": self.site, "status": str(self.status),
+                "scope": self.scope, "claimed": self.claimed}
 
 
 @dataclass
@@ -77,7 +123,7 @@ class Site:
     name: str
     production_branch: str = "main"
     created: float = field(default_factory=time.time)
-    domains: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)  # claimed hosts, pending or approved
     webhook_secret: str = ""
     settings: SiteSettings = field(default_factory=SiteSettings)
 
@@ -283,3 +329,68 @@ class Token:
 
     def covers(self, site: str) -> bool:
         return self.site is None or self.site == site
+
+
+# outgoing notifications (service/notify.py) -------------------------------------------------
+NOTIFY_EVENTS = ("deployment.queued", "deployment.started", "deployment.succeeded",
+                 "deployment.failed", "deployment.timed_out", "deployment.cancelled",
+                 "site.production_changed")
+NOTIFY_FORMATS = ("standard", "slack")
+
+
+@dataclass
+class NotifyEndpoint:
+    """A URL told about a site's events, signed with its own secret (Standard Webhooks).
+
+    `failing_since`: when its current run of failed deliveries began (0: the last one went
+    through); an endpoint failing for a whole retry window is `disabled` and told nothing.
+    """
+
+    id: str
+    site: str
+    url: str
+    secret: str  # "whsec_<base64 key>", shown once when the endpoint is added
+    events: list[str] = field(default_factory=lambda: list(NOTIFY_EVENTS))
+    format: str = "standard"  # or "slack": {"text": ...}, unsigned by Slack's rules
+    created: float = field(default_factory=time.time)
+    failing_since: float = 0.0
+    disabled: bool = False
+
+    def wants(self, event: str) -> bool:
+        return not self.disabled and event in self.events
+
+    def to_dict(self, *, secret: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not secret:
+            data.pop("secret")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NotifyEndpoint:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Delivery:
+    """One attempt to deliver one message to one endpoint, for the endpoint's delivery log.
+
+    outcome: delivered (2xx), retrying (failed, tried again later), gave_up (failed for a
+    whole retry window: the endpoint is disabled), dropped (the endpoint went meanwhile).
+    """
+
+    endpoint_id: str
+    message_id: str
+    event: str
+    attempt: int
+    outcome: str
+    status: int = 0  # the receiver's HTTP status; 0 when it never answered
+    latency: float = 0.0  # seconds until the answer (or the failure)
+    error: str = ""
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Delivery:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})

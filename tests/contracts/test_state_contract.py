@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from pushsite.errors import DeploymentNotFound, DomainConflict, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
+    ADMIN_SCOPE,
     PRODUCTION,
     Deployment,
+    DomainStatus,
     LogLine,
     Site,
     SiteSettings,
@@ -50,7 +54,9 @@ def _line(deployment_id: str, message: str, stage: str = "read") -> LogLine:
 
 # sites -------------------------------------------------------------------------------------
 def test_site_round_trip_and_listing(state: StateStore) -> None:
-    settings = SiteSettings(tags=True, webhook=WebhookSettings("https://git.example", "t0k"))
+    settings = SiteSettings(tags=True, webhook=WebhookSettings(
+        "https://git.example", "t0k", repo="acme/site", last_ignored_repo="mallory/site"),
+        domain_token="c0ffee")
     state.put_site(Site("blog", production_branch="trunk", settings=settings))
     state.put_site(Site("docs"))
     blog = state.get_site("blog")
@@ -107,6 +113,57 @@ def test_release_by_another_site_leaves_the_claim(state: StateStore) -> None:
     assert state.domain_site("www.example.com") is None
     state.claim_domain("www.example.com", "docs")
     assert state.domain_site("www.example.com") == "docs"
+
+
+def test_a_claim_is_pending_until_approved_and_keeps_its_scope(state: StateStore) -> None:
+    state.put_site(Site("blog"))
+    state.put_site(Site("docs"))
+    claim = state.claim_domain("www.example.com", "blog", scope="site:blog")
+    assert (claim.host, claim.site, claim.status, claim.scope) == (
+        "www.example.com", "blog", DomainStatus.PENDING, "site:blog")
+    assert claim.claimed > 0 and not claim.approved
+    # a pending claim holds the name as firmly as an approved one
+    with pytest.raises(DomainConflict, match="blog"):
+        state.claim_domain("www.example.com", "docs", status=DomainStatus.APPROVED)
+    assert state.approve_domain("www.example.com", "docs") is False  # not its claim
+    assert state.get_domain("www.example.com") == claim
+    assert state.approve_domain("www.example.com", "blog") is True
+    approved = state.get_domain("www.example.com")
+    assert approved is not None and approved.approved and approved.scope == "site:blog"
+    # claiming again as pending never takes the approval back
+    assert state.claim_domain("www.example.com", "blog").approved
+    assert state.get_domain("nowhere.example.com") is None
+
+
+def test_an_approved_claim_approves_a_pending_one_with_its_scope(state: StateStore) -> None:
+    state.put_site(Site("blog"))
+    state.claim_domain("b.example.com", "blog", scope="site:blog")
+    state.claim_domain("a.example.com", "blog", status=DomainStatus.APPROVED, scope=ADMIN_SCOPE)
+    again = state.claim_domain("b.example.com", "blog", status=DomainStatus.APPROVED)
+    assert (again.status, again.scope) == (DomainStatus.APPROVED, ADMIN_SCOPE)
+    assert [(d.host, d.status) for d in state.list_domains("blog")] == [
+        ("a.example.com", DomainStatus.APPROVED), ("b.example.com", DomainStatus.APPROVED)]
+    assert state.get_site("blog").domains == ["a.example.com", "b.example.com"]
+    state.release_domain("a.example.com", "blog")
+    assert [d.host for d in state.list_domains("blog")] == ["b.example.com"]
+    assert state.list_domains("docs") == []
+
+
+def test_sqlite_claims_from_before_approvals_stay_served(tmp_path: Path) -> None:
+    """An older database's domains table (host, site) gains status, scope and claimed; the
+    claims in it were served, so they stay approved."""
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE domains (host TEXT PRIMARY KEY, site TEXT NOT NULL)")
+        db.execute("INSERT INTO domains VALUES ('www.example.com', 'blog')")
+    db.close()
+    store = open_state_store(f"sqlite:///{path}")
+    try:
+        claim = store.get_domain("www.example.com")
+        assert claim is not None and (claim.site, claim.status) == ("blog", "approved")
+        assert store.claim_domain("new.example.com", "blog").status == DomainStatus.PENDING
+    finally:
+        store.close()
 
 
 # deployments -------------------------------------------------------------------------------

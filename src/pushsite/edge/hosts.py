@@ -3,7 +3,12 @@
     <site>.<base>                  the site's production alias
     <branch-label>--<site>.<base>  the alias branch/<branch> whose names.branch_label is the label
     <deployment-id>--<site>.<base> that deployment, while its status is ready or live
-    <custom domain>                the production alias of the site that claimed it
+    <custom domain>                the production alias of the site that claimed it, once the
+                                   claim is approved (an admin, or DNS proof); never an IP
+                                   literal, `localhost` or a name under the base domain
+
+`reserved_reason` says which names no site may claim: those the edge or the control plane
+answer on by themselves.
 
 Parsing a host is pure and cached. Which deployment an alias points at is read from the state
 store on every request, so a deploy or a rollback shows on the very next request; only the
@@ -12,6 +17,7 @@ branch-label -> alias-name mapping is cached, and it is checked by that same rea
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -79,6 +85,42 @@ def parse_site_host(host: str, base_domain: str) -> SiteTarget | None:
     return SiteTarget(site, Kind.PREVIEW, left)
 
 
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 address written as a host (bracketed or not, any zone dropped)."""
+    bare = host.strip("[]").split("%", 1)[0]
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+    return True
+
+
+def _at_or_under(host: str, name: str) -> bool:
+    return bool(name) and (host == name or host.endswith("." + name))
+
+
+def reserved_reason(host: str, base_domain: str, control_hosts: tuple[str, ...] = ()) -> str:
+    """Why no site may claim `host`, or "" when a site may (after approval).
+
+    IP addresses and `localhost` reach the control plane (and the git hook's call-back); the
+    base domain and every name under it are the edge's own labels (`<site>.<base>`,
+    previews, permalinks); `control_hosts` are the names the control plane is reached at.
+    """
+    name = split_host(host)
+    if is_ip_literal(name):
+        return f"{name} is an IP address: it reaches the control plane, never a site"
+    if _at_or_under(name, "localhost"):
+        return f"{name} is a loopback name: it reaches the control plane, never a site"
+    base = split_host(base_domain)
+    if _at_or_under(name, base):
+        return (f"{name} is under the base domain {base}: its names are the edge's own "
+                f"(<site>.{base} and previews)")
+    for control in control_hosts:
+        if name == split_host(control):
+            return f"{name} is the control plane's host name"
+    return ""
+
+
 class HostResolver:
     """Maps hosts to targets and targets to the deployment id to serve right now."""
 
@@ -102,11 +144,11 @@ class HostResolver:
             return cached
         name = split_host(host)
         target = parse_site_host(name, self.base_domain)
-        if target is not None or "." not in name or name.startswith("["):
+        if target is not None or "." not in name or reserved_reason(name, self.base_domain):
             return self._hosts.put(host, target)
-        # Custom domains are claimed and released at any time: never cached.
-        site = self.state.domain_site(name)
-        return SiteTarget(site, Kind.PRODUCTION) if site else None
+        # Custom domains are claimed, approved and released at any time: never cached.
+        domain = self.state.get_domain(name)
+        return SiteTarget(domain.site, Kind.PRODUCTION) if domain and domain.approved else None
 
     def deployment_id(self, target: SiteTarget) -> str | None:
         """The deployment to serve for a target now, or None when there is none."""

@@ -5,6 +5,7 @@ cancelled, with every step a compare-and-set on the deployment so two runners ne
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,11 +37,19 @@ from pushsite.model import (
     Status,
     branch_alias,
     manifest_key,
+    site_scope,
 )
+from pushsite.service import domains as claims
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
+from pushsite.state.counters import CounterFile, histogram
+from pushsite.state.counters import key as counter_key
 from pushsite.stores import PackingStore
+
+_log = logging.getLogger("pushsite.service")
+# seconds: a stage of a small site takes milliseconds, a large one minutes
+STAGE_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
 def deadline_margin(timeout: float) -> float:
@@ -50,6 +59,64 @@ def deadline_margin(timeout: float) -> float:
 
 class Running(ServiceBase):
     """Running one deployment to its end, and moving the aliases it earns."""
+
+    _counters: CounterFile | None = None
+
+    @property
+    def counters(self) -> CounterFile:
+        """This home's metrics (state/counters.py): every process adds to the same file."""
+        if self._counters is None:
+            self._counters = CounterFile(self.config.home / "metrics.db")
+        return self._counters
+
+    def _announce(self, deployment: Deployment, event: str | None = None) -> None:
+        """Queue what the site's notification endpoints and its git host are told (sent by a
+        worker, service/notify.py and statuses.py); never fails what it reports."""
+        from pushsite.service import notify, statuses
+
+        try:
+            event = event or notify.event_for(deployment.status)
+            notify.announce(self, deployment.site, event,
+                            notify.deployment_data(self, deployment))
+            if event != "deployment.started":
+                statuses.announce(self, deployment)
+        except Exception as exc:  # noqa: BLE001 - logged; the deployment stands either way
+            _log.warning("could not queue the %s notifications of deployment %s: %s",
+                         event, deployment.id, exc)
+
+    def _production_changed(self, target: Deployment, previous: str | None,
+                            reason: str) -> None:
+        """Announce that production serves `target` now (a rollback or a promote)."""
+        from pushsite.service import notify
+
+        try:
+            data = {"site": target.site, "production": target.id, "previous": previous,
+                    "reason": reason, **notify.deployment_data(self, target)}
+            notify.announce(self, target.site, "site.production_changed", data)
+        except Exception as exc:  # noqa: BLE001 - logged; the alias has moved either way
+            _log.warning("could not queue the production change of %s: %s", target.site, exc)
+
+    def _count_outcome(self, deployment: Deployment) -> None:
+        """The metrics of a deployment that ended (service/metrics.py renders them)."""
+        if not self.config.metrics:
+            return
+        deltas = {counter_key("pushsite_deployments_total", status=str(deployment.status),
+                      source=deployment.source or "unknown"): 1.0}
+        if deployment.status.servable:
+            d = deployment
+            deltas[counter_key("pushsite_deploy_bytes_read_total")] = float(d.bytes_in)
+            deltas[counter_key("pushsite_deploy_bytes_stored_total")] = float(d.bytes_stored)
+            deltas[counter_key("pushsite_blobs_total", kind="new")] = float(d.blobs_new)
+            deltas[counter_key("pushsite_blobs_total", kind="reused")] = float(d.blobs_reused)
+            if deployment.seconds is not None:
+                deltas |= histogram("pushsite_deploy_stage_seconds", deployment.seconds,
+                                    STAGE_BOUNDS, stage="total")
+        self.counters.add_quietly(deltas)
+
+    def _time_stage(self, stage: str, seconds: float) -> None:
+        if self.config.metrics:
+            self.counters.add_quietly(histogram("pushsite_deploy_stage_seconds", seconds,
+                                                STAGE_BOUNDS, stage=stage))
 
     def run(
         self,
@@ -84,6 +151,7 @@ class Running(ServiceBase):
         deployment.lease_until = deployment.started + self.lease
         if not self.state.update_deployment(deployment, expect_status=previous):
             return self.state.get_deployment(deployment_id)
+        self._announce(deployment, "deployment.started")
         log = self.log_for(deployment)
         builder: ManifestBuilder | None = None
         try:
@@ -165,6 +233,7 @@ class Running(ServiceBase):
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                       bundle: BinaryIO | None, folder: Path | None = None) -> Deployment:
         log.info("read", "reading the bundle", workers=self.config.workers)
+        reading = time.monotonic()
         if deployment.bundle_key.startswith("git:"):
             outcome = self._deploy_commit(deployment, builder)
         elif folder is not None:
@@ -179,6 +248,7 @@ class Running(ServiceBase):
             with self._open_staged(deployment) as staged:
                 outcome = deploy_bundle(staged, builder, self.config.limits(),
                                         deployment.id, deployment.site, deployment.created)
+        self._time_stage("read", time.monotonic() - reading)  # read, hashed, stored: one pass
         deployment.commit = deployment.commit or outcome.commit
         self._apply_counters(deployment, builder.counters)
         deployment.files = len(outcome.manifest.files)
@@ -313,7 +383,9 @@ class Running(ServiceBase):
         site = self.state.get_site(deployment.site)
         if deployment.branch != site.production_branch:
             return
-        for host in getattr(settings, "domains", ()):  # all or nothing: check before writing
+        hosts = [claims.claimable(host, self.config)  # all or nothing: check before writing
+                 for host in getattr(settings, "domains", ())]
+        for host in hosts:
             owner = self.state.domain_site(host)
             if owner is not None and owner != site.name:
                 raise DomainConflict(f"pushsite.toml claims the domain {host}, which site "
@@ -330,8 +402,15 @@ class Running(ServiceBase):
             site.production_branch = names.check_branch_name(branch)
             self.state.put_site(site)
             log.info("settings", f"production branch is now {branch!r} (pushsite.toml)")
-        for host in getattr(settings, "domains", ()):
-            self.state.claim_domain(host, site.name)
+        # the site's own files speak for this site only: a new claim waits for an admin's
+        # approval or DNS proof (service/domains.py)
+        for host in hosts:
+            claim = self.state.claim_domain(host, site.name, scope=site_scope(site.name))
+            if not claim.approved:
+                token = claims.domain_token(self.state, site)
+                log.warning("settings", f"custom domain {host} is pending, not served: "
+                            f"{claims.how_to_approve(site.name, host, token)}",
+                            host=host, status=str(claim.status))
 
     def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
         deployment.status = Status.READY
@@ -348,7 +427,9 @@ class Running(ServiceBase):
             raise stopped(f"deployment {deployment.id} became {current} before it could go "
                           "live; the live site is unchanged")
         self._discard_staged(deployment)
+        activating = time.monotonic()
         moved = self.activate(deployment, log)
+        self._time_stage("activate", time.monotonic() - activating)
         if moved:
             deployment.status = Status.LIVE
             self.state.update_deployment(deployment)
@@ -357,6 +438,8 @@ class Running(ServiceBase):
         log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
                  f"{deployment.files} files, {deployment.blobs_new} new blobs, "
                  f"{deployment.blobs_reused} reused", seconds=deployment.seconds)
+        self._count_outcome(deployment)
+        self._announce(deployment)
         return deployment
 
     def _fail(self, deployment: Deployment, exc: BaseException, log: DeployLog) -> None:
@@ -386,6 +469,8 @@ class Running(ServiceBase):
             return
         log.error("failed" if status == Status.FAILED else str(status), message,
                   error=type(exc).__name__)
+        self._count_outcome(deployment)
+        self._announce(deployment)
         if status in (Status.FAILED, Status.CANCELLED):  # a timed-out one may be resumed
             self._discard_staged(deployment)
 

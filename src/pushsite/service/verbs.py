@@ -7,6 +7,7 @@ deployer, then one compare-and-set alias move.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import shutil
 import subprocess
@@ -27,8 +28,11 @@ from pushsite.errors import (
     SiteNotFound,
 )
 from pushsite.model import (
+    ADMIN_SCOPE,
     PRODUCTION,
     Deployment,
+    Domain,
+    DomainStatus,
     HostedRepo,
     RefOutcome,
     Site,
@@ -37,13 +41,16 @@ from pushsite.model import (
     branch_alias,
     manifest_key,
 )
+from pushsite.service import domains as claims
 from pushsite.service import housekeeping, tokens
 from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.queueing import Queueing
 from pushsite.service.running import deadline_margin
+from pushsite.sources.webhooks import check_repo_name, same_repo
 
 __all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
 
+_logger = logging.getLogger("pushsite.webhooks")
 _COPY_CHUNK = 1 << 20
 _PAGE = 500  # deployments per state query when a verb must see all of a site's
 ZERO = "0" * 40  # a ref's old or new id when it is created or deleted
@@ -82,16 +89,63 @@ class Service(Queueing):
         self.state.put_site(site)
         return site
 
-    def add_domain(self, site_name: str, host: str) -> Site:
+    # custom domains (service/domains.py) ---------------------------------------------------
+    def add_domain(self, site_name: str, host: str, *, approve: bool = True) -> Domain:
+        """An admin's claim of `host` for a site, approved at once (or, with approve=False,
+        pending until approved or proven in DNS). Names the edge or the control plane answer
+        on are refused (DomainConflict), as is a host another site holds, even pending."""
+        site = self.site(site_name)
+        host = claims.claimable(host, self.config)
+        status = DomainStatus.APPROVED if approve else DomainStatus.PENDING
+        return self.state.claim_domain(host, site.name, status=status, scope=ADMIN_SCOPE)
+
+    def approve_domain(self, site_name: str, host: str) -> Domain:
+        """An admin's approval of a site's claim (made in pushsite.toml, say): served now."""
         site = self.site(site_name)
         host = names.check_host(host)
-        self.state.claim_domain(host, site.name)
-        return self.state.get_site(site.name)
+        if not self.state.approve_domain(host, site.name):
+            raise NotFound(f"site {site.name} holds no claim on {host}; "
+                           f"`pushsite domains list {site.name}` shows its claims")
+        return self._claim(host)
+
+    def verify_domain(self, site_name: str, host: str, *, scope: str = ADMIN_SCOPE) -> Domain:
+        """Approve a site's claim of `host` (claiming it first when free) if DNS proves its
+        owner controls the name: a TXT record `_pushsite-challenge.<host>` holds the site's
+        domain token. Raises ConfigError, with the record to add, when it does not."""
+        site = self.site(site_name)
+        host = claims.claimable(host, self.config)
+        claim = self.state.claim_domain(host, site.name, scope=scope)
+        if claim.approved:
+            return claim
+        token = claims.domain_token(self.state, site)
+        name = claims.challenge_name(host)
+        found = claims.txt_records(name, self.config.dns)
+        if token not in found:
+            seen = ", ".join(repr(text) for text in found) or "no TXT record"
+            raise ConfigError(f"{host} is not proven: DNS has {seen} at {name}; add a TXT "
+                              f"record {name} = \"{token}\" and try again (a change can take "
+                              "minutes to show in DNS)")
+        self.state.approve_domain(host, site.name)
+        return self._claim(host)
 
     def remove_domain(self, site_name: str, host: str) -> Site:
         site = self.site(site_name)
         self.state.release_domain(names.check_host(host), site.name)
         return self.state.get_site(site.name)
+
+    def domains(self, site_name: str) -> list[Domain]:
+        """A site's claims with their status."""
+        return self.state.list_domains(self.site(site_name).name)
+
+    def domain_token(self, site_name: str) -> str:
+        """The value the site's `_pushsite-challenge.<host>` TXT records must hold."""
+        return claims.domain_token(self.state, self.site(site_name))
+
+    def _claim(self, host: str) -> Domain:
+        claim = self.state.get_domain(host)
+        if claim is None:
+            raise NotFound(f"the claim on {host} was released meanwhile")
+        return claim
 
     def create_site(self, name: str, production_branch: str = "main") -> Site:
         """A new site, on purpose (a deploy to an unknown name creates one too)."""
@@ -109,8 +163,11 @@ class Service(Queueing):
 
     def update_site(self, name: str, *, production_branch: str | None = None,
                     tags: bool | None = None, webhook_base_url: str | None = None,
-                    webhook_access_token: str | None = None) -> Site:
-        """Change a site's record and settings; a value left as None stays as it is."""
+                    webhook_access_token: str | None = None,
+                    webhook_repo: str | None = None) -> Site:
+        """Change a site's record and settings; a value left as None stays as it is.
+        `webhook_repo` binds the site to one repository ("owner/name"; "" unbinds it: the
+        next valid push binds it again)."""
         site = self.site(name)
         if production_branch is not None:
             site.production_branch = names.check_branch_name(production_branch)
@@ -119,6 +176,9 @@ class Service(Queueing):
             hook = replace(hook, base_url=webhook_base_url.strip())
         if webhook_access_token is not None:
             hook = replace(hook, access_token=webhook_access_token)
+        if webhook_repo is not None:
+            hook = replace(hook, repo=check_repo_name(webhook_repo) if webhook_repo else "",
+                           last_ignored_repo="")
         site.settings = replace(site.settings, webhook=hook,
                                 tags=site.settings.tags if tags is None else tags)
         self.state.put_site(site)
@@ -182,6 +242,7 @@ class Service(Queueing):
         self._note(deployment, "info", "accept",
                    f"accepted a bundle for {site.name} ({branch}) from {source}",
                    bytes=self._staged_size(deployment.bundle_key))
+        self._announce(deployment)
         if enqueue:
             self.queue.send({"deployment": deployment.id})
         return deployment
@@ -228,6 +289,7 @@ class Service(Queueing):
                                 message=message, source=source, bundle_key=f"git:{commit}")
         self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept", f"push of {commit[:12]} to {branch} queued")
+        self._announce(deployment)
         self.queue.send({"deployment": deployment.id})
         return deployment
 
@@ -242,6 +304,7 @@ class Service(Queueing):
         self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept",
                    f"{provider} push of {commit[:12]} to {branch} queued")
+        self._announce(deployment)  # first: the pending status goes before the deploy ends
         self.queue.send({"deployment": deployment.id, "fetch": {
             "provider": provider, "repo": repo, "commit": commit, "project_id": project_id}})
         return deployment
@@ -269,6 +332,11 @@ class Service(Queueing):
         whose archive a worker fetches (a webhook).
         """
         site = self.site(site_name, create=hosted is None)  # a push may create its site
+        binding = site.settings.webhook.repo
+        if hosted is not None:
+            refused = self._bound(site, hosted.repo)
+            if refused:
+                return RefOutcome(ref, "ignore", reason=refused)
         if ref.startswith("refs/heads/"):
             branch = ref.removeprefix("refs/heads/")
         elif ref.startswith("refs/tags/") and site.settings.tags:
@@ -287,12 +355,38 @@ class Service(Queueing):
         if hosted is not None:
             deployment = self.accept_fetch(site.name, branch, hosted.provider, hosted.repo, new,
                                            message, hosted.project_id)
+            if not binding:
+                self._note(deployment, "info", "accept",
+                           f"site {site.name} is now bound to repository {hosted.repo}: pushes "
+                           "from any other repository are ignored")
             return RefOutcome(ref, "deploy", branch, deployment)
         repos = SiteRepos(self.config.repos)
         commit = _peeled(repos.path(site.name), new) if branch.startswith("tag/") else new
         deployment = self.accept_commit(site.name, branch, commit,
                                         message or repos.commit_message(site.name, commit))
         return RefOutcome(ref, "deploy", branch, deployment)
+
+    def _bound(self, site: Site, repo: str) -> str:
+        """Why a signed push from `repo` may not deploy `site` ("" when it may). The secret
+        proves only who signed; the site deploys the one repository it is bound to, set by
+        `pushsite hooks --repo` or else by its first valid push."""
+        hook = site.settings.webhook
+        if not hook.repo:
+            site.settings = replace(site.settings, webhook=replace(hook, repo=repo))
+            self.state.put_site(site)
+            _logger.info("site %s is now bound to repository %s (its first valid webhook "
+                         "push)", site.name, repo)
+            return ""
+        if same_repo(hook.repo, repo):
+            return ""
+        _logger.warning("ignored a signed push for repository %s: site %s deploys only %s",
+                        repo, site.name, hook.repo)
+        if hook.last_ignored_repo != repo:
+            site.settings = replace(site.settings,
+                                    webhook=replace(hook, last_ignored_repo=repo))
+            self.state.put_site(site)
+        return (f"the push is for repository {repo}, and site {site.name} deploys only "
+                f"{hook.repo} (`pushsite hooks {site.name} --repo OWNER/NAME` rebinds it)")
 
     def redeploy(self, deployment_id: str) -> Deployment:
         """A new deployment with an earlier one's files, on its branch: no bundle is read and
@@ -342,7 +436,9 @@ class Service(Queueing):
         if current and current.deployment_id != target.id:
             self._refresh_status(current.deployment_id)
         self._note(target, "info", "activate", f"rolled back: production now serves {target.id}")
-        return self.state.get_deployment(target.id)
+        target = self.state.get_deployment(target.id)
+        self._production_changed(target, current.deployment_id if current else None, "rollback")
+        return target
 
     def _previous_production(self, site: Site, current: str | None) -> Deployment:
         for candidate in self.state.list_deployments(site.name, branch=site.production_branch,
@@ -378,6 +474,8 @@ class Service(Queueing):
                 if status == Status.QUEUED:
                     self._discard_staged(deployment)
                 self._note(deployment, "info", "cancelled", f"cancelled while {status}")
+                self._count_outcome(deployment)
+                self._announce(deployment)
                 return deployment
         current = self.state.get_deployment(deployment_id)
         raise ConfigError(f"deployment {deployment_id} is {current.status}; only a queued or "

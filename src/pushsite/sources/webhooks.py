@@ -59,6 +59,27 @@ class PushEvent:
         return asdict(self)
 
 
+# -- repositories ------------------------------------------------------------------------
+
+# "owner/name", and GitLab's "group/subgroup/name": path segments of letters, digits, . _ -
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+$")
+
+
+def check_repo_name(repo: str) -> str:
+    """A repository name as hosts write it ("owner/name"), or ConfigError."""
+    repo = repo.strip().strip("/")
+    if len(repo) > 255 or not _REPO.match(repo) or ".." in repo.split("/"):
+        raise ConfigError(f"invalid repository {repo!r}: expected owner/name, as in the "
+                          "repository's URL (GitLab: group/subgroup/name)")
+    return repo
+
+
+def same_repo(bound: str, repo: str) -> bool:
+    """Whether a push from `repo` is for the `bound` repository: hosts treat owner and name
+    case-insensitively (GitHub, Gitea, GitLab paths, Bitbucket workspaces and slugs)."""
+    return bound.strip("/").casefold() == repo.strip("/").casefold()
+
+
 # -- signatures ----------------------------------------------------------------------------
 
 

@@ -15,7 +15,19 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
-from pushsite.model import Alias, Deployment, LogLine, Site, Status, Token
+from pushsite.model import (
+    ADMIN_SCOPE,
+    Alias,
+    Delivery,
+    Deployment,
+    Domain,
+    DomainStatus,
+    LogLine,
+    NotifyEndpoint,
+    Site,
+    Status,
+    Token,
+)
 
 
 class StateStore(Protocol):
@@ -32,12 +44,26 @@ class StateStore(Protocol):
         """Remove the site, its aliases, domains, deployments and logs."""
 
     # domains -------------------------------------------------------------------------------
-    def claim_domain(self, host: str, site: str) -> None:
-        """Raises DomainConflict when another site holds the host; idempotent for the same."""
+    def claim_domain(self, host: str, site: str, *,
+                     status: DomainStatus = DomainStatus.PENDING,
+                     scope: str = ADMIN_SCOPE) -> Domain:
+        """Hold `host` for `site` and return the claim. Raises DomainConflict when another
+        site holds it, pending or approved (the first claimer keeps it until released). For
+        the same site it is idempotent, except that an APPROVED claim approves a pending one
+        (and takes its scope); it never turns an approved claim back to pending."""
+
+    def approve_domain(self, host: str, site: str) -> bool:
+        """Mark `site`'s claim of `host` approved; False when `site` does not hold it."""
 
     def release_domain(self, host: str, site: str) -> None: ...
 
-    def domain_site(self, host: str) -> str | None: ...
+    def domain_site(self, host: str) -> str | None:
+        """The site holding `host`, pending or approved (the edge asks get_domain)."""
+
+    def get_domain(self, host: str) -> Domain | None: ...
+
+    def list_domains(self, site: str) -> list[Domain]:
+        """The site's claims, by host."""
 
     # deployments ---------------------------------------------------------------------------
     def create_deployment(self, deployment: Deployment) -> None: ...
@@ -98,6 +124,26 @@ class StateStore(Protocol):
     def list_tokens(self) -> list[Token]: ...
 
     def delete_token(self, token_id: str) -> None: ...
+
+    # notification endpoints and their delivery logs (service/notify.py) ----------------------
+    def put_endpoint(self, endpoint: NotifyEndpoint) -> None:
+        """Create or replace an endpoint (a site's delete_site removes its endpoints)."""
+
+    def update_endpoint(self, endpoint: NotifyEndpoint) -> bool:
+        """Replace an endpoint only if it still exists (a removal meanwhile stands)."""
+
+    def list_endpoints(self, site: str) -> list[NotifyEndpoint]:
+        """A site's endpoints, oldest first."""
+
+    def delete_endpoint(self, site: str, endpoint_id: str) -> bool:
+        """Remove an endpoint and its delivery log; True when it existed."""
+
+    def append_delivery(self, delivery: Delivery) -> None:
+        """Add one attempt to its endpoint's delivery log (a backend may keep only the
+        latest few hundred per endpoint)."""
+
+    def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
+        """An endpoint's delivery log, newest first."""
 
     # dedup ---------------------------------------------------------------------------------
     def remember(self, key: str) -> bool:

@@ -8,13 +8,16 @@ Items (records are JSON in `data`; a few fields are copied out for conditions an
     sites                   <site>                  Site
     site#<site>             alias#<name>            Alias (deployment_id, moved_by, updated)
     site#<site>             domain#<host>           the site's half of a domain claim
-    domain#<host>           #                       the claim itself (site)
+    domain#<host>           #                       the claim itself (site, status, scope,
+                                                    claimed; no status: an older, approved one)
     dep#<id>                #                       Deployment (+ status, gpk/gsk, apk)
     dep#<id>                logseq                  the log's atomic counter (n)
     logs#<site>             <id>#<seq:010d>         LogLine (+ text: lowercase, for search)
     tokens                  <token id>              Token
     tokenhash#<hash>        #                       Token again, for lookup by hash
     seen#<key>              #                       remember()
+    site#<site>             notify#<id>             NotifyEndpoint
+    deliveries#<endpoint>   <time>#<random>         Delivery (its endpoint's log)
 
 Indexes: `by_site` (gpk = "site#<site>", gsk = id) lists a site's deployments newest first;
 `by_time` (apk = "dep", gsk = id) lists all of them. Index reads are eventually consistent,
@@ -29,6 +32,7 @@ single conditional writes, so they hold however many deployers run at once.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +46,20 @@ from pushsite.errors import (
     DomainConflict,
     SiteNotFound,
 )
-from pushsite.model import Alias, Deployment, LogLine, Site, SiteSettings, Status, Token
+from pushsite.model import (
+    ADMIN_SCOPE,
+    Alias,
+    Delivery,
+    Deployment,
+    Domain,
+    DomainStatus,
+    LogLine,
+    NotifyEndpoint,
+    Site,
+    SiteSettings,
+    Status,
+    Token,
+)
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
@@ -62,6 +79,14 @@ def _json(value: Any) -> dict[str, str]:
 
 def _load(item: Item) -> Any:
     return json.loads(item["data"]["S"])
+
+
+def _domain_item(item: Item) -> Domain:
+    """A domain claim's item; one written before claims had a status was served: approved."""
+    status = item.get("status", {}).get("S", str(DomainStatus.APPROVED))
+    return Domain(item["pk"]["S"].removeprefix("domain#"), item["site"]["S"],
+                  DomainStatus(status), item.get("scope", {}).get("S", ""),
+                  float(item.get("claimed", {}).get("N", "0")))
 
 
 def _conditional_failure(exc: ClientError) -> bool:
@@ -221,6 +246,8 @@ class DynamoState:
                 host = sk.removeprefix("domain#")
                 if self.domain_site(host) == name:
                     keys.append((f"domain#{host}", "#"))
+            elif sk.startswith("notify#"):
+                keys += self._delivery_keys(sk.removeprefix("notify#"))
         for item in self._query(
             IndexName="by_site",
             KeyConditionExpression="gpk = :g",
@@ -233,16 +260,25 @@ class DynamoState:
         self._delete_keys(keys)
 
     # domains -------------------------------------------------------------------------------
-    def claim_domain(self, host: str, site: str) -> None:
+    def claim_domain(self, host: str, site: str, *,
+                     status: DomainStatus = DomainStatus.PENDING,
+                     scope: str = ADMIN_SCOPE) -> Domain:
         host = host.lower().rstrip(".")
+        current = self.get_domain(host)
+        if current is not None and current.site == site:
+            if status is DomainStatus.APPROVED and not current.approved:
+                self._approve(host, site, scope)
+            claim = self.get_domain(host)
+            if claim is not None:
+                return claim
+        item = {"pk": _s(f"domain#{host}"), "sk": _s("#"), "site": _s(site),
+                "status": _s(str(status)), "scope": _s(scope), "claimed": _n(time.time())}
         request = [
             {
                 "Put": {
                     "TableName": self.table,
-                    "Item": {"pk": _s(f"domain#{host}"), "sk": _s("#"), "site": _s(site)},
-                    "ConditionExpression": "attribute_not_exists(pk) OR #site = :site",
-                    "ExpressionAttributeNames": {"#site": "site"},
-                    "ExpressionAttributeValues": {":site": _s(site)},
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(pk)",
                 }
             },
             {
@@ -255,14 +291,47 @@ class DynamoState:
         with aws_errors(self._what):
             try:
                 self._client.transact_write_items(TransactItems=request)
-                return
+                return _domain_item(item)
             except ClientError as exc:
                 if not _conditional_failure(exc):
                     raise
         holder = self.domain_site(host)
+        if holder == site:  # claimed by this site between the read and the write
+            return self.claim_domain(host, site, status=status, scope=scope)
         raise DomainConflict(
             f"the domain {host!r} already belongs to site {holder!r}: release it there first"
         )
+
+    def approve_domain(self, host: str, site: str) -> bool:
+        return self._approve(host.lower().rstrip("."), site, None)
+
+    def _approve(self, host: str, site: str, scope: str | None) -> bool:
+        names = {"#site": "site", "#status": "status"}
+        values = {":site": _s(site), ":approved": _s(str(DomainStatus.APPROVED))}
+        update = "SET #status = :approved"
+        if scope is not None:
+            update += ", #scope = :scope"
+            names["#scope"] = "scope"
+            values[":scope"] = _s(scope)
+        with aws_errors(self._what):
+            try:
+                self._client.update_item(
+                    TableName=self.table, Key={"pk": _s(f"domain#{host}"), "sk": _s("#")},
+                    UpdateExpression=update, ConditionExpression="#site = :site",
+                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        return True
+
+    def get_domain(self, host: str) -> Domain | None:
+        item = self._get(f"domain#{host.lower().rstrip('.')}", "#")
+        return None if item is None else _domain_item(item)
+
+    def list_domains(self, site: str) -> list[Domain]:
+        found = [self.get_domain(host) for host in sorted(self._claimed(site))]
+        return [claim for claim in found if claim is not None and claim.site == site]
 
     def release_domain(self, host: str, site: str) -> None:
         host = host.lower().rstrip(".")
@@ -571,6 +640,56 @@ class DynamoState:
             if len(lines) >= limit:
                 break
         return lines
+
+    # notification endpoints ------------------------------------------------------------------
+    def _endpoint_item(self, endpoint: NotifyEndpoint) -> Item:
+        return {**_key(f"site#{endpoint.site}", f"notify#{endpoint.id}"),
+                "data": _json(endpoint.to_dict(secret=True))}
+
+    def put_endpoint(self, endpoint: NotifyEndpoint) -> None:
+        self._put(self._endpoint_item(endpoint))
+
+    def update_endpoint(self, endpoint: NotifyEndpoint) -> bool:
+        return self._put(self._endpoint_item(endpoint), "attribute_exists(pk)")
+
+    def list_endpoints(self, site: str) -> list[NotifyEndpoint]:
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :notify)",
+            ExpressionAttributeValues={":pk": _s(f"site#{site}"), ":notify": _s("notify#")},
+            ConsistentRead=True,
+        )
+        found = [NotifyEndpoint.from_dict(_load(item)) for item in items]
+        return sorted(found, key=lambda e: (e.created, e.id))
+
+    def delete_endpoint(self, site: str, endpoint_id: str) -> bool:
+        with aws_errors(self._what):
+            try:
+                self._client.delete_item(
+                    TableName=self.table, Key=_key(f"site#{site}", f"notify#{endpoint_id}"),
+                    ConditionExpression="attribute_exists(pk)")
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        self._delete_keys(self._delivery_keys(endpoint_id))
+        return True
+
+    def _delivery_keys(self, endpoint_id: str) -> list[tuple[str, str]]:
+        pk = f"deliveries#{endpoint_id}"
+        return [(pk, item["sk"]["S"]) for item in self._partition(pk, ProjectionExpression="sk")]
+
+    def append_delivery(self, delivery: Delivery) -> None:
+        sk = f"{delivery.time:020.6f}#{os.urandom(6).hex()}"
+        self._put({**_key(f"deliveries#{delivery.endpoint_id}", sk),
+                   "data": _json(delivery.to_dict())})
+
+    def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
+        found: list[Delivery] = []
+        for item in self._partition(f"deliveries#{endpoint_id}", ScanIndexForward=False):
+            found.append(Delivery.from_dict(_load(item)))
+            if len(found) >= limit:
+                break
+        return found
 
     # tokens --------------------------------------------------------------------------------
     @staticmethod

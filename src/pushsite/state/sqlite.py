@@ -28,14 +28,29 @@ from pushsite.errors import (
     DomainConflict,
     SiteNotFound,
 )
-from pushsite.model import Alias, Deployment, LogLine, Site, SiteSettings, Status, Token
+from pushsite.model import (
+    ADMIN_SCOPE,
+    Alias,
+    Delivery,
+    Deployment,
+    Domain,
+    DomainStatus,
+    LogLine,
+    NotifyEndpoint,
+    Site,
+    SiteSettings,
+    Status,
+    Token,
+)
 from pushsite.sqlite_setup import setting_up, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
     name TEXT PRIMARY KEY, production_branch TEXT NOT NULL, created REAL NOT NULL,
     webhook_secret TEXT NOT NULL DEFAULT '', settings TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS domains (host TEXT PRIMARY KEY, site TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS domains (
+    host TEXT PRIMARY KEY, site TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    scope TEXT NOT NULL DEFAULT '', claimed REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS deployments (
     id TEXT PRIMARY KEY, site TEXT NOT NULL, branch TEXT NOT NULL, status TEXT NOT NULL,
     "commit" TEXT NOT NULL, message TEXT NOT NULL, source TEXT NOT NULL,
@@ -65,6 +80,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, site TEXT,
     scopes TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS endpoints (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    n INTEGER PRIMARY KEY, endpoint_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint_id, n);
 """
 
 _RESERVE_BYTES = 1 << 20  # diskspace.py: a cancel's commit took 36 KiB on a full disk
@@ -75,7 +95,18 @@ _QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
 # columns added since a table was first created: (table, column, declaration)
 _ADDED_COLUMNS = [("deployments", "error_kind", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "runner", "TEXT NOT NULL DEFAULT ''"),
-                  ("deployments", "lease_until", "REAL NOT NULL DEFAULT 0")]
+                  ("deployments", "lease_until", "REAL NOT NULL DEFAULT 0"),
+                  # claims made before approvals existed were served: they stay approved
+                  ("domains", "status", "TEXT NOT NULL DEFAULT 'approved'"),
+                  ("domains", "scope", "TEXT NOT NULL DEFAULT ''"),
+                  ("domains", "claimed", "REAL NOT NULL DEFAULT 0")]
+
+
+_DOMAIN_COLUMNS = "host, site, status, scope, claimed"
+
+
+def _domain(row: sqlite3.Row) -> Domain:
+    return Domain(row[0], row[1], DomainStatus(row[2]), row[3], row[4])
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -217,10 +248,16 @@ class SqliteState:
         with self._tx() as db:
             for table, column in (("sites", "name"), ("domains", "site"), ("aliases", "site"),
                                   ("deployments", "site"), ("logs", "site")):
+                if table == "sites":  # the endpoints' delivery logs, then the endpoints
+                    db.execute("DELETE FROM deliveries WHERE endpoint_id IN "
+                               "(SELECT id FROM endpoints WHERE site = ?)", (name,))
+                    db.execute("DELETE FROM endpoints WHERE site = ?", (name,))
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))
 
     # domains -------------------------------------------------------------------------------
-    def claim_domain(self, host: str, site: str) -> None:
+    def claim_domain(self, host: str, site: str, *,
+                     status: DomainStatus = DomainStatus.PENDING,
+                     scope: str = ADMIN_SCOPE) -> Domain:
         with self._tx() as db:
             row = db.execute("SELECT site FROM domains WHERE host = ?", (host,)).fetchone()
             if row is not None and row[0] != site:
@@ -228,7 +265,30 @@ class SqliteState:
                     f"the domain {host} is already claimed by site {row[0]!r}; "
                     f"remove it there first with `pushsite domains remove {row[0]} {host}`"
                 )
-            db.execute("INSERT OR IGNORE INTO domains VALUES (?, ?)", (host, site))
+            if row is None:
+                db.execute("INSERT INTO domains (host, site, status, scope, claimed) "
+                           "VALUES (?, ?, ?, ?, ?)", (host, site, str(status), scope, time.time()))
+            elif status is DomainStatus.APPROVED:
+                db.execute("UPDATE domains SET status = ?, scope = ? WHERE host = ? AND "
+                           "status != ?", (str(status), scope, host, str(status)))
+        claim = self.get_domain(host)
+        assert claim is not None
+        return claim
+
+    def approve_domain(self, host: str, site: str) -> bool:
+        with self._tx() as db:
+            done = db.execute("UPDATE domains SET status = ? WHERE host = ? AND site = ?",
+                              (str(DomainStatus.APPROVED), host, site))
+            return done.rowcount > 0
+
+    def get_domain(self, host: str) -> Domain | None:
+        rows = self._query(f"SELECT {_DOMAIN_COLUMNS} FROM domains WHERE host = ?", (host,))
+        return _domain(rows[0]) if rows else None
+
+    def list_domains(self, site: str) -> list[Domain]:
+        rows = self._query(f"SELECT {_DOMAIN_COLUMNS} FROM domains WHERE site = ? ORDER BY host",
+                           (site,))
+        return [_domain(row) for row in rows]
 
     def release_domain(self, host: str, site: str) -> None:
         with self._tx() as db:
@@ -408,6 +468,45 @@ class SqliteState:
     def delete_token(self, token_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+
+    # notification endpoints ------------------------------------------------------------------
+    _DELIVERIES_KEPT = 500  # per endpoint: the log is for looking at, not an archive
+
+    def put_endpoint(self, endpoint: NotifyEndpoint) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?, ?)",
+                       (endpoint.id, endpoint.site, json.dumps(endpoint.to_dict(secret=True))))
+
+    def update_endpoint(self, endpoint: NotifyEndpoint) -> bool:
+        with self._tx() as db:
+            return db.execute("UPDATE endpoints SET data = ? WHERE id = ? AND site = ?",
+                              (json.dumps(endpoint.to_dict(secret=True)), endpoint.id,
+                               endpoint.site)).rowcount == 1
+
+    def list_endpoints(self, site: str) -> list[NotifyEndpoint]:
+        rows = self._query("SELECT data FROM endpoints WHERE site = ?", (site,))
+        found = [NotifyEndpoint.from_dict(json.loads(row[0])) for row in rows]
+        return sorted(found, key=lambda e: (e.created, e.id))
+
+    def delete_endpoint(self, site: str, endpoint_id: str) -> bool:
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM endpoints WHERE id = ? AND site = ?",
+                              (endpoint_id, site)).rowcount == 1
+            if gone:
+                db.execute("DELETE FROM deliveries WHERE endpoint_id = ?", (endpoint_id,))
+            return gone
+
+    def append_delivery(self, delivery: Delivery) -> None:
+        with self._tx() as db:
+            n = db.execute("INSERT INTO deliveries (endpoint_id, data) VALUES (?, ?)",
+                           (delivery.endpoint_id, json.dumps(delivery.to_dict()))).lastrowid
+            db.execute("DELETE FROM deliveries WHERE endpoint_id = ? AND n <= ?",
+                       (delivery.endpoint_id, (n or 0) - self._DELIVERIES_KEPT))
+
+    def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
+        rows = self._query("SELECT data FROM deliveries WHERE endpoint_id = ? "
+                           "ORDER BY n DESC LIMIT ?", (endpoint_id, limit))
+        return [Delivery.from_dict(json.loads(row[0])) for row in rows]
 
     # dedup ---------------------------------------------------------------------------------
     def remember(self, key: str) -> bool:

@@ -94,11 +94,10 @@ def test_cold_deploys_full_of_duplicates_on_the_local_store(tmp_path_factory:
         _deploy_cold(tmp_path_factory.mktemp("home"))
 
 
-@pytest.fixture(params=["packs", "objects"])
-def s3_urls(request: pytest.FixtureRequest, seaweed_url: str) -> Iterator[list[str]]:
-    """A fresh prefix per run (a cold store each time), packed or one object per blob."""
-    extra = "&packs=0" if request.param == "objects" else ""
-    yield [seaweed_url.replace("/site-data?", f"/run{run}?") + extra for run in range(S3_RUNS)]
+@pytest.fixture
+def s3_urls(seaweed_url: str) -> Iterator[list[str]]:
+    """A fresh prefix per run: a cold store each time."""
+    yield [seaweed_url.replace("/site-data?", f"/run{run}?") for run in range(S3_RUNS)]
 
 
 def test_cold_deploys_full_of_duplicates_on_s3(s3_urls: list[str], tmp_path_factory:

@@ -21,8 +21,10 @@ ENTRY_POINTS = [*sorted((SRC / "web").rglob("*.py")), *sorted((SRC / "aws").rglo
 WRITES = {"put_site", "delete_site", "claim_domain", "approve_domain", "release_domain",
           "create_deployment",
           "update_deployment", "claim_lease", "move_alias", "delete_alias", "append_logs",
-          "put_token", "delete_token", "remember", "forget"}
-READS = {"get_site", "list_sites", "domain_site", "get_domain", "list_domains",
+          "put_token", "delete_token", "remember", "forget", "put_endpoint", "update_endpoint",
+          "delete_endpoint", "append_delivery"}
+READS = {"list_endpoints", "list_deliveries",
+         "get_site", "list_sites", "domain_site", "get_domain", "list_domains",
          "get_deployment", "list_deployments",
          "get_alias", "list_aliases", "get_logs", "search_logs", "find_token", "list_tokens",
          "recalls", "close"}

@@ -333,3 +333,40 @@ def test_recalls_reads_what_remember_wrote_and_writes_nothing(state: StateStore)
     assert state.remember("session-ended:a") is True
     assert state.recalls("session-ended:a") is True
     assert state.recalls("session-ended:b") is False
+
+
+# notification endpoints and their delivery logs -----------------------------------------------
+def test_endpoints_round_trip_update_delete_and_go_with_their_site(state: StateStore) -> None:
+    from pushsite.model import Delivery, NotifyEndpoint
+
+    state.put_site(Site("blog"))
+    state.put_site(Site("docs"))
+    first = NotifyEndpoint("ep_1", "blog", "https://a.example/hook", "whsec_AAAA",
+                           ["deployment.failed"], "slack", created=1.0)
+    second = NotifyEndpoint("ep_2", "blog", "https://b.example/hook", "whsec_BBBB", created=2.0)
+    other = NotifyEndpoint("ep_3", "docs", "https://c.example/hook", "whsec_CCCC", created=3.0)
+    for endpoint in (second, first, other):
+        state.put_endpoint(endpoint)
+    assert state.list_endpoints("blog") == [first, second]  # oldest first, secrets kept
+    first.failing_since, first.disabled = 5.0, True
+    assert state.update_endpoint(first)
+    assert state.list_endpoints("blog")[0].disabled
+    for n in range(3):
+        state.append_delivery(Delivery("ep_1", "msg_1", "deployment.failed", n + 1,
+                                       "retrying", 500, 0.01, "answered 500", time=10.0 + n))
+    state.append_delivery(Delivery("ep_2", "msg_2", "deployment.queued", 1, "delivered", 204,
+                                   time=20.0))
+    log = state.list_deliveries("ep_1")
+    assert [d.attempt for d in log] == [3, 2, 1]  # newest first
+    assert log[0] == Delivery("ep_1", "msg_1", "deployment.failed", 3, "retrying", 500, 0.01,
+                              "answered 500", 12.0)
+    assert [d.attempt for d in state.list_deliveries("ep_1", limit=2)] == [3, 2]
+    assert state.delete_endpoint("blog", "ep_1")
+    assert not state.delete_endpoint("blog", "ep_1")
+    assert not state.delete_endpoint("docs", "ep_2")  # another site's id
+    assert state.list_deliveries("ep_1") == []
+    assert not state.update_endpoint(first)  # a removal stands against a late update
+    assert state.list_endpoints("blog") == [second]
+    state.delete_site("blog")
+    assert state.list_endpoints("blog") == [] and state.list_deliveries("ep_2") == []
+    assert state.list_endpoints("docs") == [other]

@@ -24,7 +24,9 @@ class QueueItem:
 
 
 class Queue(Protocol):
-    def send(self, body: dict[str, Any]) -> None: ...
+    def send(self, body: dict[str, Any], delay: float = 0.0) -> None:
+        """Add a message, received no sooner than `delay` seconds from now (a backend may
+        cap the delay: SQS at MAX_DELAY; a consumer that wants longer re-sends it)."""
 
     def receive(self, wait_seconds: float = 0.0) -> QueueItem | None:
         """The next item, hidden from other consumers until acked, released or expired."""
@@ -39,6 +41,9 @@ class Queue(Protocol):
         """Keep it hidden for `seconds` more while a long deploy runs."""
 
     def close(self) -> None: ...
+
+
+MAX_DELAY = 900.0  # seconds: SQS's DelaySeconds limit, which every backend honours at least
 
 
 _BACKENDS = {

@@ -85,10 +85,12 @@ class LocalQueue:
         visibility = float(options.get("visibility", ["300"])[0])
         return cls(Path(unquote(parts.path)), visibility=visibility)
 
-    def send(self, body: dict[str, Any]) -> None:
+    def send(self, body: dict[str, Any], delay: float = 0.0) -> None:
+        visible_at = time.time() + delay if delay > 0 else 0.0
         with self._writing() as db:
             db.execute(
-                "INSERT INTO queue (body, visible_at) VALUES (?, ?)", (json.dumps(body), 0.0)
+                "INSERT INTO queue (body, visible_at) VALUES (?, ?)",
+                (json.dumps(body), visible_at),
             )
         self._wake.set()
 

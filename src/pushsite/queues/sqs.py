@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, make_client
 from pushsite.errors import ConfigError
-from pushsite.queues import QueueItem
+from pushsite.queues import MAX_DELAY, QueueItem
 
 _MAX_WAIT = 20  # SQS's limit for one long poll
 _MAX_VISIBILITY = 43_200  # 12 hours, SQS's limit
@@ -65,10 +65,13 @@ class SqsQueue:
                 client.close()
         return cls(queue_url, target=target)
 
-    def send(self, body: dict[str, Any]) -> None:
+    def send(self, body: dict[str, Any], delay: float = 0.0) -> None:
+        """`delay` is capped at SQS's 900 s (MAX_DELAY); a longer wait is the consumer's."""
+        extra = {"DelaySeconds": min(int(MAX_DELAY), math.ceil(delay))} if delay > 0 else {}
         with aws_errors(self._what):
             self._client.send_message(
-                QueueUrl=self.queue_url, MessageBody=json.dumps(body, separators=(",", ":"))
+                QueueUrl=self.queue_url, MessageBody=json.dumps(body, separators=(",", ":")),
+                **extra,
             )
 
     def receive(self, wait_seconds: float = 0.0) -> QueueItem | None:

@@ -56,6 +56,8 @@ class Queueing(Running):
             if self.state.update_deployment(deployment, expect_status=runnable):
                 self._discard_staged(deployment)
                 self._note(deployment, "info", "skipped", deployment.error)
+                self._count_outcome(deployment)
+                self._announce(deployment)
             return
         try:
             if "fetch" in item.body and not deployment.bundle_key:
@@ -165,6 +167,8 @@ class Queueing(Running):
         if not self.state.update_deployment(deployment, expect_status=Status.QUEUED):
             return False
         self._note(deployment, "error", "failed", deployment.error)
+        self._count_outcome(deployment)
+        self._announce(deployment)
         return True
 
     def _every(self, status: Status, page: int) -> Iterator[Deployment]:

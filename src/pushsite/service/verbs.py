@@ -7,6 +7,7 @@ deployer, then one compare-and-set alias move.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import secrets
 import shutil
@@ -30,10 +31,12 @@ from pushsite.errors import (
 from pushsite.model import (
     ADMIN_SCOPE,
     PRODUCTION,
+    Delivery,
     Deployment,
     Domain,
     DomainStatus,
     HostedRepo,
+    NotifyEndpoint,
     RefOutcome,
     Site,
     Status,
@@ -68,6 +71,13 @@ def _peeled(repo: Path, oid: str) -> str:
     return done.stdout.strip() or oid
 
 
+def missing_site(name: str, known: list[str]) -> str:
+    """The message for a deploy to a site that does not exist, with the likeliest typo."""
+    close = difflib.get_close_matches(name, known, n=1)
+    meant = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"no site named {name!r}{meant} create it with: pushsite sites create {name}"
+
+
 class Service(Queueing):
     """The product's verbs, over whichever backends the Config names."""
 
@@ -88,6 +98,18 @@ class Service(Queueing):
         site = Site(name, webhook_secret=secrets.token_hex(20))
         self.state.put_site(site)
         return site
+
+    def deploy_target(self, name: str, create: bool = False) -> Site:
+        """The site a deploy or a push goes to. Sites are created on purpose: an unknown name
+        is a SiteNotFound that suggests the close name meant (a typo must never make a site
+        and report it live) unless `create` asks for a new site."""
+        names.check_site_name(name)
+        try:
+            return self.state.get_site(name)
+        except SiteNotFound:
+            if create:
+                return self.create_site(name)
+        raise SiteNotFound(missing_site(name, [s.name for s in self.state.list_sites()]))
 
     # custom domains (service/domains.py) ---------------------------------------------------
     def add_domain(self, site_name: str, host: str, *, approve: bool = True) -> Domain:
@@ -517,6 +539,43 @@ class Service(Queueing):
                 return token
         raise NotFound(f"no token with id {token_id!r} that you may manage; "
                        "`pushsite tokens list` (or GET /api/tokens) lists them")
+
+    # outgoing notifications (service/notify.py) --------------------------------------------------
+    def add_endpoint(self, site_name: str, url: str, events: list[str] | None = None,
+                     fmt: str = "standard") -> NotifyEndpoint:
+        """Tell `url` about the site's `events` (default: all); the answer holds the signing
+        secret. A URL the site already has is updated and enabled again, with its secret."""
+        from pushsite.service import notify
+
+        site = self.site(site_name)
+        url, chosen = notify.check_endpoint(url, events, fmt)
+        for endpoint in self.state.list_endpoints(site.name):
+            if endpoint.url == url:
+                endpoint.events, endpoint.format = chosen, fmt
+                endpoint.disabled, endpoint.failing_since = False, 0.0
+                self.state.put_endpoint(endpoint)
+                return endpoint
+        endpoint = NotifyEndpoint(f"ep_{ids.new_id()}", site.name, url, notify.new_secret(),
+                                  chosen, fmt)
+        self.state.put_endpoint(endpoint)
+        return endpoint
+
+    def list_endpoints(self, site_name: str) -> list[NotifyEndpoint]:
+        return self.state.list_endpoints(self.site(site_name).name)
+
+    def remove_endpoint(self, site_name: str, endpoint_id: str) -> NotifyEndpoint:
+        from pushsite.service import notify
+
+        endpoint = notify.find_endpoint(self, self.site(site_name).name, endpoint_id)
+        self.state.delete_endpoint(endpoint.site, endpoint.id)
+        return endpoint
+
+    def deliveries(self, site_name: str, endpoint_id: str, limit: int = 50) -> list[Delivery]:
+        """An endpoint's delivery log, newest first."""
+        from pushsite.service import notify
+
+        endpoint = notify.find_endpoint(self, self.site(site_name).name, endpoint_id)
+        return self.state.list_deliveries(endpoint.id, limit)
 
     # webhook deliveries --------------------------------------------------------------------------
     def remember_delivery(self, key: str) -> bool:

@@ -30,6 +30,7 @@ from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 VISIBILITY = 60.0
 _logger = logging.getLogger("pushsite.worker")
 MAX_RESUMES = 50
+SIDE_THREADS = 8  # deliveries (notifications, commit statuses) in flight per worker
 
 
 def lease_seconds(queue_url: str) -> float:
@@ -67,6 +68,9 @@ def dispatch(service: Service, item: QueueItem,
     """Run what one message asks for (a deployment, or an S3 event's bundles); a deployment
     that ran out of time is queued again to resume. Raises when the message must be retried;
     returns the ids of the deployments it named."""
+    if is_side_message(item.body):
+        deliver_side(service, item.body)
+        return []
     if is_s3_event(item.body):
         deployment_ids = handle_s3_event(service, item.body, attempts=item.attempts,
                                          timeout=timeout)
@@ -76,6 +80,56 @@ def dispatch(service: Service, item: QueueItem,
     for deployment_id in deployment_ids:
         _resume_later(service, deployment_id, int(item.body.get("resumes", 0)))
     return deployment_ids
+
+
+def is_side_message(body: dict[str, Any]) -> bool:
+    """A notification or a commit status (service/notify.py, statuses.py): work for the side
+    pool, never in the way of a deployment."""
+    return "notify" in body or "status" in body
+
+
+def deliver_side(service: Service, body: dict[str, Any]) -> None:
+    from pushsite.service import notify, statuses
+
+    if "notify" in body:
+        notify.deliver(service, body["notify"])
+    else:
+        statuses.deliver(service, body["status"])
+
+
+class SidePool:
+    """Deliveries on threads of their own (SIDE_THREADS at once), so a receiver that hangs
+    until its timeout delays neither deployments nor other receivers. With every thread busy,
+    a delivery goes back to the queue for a second (it counts as no attempt of ours)."""
+
+    def __init__(self, service: Service, threads: int = 0) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._service = service
+        self._slots = threading.BoundedSemaphore(threads or SIDE_THREADS)
+        self._pool = ThreadPoolExecutor(threads or SIDE_THREADS,
+                                        thread_name_prefix="pushsite-side")
+
+    def submit(self, item: QueueItem) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(Exception):
+                self._service.queue.extend(item, 1.0)
+            return
+        self._pool.submit(self._run, item)
+
+    def _run(self, item: QueueItem) -> None:
+        try:
+            with _Heartbeat(self._service, item):
+                deliver_side(self._service, item.body)
+            self._service.queue.ack(item)
+        except Exception as exc:  # noqa: BLE001 - left on the queue: it reappears, is retried
+            _logger.warning("a delivery stays queued for a retry (%s: %s)",
+                            type(exc).__name__, exc)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)  # unacked deliveries reappear on the queue
 
 
 def _resume_later(service: Service, deployment_id: str, resumes: int) -> None:
@@ -130,9 +184,18 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
     """
     stop = stop or threading.Event()
     service.runner_kind = kind
-    done = 0
     if echo:
         echo(f"worker: consuming {service.config.queue}")
+    side = SidePool(service)
+    try:
+        return _consume(service, stop, side, once=once, echo=echo, wait=wait)
+    finally:
+        side.close()
+
+
+def _consume(service: Service, stop: threading.Event, side: SidePool, *, once: bool,
+             echo: Callable[..., Any] | None, wait: float) -> int:
+    done = 0
     next_recovery = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_recovery:
@@ -151,6 +214,10 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
         if item is None:
             if once:
                 break
+            continue
+        if is_side_message(item.body) and not once:
+            side.submit(item)
+            done += 1
             continue
         try:
             handle(service, item)

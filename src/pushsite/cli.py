@@ -606,8 +606,10 @@ def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> Non
               help="Where `pushsite serve` listens.")
 @click.option("--dashboard-host", default="", help="The control plane's host name "
               "(default the base domain itself).")
-@click.option("--http-port", default=80, show_default=True, type=int)
-@click.option("--https-port", default=443, show_default=True, type=int)
+@click.option("--http-port", default=80, show_default=True, type=int,
+              help="Caddy's plain HTTP port (redirects to HTTPS, ACME challenges).")
+@click.option("--https-port", default=443, show_default=True, type=int,
+              help="Caddy's HTTPS port.")
 @click.option("--acme-ca", default="", help="ACME directory URL (default Caddy's: Let's "
               "Encrypt); e.g. a staging or test CA.")
 @click.option("--acme-ca-root", default="", help="PEM file Caddy trusts for --acme-ca.")

@@ -180,7 +180,7 @@ def client(timeout: float) -> httpx.Client:
 def backoff(attempt: int, base: float) -> float:
     """Seconds before attempt `attempt + 1`: doubling from `base`, at most an hour, with
     "equal jitter" (half fixed, half random) so that failed receivers are not hit in step."""
-    ceiling = min(MAX_BACKOFF, base * 2 ** (attempt - 1))
+    ceiling = min(MAX_BACKOFF, base * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not secrecy
 
 

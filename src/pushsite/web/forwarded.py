@@ -16,7 +16,7 @@ header as the visitor sent it, so behind Caddy -Host only repeats it.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -86,4 +86,6 @@ def trusting_proxies(app: Any, trusted: str) -> Any:
     if not trusted.strip():
         return app
     parse_trusted(trusted)  # one clear error for a bad entry, before uvicorn's
-    return ForwardedHost(ProxyHeadersMiddleware(app, trusted_hosts=trusted), trusted)
+    # uvicorn types its middleware with its own, narrower ASGI scope types: the same protocol
+    behind = cast(ASGIApp, ProxyHeadersMiddleware(app, trusted_hosts=trusted))
+    return ForwardedHost(behind, trusted)

@@ -22,7 +22,7 @@ from pushsite import __version__
 from pushsite.config import Config, load_config
 from pushsite.deploy.builder import Counters
 from pushsite.errors import PushsiteError
-from pushsite.model import Deployment
+from pushsite.model import Deployment, Domain
 from pushsite.names import branch_label
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
@@ -173,16 +173,20 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
               "local data directory.")
 @click.option("--token", default=None, envvar="PUSHSITE_TOKEN",
               help="Deploy token for --server (env PUSHSITE_TOKEN).")
+@click.option("--create", is_flag=True, help="Create the site if it does not exist (without "
+              "it a deploy to an unknown site fails: a typo never makes a new site).")
 @click.pass_context
 @reports_errors
 def deploy(ctx: click.Context, source: str, site: str, branch: str | None, message: str,
-           timeout: float, as_json: bool, server: str | None, token: str | None) -> None:
+           timeout: float, as_json: bool, server: str | None, token: str | None,
+           create: bool) -> None:
     """Deploy SOURCE (a folder, a .tar.gz, or - for a tar.gz on stdin) to a site.
 
     Exits 0 once the deployment is live. On any error the live site stays as it was.
 
     \b
     Examples:
+      pushsite sites create blog
       pushsite deploy ./public --site blog
       git archive --format=tar.gz HEAD | pushsite deploy - --site blog --branch feature-x
       pushsite deploy site.tar.gz --site blog --server https://deploy.example.com --token T
@@ -196,7 +200,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
         try:
             uploaded = deploy_remote(server, token or "", open_source(source), site=site,
                                      branch=branch, message=message, timeout=timeout,
-                                     echo=None if as_json else err.print)
+                                     echo=None if as_json else err.print, create=create)
         except PushsiteError as exc:
             if as_json and (remote := getattr(exc, "deployment", None)):  # remote._failure's
                 click.echo(json.dumps(remote))
@@ -204,9 +208,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
         _report(uploaded, as_json)
         return
     service = _service(ctx)
-    from pushsite.names import check_site_name
-
-    check_site_name(site)
+    service.deploy_target(site, create)
     # a folder is read in place; a tar.gz file or stdin is read as a stream
     folder = Path(source) if source != "-" and Path(source).is_dir() else None
     stream = None if folder else open_source(source)
@@ -360,23 +362,85 @@ def worker(ctx: click.Context, queue: str | None, store: str | None, state: str 
     run_worker(service, once=once, echo=err.print)
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON lines.")
+@click.pass_context
+def sites(ctx: click.Context, as_json: bool) -> None:
+    """Sites: list them (the default), create one, delete one.
+
+    
+    Deploys and pushes go only to sites created on purpose:
+      pushsite sites create blog
+      pushsite deploy ./public --site blog
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sites_list, as_json=as_json)
+
+
+@sites.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the sites as JSON lines.")
 @click.pass_context
 @reports_errors
-def sites(ctx: click.Context) -> None:
-    """List sites with their live deployment."""
+def sites_list(ctx: click.Context, as_json: bool) -> None:
+    """List sites with their production URL and live deployment."""
     service = _service(ctx)
+    rows = []
+    for site in service.state.list_sites():
+        alias = service.state.get_alias(site.name, "production")
+        live = service.state.get_deployment(alias.deployment_id) if alias else None
+        rows.append({"name": site.name, "production_branch": site.production_branch,
+                     "url": service.config.site_url(site.name),
+                     "live_deployment": live.id if live else None,
+                     "commit": live.commit if live else ""})
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    if not rows:
+        err.print("no sites yet; create one with: pushsite sites create NAME", highlight=False)
+        return
     from rich.table import Table
 
     table = Table("site", "production branch", "live deployment", "commit", "url")
-    for site in service.state.list_sites():
-        alias = service.state.get_alias(site.name, "production")
-        commit = ""
-        if alias:
-            commit = service.state.get_deployment(alias.deployment_id).commit[:12]
-        table.add_row(site.name, site.production_branch, alias.deployment_id if alias else "-",
-                      commit, service.config.site_url(site.name))
+    for row in rows:
+        table.add_row(escape(row["name"]), escape(row["production_branch"]),
+                      row["live_deployment"] or "-", row["commit"][:12], row["url"])
     out.print(table)
+
+
+@sites.command("create")
+@click.argument("name")
+@click.option("--production-branch", default="main", show_default=True,
+              help="The branch whose deploys go to production.")
+@click.pass_context
+@reports_errors
+def sites_create(ctx: click.Context, name: str, production_branch: str) -> None:
+    """Create the site NAME (a DNS label, e.g. blog), ready for deploys and pushes."""
+    service = _service(ctx)
+    site = service.create_site(name, production_branch)
+    err.print(f"created site {site.name} (production branch {escape(site.production_branch)})"
+              f": {service.config.site_url(site.name)}", highlight=False, soft_wrap=True)
+
+
+@sites.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask (for scripts).")
+@click.pass_context
+@reports_errors
+def sites_delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete the site NAME: its aliases, deployments, logs, repository and settings (its
+    files' blobs go at the next `pushsite prune`)."""
+    service = _service(ctx)
+    site = service.site(name)
+    if not yes:
+        typed = click.prompt(f"this deletes site {site.name} and every deployment of it; "
+                             "type its name to confirm", default="", show_default=False,
+                             err=True)
+        if typed != site.name:
+            err.print("not deleted: the name typed does not match", highlight=False)
+            sys.exit(1)
+    service.delete_site(site.name)
+    err.print(f"deleted site {site.name}", highlight=False)
 
 
 @cli.command()
@@ -509,19 +573,116 @@ def tokens_delete(ctx: click.Context, token_id: str) -> None:
 
 
 @cli.group()
+def notify() -> None:
+    """Tell other services about a site's deployments (signed Standard Webhooks, or Slack)."""
+
+
+@notify.command("add")
+@click.argument("site")
+@click.argument("url")
+@click.option("--events", default="", help="Comma-separated events (default: all): "
+              "deployment.queued, .started, .succeeded, .failed, .timed_out, .cancelled, "
+              "site.production_changed.")
+@click.option("--format", "fmt", type=click.Choice(["standard", "slack"]), default="standard",
+              show_default=True, help="standard: the JSON event, signed; slack: {\"text\": ...}.")
+@click.pass_context
+@reports_errors
+def notify_add(ctx: click.Context, site: str, url: str, events: str, fmt: str) -> None:
+    """Send SITE's events to URL; prints the endpoint id and its signing secret (once)."""
+    chosen = [e.strip() for e in events.split(",") if e.strip()] or None
+    endpoint = _service(ctx).add_endpoint(site, url, chosen, fmt)
+    click.echo(f"{endpoint.id} {endpoint.secret}")
+    err.print(f"{site} tells {endpoint.url} about: {', '.join(endpoint.events)}; verify "
+              "deliveries with the secret above (it is not shown again)")
+
+
+@notify.command("list")
+@click.argument("site")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, with the latest "
+              "deliveries.")
+@click.pass_context
+@reports_errors
+def notify_list(ctx: click.Context, site: str, as_json: bool) -> None:
+    """List SITE's notification endpoints (never their secrets)."""
+    service = _service(ctx)
+    endpoints = service.list_endpoints(site)
+    if as_json:
+        for endpoint in endpoints:
+            data = endpoint.to_dict()
+            data["deliveries"] = [d.to_dict() for d in service.deliveries(site, endpoint.id, 10)]
+            click.echo(json.dumps(data))
+        return
+    from rich.table import Table
+
+    table = Table("id", "url", "format", "events", "state")
+    for endpoint in endpoints:
+        state = ("disabled" if endpoint.disabled else
+                 "failing" if endpoint.failing_since else "ok")
+        table.add_row(endpoint.id, endpoint.url, endpoint.format, ",".join(endpoint.events),
+                      state)
+    out.print(table)
+
+
+@notify.command("remove")
+@click.argument("site")
+@click.argument("endpoint_id")
+@click.pass_context
+@reports_errors
+def notify_remove(ctx: click.Context, site: str, endpoint_id: str) -> None:
+    """Stop telling an endpoint (`pushsite notify list SITE` shows ids)."""
+    endpoint = _service(ctx).remove_endpoint(site, endpoint_id)
+    err.print(f"{site} no longer tells {endpoint.url}")
+
+
+@cli.group()
 def domains() -> None:
-    """Custom domains a site answers on (besides <site>.<base-domain>)."""
+    """Custom domains a site answers on (besides <site>.<base-domain>).
+
+    \b
+    A domain is served only once approved. A site's pushsite.toml (`domains = [...]`) claims
+    names as pending; an admin approves them here, or their owner proves control with a
+    DNS TXT record `_pushsite-challenge.<host>` holding the site's challenge (`domains list`
+    shows it) and `domains verify`. IP addresses, localhost and names under the base domain
+    are never claimable, and a name one site holds (even pending) no other site may claim.
+    """
+
+
+def _show_claim(claim: Domain) -> None:
+    note = "served" if claim.approved else "pending: not served until approved or verified"
+    err.print(f"{claim.site}: {claim.host} is {claim.status} ({note})", highlight=False)
 
 
 @domains.command("add")
 @click.argument("site")
 @click.argument("host")
+@click.option("--pending", is_flag=True, help="Leave it pending (to be proven with `domains "
+              "verify`) instead of approving it now.")
 @click.pass_context
 @reports_errors
-def domains_add(ctx: click.Context, site: str, host: str) -> None:
-    """Claim HOST for SITE; a host belongs to one site at most."""
-    result = _service(ctx).add_domain(site, host)
-    err.print(f"{site} answers on: {', '.join(result.domains)}")
+def domains_add(ctx: click.Context, site: str, host: str, pending: bool) -> None:
+    """Claim HOST for SITE, approved at once (you are the admin here)."""
+    _show_claim(_service(ctx).add_domain(site, host, approve=not pending))
+
+
+@domains.command("approve")
+@click.argument("site")
+@click.argument("host")
+@click.pass_context
+@reports_errors
+def domains_approve(ctx: click.Context, site: str, host: str) -> None:
+    """Approve SITE's pending claim of HOST (made in its pushsite.toml): served from now on."""
+    _show_claim(_service(ctx).approve_domain(site, host))
+
+
+@domains.command("verify")
+@click.argument("site")
+@click.argument("host")
+@click.pass_context
+@reports_errors
+def domains_verify(ctx: click.Context, site: str, host: str) -> None:
+    """Approve SITE's claim of HOST if DNS proves it: a TXT record _pushsite-challenge.HOST
+    holding the site's challenge (`pushsite domains list SITE` shows it)."""
+    _show_claim(_service(ctx).verify_domain(site, host))
 
 
 @domains.command("remove")
@@ -532,7 +693,7 @@ def domains_add(ctx: click.Context, site: str, host: str) -> None:
 def domains_remove(ctx: click.Context, site: str, host: str) -> None:
     """Release HOST from SITE."""
     result = _service(ctx).remove_domain(site, host)
-    err.print(f"{site} answers on: {', '.join(result.domains) or '(no custom domain)'}")
+    err.print(f"{site} holds: {', '.join(result.domains) or '(no custom domain)'}")
 
 
 @domains.command("list")
@@ -540,9 +701,12 @@ def domains_remove(ctx: click.Context, site: str, host: str) -> None:
 @click.pass_context
 @reports_errors
 def domains_list(ctx: click.Context, site: str) -> None:
-    """List the custom domains of SITE."""
-    for host in _service(ctx).site(site).domains:
-        click.echo(host)
+    """List SITE's custom domains with their status, and its DNS challenge."""
+    service = _service(ctx)
+    for claim in service.domains(site):
+        click.echo(f"{claim.host}\t{claim.status}\t{claim.scope}")
+    err.print(f"challenge: a TXT record _pushsite-challenge.<host> = "
+              f"\"{service.domain_token(site)}\"", highlight=False)
 
 
 @cli.command()
@@ -552,12 +716,14 @@ def domains_list(ctx: click.Context, site: str) -> None:
 @click.option("--access-token", default=None, help="Token the server uses to download "
               "archives of private repositories.")
 @click.option("--tags/--no-tags", default=None, help="Deploy tag pushes too (as tag/<name>).")
+@click.option("--repo", default=None, help="Deploy pushes of this repository only (owner/name; "
+              "default: the first valid push binds it; \"\" unbinds).")
 @click.option("--server-url", default="http://127.0.0.1:8000", show_default=True,
               help="How git hosts reach this server, for the printed hook URLs.")
 @click.pass_context
 @reports_errors
 def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str | None,
-          tags: bool | None, server_url: str) -> None:
+          tags: bool | None, repo: str | None, server_url: str) -> None:
     """Show SITE's webhook URLs and secret; set where its archives are fetched from.
 
     \b
@@ -565,12 +731,16 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
       pushsite hooks blog --access-token ghp_... --server-url https://deploy.example.com
     """
     record = _service(ctx).update_site(site, tags=tags, webhook_base_url=base_url,
-                                       webhook_access_token=access_token)
+                                       webhook_access_token=access_token, webhook_repo=repo)
     for provider in ("github", "gitlab", "bitbucket", "gitea"):
         click.echo(f"{provider:<10} {server_url.rstrip('/')}/hooks/{provider}/{record.name}")
     click.echo(f"secret     {record.webhook_secret}")
-    if record.settings.webhook.base_url:
-        click.echo(f"base url   {record.settings.webhook.base_url}")
+    hook = record.settings.webhook
+    if hook.base_url:
+        click.echo(f"base url   {hook.base_url}")
+    click.echo(f"repository {hook.repo or '(not bound yet: the first valid push binds it)'}")
+    if hook.last_ignored_repo:
+        click.echo(f"ignored    pushes from {hook.last_ignored_repo} (not the bound repository)")
 
 
 @cli.command()

@@ -157,7 +157,8 @@ def render(endpoint: NotifyEndpoint, message: dict[str, Any]) -> bytes:
     if endpoint.format == "slack":
         body: dict[str, Any] = {"text": summary(event, data)}
     else:
-        stamp = datetime.fromtimestamp(message["time"], UTC).isoformat().replace("+00:00", "Z")
+        stamp = datetime.fromtimestamp(message["time"], UTC).isoformat(timespec="microseconds")
+        stamp = stamp.replace("+00:00", "Z")
         body = {"type": event, "timestamp": stamp, "data": data}
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -39,10 +39,20 @@ from pushsite.errors import (
     BundleTooLarge,
     ConfigError,
     DeploymentNotFound,
+    Forbidden,
     NotFound,
     PushsiteError,
 )
-from pushsite.model import Deployment, LogLine, Manifest, Site, Status, Token
+from pushsite.model import (
+    ADMIN_SCOPE,
+    Deployment,
+    LogLine,
+    Manifest,
+    Site,
+    Status,
+    Token,
+    site_scope,
+)
 from pushsite.service import Service
 from pushsite.web import auth
 from pushsite.web.errors import install_error_handlers, with_debug_flag
@@ -105,6 +115,11 @@ class SiteSettingsOut(BaseModel):
     deploy_tags: bool
     webhook_base_url: str
     webhook_access_token_set: bool
+    webhook_repo: str = Field(description="The repository whose pushes deploy the site "
+                              "(owner/name); empty until set or bound by the first valid push.")
+    webhook_last_ignored_repo: str = Field(description="The latest repository whose signed "
+                                           "push was ignored because the site is bound to "
+                                           "another.")
 
 
 class SiteOut(BaseModel):
@@ -133,11 +148,25 @@ class SiteSettingsIn(BaseModel):
     deploy_tags: bool | None = None
     webhook_base_url: str | None = None
     webhook_access_token: str | None = Field(None, description="Write-only.")
+    webhook_repo: str | None = Field(None, description="Bind the site to this repository "
+                                     "(owner/name); empty: the next valid push binds it.")
+
+
+class DomainOut(BaseModel):
+    host: str
+    status: Literal["pending", "approved"] = Field(
+        description="Only an approved domain is served.")
+    scope: str = Field(description="Who claimed it: admin, or site:<name> (the site's own "
+                       "pushsite.toml or a token limited to it).")
+    claimed: float
 
 
 class DomainList(BaseModel):
     site: str
-    domains: list[str]
+    domains: list[str] = Field(description="Every host the site holds, pending or approved.")
+    claims: list[DomainOut]
+    challenge: str = Field(description="What a DNS TXT record _pushsite-challenge.<host> must "
+                           "hold for `verify` to approve a claim.")
 
 
 class Deleted(BaseModel):
@@ -196,6 +225,47 @@ class LogPage(BaseModel):
     finished: bool = Field(description="The deployment has ended (and moved its aliases).")
 
 
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000, examples=["https://ci.example.com/hooks/pushsite"])
+    events: list[str] | None = Field(None, description="Default: every event.")
+    format: Literal["standard", "slack"] = "standard"
+
+
+class EndpointOut(BaseModel):
+    id: str
+    site: str
+    url: str
+    events: list[str]
+    format: str
+    created: float
+    failing_since: float = Field(description="When its current run of failures began; 0 "
+                                 "when the last delivery went through.")
+    disabled: bool
+    secret: str | None = Field(None, description="The signing secret (whsec_...): in the "
+                               "answer that creates the endpoint only.")
+
+
+class EndpointList(BaseModel):
+    endpoints: list[EndpointOut]
+
+
+class DeliveryOut(BaseModel):
+    endpoint_id: str
+    message_id: str
+    event: str
+    attempt: int
+    outcome: str = Field(description="delivered, retrying, gave_up or dropped.")
+    status: int = Field(description="The receiver's HTTP status; 0 when it never answered.")
+    latency: float
+    error: str
+    time: float
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]
+
+
 class LogSearch(BaseModel):
     site: str
     query: str
@@ -239,6 +309,8 @@ DeploymentId = Annotated[str, Path(description="A deployment id.", max_length=64
 HostName = Annotated[str, Path(description="A host name, e.g. www.example.com.",
                                max_length=253,
                                json_schema_extra={"pattern": "^[A-Za-z0-9.-]{1,253}$"})]
+EndpointId = Annotated[str, Path(description="A notification endpoint id.", max_length=64,
+                                 json_schema_extra={"pattern": "^ep_[0-9a-z]{26}$"})]
 TokenId = Annotated[str, Path(description="A token id.", max_length=64,
                               json_schema_extra={"pattern": "^[0-9a-z]{26}$"})]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -307,7 +379,7 @@ def create_api(service: Service) -> FastAPI:
         record = service.update_site(
             _covered(token, site, "admin"), production_branch=body.production_branch,
             tags=body.deploy_tags, webhook_base_url=body.webhook_base_url,
-            webhook_access_token=body.webhook_access_token)
+            webhook_access_token=body.webhook_access_token, webhook_repo=body.webhook_repo)
         return view.site(record)
 
     @api.delete("/sites/{site}", response_model=Deleted, tags=["sites"], responses=_errors(409))
@@ -320,26 +392,78 @@ def create_api(service: Service) -> FastAPI:
         service.delete_site(_covered(token, site, "admin"))
         return {"ok": True, "deleted": site}
 
+    @api.get("/sites/{site}/notifications", response_model=EndpointList, tags=["notifications"])
+    def list_endpoints(token: Caller, site: SiteName) -> dict[str, Any]:
+        """The site's notification endpoints (never their secrets)."""
+        found = service.list_endpoints(_covered(token, site))
+        return {"endpoints": [e.to_dict() for e in found]}
+
+    @api.post("/sites/{site}/notifications", status_code=201, response_model=EndpointOut,
+              tags=["notifications"])
+    def add_endpoint(token: Caller, site: SiteName, body: EndpointIn) -> dict[str, Any]:
+        """Send the site's events to a URL (admin); the answer holds its secret, once."""
+        endpoint = service.add_endpoint(_covered(token, site, "admin"), body.url, body.events,
+                                        body.format)
+        return endpoint.to_dict(secret=True)
+
+    @api.delete("/sites/{site}/notifications/{endpoint_id}", response_model=Deleted,
+                tags=["notifications"])
+    def remove_endpoint(token: Caller, site: SiteName, endpoint_id: EndpointId) -> dict[str, Any]:
+        """Stop telling an endpoint (admin)."""
+        service.remove_endpoint(_covered(token, site, "admin"), endpoint_id)
+        return {"ok": True, "deleted": endpoint_id}
+
+    @api.get("/sites/{site}/notifications/{endpoint_id}/deliveries",
+             response_model=DeliveryList, tags=["notifications"])
+    def list_deliveries(token: Caller, site: SiteName, endpoint_id: EndpointId,
+                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+        """The endpoint's delivery log, newest first: outcome, status, latency, attempt."""
+        found = service.deliveries(_covered(token, site), endpoint_id, limit)
+        return {"deliveries": [d.to_dict() for d in found]}
+
     @api.get("/sites/{site}/domains", response_model=DomainList, tags=["sites"])
     def list_domains(token: Caller, site: SiteName) -> dict[str, Any]:
-        """Custom domains the site answers on."""
-        record = service.site(_covered(token, site))
-        return {"site": record.name, "domains": record.domains}
+        """The site's custom domains, each pending or approved (only approved ones are
+        served)."""
+        return view.domains(_covered(token, site))
 
     @api.put("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"],
              responses=_errors(409))
     def add_domain(token: Caller, site: SiteName,
                    host: HostName) -> dict[str, Any]:
-        """Claim a custom domain for the site (admin); a host belongs to one site at most."""
-        record = service.add_domain(_covered(token, site, "admin"), host)
-        return {"site": record.name, "domains": record.domains}
+        """Claim a custom domain for the site (admin); a host belongs to one site at most,
+        and the control plane's names, IP addresses and names under the base domain to none.
+        An admin token for every site approves it at once; one limited to the site leaves it
+        pending."""
+        service.add_domain(_covered(token, site, "admin"), host, approve=token.site is None)
+        return view.domains(site)
+
+    @api.post("/sites/{site}/domains/{host}/approve", response_model=DomainList,
+              tags=["sites"])
+    def approve_domain(token: Caller, site: SiteName, host: HostName) -> dict[str, Any]:
+        """Approve a pending claim, so that the edge serves it (an admin token for every
+        site: a site's own authority never approves its claims)."""
+        auth.require_global_admin(token)
+        service.approve_domain(names.check_site_name(site), host)
+        return view.domains(site)
+
+    @api.post("/sites/{site}/domains/{host}/verify", response_model=DomainList,
+              tags=["sites"], responses=_errors(409))
+    def verify_domain(token: Caller, site: SiteName, host: HostName) -> dict[str, Any]:
+        """Approve the site's claim (claiming the host first when free) if DNS proves control
+        of it: a TXT record _pushsite-challenge.<host> holding the site's `challenge`."""
+        _covered(token, site)
+        scope = ADMIN_SCOPE if "admin" in token.scopes and token.site is None \
+            else site_scope(site)
+        service.verify_domain(site, host, scope=scope)
+        return view.domains(site)
 
     @api.delete("/sites/{site}/domains/{host}", response_model=DomainList, tags=["sites"])
     def remove_domain(token: Caller, site: SiteName,
                       host: HostName) -> dict[str, Any]:
         """Release a custom domain (admin)."""
-        record = service.remove_domain(_covered(token, site, "admin"), host)
-        return {"site": record.name, "domains": record.domains}
+        service.remove_domain(_covered(token, site, "admin"), host)
+        return view.domains(site)
 
     @api.post("/sites/{site}/rollback", response_model=DeploymentOut, tags=["actions"],
               responses=_errors(409))
@@ -389,9 +513,17 @@ def create_api(service: Service) -> FastAPI:
         request: Request, token: Caller, site: SiteName,
         branch: Annotated[str | None, Query(max_length=255)] = None,
         message: Annotated[str, Query(max_length=2000)] = "",
+        create: Annotated[bool, Query(description="Create the site if it does not exist "
+                                      "(a token for every site); without it an unknown "
+                                      "site is 404.")] = False,
     ) -> JSONResponse:
         """Upload a bundle as a new deployment; 202 once it is queued (Location: the deployment)."""
         auth.require(token, names.check_site_name(site))
+        if create and token.site is not None:
+            raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
+                            "not create sites; use a token made for every site")
+        # before the body is read: a typo is refused at once, never made a site
+        await anyio.to_thread.run_sync(service.deploy_target, site, create)
         reader = await _BodyReader.start(request.stream(), _upload_limit(service))
         if uploads[0] is None:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
@@ -552,6 +684,12 @@ class _Views:
             return True
         return any(x.stage == "done" for x in self.service.state.get_logs(deployment.id))
 
+    def domains(self, site: str) -> dict[str, Any]:
+        claims = self.service.domains(site)
+        return {"site": site, "domains": [claim.host for claim in claims],
+                "claims": [claim.to_dict() for claim in claims],
+                "challenge": self.service.domain_token(site)}
+
     def site(self, site: Site) -> dict[str, Any]:
         hook = site.settings.webhook
         return {
@@ -559,7 +697,9 @@ class _Views:
             "created": site.created, "domains": site.domains,
             "settings": {"deploy_tags": site.settings.tags,
                          "webhook_base_url": hook.base_url,
-                         "webhook_access_token_set": bool(hook.access_token)},
+                         "webhook_access_token_set": bool(hook.access_token),
+                         "webhook_repo": hook.repo,
+                         "webhook_last_ignored_repo": hook.last_ignored_repo},
             "aliases": [{"name": a.name, "deployment_id": a.deployment_id, "updated": a.updated}
                         for a in self.service.state.list_aliases(site.name)],
             "url": self.service.config.site_url(site.name),

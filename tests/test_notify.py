@@ -1,0 +1,269 @@
+"""Outgoing notifications through the real parts: a Service with its local backends, its worker
+on a thread (as `pushsite serve` runs it), and receivers that are HTTP servers on 127.0.0.1.
+Every signature is checked with the `standardwebhooks` package, not with our own code."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from pushsite.config import load_config
+from pushsite.errors import ConfigError
+from pushsite.model import Status
+from pushsite.service import Service
+from pushsite.service.worker import run_worker
+from support.service import bundle, site_files
+
+WAIT = 30.0
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    answered: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """An HTTP server that records every POST and answers what `answer(n)` says (n from 1);
+    an answer of 0 means: say nothing for `hang` seconds."""
+
+    answer: Callable[[int], int] = lambda n: 204
+    hang: float = 0.0
+    seen: list[Received] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                code = receiver.answer(len(receiver.seen) + 1)
+                receiver.seen.append(Received({k.lower(): v for k, v in self.headers.items()},
+                                              body, time.time(), code))
+                if code == 0:
+                    time.sleep(receiver.hang)
+                    code = 204
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def events(self) -> list[str]:
+        return [r.json().get("type", "") for r in self.seen if r.body.startswith(b'{"type"')]
+
+    def wait_for(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: never seen; got {[r.body for r in self.seen]}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def receivers() -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(**options: Any) -> Receiver:
+        receiver = Receiver(**options).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
+
+
+@pytest.fixture
+def running(_isolated_env: Path) -> Iterator[Callable[..., Service]]:
+    """A Service on this test's home with its worker on a thread, as `pushsite serve` has."""
+    stops: list[tuple[threading.Event, threading.Thread, Service]] = []
+
+    def start(**settings: Any) -> Service:
+        service = Service(load_config(**settings))
+        service.runner_kind = "serve"
+        stop = threading.Event()
+        thread = threading.Thread(target=run_worker, args=(service,),
+                                  kwargs={"stop": stop, "wait": 0.05, "kind": "serve"},
+                                  daemon=True)
+        thread.start()
+        stops.append((stop, thread, service))
+        return service
+
+    yield start
+    for stop, thread, service in stops:
+        stop.set()
+        thread.join(10)
+        service.close()
+
+
+def verified(receiver: Receiver, secret: str) -> list[dict[str, Any]]:
+    """Every body the receiver got, verified by the standardwebhooks package (raises if any
+    signature, id or timestamp is wrong)."""
+    return [Webhook(secret).verify(r.body, r.headers) for r in receiver.seen]
+
+
+def deploy(service: Service, text: str, *, ok: bool = True) -> str:
+    data = bundle(site_files(text)) if ok else b"this is not a gzip stream"
+    return service.accept("blog", io.BytesIO(data)).id
+
+
+def finished(service: Service, deployment_id: str) -> Any:
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = service.state.get_deployment(deployment_id)
+        if found.status.finished and found.status != Status.READY:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"deployment {deployment_id} is still {found.status}")
+        time.sleep(0.02)
+
+
+def test_every_event_is_signed_retried_and_nothing_waits_for_a_hanging_receiver(
+        running: Callable[..., Service], receivers: Callable[..., Receiver]) -> None:
+    service = running(notify_retry=0.2, notify_timeout=3.0)
+    service.create_site("blog")
+    good = receivers()
+    flaky = receivers(answer=lambda n: 500 if n <= 2 else 204)
+    hanging = receivers(answer=lambda n: 0, hang=8.0)
+    slack = receivers()
+    hang_ep = service.add_endpoint("blog", hanging.url)  # first: its deliveries are taken first
+    good_ep = service.add_endpoint("blog", good.url)
+    flaky_ep = service.add_endpoint("blog", flaky.url, ["deployment.succeeded"])
+    slack_ep = service.add_endpoint("blog", slack.url, ["deployment.failed"], "slack")
+    assert good_ep.secret.startswith("whsec_") and good_ep.secret != flaky_ep.secret
+
+    first = deploy(service, "one")
+    record = finished(service, first)
+    good.wait_for(lambda: "deployment.succeeded" in good.events(), "succeeded")
+    # queued, started and succeeded reached the good receiver while the hanging one held its
+    # three deliveries open (3 s each): at once, not after the hang
+    succeeded = next(r for r in good.seen if b"deployment.succeeded" in r.body)
+    assert succeeded.at - record.finished < 1.5, succeeded.at - record.finished
+    assert len(hanging.seen) >= 1 and hanging.seen[0].at < succeeded.at
+    # each delivery is on its own (no order between them); the event time says the order
+    payloads = sorted(verified(good, good_ep.secret), key=lambda p: p["timestamp"])
+    assert [p["type"] for p in payloads] == ["deployment.queued", "deployment.started",
+                                             "deployment.succeeded"]
+    data = payloads[2]["data"]
+    assert data["deployment"]["id"] == first and data["deployment"]["status"] == "live"
+    assert set(data["urls"]) == {"deployment", "branch", "production"}
+    assert data["urls"]["deployment"].startswith(f"http://{first}--blog.")
+    assert payloads[2]["timestamp"].endswith("Z")
+    assert "secret" not in json.dumps(payloads) and "bundle_key" not in data["deployment"]
+
+    # the flaky receiver answered 500 twice: the same message came a third time, verified
+    flaky.wait_for(lambda: len(flaky.seen) == 3, "the third attempt")
+    assert [r.answered for r in flaky.seen] == [500, 500, 204]
+    assert len({r.headers["webhook-id"] for r in flaky.seen}) == 1
+    assert [p["type"] for p in verified(flaky, flaky_ep.secret)] == ["deployment.succeeded"] * 3
+    gaps = [b.at - a.at for a, b in zip(flaky.seen, flaky.seen[1:], strict=False)]
+    assert all(gap >= 0.09 for gap in gaps), gaps  # backoff (0.2 s, halved at most by jitter)
+    log = service.deliveries("blog", flaky_ep.id)
+    assert [(d.attempt, d.outcome, d.status) for d in log] == [
+        (3, "delivered", 204), (2, "retrying", 500), (1, "retrying", 500)]
+    assert all(d.latency > 0 for d in log)
+
+    # a failure: its error and kind; Slack's receiver gets one line of text
+    broken = deploy(service, "", ok=False)
+    assert finished(service, broken).status == Status.FAILED
+    good.wait_for(lambda: "deployment.failed" in good.events(), "failed")
+    failed = next(p for p in verified(good, good_ep.secret)
+                  if p["type"] == "deployment.failed")["data"]["deployment"]
+    assert failed["id"] == broken and failed["error"] and failed["error_kind"] == "BundleRejected"
+    slack.wait_for(lambda: len(slack.seen) == 1, "slack")
+    text = slack.seen[0].json()
+    assert set(text) == {"text"} and broken in text["text"] and "failed" in text["text"]
+    assert Webhook(slack_ep.secret).verify(slack.seen[0].body, slack.seen[0].headers)
+
+    # a rollback changes production; a cancel is announced too
+    second = deploy(service, "two")
+    finished(service, second)
+    service.rollback("blog", first)
+    good.wait_for(lambda: "site.production_changed" in good.events(), "production_changed")
+    changed = next(p for p in verified(good, good_ep.secret)
+                   if p["type"] == "site.production_changed")["data"]
+    assert (changed["production"], changed["previous"], changed["reason"]) == (
+        first, second, "rollback")
+    waiting = service.accept("blog", io.BytesIO(bundle(site_files("x"))), enqueue=False)
+    service.cancel(waiting.id)
+    good.wait_for(lambda: "deployment.cancelled" in good.events(), "cancelled")
+    # the hanging endpoint's log shows timeouts (status 0), retried
+    hung = service.deliveries("blog", hang_ep.id)
+    assert hung and hung[-1].status == 0 and hung[-1].outcome == "retrying"
+    assert "Timeout" in hung[-1].error
+
+
+def test_an_endpoint_failing_for_the_whole_window_is_disabled_with_a_log_line(
+        running: Callable[..., Service], receivers: Callable[..., Receiver],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "pushsite.notify")
+    service = running(notify_retry=0.1, notify_window=1.0, notify_timeout=2.0)
+    service.create_site("blog")
+    down = receivers(answer=lambda n: 503)
+    endpoint = service.add_endpoint("blog", down.url, ["deployment.succeeded"])
+    finished(service, deploy(service, "one"))
+    deadline = time.monotonic() + WAIT
+    while not service.list_endpoints("blog")[0].disabled:
+        assert time.monotonic() < deadline, "never disabled"
+        time.sleep(0.05)
+    log = service.deliveries("blog", endpoint.id)
+    assert log[0].outcome == "gave_up" and {d.outcome for d in log[1:]} == {"retrying"}
+    assert len(log) >= 3 and all(d.status == 503 for d in log)
+    assert any("disabled" in r.getMessage() and endpoint.id in r.getMessage()
+               for r in caplog.records)
+    # a disabled endpoint is told nothing more; adding its URL again enables it
+    count = len(down.seen)
+    finished(service, deploy(service, "two"))
+    time.sleep(0.5)
+    assert len(down.seen) == count
+    again = service.add_endpoint("blog", down.url, ["deployment.succeeded"])
+    assert again.id == endpoint.id and not again.disabled and again.secret == endpoint.secret
+
+
+def test_endpoints_are_checked_and_removed_with_their_log(running: Callable[..., Service]) -> None:
+    service = running()
+    service.create_site("blog")
+    with pytest.raises(ConfigError, match="unknown event"):
+        service.add_endpoint("blog", "https://x.example/", ["deployment.exploded"])
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        service.add_endpoint("blog", "ftp://x.example/")
+    with pytest.raises(ConfigError, match="format"):
+        service.add_endpoint("blog", "https://x.example/", None, "teams")
+    endpoint = service.add_endpoint("blog", "https://x.example/")
+    assert service.remove_endpoint("blog", endpoint.id).url == "https://x.example/"
+    assert service.list_endpoints("blog") == []

@@ -32,6 +32,7 @@ from pushsite.stores import tempfiles
 from pushsite.stores.local import LocalStore
 from support.servers import serving
 from support.service import bundle, log_text, split_bundle, wait_for
+from support.sites import git
 
 DISK = "8m"
 ONE_LINE = "error: no space left on the device holding "
@@ -93,7 +94,7 @@ def one_line(stderr: str) -> str:
 
 def test_a_deploy_that_fills_the_disk_exits_7_with_one_line(disk: Path, tmp_path: Path) -> None:
     v1 = write_site(tmp_path / "v1", {"index.html": b"<h1>v1</h1>"})
-    done = cli("deploy", str(v1), "--site", "blog")
+    done = cli("deploy", "--create", str(v1), "--site", "blog")
     assert done.returncode == 0, done.stderr
     # small files (packed in data files) and large ones (spooled, renamed): 12 MB on 8 MB
     big = write_site(tmp_path / "big", {"index.html": b"<h1>v2</h1>", **noise(20, 300_000, "s"),
@@ -120,7 +121,7 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
     for n in (1, 2):
         site = write_site(tmp_path / f"v{n}", {"index.html": f"<h1>v{n}</h1>".encode(),
                                                **noise(3, 100_000, f"v{n}")})
-        assert cli("deploy", str(site), "--site", "blog").returncode == 0
+        assert cli("deploy", "--create", str(site), "--site", "blog").returncode == 0
     service = Service(load_config())
     queued = service.accept("blog", io.BytesIO(bundle({"index.html": b"v3"})), enqueue=False)
     service.close()
@@ -156,7 +157,7 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
         service.close()
     # the prune freed the first deployment's blobs: the reserves grew back first
     filler.unlink()
-    assert cli("deploy", str(tmp_path / "v1"), "--site", "blog").returncode == 0
+    assert cli("deploy", "--create", str(tmp_path / "v1"), "--site", "blog").returncode == 0
     assert reserve.stat().st_size == 1 << 20
     assert (disk / "store" / "objects.db-reserve").stat().st_size == 2 << 20
 
@@ -241,13 +242,16 @@ def test_a_failure_the_state_cannot_record_is_taken_over_after_the_lease(
 def test_temp_files_of_a_killed_deploy_go_at_the_next_store_open(tmp_path: Path) -> None:
     home = Path(os.environ["PUSHSITE_HOME"])
     first, rest = split_bundle({"index.html": b"x"}, noise(1, 3_000_000, "k"))
-    deploy = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "-", "--site", "kill"],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    deploy = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "--create", "-",
+                               "--site", "kill"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert deploy.stdin is not None
     deploy.stdin.write(first)
     deploy.stdin.flush()
-    time.sleep(0.5)  # the store opens meanwhile: the large file spools into store/tmp
+    # the large file spools into store/tmp once the store is open (before: an anonymous
+    # file); its reserve is made last thing in the opening
+    wait_for("the store open", (home / "store" / "objects.db-reserve").exists)
+    time.sleep(1.0)  # and the deploy knows it (Later.done) before the large file comes
     deploy.stdin.write(rest[: len(rest) // 2])
     deploy.stdin.flush()
     spool = home / "store" / "tmp"
@@ -268,3 +272,28 @@ def test_temp_files_of_a_killed_deploy_go_at_the_next_store_open(tmp_path: Path)
     handle.close()
     LocalStore(home / "store").close()
     assert sorted(spool.iterdir()) == sorted([fresh, mine])
+
+
+def test_a_push_that_fills_the_disk_says_so_in_a_remote_line(disk: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    write_site(repo, {"index.html": b"<h1>v1</h1>"})
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "v1")
+    with serving(disk) as server:
+        url = f"http://x:{server.new_token('--name', 'push')}@127.0.0.1:{server.port}/blog.git"
+        push = ["git", "push", url, "main"]
+        done = subprocess.run(push, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert "remote: pushsite: live:" in done.stderr, done.stderr
+        # git keeps the commit's objects (they fit), then the deploy's copy does not
+        size = int(free_bytes(disk) * 0.6)
+        write_site(repo, noise(4, size // 4, "push"))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "v2")
+        done = subprocess.run(push, cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "remote: pushsite: error: no space left on the device holding " in done.stderr
+        assert "the site was not updated" in done.stderr
+        assert "Traceback" not in done.stderr and " 500" not in done.stderr
+        assert server.get("blog.localhost").text == "<h1>v1</h1>"

@@ -46,6 +46,7 @@ from pushsite.errors import BackendUnavailable, PushsiteError
 from pushsite.model import FileEntry, Manifest, manifest_key
 from pushsite.rules import CompiledRules
 from pushsite.state import StateStore
+from pushsite.state.counters import Tally
 from pushsite.stores import ObjectStore
 
 Scope = MutableMapping[str, Any]
@@ -392,6 +393,8 @@ class Edge:
             _CODINGS_MAX)
         self._answers: BoundedCache[AnswerKey, tuple[str | None, Answer]] = BoundedCache(
             _ANSWERS_MAX, max_weight=_ANSWERS_BYTES)
+        # requests by status class and answer-cache hit, for /metrics (None: not counted)
+        self.tally: Tally | None = None
 
     def site_for_host(self, host: str) -> SiteTarget | None:
         """The site a Host header names; None when the control plane should answer."""
@@ -407,6 +410,8 @@ class Edge:
         """
         hit = self._answers.get(key)
         if hit is not None and hit[0] == self.hosts.deployment_id(target):
+            if self.tally is not None:
+                self.tally.count(hit[1].status, True)
             return hit[1]
         return None
 
@@ -435,6 +440,8 @@ class Edge:
             if plain:
                 hit = self._answers.get(key)
                 if hit is not None and hit[0] == deployment_id:
+                    if self.tally is not None:
+                        self.tally.count(hit[1].status, True)
                     return hit[1]
             if target is None or deployment_id is None:
                 answer = _answer(_NO_SITE, head)
@@ -444,11 +451,13 @@ class Edge:
                 )  # fmt: skip
             if plain and answer.rest is None:
                 self._remember(key, deployment_id, answer)
-            return answer
         except BackendUnavailable:
-            return _answer(_UNAVAILABLE, head)
+            answer = _answer(_UNAVAILABLE, head)
         except PushsiteError:
-            return _answer(_FAILED, head)
+            answer = _answer(_FAILED, head)
+        if self.tally is not None:
+            self.tally.count(answer.status, False)
+        return answer
 
     async def _respond(
         self,

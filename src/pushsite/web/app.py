@@ -17,17 +17,36 @@ from pushsite.config import Config
 from pushsite.edge.respond import Edge, make_edge_or_control_app
 from pushsite.service import Service
 from pushsite.service.worker import run_worker
+from pushsite.state.counters import Tally
 from pushsite.web import tls
 from pushsite.web.forwarded import trusting_proxies
+from pushsite.web.gitremote import HOOK_HEADER, HOOK_PATH
 
 
 def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     """The ASGI app: the edge for site hosts, the Starlette control plane for the rest."""
     edge, control = _parts(config, debug, worker)
-    app = trusting_proxies(make_edge_or_control_app(edge, control), config.forwarded_allow_ips)
+    app = trusting_proxies(hook_first(make_edge_or_control_app(edge, control), control),
+                           config.forwarded_allow_ips)
     # an attribute on the ASGI function: whoever embeds build_app's app finds its service
     app.service = control.state.service  # type: ignore[attr-defined]
     return app
+
+
+def hook_first(app: Any, control: Any) -> Any:
+    """The git hook's call-back (its path and its secret header) goes to the control plane
+    before any host routing: whatever a site claims, it cannot answer a push's hook."""
+    header = HOOK_HEADER.encode()
+
+    async def routed(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == HOOK_PATH and any(
+                name == header for name, _ in scope["headers"]):
+            await control(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    routed.app = app  # type: ignore[attr-defined]  # for uvicorn_shortcut.find_edge
+    return routed
 
 
 def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
@@ -35,6 +54,9 @@ def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
     service.runner_kind = "serve"  # in the leases of what it runs (a redeploy, its worker's)
     edge = Edge(service.state, service.store, base_domain=config.base_domain)
     service.manifest_listeners.append(edge.warm)
+    if config.metrics:  # this process's edge counts, added to metrics.db every 2 s
+        edge.tally = Tally()
+        edge.tally.start(service.counters)
     stop = threading.Event()
 
     @contextlib.asynccontextmanager
@@ -89,7 +111,7 @@ def _die_with_parent() -> None:
 def control_routes(service: Service) -> list[Any]:
     routes: list[Any] = [Route("/api/health", health)]
     for module_name in ("pushsite.web.api", "pushsite.web.dashboard", "pushsite.web.gitremote",
-                        "pushsite.web.hooks"):
+                        "pushsite.web.hooks", "pushsite.web.metrics"):
         module = __import__(module_name, fromlist=["routes"])
         routes.extend(module.routes(service))
     return routes

@@ -68,10 +68,10 @@ class _Collector:
             else:
                 counters[name.removesuffix("_total")].append((dict(labels), value))
         for name, rows in counters.items():
-            label_names = sorted({k for labels, _ in rows for k in labels})
+            label_names = sorted({k for row_labels, _ in rows for k in row_labels})
             family = CounterMetricFamily(name, _HELP.get(name, name), labels=label_names)
-            for labels, value in rows:
-                family.add_metric([labels.get(k, "") for k in label_names], value)
+            for row_labels, total in rows:
+                family.add_metric([row_labels.get(k, "") for k in label_names], total)
             yield family
         yield from self._histograms(buckets)
         yield from self._edge_ratio(counters.get("pushsite_edge_requests", []))
@@ -125,5 +125,5 @@ class _Collector:
 def render(service: Running) -> bytes:
     """One scrape's answer body."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service))  # type: ignore[arg-type]
+    registry.register(_Collector(service))
     return generate_latest(registry)

@@ -76,9 +76,9 @@ https:// {{
 \treverse_proxy {upstream}
 }}
 
-# Plain HTTP answers with a redirect to HTTPS (ACME HTTP-01 challenges are answered first).
+# Plain HTTP: a redirect to HTTPS keeping the method (308; ACME HTTP-01 challenges first).
 http:// {{
-\tredir https://{{host}}{port_part}{{uri}} permanent
+\tredir https://{{host}}{port_part}{{uri}} 308
 }}
 
 # One wildcard certificate for *.{base} covers every site, preview and permalink (they are

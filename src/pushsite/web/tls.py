@@ -5,15 +5,16 @@ for the first time in a TLS handshake; any answer but a 2xx refuses it. Anyone c
 name (SNI) or point any DNS name at the server, and a certificate authority limits how many
 certificates an account may get, so the answer is 200 only for a name a visitor can be served:
 
-    <site>.<base-domain>                    a site that exists
+    <site>.<base-domain>                    a site with a live deployment
     <branch>--<site>.<base-domain>          a preview that resolves now   } only with the
     <deployment-id>--<site>.<base-domain>   a servable deployment         } tls_previews setting
     <custom domain>                         a site's approved custom domain (the edge serves it)
 
-Every answer is a few reads by key through the edge's own host resolution (hosts.py: a cached
-host parse, then the site, alias, deployment or domain record), never a scan of the state, so
-it stays fast with any number of sites. It reads the state and nothing else: no request leaves
-the server on a caller's behalf.
+Every answer is the edge's own host resolution (hosts.py: a cached host parse, a domain record
+read by key, the alias or deployment to serve, cached until the state changes), never a scan
+of the state, so it stays fast with any number of sites. A site that has never been deployed
+serves nothing, so its name gets no certificate until its first deploy. It reads the state
+and nothing else: no request leaves the server on a caller's behalf.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pushsite.edge.hosts import HostResolver, Kind, parse_site_host, split_host
-from pushsite.errors import ConfigError, PushsiteError
+from pushsite.errors import ConfigError
 from pushsite.names import check_host
 from pushsite.service import Service
 
@@ -46,14 +47,9 @@ def allowed(service: Service, hosts: HostResolver, domain: str) -> tuple[bool, s
         return True, f"custom domain of site {target.site}"
     if target.kind is not Kind.PRODUCTION and not service.config.tls_previews:
         return False, "certificates for previews and permalinks are off (tls_previews)"
-    try:
-        service.site(target.site)
-    except PushsiteError:
-        return False, "no such site"
-    if target.kind is Kind.PRODUCTION:
-        return True, f"site {target.site}"
+    # the edge's own answer (kept until the state changes, when the state says so)
     if hosts.deployment_id(target) is None:
-        return False, f"nothing of site {target.site} is served on this name"
+        return False, f"site {target.site} serves nothing on this name"
     return True, f"{target.kind} of site {target.site}"
 
 

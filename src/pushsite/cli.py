@@ -384,7 +384,7 @@ def sites(ctx: click.Context, as_json: bool) -> None:
 def sites_list(ctx: click.Context, as_json: bool) -> None:
     """List sites with their production URL and live deployment."""
     service = _service(ctx)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for site in service.state.list_sites():
         alias = service.state.get_alias(site.name, "production")
         live = service.state.get_deployment(alias.deployment_id) if alias else None

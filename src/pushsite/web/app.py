@@ -28,8 +28,8 @@ def build_app(config: Config, debug: bool = False, worker: bool = True) -> Any:
     edge, control = _parts(config, debug, worker)
     app = trusting_proxies(hook_first(make_edge_or_control_app(edge, control), control),
                            config.forwarded_allow_ips)
-    # an attribute on the ASGI function: whoever embeds build_app's app finds its service
-    app.service = control.state.service  # type: ignore[attr-defined]
+    # an attribute on the ASGI app: whoever embeds build_app's app finds its service there
+    app.service = control.state.service
     return app
 
 

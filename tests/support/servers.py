@@ -74,13 +74,15 @@ class Server:
 
 
 def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> Server:
+                 args: tuple[str, ...] = (), log: Path | None = None) -> Server:
+    """`log`: a file that gets the server's stderr (its log), else it is dropped."""
     port = port or free_port()
     env = {**os.environ, "PUSHSITE_HOME": str(home), **(extra_env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
-         *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log or os.devnull, "ab") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port",
+             str(port), *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     server = Server(port, home, env, process)
     deadline = time.monotonic() + 60  # a loaded CI machine starts granian slowly
     while time.monotonic() < deadline:
@@ -96,9 +98,10 @@ def start_server(home: Path, port: int | None = None, extra_env: dict[str, str] 
 
 
 @contextmanager
-def serving(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+def serving(home: Path, extra_env: dict[str, str] | None = None,
+            log: Path | None = None) -> Iterator[Server]:
     """A `pushsite serve` for the block (module-scoped fixtures share one this way)."""
-    srv = start_server(home, extra_env=extra_env)
+    srv = start_server(home, extra_env=extra_env, log=log)
     try:
         yield srv
     finally:

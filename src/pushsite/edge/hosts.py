@@ -106,7 +106,8 @@ def reserved_reason(host: str, base_domain: str, control_hosts: tuple[str, ...] 
     base domain and every name under it are the edge's own labels (`<site>.<base>`,
     previews, permalinks); `control_hosts` are the names the control plane is reached at.
     """
-    name = split_host(host)
+    bare = host.strip().lower().rstrip(".")
+    name = bare if is_ip_literal(bare) else split_host(bare)  # "::1" has no port to drop
     if is_ip_literal(name):
         return f"{name} is an IP address: it reaches the control plane, never a site"
     if _at_or_under(name, "localhost"):

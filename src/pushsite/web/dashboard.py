@@ -67,6 +67,7 @@ def routes(service: Service) -> list[Any]:
         Route("/logout", board.logout, methods=["POST"]),
         Route("/sites/{site}", board.endpoint(board.site_page)),
         Route("/sites/{site}/search", board.endpoint(board.search_page)),
+        Route("/sites/{site}/domains/{host}/approve", board.approve_domain, methods=["POST"]),
         Route("/deployments/{id}", board.endpoint(board.deployment_page)),
         Route("/deployments/{id}/events", board.events),
         Route("/deployments/{id}/{action}", board.act, methods=["POST"]),
@@ -267,7 +268,9 @@ class Dashboard:
             "production": production, "url": self.site_url(site),
             "remote": f"{base}/{site}.git",
             "hooks": [(p, f"{base}/hooks/{p}/{site}") for p in PROVIDERS],
-            "domains": record.domains, "before": before,
+            "domains": self.service.domains(site), "before": before,
+            "can_approve": _global_admin(visit.token),
+            "challenge": self.service.domain_token(site),
             "older": deployments[-1].id if more and deployments else None,
             "limit": "" if size == PAGE_SIZE else str(size),
         })
@@ -370,6 +373,25 @@ class Dashboard:
             return self.error_page(visit, exc)
         return self.finish(visit, RedirectResponse(f"/deployments/{target}", 303))
 
+    async def approve_domain(self, request: Request) -> Response:
+        """An admin's approval of a pending custom domain (an admin token for every site:
+        a site's own authority never approves what its pushsite.toml claimed)."""
+        visit = await self.visit(request)
+        if visit.token is None:
+            return self.to_login(visit)
+        form = await self.checked_form(visit)
+        if isinstance(form, Response):
+            return form
+        site, host = request.path_params["site"], request.path_params["host"]
+        try:
+            if not _global_admin(visit.token):
+                raise Forbidden("approving a custom domain needs an admin token for every "
+                                "site; sign in with one")
+            await run_in_threadpool(self.service.approve_domain, site, host)
+        except PushsiteError as exc:
+            return self.error_page(visit, exc)
+        return self.finish(visit, RedirectResponse(f"/sites/{site}", 303))
+
     def _activate(self, visit: Visit, deployment_id: str) -> str:
         deployment = self._deployment(visit, deployment_id)
         return self.service.rollback(deployment.site, deployment.id).id
@@ -461,6 +483,10 @@ def _page_size(raw: str) -> int:
 
 def _stored(entry: FileEntry) -> int:
     return min([entry.size, *entry.encodings.values()])
+
+
+def _global_admin(token: Token | None) -> bool:
+    return token is not None and token.site is None and "admin" in token.scopes
 
 
 def _safe_next(request: Request, value: str | None = None) -> str:

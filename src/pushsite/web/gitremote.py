@@ -4,8 +4,9 @@ The request body is pumped into the CGI process while its output is streamed bac
 time; buffering either side whole would deadlock a large push (git waits for us to read while
 we wait for it to finish reading). Pushes authenticate with HTTP Basic and a deploy token (the
 password; any user name). The repository's post-receive hook calls back into
-`/internal/post-receive`, which queues one deployment per updated branch and streams their
-progress to the pusher's terminal as `remote:` lines.
+`/internal/post-receive` on an IP address with its secret header (both checked before host
+routing, so no site's host can answer it), which queues one deployment per updated branch and
+streams their progress to the pusher's terminal as `remote:` lines.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -42,12 +44,33 @@ _GIT_PATH = re.compile(
 _CHUNK = 64 << 10
 
 
+# The hook's call-back: this path with this header reaches the control plane before any host
+# routing (web/app.py), on an IP address no site may claim (edge/hosts.py reserved_reason).
+HOOK_PATH = "/internal/post-receive"
+HOOK_HEADER = "x-pushsite-hook-secret"
+
+
 def routes(service: Service) -> list[Any]:
     bridge = GitBridge(service)
     return [
         Route("/{site}.git/{rest:path}", bridge.handle, methods=["GET", "POST"]),
-        Route("/internal/post-receive", bridge.post_receive, methods=["POST"]),
+        Route(HOOK_PATH, bridge.post_receive, methods=["POST"]),
     ]
+
+
+def callback_url(server: tuple[str, int | None] | None) -> str:
+    """Where the hook reaches this server: the address the push came in on when it is a
+    specific IP address, else the loopback address; always an IP literal, never a name."""
+    host, port = server or ("127.0.0.1", 80)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or address.is_unspecified:
+        literal = "127.0.0.1"
+    else:
+        literal = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{literal}:{port or 80}{HOOK_PATH}"
 
 
 def _basic_secret(request: Request) -> str:
@@ -105,7 +128,7 @@ class GitBridge:
             "git-receive-pack"
         try:
             names.check_site_name(site)
-            token = self.service.check_token(_basic_secret(request), site)
+            self.service.check_token(_basic_secret(request), site)
         except Forbidden as exc:
             return _challenge(f"pushsite: {exc}", 403)
         except NotAuthorized as exc:
@@ -113,20 +136,17 @@ class GitBridge:
         except PushsiteError as exc:
             return PlainTextResponse(f"pushsite: {exc}\n", status_code=exc.http_status)
         if not self.repos.exists(site):
+            try:  # sites are created on purpose: a push to a typo is refused, naming the fix
+                record = await asyncio.to_thread(self.service.deploy_target, site)
+            except PushsiteError as exc:
+                return PlainTextResponse(f"pushsite: {exc}\n", status_code=exc.http_status)
             if not pushing:
-                return PlainTextResponse(f"pushsite: no repository for site {site!r} yet; push "
-                                         "to create it\n", status_code=404)
-            if token.site not in (None, site):
-                return _challenge(f"pushsite: this token may not create site {site!r}", 403)
-            await asyncio.to_thread(self._create, site)
+                return PlainTextResponse(f"pushsite: site {site!r} has no repository yet; push "
+                                         "to it first\n", status_code=404)
+            await asyncio.to_thread(self.repos.create, site, record.production_branch)
         return await self._cgi(request, site, rest)
 
-    def _create(self, site: str) -> None:
-        record = self.service.site(site, create=True)
-        self.repos.create(site, record.production_branch)
-
     async def _cgi(self, request: Request, site: str, rest: str) -> Response:
-        host, port = request.scope.get("server") or ("127.0.0.1", 80)
         env = {
             "GIT_PROJECT_ROOT": str(self.repos.root),
             "GIT_HTTP_EXPORT_ALL": "1",
@@ -138,8 +158,7 @@ class GitBridge:
             "REMOTE_ADDR": request.client.host if request.client else "",
             "GATEWAY_INTERFACE": "CGI/1.1",
             "HOME": str(self.repos.root),
-            **hook_environment(f"http://127.0.0.1:{port}/internal/post-receive",
-                               self.hook_secret),
+            **hook_environment(callback_url(request.scope.get("server")), self.hook_secret),
         }
         for header, var in (("content-length", "CONTENT_LENGTH"),
                             ("content-encoding", "HTTP_CONTENT_ENCODING"),
@@ -192,7 +211,7 @@ class GitBridge:
 
     # the hook's call-back -------------------------------------------------------------------
     async def post_receive(self, request: Request) -> Response:
-        given = request.headers.get("x-pushsite-hook-secret", "")
+        given = request.headers.get(HOOK_HEADER, "")
         if not hmac.compare_digest(given, self.hook_secret):
             return PlainTextResponse("forbidden\n", status_code=403)
         payload = json.loads(await request.body())

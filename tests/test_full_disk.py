@@ -163,6 +163,7 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
 
 
 def test_an_api_upload_on_a_full_disk_answers_507(disk: Path) -> None:
+    assert cli("sites", "create", "blog").returncode == 0
     with serving(disk) as server:
         token = server.new_token("--name", "ci")
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
@@ -281,6 +282,7 @@ def test_a_push_that_fills_the_disk_says_so_in_a_remote_line(disk: Path, tmp_pat
     write_site(repo, {"index.html": b"<h1>v1</h1>"})
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "v1")
+    assert cli("sites", "create", "blog").returncode == 0
     with serving(disk) as server:
         url = f"http://x:{server.new_token('--name', 'push')}@127.0.0.1:{server.port}/blog.git"
         push = ["git", "push", url, "main"]

@@ -1,6 +1,7 @@
 """`python -m bench [--small] [--runs N] [--only GROUPS]`: run the figures, print, save JSON.
 
-Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), s3 (5), edge (6).
+Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), s3 (5), edge (6),
+tls (6t: the edge over HTTPS against nginx with the same certificate).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
 """
@@ -19,13 +20,14 @@ from bench import (
     figures_edge,
     figures_git,
     figures_s3,
+    figures_tls,
     product,
 )
 from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "s3", "edge")
+GROUPS = ("deploy", "git", "s3", "edge", "tls")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -158,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("edge against nginx (figure 6)", why,
                     lambda: figures_edge.edge(medium, args.runs, seconds))  # fmt: skip
+    if "tls" in only:
+        seconds = args.edge_seconds or (2 if args.small else 8)
+        medium = corpora.get("medium")
+        why = product.missing_command("serve", option="--tls-cert")
+        out.section("edge over HTTPS against nginx ssl (figure 6t)", why,
+                    lambda: figures_tls.tls(medium, args.runs, seconds))  # fmt: skip
     elapsed = time.monotonic() - started
     title = f"pushsite bench ({'small' if args.small else 'full'}, {args.runs} runs, "
     title += f"{elapsed:.0f} s)"

@@ -63,6 +63,11 @@ SETTINGS: tuple[Setting, ...] = (
             "whose X-Forwarded-For/-Proto/-Host are believed; default none"),
     Setting("dns", str, "", "DNS server that `domains verify` asks for a domain's TXT "
             "record, host or host:port (default: the system's resolvers)"),
+    Setting("build_paths", str, "", "read-only folders (colon-separated) a site's build may "
+            "use besides /usr, e.g. a virtualenv holding MkDocs; their bin/ goes on PATH"),
+    Setting("builds", int, 0, "builds at once on this machine (0: half the cores, at least 1)"),
+    Setting("build_network", bool, False, "let every build reach the network (otherwise only "
+            "a site whose [build] says network = true)"),
 )
 
 
@@ -93,6 +98,9 @@ class Config:
     tls_previews: bool = False
     forwarded_allow_ips: str = ""
     dns: str = ""
+    build_paths: str = ""
+    builds: int = 0
+    build_network: bool = False
 
     @property
     def staging(self) -> Path:

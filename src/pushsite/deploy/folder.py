@@ -36,10 +36,12 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEX
 
 
 def deploy_folder(folder: Path, builder: ManifestBuilder, limits: Limits, deployment_id: str,
-                  site: str, created: float) -> BundleOutcome:
+                  site: str, created: float, exclude: tuple[str, ...] = ()) -> BundleOutcome:
     """Read a folder in place and build its manifest, as deploy_bundle does for a tar.gz.
 
     The folder is the site itself (no top folder to strip); `.git` at its top is left out.
+    `exclude` adds globs to its own pushsite.toml's (a build's output folder has none: the
+    source tree's apply).
     """
     walk = _Walk(folder, limits)
     skipped = 0
@@ -59,7 +61,7 @@ def deploy_folder(folder: Path, builder: ManifestBuilder, limits: Limits, deploy
                 builder.log.warning("read", f"skipped {path}: devices, FIFOs and other special "
                                     "files are never published")
         manifest = builder.finish(deployment_id, site, commit="", created=created,
-                                  strip_top=False)
+                                  exclude=exclude, strip_top=False)
     except BaseException:
         builder.abort()
         raise

@@ -63,13 +63,37 @@ _CONDITION_KEYS = ("country", "language", "role", "cookie")
 _STATUSES = ", ".join(str(s) for s in REDIRECT_STATUSES)
 
 
+MAX_TIMEOUT = 3600.0  # seconds a build may run at most, whatever the site asks
+DEFAULT_TIMEOUT = 600.0
+BUILD_KEYS = ("cache", "command", "environment", "network", "publish", "timeout")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """A site's build step: run `command` in the sandbox, then publish `publish`.
+
+    `command` None means "detect the generator" (deploy/detect.py); `source` names the file
+    the settings came from (pushsite.toml or netlify.toml), for the log.
+    """
+
+    command: str | None = None
+    publish: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    cache: tuple[str, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    network: bool = False
+    source: str = "pushsite.toml"
+
+
 @dataclass(frozen=True)
 class SiteSettings:
     """The settings a site keeps in its own `pushsite.toml`."""
 
     production_branch: str | None = None
     publish: str | None = None  # folder inside the bundle, normalised ("dist"); None = root
-    build: str | None = None  # recorded only: pushsite does not run builds
+    build: BuildSettings | None = None  # the `[build]` table (or `build = "command"`)
     exclude: tuple[str, ...] = ()  # globs (fnmatch) of paths, relative to the publish folder
     domains: tuple[str, ...] = ()  # custom host names, lowercased
     tags: bool = False  # deploy tags as well as branches
@@ -401,6 +425,12 @@ def _settings(raw: dict[str, Any], text: str, filename: str) -> SiteSettings:
     publish = string("publish")
     if publish is not None:
         publish = _publish_folder(publish, fail)
+    build = _build(raw.get("build"), fail, filename)
+    if build is not None and build.publish is not None:
+        if publish is not None and publish != build.publish:
+            raise fail("publish", f"publish ({publish!r}) and [build] publish "
+                                  f"({build.publish!r}) differ; keep one of them")
+        publish = build.publish
     domains: list[str] = []
     for host in strings("domains"):
         try:
@@ -415,11 +445,113 @@ def _settings(raw: dict[str, Any], text: str, filename: str) -> SiteSettings:
     return SiteSettings(
         production_branch=branch,
         publish=publish,
-        build=string("build"),
+        build=build,
         exclude=exclude,
         domains=tuple(domains),
         tags=tags,
     )
+
+
+def _build(value: Any, fail: Any, filename: str) -> BuildSettings | None:
+    """The `[build]` table; a plain string is the command alone (the older form)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return BuildSettings(command=_command(value, fail), source=filename)
+    if not isinstance(value, dict):
+        raise fail("build", f'build must be a table ([build] command = "...") or a command '
+                            f"string, found {value!r}")
+    for key in value:
+        if key not in BUILD_KEYS:
+            raise fail("build", f'unknown [build] setting "{key}"; known: '
+                                f'{", ".join(BUILD_KEYS)}')
+    command = value.get("command")
+    if command is not None:
+        if not isinstance(command, str):
+            raise fail("build", f"[build] command must be a string, found {command!r}")
+        command = _command(command, fail)
+    publish = value.get("publish")
+    if publish is not None:
+        if not isinstance(publish, str):
+            raise fail("build", f"[build] publish must be a string, found {publish!r}")
+        publish = _publish_folder(publish, fail)
+    environment = build_environment(value.get("environment", {}), fail)
+    cache = value.get("cache", [])
+    if not isinstance(cache, list) or not all(isinstance(c, str) and c for c in cache):
+        raise fail("build", f"[build] cache must be a list of folders, found {cache!r}")
+    folders = []
+    for folder in cache:
+        normal = _publish_folder(folder, fail)
+        if normal is None:
+            raise fail("build", "[build] cache may not name the whole tree (\".\")")
+        folders.append(normal)
+    network = value.get("network", False)
+    if not isinstance(network, bool):
+        raise fail("build", f"[build] network must be true or false, found {network!r}")
+    timeout = parse_duration(value.get("timeout", DEFAULT_TIMEOUT), fail)
+    return BuildSettings(command, publish, environment, tuple(folders), timeout, network,
+                         filename)
+
+
+def _command(value: str, fail: Any) -> str | None:
+    if "\0" in value or len(value) > 4096:
+        raise fail("build", "[build] command must be one line of at most 4,096 characters")
+    return value.strip() or None
+
+
+def build_environment(value: Any, fail: Any) -> tuple[tuple[str, str], ...]:
+    """`environment = { NAME = "value" }`: names as a shell allows, values strings."""
+    if not isinstance(value, dict):
+        raise fail("build", f"[build] environment must be a table of strings, found {value!r}")
+    pairs = []
+    for name, item in value.items():
+        if not _ENV_NAME.match(name):
+            raise fail("build", f"[build] environment: {name!r} is not a variable name "
+                                "(letters, digits, _)")
+        if isinstance(item, bool | int | float):
+            item = str(item).lower() if isinstance(item, bool) else str(item)
+        if not isinstance(item, str) or "\0" in item:
+            raise fail("build", f"[build] environment: {name} must be a string")
+        pairs.append((name, item))
+    if len(pairs) > 200:
+        raise fail("build", "[build] environment holds more than 200 variables")
+    return tuple(pairs)
+
+
+def parse_duration(value: Any, fail: Any) -> float:
+    """A timeout: seconds as a number, or "90s", "10m", "1h"; up to MAX_TIMEOUT."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        found = _DURATION.match(value.strip())
+        if found:
+            seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2) or "s"]
+    if seconds is None or not 0 < seconds <= MAX_TIMEOUT:
+        raise fail("build", f"[build] timeout must be a duration such as \"90s\", \"10m\" "
+                            f"or \"1h\" (at most {MAX_TIMEOUT / 60:g}m), found {value!r}")
+    return seconds
+
+
+def parse_netlify_toml(data: bytes) -> BuildSettings | None:
+    """netlify.toml's `[build]` (command, publish, environment), which people bring along;
+    its other sections (redirects, headers, contexts, plugins) are Netlify's, not read."""
+    filename = "netlify.toml"
+    try:
+        raw = tomllib.loads(data.decode("utf-8").removeprefix("\ufeff"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SiteConfigError(f"{filename}: {exc}; check the TOML syntax") from None
+    table = raw.get("build")
+    if table is None:
+        return None
+
+    def fail(key: str, what: str) -> SiteConfigError:
+        return SiteConfigError(f"{filename}: {what}")
+
+    if not isinstance(table, dict):
+        raise fail("build", "[build] must be a table")
+    known = {k: v for k, v in table.items() if k in ("command", "publish", "environment")}
+    return _build(known, fail, filename)
 
 
 def _publish_folder(value: str, fail: Any) -> str | None:

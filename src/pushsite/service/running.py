@@ -126,11 +126,13 @@ class Running(ServiceBase):
         progress: Callable[[Counters], None] | None = None,
         bundle: BinaryIO | None = None,
         folder: Path | None = None,
+        build: bool = False,
     ) -> Deployment:
         """Run a queued deployment to its end; raises DeploymentFailed (or a subclass).
 
         The files come from `bundle` (a tar.gz stream), `folder` (read in place, no tar), a
-        git commit, or the staged bundle, in that order.
+        git commit, or the staged bundle, in that order. A commit whose files ask for a build
+        (service/building.py) is built in the sandbox first, and so is `folder` with `build`.
 
         Only one runner wins the queued -> running step, so a deployment delivered twice
         runs once; the winner holds the deployment's lease and a heartbeat renews it while
@@ -158,7 +160,8 @@ class Running(ServiceBase):
             with Heartbeat(self.state, deployment, self.lease) as beat:
                 builder = self._builder(deployment, ran_before, log, beat, timeout, progress)
                 with trimmed_heap():
-                    return self._run_pipeline(deployment, builder, log, bundle, folder)
+                    return self._run_pipeline(deployment, builder, log, bundle, folder,
+                                              build)
         except BaseException as caught:
             exc = self._disk_full(caught)
             if builder is not None:
@@ -231,11 +234,17 @@ class Running(ServiceBase):
                     f"{current.status}, which stands", error=type(exc).__name__)
 
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
-                      bundle: BinaryIO | None, folder: Path | None = None) -> Deployment:
+                      bundle: BinaryIO | None, folder: Path | None = None,
+                      build: bool = False) -> Deployment:
+        from pushsite.service import building
+
         log.info("read", "reading the bundle", workers=self.config.workers)
         reading = time.monotonic()
         if deployment.bundle_key.startswith("git:"):
-            outcome = self._deploy_commit(deployment, builder)
+            outcome = (building.deploy_commit_built(self, deployment, builder, log)
+                       or self._deploy_commit(deployment, builder))
+        elif folder is not None and build:
+            outcome = building.deploy_folder_built(self, deployment, builder, log, folder)
         elif folder is not None:
             from pushsite.deploy.folder import deploy_folder
 

@@ -255,7 +255,8 @@ class GitBridge:
                 logs = await asyncio.to_thread(self.service.state.get_logs, deployment_id, seen)
                 for entry in logs:
                     seen = entry.seq
-                    if entry.stage in ("read", "manifest", "activate") or entry.level != "info":
+                    if (entry.stage in ("read", "build", "manifest", "activate")
+                            or entry.level != "info"):
                         yield f"pushsite: {entry.message}\n"
                 if deployment.status.finished:
                     yield self._outcome(deployment) + "\n"

@@ -1,0 +1,267 @@
+"""The build step: a fresh copy of the tree, the site's command in the sandbox, the output
+folder checked and handed to the folder driver (read in place).
+
+The copy lives in a work folder outside $PUSHSITE_HOME (the system's temporary folder, or
+`build_root`), made for this build and removed after it; when the server runs as root, the
+tree is handed to uid 65534, the user the sandbox runs as. At most `slots` builds run at once
+on a machine (a lock file per slot, so every process of the server counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pushsite.deploy.detect import BuildPlan, plan_build
+from pushsite.deploy.sandbox import (
+    INSIDE,
+    NOBODY,
+    BuildLimits,
+    Sandbox,
+    bwrap_path,
+    redactor,
+    run_sandboxed,
+)
+from pushsite.errors import DeploymentFailed
+
+STAGE = "build"
+
+
+class Log(Protocol):
+    """What the build writes to (a DeployLog)."""
+
+    def info(self, stage: str, message: str, **fields: object) -> None: ...
+
+    def warning(self, stage: str, message: str, **fields: object) -> None: ...
+
+
+@dataclass
+class BuildContext:
+    """Who is building what: becomes the Netlify-style variables the build sees."""
+
+    site: str
+    branch: str
+    commit: str
+    deploy_id: str
+    production: bool
+    url: str  # the site's production URL
+    deploy_url: str  # this deployment's own URL
+    variables: dict[str, str] = field(default_factory=dict)  # the site's, secrets included
+    secrets: tuple[str, ...] = ()  # values to redact from every line
+
+    def environment(self, plan: BuildPlan) -> dict[str, str]:
+        """Netlify's names and pushsite's, then pushsite.toml's, then the site's variables
+        (an admin's setting wins over the repository's file)."""
+        context = "production" if self.production else "branch-deploy"
+        env = {"CI": "true", "NETLIFY": "false", "PUSHSITE": "true", "HOME": "/tmp",
+               "TMPDIR": "/tmp", "LANG": "C.UTF-8", "CONTEXT": context, "BRANCH": self.branch,
+               "HEAD": self.branch, "COMMIT_REF": self.commit, "DEPLOY_ID": self.deploy_id,
+               "SITE_NAME": self.site, "URL": self.url, "DEPLOY_URL": self.deploy_url,
+               "DEPLOY_PRIME_URL": self.deploy_url, "PUSHSITE_CONTEXT": context,
+               "PUSHSITE_SITE": self.site, "PUSHSITE_BRANCH": self.branch,
+               "PUSHSITE_COMMIT": self.commit, "PUSHSITE_DEPLOY_ID": self.deploy_id,
+               "PUSHSITE_URL": self.url, "PUSHSITE_DEPLOY_URL": self.deploy_url,
+               "JEKYLL_ENV": "production", "npm_config_update_notifier": "false",
+               "npm_config_fund": "false", "npm_config_audit": "false"}
+        env.update(dict(plan.settings.environment))
+        env.update(self.variables)
+        return env
+
+
+@dataclass(frozen=True)
+class Builds:
+    """The server's build settings."""
+
+    tools: tuple[Path, ...] = ()  # read-only folders builds may use (e.g. a MkDocs venv)
+    slots: int = 0  # builds at once on this machine; 0: half the cores, at least 1
+    network: bool = False  # allow the network to every build (a site may ask for its own)
+    root: Path | None = None  # where work folders go (default: the temporary folder)
+    limits: BuildLimits = field(default_factory=BuildLimits)
+
+    @property
+    def max_builds(self) -> int:
+        return self.slots or max(1, (os.cpu_count() or 2) // 2)
+
+
+class WorkFolder:
+    """A private temporary folder: `src` (the tree, built in place) and `etc` (the sandbox's
+    passwd and group). Removed whole at the end, whatever the build left in it."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="pushsite-build-", dir=root))
+        self.path.chmod(0o711)  # the sandbox's user may pass through, not list
+        self.src = self.path / "src"
+        self.src.mkdir()
+
+    def checkout(self, repo: Path, commit: str) -> None:
+        """The commit's tree as files (a private index: the repository is not touched)."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "GIT_INDEX_FILE": str(self.path / "index")}
+        for args in (["read-tree", commit], ["checkout-index", "--all", "--force",
+                                             f"--prefix={self.src}/"]):
+            done = subprocess.run(["git", f"--git-dir={repo}", f"--work-tree={self.src}",
+                                   *args], env=env, capture_output=True, check=False)
+            if done.returncode != 0:
+                raise DeploymentFailed(f"could not check out {commit[:12]} to build it: "
+                                       f"{done.stderr.decode(errors='replace').strip()}")
+        (self.path / "index").unlink(missing_ok=True)
+
+    def copy(self, folder: Path) -> None:
+        """A local folder's files (links kept as links; `.git` left out)."""
+        shutil.copytree(folder, self.src, symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda where, names: [".git"] if Path(where) == folder else [])
+
+    def hand_over(self) -> None:
+        """Give the tree to the sandbox's user when this process is root."""
+        if os.geteuid() != 0:
+            return
+        for where, dirs, files in os.walk(self.src):
+            os.chown(where, NOBODY, NOBODY, follow_symlinks=False)
+            for name in dirs + files:
+                os.chown(os.path.join(where, name), NOBODY, NOBODY, follow_symlinks=False)
+
+    def remove(self) -> None:
+        def writable(func: Callable[..., object], path: str, _exc: object) -> None:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(path), 0o700)
+                os.chmod(path, 0o700)
+                func(path)
+
+        shutil.rmtree(self.path, onerror=writable)
+
+
+def plan_for_folder(folder: Path) -> BuildPlan | None:
+    """The build a folder's files ask for (pushsite.toml, netlify.toml, a generator)."""
+    names = {entry.name for entry in os.scandir(folder)}
+
+    def read(name: str) -> bytes | None:
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path.read_bytes()[: 1 << 20]
+
+    return plan_build(read, names)
+
+
+def plan_for_commit(repo: Path, commit: str) -> BuildPlan | None:
+    """The build a pushed commit's top-level files ask for, read from git without a
+    checkout (most pushes have none, and cost one `ls-tree`)."""
+    listing = subprocess.run(["git", f"--git-dir={repo}", "ls-tree", "-z", commit],
+                             capture_output=True, check=False)
+    if listing.returncode != 0:
+        raise DeploymentFailed(f"git ls-tree of {commit[:12]} failed: "
+                               f"{listing.stderr.decode(errors='replace').strip()}")
+    entries = {}
+    for record in listing.stdout.split(b"\0"):
+        if record:
+            meta, _, name = record.partition(b"\t")
+            entries[name.decode("utf-8", "surrogateescape")] = meta.split()
+
+    def read(name: str) -> bytes | None:
+        meta = entries.get(name)
+        if meta is None or meta[1] != b"blob" or meta[0] == b"120000":
+            return None
+        shown = subprocess.run(["git", f"--git-dir={repo}", "cat-file", "blob",
+                                meta[2].decode()], capture_output=True, check=False)
+        return shown.stdout[: 1 << 20] if shown.returncode == 0 else None
+
+    return plan_build(read, set(entries))
+
+
+@contextlib.contextmanager
+def build_slot(slots: int, check: Callable[[], None], log: Log) -> Iterator[int]:
+    """Hold one of `slots` machine-wide build slots (a lock file each) while building."""
+    folder = Path(tempfile.gettempdir()) / f"pushsite-build-slots-{os.geteuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    waiting = False
+    while True:
+        for slot in range(slots):
+            handle = open(folder / f"{slot}.lock", "a+b")  # noqa: SIM115 - held while building
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield slot
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waiting:
+            log.info(STAGE, f"waiting for a build slot ({slots} builds run at once here)")
+            waiting = True
+        check()
+        time.sleep(0.25)
+
+
+def run_build(plan: BuildPlan, work: WorkFolder, context: BuildContext, builds: Builds,
+              log: Log, check: Callable[[], None] = lambda: None) -> Path:
+    """Run the plan's command on the work folder's tree; return the folder to publish.
+
+    A non-zero exit fails with `build failed (exit N): <last line>`; a limit, a cancel or
+    the deadline stops it (every process of it ended). Nothing is deployed in either case.
+    """
+    bwrap_path()  # before anything else: no sandbox, no build
+    log.info(STAGE, plan.describe(), command=plan.command)
+    redact = redactor(context.secrets)
+    limits = builds.limits
+    if plan.settings.timeout and plan.settings.timeout != limits.wall:
+        limits = BuildLimits(**{**limits.__dict__, "wall": plan.settings.timeout})
+    last: list[str] = []
+
+    def line(text: str) -> None:
+        text = redact(text)
+        if text.strip():
+            last[:] = [text]
+        log.info(STAGE, text)
+
+    work.hand_over()
+    box = Sandbox(work.src, plan.command, env=context.environment(plan),
+                  network=builds.network or plan.settings.network, tools=builds.tools,
+                  limits=limits, scratch=work.path / "etc")
+    with build_slot(builds.max_builds, check, log):
+        started = time.monotonic()
+        status = run_sandboxed(box, line, check)
+    seconds = time.monotonic() - started
+    if status != 0:
+        raise DeploymentFailed(f"build failed (exit {status}): "
+                               f"{last[0] if last else '(no output)'}")
+    log.info(STAGE, f"build finished in {seconds:.2f}s", seconds=round(seconds, 3))
+    return output_folder(work.src, plan.publish)
+
+
+def output_folder(tree: Path, candidates: tuple[str, ...]) -> Path:
+    """The publish folder the build wrote: a real folder inside the tree, holding a file.
+    A link (to anywhere) is refused, so the build cannot point the deploy outside."""
+    for name in candidates:
+        path = tree / name
+        parts = Path(name).parts
+        if any((tree.joinpath(*parts[:i + 1])).is_symlink() for i in range(len(parts))):
+            raise DeploymentFailed(f"the publish folder {name}/ is a symbolic link; the build "
+                                   "must write a real folder")
+        if not path.is_dir():
+            continue
+        if not any(_has_file(path)):
+            raise DeploymentFailed(f"the build's publish folder {name}/ is empty; check the "
+                                   "build command's output folder")
+        return path
+    folders = " or ".join(f"{c}/" for c in candidates)
+    raise DeploymentFailed(f"the build produced no publish folder ({folders} in {INSIDE}); "
+                           "set [build] publish to the folder it writes")
+
+
+def _has_file(folder: Path) -> Iterator[bool]:
+    for _where, _dirs, files in os.walk(folder):
+        if files:
+            yield True
+            return

@@ -1,0 +1,101 @@
+"""The build stage of a run: when a pushed commit (or a folder deployed with `--build`) asks
+for a build, check it out into a work folder, run the build in the sandbox (deploy/build.py),
+and deploy the output folder in place through the folder driver.
+
+The site's variables and secrets (SiteSettings.variables) reach the build's environment;
+secret values are redacted from every line of output before it is logged. A failed build
+fails the deployment before anything is stored: the live site is untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pushsite.deploy.build import (
+    BuildContext,
+    Builds,
+    WorkFolder,
+    plan_for_commit,
+    plan_for_folder,
+    run_build,
+)
+from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
+from pushsite.deploy.detect import BuildPlan
+from pushsite.deploy.folder import deploy_folder
+from pushsite.deploy.siteconfig import parse_pushsite_toml
+from pushsite.model import Deployment
+
+if TYPE_CHECKING:
+    from pushsite.service.logs import DeployLog
+    from pushsite.service.running import Running
+
+
+def server_builds(config: Any) -> Builds:
+    """The server's build settings (config.py: build_paths, builds, build_network)."""
+    tools = tuple(Path(p).absolute() for p in str(config.build_paths or "").split(":") if p)
+    return Builds(tools=tools, slots=int(config.builds or 0),
+                  network=bool(config.build_network))
+
+
+def deploy_commit_built(service: Running, deployment: Deployment, builder: ManifestBuilder,
+                        log: DeployLog) -> BundleOutcome | None:
+    """Build and deploy a pushed commit that asks for a build; None when it asks for none."""
+    from pushsite.deploy.gitcommit import SiteRepos
+
+    commit = deployment.bundle_key.removeprefix("git:")
+    repo = SiteRepos(service.config.repos).path(deployment.site)
+    plan = plan_for_commit(repo, commit)
+    if plan is None:
+        return None
+    outcome = _built(service, deployment, builder, log, plan,
+                     lambda work: work.checkout(repo, commit))
+    outcome.commit = commit
+    return outcome
+
+
+def deploy_folder_built(service: Running, deployment: Deployment, builder: ManifestBuilder,
+                        log: DeployLog, folder: Path) -> BundleOutcome:
+    """`pushsite deploy DIR --build`: the same sandbox, on a copy of the folder."""
+    plan = plan_for_folder(folder)
+    if plan is None:
+        log.info("build", "--build: no build command and no generator found "
+                 "(mkdocs.yml, a Hugo config, Jekyll's _config.yml, package.json with a build "
+                 "script); deploying the folder as it is")
+        return deploy_folder(folder, builder, service.config.limits(), deployment.id,
+                             deployment.site, deployment.created)
+    return _built(service, deployment, builder, log, plan, lambda work: work.copy(folder))
+
+
+def build_context(service: Running, deployment: Deployment) -> BuildContext:
+    site = service.state.get_site(deployment.site)
+    config = service.config
+    variables = getattr(site.settings, "variables", ())
+    return BuildContext(
+        site=site.name, branch=deployment.branch, commit=deployment.commit,
+        deploy_id=deployment.id, production=deployment.branch == site.production_branch,
+        url=config.site_url(site.name),
+        deploy_url=config.site_url(f"{deployment.id}--{site.name}"),
+        variables={v.name: v.value for v in variables},
+        secrets=tuple(v.value for v in variables if v.secret))
+
+
+def _built(service: Running, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
+           plan: BuildPlan, populate: Any) -> BundleOutcome:
+    builds = server_builds(service.config)
+    work = WorkFolder(builds.root)
+    try:
+        populate(work)
+        settings_file = work.src / "pushsite.toml"
+        settings = (parse_pushsite_toml(settings_file.read_bytes())
+                    if settings_file.is_file() and not settings_file.is_symlink() else None)
+        output = run_build(plan, work, build_context(service, deployment), builds, log,
+                           check=lambda: builder.deadline.check(builder.counters))
+        log.flush()
+        outcome = deploy_folder(output, builder, service.config.limits(), deployment.id,
+                                deployment.site, deployment.created,
+                                exclude=settings.exclude if settings else ())
+        outcome.settings = settings  # the source's pushsite.toml speaks for the site
+        return outcome
+    finally:
+        work.remove()

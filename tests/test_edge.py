@@ -35,6 +35,8 @@ from pushsite.model import (
     PRODUCTION,
     Alias,
     Deployment,
+    Domain,
+    DomainStatus,
     FileEntry,
     Manifest,
     Site,
@@ -107,8 +109,10 @@ class MemoryState:
             raise SiteNotFound(f"no site named {name!r}")
         return self.sites[name]
 
-    def domain_site(self, host: str) -> str | None:
-        return self.domains.get(host)
+    def get_domain(self, host: str) -> Domain | None:
+        """Every claim here is approved (the edge serves only those: test_hosts.py)."""
+        site = self.domains.get(host)
+        return Domain(host, site, DomainStatus.APPROVED) if site else None
 
     def get_deployment(self, deployment_id: str) -> Deployment:
         if deployment_id not in self.deployments:

@@ -6,10 +6,26 @@ import time
 
 import pytest
 
-from pushsite.edge.hosts import HostResolver, Kind, SiteTarget, parse_site_host, split_host
+from pushsite.edge.hosts import (
+    HostResolver,
+    Kind,
+    SiteTarget,
+    parse_site_host,
+    reserved_reason,
+    split_host,
+)
 from pushsite.errors import DeploymentNotFound, SiteNotFound
 from pushsite.ids import new_id
-from pushsite.model import PRODUCTION, Alias, Deployment, Site, Status, branch_alias
+from pushsite.model import (
+    PRODUCTION,
+    Alias,
+    Deployment,
+    Domain,
+    DomainStatus,
+    Site,
+    Status,
+    branch_alias,
+)
 
 
 class MemoryState:
@@ -19,7 +35,7 @@ class MemoryState:
         self.sites: dict[str, Site] = {}
         self.aliases: dict[tuple[str, str], Alias] = {}
         self.deployments: dict[str, Deployment] = {}
-        self.domains: dict[str, str] = {}
+        self.domains: dict[str, Domain] = {}
         self.calls: list[str] = []
 
     def get_site(self, name: str) -> Site:
@@ -27,8 +43,8 @@ class MemoryState:
             raise SiteNotFound(f"no site named {name!r}")
         return self.sites[name]
 
-    def domain_site(self, host: str) -> str | None:
-        self.calls.append("domain_site")
+    def get_domain(self, host: str) -> Domain | None:
+        self.calls.append("get_domain")
         return self.domains.get(host)
 
     def get_deployment(self, deployment_id: str) -> Deployment:
@@ -167,10 +183,16 @@ def test_permalink_only_for_servable_deployments_of_that_site(state: MemoryState
     assert resolver.deployment_id(missing) is None
 
 
+def _claim(host: str, site: str = "blog", status: DomainStatus = DomainStatus.APPROVED) -> Domain:
+    return Domain(host, site, status)
+
+
 def test_custom_domains_are_read_every_time(state: MemoryState) -> None:
     resolver = HostResolver(state)
     assert resolver.target("www.example.com") is None
-    state.domains["www.example.com"] = "blog"
+    state.domains["www.example.com"] = _claim("www.example.com", status=DomainStatus.PENDING)
+    assert resolver.target("www.example.com") is None  # pending: never served
+    state.domains["www.example.com"] = _claim("www.example.com")
     assert resolver.target("WWW.example.com:443") == SiteTarget("blog", Kind.PRODUCTION)
     del state.domains["www.example.com"]
     assert resolver.target("www.example.com") is None
@@ -180,7 +202,35 @@ def test_control_plane_hosts_need_no_lookup(state: MemoryState) -> None:
     resolver = HostResolver(state)
     for host in ("localhost:8000", "localhost", "[::1]:8000", ""):
         assert resolver.target(host) is None
-    assert "domain_site" not in state.calls
+    assert "get_domain" not in state.calls
+
+
+def test_reserved_names_are_never_mapped_whatever_the_state_holds(state: MemoryState) -> None:
+    """A claim an older version let through (or written by hand) still never serves the
+    control plane's address, loopback names or names under the base domain."""
+    resolver = HostResolver(state, base_domain="sites.example.test")
+    for host in ("127.0.0.1", "10.1.2.3", "localhost", "app.localhost",
+                 "a.b.sites.example.test", "sites.example.test"):
+        state.domains[host] = _claim(host, "evil")
+    for host in ("127.0.0.1:8000", "10.1.2.3", "[::1]:8000", "localhost", "app.localhost",
+                 "a.b.sites.example.test", "sites.example.test:443"):
+        assert resolver.target(host) is None, host
+    assert "get_domain" not in state.calls
+
+
+@pytest.mark.parametrize(("host", "why"), [
+    ("127.0.0.1", "IP address"), ("::1", "IP address"), ("[2001:db8::1]", "IP address"),
+    ("LOCALHOST.", "loopback"), ("x.localhost", "loopback"),
+    ("example.test", "under the base domain"), ("a.b.example.test", "under the base domain"),
+    ("deploy.example.org", "control plane's host name"),
+])
+def test_reserved_reason_names_why(host: str, why: str) -> None:
+    assert why in reserved_reason(host, "example.test", ("deploy.example.org",))
+
+
+def test_ordinary_names_are_claimable() -> None:
+    for host in ("www.example.com", "example.com", "notexample.test", "localhost.example.com"):
+        assert reserved_reason(host, "example.test", ("deploy.example.org",)) == ""
 
 
 def test_custom_base_domain(state: MemoryState) -> None:

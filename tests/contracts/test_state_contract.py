@@ -24,7 +24,7 @@ from pushsite.model import (
     WebhookSettings,
     branch_alias,
 )
-from pushsite.state import StateStore, open_state_store
+from pushsite.state import StateStore, Sweep, open_state_store
 
 BACKENDS = ["sqlite", "dynamodb"]  # every backend, unconditionally: a rename fails loudly
 
@@ -370,3 +370,18 @@ def test_endpoints_round_trip_update_delete_and_go_with_their_site(state: StateS
     state.delete_site("blog")
     assert state.list_endpoints("blog") == [] and state.list_deliveries("ep_2") == []
     assert state.list_endpoints("docs") == [other]
+
+
+def test_sweep_records_round_trip_replace_and_delete(state: StateStore) -> None:
+    assert state.list_sweeps() == []
+    first = Sweep(new_id(), started=100.0, alive_until=130.0)
+    second = Sweep(new_id(), started=101.0, alive_until=131.0, begun=2, ended=1)
+    state.put_sweep(first)
+    state.put_sweep(second)
+    assert state.list_sweeps() == [first, second]
+    first.begun, first.ended, first.finished = 3, 3, 140.5
+    state.put_sweep(first)
+    assert state.list_sweeps() == [first, second]
+    state.delete_sweep(second.id)
+    state.delete_sweep(second.id)  # absent: nothing to do
+    assert state.list_sweeps() == [first]

@@ -12,7 +12,8 @@ Nothing here imports service, web, cli or aws.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
 from pushsite.model import (
@@ -28,6 +29,31 @@ from pushsite.model import (
     Status,
     Token,
 )
+
+
+@dataclass
+class Sweep:
+    """One prune's sweep, as deploys see it (service/sweeps.py): a deploy that overlapped a
+    sweep's batches re-checks the blobs it reused before it goes live.
+
+    `begun` and `ended` count the batches of deletions started and finished; a batch is in
+    progress while they differ. `alive_until` is renewed by the prune's heartbeat, so a killed
+    prune's record stops mattering; `finished` is set when the prune ends (0 until then).
+    """
+
+    id: str
+    started: float
+    alive_until: float
+    begun: int = 0
+    ended: int = 0
+    finished: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sweep:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 class StateStore(Protocol):
@@ -155,6 +181,15 @@ class StateStore(Protocol):
 
     def recalls(self, key: str) -> bool:
         """Whether `remember(key)` was called before; a read that records nothing."""
+
+    # prune's sweeps (service/sweeps.py) -----------------------------------------------------
+    def put_sweep(self, sweep: Sweep) -> None:
+        """Create or replace a sweep record (only its own prune writes it)."""
+
+    def list_sweeps(self) -> list[Sweep]:
+        """Every sweep record, oldest first (a handful: prune removes old ones)."""
+
+    def delete_sweep(self, sweep_id: str) -> None: ...
 
     def close(self) -> None: ...
 

@@ -18,6 +18,7 @@ Items (records are JSON in `data`; a few fields are copied out for conditions an
     seen#<key>              #                       remember()
     site#<site>             notify#<id>             NotifyEndpoint
     deliveries#<endpoint>   <time>#<random>         Delivery (its endpoint's log)
+    sweeps                  <sweep id>              Sweep (prune's record for deploys)
 
 Indexes: `by_site` (gpk = "site#<site>", gsk = id) lists a site's deployments newest first;
 `by_time` (apk = "dep", gsk = id) lists all of them. Index reads are eventually consistent,
@@ -60,6 +61,7 @@ from pushsite.model import (
     Status,
     Token,
 )
+from pushsite.state import Sweep
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
@@ -755,6 +757,16 @@ class DynamoState:
 
     def recalls(self, key: str) -> bool:
         return self._get(f"seen#{key}", "#") is not None
+
+    # prune's sweeps ------------------------------------------------------------------------
+    def put_sweep(self, sweep: Sweep) -> None:
+        self._put({**_key("sweeps", sweep.id), "data": _json(sweep.to_dict())})
+
+    def list_sweeps(self) -> list[Sweep]:
+        return [Sweep.from_dict(_load(item)) for item in self._partition("sweeps")]
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        self._delete("sweeps", sweep_id)
 
     def close(self) -> None:
         self._client.close()

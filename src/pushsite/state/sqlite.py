@@ -43,6 +43,7 @@ from pushsite.model import (
     Token,
 )
 from pushsite.sqlite_setup import setting_up, write_transaction
+from pushsite.state import Sweep
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -85,6 +86,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
 CREATE TABLE IF NOT EXISTS deliveries (
     n INTEGER PRIMARY KEY, endpoint_id TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS deliveries_endpoint ON deliveries (endpoint_id, n);
+CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
 _RESERVE_BYTES = 1 << 20  # diskspace.py: a cancel's commit took 36 KiB on a full disk
@@ -522,6 +524,20 @@ class SqliteState:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM seen WHERE key = ?", (key,)).fetchone()
         return row is not None
+
+    # prune's sweeps ------------------------------------------------------------------------
+    def put_sweep(self, sweep: Sweep) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO sweeps VALUES (?, ?)",
+                       (sweep.id, json.dumps(sweep.to_dict())))
+
+    def list_sweeps(self) -> list[Sweep]:
+        rows = self._query("SELECT data FROM sweeps ORDER BY id")
+        return [Sweep.from_dict(json.loads(row[0])) for row in rows]
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
 
     def close(self) -> None:
         with self._lock:

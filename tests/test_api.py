@@ -298,7 +298,8 @@ def test_sites_are_created_configured_and_deleted(api: Api, site: str,
     assert changed["production_branch"] == "main"
     assert changed["settings"] == {"deploy_tags": True,
                                    "webhook_base_url": "https://git.example.com",
-                                   "webhook_access_token_set": True}
+                                   "webhook_access_token_set": True, "webhook_repo": "",
+                                   "webhook_last_ignored_repo": ""}
     assert "hushhush" not in api.call("GET", f"/sites/{site}").text
     unknown = api.call("PATCH", f"/sites/{site}", json={"colour": "red"})
     assert unknown.status_code == 400 and "colour" in unknown.json()["error"]
@@ -320,12 +321,17 @@ def test_domains_are_claimed_listed_and_released(api: Api, site: str) -> None:
     api.ok("POST", "/sites", 201, json={"name": other})
     host = f"www.{site}.example.com"
     added = api.ok("PUT", f"/sites/{site}/domains/{host.upper()}")
-    assert added == {"site": site, "domains": [host]}
+    assert (added["site"], added["domains"]) == (site, [host])
+    # an admin token for every site approves at once
+    assert [(c["host"], c["status"], c["scope"]) for c in added["claims"]] == [
+        (host, "approved", "admin")]
     assert api.ok("GET", f"/sites/{site}/domains")["domains"] == [host]
     taken = api.call("PUT", f"/sites/{other}/domains/{host}")
     assert taken.status_code == 409
     assert f"already claimed by site '{site}'" in taken.json()["error"]
     bad = api.call("PUT", f"/sites/{site}/domains/localhost")
+    assert bad.status_code == 409 and "loopback name" in bad.json()["error"]
+    bad = api.call("PUT", f"/sites/{site}/domains/no_such_host")
     assert bad.status_code == 400 and "invalid domain" in bad.json()["error"]
     assert api.ok("DELETE", f"/sites/{site}/domains/{host}")["domains"] == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pushsite.aws.package import DEPLOY_PATH_MODULES, build_lambda_zip
+import pushsite
+from pushsite.aws.package import DEPLOY_PATH_MODULES, LAMBDA_DEPENDENCIES, build_lambda_zip
 from pushsite.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,10 +29,21 @@ RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the pushsite package as pip installs it into site-packages: the builds read
+    this, so an edit to the checkout between two builds cannot tell them apart."""
+    site = tmp_path_factory.mktemp("site-packages")
+    shutil.copytree(Path(pushsite.__file__).parent, site / "pushsite",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory, snapshot: Path) -> tuple[Path, Path]:
     """The zip built twice from the same inputs, into different folders."""
-    first = build_lambda_zip(tmp_path_factory.mktemp("one") / "lambda.zip", project_dir=PROJECT)
-    second = build_lambda_zip(tmp_path_factory.mktemp("two") / "lambda.zip", project_dir=PROJECT)
+    source = snapshot / "pushsite"
+    first = build_lambda_zip(tmp_path_factory.mktemp("one") / "lambda.zip", source=source)
+    second = build_lambda_zip(tmp_path_factory.mktemp("two") / "lambda.zip", source=source)
     return first, second
 
 
@@ -97,7 +110,7 @@ def test_deploy_path_imports_from_the_zip_on_the_runtime(
 
 
 def test_arm64_build_carries_aarch64_libraries(tmp_path: Path) -> None:
-    out = build_lambda_zip(tmp_path / "arm.zip", platform="arm64", project_dir=PROJECT)
+    out = build_lambda_zip(tmp_path / "arm.zip", platform="arm64")
     with zipfile.ZipFile(out) as archive:
         libraries = [n for n in archive.namelist() if n.endswith(".so")]
     assert libraries and all("aarch64-linux-gnu" in n for n in libraries)
@@ -105,9 +118,9 @@ def test_arm64_build_carries_aarch64_libraries(tmp_path: Path) -> None:
 
 def test_a_zip_over_the_size_limit_fails_with_its_size(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"is \d+\.\d MB zipped, over the 1 MB limit"):
-        build_lambda_zip(tmp_path / "big.zip", project_dir=PROJECT, max_zipped=1024 * 1024)
+        build_lambda_zip(tmp_path / "big.zip", max_zipped=1024 * 1024)
     with pytest.raises(ConfigError, match=r"unpacks to \d+\.\d MB, over Lambda's 2 MB limit"):
-        build_lambda_zip(tmp_path / "big.zip", project_dir=PROJECT, max_unzipped=2 * 1024 * 1024)
+        build_lambda_zip(tmp_path / "big.zip", max_unzipped=2 * 1024 * 1024)
     assert not (tmp_path / "big.zip").exists()
 
 
@@ -116,12 +129,42 @@ def test_a_zip_over_the_size_limit_fails_with_its_size(tmp_path: Path) -> None:
     [
         ({"platform": "sparc"}, "unknown Lambda platform 'sparc'"),
         ({"python": "2.7"}, "unsupported Python '2.7'"),
-        ({"project_dir": Path("/nonexistent")}, "no pushsite sources at /nonexistent"),
+        ({"source": Path("/nonexistent")}, "no pushsite package at /nonexistent"),
     ],
 )
 def test_bad_options_are_config_errors(
     tmp_path: Path, options: dict[str, object], message: str
 ) -> None:
-    arguments: dict[str, object] = {"project_dir": PROJECT, **options}
+    arguments: dict[str, object] = dict(options)
     with pytest.raises(ConfigError, match=message):
         build_lambda_zip(tmp_path / "x.zip", **arguments)  # type: ignore[arg-type]
+
+
+def test_pins_are_exact_and_match_the_lock() -> None:
+    """The zip bundles fixed versions (two builds on different days agree), and the same ones
+    the tests ran with: a `make lock` that moves them fails here until the pins follow."""
+    lock = (PROJECT / "requirements" / "test.lock.txt").read_text().splitlines()
+    locked = {line.split("==")[0].lower(): line.split()[0] for line in lock if "==" in line}
+    for pin in LAMBDA_DEPENDENCIES:
+        name, _, version = pin.partition("==")
+        assert version, pin
+        assert locked[name] == pin
+
+
+def test_an_installed_pushsite_builds_the_same_zip(
+    builds: tuple[Path, Path], snapshot: Path, tmp_path: Path
+) -> None:
+    """`pushsite aws package` from a copy of the package with no checkout around it (as pip
+    installs it into site-packages), run from another folder, gives the same bytes."""
+    site = snapshot
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import pushsite; print(pushsite.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=work, check=True)
+    assert where.stdout.strip() == str(site / "pushsite" / "__init__.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "pushsite", "aws", "package", "--out", "lambda.zip"],
+        capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert _sha256(work / "lambda.zip") == _sha256(builds[0])

@@ -14,9 +14,14 @@ Left out on purpose:
     starlette, fastapi, uvicorn, httpx, jinja2, python-multipart: the edge, dashboard, API and
         webhook receiver, which serve HTTP on a host, not in the deployer function
 
-The versions follow pyproject.toml's requirement lines for the chosen names. The wheels are
-the ones pip picks for the runtime's platform (manylinux2014, the glibc 2.17 baseline that the
-python3.11 runtime's Amazon Linux 2 satisfies), never the build machine's.
+The versions are pinned here (LAMBDA_DEPENDENCIES, exact `==`, installed with --no-deps), so
+two builds on different days bundle the same wheels; tests/aws/test_package.py fails when they
+drift from requirements/test.lock.txt (`make lock`), so the zip runs what the tests ran. The
+wheels are the ones pip picks for the runtime's platform (manylinux2014, the glibc 2.17 baseline
+that the python3.11 runtime's Amazon Linux 2 satisfies), never the build machine's.
+
+pushsite itself comes from the package this code runs from (`pushsite.__file__`'s folder): an
+editable checkout's src/pushsite or an installed site-packages/pushsite alike.
 
 Reproducible: the same sources and the same wheels give a byte-identical zip. Entries are
 sorted, every timestamp is 1980-01-01, permissions are 0644 (0755 for shared libraries), no
@@ -27,23 +32,23 @@ and pip's INSTALLER/REQUESTED/RECORD/direct_url.json, which vary by installer, a
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pushsite
 from pushsite.errors import ConfigError
 
 MB = 1024 * 1024
 MAX_UNZIPPED = 250 * MB  # Lambda's limit for the function and its layers, unzipped
 MAX_ZIPPED = 50 * MB  # Lambda's limit for a zip uploaded directly (not from S3)
 
-LAMBDA_DEPENDENCIES = ("isal", "brotli")
+# Exact pins: the zip must not change with the day it is built (see the module docstring).
+LAMBDA_DEPENDENCIES = ("isal==1.9.1", "brotli==1.2.1")
 # What pushsite.aws.handler runs; each must import from the zip on the runtime (tests check).
 DEPLOY_PATH_MODULES = (
     "pushsite.service.verbs",
@@ -59,27 +64,6 @@ PYTHONS = ("3.11", "3.12", "3.13")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIP_NAMES = {"__pycache__", "INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
 _SKIP_TOP = {"bin"}  # console scripts pip writes for the build machine
-_NAME = re.compile(r"^[A-Za-z0-9._-]+")
-
-
-def _requirements(project_dir: Path) -> list[str]:
-    """pyproject.toml's requirement lines for LAMBDA_DEPENDENCIES, in that order."""
-    pyproject = project_dir / "pyproject.toml"
-    try:
-        declared = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the dependencies in {pyproject} ({exc}): pass the project's folder"
-        ) from exc
-    by_name = {}
-    for line in declared:
-        match = _NAME.match(line)
-        if match:
-            by_name[match.group(0).lower().replace("_", "-")] = line
-    missing = [name for name in LAMBDA_DEPENDENCIES if name not in by_name]
-    if missing:
-        raise ConfigError(f"{pyproject} does not declare {', '.join(missing)}: add them")
-    return [by_name[name] for name in LAMBDA_DEPENDENCIES]
 
 
 def _pip_install(target: Path, requirements: list[str], platform: str, python: str) -> None:
@@ -90,6 +74,7 @@ def _pip_install(target: Path, requirements: list[str], platform: str, python: s
         "--implementation", "cp",
         "--python-version", python,
         "--only-binary=:all:",
+        "--no-deps",  # every dependency is pinned above; none may come in unpinned
         "--target", str(target),
         *requirements,
     ]  # fmt: skip
@@ -166,23 +151,23 @@ def build_lambda_zip(
     *,
     platform: str = "x86_64",
     python: str = "3.11",
-    project_dir: Path,
+    source: Path | None = None,
     max_unzipped: int = MAX_UNZIPPED,
     max_zipped: int = MAX_ZIPPED,
 ) -> Path:
-    """Build the deployer's zip at `out` for Lambda's platform and Python; returns `out`."""
+    """Build the deployer's zip at `out` for Lambda's platform and Python; returns `out`.
+
+    `source` is the pushsite package folder to ship (default: the one running this)."""
     if platform not in PLATFORMS:
         raise ConfigError(
             f"unknown Lambda platform {platform!r}: use one of {', '.join(PLATFORMS)}"
         )
     if python not in PYTHONS:
         raise ConfigError(f"unsupported Python {python!r} for Lambda: use one of {PYTHONS}")
-    package = project_dir / "src" / "pushsite"
+    package = source or Path(pushsite.__file__).resolve().parent
     if not (package / "__init__.py").is_file():
-        raise ConfigError(
-            f"no pushsite sources at {package}: pass the folder that holds pyproject.toml"
-        )
-    requirements = _requirements(project_dir)
+        raise ConfigError(f"no pushsite package at {package}: pass the folder of pushsite")
+    requirements = list(LAMBDA_DEPENDENCIES)
     with tempfile.TemporaryDirectory(prefix="pushsite-lambda-") as tmp:
         target = Path(tmp)
         _pip_install(target, requirements, platform, python)

@@ -14,9 +14,6 @@ import secrets
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-import dns.exception
-import dns.resolver
-
 from pushsite import names
 from pushsite.config import Config
 from pushsite.edge.hosts import reserved_reason
@@ -67,6 +64,10 @@ def txt_records(name: str, nameserver: str = "") -> list[str]:
 
     `nameserver` is host or host:port; "" asks the system's resolvers.
     """
+    # dnspython loads here, not with the service: the Lambda package does not carry it
+    import dns.exception
+    import dns.resolver
+
     resolver = dns.resolver.Resolver(configure=not nameserver)
     if nameserver:
         address, port = _server(nameserver)

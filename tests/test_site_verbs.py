@@ -160,17 +160,21 @@ def test_cli_hooks_and_api_patch_change_the_same_settings(server: Server) -> Non
     api = Api(server, server.new_token("--admin"))
     api.ok("POST", "/sites", 201, json={"name": "hooked"})
     done = server.cli("hooks", "hooked", "--tags", "--base-url", "https://git.example/api/v3",
-                      "--access-token", "ghp_x")
+                      "--access-token", "ghp_x", "--repo", "acme/www")
     assert done.returncode == 0, done.stderr
     settings = api.ok("GET", "/sites/hooked")["settings"]
     assert settings == {"deploy_tags": True, "webhook_base_url": "https://git.example/api/v3",
-                        "webhook_access_token_set": True}
-    api.ok("PATCH", "/sites/hooked", json={"deploy_tags": False, "webhook_access_token": ""})
+                        "webhook_access_token_set": True, "webhook_repo": "acme/www",
+                        "webhook_last_ignored_repo": ""}
+    api.ok("PATCH", "/sites/hooked", json={"deploy_tags": False, "webhook_access_token": "",
+                                           "webhook_repo": "acme/site"})
     done = server.cli("hooks", "hooked")
     assert "base url   https://git.example/api/v3" in done.stdout.decode()
+    assert "repository acme/site" in done.stdout.decode()
     assert api.ok("GET", "/sites/hooked")["settings"] == {
         "deploy_tags": False, "webhook_base_url": "https://git.example/api/v3",
-        "webhook_access_token_set": False}
+        "webhook_access_token_set": False, "webhook_repo": "acme/site",
+        "webhook_last_ignored_repo": ""}
     assert api.ok("DELETE", "/sites/hooked") == {"ok": True, "deleted": "hooked"}
     assert api.call("GET", "/sites/hooked").status_code == 404
 
@@ -327,6 +331,7 @@ def test_webhooks_answer_503_when_the_state_is_unavailable_and_404_for_no_site(
 def test_the_git_remote_reports_what_deploy_ref_decided(server: Server,
                                                          make_repo: Callable[..., Path]) -> None:
     token = server.new_token()
+    server.create_site("pushy")
     repo = make_repo({"index.html": "<p>v1</p>"})
     git(repo, "tag", "v1")
     url = f"http://x:{token}@127.0.0.1:{server.port}/pushy.git"

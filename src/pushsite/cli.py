@@ -21,7 +21,7 @@ import click
 from pushsite import __version__
 from pushsite.config import Config, load_config
 from pushsite.deploy.builder import Counters
-from pushsite.errors import PushsiteError
+from pushsite.errors import ConfigError, PushsiteError
 from pushsite.model import Deployment, Domain
 from pushsite.names import branch_label
 
@@ -175,11 +175,14 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
               help="Deploy token for --server (env PUSHSITE_TOKEN).")
 @click.option("--create", is_flag=True, help="Create the site if it does not exist (without "
               "it a deploy to an unknown site fails: a typo never makes a new site).")
+@click.option("--build", "run_build", is_flag=True, help="Build the folder first (its "
+              "pushsite.toml [build], netlify.toml or a detected generator), in the same "
+              "bubblewrap sandbox as the server's builds.")
 @click.pass_context
 @reports_errors
 def deploy(ctx: click.Context, source: str, site: str, branch: str | None, message: str,
            timeout: float, as_json: bool, server: str | None, token: str | None,
-           create: bool) -> None:
+           create: bool, run_build: bool) -> None:
     """Deploy SOURCE (a folder, a .tar.gz, or - for a tar.gz on stdin) to a site.
 
     Exits 0 once the deployment is live. On any error the live site stays as it was.
@@ -211,6 +214,10 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
     service.deploy_target(site, create)
     # a folder is read in place; a tar.gz file or stdin is read as a stream
     folder = Path(source) if source != "-" and Path(source).is_dir() else None
+    if run_build and folder is None:
+        raise ConfigError("--build needs a folder to build; a .tar.gz is deployed as it is")
+    if folder is not None and not run_build:
+        _warn_unbuilt(folder)
     stream = None if folder else open_source(source)
     deployment = service.accept(site, None, branch=branch, message=message, enqueue=False)
     progress, update = _progress_bar()
@@ -219,7 +226,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
             progress.start()
         try:
             deployment = service.run(deployment.id, timeout=timeout, progress=update,
-                                     bundle=stream, folder=folder)
+                                     bundle=stream, folder=folder, build=run_build)
         finally:
             if progress:
                 progress.stop()
@@ -229,6 +236,20 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
             click.echo(json.dumps(_deployment_json(service.config, failed, service)))
         raise
     _report(deployment, as_json, service)
+
+
+def _warn_unbuilt(folder: Path) -> None:
+    """A folder whose files name a build command, deployed without --build: say so."""
+    from pushsite.deploy.build import plan_for_folder
+
+    try:
+        plan = plan_for_folder(folder)
+    except PushsiteError:
+        return  # the deploy itself reports a bad pushsite.toml
+    if plan is not None and plan.settings.source != "detected":
+        click.echo(f"warning: {plan.settings.source} names a build command "
+                   f"(`{plan.command}`); this deploys the folder as it is: add --build to "
+                   "build it first", err=True)
 
 
 def _deployment_json(config: Config, deployment: Deployment, service: Any) -> dict[str, Any]:
@@ -821,7 +842,70 @@ def systemd_unit(user: str, home_dir: str, serve_args: tuple[str, ...]) -> None:
 
 @cli.group()
 def aws() -> None:
-    """Package the deployer for AWS Lambda and write its CloudFormation template."""
+    """Stand pushsite up on AWS: the Lambda package, the CloudFormation stack, its settings.
+
+    \b
+    From nothing to a live site: README.md, "Serverless on AWS".
+    """
+
+
+@aws.command("deploy")
+@click.option("--stack", required=True, help="The CloudFormation stack's name (also the "
+              "prefix of its resources' names).")
+@click.option("--code-bucket", default="", help="Bucket for the Lambda zip, created if absent "
+              "(default <stack>-code-<account>-<region>).")
+@click.option("--zip", "zip_path", default="", help="A zip from `pushsite aws package` "
+              "(default: build one now).")
+@click.option("--parameter", "parameters", multiple=True, metavar="KEY=VALUE",
+              help="A template parameter, e.g. MaxConcurrency=20 (repeatable; an update keeps "
+              "the values of those not given).")
+@reports_errors
+def aws_deploy(stack: str, code_bucket: str, zip_path: str, parameters: tuple[str, ...]) -> None:
+    """Upload the Lambda zip and create or update the stack; prints its outputs.
+
+    \b
+    Each new zip gets a new key (named by its sha256), so an update always
+    reaches the function; running it again with the same zip changes nothing.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from pushsite.aws.package import build_lambda_zip
+    from pushsite.aws.stack import deploy_stack
+    from pushsite.errors import ConfigError
+
+    values = {}
+    for item in parameters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--parameter {item!r}: expected KEY=VALUE")
+        values[key] = value
+    with tempfile.TemporaryDirectory(prefix="pushsite-aws-") as tmp:
+        path = Path(zip_path) if zip_path else build_lambda_zip(Path(tmp) / "lambda.zip")
+        result = deploy_stack(stack, zip_path=path, code_bucket=code_bucket, parameters=values)
+    err.print(f"stack {stack} {result.action}; code {result.code}"
+              f"{'' if result.uploaded else ' (already uploaded)'}", highlight=False)
+    for key, value in sorted(result.outputs.items()):
+        click.echo(f"{key}\t{value}")
+
+
+@aws.command("env")
+@click.option("--stack", required=True, help="The CloudFormation stack's name.")
+@reports_errors
+def aws_env(stack: str) -> None:
+    """Print `export PUSHSITE_...` lines for the stack's buckets, table and mirror.
+
+    \b
+    The commands that read the stack's state (deploys, log, rollback, serve,
+    mirror) need them:
+      eval "$(pushsite aws env --stack pushsite)"
+    """
+    import shlex
+
+    from pushsite.aws.stack import stack_env, stack_outputs
+
+    for name, value in stack_env(stack_outputs(stack)).items():
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 @aws.command("package")
@@ -831,13 +915,13 @@ def aws() -> None:
               show_default=True, help="The Lambda architecture.")
 @reports_errors
 def aws_package(out: str, platform: str) -> None:
-    """Build the Lambda zip: pushsite and its deploy-path dependencies, reproducibly."""
+    """Build the Lambda zip: this pushsite and its pinned deploy-path dependencies,
+    reproducibly (the same pushsite gives the same zip on any day)."""
     from pathlib import Path
 
     from pushsite.aws.package import build_lambda_zip
 
-    project = Path(__file__).resolve().parents[2]
-    path = build_lambda_zip(Path(out), platform=platform, project_dir=project)
+    path = build_lambda_zip(Path(out), platform=platform)
     err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -851,10 +935,15 @@ def aws_template(out: str, prefix: str) -> None:
     """Write the CloudFormation template: buckets, queue, table, function, IAM role.
 
     \b
-    Example:
+    `pushsite aws deploy --stack NAME` uploads the code and deploys this in one
+    step. By hand (the zip's key must change with each new zip):
+      pushsite aws package --out lambda.zip
+      key=pushsite-lambda-$(sha256sum lambda.zip | cut -c1-16).zip
+      aws s3 cp lambda.zip s3://MY-CODE-BUCKET/$key
       pushsite aws template --out stack.json
       aws cloudformation deploy --template-file stack.json --stack-name pushsite \\
-          --capabilities CAPABILITY_IAM
+          --capabilities CAPABILITY_IAM \\
+          --parameter-overrides CodeS3Bucket=MY-CODE-BUCKET CodeS3Key=$key
     """
     from pathlib import Path
 

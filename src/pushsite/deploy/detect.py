@@ -56,10 +56,8 @@ def plan_build(read: Reader, names: set[str],
         origin = "netlify.toml [build]"
     publish_hint = settings.publish if settings else None
     if build is not None and build.command:
-        publish = build.publish or publish_hint
-        if publish is None:
-            raise SiteConfigError(f"{build.source}: [build] command is set but no publish "
-                                  'folder; add publish = "dist" (the folder the build writes)')
+        # no publish folder: the whole tree as the build leaves it (Netlify's default)
+        publish = build.publish or publish_hint or "."
         return BuildPlan(build.command, (publish,), build, origin)
     detected = _detect(read, names)
     if detected is None:

@@ -9,9 +9,11 @@ control plane's address and every git push stopped deploying (the hook calls bac
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -213,3 +215,49 @@ def test_dns_proof_approves_a_claim(tmp_path: Path, make_site: Callable[..., Pat
         assert proven.json()["claims"][0]["status"] == "approved"
         assert server.get("proof.example.test").text == "<p>proof</p>"
         assert record in zone.questions  # type: ignore[attr-defined]
+
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@contextmanager
+def _signed_in(server: Server, token: str) -> Iterator[httpx.Client]:
+    """A browser session of the dashboard, signed in with `token`."""
+    with httpx.Client(base_url=server.url, timeout=30, follow_redirects=False) as browser:
+        form = browser.get("/login")
+        csrf = _CSRF.search(form.text)
+        assert csrf, form.text
+        done = browser.post("/login", data={"csrf": csrf.group(1), "token": token,
+                                            "next": "/"})
+        assert done.status_code == 303, done.text
+        yield browser
+
+
+def test_the_dashboard_approves_for_admin_tokens_only(
+        server: Server, make_site: Callable[..., Path]) -> None:
+    token = _setup_site(server, "blog")
+    folder = make_site({"index.html": "<p>blog</p>",
+                        "pushsite.toml": 'domains = ["blog.example.test"]\n'})
+    assert _remote_deploy(server, folder, "blog", token).returncode == 0
+    action = "/sites/blog/domains/blog.example.test/approve"
+    # the site's own token sees the claim pending, with no button, and cannot approve
+    with _signed_in(server, token) as own:
+        page = own.get("/sites/blog")
+        assert 'id="pending-blog.example.test"' in page.text and action not in page.text
+        csrf = _CSRF.search(page.text)
+        assert csrf
+        refused = own.post(action, data={"csrf": csrf.group(1)})
+        assert refused.status_code == 403 and "admin token for every site" in refused.text
+    assert server.get("blog.example.test").text != "<p>blog</p>"
+    with _signed_in(server, server.new_token("--name", "admin", "--admin")) as admin:
+        page = admin.get("/sites/blog")
+        assert action in page.text
+        csrf = _CSRF.search(page.text)
+        assert csrf
+        stale = admin.post(action, data={"csrf": "stale"})
+        assert stale.status_code == 403
+        assert server.get("blog.example.test").text != "<p>blog</p>"
+        done = admin.post(action, data={"csrf": csrf.group(1)})
+        assert (done.status_code, done.headers["location"]) == (303, "/sites/blog")
+        assert 'id="pending-blog.example.test"' not in admin.get("/sites/blog").text
+    assert server.get("blog.example.test").text == "<p>blog</p>"

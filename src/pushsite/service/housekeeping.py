@@ -12,15 +12,17 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import brotli
 
 from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
-from pushsite.model import Deployment, FileEntry, Status, manifest_key
+from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key
 from pushsite.service.lease import lease_end
+from pushsite.service.sweeps import SweepRecord
 from pushsite.state import StateStore
 from pushsite.stores.packs import PACKS, pack_key, parse_ref
 
@@ -48,7 +50,8 @@ def every_deployment(state: StateStore, page: int = PAGE, *, site: str | None = 
 
 
 def prune(service: Service, site_name: str, keep: int, *, grace: float | None = None,
-          page: int = PAGE) -> dict[str, int]:
+          page: int = PAGE,
+          before_delete: Callable[[list[str]], None] | None = None) -> dict[str, int]:
     """Drop all but the `keep` newest ready deployments of a site, then every blob, pack and
     manifest no kept deployment references.
 
@@ -70,8 +73,10 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
       running when prune starts is waited for before anything is swept, and before every batch
       of deletions prune looks for deployments that started meanwhile (newly running, newer
       than any it has seen, or no longer queued), waits for each to finish and keeps what its
-      manifest references. Only a deployment that starts during the last batch's deletion
-      itself (milliseconds) is left to the look after it, which logs it for `pushsite verify`.
+      manifest references. A deployment that starts between that look and the batch's
+      deletion re-checks what it reused before it goes live (service/sweeps.py: the sweep
+      record); the look after the last batch still logs any deployment that lost something.
+      `before_delete` is called with each batch just before it is deleted (tests pause there).
     A running deployment whose lease ran out (its runner died) is neither waited for nor a
     reason to refuse: its record is stale, and a takeover makes it a new start, seen above.
     """
@@ -103,22 +108,46 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     orphans = [k for k in candidates[MANIFESTS]
                if k[len(MANIFESTS):].removesuffix(".json") not in kept_ids]
     service.store.delete(orphans)
+    batches = deque(doomed[n:n + SWEEP_BATCH] for n in range(0, len(doomed), SWEEP_BATCH))
+    with SweepRecord(state, service.lease) as record:
+        deleted = _sweep(service, watch, marks, batches, record, before_delete)
+    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": len(orphans),
+            "recent": recent}
+
+
+def _sweep(service: Service, watch: _Watch, marks: _Marks, batches: deque[list[str]],
+           record: SweepRecord, before_delete: Callable[[list[str]], None] | None) -> list[str]:
+    """Delete the batches, looking for deployments that started meanwhile before each one
+    and once more after the last; the keys deleted. A batch is counted in the sweep record
+    (service/sweeps.py): begun, then a second look without waiting, and a deployment found
+    there puts the batch back (ended, nothing deleted) for the next look to wait for it."""
     deleted: list[str] = []
-    batches = [doomed[n:n + SWEEP_BATCH] for n in range(0, len(doomed), SWEEP_BATCH)]
-    for batch in [*batches, []]:  # the last look comes after the last deletion
-        late = watch.newcomers()
+    late: list[str] = []
+    while True:
+        late += watch.newcomers()
         if late:  # started during the sweep: keep what they reference, check what is gone
             watch.wait_for(late)
             for deployment_id in late:
-                marks.add(service, state.get_deployment(deployment_id))
+                marks.add(service, service.state.get_deployment(deployment_id))
             _warn_if_broken(marks, deleted, late)
-        batch = [k for k in batch
+            late = []
+        if not batches:  # the last look came after the last deletion
+            return deleted
+        batch = [k for k in batches[0]
                  if k not in marks.keys and k not in marks.packs
                  and k.partition(".")[0] not in marks.owners]
-        service.store.delete(batch)
+        record.begin_batch()
+        try:
+            late = watch.newcomers()
+            if late:
+                continue
+            if before_delete is not None:
+                before_delete(batch)
+            service.store.delete(batch)
+        finally:
+            record.end_batch()
+        batches.popleft()
         deleted += batch
-    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": len(orphans),
-            "recent": recent}
 
 
 def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Deployment]:
@@ -253,15 +282,21 @@ def check_servable(service: Service, deployment: Deployment) -> None:
     except DeploymentNotFound:
         raise DeploymentNotFound(f"deployment {deployment.id} of site {deployment.site} has no "
                                  "manifest in the store (pruned?): it cannot go live") from None
+    wanted = referenced(manifest)
+    missing = wanted - service.store.has(wanted)
+    if missing:
+        raise NotFound(f"deployment {deployment.id} of site {deployment.site} lacks {len(missing)}"
+                       f" stored objects (e.g. {min(missing)}; pruned?): it cannot go live")
+
+
+def referenced(manifest: Manifest) -> set[str]:
+    """The stored objects a manifest's files need: blobs and variants, or their packs."""
     wanted: set[str] = set()
     for entry in manifest.files.values():
         for key in (entry.key(enc) for enc in ("", *entry.encodings)):
             ref = parse_ref(key)
             wanted.add(key if ref is None else ref[0])
-    missing = wanted - service.store.has(wanted)
-    if missing:
-        raise NotFound(f"deployment {deployment.id} of site {deployment.site} lacks {len(missing)}"
-                       f" stored objects (e.g. {min(missing)}; pruned?): it cannot go live")
+    return wanted
 
 
 def verify(service: Service) -> list[str]:

@@ -40,7 +40,9 @@ from pushsite.model import (
     site_scope,
 )
 from pushsite.service import domains as claims
+from pushsite.service import sweeps
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
+from pushsite.service.housekeeping import referenced
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
 from pushsite.state.counters import CounterFile, histogram
@@ -157,11 +159,12 @@ class Running(ServiceBase):
         log = self.log_for(deployment)
         builder: ManifestBuilder | None = None
         try:
+            seen = sweeps.snapshot(self.state)  # after the record above: see service/sweeps.py
             with Heartbeat(self.state, deployment, self.lease) as beat:
                 builder = self._builder(deployment, ran_before, log, beat, timeout, progress)
                 with trimmed_heap():
                     return self._run_pipeline(deployment, builder, log, bundle, folder,
-                                              build)
+                                              build, seen=seen)
         except BaseException as caught:
             exc = self._disk_full(caught)
             if builder is not None:
@@ -235,7 +238,8 @@ class Running(ServiceBase):
 
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                       bundle: BinaryIO | None, folder: Path | None = None,
-                      build: bool = False) -> Deployment:
+                      build: bool = False, *, seen: sweeps.Seen | None = None,
+                      again: bool = False) -> Deployment:
         from pushsite.service import building
 
         log.info("read", "reading the bundle", workers=self.config.workers)
@@ -266,7 +270,41 @@ class Running(ServiceBase):
         self._apply_settings(deployment, outcome.settings, log)
         for listener in self.manifest_listeners:
             listener(outcome.manifest)
+        lost = set() if seen is None else self._lost_to_prune(outcome.manifest, seen)
+        if lost:
+            return self._store_again(deployment, builder, log, bundle, folder, build, lost,
+                                     again)
         return self._complete(deployment, log)
+
+    def _lost_to_prune(self, manifest: Manifest, seen: sweeps.Seen) -> set[str]:
+        """The objects the manifest references that a prune's batch deleted while this
+        deployment ran (service/sweeps.py; nothing to ask unless a sweep overlapped it)."""
+        def missing() -> set[str]:
+            wanted = referenced(manifest)
+            return wanted - self.store.has(wanted)
+
+        return sweeps.settle(self.state, seen, missing)
+
+    def _store_again(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
+                     bundle: BinaryIO | None, folder: Path | None, build: bool,
+                     lost: set[str], again: bool) -> Deployment:
+        """Read the files once more into a builder that asks the store about every blob, so
+        what a prune deleted is written again; a bundle read from a stream cannot be."""
+        what = (f"a prune running beside it deleted {len(lost)} stored objects it reused "
+                f"(e.g. {min(lost)})")
+        if bundle is not None or again:
+            raise DeploymentFailed(f"deployment {deployment.id}: {what}, and its files cannot "
+                                   "be read again here; nothing went live: deploy it again")
+        log.warning("manifest", f"{what}: reading the files again to store them",
+                    lost=len(lost))
+        seen = sweeps.snapshot(self.state)
+        from_git = deployment.bundle_key.startswith("git:")
+        opened = self._deploy_setup(deployment, True, from_git)
+        fresh = ManifestBuilder(Later.now(Target(opened.store, {}, opened.packer)), log,
+                                builder.deadline, workers=self.config.workers,
+                                progress=builder.progress)
+        return self._run_pipeline(deployment, fresh, log, None, folder, build, seen=seen,
+                                  again=True)
 
     def _fetch(self, deployment: Deployment, fetch: dict[str, str]) -> None:
         """Download a webhook's archive into staging (streamed, with retries)."""
@@ -350,10 +388,17 @@ class Running(ServiceBase):
         log = self.log_for(deployment)
         try:
             self._hold(deployment)
+            seen = sweeps.snapshot(self.state)
             with Heartbeat(self.state, deployment, self.lease):
                 self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
                                {"content-type": "application/json"})
                 self.store.flush()
+                lost = self._lost_to_prune(manifest, seen)
+                if lost:
+                    raise DeploymentFailed(
+                        f"deployment {deployment.id}: a prune running beside it deleted "
+                        f"{len(lost)} stored objects it references (e.g. {min(lost)}); "
+                        "nothing went live")
                 return self._complete(deployment, log)
         except BaseException as exc:
             with settling():

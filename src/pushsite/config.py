@@ -62,7 +62,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forwarded_allow_ips", str, "", "proxies (IPs or networks, comma-separated, or *) "
             "whose X-Forwarded-For/-Proto/-Host are believed; default none"),
     Setting("dns", str, "", "DNS server that `domains verify` asks for a domain's TXT "
-            "record, host or host:port (default: the system's resolvers)"),
+            "record, an IP address or IP:port (default: the system's resolvers)"),
+    Setting("mirror", str, "", "s3://bucket[/prefix] that production is mirrored to as plain "
+            "files, <prefix>/<site>/ (the AWS stack sets it); a rollback re-mirrors"),
+    Setting("mirror_max_delete", float, 0.5, "largest share of a site's mirrored objects one "
+            "mirror may delete; more fails it, recorded in the deployment's log"),
+    Setting("s3_create_sites", bool, False, "let a bundle in the S3 staging bucket under a new "
+            "name create that site (off: it is rejected with a log line naming the key)"),
     Setting("build_paths", str, "", "read-only folders (colon-separated) a site's build may "
             "use besides /usr, e.g. a virtualenv holding MkDocs; their bin/ goes on PATH"),
     Setting("builds", int, 0, "builds at once on this machine (0: half the cores, at least 1)"),
@@ -98,6 +104,9 @@ class Config:
     tls_previews: bool = False
     forwarded_allow_ips: str = ""
     dns: str = ""
+    mirror: str = ""
+    mirror_max_delete: float = 0.5
+    s3_create_sites: bool = False
     build_paths: str = ""
     builds: int = 0
     build_network: bool = False

@@ -517,6 +517,11 @@ def rollback(ctx: click.Context, site: str, deploy_id: str | None) -> None:
     deployment = service.rollback(site, deploy_id)
     err.print(f"production of {site} now serves {deployment.id} "
               f"({deployment.commit[:12] or 'no commit'})", highlight=False)
+    if service.config.mirror:  # the hosting copy follows production (PUSHSITE_MIRROR)
+        from pushsite.aws.mirror import mirror_production
+
+        report = mirror_production(service, deployment.site, deployment.id)
+        err.print(f"mirrored {site}: {report.summary()}", highlight=False)
 
 
 @cli.command()
@@ -730,6 +735,61 @@ def domains_list(ctx: click.Context, site: str) -> None:
               f"\"{service.domain_token(site)}\"", highlight=False)
 
 
+@cli.group("env")
+def env_group() -> None:
+    """Variables a site's builds see (secrets are never shown again, and are redacted from
+    build output).
+
+    \b
+    Examples:
+      pushsite env set blog HUGO_ENV=production
+      pushsite env set blog API_KEY=abc123 --secret
+      pushsite env list blog
+      pushsite env unset blog API_KEY
+    """
+
+
+@env_group.command("set")
+@click.argument("site")
+@click.argument("assignment", metavar="KEY=VALUE")
+@click.option("--secret", is_flag=True, help="Never show the value again; redact it from "
+              "build output.")
+@click.pass_context
+@reports_errors
+def env_set(ctx: click.Context, site: str, assignment: str, secret: bool) -> None:
+    """Set a variable for SITE's builds."""
+    key, equals, value = assignment.partition("=")
+    if not equals:
+        raise ConfigError(f"write KEY=VALUE, e.g. HUGO_ENV=production (got {assignment!r})")
+    shown = _service(ctx).set_variable(site, key, value, secret=secret)
+    err.print(f"{site}: {shown['name']} set{' (secret)' if secret else ''}", highlight=False)
+
+
+@env_group.command("list")
+@click.argument("site")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@reports_errors
+def env_list(ctx: click.Context, site: str, as_json: bool) -> None:
+    """SITE's build variables (a secret's value shows as ••••)."""
+    for variable in _service(ctx).variables(site):
+        if as_json:
+            click.echo(json.dumps(variable, ensure_ascii=False))
+        else:
+            click.echo(f"{variable['name']}={variable['value']}")
+
+
+@env_group.command("unset")
+@click.argument("site")
+@click.argument("key")
+@click.pass_context
+@reports_errors
+def env_unset(ctx: click.Context, site: str, key: str) -> None:
+    """Remove a variable from SITE's builds."""
+    _service(ctx).unset_variable(site, key)
+    err.print(f"{site}: {key} unset", highlight=False)
+
+
 @cli.command()
 @click.argument("site")
 @click.option("--base-url", default=None, help="API base of a self-hosted git host (GitHub "
@@ -767,11 +827,12 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
 @cli.command()
 @click.argument("site")
 @click.argument("target")
-@click.option("--max-delete", default=0.5, show_default=True, type=float,
-              help="Fail rather than delete more than this share of the mirrored objects.")
+@click.option("--max-delete", default=None, type=float,
+              help="Fail rather than delete more than this share of the mirrored objects "
+              "(default PUSHSITE_MIRROR_MAX_DELETE, 0.5).")
 @click.pass_context
 @reports_errors
-def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> None:
+def mirror(ctx: click.Context, site: str, target: str, max_delete: float | None) -> None:
     """Write SITE's live deployment as plain files to an S3 bucket (s3://bucket/prefix)."""
     from pushsite.aws.mirror import mirror_deployment
 
@@ -781,8 +842,9 @@ def mirror(ctx: click.Context, site: str, target: str, max_delete: float) -> Non
         from pushsite.errors import NotFound
 
         raise NotFound(f"site {site} has no live deployment to mirror")
+    share = service.config.mirror_max_delete if max_delete is None else max_delete
     report = mirror_deployment(service.manifest(alias.deployment_id), service.store, target,
-                               max_delete_share=max_delete)
+                               max_delete_share=share)
     err.print(f"mirrored {site} to {target}: {report.uploaded} uploaded, {report.unchanged} "
               f"unchanged, {report.deleted} deleted, {report.redirects} redirects")
     for rule in report.skipped_rules:

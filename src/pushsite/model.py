@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pushsite.errors import ConfigError
 
 
 class Status(enum.StrEnum):
@@ -56,6 +59,42 @@ class WebhookSettings:
                      ("base_url", "access_token", "repo", "last_ignored_repo")))
 
 
+HIDDEN = "••••"  # how a secret variable's value is shown, once set
+
+
+MAX_VARIABLES = 200
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_variable_name(name: str) -> str:
+    """A build variable's name: what a shell accepts; PATH is the sandbox's own."""
+    if not _VARIABLE_NAME.match(name) or name == "PATH":
+        raise ConfigError(f"{name!r} is not a variable name a build may set: letters, digits "
+                          "and _, not starting with a digit (PATH is set by the sandbox)")
+    return name
+
+
+def check_variable_value(name: str, value: str) -> str:
+    if "\0" in value or len(value) > 32_768:
+        raise ConfigError(f"the value of {name} must be text of at most 32,768 characters "
+                          "without NUL")
+    return value
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A variable the site's builds see in their environment. A secret's value is never
+    shown again once set (API, CLI, dashboard) and is redacted from build output."""
+
+    name: str
+    value: str
+    secret: bool = False
+
+    def shown(self) -> dict[str, Any]:
+        return {"name": self.name, "value": HIDDEN if self.secret else self.value,
+                "secret": self.secret}
+
+
 @dataclass(frozen=True)
 class SiteSettings:
     """A site's settings as one value; state stores keep it as the dict `to_dict` makes.
@@ -69,17 +108,21 @@ class SiteSettings:
     # the value a DNS TXT record `_pushsite-challenge.<host>` holds to prove the site's owner
     # controls <host> (not a secret: it is published); made on first use
     domain_token: str = ""
+    variables: tuple[Variable, ...] = ()  # the build's environment (`pushsite env`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tags": self.tags, "webhook": self.webhook.to_dict(),
-                "domain_token": self.domain_token}
+                "domain_token": self.domain_token,
+                "variables": [[v.name, v.value, v.secret] for v in self.variables]}
 
     @classmethod
     def from_dict(cls, data: Any) -> SiteSettings:
         """Read a stored dict, including older ones with keys left out (or unknown ones)."""
         data = data if isinstance(data, dict) else {}
+        variables = tuple(Variable(str(row[0]), str(row[1]), bool(row[2]))
+                          for row in data.get("variables") or () if len(row) == 3)
         return cls(bool(data.get("tags", False)), WebhookSettings.from_dict(data.get("webhook")),
-                   str(data.get("domain_token") or ""))
+                   str(data.get("domain_token") or ""), variables)
 
 
 class DomainStatus(enum.StrEnum):
@@ -132,6 +175,7 @@ class Site:
         data = asdict(self)
         data.pop("webhook_secret")
         data["settings"]["webhook"].pop("access_token")
+        data["settings"]["variables"] = [v.shown() for v in self.settings.variables]
         return data
 
 

@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pushsite import ids, names
 from pushsite.deploy.gitcommit import SiteRepos
@@ -30,6 +30,7 @@ from pushsite.errors import (
 )
 from pushsite.model import (
     ADMIN_SCOPE,
+    MAX_VARIABLES,
     PRODUCTION,
     Delivery,
     Deployment,
@@ -41,7 +42,10 @@ from pushsite.model import (
     Site,
     Status,
     Token,
+    Variable,
     branch_alias,
+    check_variable_name,
+    check_variable_value,
     manifest_key,
 )
 from pushsite.service import domains as claims
@@ -94,7 +98,8 @@ class Service(Queueing):
             return self.state.get_site(name)
         except SiteNotFound:
             if not create:
-                raise
+                known = [s.name for s in self.state.list_sites()]
+                raise SiteNotFound(missing_site(name, known)) from None
         site = Site(name, webhook_secret=secrets.token_hex(20))
         self.state.put_site(site)
         return site
@@ -103,13 +108,12 @@ class Service(Queueing):
         """The site a deploy or a push goes to. Sites are created on purpose: an unknown name
         is a SiteNotFound that suggests the close name meant (a typo must never make a site
         and report it live) unless `create` asks for a new site."""
-        names.check_site_name(name)
         try:
-            return self.state.get_site(name)
+            return self.site(name)
         except SiteNotFound:
-            if create:
-                return self.create_site(name)
-        raise SiteNotFound(missing_site(name, [s.name for s in self.state.list_sites()]))
+            if not create:
+                raise
+        return self.create_site(name)
 
     # custom domains (service/domains.py) ---------------------------------------------------
     def add_domain(self, site_name: str, host: str, *, approve: bool = True) -> Domain:
@@ -205,6 +209,31 @@ class Service(Queueing):
                                 tags=site.settings.tags if tags is None else tags)
         self.state.put_site(site)
         return site
+
+    # build variables ---------------------------------------------------------------------------
+    def variables(self, name: str) -> list[dict[str, Any]]:
+        """The site's build variables as shown: a secret's value as HIDDEN, never itself."""
+        return [v.shown() for v in self.site(name).settings.variables]
+
+    def set_variable(self, name: str, key: str, value: str, *, secret: bool = False) -> dict[
+            str, Any]:
+        """Set a variable the site's builds see (replacing one of that name)."""
+        site = self.site(name)
+        variable = Variable(check_variable_name(key), check_variable_value(key, value), secret)
+        kept = tuple(v for v in site.settings.variables if v.name != key)
+        if len(kept) >= MAX_VARIABLES:
+            raise ConfigError(f"site {name!r} has {MAX_VARIABLES} variables already; unset one")
+        site.settings = replace(site.settings, variables=(*kept, variable))
+        self.state.put_site(site)
+        return variable.shown()
+
+    def unset_variable(self, name: str, key: str) -> None:
+        site = self.site(name)
+        kept = tuple(v for v in site.settings.variables if v.name != key)
+        if len(kept) == len(site.settings.variables):
+            raise NotFound(f"site {name!r} has no variable {key!r}")
+        site.settings = replace(site.settings, variables=kept)
+        self.state.put_site(site)
 
     def delete_site(self, name: str) -> None:
         """Delete a site: its record and settings, domains, aliases, deployments and logs,

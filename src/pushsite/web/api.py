@@ -174,6 +174,22 @@ class Deleted(BaseModel):
     deleted: str
 
 
+class VariableIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(max_length=32_768)
+    secret: bool = Field(False, description="Never shown again; redacted from build output.")
+
+
+class VariableOut(BaseModel):
+    name: str
+    value: str = Field(description="The value, or •••• for a secret.")
+    secret: bool
+
+
+class VariableList(BaseModel):
+    variables: list[VariableOut]
+
+
 class PruneOut(BaseModel):
     deployments: int
     blobs: int
@@ -311,6 +327,8 @@ HostName = Annotated[str, Path(description="A host name, e.g. www.example.com.",
                                json_schema_extra={"pattern": "^[A-Za-z0-9.-]{1,253}$"})]
 EndpointId = Annotated[str, Path(description="A notification endpoint id.", max_length=64,
                                  json_schema_extra={"pattern": "^ep_[0-9a-z]{26}$"})]
+VariableName = Annotated[str, Path(description="A build variable's name.", max_length=128,
+                                   json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})]
 TokenId = Annotated[str, Path(description="A token id.", max_length=64,
                               json_schema_extra={"pattern": "^[0-9a-z]{26}$"})]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -391,6 +409,24 @@ def create_api(service: Service) -> FastAPI:
         """
         service.delete_site(_covered(token, site, "admin"))
         return {"ok": True, "deleted": site}
+
+    @api.get("/sites/{site}/env", response_model=VariableList, tags=["sites"])
+    def list_variables(token: Caller, site: SiteName) -> dict[str, Any]:
+        """The variables the site's builds see (admin); a secret's value shows as ••••."""
+        return {"variables": service.variables(_covered(token, site, "admin"))}
+
+    @api.put("/sites/{site}/env/{name}", response_model=VariableOut, tags=["sites"])
+    def set_variable(token: Caller, site: SiteName, name: VariableName,
+                     body: VariableIn) -> dict[str, Any]:
+        """Set a build variable (admin); the answer never holds a secret's value."""
+        return service.set_variable(_covered(token, site, "admin"), name, body.value,
+                                    secret=body.secret)
+
+    @api.delete("/sites/{site}/env/{name}", response_model=Deleted, tags=["sites"])
+    def unset_variable(token: Caller, site: SiteName, name: VariableName) -> dict[str, Any]:
+        """Remove a build variable (admin)."""
+        service.unset_variable(_covered(token, site, "admin"), name)
+        return {"ok": True, "deleted": name}
 
     @api.get("/sites/{site}/notifications", response_model=EndpointList, tags=["notifications"])
     def list_endpoints(token: Caller, site: SiteName) -> dict[str, Any]:

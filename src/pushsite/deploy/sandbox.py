@@ -234,10 +234,11 @@ def run_sandboxed(box: Sandbox, on_line: Callable[[str], None],
     limits = box.limits
     as_root = os.geteuid() == 0
     argv = _limits_wrapper(limits, NOBODY if as_root else os.geteuid()) + bwrap_args(box)
-    user = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if as_root else {}
+    drop = NOBODY if as_root else None  # as root: the build runs as nobody, no groups
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                            env={"PATH": "/usr/bin:/bin"}, **user)  # type: ignore[arg-type]
+                            env={"PATH": "/usr/bin:/bin"}, user=drop, group=drop,
+                            extra_groups=[] if as_root else None)
     watch = _Watch()
     done = threading.Event()
     watcher = threading.Thread(target=_watch_size, args=(box, watch, done), daemon=True,

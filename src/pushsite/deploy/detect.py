@@ -64,8 +64,8 @@ def plan_build(read: Reader, names: set[str],
         return None
     command, folders, origin = detected
     base = build or BuildSettings(source="detected")
-    publish = base.publish or publish_hint
-    return BuildPlan(command, (publish,) if publish else folders, replace(base, command=command),
+    chosen = base.publish or publish_hint
+    return BuildPlan(command, (chosen,) if chosen else folders, replace(base, command=command),
                      origin)
 
 

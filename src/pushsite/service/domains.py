@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pushsite import names
 from pushsite.config import Config
 from pushsite.edge.hosts import reserved_reason
-from pushsite.errors import BackendUnavailable, DomainConflict
+from pushsite.errors import BackendUnavailable, ConfigError, DomainConflict
 from pushsite.model import Site
 from pushsite.state import StateStore
 
@@ -68,18 +68,21 @@ def txt_records(name: str, nameserver: str = "") -> list[str]:
     import dns.exception
     import dns.resolver
 
-    resolver = dns.resolver.Resolver(configure=not nameserver)
-    if nameserver:
-        address, port = _server(nameserver)
-        resolver.nameservers = [address]
-        resolver.port = port
-    resolver.lifetime = _DNS_TIMEOUT
     try:
+        resolver = dns.resolver.Resolver(configure=not nameserver)  # reads /etc/resolv.conf
+        if nameserver:
+            address, port = _server(nameserver)
+            resolver.nameservers = [address]
+            resolver.port = port
+        resolver.lifetime = _DNS_TIMEOUT
         answer = resolver.resolve(name, "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.exception.DNSException as exc:
         raise BackendUnavailable(f"DNS did not answer for {name} ({exc}); try again") from exc
+    except ValueError as exc:  # a `dns` setting that is not an IP address (and port)
+        raise ConfigError(f"invalid DNS server {nameserver!r} (setting dns): {exc}; write "
+                          "an IP address, or IP:port") from exc
     return [b"".join(record.strings).decode("utf-8", "replace") for record in answer]
 
 

@@ -9,6 +9,8 @@ fails the deployment before anything is stored: the live site is untouched.
 
 from __future__ import annotations
 
+import tarfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,13 @@ from pushsite.deploy.build import (
     run_build,
 )
 from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
-from pushsite.deploy.detect import BuildPlan
+from pushsite.deploy.detect import BuildPlan, plan_build
 from pushsite.deploy.folder import deploy_folder
 from pushsite.deploy.siteconfig import parse_pushsite_toml
+from pushsite.errors import BundleRejected
 from pushsite.model import Deployment
+
+PEEK_BYTES = 32 << 20  # compressed bundles up to this size are looked into for a build
 
 if TYPE_CHECKING:
     from pushsite.service.logs import DeployLog
@@ -65,6 +70,77 @@ def deploy_folder_built(service: Running, deployment: Deployment, builder: Manif
         return deploy_folder(folder, builder, service.config.limits(), deployment.id,
                              deployment.site, deployment.created)
     return _built(service, deployment, builder, log, plan, lambda work: work.copy(folder))
+
+
+def deploy_staged_built(service: Running, deployment: Deployment, builder: ManifestBuilder,
+                        log: DeployLog, path: Path) -> BundleOutcome | None:
+    """A staged bundle (a webhook's archive, an API upload) that asks for a build: unpacked
+    into the work folder and built; None when it asks for none (it is then streamed as
+    always). Sizes and counts are checked on the declared headers before anything is
+    written, and members unpack under tarfile's `data` filter (no absolute paths, no `..`,
+    no links leading out, no devices).
+
+    Only bundles up to PEEK_BYTES are looked into (a pass of gunzip): a source tree is
+    small, and a large upload of built output is streamed without that extra pass."""
+    if path.stat().st_size > PEEK_BYTES:
+        return None
+    try:
+        plan, top = _peek(path, service.config.limits())
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return None  # the deployer reads it again and says what is wrong with it
+    if plan is None:
+        return None
+    prefix = top + "/" if top else ""
+
+    def unpack(work: WorkFolder) -> None:
+        with tarfile.open(path, "r:gz") as tar:
+            chosen = []
+            for member in tar.getmembers():
+                if not member.name.startswith(prefix) or member.name == top:
+                    continue
+                member.name = member.name[len(prefix):]
+                if member.islnk():
+                    member.linkname = member.linkname.removeprefix(prefix)
+                chosen.append(member)
+            try:
+                tar.extractall(work.src, members=chosen, filter="data")
+            except tarfile.FilterError as exc:
+                raise BundleRejected(f"the bundle cannot be unpacked to build it: {exc}") \
+                    from None
+
+    return _built(service, deployment, builder, log, plan, unpack)
+
+
+def _peek(path: Path, limits: Any) -> tuple[BuildPlan | None, str]:
+    """The plan a bundle's top-level files ask for, and its top folder."""
+    with tarfile.open(path, "r:gz") as tar:
+        members = tar.getmembers()
+        if len(members) > limits.max_files or \
+                sum(m.size for m in members) > limits.max_total_bytes:
+            return None, ""  # the deployer refuses it with its own message
+        top = _top_folder([m.name for m in members if m.name != "pax_global_header"])
+        prefix = top + "/" if top else ""
+        names = {m.name[len(prefix):].split("/")[0] for m in members
+                 if m.name.startswith(prefix) and m.name != top}
+
+        def read(name: str) -> bytes | None:
+            try:
+                member = tar.getmember(prefix + name)
+            except KeyError:
+                return None
+            handle = tar.extractfile(member) if member.isfile() else None
+            return handle.read(1 << 20) if handle else None
+
+        return plan_build(read, names), top
+
+
+def _top_folder(names: list[str]) -> str:
+    """The one folder every member sits in (as `git archive --prefix` makes), or ""."""
+    firsts = {name.split("/")[0] for name in names}
+    if len(firsts) == 1 and all("/" in name or name.rstrip("/") == next(iter(firsts))
+                                for name in names):
+        return next(iter(firsts))
+    return ""
 
 
 def build_context(service: Running, deployment: Deployment) -> BuildContext:

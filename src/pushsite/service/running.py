@@ -257,6 +257,10 @@ class Running(ServiceBase):
         elif bundle is not None:
             outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
                                     deployment.site, deployment.created)
+        elif (staged_file := self._staged_file(deployment)) is not None and (
+                built := building.deploy_staged_built(self, deployment, builder, log,
+                                                      staged_file)) is not None:
+            outcome = built
         else:
             with self._open_staged(deployment) as staged:
                 outcome = deploy_bundle(staged, builder, self.config.limits(),
@@ -305,6 +309,13 @@ class Running(ServiceBase):
                                 progress=builder.progress)
         return self._run_pipeline(deployment, fresh, log, None, folder, build, seen=seen,
                                   again=True)
+
+    def _staged_file(self, deployment: Deployment) -> Path | None:
+        """A bundle waiting in the local staging folder (one that may be built first)."""
+        if not deployment.bundle_key or "://" in deployment.bundle_key:
+            return None
+        path = self.config.staging / deployment.bundle_key
+        return path if path.is_file() else None
 
     def _fetch(self, deployment: Deployment, fetch: dict[str, str]) -> None:
         """Download a webhook's archive into staging (streamed, with retries)."""

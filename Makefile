@@ -17,7 +17,7 @@ BOTO3_FLOOR := 1.36.0
 COMPILE = $(BIN)/uv pip compile pyproject.toml --python-version 3.11 --no-header \
 	--annotation-style line --upgrade
 
-.PHONY: run test test-floor bench lint lock setup setup-test bytecode clean screenshots
+.PHONY: run test test-floor bench chaos lint lock setup setup-test bytecode clean screenshots
 
 $(BIN)/pushsite: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ lint: setup-test
 
 bench: setup-test bytecode
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The chaos suite (chaos/, issue 13): kill -9 of deploys, prunes and serve, prune racing deploys
+# (local store and SeaweedFS), two serves and a CLI deploy on one home, a full disk on a tmpfs
+# (needs root to mount it); prints a table of figures. tests/test_chaos.py is its short version.
+# CHAOS_ARGS: e.g. --quick, --only races,races-s3, --seed 7.
+chaos: setup-test bytecode
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 screenshots: setup-test
 	$(BIN)/python scripts/screenshots.py

@@ -94,7 +94,7 @@ def test_upload_queues_a_deployment_that_goes_live(api: Api, site: str,
                                                    bundles: Callable[..., Path]) -> None:
     server = api.server
     response = api.call("POST", f"/sites/{site}/deploys", content=bundles().read_bytes(),
-                        params={"message": "first"})
+                        params={"message": "first", "create": "true"})
     assert response.status_code == 202, response.text
     queued = response.json()
     assert queued["status"] in ("queued", "running", "ready", "live")
@@ -119,7 +119,7 @@ def test_upload_streams_a_chunked_body(api: Api, site: str,
             yield data[start:start + 7]
 
     response = api.call("POST", f"/sites/{site}/deploys", content=pieces(),
-                        params={"branch": "feature/x"})
+                        params={"branch": "feature/x", "create": "true"})
     assert response.status_code == 202, response.text
     done = api.finished(response.json()["id"])
     assert done["status"] == "live" and done["branch"] == "feature/x"
@@ -142,10 +142,10 @@ def test_log_pages_with_after_and_reports_status(api: Api, site: str,
 
 
 def test_a_bundle_that_is_not_gzip_is_refused_at_once(api: Api, site: str) -> None:
-    response = api.call("POST", f"/sites/{site}/deploys", content=b"<html>not a bundle</html>")
+    response = api.call("POST", f"/sites/{site}/deploys?create=true", content=b"<html>not a bundle</html>")
     assert response.status_code == 422
     assert "not gzip" in response.json()["error"]
-    empty = api.call("POST", f"/sites/{site}/deploys", content=b"")
+    empty = api.call("POST", f"/sites/{site}/deploys?create=true", content=b"")
     assert empty.status_code == 422 and "empty" in empty.json()["error"]
     assert api.call("GET", f"/sites/{site}").status_code == 404  # nothing was recorded
 
@@ -406,6 +406,11 @@ def test_a_token_for_another_site_is_403(api: Api, site: str,
     upload = api.call("POST", f"/sites/{site}/deploys", token=other,
                       content=bundles().read_bytes())
     assert upload.status_code == 403
+    own = api.call("POST", f"/sites/{mine}/deploys?create=true", token=other,
+                   content=bundles().read_bytes())
+    assert own.status_code == 403  # a token for one site creates none
+    assert "may not create sites" in own.json()["error"]
+    api.ok("POST", "/sites", 201, json={"name": mine})
     own = api.call("POST", f"/sites/{mine}/deploys", token=other, content=bundles().read_bytes())
     assert own.status_code == 202
     assert [s["name"] for s in api.ok("GET", "/sites", token=other)["sites"]] == [mine]
@@ -574,6 +579,7 @@ def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
             for _ in range(40):
                 yield b"\0" * (100 << 10)
 
+        small.create_site("big")
         response = api.call("POST", "/sites/big/deploys", content=body())
         assert response.status_code == 413
         assert response.json()["error"].startswith("the upload is over 2112512 bytes")
@@ -594,7 +600,7 @@ def test_an_upload_reaches_staging_while_it_is_still_being_sent(api: Api, site: 
     before = set(staging.glob("*"))
     answers: list[httpx.Response] = []
     sender = threading.Thread(target=lambda: answers.append(
-        api.call("POST", f"/sites/{site}/deploys", content=body())))
+        api.call("POST", f"/sites/{site}/deploys?create=true", content=body())))
     sender.start()
     try:
         assert paused.wait(30)

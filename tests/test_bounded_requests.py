@@ -156,7 +156,7 @@ def test_a_range_of_thousands_of_digits_is_416_not_500(edge: Server, tmp_path: P
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("<p>ranges</p>")
-    done = edge.cli("deploy", str(site), "--site", "ranges")
+    done = edge.cli("deploy", "--create", str(site), "--site", "ranges")
     assert done.returncode == 0, done.stderr
     response = edge.get("ranges.localhost", "/", headers={"Range": "bytes=" + "9" * 5000 + "-"})
     assert response.status_code == 416

@@ -68,6 +68,7 @@ def page(browser: Browser, board: Server, token: str) -> Iterator[Page]:
 
 def push(board: Server, token: str, repo: Path, site: str) -> subprocess.Popen[str]:
     """Start `git push` (it returns when the deploy has finished)."""
+    board.create_site(site)
     url = f"http://x:{token}@127.0.0.1:{board.port}/{site}.git"
     return subprocess.Popen(["git", "push", "-q", url, "main"], cwd=repo, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -68,7 +68,7 @@ def test_git_archive_bundle_keeps_commit_and_strips_top_folder(
 
 
 def test_deploy_from_stdin_through_the_real_command(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pushsite", "deploy", "-", "--site", "piped",
+    done = subprocess.run([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site", "piped",
                            "--json"], input=good_bundle(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "live"
@@ -295,7 +295,7 @@ def test_the_console_script_ends_a_deploy_with_its_output_and_exit_code(
         make_site: Callable[..., Path], tmp_path: Path) -> None:
     """`main` ends a deploy without interpreter teardown: nothing may be lost on the way."""
     pushsite = Path(sys.executable).with_name("pushsite")
-    done = subprocess.run([str(pushsite), "deploy", str(make_site()), "--site", "quick",
+    done = subprocess.run([str(pushsite), "deploy", "--create", str(make_site()), "--site", "quick",
                            "--json"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "live"
@@ -322,12 +322,12 @@ def test_a_quick_exit_leaves_the_store_whole_for_the_next_process(
         return subprocess.run([str(pushsite), *args], capture_output=True, text=True,
                               check=False)
 
-    first = run("deploy", str(site), "--site", "wal", "--json")
+    first = run("deploy", "--create", str(site), "--site", "wal", "--json")
     assert first.returncode == 0, first.stderr
     wal = next(_isolated_env.rglob("objects.db-wal"))
     assert wal.stat().st_size > 0  # left for the next connection, not checkpointed away
     (site / "index.html").write_text("<h1>second</h1>")
-    second = run("deploy", str(site), "--site", "wal", "--json")
+    second = run("deploy", "--create", str(site), "--site", "wal", "--json")
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["blobs_new"] == 1
     checked = run("verify")

@@ -58,7 +58,7 @@ def errors_of(stderr: str) -> list[str]:
 def test_deploy_a_folder_to_a_server(remote: Server, token: str, client_home: Path,
                                      make_site: Callable[..., Path]) -> None:
     folder = make_site({"index.html": "<h1>from ci</h1>", "docs/a.txt": "a"})
-    done = run_cli(client_home, "deploy", str(folder), "--site", "ci-one", "--server",
+    done = run_cli(client_home, "deploy", "--create", str(folder), "--site", "ci-one", "--server",
                    remote.url, "--token", token, "-m", "from CI")
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stderr.split())  # rich wraps long lines when stderr is no terminal
@@ -73,7 +73,7 @@ def test_deploy_a_folder_to_a_server(remote: Server, token: str, client_home: Pa
 
 def test_json_output_is_the_deployment_with_urls(remote: Server, token: str, client_home: Path,
                                                  make_site: Callable[..., Path]) -> None:
-    done = run_cli(client_home, "deploy", str(make_site()), "--site", "ci-json", "--branch",
+    done = run_cli(client_home, "deploy", "--create", str(make_site()), "--site", "ci-json", "--branch",
                    "feature/login", "--json", "--server", remote.url + "/", "--token", token)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
@@ -88,7 +88,7 @@ def test_env_vars_name_the_server_and_token_and_stdin_takes_a_bundle(
         make_repo: Callable[..., Path]) -> None:
     repo = make_repo({"index.html": "<h1>piped from git</h1>"})
     bundle = git_bundle(repo, tmp_path / "b.tar.gz").read_bytes()
-    done = run_cli(client_home, "deploy", "-", "--site", "ci-env", input=bundle,
+    done = run_cli(client_home, "deploy", "--create", "-", "--site", "ci-env", input=bundle,
                    env={"PUSHSITE_SERVER": remote.url, "PUSHSITE_TOKEN": token})
     assert done.returncode == 0, done.stderr
     assert "piped from git" in remote.get("ci-env.localhost", "/").text
@@ -100,7 +100,7 @@ def test_a_rejected_bundle_exits_3_with_one_line(remote: Server, token: str, cli
                                                  tmp_path: Path) -> None:
     bundle = tmp_path / "broken.tar.gz"
     bundle.write_bytes(gzip.compress(b"definitely not a tar archive" * 30))
-    done = run_cli(client_home, "deploy", str(bundle), "--site", "ci-bad", "--json",
+    done = run_cli(client_home, "deploy", "--create", str(bundle), "--site", "ci-bad", "--json",
                    "--server", remote.url, "--token", token)
     assert done.returncode == 3, done.stderr
     assert len(errors_of(done.stderr)) == 1
@@ -112,7 +112,7 @@ def test_a_rejected_bundle_exits_3_with_one_line(remote: Server, token: str, cli
 def test_a_bad_site_config_exits_3(remote: Server, token: str, client_home: Path,
                                    make_site: Callable[..., Path]) -> None:
     folder = make_site({"index.html": "x", "_redirects": "/a\n"})
-    done = run_cli(client_home, "deploy", str(folder), "--site", "ci-conf", "--server",
+    done = run_cli(client_home, "deploy", "--create", str(folder), "--site", "ci-conf", "--server",
                    remote.url, "--token", token)
     assert done.returncode == 3, done.stderr
     assert "error: _redirects line 1" in done.stderr
@@ -127,7 +127,7 @@ def test_token_and_name_problems_exit_with_their_code(
         remote: Server, client_home: Path, make_site: Callable[..., Path],
         args: tuple[str, ...], code: int, words: str) -> None:
     site_args = () if "--site" in args else ("--site", "ci-auth")
-    done = run_cli(client_home, "deploy", str(make_site()), *site_args, "--server", remote.url,
+    done = run_cli(client_home, "deploy", "--create", str(make_site()), *site_args, "--server", remote.url,
                    *args)
     assert done.returncode == code, done.stderr
     assert done.stderr.startswith("error: ") and len(errors_of(done.stderr)) == 1
@@ -184,7 +184,7 @@ def test_a_deploy_that_outlives_its_timeout_is_cancelled_and_exits_6(
                 break
             time.sleep(0.05)
         assert api.ok("GET", f"/deployments/{blocker.id}")["status"] == "running"
-        done = run_cli(tmp_path / "client", "deploy", str(make_site()), "--site", "ci-slow",
+        done = run_cli(tmp_path / "client", "deploy", "--create", str(make_site()), "--site", "ci-slow",
                        "--timeout", "2", "--server", server.url, "--token", token)
         assert done.returncode == 6, done.stderr
         assert "did not finish within 2s, so it was cancelled" in errors_of(done.stderr)[0]

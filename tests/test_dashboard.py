@@ -55,6 +55,7 @@ def sign_in(server: Server, token: str) -> httpx.Client:
 
 
 def push(server: Server, token: str, repo: Path, site: str, ref: str = "main") -> str:
+    server.create_site(site)
     url = f"http://x:{token}@127.0.0.1:{server.port}/{site}.git"
     done = subprocess.run(["git", "push", "-q", url, ref], cwd=repo, capture_output=True,
                           text=True, timeout=120)

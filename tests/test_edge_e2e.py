@@ -36,6 +36,7 @@ class Server:
                 "-m",
                 "pushsite",
                 "deploy",
+                "--create",
                 str(folder),
                 "--site",
                 site,
@@ -53,7 +54,7 @@ class Server:
 
     def deploy_process(self, folder: Path, site: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "pushsite", "deploy", str(folder), "--site", site],
+            [sys.executable, "-m", "pushsite", "deploy", "--create", str(folder), "--site", site],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

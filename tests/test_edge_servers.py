@@ -32,7 +32,7 @@ def served(_isolated_env: Path) -> Iterator[Server]:
 
 def _deploy(server: Server, tmp_path: Path, text: str) -> str:
     folder = write_files(tmp_path / text, {"index.html": text, "app.js": "let x = 1;\n" * 300})
-    done = server.cli("deploy", str(folder), "--site", SITE, "--json")
+    done = server.cli("deploy", "--create", str(folder), "--site", SITE, "--json")
     assert done.returncode == 0, done.stderr
     import json
 

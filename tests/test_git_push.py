@@ -21,6 +21,7 @@ def push(repo: Path, url: str, *refspecs: str,
 
 @pytest.fixture
 def token(server: Server) -> str:
+    server.create_site("blog")  # the site the tests push to
     return server.new_token("--name", "test")
 
 

@@ -64,7 +64,7 @@ def test_status_and_urls_follow_the_running_server(tmp_path: Path) -> None:
         site = tmp_path / "public"
         site.mkdir()
         (site / "index.html").write_text("<h1>hi</h1>")
-        # (part 2) ok("sites", "create", "blog")
+        ok("sites", "create", "blog")
         done = ok("deploy", str(site), "--site", "blog", "--json")
         assert json.loads(done.stdout)["urls"]["production"] == f"http://blog.localhost:{port}/"
         assert server.get(f"blog.localhost:{port}").text == "<h1>hi</h1>"

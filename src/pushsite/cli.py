@@ -211,7 +211,6 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
         _report(uploaded, as_json)
         return
     service = _service(ctx)
-    service.deploy_target(site, create)
     # a folder is read in place; a tar.gz file or stdin is read as a stream
     folder = Path(source) if source != "-" and Path(source).is_dir() else None
     if run_build and folder is None:
@@ -219,6 +218,7 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
     if folder is not None and not run_build:
         _warn_unbuilt(folder)
     stream = None if folder else open_source(source)
+    service.deploy_target(site, create)  # once the source is there: a typo makes no site
     deployment = service.accept(site, None, branch=branch, message=message, enqueue=False)
     progress, update = _progress_bar()
     try:

@@ -40,12 +40,13 @@ Echo = Callable[..., Any]
 
 def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
                   branch: str | None = None, message: str = "", timeout: float = 900.0,
-                  echo: Echo | None = None) -> dict[str, Any]:
+                  echo: Echo | None = None, create: bool = False) -> dict[str, Any]:
     """Upload a bundle to SERVER and follow the deployment; returns it (with "urls").
 
     Raises the PushsiteError a local deploy would: BundleRejected for a bad bundle,
     DeploymentTimedOut when `timeout` passes first, NotAuthorized for a bad token, ...
-    `echo` (called like rich's Console.print) receives the deployment's log lines.
+    `echo` (called like rich's Console.print) receives the deployment's log lines. A site
+    that does not exist is SiteNotFound, unless `create` (and a token that may create sites).
     """
     base = api_base(server)
     names.check_site_name(site)
@@ -63,7 +64,10 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
         if me.get("site") not in (None, site):
             raise errors.Forbidden(f"this token is limited to site {me['site']!r}, not {site!r}; "
                                    "use a token made for that site or for every site")
-        params = {"message": message, **({"branch": branch} if branch else {})}
+        if not create:  # a missing site fails here with the server's hint, before the upload
+            remote.call("GET", f"/sites/{site}")
+        params = {"message": message, **({"branch": branch} if branch else {}),
+                  **({"create": "true"} if create else {})}
         deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
                                  content=_chunks(stream),
                                  headers={"Content-Type": "application/gzip"})

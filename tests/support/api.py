@@ -34,6 +34,9 @@ class Api:
         return response.json()
 
     def upload(self, bundle: Path | bytes, site: str, **params: str) -> dict[str, Any]:
+        """POST a bundle; the site is created if missing (`create=true`) unless the test
+        passes create="false" (sites are created on purpose: the API's own flag)."""
+        params.setdefault("create", "true")
         body = bundle if isinstance(bundle, bytes) else bundle.read_bytes()
         data: dict[str, Any] = self.ok("POST", f"/sites/{site}/deploys", 202, content=body,
                                        params=params,

@@ -59,6 +59,12 @@ class Server:
         assert done.returncode == 0, done.stderr
         return done.stdout.decode().strip()
 
+    def create_site(self, name: str, *args: str) -> None:
+        """`pushsite sites create NAME ARGS` on this server's home, unless it has the site:
+        deploys and pushes go only to sites created on purpose."""
+        done = self.cli("sites", "create", name, *args)
+        assert done.returncode == 0 or b"already exists" in done.stderr, done.stderr
+
     def cli(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([sys.executable, "-m", "pushsite", *args], env=self.env,
                               input=input, capture_output=True, timeout=120)

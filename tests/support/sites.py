@@ -22,14 +22,15 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-def deploy(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
-    """`pushsite deploy ARGS` in this process: exit code, stdout, stderr."""
+def deploy(*args: str, input: bytes | None = None, create: bool = True) -> tuple[int, str, str]:
+    """`pushsite deploy ARGS` in this process: exit code, stdout, stderr. With `create` (the
+    default here) the site is made if missing (`--create`): sites are created on purpose."""
     from click.testing import CliRunner
 
     from pushsite.cli import cli
 
-    result = CliRunner().invoke(cli, ["deploy", *args], input=input, obj={},
-                                catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["deploy", *args, *(["--create"] if create else [])],
+                                input=input, obj={}, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
 
 

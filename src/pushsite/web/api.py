@@ -558,8 +558,8 @@ def create_api(service: Service) -> FastAPI:
         if create and token.site is not None:
             raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
                             "not create sites; use a token made for every site")
-        # before the body is read: a typo is refused at once, never made a site
-        await anyio.to_thread.run_sync(service.deploy_target, site, create)
+        if not create:  # before the body is read: a typo is refused at once
+            await anyio.to_thread.run_sync(service.deploy_target, site)
         reader = await _BodyReader.start(request.stream(), _upload_limit(service))
         if uploads[0] is None:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)

@@ -85,6 +85,7 @@ class _Remote:
         self.sampler = TreeSampler(self.server.pid, interval=0.02).__enter__()
         token = self.server.create_token()
         self.site = "bench"
+        self.server.create_site(self.site)
         self.url = f"http://{token}@127.0.0.1:{self.server.port}/{self.site}.git"
         self.corpus = corpus
 

@@ -73,7 +73,7 @@ def deploy(
     source: Path, home: Path, site: str = "bench", env: dict[str, str] | None = None
 ) -> Deploy:
     """Run `pushsite deploy SOURCE --site NAME --json` and check it went live."""
-    argv = [*pushsite_argv(), "deploy", str(source), "--site", site, "--json"]
+    argv = [*pushsite_argv(), "deploy", str(source), "--site", site, "--json", "--create"]
     result = measure.run(argv, env={"PUSHSITE_HOME": str(home), **(env or {})})
     if result.returncode != 0:
         raise BenchError(
@@ -168,6 +168,12 @@ class Server:
                     pass
                 time.sleep(0.01)
         raise BenchError(f"{site}/{path} never served the new content within {timeout:.0f} s.")
+
+    def create_site(self, name: str) -> None:
+        """`pushsite sites create NAME`: pushes go only to sites created on purpose."""
+        subprocess.run([*pushsite_argv(), "sites", "create", name],
+                       env={**os.environ, "PUSHSITE_HOME": str(self.home)},
+                       capture_output=True, text=True, check=True)
 
     def create_token(self) -> str:
         """A push token from `pushsite tokens create` (its last printed word)."""

@@ -121,6 +121,9 @@ def main() -> None:
             token = subprocess.run([sys.executable, "-m", "pushsite", "tokens", "create",
                                     "--name", "ada"], env=env, capture_output=True, text=True,
                                    check=True).stdout.strip()
+            for site in ("blog", "docs"):  # pushes go only to sites created on purpose
+                subprocess.run([sys.executable, "-m", "pushsite", "sites", "create", site],
+                               env=env, capture_output=True, check=True)
             demo_pushes(root, f"http://x:{token}@127.0.0.1:{port}/blog.git")
             take_pictures(base, token, out)
         finally:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from chaos import rounds
+import pytest
+
+from chaos import parts, rounds
 from chaos.rounds import Figures
 
 
@@ -48,3 +50,21 @@ def test_a_full_disk(tmp_path: Path) -> None:
     figures = rounds.full_disk(tmp_path, 1, random.Random(7))
     _clean(figures, 0)
     assert figures.failed == 1  # the filling deploy: exit 7, one line
+
+
+def test_the_checks_catch_a_broken_site(tmp_path: Path) -> None:
+    """A blob of the live deployment deleted behind pushsite's back: both checks say so."""
+    home = rounds._new_home(tmp_path)
+    home.run(*home.deploy_args(1))
+    service = home.service()
+    try:
+        alias = service.state.get_alias(parts.SITE, "production")
+        assert alias is not None
+        entry = service.manifest(alias.deployment_id).files["index.html"]
+        service.store.delete([entry.key()])
+    finally:
+        service.close()
+    with pytest.raises(parts.ChaosFailure, match="verify"):
+        rounds._in_process_check(home, None)
+    with pytest.raises(parts.ChaosFailure, match="verify"):
+        parts.check(home, None)

@@ -161,8 +161,9 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
 
 
 @cli.command()
-@click.argument("source")
-@click.option("--site", required=True, help="Site name (a DNS label, e.g. blog).")
+@click.argument("source", required=False)
+@click.option("--site", default=None, help="Site name (a DNS label, e.g. blog; default: the "
+              "site this folder is linked to with `pushsite link`).")
 @click.option("--branch", default=None, help="Branch (default: the site's production branch).")
 @click.option("--message", "-m", default="", help="A note stored with the deployment.")
 @click.option("--timeout", default=900.0, show_default=True, type=float,
@@ -180,10 +181,13 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
               "bubblewrap sandbox as the server's builds.")
 @click.pass_context
 @reports_errors
-def deploy(ctx: click.Context, source: str, site: str, branch: str | None, message: str,
-           timeout: float, as_json: bool, server: str | None, token: str | None,
+def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str | None,
+           message: str, timeout: float, as_json: bool, server: str | None, token: str | None,
            create: bool, run_build: bool) -> None:
     """Deploy SOURCE (a folder, a .tar.gz, or - for a tar.gz on stdin) to a site.
+
+    In a folder linked with `pushsite link SITE`, SOURCE defaults to that folder (its
+    pushsite.toml's `publish` applies) and the site to the linked one.
 
     Exits 0 once the deployment is live. On any error the live site stays as it was.
 
@@ -193,10 +197,12 @@ def deploy(ctx: click.Context, source: str, site: str, branch: str | None, messa
       pushsite deploy ./public --site blog
       git archive --format=tar.gz HEAD | pushsite deploy - --site blog --branch feature-x
       pushsite deploy site.tar.gz --site blog --server https://deploy.example.com --token T
+      pushsite link blog && pushsite deploy
     """
     from pushsite.deploy.folder import open_source
 
     ctx.obj["quick_exit"] = True
+    source, site = _deploy_target(source, site)
     if server:
         from pushsite.remote import deploy_remote
 
@@ -250,6 +256,21 @@ def _warn_unbuilt(folder: Path) -> None:
         click.echo(f"warning: {plan.settings.source} names a build command "
                    f"(`{plan.command}`); this deploys the folder as it is: add --build to "
                    "build it first", err=True)
+
+
+def _deploy_target(source: str | None, site: str | None) -> tuple[str, str]:
+    """SOURCE and --site, defaulted from the linked folder (deploy/linked.py)."""
+    from pushsite.deploy.linked import find_link
+
+    linked = find_link(Path.cwd()) if site is None or source is None else None
+    if site is None:
+        if linked is None:
+            raise ConfigError("which site? pass --site NAME, or link this folder once with "
+                              "`pushsite link NAME`")
+        site = linked.site
+    if source is None:
+        source = str(linked.folder) if linked is not None and linked.site == site else "."
+    return source, site
 
 
 def _deployment_json(config: Config, deployment: Deployment, service: Any) -> dict[str, Any]:
@@ -359,12 +380,109 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 def _linked_status(ctx: click.Context) -> dict[str, Any]:
-    """The linked site's part of `status` (see `pushsite link`)."""
-    return {"site": None}
+    """The linked site's part of `status` (see `pushsite link`): its production URL and its
+    newest deployment, when the site exists on this home."""
+    from pushsite.deploy.linked import find_link
+    from pushsite.errors import SiteNotFound
+
+    linked = find_link(Path.cwd())
+    if linked is None:
+        return {"site": None}
+    data: dict[str, Any] = {"name": linked.site, "file": str(linked.file), "exists": False}
+    service = _service(ctx)
+    try:
+        site = service.site(linked.site)
+    except SiteNotFound:
+        return {"site": data}
+    alias = service.state.get_alias(site.name, "production")
+    newest = service.state.list_deployments(site.name, limit=1)
+    data.update(exists=True, production_branch=site.production_branch,
+                production_url=service.config.site_url(site.name),
+                production_deployment=alias.deployment_id if alias else None,
+                newest=_deployment_json(service.config, newest[0], service) if newest else None)
+    return {"site": data}
 
 
 def _linked_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("site", "none linked here (pushsite link SITE)")]
+    site = data["site"]
+    if site is None:
+        return [("site", "no site linked here (link this folder with: pushsite link SITE)")]
+    lines = [("site", f"{site['name']} (linked in {site['file']})")]
+    if not site["exists"]:
+        return lines + [("", f"no site named {site['name']!r} on this home; create it with: "
+                             f"pushsite sites create {site['name']}")]
+    live = site["production_deployment"]
+    lines.append(("production", f"{site['production_url']}  "
+                                f"({f'deployment {live}' if live else 'nothing live yet'})"))
+    newest = site["newest"]
+    if newest:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(newest["created"]))
+        lines.append(("newest", f"{newest['id']} {newest['status']} ({newest['branch']}, "
+                                f"{started})"))
+    return lines
+
+
+def _control_url(config: Config) -> str:
+    """The control plane (dashboard, API) of the server on this home, else the default one."""
+    from pushsite.web.listening import running
+
+    served = running(config.home)
+    return served.url if served else "http://127.0.0.1:8000"
+
+
+@cli.command()
+@click.argument("site")
+@click.option("--create", is_flag=True, help="Also create the site if it does not exist.")
+@click.pass_context
+@reports_errors
+def link(ctx: click.Context, site: str, create: bool) -> None:
+    """Link this folder to SITE: `pushsite deploy` here needs no --site (SOURCE: this folder)."""
+    from pushsite.deploy.linked import write_link
+
+    service = _service(ctx)
+    service.deploy_target(site, create)
+    linked = write_link(Path.cwd(), site)
+    err.print(f"linked {escape(str(linked.folder))} to site {site} ({escape(str(linked.file))})"
+              f"; deploy it with: pushsite deploy", highlight=False, soft_wrap=True)
+
+
+@cli.command("open")
+@click.argument("site", required=False)
+@click.option("--dashboard", is_flag=True, help="The site's page on the dashboard.")
+@click.option("--deployment", "deployment_id", default=None, help="One deployment's own URL.")
+@click.pass_context
+@reports_errors
+def open_(ctx: click.Context, site: str | None, dashboard: bool,
+          deployment_id: str | None) -> None:
+    """Open the site (default: the linked one) in a browser, or print its URL without one."""
+    if site is None:
+        _, site = _deploy_target(".", None)
+    service = _service(ctx)
+    record = service.site(site)
+    if deployment_id:
+        deployment = service.state.get_deployment(deployment_id)
+        if deployment.site != record.name:
+            from pushsite.errors import DeploymentNotFound
+
+            raise DeploymentNotFound(f"deployment {deployment_id} belongs to site "
+                                     f"{deployment.site!r}, not {record.name!r}")
+        url = service.config.site_url(f"{deployment.id}--{record.name}")
+    elif dashboard:
+        url = f"{_control_url(service.config)}/sites/{record.name}"
+    else:
+        url = service.config.site_url(record.name)
+    click.echo(url)
+    if _has_display():
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def _has_display() -> bool:
+    """A browser can open here: a graphical session (or macOS, Windows)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 @cli.command()

@@ -99,7 +99,9 @@ class SiteSettings:
     tags: bool = False  # deploy tags as well as branches
 
 
-_SETTINGS = ("build", "domains", "exclude", "production_branch", "publish", "tags")
+# `site` names the site a folder is linked to (`pushsite link`, deploy/linked.py); the
+# deployer has no use for it but must accept it
+_SETTINGS = ("build", "domains", "exclude", "production_branch", "publish", "site", "tags")
 
 
 def _lines(text: str, filename: str) -> list[tuple[int, str]]:
@@ -439,6 +441,7 @@ def _settings(raw: dict[str, Any], text: str, filename: str) -> SiteSettings:
             raise fail("domains", f"domains: {exc}") from None
         if checked not in domains:
             domains.append(checked)
+    string("site")
     tags = raw.get("tags", False)
     if not isinstance(tags, bool):
         raise fail("tags", f"tags must be true or false, found {tags!r}")

@@ -176,6 +176,8 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
               help="Deploy token for --server (env PUSHSITE_TOKEN).")
 @click.option("--create", is_flag=True, help="Create the site if it does not exist (without "
               "it a deploy to an unknown site fails: a typo never makes a new site).")
+@click.option("--draft", is_flag=True, help="Move no alias: the deployment is reached at its "
+              "own URL only, until `pushsite promote ID`.")
 @click.option("--build", "run_build", is_flag=True, help="Build the folder first (its "
               "pushsite.toml [build], netlify.toml or a detected generator), in the same "
               "bubblewrap sandbox as the server's builds.")
@@ -183,7 +185,7 @@ def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
 @reports_errors
 def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str | None,
            message: str, timeout: float, as_json: bool, server: str | None, token: str | None,
-           create: bool, run_build: bool) -> None:
+           create: bool, run_build: bool, draft: bool) -> None:
     """Deploy SOURCE (a folder, a .tar.gz, or - for a tar.gz on stdin) to a site.
 
     In a folder linked with `pushsite link SITE`, SOURCE defaults to that folder (its
@@ -206,6 +208,10 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
     if server:
         from pushsite.remote import deploy_remote
 
+        if draft:
+            raise ConfigError("--draft deploys to this machine's home only; drop --server, "
+                              "or deploy a preview branch with --branch")
+
         try:
             uploaded = deploy_remote(server, token or "", open_source(source), site=site,
                                      branch=branch, message=message, timeout=timeout,
@@ -214,7 +220,7 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
             if as_json and (remote := getattr(exc, "deployment", None)):  # remote._failure's
                 click.echo(json.dumps(remote))
             raise
-        _report(uploaded, as_json)
+        _report(uploaded, as_json, control=server)
         return
     service = _service(ctx)
     # a folder is read in place; a tar.gz file or stdin is read as a stream
@@ -225,7 +231,8 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
         _warn_unbuilt(folder)
     stream = None if folder else open_source(source)
     service.deploy_target(site, create)  # once the source is there: a typo makes no site
-    deployment = service.accept(site, None, branch=branch, message=message, enqueue=False)
+    deployment = service.accept(site, None, branch=branch, message=message, enqueue=False,
+                                draft=draft)
     progress, update = _progress_bar()
     try:
         if progress:
@@ -276,25 +283,53 @@ def _deploy_target(source: str | None, site: str | None) -> tuple[str, str]:
 def _deployment_json(config: Config, deployment: Deployment, service: Any) -> dict[str, Any]:
     site = service.state.get_site(deployment.site)
     data = deployment.to_dict()
-    data["urls"] = deployment_urls(config, deployment, deployment.branch ==
-                                   site.production_branch)
+    production = deployment.branch == site.production_branch
+    data["context"] = ("draft" if deployment.draft else
+                       "production" if production else "preview")
+    urls = deployment_urls(config, deployment, production)
+    if deployment.draft:  # no alias moved: its own URL is the only one
+        urls = {"deployment": urls["deployment"]}
+    urls["log"] = f"{_control_url(config)}/deployments/{deployment.id}"
+    data["urls"] = urls
     return data
 
 
-def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any = None) -> None:
+def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any = None,
+            control: str | None = None) -> None:
+    """The deployment as JSON, or every URL a user needs: the production or preview URL (a
+    draft has none), its own URL and its log on the dashboard, then what it did."""
     if isinstance(deployment, Deployment):
         data = _deployment_json(service.config, deployment, service)
     else:
         data = deployment
+        urls = data.setdefault("urls", {})
+        data.setdefault("context", "production" if urls.get("production") else "preview")
+        if control and "log" not in urls:
+            urls["log"] = f"{control.rstrip('/')}/deployments/{data['id']}"
     if as_json:
         click.echo(json.dumps(data))
         return
-    urls = data["urls"]
-    url = urls.get("production") or urls["branch"]
-    err.print(
-        f"[green]{data['status']}[/]: {url}  ({data['files']} files, {data['blobs_new']} new "
-        f"blobs, {data['blobs_reused']} reused, {data['bytes_stored'] / 1e6:.1f} MB stored, "
-        f"{data['seconds'] or 0:.2f}s; deployment {data['id']})", highlight=False)
+    urls, context = data["urls"], data["context"]
+    lines = []
+    if context == "production":
+        lines.append(("production", urls.get("production") or ""))
+    elif context == "preview":
+        lines.append(("preview", urls.get("branch") or ""))
+    lines.append(("draft" if context == "draft" else "deployment", urls.get("deployment", "")))
+    if urls.get("log"):
+        lines.append(("log", urls["log"]))
+    for word, url in lines:
+        colour = "green" if word in ("production", "preview", "draft") else "dim"
+        err.print(f"[{colour}]{word + ':':<12}[/]{escape(url)}", highlight=False,
+                  soft_wrap=True)
+    files = data["files"]
+    err.print(f"{data['status']}: {files} file{'' if files == 1 else 's'}, {data['blobs_new']} "
+              f"new blob{'' if data['blobs_new'] == 1 else 's'}, {data['blobs_reused']} reused, "
+              f"{data['bytes_stored'] / 1e6:.1f} MB stored, {data['seconds'] or 0:.2f}s; "
+              f"deployment {data['id']}", highlight=False, soft_wrap=True)
+    if context == "draft":
+        err.print(f"promote it to production with: pushsite promote {data['id']}",
+                  highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -640,6 +675,18 @@ def rollback(ctx: click.Context, site: str, deploy_id: str | None) -> None:
 
         report = mirror_production(service, deployment.site, deployment.id)
         err.print(f"mirrored {site}: {report.summary()}", highlight=False)
+
+
+@cli.command()
+@click.argument("deploy_id")
+@click.pass_context
+@reports_errors
+def promote(ctx: click.Context, deploy_id: str) -> None:
+    """Point production at the ready deployment DEPLOY_ID (a draft, a preview): instant."""
+    service = _service(ctx)
+    deployment = service.promote(deploy_id)
+    err.print(f"promoted {deployment.id}: production of {deployment.site} serves it at "
+              f"{service.config.site_url(deployment.site)}", highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from pushsite.aws import handler as handler_module
 from pushsite.aws.handler import handler
 from pushsite.model import Status
-from pushsite.service import Service
+from pushsite.service import Service, worker
 from support.aws_staging import (
     Proxy,
     Staging,
@@ -160,8 +161,28 @@ def test_multipart_upload_and_redelivered_events_make_one_deployment(
     assert only.status == Status.LIVE
 
 
+def test_a_cold_container_reserves_the_requeue_cost_before_its_deadline(
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With less time than the first SQS client costs, nothing starts: SQS redelivers."""
+    monkeypatch.setattr(worker, "requeue_seconds", {})
+    staging.put("small/main/bundle.tar.gz", make_bundle({"index.html": b"hi"}))
+    messages = staging.receive()
+    assert invoke_batch(staging, messages, handler_module.COLD_REQUEUE) == [
+        m["MessageId"] for m in messages]
+    assert deployments(service_for(staging.pushsite_queue), "small") == []
+
+
 def test_deadline_mid_deploy_times_out_and_the_next_invocations_resume(
-        staging: Staging, service_for: Callable[[str], Service]) -> None:
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # no re-queue reserve here: the budgets below are the deploy's own (the reserve has a
+    # test above)
+    class NoReserve(dict[str, float]):
+        def __setitem__(self, key: str, value: float) -> None:
+            super().__setitem__(key, 0.0)
+
+    monkeypatch.setattr(worker, "requeue_seconds", NoReserve(last=0.0))
     staging.put("big/main/bundle.tar.gz", big_bundle(48, 12))
     service = service_for(staging.pushsite_queue)
     budget = 0.1  # far less than the deploy needs (it packs 48 MB in about half a second)

@@ -349,7 +349,7 @@ def test_an_object_deleted_between_listing_and_head_is_uploaded_again(
             return self._client.head_object(**kwargs)
 
     report = mirror_deployment(
-        site.manifest(), site.store, target, s3_client=DeletesBeforeHead(s3)
+        site.manifest(), site.store, target, s3_client=DeletesBeforeHead(s3), full=True
     )
 
     assert (report.uploaded, report.unchanged) == (1, 3)

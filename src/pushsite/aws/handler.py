@@ -32,18 +32,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
+from pushsite.aws.targets import site_target  # noqa: F401 - kept importable from here
 from pushsite.config import load_config
+from pushsite.errors import ConfigError
 from pushsite.model import PRODUCTION
 from pushsite.queues import QueueItem
-from pushsite.service import Service
+from pushsite.service import Service, worker
 from pushsite.service.worker import dispatch, recover
 
 MARGIN = 10.0  # seconds kept for recording the outcome (at most a tenth of what is left)
+# Seconds reserved for re-queueing the rest until this container has measured it: the first
+# SQS client of a process took 0.87 s (botocore loading its model); later sends take ~20 ms.
+COLD_REQUEUE = 1.5
 _logger = logging.getLogger("pushsite.aws")
 _services: dict[tuple[str, str, str], Service] = {}
 _recovered: dict[int, float] = {}  # id(service) -> monotonic time of its last recovery
@@ -57,17 +60,37 @@ class LambdaContext(Protocol):
 
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Deploy what the event names; for SQS batches, report the records to retry."""
+    # The clock starts here: everything after (the backends, the staging look-up) is in it.
+    deadline = _deadline(context)
     service = _service()
     try:
         records = event.get("Records") or []
         if records and records[0].get("eventSource") == "aws:sqs":
-            return _sqs_batch(service, records, context)
-        item = QueueItem(body=event, receipt="", attempts=1)
-        _mirror(service, dispatch(service, item, timeout=_time_left(context)))
+            return _sqs_batch(service, records, deadline)
+        _run(service, QueueItem(body=event, receipt="", attempts=1), deadline)
         return {}
     finally:
-        if context.get_remaining_time_in_millis() / 1000 > MARGIN:
+        if deadline - time.monotonic() > MARGIN:
             _recover(service)
+
+
+def _deadline(context: LambdaContext) -> float:
+    """When work must stop: Lambda's end, less the margin for the outcome and the measured
+    cost of re-queueing the rest (the first SQS client of a container costs most)."""
+    remaining = context.get_remaining_time_in_millis() / 1000
+    measured = worker.requeue_seconds.get("last")
+    requeue = COLD_REQUEUE if measured is None else 2 * measured
+    return time.monotonic() + remaining - min(MARGIN, remaining * 0.1) - requeue
+
+
+def _run(service: Service, item: QueueItem, deadline: float) -> None:
+    """One message: a mirror to go on with, or a deployment / S3 event (then the mirror)."""
+    if "mirror" in item.body:
+        _mirror(service, [str(item.body["mirror"].get("deployment", ""))], deadline,
+                site=str(item.body["mirror"].get("site", "")))
+        return
+    ids = dispatch(service, item, timeout=max(deadline - time.monotonic(), 0.0))
+    _mirror(service, ids, deadline)
 
 
 def _recover(service: Service) -> None:
@@ -83,16 +106,15 @@ def _recover(service: Service) -> None:
 
 
 def _sqs_batch(service: Service, records: list[dict[str, Any]],
-               context: LambdaContext) -> dict[str, Any]:
+               deadline: float) -> dict[str, Any]:
     failures = []
     for record in records:
         message_id = str(record.get("messageId", ""))
-        timeout = _time_left(context)
-        if timeout <= 0:  # no time to start it: SQS delivers it again
+        if deadline - time.monotonic() <= 0:  # no time to start it: SQS delivers it again
             failures.append({"itemIdentifier": message_id})
             continue
         try:
-            _mirror(service, dispatch(service, _queue_item(record), timeout=timeout))
+            _run(service, _queue_item(record), deadline)
         except Exception:
             _logger.exception("message %s is left for a retry", message_id)
             failures.append({"itemIdentifier": message_id})
@@ -111,35 +133,34 @@ def _queue_item(record: dict[str, Any]) -> QueueItem:
     return QueueItem(body=body, receipt=str(record.get("receiptHandle", "")), attempts=attempts)
 
 
-def _mirror(service: Service, deployment_ids: list[str]) -> None:
-    """Mirror each of these deployments that production now serves, if a mirror is set."""
-    target = os.environ.get("PUSHSITE_MIRROR", "")
-    if not target:
+def _mirror(service: Service, deployment_ids: list[str], deadline: float,
+            site: str = "") -> None:
+    """Mirror the production of each of these deployments' sites, if a mirror is set.
+
+    Out of time, the rest is queued as `{"mirror": ...}` for the next invocation; a mirror the
+    max-delete guard refuses is logged in the deployment's log and not retried (the same
+    manifest would be refused again).
+    """
+    from pushsite.aws.mirror import MirrorTimeout, mirror_production
+
+    if not service.config.mirror:
         return
-    from pushsite.aws.mirror import mirror_deployment
-
-    for deployment_id in deployment_ids:
-        site = service.state.get_deployment(deployment_id).site
-        alias = service.state.get_alias(site, PRODUCTION)
-        if alias is None or alias.deployment_id != deployment_id:
+    sites = [site] if site else []
+    for deployment_id in deployment_ids if not site else []:
+        deployment = service.state.get_deployment(deployment_id)
+        alias = service.state.get_alias(deployment.site, PRODUCTION)
+        if alias is not None and alias.deployment_id == deployment_id:
+            sites.append(deployment.site)
+    for name in sites:
+        try:
+            report = mirror_production(service, name, deadline=deadline)
+        except MirrorTimeout:
+            worker.send_timed(service, {"mirror": {"site": name}})
             continue
-        report = mirror_deployment(service.manifest(deployment_id), service.store,
-                                   site_target(target, site))
-        _logger.info("mirrored %s %s: %d uploaded, %d unchanged, %d deleted", site,
-                     deployment_id, report.uploaded, report.unchanged, report.deleted)
-
-
-def site_target(mirror: str, site: str) -> str:
-    """`s3://bucket/prefix?query` -> `s3://bucket/prefix/<site>?query`."""
-    parts = urlsplit(mirror)
-    path = f"{parts.path.rstrip('/')}/{site}"
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
-
-
-def _time_left(context: LambdaContext) -> float:
-    """Seconds a deploy may run: what the context has left, minus the margin."""
-    remaining = context.get_remaining_time_in_millis() / 1000
-    return remaining - min(MARGIN, remaining * 0.1)
+        except ConfigError as exc:
+            _logger.error("not mirrored: %s", exc)
+            continue
+        _logger.info("mirrored %s: %s", name, report.summary())
 
 
 def _service() -> Service:

@@ -27,7 +27,9 @@ anything (a wrong prefix or an empty manifest must not wipe a site).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ _S3_HEADERS = {
 }
 _COMPARED = ("ContentType", "ContentEncoding", *_S3_HEADERS.values(), "WebsiteRedirectLocation")
 _LOCATION_SAFE = "/:?#[]@!$&'()*+,;=%~"
+_now = time.monotonic  # the deadline's clock
 
 
 @dataclass
@@ -236,6 +239,43 @@ def _check_delete_share(doomed: int, existing: int, share: float, target_url: st
         )
 
 
+class MirrorTimeout(Exception):
+    """The mirror stopped at its deadline; what it wrote is recorded, the rest comes next run."""
+
+    def __init__(self, report: MirrorReport) -> None:
+        super().__init__(f"the mirror stopped at its deadline: {report.summary()}")
+        self.report = report
+
+
+def _fingerprint(want: _Wanted) -> str:
+    """What decides whether an object must be written again: its headers and source bytes."""
+    text = json.dumps([want.source_sha256, sorted(want.args.items())], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _record_key(bucket: str, prefix: str) -> str:
+    """Where the last mirror's record lives: in the (private) content store, not the target,
+    so a CDN in front of the hosting bucket never serves it."""
+    name = hashlib.sha256(f"{bucket}/{prefix}".encode()).hexdigest()[:32]
+    return f"mirrors/{name}.json"
+
+
+def _load_record(source: ObjectStore, key: str) -> dict[str, str] | None:
+    """{object key: fingerprint} as the last mirror left the target, or None (then the target
+    is listed and every present object HEADed instead)."""
+    try:
+        record = json.loads(source.get(key))
+    except Exception:  # noqa: BLE001 - no record, or an unreadable one: compare in full
+        return None
+    objects = record.get("objects") if isinstance(record, dict) else None
+    return objects if isinstance(objects, dict) else None
+
+
+def _save_record(source: ObjectStore, key: str, objects: dict[str, str]) -> None:
+    source.put(key, json.dumps({"objects": objects}, separators=(",", ":")).encode())
+    source.flush()
+
+
 def mirror_deployment(
     manifest: Manifest,
     source: ObjectStore,
@@ -243,8 +283,18 @@ def mirror_deployment(
     *,
     max_delete_share: float = 0.5,
     s3_client: Any = None,
+    deadline: float | None = None,
+    full: bool = False,
 ) -> MirrorReport:
-    """Make s3://bucket/prefix hold exactly the deployment's files and redirects."""
+    """Make s3://bucket/prefix hold exactly the deployment's files and redirects.
+
+    The outcome is recorded in the source store ({key: fingerprint}); the next mirror to the
+    same target diffs the manifests against that record instead of listing and HEADing the
+    target, so a mirror with no change makes no request to it. `deadline` (time.monotonic())
+    stops it between batches with MirrorTimeout; the record then says what was written.
+    `full` ignores the record and compares with the target itself (after changes made to the
+    bucket by hand).
+    """
     from pushsite.awssdk.client import aws_errors, make_client
 
     if not 0 <= max_delete_share <= 1:
@@ -254,15 +304,12 @@ def mirror_deployment(
         )
     target, prefix = _split_target(target_url)
     bucket = target.name
-    client = s3_client or make_client("s3", target, transfer=True)
     what = f"the mirror bucket {bucket}"
     wanted, redirect_count, skipped = _plan(manifest, prefix)
     report = MirrorReport(redirects=redirect_count, skipped_rules=skipped)
-
-    with aws_errors(what):
-        existing = _list_keys(client, bucket, prefix)
-    doomed = sorted(existing - wanted.keys())
-    _check_delete_share(len(doomed), len(existing), max_delete_share, target_url)
+    record_key = _record_key(bucket, prefix)
+    record = None if full else _load_record(source, record_key)
+    client = s3_client or make_client("s3", target, transfer=True)
 
     def head(key: str) -> dict[str, Any]:
         """The object's headers; {} when it went away since the listing (so it is uploaded)."""
@@ -284,19 +331,35 @@ def mirror_deployment(
             return _upload(client, bucket, source, want)
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        present = sorted(existing & wanted.keys())
-        heads = dict(zip(present, pool.map(head, present), strict=True))
-        changed = [
-            w for key, w in sorted(wanted.items())
-            if key not in heads or not _unchanged(heads[key], w)
-        ]
+        if record is None:
+            with aws_errors(what):
+                existing = _list_keys(client, bucket, prefix)
+            present = sorted(existing & wanted.keys())
+            heads = dict(zip(present, pool.map(head, present), strict=True))
+            state = {k: _fingerprint(wanted[k]) for k, h in heads.items()
+                     if _unchanged(h, wanted[k])}
+            state |= {k: "" for k in existing - state.keys()}  # present, but not as wanted
+        else:
+            existing, state = set(record), dict(record)
+        doomed = sorted(existing - wanted.keys())
+        _check_delete_share(len(doomed), len(existing), max_delete_share, target_url)
+        changed = [w for key, w in sorted(wanted.items())
+                   if state.get(key) != _fingerprint(w)]
         report.unchanged = len(wanted) - len(changed)
-        for batch in ([w for w in changed if not w.html], [w for w in changed if w.html]):
-            report.bytes_uploaded += sum(pool.map(upload, batch))  # waits for the whole batch
-            report.uploaded += len(batch)
+        batches = [w for w in changed if not w.html], [w for w in changed if w.html]
+        for batch in batches:
+            for start in range(0, len(batch), WORKERS * 4):
+                if deadline is not None and _now() >= deadline:
+                    _save_record(source, record_key, state)
+                    raise MirrorTimeout(report)
+                chunk = batch[start:start + WORKERS * 4]
+                report.bytes_uploaded += sum(pool.map(upload, chunk))  # waits for the chunk
+                report.uploaded += len(chunk)
+                state |= {w.key: _fingerprint(w) for w in chunk}
     with aws_errors(what):
         _delete(client, bucket, doomed)
     report.deleted = len(doomed)
+    _save_record(source, record_key, {k: state[k] for k in wanted})
     log.info("mirror to %s: %s", target_url, report.summary())
     return report
 
@@ -350,3 +413,37 @@ def _delete(client: Any, bucket: str, keys: Iterable[str]) -> None:
             send()
     if batch:
         send()
+
+
+def mirror_production(service: Any, site: str, deployment_id: str = "", *,
+                      deadline: float | None = None) -> MirrorReport:
+    """Mirror what production of `site` serves to the configured mirror (config.mirror),
+    `<mirror>/<site>/`; the outcome goes to the deployment's log.
+
+    A mirror that would delete more than config.mirror_max_delete of the site's objects is
+    refused (ConfigError, logged as an error: retrying cannot change the answer).
+    """
+    from pushsite.aws.targets import site_target
+
+    alias = service.state.get_alias(site, "production")
+    if alias is None:
+        return MirrorReport()
+    target = alias.deployment_id
+    log = service.log_for(service.state.get_deployment(target))
+    try:
+        report = mirror_deployment(service.manifest(target), service.store,
+                                   site_target(service.config.mirror, site),
+                                   max_delete_share=service.config.mirror_max_delete,
+                                   deadline=deadline)
+    except ConfigError as exc:
+        log.error("mirror", f"not mirrored: {exc}")
+        raise
+    except MirrorTimeout as exc:
+        log.info("mirror", f"mirror paused at the deadline ({exc.report.summary()}); the "
+                 "next invocation goes on")
+        raise
+    finally:
+        log.flush()
+    log.info("mirror", f"mirrored to {service.config.mirror}: {report.summary()}")
+    log.flush()
+    return report

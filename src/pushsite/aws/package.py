@@ -5,13 +5,15 @@ service, the S3/DynamoDB/SQS backends):
 
     isal     gzip of the bundle and of text files; several times faster than zlib
     brotli   the .br variants of text files
+    httpx    (with httpcore, h11, anyio, certifi, idna, typing-extensions) notifications and
+             commit statuses, which reach the function through the same queue
 
 Left out on purpose:
 
     boto3, botocore, s3transfer (and their jmespath, dateutil, urllib3, six): the python3.11
         runtime ships them, and a second copy would add ~25 MB and shadow the runtime's
     click, rich: the command line; Lambda calls pushsite.aws.handler.handler directly
-    starlette, fastapi, uvicorn, httpx, jinja2, python-multipart: the edge, dashboard, API and
+    starlette, fastapi, uvicorn, jinja2, python-multipart: the edge, dashboard, API and
         webhook receiver, which serve HTTP on a host, not in the deployer function
 
 The versions are pinned here (LAMBDA_DEPENDENCIES, exact `==`, installed with --no-deps), so
@@ -48,7 +50,12 @@ MAX_UNZIPPED = 250 * MB  # Lambda's limit for the function and its layers, unzip
 MAX_ZIPPED = 50 * MB  # Lambda's limit for a zip uploaded directly (not from S3)
 
 # Exact pins: the zip must not change with the day it is built (see the module docstring).
-LAMBDA_DEPENDENCIES = ("isal==1.9.1", "brotli==1.2.1")
+LAMBDA_DEPENDENCIES = (
+    "isal==1.9.1", "brotli==1.2.1",
+    # httpx and what it needs: the function delivers notifications and commit statuses too
+    "httpx==0.29.0", "httpcore==1.0.9", "h11==0.16.0", "anyio==4.16.0",
+    "certifi==2026.10.19.post1", "idna==3.21", "typing-extensions==4.16.0",
+)
 # What pushsite.aws.handler runs; each must import from the zip on the runtime (tests check).
 DEPLOY_PATH_MODULES = (
     "pushsite.service.verbs",
@@ -57,6 +64,8 @@ DEPLOY_PATH_MODULES = (
     "pushsite.state.dynamodb",
     "pushsite.queues.sqs",
     "pushsite.aws.mirror",
+    "pushsite.service.notify",
+    "pushsite.service.statuses",
 )
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}

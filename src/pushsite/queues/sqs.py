@@ -10,6 +10,9 @@ are form-encoded (`a%2Fb+c` for "a/b c"): consumers must `urllib.parse.unquote_p
 `receive` long-polls (SQS allows at most 20 s per call; longer waits poll again).
 `attempts` is SQS's ApproximateReceiveCount: a released message counts again when redelivered.
 `create=1` creates the queue when absent with the given visibility timeout (default 300 s).
+`receive` hides a message for `?visibility=` seconds (default LEASE, 60), whatever the queue's
+own timeout (the template's is 90 minutes, for Lambda): that is the lease a worker renews
+(service/worker.py), so a worker that dies is replaced after it, not after the queue's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pushsite.queues import MAX_DELAY, QueueItem
 
 _MAX_WAIT = 20  # SQS's limit for one long poll
 _MAX_VISIBILITY = 43_200  # 12 hours, SQS's limit
+LEASE = 60  # seconds a received message stays hidden; service/worker.py's VISIBILITY
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
@@ -35,6 +39,7 @@ class SqsQueue:
 
     def __init__(self, queue_url: str, *, target: BackendUrl) -> None:
         self.queue_url = queue_url
+        self.visibility = min(max(target.int_option("visibility", LEASE), 1), _MAX_VISIBILITY)
         self._what = f"SQS queue {queue_url!r}"
         self._client = make_client("sqs", target)
 
@@ -85,6 +90,7 @@ class SqsQueue:
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=1,
                     WaitTimeSeconds=wait,
+                    VisibilityTimeout=self.visibility,
                     MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 )
             messages = response.get("Messages", [])

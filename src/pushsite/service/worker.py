@@ -3,7 +3,8 @@
 While a deployment runs, a heartbeat keeps its queue item hidden (SQS visibility, or the
 local queue's), so a long deploy is not handed to a second worker; a worker that dies stops
 the heartbeat and the item reappears for another to finish (stored blobs are reused). The
-lease is the queue URL's `?visibility=` (else VISIBILITY), renewed every third of it.
+lease is the queue URL's `?visibility=` (else VISIBILITY): SQS hides a received message for
+exactly that (queues/sqs.py), the first beat renews it at once and then every third of it.
 
 A message whose work fails outside a deployment (a backend unreachable, an event naming no
 valid site) is neither acked nor released: it reappears after the visibility timeout, and SQS
@@ -28,6 +29,7 @@ from pushsite.service.s3events import handle_s3_event, is_s3_event
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 VISIBILITY = 60.0
+requeue_seconds: dict[str, float] = {}  # "last": how long the last re-queue's send took
 _logger = logging.getLogger("pushsite.worker")
 MAX_RESUMES = 50
 SIDE_THREADS = 8  # deliveries (notifications, commit statuses) in flight per worker
@@ -49,7 +51,9 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._beat, args=(service, item), daemon=True)
 
     def _beat(self, service: Service, item: QueueItem) -> None:
-        while not self._stop.wait(self._lease / 3):
+        wait = 0.0  # the first beat at once: the message's hiding starts from its receipt
+        while not self._stop.wait(wait):
+            wait = self._lease / 3
             # a missed beat only risks a second delivery, which the status check absorbs
             with contextlib.suppress(Exception):
                 service.queue.extend(item, self._lease)
@@ -144,10 +148,18 @@ def _resume_later(service: Service, deployment_id: str, resumes: int) -> None:
         log.error("timed_out", f"gave up after {resumes} resumed runs; deploy it again with "
                   "a longer timeout")
     else:
-        service.queue.send({"deployment": deployment_id, "resumes": resumes + 1})
+        send_timed(service, {"deployment": deployment_id, "resumes": resumes + 1})
         log.info("timed_out", f"queued again to resume (run {resumes + 2}); stored blobs "
                  "are skipped")
     log.flush()
+
+
+def send_timed(service: Service, body: dict[str, Any]) -> None:
+    """Queue a message and remember how long that took: the Lambda handler reserves that
+    much before its deadline, so a re-queue never runs past Lambda's limit."""
+    started = time.monotonic()
+    service.queue.send(body)
+    requeue_seconds["last"] = time.monotonic() - started
 
 
 def recover(service: Service, echo: Callable[..., Any] | None = None) -> list[str]:

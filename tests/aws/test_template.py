@@ -141,7 +141,8 @@ def test_bundles_in_staging_reach_the_function_through_the_queue() -> None:
         "python3.11",
         900,
     )
-    assert resources["DeployQueue"]["Properties"]["VisibilityTimeout"] >= function["Timeout"]
+    # AWS's advice: six times the function's timeout, so a throttled retry is not redelivered
+    assert resources["DeployQueue"]["Properties"]["VisibilityTimeout"] >= 6 * function["Timeout"]
     mapping = resources["DeployQueueMapping"]["Properties"]
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     table = resources["DeploymentsTable"]["Properties"]
@@ -189,7 +190,7 @@ def test_template_creates_a_working_stack_on_moto(moto: str) -> None:
     url = sqs.get_queue_url(QueueName="site-bundles")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     redrive = json.loads(attributes["RedrivePolicy"])
-    assert int(redrive["maxReceiveCount"]) == 3
+    assert int(redrive["maxReceiveCount"]) >= 5  # AWS's advice for Lambda event sources
     assert redrive["deadLetterTargetArn"].endswith(":site-bundles-dead")
     function = session.client("lambda", endpoint_url=moto).get_function(
         FunctionName="site-deployer"
@@ -332,10 +333,11 @@ def test_role_lets_the_s3_backends_work_and_nothing_more(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", credentials.secret_key)
     s3 = deployer.client("s3", endpoint_url=endpoint)
 
-    # The deployer reads a bundle from staging and removes it, but never writes one.
+    # The deployer reads a bundle from staging, but never writes or removes one.
     admin_s3.put_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz", Body=b"bundle")
     assert s3.get_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz")["Body"].read()
-    s3.delete_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        s3.delete_object(Bucket=outputs["StagingBucket"], Key="blog/a.tar.gz")
     for bucket in (outputs["StagingBucket"], "code"):
         with pytest.raises(ClientError, match="AccessDenied"):
             s3.put_object(Bucket=bucket, Key="x.tar.gz", Body=b"not allowed")

@@ -134,10 +134,12 @@ def _parameters(prefix: str) -> Json:
             "MaxValue": 10240,
             "Description": "Lambda memory in MB (CPU grows with it)",
         },
+        # AWS advises at least 5 for a Lambda event source: a message may be received by a
+        # poller while the function is throttled, which counts without a real attempt.
         "MaxReceiveCount": {
             "Type": "Number",
-            "Default": 3,
-            "MinValue": 1,
+            "Default": 5,
+            "MinValue": 5,
             "MaxValue": 1000,
             "Description": "Attempts before a bundle's message moves to the dead-letter queue",
         },
@@ -185,11 +187,12 @@ def _policy(prefix: str) -> Json:
                 ],
                 [_arn("DeployQueue")],
             ),
-            # Read a bundle, then remove it once its deployment finished.
+            # Read a bundle (never write or delete one: the bucket's lifecycle rule expires
+            # them after BundleRetentionDays, and a kept bundle lets a deploy resume).
             # ListBucket makes a bundle deleted before its event is handled a 404 (skipped)
             # rather than a 403 (an error, retried until the dead-letter queue).
             _statement("ListStaging", ["s3:ListBucket"], [staging_bucket]),
-            _statement("ReadStaging", ["s3:GetObject", "s3:DeleteObject"], [staging]),
+            _statement("ReadStaging", ["s3:GetObject"], [staging]),
             # ListBucket makes a missing key a 404 instead of a 403 (the store's has()).
             _statement("ListContent", ["s3:ListBucket"], [content_bucket]),
             _statement(

@@ -205,6 +205,8 @@ class Deployment:
     lease_until: float = 0.0
     # the pushsite.errors class it stopped with ("internal" for anything else), set on failure
     error_kind: str = ""
+    # a draft moves no alias: reached at its own URL only, until promoted (`pushsite promote`)
+    draft: bool = False
 
     @property
     def seconds(self) -> float | None:
@@ -222,6 +224,7 @@ class Deployment:
     def from_dict(cls, data: dict[str, Any]) -> Deployment:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["status"] = Status(known.get("status", "queued"))
+        known["draft"] = bool(known.get("draft", False))  # SQLite keeps 0 or 1
         return cls(**known)
 
 

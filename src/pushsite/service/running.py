@@ -540,7 +540,13 @@ class Running(ServiceBase):
             self._discard_staged(deployment)
 
     def activate(self, deployment: Deployment, log: DeployLog | None = None) -> bool:
-        """Move the branch's aliases to a ready deployment; a newer acceptance always wins."""
+        """Move the branch's aliases to a ready deployment; a newer acceptance always wins.
+        A draft moves none: it stays ready at its own URL until promoted."""
+        if deployment.draft:
+            if log:
+                log.info("activate", f"a draft: no alias moved; promote it with `pushsite "
+                         f"promote {deployment.id}`")
+            return False
         site = self.state.get_site(deployment.site)
         targets = [branch_alias(deployment.branch)]
         if deployment.branch == site.production_branch:

@@ -274,8 +274,10 @@ class Service(Queueing):
         enqueue: bool = True,
         deployment_id: str | None = None,
         bundle_key: str = "",
+        draft: bool = False,
     ) -> Deployment:
         """Stage a bundle and record a queued deployment; the bundle is copied as a stream.
+        A `draft` moves no alias when it is ready (running.activate).
 
         With bundle None the caller streams it into `run` itself (`pushsite deploy` reads
         its source once, straight through the deployer, instead of copying it first), or
@@ -286,7 +288,7 @@ class Service(Queueing):
         self._check_branch_label(site.name, branch)
         deployment = Deployment(deployment_id or ids.new_id(), site.name, branch, Status.QUEUED,
                                 commit=commit, message=message, source=source,
-                                bundle_key=bundle_key)
+                                bundle_key=bundle_key, draft=draft)
         if bundle is not None:
             deployment.bundle_key = self._stage(deployment.id, bundle)
         self.state.create_deployment(deployment)
@@ -465,7 +467,14 @@ class Service(Queueing):
 
     # aliases -----------------------------------------------------------------------------------
 
-    def rollback(self, site_name: str, deployment_id: str | None = None) -> Deployment:
+    def promote(self, deployment_id: str) -> Deployment:
+        """Point production at a ready deployment (a draft, a preview, a newer one): the
+        dashboard's button and `pushsite promote`; its log says "promoted"."""
+        target = self.state.get_deployment(deployment_id)
+        return self.rollback(target.site, target.id, verb="promoted")
+
+    def rollback(self, site_name: str, deployment_id: str | None = None, *,
+                 verb: str = "rolled back") -> Deployment:
         """Point production at an earlier ready deployment: an alias move, no copying."""
         site = self.site(site_name)
         current = self.state.get_alias(site.name, PRODUCTION)
@@ -482,13 +491,16 @@ class Service(Queueing):
                               "ready deployment can go live")
         housekeeping.check_servable(self, target)  # before any alias moves
         if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
-            raise AliasConflict(f"production of {site.name} moved while rolling back; retry")
+            raise AliasConflict(f"production of {site.name} moved while "
+                                f"{'promoting' if verb == 'promoted' else 'rolling back'}; "
+                                "retry")
         self._mark_live(target)
         if current and current.deployment_id != target.id:
             self._refresh_status(current.deployment_id)
-        self._note(target, "info", "activate", f"rolled back: production now serves {target.id}")
+        self._note(target, "info", "activate", f"{verb}: production now serves {target.id}")
         target = self.state.get_deployment(target.id)
-        self._production_changed(target, current.deployment_id if current else None, "rollback")
+        self._production_changed(target, current.deployment_id if current else None,
+                                 "promote" if verb == "promoted" else "rollback")
         return target
 
     def _previous_production(self, site: Site, current: str | None) -> Deployment:

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     files INTEGER NOT NULL, bytes_in INTEGER NOT NULL, bytes_stored INTEGER NOT NULL,
     blobs_new INTEGER NOT NULL, blobs_reused INTEGER NOT NULL, error TEXT NOT NULL,
     progress TEXT NOT NULL, error_kind TEXT NOT NULL DEFAULT '',
-    runner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0);
+    runner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0,
+    draft INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, id);
 CREATE TABLE IF NOT EXISTS aliases (
     site TEXT NOT NULL, name TEXT NOT NULL, deployment_id TEXT NOT NULL,
@@ -98,6 +99,7 @@ _QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
 _ADDED_COLUMNS = [("deployments", "error_kind", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "runner", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "lease_until", "REAL NOT NULL DEFAULT 0"),
+                  ("deployments", "draft", "INTEGER NOT NULL DEFAULT 0"),
                   # claims made before approvals existed were served: they stay approved
                   ("domains", "status", "TEXT NOT NULL DEFAULT 'approved'"),
                   ("domains", "scope", "TEXT NOT NULL DEFAULT ''"),

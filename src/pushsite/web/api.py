@@ -618,7 +618,7 @@ def create_api(service: Service) -> FastAPI:
     def activate(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
         """Point production at this ready deployment (a rollback or roll-forward)."""
         deployment = view.covered_deployment(token, deployment_id)
-        return view.deployment(service.rollback(deployment.site, deployment.id))
+        return view.deployment(service.promote(deployment.id))
 
     @api.post("/deployments/{deployment_id}/cancel", response_model=DeploymentOut,
               tags=["actions"])

@@ -394,7 +394,7 @@ class Dashboard:
 
     def _activate(self, visit: Visit, deployment_id: str) -> str:
         deployment = self._deployment(visit, deployment_id)
-        return self.service.rollback(deployment.site, deployment.id).id
+        return self.service.promote(deployment.id).id
 
     def _cancel(self, visit: Visit, deployment_id: str) -> str:
         deployment = self._deployment(visit, deployment_id)

@@ -70,7 +70,8 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except PushsiteError as exc:
             _reported.append(exc)
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False,
+                      soft_wrap=True)
             sys.exit(exc.exit_code)
 
     return cast(F, wrapper)
@@ -88,7 +89,7 @@ def _close(service: Service, exiting: bool) -> None:
         if _reported:
             return
         _reported.append(exc)
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 
@@ -898,6 +899,21 @@ def domains_list(ctx: click.Context, site: str) -> None:
         click.echo(f"{claim.host}\t{claim.status}\t{claim.scope}")
     err.print(f"challenge: a TXT record _pushsite-challenge.<host> = "
               f"\"{service.domain_token(site)}\"", highlight=False)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """A site's build cache (generators' caches and [build] cache, kept between builds)."""
+
+
+@cache_group.command("clear")
+@click.argument("site")
+@click.pass_context
+@reports_errors
+def cache_clear(ctx: click.Context, site: str) -> None:
+    """Drop SITE's build caches: the next build starts cold."""
+    count = _service(ctx).clear_build_cache(site)
+    err.print(f"{site}: cleared the build cache of {count} branch(es)", highlight=False)
 
 
 @cli.group("env")

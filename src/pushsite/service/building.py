@@ -22,12 +22,14 @@ from pushsite.deploy.build import (
     plan_for_folder,
     run_build,
 )
+from pushsite.deploy.buildcache import BuildCache, cache_paths
 from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
 from pushsite.deploy.detect import BuildPlan, plan_build
 from pushsite.deploy.folder import deploy_folder
 from pushsite.deploy.siteconfig import parse_pushsite_toml
 from pushsite.errors import BundleRejected
 from pushsite.model import Deployment
+from pushsite.names import branch_label
 
 PEEK_BYTES = 32 << 20  # compressed bundles up to this size are looked into for a build
 
@@ -143,6 +145,11 @@ def _top_folder(names: list[str]) -> str:
     return ""
 
 
+def site_cache(service: Any, site: str) -> BuildCache:
+    """The site's build caches on this machine ($PUSHSITE_HOME/build-cache/<site>)."""
+    return BuildCache(service.config.home / "build-cache", site)
+
+
 def build_context(service: Running, deployment: Deployment) -> BuildContext:
     site = service.state.get_site(deployment.site)
     config = service.config
@@ -165,8 +172,15 @@ def _built(service: Running, deployment: Deployment, builder: ManifestBuilder, l
         settings_file = work.src / "pushsite.toml"
         settings = (parse_pushsite_toml(settings_file.read_bytes())
                     if settings_file.is_file() and not settings_file.is_symlink() else None)
+        cache = site_cache(service, deployment.site)
+        paths = cache_paths(plan)
+        label = branch_label(deployment.branch)
+        production = branch_label(service.state.get_site(deployment.site).production_branch)
+        log.info("build", cache.restore(work.src, tuple(dict.fromkeys((label, production))),
+                                        paths))
         output = run_build(plan, work, build_context(service, deployment), builds, log,
                            check=lambda: builder.deadline.check(builder.counters))
+        log.info("build", cache.save(work.src, label, paths))
         log.flush()
         outcome = deploy_folder(output, builder, service.config.limits(), deployment.id,
                                 deployment.site, deployment.created,

@@ -227,6 +227,12 @@ class Service(Queueing):
         self.state.put_site(site)
         return variable.shown()
 
+    def clear_build_cache(self, name: str) -> int:
+        """Drop the site's build caches on this machine; how many branches' there were."""
+        from pushsite.service.building import site_cache
+
+        return site_cache(self, self.site(name).name).clear()
+
     def unset_variable(self, name: str, key: str) -> None:
         site = self.site(name)
         kept = tuple(v for v in site.settings.variables if v.name != key)

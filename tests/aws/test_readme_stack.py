@@ -108,7 +108,7 @@ def test_readme_stands_the_stack_up_and_serves_the_site(moto: str, tmp_path: Pat
                 _wait_for_port(port)
             if line.startswith("curl"):
                 want = next(answers)
-                deadline = time.monotonic() + 3  # the edge's stated staleness is 1 s
+                deadline = time.monotonic() + 3
                 while want not in out and time.monotonic() < deadline:
                     time.sleep(0.2)
                     code, out = shell.run(command)

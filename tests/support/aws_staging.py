@@ -122,8 +122,9 @@ def use_aws_backends(monkeypatch: pytest.MonkeyPatch, moto: str, store: str,
                      state: str) -> dict[str, str]:
     """PUSHSITE_* for the serverless shape: blobs in SeaweedFS, state in DynamoDB on moto;
     the staging bucket is read through boto3's AWS_ENDPOINT_URL_S3 (moto)."""
+    # staged keys create their sites here (off by default; tests/aws/test_s3_rejects.py)
     env = {"PUSHSITE_STORE": store, "PUSHSITE_STATE": state, "AWS_ENDPOINT_URL_S3": moto,
-           "PUSHSITE_WORKERS": "2"}
+           "PUSHSITE_WORKERS": "2", "PUSHSITE_S3_CREATE_SITES": "1"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

@@ -11,7 +11,10 @@ message (the bundle's pax header fills a missing commit).
 S3 delivers events at least once and sends two for a multipart upload: every event about one
 object (bucket, key, ETag) maps to one deployment id (sources/s3bundle.py), so duplicates find the
 deployment the first one made instead of making another, and a redelivery after a worker died
-takes it over. Uploading one key per branch (overwriting it) is the simplest convention: an
+takes it over. A key that can never deploy (an invalid site or branch name, a site that does
+not exist while the s3_create_sites setting is off) is rejected, not retried: a failed
+deployment records it when the site exists, a warning naming the key otherwise. Uploading one
+key per branch (overwriting it) is the simplest convention: an
 older event that arrives late finds its object replaced and is skipped.
 
 The service's own worker reads these events off the queue, so the adapter lives here, beside
@@ -21,16 +24,18 @@ it, and not in aws/ (the Lambda's package): the layers stay one-way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pushsite.errors import BackendUnavailable, ConfigError, DeploymentNotFound
+from pushsite.errors import BackendUnavailable, ConfigError, DeploymentNotFound, SiteNotFound
 from pushsite.model import Deployment, Status
 from pushsite.queues import QueueItem
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
 BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
+_log = logging.getLogger("pushsite.s3events")
 
 
 def is_s3_event(body: dict[str, Any]) -> bool:
@@ -106,6 +111,10 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
     except DeploymentNotFound:
         pass
     meta = head.get("Metadata", {})
+    rejected = _rejected(service, site, branch)
+    if rejected:
+        return _reject(service, key, site, branch, deployment_id, rejected,
+                       bundle_key(bucket, key, etag))
     try:
         return service.accept(site, None, branch=branch, message=meta.get("message", ""),
                               commit=meta.get("commit", ""), source="s3", enqueue=False,
@@ -114,7 +123,47 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
     except (ConfigError, BackendUnavailable):
         with contextlib.suppress(DeploymentNotFound):  # another event created it first
             return service.state.get_deployment(deployment_id)
-        raise  # an invalid site or branch in the key: the message ends in the dead letters
+        raise
+
+
+def _rejected(service: Service, site: str, branch: str | None) -> str:
+    """Why a staged key can never deploy (retrying cannot change it), or ""."""
+    from pushsite import names
+
+    try:
+        names.check_site_name(site)
+        if branch is not None:
+            names.check_branch_name(branch)
+    except ConfigError as exc:
+        return str(exc)
+    try:
+        service.state.get_site(site)
+    except SiteNotFound:
+        if not service.config.s3_create_sites:
+            return (f"there is no site {site!r}: create it (`pushsite sites create {site}`), "
+                    "or set PUSHSITE_S3_CREATE_SITES=1 to let staged keys create sites")
+    return ""
+
+
+def _reject(service: Service, key: str, site: str, branch: str | None, deployment_id: str,
+            reason: str, staged: str) -> Deployment | None:
+    """Record a bundle that can never deploy where a user looks, and let its event go:
+    a failed deployment when the site exists, else a log line naming the key."""
+    _log.warning("rejected the staged bundle %s: %s", key, reason)
+    try:
+        known = service.state.get_site(site)
+    except (SiteNotFound, ConfigError):
+        return None
+    deployment = Deployment(deployment_id, site, branch or known.production_branch,
+                            Status.FAILED, source="s3",
+                            bundle_key=staged, error=f"rejected {key}: {reason}",
+                            finished=time.time())
+    with contextlib.suppress(Exception):  # a redelivered event finds it made
+        service.state.create_deployment(deployment)
+        log = service.log_for(deployment)
+        log.error("accept", deployment.error)
+        log.flush()
+    return None
 
 
 def _abandon(service: Service, site: str, staged: str, attempts: int) -> None:

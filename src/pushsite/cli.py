@@ -207,14 +207,14 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
     ctx.obj["quick_exit"] = True
     source, site = _deploy_target(source, site)
     if server:
-        from pushsite.remote import deploy_remote
+        from pushsite.remote import deploy_source
 
         if draft:
             raise ConfigError("--draft deploys to this machine's home only; drop --server, "
                               "or deploy a preview branch with --branch")
 
         try:
-            uploaded = deploy_remote(server, token or "", open_source(source), site=site,
+            uploaded = deploy_source(server, token or "", source, site=site,
                                      branch=branch, message=message, timeout=timeout,
                                      echo=None if as_json else err.print, create=create)
         except PushsiteError as exc:
@@ -244,6 +244,10 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
         finally:
             if progress:
                 progress.stop()
+            if run_build:
+                from pushsite.deploy.build import finish_removals
+
+                finish_removals()  # the work folder goes before a quick exit
     except PushsiteError:
         if as_json:
             failed = service.state.get_deployment(deployment.id)
@@ -643,15 +647,19 @@ def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command()
-@click.argument("deploy_id")
+_REF_HELP = ("DEPLOYMENT is an id, a unique prefix of one (at least 4 characters, as "
+             "`pushsite deploys` shows them), or a site's name for its newest deployment.")
+
+
+@cli.command(epilog=_REF_HELP)
+@click.argument("deployment")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_context
 @reports_errors
-def log(ctx: click.Context, deploy_id: str, as_json: bool) -> None:
+def log(ctx: click.Context, deployment: str, as_json: bool) -> None:
     """Print a deployment's log."""
     service = _service(ctx)
-    service.state.get_deployment(deploy_id)
+    deploy_id = service.find_deployment(deployment).id
     for line in service.state.get_logs(deploy_id):
         if as_json:
             click.echo(json.dumps(line.to_dict()))
@@ -660,44 +668,47 @@ def log(ctx: click.Context, deploy_id: str, as_json: bool) -> None:
             click.echo(f"{stamp} {line.level:<7} {line.stage:<9} {line.message}")
 
 
-@cli.command()
+@cli.command(epilog="DEPLOYMENT is an id or a unique prefix of one (at least 4 characters).")
 @click.argument("site")
-@click.argument("deploy_id", required=False)
+@click.argument("deployment", required=False)
 @click.pass_context
 @reports_errors
-def rollback(ctx: click.Context, site: str, deploy_id: str | None) -> None:
-    """Point production at DEPLOY_ID (default: the one before the live one). Instant."""
+def rollback(ctx: click.Context, site: str, deployment: str | None) -> None:
+    """Point production at DEPLOYMENT (default: the one before the live one). Instant."""
     service = _service(ctx)
-    deployment = service.rollback(site, deploy_id)
-    err.print(f"production of {site} now serves {deployment.id} "
-              f"({deployment.commit[:12] or 'no commit'})", highlight=False)
+    deploy_id = service.find_deployment(deployment, site=service.site(site).name).id \
+        if deployment else None
+    target = service.rollback(site, deploy_id)
+    err.print(f"production of {site} now serves {target.id} "
+              f"({target.commit[:12] or 'no commit'})", highlight=False)
     if service.config.mirror:  # the hosting copy follows production (PUSHSITE_MIRROR)
         from pushsite.aws.mirror import mirror_production
 
-        report = mirror_production(service, deployment.site, deployment.id)
+        report = mirror_production(service, target.site, target.id)
         err.print(f"mirrored {site}: {report.summary()}", highlight=False)
 
 
-@cli.command()
-@click.argument("deploy_id")
+@cli.command(epilog=_REF_HELP)
+@click.argument("deployment")
 @click.pass_context
 @reports_errors
-def promote(ctx: click.Context, deploy_id: str) -> None:
-    """Point production at the ready deployment DEPLOY_ID (a draft, a preview): instant."""
+def promote(ctx: click.Context, deployment: str) -> None:
+    """Point production at the ready DEPLOYMENT (a draft, a preview): instant."""
     service = _service(ctx)
-    deployment = service.promote(deploy_id)
-    err.print(f"promoted {deployment.id}: production of {deployment.site} serves it at "
-              f"{service.config.site_url(deployment.site)}", highlight=False, soft_wrap=True)
+    target = service.promote(service.find_deployment(deployment).id)
+    err.print(f"promoted {target.id}: production of {target.site} serves it at "
+              f"{service.config.site_url(target.site)}", highlight=False, soft_wrap=True)
 
 
-@cli.command()
-@click.argument("deploy_id")
+@cli.command(epilog=_REF_HELP)
+@click.argument("deployment")
 @click.pass_context
 @reports_errors
-def cancel(ctx: click.Context, deploy_id: str) -> None:
+def cancel(ctx: click.Context, deployment: str) -> None:
     """Cancel a queued or running deployment."""
-    _service(ctx).cancel(deploy_id)
-    err.print(f"cancelled {deploy_id}")
+    service = _service(ctx)
+    cancelled = service.cancel(service.find_deployment(deployment).id)
+    err.print(f"cancelled {cancelled.id}", highlight=False)
 
 
 @cli.command()

@@ -240,7 +240,8 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
             progress.start()
         try:
             deployment = service.run(deployment.id, timeout=timeout, progress=update,
-                                     bundle=stream, folder=folder, build=run_build)
+                                     bundle=stream, folder=folder, build=run_build,
+                                     optimise=False)
         finally:
             if progress:
                 progress.stop()
@@ -254,6 +255,17 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
             click.echo(json.dumps(_deployment_json(service.config, failed, service)))
         raise
     _report(deployment, as_json, service)
+    _finish_optimising(service, deployment.id)
+
+
+def _finish_optimising(service: Any, deployment_id: str) -> None:
+    """Live first: the URL is printed; brotli is made now, unless a server runs on this
+    home to take the queued message (service/optimising.py)."""
+    from pushsite.web.listening import running
+
+    sys.stdout.flush()
+    if running(service.config.home) is None:
+        service.optimise_now(deployment_id)
 
 
 def _warn_unbuilt(folder: Path) -> None:

@@ -49,3 +49,12 @@ def id_time(deployment_id: str) -> float:
 
 def looks_like_id(text: str) -> bool:
     return len(text) == 26 and all(c in _ALPHABET for c in text)
+
+
+MIN_PREFIX = 4  # characters a deployment's id may be shortened to when typed, as git allows
+SHORT_ID = 7  # characters a listing shows at least, as git does
+
+
+def could_prefix(text: str) -> bool:
+    """Whether `text` could start a deployment's id."""
+    return 0 < len(text) <= 26 and all(c in _ALPHABET for c in text)

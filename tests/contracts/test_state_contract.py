@@ -212,6 +212,22 @@ def test_list_deployments_newest_first_with_filters_and_paging(state: StateStore
     assert [d.id for d in state.list_deployments("blog", before=ids[3])] == [ids[1], ids[0]]
 
 
+def test_find_deployments_by_id_prefix(state: StateStore) -> None:
+    stem = "z" + new_id()[-9:]  # 10 characters no other test's ids start with
+    ids = [stem + "a" + "0" * 15, stem + "a" + "1" * 15, stem + "b" + "0" * 15]
+    for deployment_id, site in zip(ids, ["blog", "docs", "blog"], strict=True):
+        state.create_deployment(Deployment(id=deployment_id, site=site, branch="main"))
+    assert [d.id for d in state.find_deployments(stem)] == ids[::-1]
+    assert [d.id for d in state.find_deployments(stem + "a")] == [ids[1], ids[0]]
+    assert [d.id for d in state.find_deployments(stem + "a", limit=1)] == [ids[1]]
+    assert [d.id for d in state.find_deployments(stem + "a", site="blog")] == [ids[0]]
+    assert [d.id for d in state.find_deployments(stem, site="blog")] == [ids[2], ids[0]]
+    assert [d.id for d in state.find_deployments(ids[2])] == [ids[2]]
+    assert state.find_deployments(stem + "c") == []
+    assert state.find_deployments(stem + "b", site="docs") == []
+    assert state.find_deployments(stem, limit=0) == []
+
+
 # aliases -----------------------------------------------------------------------------------
 def test_older_push_never_moves_alias(state: StateStore) -> None:
     older, newer = new_id(), new_id()

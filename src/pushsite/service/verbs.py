@@ -24,6 +24,7 @@ from pushsite.errors import (
     AliasConflict,
     ConfigError,
     DeploymentCancelled,
+    DeploymentFailed,
     DeploymentNotFound,
     NotFound,
     SiteNotFound,
@@ -73,6 +74,16 @@ def _peeled(repo: Path, oid: str) -> str:
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{oid}^{{commit}}"],
                           capture_output=True, text=True, cwd=repo, check=False)
     return done.stdout.strip() or oid
+
+
+AMBIGUOUS_SHOWN = 5  # candidates an ambiguous prefix's error lists
+
+
+def _common_length(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def missing_site(name: str, known: list[str]) -> str:
@@ -246,7 +257,7 @@ class Service(Queueing):
         their manifests, and its git repository. Its blobs go at the next prune (other sites
         may share them). A site with a queued or running deployment is kept."""
         site = self.site(name)
-        for status in (Status.QUEUED, Status.RUNNING):
+        for status in (Status.RECEIVING, Status.QUEUED, Status.RUNNING):
             busy = self.state.list_deployments(site.name, status=status, limit=1)
             if busy:
                 raise ConfigError(f"deployment {busy[0].id} of site {site.name} is {status}; "
@@ -281,9 +292,11 @@ class Service(Queueing):
         deployment_id: str | None = None,
         bundle_key: str = "",
         draft: bool = False,
+        receiving: bool = False,
     ) -> Deployment:
         """Stage a bundle and record a queued deployment; the bundle is copied as a stream.
-        A `draft` moves no alias when it is ready (running.activate).
+        A `draft` moves no alias when it is ready (running.activate). With `receiving` (an
+        upload), it is recorded `receiving` before the first byte is copied (receiving.py).
 
         With bundle None the caller streams it into `run` itself (`pushsite deploy` reads
         its source once, straight through the deployer, instead of copying it first), or
@@ -295,9 +308,13 @@ class Service(Queueing):
         deployment = Deployment(deployment_id or ids.new_id(), site.name, branch, Status.QUEUED,
                                 commit=commit, message=message, source=source,
                                 bundle_key=bundle_key, draft=draft)
-        if bundle is not None:
+        if bundle is not None and receiving:
+            self._receive(deployment, bundle)
+        elif bundle is not None:
             deployment.bundle_key = self._stage(deployment.id, bundle)
-        self.state.create_deployment(deployment)
+            self.state.create_deployment(deployment)
+        else:
+            self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept",
                    f"accepted a bundle for {site.name} ({branch}) from {source}",
                    bytes=self._staged_size(deployment.bundle_key))
@@ -305,6 +322,52 @@ class Service(Queueing):
         if enqueue:
             self.queue.send({"deployment": deployment.id})
         return deployment
+
+    def _receive(self, deployment: Deployment, bundle: BinaryIO) -> None:
+        """Record the deployment `receiving`, stage the upload counting its bytes into the
+        record, then make it `queued`; a broken upload fails it (service/receiving.py)."""
+        from pushsite.service.receiving import Received
+
+        deployment.status = Status.RECEIVING
+        deployment.lease_until = time.time() + self.lease
+        self.state.create_deployment(deployment)
+        counted = Received(bundle, self.state, deployment, self.lease)
+        try:
+            deployment.bundle_key = self._stage(deployment.id, counted)
+        except BaseException as exc:
+            deployment.status, deployment.finished = Status.FAILED, time.time()
+            deployment.error = f"the upload did not arrive whole: {exc}"
+            deployment.error_kind = type(exc).__name__
+            self.state.update_deployment(deployment, expect_status=Status.RECEIVING)
+            raise
+        deployment.status, deployment.lease_until = Status.QUEUED, 0.0
+        deployment.bytes_in, deployment.progress = 0, ""
+        if not self.state.update_deployment(deployment, expect_status=Status.RECEIVING):
+            self._discard_staged(deployment)
+            raise DeploymentFailed(f"deployment {deployment.id} was failed while its upload "
+                                   "arrived (it stopped renewing its lease); deploy it again")
+
+    # incremental uploads (service/uploads.py) -------------------------------------------------
+    def start_upload(self, site_name: str, files: Any, *, branch: str | None = None,
+                     message: str = "", strip_top: bool = False,
+                     create: bool = False) -> tuple[str, list[str]]:
+        """Keep a checked file list; returns (upload id, the sha256s the server lacks)."""
+        from pushsite.service import uploads
+
+        return uploads.start(self, site_name, files, branch=branch, message=message,
+                             strip_top=strip_top, create=create)
+
+    def receive_blobs(self, site_name: str, upload_id: str, body: BinaryIO) -> int:
+        """Store a batch of asked-for blobs; a lie discards the upload (BundleRejected)."""
+        from pushsite.service import uploads
+
+        return uploads.receive(self, site_name, upload_id, body)
+
+    def finish_upload(self, site_name: str, upload_id: str) -> Deployment:
+        """Queue the upload's deployment once every asked-for blob has come."""
+        from pushsite.service import uploads
+
+        return uploads.finish(self, site_name, upload_id)
 
     def _stage(self, deployment_id: str, bundle: BinaryIO) -> str:
         self.config.staging.mkdir(parents=True, exist_ok=True)
@@ -473,6 +536,66 @@ class Service(Queueing):
 
     # aliases -----------------------------------------------------------------------------------
 
+    def find_deployment(self, ref: str, site: str | None = None) -> Deployment:
+        """The deployment `ref` names, as `log`, `rollback`, `promote` and `cancel` take it:
+        a whole id, a site's name (its newest deployment), or a unique prefix of an id of at
+        least MIN_PREFIX characters, as git takes a commit's (of `site`, when given)."""
+        ref = ref.strip().lower()
+        if ids.looks_like_id(ref):
+            found = self.state.get_deployment(ref)
+            if site is not None and found.site != site:
+                raise DeploymentNotFound(f"deployment {ref} belongs to site {found.site!r}, "
+                                         f"not {site!r}")
+            return found
+        if site is None and self._has_site(ref):
+            newest = self.state.list_deployments(ref, limit=1)
+            if not newest:
+                raise DeploymentNotFound(f"site {ref} has no deployments yet")
+            return newest[0]
+        if not ids.could_prefix(ref):
+            where = f" of site {site!r}" if site else ""
+            raise DeploymentNotFound(f"no deployment{where} and no site named {ref!r}")
+        if len(ref) < ids.MIN_PREFIX:
+            raise ConfigError(f"{ref!r} is too short to name a deployment: give at least "
+                              f"{ids.MIN_PREFIX} characters of its id")
+        found_list = self.state.find_deployments(ref, site=site, limit=AMBIGUOUS_SHOWN + 1)
+        if not found_list:
+            where = f" of site {site!r}" if site else ""
+            raise DeploymentNotFound(f"no deployment{where} whose id starts with {ref!r}")
+        if len(found_list) > 1:
+            listed = ", ".join(f"{d.id} ({d.site} {d.branch})"
+                               for d in found_list[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(found_list) > AMBIGUOUS_SHOWN else ""
+            raise ConfigError(f"{ref!r} names more than one deployment: {listed}{more}; "
+                              "give more characters")
+        return found_list[0]
+
+    def short_ids(self, deployments: list[Deployment]) -> dict[str, str]:
+        """Each deployment's shortest id prefix that names it alone among every site's
+        deployments (find_deployment takes it back), at least SHORT_ID characters. Ids start
+        with their time, so deployments made close together need a few more."""
+        ordered = sorted(d.id for d in deployments)
+        shown: dict[str, str] = {}
+        for i, full in enumerate(ordered):
+            length = ids.SHORT_ID
+            for neighbour in ordered[max(i - 1, 0):i] + ordered[i + 1:i + 2]:
+                length = max(length, _common_length(full, neighbour) + 1)
+            while length < len(full):
+                others = [d.id for d in self.state.find_deployments(full[:length], limit=2)
+                          if d.id != full]
+                if not others:
+                    break
+                length = max(length, _common_length(full, others[0]) + 1)
+            shown[full] = full[:length]
+        return shown
+
+    def _has_site(self, name: str) -> bool:
+        try:
+            self.state.get_site(names.check_site_name(name))
+        except (ConfigError, SiteNotFound):
+            return False
+        return True
+
     def promote(self, deployment_id: str) -> Deployment:
         """Point production at a ready deployment (a draft, a preview, a newer one): the
         dashboard's button and `pushsite promote`; its log says "promoted"."""
@@ -534,7 +657,7 @@ class Service(Queueing):
 
     def _cancel(self, deployment_id: str) -> Deployment:
         deployment = self.state.get_deployment(deployment_id)
-        for status in (Status.QUEUED, Status.RUNNING):
+        for status in (Status.RECEIVING, Status.QUEUED, Status.RUNNING):
             deployment.status = Status.CANCELLED
             deployment.error = "cancelled"
             deployment.error_kind = DeploymentCancelled.__name__

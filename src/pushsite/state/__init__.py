@@ -122,6 +122,11 @@ class StateStore(Protocol):
     ) -> list[Deployment]:
         """Newest first; `before` is an id for paging."""
 
+    def find_deployments(self, prefix: str, *, site: str | None = None,
+                         limit: int = 10) -> list[Deployment]:
+        """Deployments whose id starts with `prefix` (of `site`, when given), newest first:
+        a range read on the id index, never a scan (`pushsite log 01hx...`)."""
+
     # aliases -------------------------------------------------------------------------------
     def get_alias(self, site: str, name: str) -> Alias | None: ...
 

@@ -504,6 +504,24 @@ class DynamoState:
                 break
         return found
 
+    def find_deployments(self, prefix: str, *, site: str | None = None,
+                         limit: int = 10) -> list[Deployment]:
+        if limit <= 0:
+            return []
+        index, partition = ("by_time", "apk") if site is None else ("by_site", "gpk")
+        items = self._query(
+            IndexName=index,
+            KeyConditionExpression=f"{partition} = :p AND begins_with(gsk, :prefix)",
+            ExpressionAttributeValues={":p": _s("dep" if site is None else f"site#{site}"),
+                                       ":prefix": _s(prefix)},
+            ScanIndexForward=False, Limit=limit)
+        found: list[Deployment] = []
+        for item in items:
+            found.append(self._deployment(item))
+            if len(found) >= limit:
+                break
+        return found
+
     # aliases -------------------------------------------------------------------------------
     @staticmethod
     def _alias(site: str, item: Item) -> Alias:

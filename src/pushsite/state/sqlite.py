@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     blobs_new INTEGER NOT NULL, blobs_reused INTEGER NOT NULL, error TEXT NOT NULL,
     progress TEXT NOT NULL, error_kind TEXT NOT NULL DEFAULT '',
     runner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0,
-    draft INTEGER NOT NULL DEFAULT 0);
+    draft INTEGER NOT NULL DEFAULT 0, carried INTEGER NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, id);
 CREATE TABLE IF NOT EXISTS aliases (
     site TEXT NOT NULL, name TEXT NOT NULL, deployment_id TEXT NOT NULL,
@@ -100,6 +101,8 @@ _ADDED_COLUMNS = [("deployments", "error_kind", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "runner", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "lease_until", "REAL NOT NULL DEFAULT 0"),
                   ("deployments", "draft", "INTEGER NOT NULL DEFAULT 0"),
+                  ("deployments", "carried", "INTEGER NOT NULL DEFAULT 0"),
+                  ("deployments", "stage", "TEXT NOT NULL DEFAULT ''"),
                   # claims made before approvals existed were served: they stay approved
                   ("domains", "status", "TEXT NOT NULL DEFAULT 'approved'"),
                   ("domains", "scope", "TEXT NOT NULL DEFAULT ''"),
@@ -367,6 +370,17 @@ class SqliteState:
             f"SELECT {_QUOTED_COLUMNS} FROM deployments {clause} ORDER BY id DESC LIMIT ?",
             [*args, limit],
         )
+        return [self._deployment(row) for row in rows]
+
+    def find_deployments(self, prefix: str, *, site: str | None = None,
+                         limit: int = 10) -> list[Deployment]:
+        # a range on the primary key (or on the (site, id) index): ids are ASCII, so every id
+        # that starts with `prefix` sorts between it and prefix + U+FFFF
+        where, args = "id >= ? AND id < ?", [prefix, prefix + "\uffff"]
+        if site is not None:
+            where, args = f"site = ? AND {where}", [site, *args]
+        rows = self._query(f"SELECT {_QUOTED_COLUMNS} FROM deployments WHERE {where} "
+                           "ORDER BY id DESC LIMIT ?", [*args, limit])
         return [self._deployment(row) for row in rows]
 
     @staticmethod

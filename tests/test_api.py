@@ -142,7 +142,8 @@ def test_log_pages_with_after_and_reports_status(api: Api, site: str,
 
 
 def test_a_bundle_that_is_not_gzip_is_refused_at_once(api: Api, site: str) -> None:
-    response = api.call("POST", f"/sites/{site}/deploys?create=true", content=b"<html>not a bundle</html>")
+    response = api.call("POST", f"/sites/{site}/deploys?create=true",
+                        content=b"<html>not a bundle</html>")
     assert response.status_code == 422
     assert "not gzip" in response.json()["error"]
     empty = api.call("POST", f"/sites/{site}/deploys?create=true", content=b"")

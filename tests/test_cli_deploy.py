@@ -68,8 +68,8 @@ def test_git_archive_bundle_keeps_commit_and_strips_top_folder(
 
 
 def test_deploy_from_stdin_through_the_real_command(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site", "piped",
-                           "--json"], input=good_bundle(), capture_output=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site",
+                           "piped", "--json"], input=good_bundle(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "live"
 

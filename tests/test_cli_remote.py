@@ -73,8 +73,9 @@ def test_deploy_a_folder_to_a_server(remote: Server, token: str, client_home: Pa
 
 def test_json_output_is_the_deployment_with_urls(remote: Server, token: str, client_home: Path,
                                                  make_site: Callable[..., Path]) -> None:
-    done = run_cli(client_home, "deploy", "--create", str(make_site()), "--site", "ci-json", "--branch",
-                   "feature/login", "--json", "--server", remote.url + "/", "--token", token)
+    done = run_cli(client_home, "deploy", "--create", str(make_site()), "--site", "ci-json",
+                   "--branch", "feature/login", "--json", "--server", remote.url + "/", "--token",
+                   token)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["status"] == "live" and data["branch"] == "feature/login"
@@ -127,8 +128,8 @@ def test_token_and_name_problems_exit_with_their_code(
         remote: Server, client_home: Path, make_site: Callable[..., Path],
         args: tuple[str, ...], code: int, words: str) -> None:
     site_args = () if "--site" in args else ("--site", "ci-auth")
-    done = run_cli(client_home, "deploy", "--create", str(make_site()), *site_args, "--server", remote.url,
-                   *args)
+    done = run_cli(client_home, "deploy", "--create", str(make_site()), *site_args, "--server",
+                   remote.url, *args)
     assert done.returncode == code, done.stderr
     assert done.stderr.startswith("error: ") and len(errors_of(done.stderr)) == 1
     assert words in errors_of(done.stderr)[0]
@@ -184,8 +185,8 @@ def test_a_deploy_that_outlives_its_timeout_is_cancelled_and_exits_6(
                 break
             time.sleep(0.05)
         assert api.ok("GET", f"/deployments/{blocker.id}")["status"] == "running"
-        done = run_cli(tmp_path / "client", "deploy", "--create", str(make_site()), "--site", "ci-slow",
-                       "--timeout", "2", "--server", server.url, "--token", token)
+        done = run_cli(tmp_path / "client", "deploy", "--create", str(make_site()), "--site",
+                       "ci-slow", "--timeout", "2", "--server", server.url, "--token", token)
         assert done.returncode == 6, done.stderr
         assert "did not finish within 2s, so it was cancelled" in errors_of(done.stderr)[0]
         ours = api.ok("GET", "/sites/ci-slow/deploys")["deployments"][0]

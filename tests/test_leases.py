@@ -182,7 +182,8 @@ def test_process_with_the_state_down_raises_so_the_message_is_not_acked(
 # leases across processes ------------------------------------------------------------------------
 def cli_deploy(first: bytes, lease: float) -> subprocess.Popen[bytes]:
     """`pushsite deploy -` that has read `first` and waits for the rest on its stdin."""
-    cli = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site", "blog"],
+    cli = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site",
+                            "blog"],
                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE,
                            env={**os.environ, "PUSHSITE_LEASE": str(lease)})

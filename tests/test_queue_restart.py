@@ -175,8 +175,8 @@ def test_a_killed_pushsite_deploy_is_failed_at_the_next_start_and_the_worker_goe
     with open_service() as service:
         deploy(service, "blog", site_files("before"))
         service.config.staging.mkdir(parents=True, exist_ok=True)
-        cli = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "--create", "-", "--site",
-                                "blog"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        cli = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", "--create", "-",
+                                "--site", "blog"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         try:
             assert cli.stdin is not None

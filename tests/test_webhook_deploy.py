@@ -90,7 +90,8 @@ def send_hook(server: Server, site: str, secret: str, body: bytes, delivery: str
 
 
 def configure(server: Server, site: str, base_url: str) -> str:
-    assert server.cli("deploy", "--create", "--site", site, "-", input=_tiny_bundle()).returncode == 0
+    created = server.cli("deploy", "--create", "--site", site, "-", input=_tiny_bundle())
+    assert created.returncode == 0
     done = server.cli("hooks", site, "--base-url", base_url)
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(None, 1) for line in done.stdout.decode().splitlines())

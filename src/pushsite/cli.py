@@ -641,22 +641,79 @@ def sites_delete(ctx: click.Context, name: str, yes: bool) -> None:
 @click.pass_context
 @reports_errors
 def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
-    """List a site's deployments, newest first."""
+    """List a site's deployments, newest first; * marks the one production serves.
+
+    The ids shown are the shortest prefixes that name each deployment alone: `pushsite log`,
+    `promote`, `rollback` and `cancel` take them.
+    """
     service = _service(ctx)
-    service.site(site)
-    rows = service.state.list_deployments(site, limit=limit)
+    record = service.site(site)
+    rows = service.state.list_deployments(record.name, limit=limit)
+    alias = service.state.get_alias(record.name, "production")
+    production = alias.deployment_id if alias else None
+    short = service.short_ids(rows)
     if as_json:
         for d in rows:
-            click.echo(json.dumps(d.to_dict()))
+            click.echo(json.dumps({**d.to_dict(), "short_id": short[d.id],
+                                   "context": _context(d, record.production_branch),
+                                   "production": d.id == production}))
         return
-    from rich.table import Table
-
-    table = Table("id", "status", "branch", "commit", "message", "files", "new", "seconds",
-                  "error")
+    if not rows:
+        err.print(f"no deployments of {record.name} yet; deploy with: pushsite deploy FOLDER "
+                  f"--site {record.name}", highlight=False)
+        return
+    now = time.time()
+    table = [["", "id", "status", "context", "started", "commit", "message"]]
     for d in rows:
-        table.add_row(d.id, str(d.status), d.branch, d.commit[:12], d.message[:40],
-                      str(d.files), str(d.blobs_new), f"{d.seconds or 0:.2f}", d.error[:60])
-    out.print(table)
+        note = f"error: {d.error}" if d.error else d.message
+        table.append(["*" if d.id == production else "", short[d.id], str(d.status),
+                      _context(d, record.production_branch), _started(d.started or d.created, now),
+                      d.commit[:7], note.splitlines()[0] if note else ""])
+    for line in _fit(table, [1, 26, 9, 20, 18, 7], _table_width()):
+        click.echo(line)
+    if production:
+        err.print(f"* production: {service.config.site_url(record.name)}", highlight=False)
+
+
+def _table_width() -> int:
+    """80 columns, or a terminal's width when it has another (COLUMNS too)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
+
+
+def _fit(rows: list[list[str]], caps: list[int], width: int) -> list[str]:
+    """Rows as aligned columns within `width`: each column as wide as its longest cell up to
+    its cap (the last takes what is left), a cut cell ending in an ellipsis."""
+    widths = [min(cap, max(len(row[i]) for row in rows)) for i, cap in enumerate(caps)]
+    widths.append(max(0, width - sum(widths) - 2 * len(widths)))
+
+    def cut(text: str, size: int) -> str:
+        return text if len(text) <= size else text[:max(size - 1, 0)] + "…"
+
+    return ["  ".join(cut(cell, size).ljust(size) for cell, size in zip(row, widths, strict=True)
+                      ).rstrip() for row in rows]
+
+
+def _context(deployment: Deployment, production_branch: str) -> str:
+    """Where a deployment went: production, a branch's preview, or a draft (no alias)."""
+    if deployment.draft:
+        return "draft"
+    if deployment.branch == production_branch:
+        return "production"
+    return f"preview {deployment.branch}"
+
+
+def _started(when: float, now: float) -> str:
+    """Local time (the date too when not today) and how long ago, e.g. `14:03 5m ago`."""
+    local = time.localtime(when)
+    same_day = time.localtime(now)[:3] == local[:3]
+    stamp = time.strftime("%H:%M" if same_day else "%b %d %H:%M", local)
+    ago = max(0, int(now - when))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if ago >= size:
+            return f"{stamp} {ago // size}{unit} ago"
+    return f"{stamp} {ago}s ago"
 
 
 _REF_HELP = ("DEPLOYMENT is an id, a unique prefix of one (at least 4 characters, as "

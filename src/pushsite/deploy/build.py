@@ -227,11 +227,13 @@ def build_slot(slots: int, check: Callable[[], None], log: Log) -> Iterator[int]
 
 
 def run_build(plan: BuildPlan, work: WorkFolder, context: BuildContext, builds: Builds,
-              log: Log, check: Callable[[], None] = lambda: None) -> Path:
+              log: Log, check: Callable[[], None] = lambda: None,
+              before_start: Callable[[], None] = lambda: None) -> Path:
     """Run the plan's command on the work folder's tree; return the folder to publish.
 
     A non-zero exit fails with `build failed (exit N): <last line>`; a limit, a cancel or
     the deadline stops it (every process of it ended). Nothing is deployed in either case.
+    `before_start` may raise to skip a build that has not started (a newer push).
     """
     bwrap_path()  # before anything else: no sandbox, no build
     log.info(STAGE, plan.describe(), command=plan.command)
@@ -251,7 +253,12 @@ def run_build(plan: BuildPlan, work: WorkFolder, context: BuildContext, builds: 
     box = Sandbox(work.src, plan.command, env=context.environment(plan),
                   network=builds.network or plan.settings.network, tools=builds.tools,
                   limits=limits, scratch=work.path / "etc")
-    with build_slot(builds.max_builds, check, log):
+    def waiting() -> None:
+        check()
+        before_start()
+
+    with build_slot(builds.max_builds, waiting, log):
+        before_start()
         started = time.monotonic()
         status = run_sandboxed(box, line, check)
     seconds = time.monotonic() - started

@@ -28,8 +28,8 @@ from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
 from pushsite.deploy.detect import BuildPlan, plan_build
 from pushsite.deploy.folder import deploy_folder
 from pushsite.deploy.siteconfig import parse_pushsite_toml
-from pushsite.errors import BundleRejected
-from pushsite.model import Deployment
+from pushsite.errors import BundleRejected, DeploymentCancelled
+from pushsite.model import Deployment, Status
 from pushsite.names import branch_label
 
 PEEK_BYTES = 32 << 20  # compressed bundles up to this size are looked into for a build
@@ -146,6 +146,17 @@ def _top_folder(names: list[str]) -> str:
     return ""
 
 
+def _not_superseded(service: Running, deployment: Deployment) -> None:
+    """Skip a build not yet started when a newer push to the same branch is on its way (its
+    build has the newer files); a running build is left to finish."""
+    newest = service.state.list_deployments(deployment.site, branch=deployment.branch,
+                                            limit=1)
+    if newest and newest[0].id > deployment.id and newest[0].status not in (
+            Status.FAILED, Status.CANCELLED, Status.TIMED_OUT):
+        raise DeploymentCancelled(f"superseded by deployment {newest[0].id}, a newer push to "
+                                  f"{deployment.branch}: this one was not built")
+
+
 def _know_previous(builder: ManifestBuilder) -> None:
     """A push's deployer knows the previous manifest's paths, not its blobs (it carries
     files over by git id): a built output has no git ids, so tell it which blobs the previous
@@ -195,7 +206,8 @@ def _built(service: Running, deployment: Deployment, builder: ManifestBuilder, l
         log.info("build", cache.restore(work.src, tuple(dict.fromkeys((label, production))),
                                         paths))
         output = run_build(plan, work, build_context(service, deployment), builds, log,
-                           check=lambda: builder.deadline.check(builder.counters))
+                           check=lambda: builder.deadline.check(builder.counters),
+                           before_start=lambda: _not_superseded(service, deployment))
         log.info("build", cache.save(work.src, label, paths))
         log.flush()
         _know_previous(builder)

@@ -10,7 +10,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
@@ -21,7 +22,7 @@ import click
 from pushsite import __version__
 from pushsite.config import Config, load_config
 from pushsite.deploy.builder import Counters
-from pushsite.errors import ConfigError, PushsiteError
+from pushsite.errors import ConfigError, Interrupted, PushsiteError
 from pushsite.model import Deployment, Domain
 from pushsite.names import branch_label
 
@@ -202,9 +203,17 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
       pushsite deploy site.tar.gz --site blog --server https://deploy.example.com --token T
       pushsite link blog && pushsite deploy
     """
+    ctx.obj["quick_exit"] = True
+    with _ctrl_c_cancels():
+        _deploy(ctx, source, site, branch, message, timeout, as_json, server, token, create,
+                run_build, draft)
+
+
+def _deploy(ctx: click.Context, source: str | None, site: str | None, branch: str | None,
+            message: str, timeout: float, as_json: bool, server: str | None,
+            token: str | None, create: bool, run_build: bool, draft: bool) -> None:
     from pushsite.deploy.folder import open_source
 
-    ctx.obj["quick_exit"] = True
     source, site = _deploy_target(source, site)
     if server:
         from pushsite.remote import deploy_source
@@ -249,13 +258,42 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
                 from pushsite.deploy.build import finish_removals
 
                 finish_removals()  # the work folder goes before a quick exit
-    except PushsiteError:
+    except PushsiteError as exc:
+        if isinstance(exc, Interrupted):  # cancelled by the run, or here if it had not begun
+            with _ctrl_c_cancels():
+                _settle(service, deployment.id)
         if as_json:
             failed = service.state.get_deployment(deployment.id)
             click.echo(json.dumps(_deployment_json(service.config, failed, service)))
+        if isinstance(exc, Interrupted):
+            raise Interrupted(f"deployment {deployment.id} cancelled: interrupted (Ctrl-C); "
+                              "the live site is unchanged") from None
         raise
     _report(deployment, as_json, service)
     _finish_optimising(service, deployment.id)
+
+
+@contextmanager
+def _ctrl_c_cancels() -> Iterator[None]:
+    """Ctrl-C raises Interrupted (a DeploymentCancelled) instead of KeyboardInterrupt: a run
+    records its deployment `cancelled`, not failed with an internal error, and the command
+    exits 130 (errors.py)."""
+    import signal
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted("interrupted (Ctrl-C)")
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _settle(service: Service, deployment_id: str) -> None:
+    """Cancel a deployment an interrupt left queued or running (a run cancels its own)."""
+    with suppress(ConfigError, Interrupted):  # already settled; or a second Ctrl-C
+        service.cancel(deployment_id)
 
 
 def _finish_optimising(service: Any, deployment_id: str) -> None:

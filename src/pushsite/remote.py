@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -19,8 +21,17 @@ import httpx
 from rich.markup import escape
 
 from pushsite import __version__, errors, names
+from pushsite.deploy.filelist import (
+    Listing,
+    frame_header,
+    list_folder,
+    list_tarball,
+    tarball_files,
+)
+from pushsite.deploy.folder import open_source
 from pushsite.errors import (
     BackendUnavailable,
+    BundleRejected,
     ConfigError,
     DeploymentFailed,
     DeploymentTimedOut,
@@ -53,25 +64,167 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
     if branch is not None:
         names.check_branch_name(branch)
     if not token:
-        raise NotAuthorized("--server needs a deploy token: pass --token or set PUSHSITE_TOKEN "
-                            "(create one on the server with `pushsite tokens create`)")
+        raise NotAuthorized(_NO_TOKEN)
     deadline = time.monotonic() + timeout
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": f"pushsite/{__version__}"}
-    with httpx.Client(base_url=base, headers=headers,
-                      timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+    with _client(base, token) as client:
         remote = _Remote(client, base)
-        me = remote.call("GET", "/whoami")  # a bad token fails here, before a large upload
-        if me.get("site") not in (None, site):
-            raise errors.Forbidden(f"this token is limited to site {me['site']!r}, not {site!r}; "
-                                   "use a token made for that site or for every site")
-        if not create:  # a missing site fails here with the server's hint, before the upload
-            remote.call("GET", f"/sites/{site}")
+        _check_target(remote, site, create)
         params = {"message": message, **({"branch": branch} if branch else {}),
                   **({"create": "true"} if create else {})}
         deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
                                  content=_chunks(stream),
                                  headers={"Content-Type": "application/gzip"})
         return _follow(remote, deployment["id"], deadline, timeout, echo)
+
+
+def deploy_source(server: str, token: str, source: str, *, site: str,
+                  branch: str | None = None, message: str = "", timeout: float = 900.0,
+                  echo: Echo | None = None, create: bool = False) -> dict[str, Any]:
+    """Deploy SOURCE (a folder, a .tar.gz, or - for stdin) to SERVER; returns the deployment.
+
+    A folder or a .tar.gz file goes incrementally: its files are hashed here (on every core),
+    the list goes first, and only the blobs the server lacks are uploaded, in batches. Stdin
+    can be read once only, so it is streamed whole as before (deploy_remote).
+    """
+    if source == "-":
+        return deploy_remote(server, token, open_source(source), site=site, branch=branch,
+                             message=message, timeout=timeout, echo=echo, create=create)
+    path = Path(source)
+    if not path.exists():
+        open_source(source)  # its error names what a SOURCE may be
+    base = api_base(server)
+    names.check_site_name(site)
+    if branch is not None:
+        names.check_branch_name(branch)
+    if not token:
+        raise NotAuthorized(_NO_TOKEN)
+    deadline = time.monotonic() + timeout
+    with _client(base, token) as client:
+        remote = _Remote(client, base)
+        _check_target(remote, site, create)
+        started = time.monotonic()
+        try:
+            listing = list_folder(path) if path.is_dir() else _list_file(path)
+        except BundleRejected:  # the server reads it and records the failed deployment
+            with open(path, "rb") as bundle:
+                return deploy_remote(server, token, bundle, site=site, branch=branch,
+                                     message=message, timeout=timeout, echo=echo,
+                                     create=create)
+        files = [r for r in listing.rows if r.is_file]
+        _say(echo, "hash", f"hashed {len(files)} files ({_mb(listing.total_bytes)}) in "
+             f"{time.monotonic() - started:.2f}s")
+        answer = remote.call("POST", f"/sites/{site}/uploads", json={
+            "files": [r.to_json() for r in listing.rows], "branch": branch,
+            "message": message, "strip_top": listing.strip_top, "create": create})
+        upload, missing = answer["upload"], set(answer["missing"])
+        sizes = {r.sha256: r.size for r in files}
+        need = sum(sizes[h] for h in missing)
+        _say(echo, "upload", f"{len(missing)} blobs to upload ({_mb(need)}); the server "
+             f"holds the other {len({r.sha256 for r in files}) - len(missing)}")
+        frames = _frames(path, listing, missing) if missing else iter(())
+        sent = 0
+        for batch in _batches(frames):
+            got = remote.call("PUT", f"/sites/{site}/uploads/{upload}/blobs", content=batch,
+                              headers={"Content-Type": "application/octet-stream"})
+            sent += int(got["received"])
+            _say(echo, "upload", f"uploaded {sent} of {len(missing)} blobs")
+        deployment = remote.call("POST", f"/sites/{site}/uploads/{upload}/finish")
+        return _follow(remote, deployment["id"], deadline, timeout, echo)
+
+
+_NO_TOKEN = ("--server needs a deploy token: pass --token or set PUSHSITE_TOKEN (create one on "
+             "the server with `pushsite tokens create`)")
+BATCH_BYTES = 64 << 20  # per PUT of blobs: one request is one retry's worth
+BATCH_BLOBS = 2000
+Frame = tuple[bytes, Iterator[bytes], int]  # header, content chunks, size
+
+
+def _client(base: str, token: str) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": f"pushsite/{__version__}"}
+    return httpx.Client(base_url=base, headers=headers,
+                        timeout=httpx.Timeout(60.0, connect=10.0))
+
+
+def _check_target(remote: _Remote, site: str, create: bool) -> None:
+    """A bad token, a token for another site, or a missing site fail before any upload."""
+    me = remote.call("GET", "/whoami")
+    if me.get("site") not in (None, site):
+        raise errors.Forbidden(f"this token is limited to site {me['site']!r}, not {site!r}; "
+                               "use a token made for that site or for every site")
+    if not create:  # a missing site fails here with the server's hint, before the upload
+        remote.call("GET", f"/sites/{site}")
+
+
+def _list_file(path: Path) -> Listing:
+    with open(path, "rb") as handle:
+        return list_tarball(handle)
+
+
+def _frames(path: Path, listing: Listing, missing: set[str]) -> Iterator[Frame]:
+    """Each missing blob once, as a frame: from the folder's files, or the tarball re-read."""
+    left = set(missing)
+    if path.is_dir():
+        for row in listing.rows:
+            if row.is_file and row.sha256 in left:
+                left.discard(row.sha256)
+                yield frame_header(row.sha256, row.size), _file_chunks(path / row.path,
+                                                                       row.size), row.size
+        return
+    by_path = {r.path: r for r in listing.rows if r.is_file}
+    with open(path, "rb") as handle:
+        for member_path, size, reader in tarball_files(handle):
+            row = by_path.get(member_path)
+            if row is not None and row.sha256 in left:
+                left.discard(row.sha256)
+                yield frame_header(row.sha256, size), _reader_chunks(reader), size
+
+
+def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as handle:
+        left = size
+        while left and (chunk := handle.read(min(_CHUNK, left))):
+            left -= len(chunk)
+            yield chunk
+    if left:
+        raise ConfigError(f"{path} changed while it was uploaded; deploy again")
+
+
+def _reader_chunks(reader: Any) -> Iterator[bytes]:
+    while chunk := reader.read(_CHUNK):
+        yield chunk
+
+
+def _batches(frames: Iterator[Frame]) -> Iterator[Iterator[bytes]]:
+    """The frames as request bodies of about BATCH_BYTES each, pulled only as each body is
+    sent (a tarball's reader moves on to the next member only then)."""
+    cursor = _Cursor(frames)
+    while cursor.current is not None:
+        yield cursor.body()
+
+
+class _Cursor:
+    def __init__(self, frames: Iterator[Frame]) -> None:
+        self._frames = frames
+        self.current = next(frames, None)
+
+    def body(self) -> Iterator[bytes]:
+        total = count = 0
+        while self.current is not None and (
+                count == 0 or (total < BATCH_BYTES and count < BATCH_BLOBS)):
+            header, chunks, size = self.current
+            yield header
+            yield from chunks
+            total, count = total + size, count + 1
+            self.current = next(self._frames, None)
+
+
+def _say(echo: Echo | None, stage: str, message: str) -> None:
+    if echo is not None:
+        echo(f"[dim]{stage:<9}[/] {escape(message)}", highlight=False)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def api_base(server: str) -> str:
@@ -121,29 +274,47 @@ class _Remote:
 
 def _follow(remote: _Remote, deployment_id: str, deadline: float, timeout: float,
             echo: Echo | None) -> dict[str, Any]:
-    """Print new log lines until the deployment ends; cancel it when the deadline passes."""
+    """Print new log lines until the deployment ends; cancel it when the deadline passes, or
+    on Ctrl-C (the CLI turns it into errors.Interrupted)."""
     after = 0
-    while True:
-        page = remote.call("GET", f"/deployments/{deployment_id}/log", params={"after": after})
-        after = _echo_lines(page, after, echo)
-        if page["finished"]:
-            break
-        if time.monotonic() >= deadline:
-            try:
-                remote.call("POST", f"/deployments/{deployment_id}/cancel")
-            except ConfigError:  # it finished meanwhile: report how it ended
-                time.sleep(POLL_SECONDS)
-                continue
-            raise DeploymentTimedOut(
-                f"deployment {deployment_id} did not finish within {timeout:g}s, so it was "
-                "cancelled; the live site is unchanged (give a larger --timeout)")
-        time.sleep(POLL_SECONDS)
+    try:
+        while True:
+            page = remote.call("GET", f"/deployments/{deployment_id}/log",
+                               params={"after": after})
+            after = _echo_lines(page, after, echo)
+            if page["finished"]:
+                break
+            if time.monotonic() >= deadline:
+                try:
+                    remote.call("POST", f"/deployments/{deployment_id}/cancel")
+                except ConfigError:  # it finished meanwhile: report how it ended
+                    time.sleep(POLL_SECONDS)
+                    continue
+                raise DeploymentTimedOut(
+                    f"deployment {deployment_id} did not finish within {timeout:g}s, so it "
+                    "was cancelled; the live site is unchanged (give a larger --timeout)")
+            time.sleep(POLL_SECONDS)
+    except errors.Interrupted:
+        raise _interrupted(remote, deployment_id) from None
     deployment = remote.call("GET", f"/deployments/{deployment_id}")
     _echo_lines(remote.call("GET", f"/deployments/{deployment_id}/log", params={"after": after}),
                 after, echo)
     if deployment.get("exit_code") == 0:
         return deployment
     raise _failure(deployment)
+
+
+def _interrupted(remote: _Remote, deployment_id: str) -> errors.Interrupted:
+    """Ctrl-C while following: the server's deployment is cancelled, as a local one is."""
+    with suppress(ConfigError):  # it ended meanwhile; say how below
+        remote.call("POST", f"/deployments/{deployment_id}/cancel")
+    deployment = remote.call("GET", f"/deployments/{deployment_id}")
+    failure = errors.Interrupted(
+        f"deployment {deployment_id} {deployment.get('status')} on the server: interrupted "
+        "(Ctrl-C)" + ("; the live site is unchanged" if deployment.get("status") == "cancelled"
+                      else ""))
+    failure.deployment = deployment  # type: ignore[attr-defined]  # for `--json`
+    return failure
 
 
 def _echo_lines(page: dict[str, Any], after: int, echo: Echo | None) -> int:

@@ -7,6 +7,7 @@ module one concern, so that `Service` stays the one gate without one file holdin
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,7 +110,11 @@ class ServiceBase:
 
     def _discard_staged(self, deployment: Deployment) -> None:
         if deployment.bundle_key and not in_bucket(deployment.bundle_key):
-            (self.config.staging / deployment.bundle_key).unlink(missing_ok=True)
+            staged = self.config.staging / deployment.bundle_key
+            if staged.is_dir():  # an incremental upload's list and blobs (uploads.py)
+                shutil.rmtree(staged, ignore_errors=True)
+            else:
+                staged.unlink(missing_ok=True)
 
     def _is_cancelled(self, deployment_id: str) -> bool:
         return self.state.get_deployment(deployment_id).status == Status.CANCELLED

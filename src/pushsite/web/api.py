@@ -10,9 +10,10 @@ code of the error class named by `error_kind`
 (a class of pushsite.errors: `DeploymentTimedOut`, `BundleRejected`, `SiteConfigError`, ...).
 
 Uploads (`POST /api/sites/{site}/deploys`) are streamed: the request body goes chunk by chunk
-into staging, never whole in memory, and the answer (202, with a Location) comes once the
-deployment is queued. The server's worker runs it; follow it with `GET /api/deployments/{id}`
-or with `GET /api/deployments/{id}/log?after=<seq>`.
+into staging, never whole in memory: the deployment is recorded `receiving` once the first
+bytes have come (its `bytes_in` and `progress` count what arrived), and the answer (202, with
+a Location) comes once it is queued. The server's worker runs it; follow it with
+`GET /api/deployments/{id}` or with `GET /api/deployments/{id}/log?after=<seq>`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pushsite.errors import (
 )
 from pushsite.model import (
     ADMIN_SCOPE,
+    PRODUCTION,
     Deployment,
     LogLine,
     Manifest,
@@ -94,6 +96,16 @@ class DeploymentOut(BaseModel):
     blobs_reused: int
     error: str
     progress: str
+    carried: int = Field(description="Files a push carried over from the previous deployment "
+                         "unread (their git blob id did not change).")
+    stage: str = Field(description="Where a running deployment is: read, manifest, activate; "
+                       "the counters above are written at most every 0.5 s while it runs.")
+    draft: bool
+    production: bool = Field(description="The site's production alias points at it: exactly "
+                             "one deployment of a site is production.")
+    context: Literal["production", "preview", "draft"] = Field(
+        description="What it was deployed as: its site's production branch, a branch preview, "
+                    "or a draft (no alias moves until it is promoted).")
     error_kind: str | None = Field(description="The pushsite.errors class of the failure.")
     exit_code: int | None = Field(description="null while unfinished, 0 when ready or live, "
                                   "else what a local `pushsite deploy` would exit with.")
@@ -308,6 +320,35 @@ class TokenIn(BaseModel):
     name: str = Field("api", min_length=1, max_length=100)
     site: str | None = Field(None, description="Limit the token to one site.")
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["deploy"]), min_length=1)
+
+
+class ListedFile(BaseModel):
+    path: str = Field(max_length=4096)
+    sha256: str | None = Field(default=None, description="Hex sha256 of a file's content.")
+    size: int | None = Field(default=None, description="A file's size in bytes.")
+    mode: str = Field(default="100644", description="100644 / 100755 a file, 120000 a link, "
+                      "040000 a folder.")
+    target: str | None = Field(default=None, description="A link's target, from the root.")
+
+
+class UploadIn(BaseModel):
+    files: list[ListedFile]
+    branch: str | None = Field(default=None, max_length=255)
+    message: str = Field(default="", max_length=2000)
+    strip_top: bool = Field(default=False, description="Strip a single top folder (a tar.gz "
+                            "wrapped in one), as a bundle upload does.")
+    create: bool = Field(default=False, description="Create the site if it does not exist "
+                         "(a token for every site).")
+
+
+class UploadStarted(BaseModel):
+    upload: str = Field(description="The upload's id; also the deployment's once finished.")
+    missing: list[str] = Field(description="The sha256s whose content the server lacks: PUT "
+                               "them to .../blobs, then POST .../finish.")
+
+
+class BlobsIn(BaseModel):
+    received: int
 
 
 class TokenCreated(BaseModel):
@@ -532,11 +573,14 @@ def create_api(service: Service) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before: Annotated[str | None, Query(max_length=64)] = None,
     ) -> dict[str, Any]:
-        """A site's deployments, newest first; page with `before`."""
+        """A site's deployments, newest first; page with `before`; `branch` keeps one
+        branch's."""
         record = service.site(_covered(token, site))
+        if branch is not None:
+            names.check_branch_name(branch)
         rows = service.state.list_deployments(record.name, branch=branch, status=status,
                                               limit=limit, before=before)
-        return {"deployments": [view.deployment(d) for d in rows],
+        return {"deployments": view.deployments(record, rows),
                 "next_before": rows[-1].id if len(rows) == limit else None}
 
     @api.post("/sites/{site}/deploys", status_code=202, response_model=DeploymentOut,
@@ -565,9 +609,52 @@ def create_api(service: Service) -> FastAPI:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
         deployment = await anyio.to_thread.run_sync(
             lambda: service.accept(site, cast(BinaryIO, reader), branch=branch, message=message,
-                                   source="api"), limiter=uploads[0])
+                                   source="api", receiving=True), limiter=uploads[0])
         data = await anyio.to_thread.run_sync(view.deployment, deployment)
         return _created(request, data, 202)
+
+    # incremental uploads (service/uploads.py): the list, the blobs the server lacks, finish
+    @api.post("/sites/{site}/uploads", status_code=201, response_model=UploadStarted,
+              tags=["actions"], responses=_errors(413, 422))
+    def start_upload(token: Caller, site: SiteName, body: UploadIn) -> dict[str, Any]:
+        """Send a deploy's file list; the answer names the blobs to upload (the rest the
+        server holds already). Nothing is deployed until `finish`."""
+        if body.create and token.site is not None:
+            raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
+                            "not create sites; use a token made for every site")
+        upload_id, missing = service.start_upload(
+            _covered(token, site), [f.model_dump(exclude_none=True) for f in body.files],
+            branch=body.branch, message=body.message, strip_top=body.strip_top,
+            create=body.create)
+        return {"upload": upload_id, "missing": missing}
+
+    @api.put("/sites/{site}/uploads/{upload_id}/blobs", response_model=BlobsIn,
+             tags=["actions"], responses=_errors(413, 422),
+             openapi_extra={"requestBody": {"required": True, "description": "Asked-for "
+                            "blobs, each as a line `<sha256> <size>` then its bytes.",
+                            "content": {"application/octet-stream": {"schema": {
+                                "type": "string", "format": "binary"}}}}})
+    async def put_blobs(request: Request, token: Caller, site: SiteName,
+                        upload_id: DeploymentId) -> dict[str, Any]:
+        """Upload a batch of asked-for blobs (streamed); a blob not asked for, or whose size
+        or content is not what the list said, discards the whole upload (422)."""
+        _covered(token, site)
+        reader = io.BufferedReader(_BodyReader(request.stream(), b"", _upload_limit(service)),
+                                   1 << 20)
+        if uploads[0] is None:
+            uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
+        count = await anyio.to_thread.run_sync(
+            lambda: service.receive_blobs(site, upload_id, cast(BinaryIO, reader)),
+            limiter=uploads[0])
+        return {"received": count}
+
+    @api.post("/sites/{site}/uploads/{upload_id}/finish", status_code=202,
+              response_model=DeploymentOut, tags=["actions"], responses=_errors(422))
+    def finish_upload(request: Request, token: Caller, site: SiteName,
+                      upload_id: DeploymentId) -> JSONResponse:
+        """Queue the deployment once every asked-for blob has come (Location: it)."""
+        deployment = service.finish_upload(_covered(token, site), upload_id)
+        return _created(request, view.deployment(deployment), 202)
 
     @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])
     def get_deployment(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
@@ -690,7 +777,14 @@ class _Views:
         auth.require(token, deployment.site)
         return deployment
 
-    def deployment(self, deployment: Deployment) -> dict[str, Any]:
+    def deployments(self, site: Site, rows: list[Deployment]) -> list[dict[str, Any]]:
+        """Many of one site's deployments (its record and production alias read once)."""
+        live = self.service.state.get_alias(site.name, PRODUCTION)
+        return [self.deployment(d, site=site, live=live.deployment_id if live else "")
+                for d in rows]
+
+    def deployment(self, deployment: Deployment, *, site: Site | None = None,
+                   live: str | None = None) -> dict[str, Any]:
         data = deployment.to_dict()
         data.pop("bundle_key", None)
         kind = failure_kind(deployment)
@@ -698,10 +792,18 @@ class _Views:
         data["exit_code"] = (None if not self.settled(deployment)
                              else kind.exit_code if kind else 0)
         config = self.service.config
-        try:
-            production = self.service.state.get_site(deployment.site).production_branch
-        except NotFound:
-            production = ""
+        if site is None:
+            try:
+                site = self.service.state.get_site(deployment.site)
+            except NotFound:
+                site = None
+        production = site.production_branch if site is not None else ""
+        if live is None:
+            alias = self.service.state.get_alias(deployment.site, PRODUCTION)
+            live = alias.deployment_id if alias else ""
+        data["production"] = live == deployment.id
+        data["context"] = ("draft" if deployment.draft else
+                           "production" if deployment.branch == production else "preview")
         data["urls"] = {
             "deployment": config.site_url(f"{deployment.id}--{deployment.site}"),
             "branch": config.site_url(f"{names.branch_label(deployment.branch)}--"

@@ -1,0 +1,203 @@
+"""A deploy's file list: (path, sha256, size, mode) per file, for incremental uploads.
+
+`pushsite deploy --server` sends the list first and uploads only the blobs the server lacks
+(netlify-cli and wrangler work the same way). The client makes the list here, hashing files
+on every core (sha256 releases the GIL on large updates); the server checks each row under
+the bundle reader's rules and limits (`check_rows`) before a single blob is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pushsite.deploy.bundle import BundleReader, MemberKind
+from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
+from pushsite.errors import BundleRejected, BundleTooLarge, ConfigError
+from pushsite.limits import DEFAULT_LIMITS, Limits
+
+FILE, EXECUTABLE, LINK, DIR = "100644", "100755", "120000", "040000"
+MODES = (FILE, EXECUTABLE, LINK, DIR)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    """One entry of the list; a link has its target (a path from the site's root, as the
+    bundle reader resolves it), a folder neither hash nor size."""
+
+    path: str
+    sha256: str = ""
+    size: int = 0
+    mode: str = FILE
+    target: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"path": self.path, "mode": self.mode}
+        if self.mode in (FILE, EXECUTABLE):
+            row |= {"sha256": self.sha256, "size": self.size}
+        elif self.mode == LINK:
+            row["target"] = self.target
+        return row
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode in (FILE, EXECUTABLE)
+
+
+@dataclass
+class Listing:
+    """What the client sends: the rows, and whether a single top folder wraps the site."""
+
+    rows: list[Row]
+    strip_top: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.size for r in self.rows if r.is_file)
+
+
+def _published_early(path: str) -> bool:
+    """The drivers' early dotfile filter: published, or once a top folder is stripped."""
+    if is_published(path):
+        return True
+    _, _, rest = path.partition("/")
+    return bool(rest) and is_published(rest)
+
+
+def frame_header(sha256: str, size: int) -> bytes:
+    """What precedes each blob in a PUT of blobs: its hash and size on one line."""
+    return f"{sha256} {size}\n".encode()
+
+
+# the client: listing a folder or a tar.gz --------------------------------------------------
+def list_folder(folder: Path, workers: int | None = None) -> Listing:
+    """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads."""
+    found: list[tuple[str, str]] = []
+    rows: list[Row] = []
+    top = os.fspath(folder)
+    if not os.path.isdir(top):
+        raise ConfigError(f"no such folder: {folder}")
+    for current, dirnames, filenames in os.walk(top):
+        rel_dir = os.path.relpath(current, top).replace(os.sep, "/")
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(d for d in dirnames if not (not prefix and d == ".git")
+                             and _published_early(prefix + d + "/x"))
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(
+                os.path.join(current, d))]:
+            path = prefix + name
+            full = os.path.join(current, name)
+            info = os.lstat(full)
+            if not _published_early(path):
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                target = symlink_target(path, os.readlink(full))
+                if target:  # a link out of the site is skipped, as a local deploy does
+                    rows.append(Row(path, mode=LINK, target=target))
+            elif stat.S_ISREG(info.st_mode):
+                found.append((path, full))
+    with ThreadPoolExecutor(max(workers or os.cpu_count() or 1, 1)) as pool:
+        hashed = pool.map(_hash_file, [full for _, full in found])
+        for (path, _), (digest, size, mode) in zip(found, hashed, strict=True):
+            rows.append(Row(path, digest, size, mode))
+    rows.sort(key=lambda r: r.path)
+    return Listing(rows, strip_top=False)
+
+
+def _hash_file(full: str) -> tuple[str, int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(full, "rb", buffering=0) as handle:
+        mode = EXECUTABLE if os.fstat(handle.fileno()).st_mode & stat.S_IXUSR else FILE
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size, mode
+
+
+def list_tarball(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Listing:
+    """A tar.gz's members, hashed as they stream past (the server's own reader and rules)."""
+    reader = BundleReader(stream, limits)
+    rows: list[Row] = []
+    for member in reader.members():
+        if member.kind == MemberKind.DIR:
+            rows.append(Row(member.path, mode=DIR))
+        elif member.kind == MemberKind.FILE and _published_early(member.path):
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := reader.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+            rows.append(Row(member.path, digest.hexdigest(), size))
+        elif member.kind in (MemberKind.SYMLINK, MemberKind.HARDLINK) and member.link_target:
+            rows.append(Row(member.path, mode=LINK, target=member.link_target))
+    return Listing(rows, strip_top=not reader.root_listed)
+
+
+def tarball_files(stream: BinaryIO) -> Iterator[tuple[str, int, BundleReader]]:
+    """(path, size, the reader at its content) for each file `list_tarball` listed."""
+    reader = BundleReader(stream)
+    for member in reader.members():
+        if member.kind != MemberKind.FILE or not _published_early(member.path):
+            continue
+        yield member.path, member.size, reader
+
+
+# the server: checking a list it was sent ---------------------------------------------------
+def check_rows(raw: list[Any], limits: Limits) -> list[Row]:
+    """The rows of a client's list, each checked as a bundle's member would be, or the error
+    (ConfigError 400 for a malformed row, BundleRejected 422 for an unsafe path,
+    BundleTooLarge 413 over a limit) naming the first bad row."""
+    if not isinstance(raw, list):
+        raise ConfigError("`files` must be a list of {path, sha256, size, mode}")
+    if len(raw) > limits.max_files:
+        raise BundleTooLarge(f"the list names {len(raw)} entries (limit "
+                             f"max_files={limits.max_files})")
+    rows: list[Row] = []
+    seen: set[str] = set()
+    total = 0
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise ConfigError(f"files[{index}] is not an object with a string `path`")
+        mode = str(item.get("mode") or FILE)
+        if mode not in MODES:
+            raise ConfigError(f"files[{index}] ({item['path']!r}): mode {mode!r} is not one of "
+                              f"{', '.join(MODES)}")
+        path = normalise_member_path(item["path"]).rstrip("/")
+        if not path:
+            raise BundleRejected(f"files[{index}] has an empty path")
+        if len(path.encode()) > limits.max_path_length:
+            raise BundleTooLarge(f"the path {path[:80]!r}... is longer than "
+                                 f"{limits.max_path_length} bytes")
+        if path in seen:
+            raise BundleRejected(f"the list names {path!r} twice")
+        seen.add(path)
+        if mode == DIR:
+            rows.append(Row(path, mode=DIR))
+        elif mode == LINK:
+            target = item.get("target")
+            if not isinstance(target, str) or not target:
+                raise ConfigError(f"files[{index}] ({path!r}) is a link without a `target` "
+                                  "(a path from the site's root)")
+            rows.append(Row(path, mode=LINK, target=normalise_member_path(target)))
+        else:
+            digest, size = item.get("sha256"), item.get("size")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise ConfigError(f"files[{index}] ({path!r}): sha256 must be 64 lowercase "
+                                  "hex digits")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ConfigError(f"files[{index}] ({path!r}): size must be a whole number "
+                                  "of bytes")
+            total = limits.count_file(path, size, total, whole="upload")
+            rows.append(Row(path, digest, size, mode))
+    if not any(r.is_file for r in rows):
+        raise BundleRejected("the list names no file to publish")
+    return rows

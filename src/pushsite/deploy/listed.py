@@ -1,0 +1,67 @@
+"""The uploaded-list driver: a client's file list, its uploaded blobs and the blobs the
+server already held, fed to the deployer like any other source.
+
+A blob the server answered it had is carried over with its stored variants (no read, no
+hash); an uploaded one is read from staging and goes through the builder as a folder's file
+would, so the site's config files, limits, links and publish folder follow the same rules.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from pushsite.deploy import encode
+from pushsite.deploy.builder import CONFIG_FILES, SMALL_FILE, BundleOutcome, ManifestBuilder
+from pushsite.deploy.filelist import DIR, LINK, Row
+from pushsite.errors import DeploymentFailed
+from pushsite.model import FileEntry
+
+# hash -> (media type it was stored as, stored variants, pack refs)
+Held = tuple[str, dict[str, int], dict[str, str] | None]
+
+
+def reusable(held: Held | None, path: str) -> bool:
+    """A held blob serves `path` unread unless the path's config must be parsed or its media
+    type wants other variants than the blob was stored with."""
+    return (held is not None and posixpath.basename(path) not in CONFIG_FILES
+            and encode.is_compressible(held[0]) == encode.is_compressible(encode.media_type(path)))
+
+
+def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, Held],
+                  blobs: Path, deployment_id: str, site: str, created: float,
+                  strip_top: bool) -> BundleOutcome:
+    """Build the manifest the list describes (rows already checked by filelist.check_rows)."""
+    try:
+        for row in rows:
+            if row.mode == DIR:
+                builder.add_dir(row.path)
+            elif row.mode == LINK:
+                builder.add_link(row.path, row.target, "symlink")
+            elif reusable(held.get(row.sha256), row.path):
+                _, encodings, refs = held[row.sha256]
+                builder.add_existing(row.path, FileEntry(
+                    row.sha256, row.size, encode.media_type(row.path), dict(encodings), "",
+                    refs))
+            else:
+                _feed(builder, row, blobs / row.sha256)
+        manifest = builder.finish(deployment_id, site, "", created, strip_top=strip_top)
+    except BaseException:
+        builder.abort()
+        raise
+    return BundleOutcome(manifest, "", 0, getattr(builder, "settings", None))
+
+
+def _feed(builder: ManifestBuilder, row: Row, blob: Path) -> None:
+    try:
+        handle = open(blob, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise DeploymentFailed(f"the uploaded blob of {row.path} ({row.sha256[:12]}) is no "
+                               "longer in staging; deploy again") from None
+    with handle:
+        if row.size <= SMALL_FILE:
+            builder.add_small(row.path, handle.read())
+        else:
+            builder.add_stream(row.path, cast(BinaryIO, handle), row.size)

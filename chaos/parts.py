@@ -84,7 +84,7 @@ class Home:
                               text=True, timeout=WAIT * 2)
         if ok and done.returncode != 0:
             raise ChaosFailure(f"pushsite {' '.join(args)} exited {done.returncode}: "
-                               f"{done.stderr.strip()[-500:]}")
+                               f"{done.stderr.strip()[-3000:]}")
         return done
 
     def start(self, *args: str) -> subprocess.Popen[str]:
@@ -228,7 +228,7 @@ def check(home: Home, last_ok: int | None, serve: Serve | None = None) -> int | 
     done = home.run("verify", ok=False)
     if done.returncode != 0:
         raise ChaosFailure(f"pushsite verify: {done.stdout.strip()[-500:]} "
-                           f"{done.stderr.strip()[-500:]}")
+                           f"{done.stderr.strip()[-3000:]}")
     version = live_version(home)
     if last_ok is not None and (version is None or version < last_ok):
         raise ChaosFailure(f"production serves v{version}, older than v{last_ok}, which "

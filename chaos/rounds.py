@@ -41,7 +41,7 @@ class Figures:
 
     def broke(self, exc: BaseException) -> None:
         self.broken += 1
-        self.problems.append(f"{type(exc).__name__}: {exc}"[:400])
+        self.problems.append(f"{type(exc).__name__}: {exc}"[-3000:])
 
 
 def _deployed_id(output: str) -> str:

@@ -134,9 +134,14 @@ def deploy_stack(name: str, *, zip_path: Path, code_bucket: str = "", prefix: st
                 cloudformation.create_stack(**common, Parameters=given)
                 waiter, action = "stack_create_complete", "created"
             else:
+                # keep what was set before; a default needs no keeping (and moto's
+                # UsePreviousValue support is partial)
+                defaults = {k: str(v.get("Default", "")) for k, v in
+                            json.loads(template)["Parameters"].items()}
                 kept = [{"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}
                         for p in existing.get("Parameters", [])
-                        if p["ParameterKey"] not in wanted]
+                        if p["ParameterKey"] not in wanted
+                        and p.get("ParameterValue") != defaults.get(p["ParameterKey"])]
                 cloudformation.update_stack(**common, Parameters=given + kept)
                 waiter, action = "stack_update_complete", "updated"
         except ClientError as exc:

@@ -1,13 +1,15 @@
-"""A staged bundle of source (an API upload; a webhook's archive takes the same path) is built
+"""A staged bundle of source (an API upload, a webhook's archive) is built
 in the sandbox before it is deployed; a bundle with nothing to build is streamed as always."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from support.api import Api
 from support.servers import Server
 from support.service import bundle
+from support.sites import git
 
 HUGO = {
     "hugo.toml": b'baseURL = "http://example.org/"\ntitle = "Uploaded"\n'
@@ -38,3 +40,18 @@ def test_uploaded_source_whose_build_fails_keeps_the_live_site(server: Server) -
     assert failed["status"] == "failed"
     assert failed["error"] == "build failed (exit 7): broken"
     assert server.get("upfail.localhost", "/").text == "<p>v1</p>"
+
+
+def test_webhook_push_of_source_is_built(server: Server,
+                                         make_repo: Callable[..., Path]) -> None:
+    from test_webhook_deploy import ArchiveHost, configure, github_push, send_hook, wait_for
+
+    host = ArchiveHost(make_repo({k: v.decode() for k, v in HUGO.items()}))
+    try:
+        secret = configure(server, "hooked", host.url)
+        commit = git(host.repo, "rev-parse", "HEAD")
+        answer = send_hook(server, "hooked", secret, github_push(commit), "b-1")
+        assert answer.status_code == 200
+        wait_for(lambda: "Built from an upload" in server.get("hooked.localhost").text, 60)
+    finally:
+        host.close()

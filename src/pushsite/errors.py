@@ -13,6 +13,7 @@
     ├── DeploymentFailed               exit 6  HTTP 500  pipeline stopped, live site untouched
     │   ├── DeploymentTimedOut                           the deadline came first
     │   └── DeploymentCancelled                          someone cancelled it
+    │       └── Interrupted            exit 130          Ctrl-C (SIGINT) stopped the deploy
     ├── BackendUnavailable             exit 7  HTTP 503  store, state or queue unreachable
     │   └── DiskFull                           HTTP 507  no space left where the data lives
     └── NotAuthorized                  exit 8  HTTP 401  token missing or not allowed
@@ -91,6 +92,13 @@ class DeploymentTimedOut(DeploymentFailed):
 
 class DeploymentCancelled(DeploymentFailed):
     pass
+
+
+class Interrupted(DeploymentCancelled):
+    """Ctrl-C during a deploy: the deployment is cancelled, not failed, and the process exits
+    128 + SIGINT, as a shell reports an interrupted command."""
+
+    exit_code = 130
 
 
 class BackendUnavailable(PushsiteError):

@@ -3,13 +3,27 @@ in the sandbox before it is deployed; a bundle with nothing to build is streamed
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from support.api import Api
 from support.servers import Server
 from support.service import bundle
 from support.sites import git
+
+
+def finished(api: Api, deployment_id: str) -> dict[str, Any]:
+    """The deployment once it has ended (a build takes longer than a plain deploy)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        data: dict[str, Any] = api.ok("GET", f"/deployments/{deployment_id}")
+        if data["exit_code"] is not None:
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"deployment {deployment_id} did not end in 180 s")
+
 
 HUGO = {
     "hugo.toml": b'baseURL = "http://example.org/"\ntitle = "Uploaded"\n'
@@ -21,9 +35,9 @@ HUGO = {
 
 def test_uploaded_source_is_built(server: Server, tmp_path: Path) -> None:
     api = Api(server, server.new_token("--name", "admin", "--admin"))
-    plain = api.finished(api.upload(bundle({"index.html": b"<p>v1</p>"}), "upsite")["id"])
+    plain = finished(api, api.upload(bundle({"index.html": b"<p>v1</p>"}), "upsite")["id"])
     assert plain["status"] == "live"
-    built = api.finished(api.upload(bundle(HUGO), "upsite")["id"])
+    built = finished(api, api.upload(bundle(HUGO), "upsite")["id"])
     assert built["status"] == "live", built
     page = server.get("upsite.localhost", "/").text
     assert "<h1>Uploaded</h1>" in page and "Built from an upload" in page
@@ -33,10 +47,10 @@ def test_uploaded_source_is_built(server: Server, tmp_path: Path) -> None:
 
 def test_uploaded_source_whose_build_fails_keeps_the_live_site(server: Server) -> None:
     api = Api(server, server.new_token("--name", "admin", "--admin"))
-    assert api.finished(api.upload(bundle({"index.html": b"<p>v1</p>"}), "upfail")["id"])[
+    assert finished(api, api.upload(bundle({"index.html": b"<p>v1</p>"}), "upfail")["id"])[
         "status"] == "live"
     toml = b'[build]\ncommand = "echo compiling; echo broken >&2; exit 7"\npublish = "out"\n'
-    failed = api.finished(api.upload(bundle({"pushsite.toml": toml}), "upfail")["id"])
+    failed = finished(api, api.upload(bundle({"pushsite.toml": toml}), "upfail")["id"])
     assert failed["status"] == "failed"
     assert failed["error"] == "build failed (exit 7): broken"
     assert server.get("upfail.localhost", "/").text == "<p>v1</p>"
@@ -52,6 +66,6 @@ def test_webhook_push_of_source_is_built(server: Server,
         commit = git(host.repo, "rev-parse", "HEAD")
         answer = send_hook(server, "hooked", secret, github_push(commit), "b-1")
         assert answer.status_code == 200
-        wait_for(lambda: "Built from an upload" in server.get("hooked.localhost").text, 60)
+        wait_for(lambda: "Built from an upload" in server.get("hooked.localhost").text, 180)
     finally:
         host.close()

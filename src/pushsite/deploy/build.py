@@ -35,6 +35,8 @@ from pushsite.deploy.sandbox import (
 from pushsite.errors import DeploymentFailed
 
 STAGE = "build"
+PREFIX = "pushsite-build-"
+STALE = 3 * 3600.0  # seconds: longer than any build may run (siteconfig.MAX_TIMEOUT) and more
 
 
 class Log(Protocol):
@@ -98,7 +100,8 @@ class WorkFolder:
     passwd and group). Removed whole at the end, whatever the build left in it."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="pushsite-build-", dir=root))
+        _sweep_stale(Path(root or tempfile.gettempdir()))
+        self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
         self.path.chmod(0o711)  # the sandbox's user may pass through, not list
         self.src = self.path / "src"
         self.src.mkdir()
@@ -132,9 +135,12 @@ class WorkFolder:
 
     def remove(self) -> None:
         def writable(func: Callable[..., object], path: str, _exc: object) -> None:
+            # a folder the build made read-only: open it up and retry (never through a link:
+            # chmod follows links, and the build chose where they point)
             with contextlib.suppress(OSError):
                 os.chmod(os.path.dirname(path), 0o700)
-                os.chmod(path, 0o700)
+                if not os.path.islink(path) and os.path.isdir(path):
+                    os.chmod(path, 0o700)
                 func(path)
 
         shutil.rmtree(self.path, onerror=writable)
@@ -147,6 +153,23 @@ class WorkFolder:
         with _REMOVING_LOCK:
             _REMOVING.append(thread)
         thread.start()
+
+
+def _sweep_stale(root: Path) -> None:
+    """Remove work folders left by a process that stopped before its removal thread ended
+    (a server stopped mid-cleanup): none can be in use after STALE seconds."""
+    now = time.time()
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(PREFIX)
+                   and e.is_dir(follow_symlinks=False)
+                   and not e.name.startswith(PREFIX + "slots")]
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if now - entry.stat(follow_symlinks=False).st_mtime > STALE \
+                    and (Path(entry.path) / "src").is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 _REMOVING: list[threading.Thread] = []

@@ -29,12 +29,26 @@ def cold_deploy(corpus: Corpus, runs: int) -> tuple[list[Figure], Path]:
     """
     homes: list[Path] = []
     floors: list[float] = []
+    befores: list[product.Deploy] = []
+
+    def before() -> None:
+        """The same deploy with every variant made before it goes live (as before issue 20)."""
+        home = product.fresh_home(corpus.name + "-before")
+        try:
+            befores.append(product.deploy(corpus.bundle, home, env={"PUSHSITE_LIVE_FIRST": "0"}))
+        finally:
+            product.remove(home)
 
     def subject() -> product.Deploy:
         home = product.fresh_home(corpus.name)
         homes.append(home)
         floors.append(baselines.floor(corpus.bundle).seconds)
-        return product.deploy(corpus.bundle, home)
+        if len(homes) % 2:
+            before()
+        done = product.deploy(corpus.bundle, home)
+        if not len(homes) % 2:
+            before()
+        return done
 
     base_runs = None if corpus.name in REAL else 1
     deploys, naives = alternate(subject, lambda: baselines.naive(corpus.bundle), runs, base_runs)
@@ -80,6 +94,30 @@ def cold_deploy(corpus: Corpus, runs: int) -> tuple[list[Figure], Path]:
             peak_rss_mb=rss,
         ),
     ]
+    lives = [d.run.first_output for d in deploys if d.run.first_output is not None]
+    if lives:
+        figs.append(figure(
+            "time_to_live_vs_floor",
+            corpus.name,
+            summarize(lives),
+            "s",
+            baseline=summarize(floors),
+            baseline_name="gzip -dc",
+            target=2.0,
+            peak_rss_mb=rss,
+            note="until `pushsite deploy --json` printed the live deployment (brotli after)",
+        ))
+    figs.append(figure(
+        "all_variants_vs_before",
+        corpus.name,
+        secs,
+        "s",
+        baseline=summarize([b.run.seconds for b in befores]),
+        baseline_name="every variant before live (PUSHSITE_LIVE_FIRST=0)",
+        target=1.0,
+        peak_rss_mb=rss,
+        baseline_peak_rss_mb=max(b.run.peak_rss_mb for b in befores),
+    ))
     return figs, homes[-1]
 
 

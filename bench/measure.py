@@ -32,6 +32,9 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
+    # seconds until the process first wrote to stdout (`pushsite deploy --json` prints the
+    # moment the deployment is live, then makes its brotli variants); None if it never did
+    first_output: float | None = None
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,11 @@ def run(
         proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=out, stderr=err)
         with TreeSampler(proc.pid) as sampler:
             deadline = start + timeout
+            first: float | None = None
             while True:
                 pid, status = os.waitpid(proc.pid, os.WNOHANG)
+                if first is None and os.fstat(out.fileno()).st_size:
+                    first = time.perf_counter() - start
                 if pid:
                     break
                 if time.perf_counter() > deadline:
@@ -166,12 +172,14 @@ def run(
                     break
                 time.sleep(0.002)
             seconds = time.perf_counter() - start
+            if first is None and os.fstat(out.fileno()).st_size:
+                first = seconds
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    return Run(seconds, sampler.peak_mb, proc.returncode, stdout, stderr)
+    return Run(seconds, sampler.peak_mb, proc.returncode, stdout, stderr, first)
 
 
 def alternate(

@@ -25,6 +25,7 @@ from pushsite.deploy.builder import Counters
 from pushsite.errors import ConfigError, Interrupted, PushsiteError
 from pushsite.model import Deployment, Domain
 from pushsite.names import branch_label
+from pushsite.words import plural
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
     from pushsite.service import Service
@@ -377,9 +378,8 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
         colour = "green" if word in ("production", "preview", "draft") else "dim"
         err.print(f"[{colour}]{word + ':':<12}[/]{escape(url)}", highlight=False,
                   soft_wrap=True)
-    files = data["files"]
-    err.print(f"{data['status']}: {files} file{'' if files == 1 else 's'}, {data['blobs_new']} "
-              f"new blob{'' if data['blobs_new'] == 1 else 's'}, {data['blobs_reused']} reused, "
+    err.print(f"{data['status']}: {plural(data['files'], 'file')}, "
+              f"{plural(data['blobs_new'], 'new blob')}, {data['blobs_reused']} reused, "
               f"{data['bytes_stored'] / 1e6:.1f} MB stored, {data['seconds'] or 0:.2f}s; "
               f"deployment {data['id']}", highlight=False, soft_wrap=True)
     if context == "draft":
@@ -826,7 +826,8 @@ def cancel(ctx: click.Context, deployment: str) -> None:
 def prune(ctx: click.Context, site: str, keep: int) -> None:
     """Delete old deployments of SITE and the blobs no kept deployment uses."""
     result = _service(ctx).prune(site, keep)
-    err.print(f"pruned {result['deployments']} deployments and {result['blobs']} blobs")
+    err.print(f"pruned {plural(result['deployments'], 'deployment')} and "
+              f"{plural(result['blobs'], 'blob')}")
 
 
 @cli.command()

@@ -13,6 +13,7 @@ from pushsite.errors import ConfigError
 
 
 class Status(enum.StrEnum):
+    RECEIVING = "receiving"  # an upload is arriving; queued once it has all arrived
     QUEUED = "queued"
     RUNNING = "running"
     READY = "ready"
@@ -23,7 +24,7 @@ class Status(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self not in (Status.QUEUED, Status.RUNNING)
+        return self not in (Status.RECEIVING, Status.QUEUED, Status.RUNNING)
 
     @property
     def servable(self) -> bool:
@@ -109,11 +110,17 @@ class SiteSettings:
     # controls <host> (not a secret: it is published); made on first use
     domain_token: str = ""
     variables: tuple[Variable, ...] = ()  # the build's environment (`pushsite env`)
+    # production locked (`pushsite lock`): production-branch deployments become ready, and
+    # only a promote or a rollback moves production
+    locked: bool = False
+    # a git push whose deploy fails is refused (the branch stays); False keeps the commits
+    reject_failed_pushes: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"tags": self.tags, "webhook": self.webhook.to_dict(),
                 "domain_token": self.domain_token,
-                "variables": [[v.name, v.value, v.secret] for v in self.variables]}
+                "variables": [[v.name, v.value, v.secret] for v in self.variables],
+                "locked": self.locked, "reject_failed_pushes": self.reject_failed_pushes}
 
     @classmethod
     def from_dict(cls, data: Any) -> SiteSettings:
@@ -122,7 +129,8 @@ class SiteSettings:
         variables = tuple(Variable(str(row[0]), str(row[1]), bool(row[2]))
                           for row in data.get("variables") or () if len(row) == 3)
         return cls(bool(data.get("tags", False)), WebhookSettings.from_dict(data.get("webhook")),
-                   str(data.get("domain_token") or ""), variables)
+                   str(data.get("domain_token") or ""), variables, bool(data.get("locked")),
+                   bool(data.get("reject_failed_pushes", True)))
 
 
 class DomainStatus(enum.StrEnum):
@@ -198,7 +206,7 @@ class Deployment:
     blobs_new: int = 0
     blobs_reused: int = 0
     error: str = ""
-    progress: str = ""  # how far it got, e.g. "1200 files, 34 MB read"
+    progress: str = ""  # how far it got, e.g. "1200 files (34.0 MiB read), 3 new blobs, ..."
     # while running: who holds its lease ("<kind>@<host>:<pid>:<nonce>", see service/lease.py)
     # and until when (epoch seconds, renewed by the runner's heartbeat; 0: never leased)
     runner: str = ""
@@ -207,6 +215,10 @@ class Deployment:
     error_kind: str = ""
     # a draft moves no alias: reached at its own URL only, until promoted (`pushsite promote`)
     draft: bool = False
+    # written while it runs (service/progress.py), at most every PROGRESS_EVERY seconds: the
+    # files a push carried over unread, and the stage it is in (read, manifest, activate, ...)
+    carried: int = 0
+    stage: str = ""
 
     @property
     def seconds(self) -> float | None:
@@ -305,22 +317,25 @@ class Manifest:
     redirects: list[dict[str, Any]] = field(default_factory=list)
     not_found: str | None = None
     commit: str = ""
+    # variants still to be made after the deployment went live ("br"; deploy/optimise.py):
+    # the edge offers only what `encodings` lists, and looks again once this is empty
+    pending: list[str] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "version": 1,
-                "deployment": self.deployment_id,
-                "site": self.site,
-                "created": self.created,
-                "commit": self.commit,
-                "files": {path: entry.to_json() for path, entry in self.files.items()},
-                "headers": self.headers,
-                "redirects": self.redirects,
-                "not_found": self.not_found,
-            },
-            separators=(",", ":"),
-        ).encode()
+        doc: dict[str, Any] = {
+            "version": 1,
+            "deployment": self.deployment_id,
+            "site": self.site,
+            "created": self.created,
+            "commit": self.commit,
+            "files": {path: entry.to_json() for path, entry in self.files.items()},
+            "headers": self.headers,
+            "redirects": self.redirects,
+            "not_found": self.not_found,
+        }
+        if self.pending:
+            doc["pending"] = self.pending
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -334,11 +349,18 @@ class Manifest:
             headers=raw.get("headers", []),
             redirects=raw.get("redirects", []),
             not_found=raw.get("not_found"),
+            pending=list(raw.get("pending") or ()),
         )
 
 
 def manifest_key(deployment_id: str) -> str:
     return f"manifests/{deployment_id}.json"
+
+
+def pending_key(deployment_id: str) -> str:
+    """A marker stored while a live deployment's later variants are still being made: the
+    edge looks for the optimised manifest once it is gone (deploy/optimise.py)."""
+    return f"pending/{deployment_id}"
 
 
 def blob_key(digest: str, encoding: str = "") -> str:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from pushsite import pathindex
 from pushsite.deploy import encode
 from pushsite.deploy.later import Later
 from pushsite.deploy.paths import common_top_folder, is_published
@@ -47,7 +48,8 @@ from pushsite.errors import (
     DeploymentTimedOut,
     SiteConfigError,
 )
-from pushsite.model import FileEntry, Manifest, blob_key, manifest_key
+from pushsite.limits import human_size
+from pushsite.model import FileEntry, Manifest, blob_key, manifest_key, pending_key
 from pushsite.stores import ObjectStore, Packer, SizedStore, SpoolingStore
 
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
@@ -83,9 +85,11 @@ class Counters:
     bytes_stored: int = 0
     blobs_new: int = 0
     blobs_reused: int = 0
+    carried: int = 0  # files a push carried over from the previous manifest, unread
 
     def describe(self) -> str:
-        return (f"{self.files} files, {self.bytes_in / 1e6:.1f} MB read, "
+        carried = f"{self.carried} carried over, " if self.carried else ""
+        return (f"{self.files} files ({carried}{human_size(self.bytes_in)} read), "
                 f"{self.blobs_new} new blobs, {self.blobs_reused} reused")
 
 
@@ -222,6 +226,9 @@ class ManifestBuilder:
     # the manifest of the deployment this one most likely resembles (its branch's, else
     # production's): a git push carries unchanged files over from it
     previous: Manifest | None = None
+    # live first: brotli (encode.LATER) is made after the alias moved (deploy/optimise.py);
+    # a store that packs (S3) still makes every variant before, as a Lambda has no "after"
+    later: bool = False
 
     def __post_init__(self) -> None:
         self.entries: dict[str, FileEntry] = {}
@@ -288,7 +295,9 @@ class ManifestBuilder:
                              False, 0)
                 return
             if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
-                outputs |= {"gzip": self._temp(), "br": self._temp()}  # discarded in finally
+                outputs["gzip"] = self._temp()  # discarded in finally
+                if not self._deferring(target):
+                    outputs["br"] = self._temp()
                 self._compress_file(outputs, content_type)
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
@@ -308,16 +317,19 @@ class ManifestBuilder:
                        content_type: str) -> None:
         """Write the gzip and brotli variants of the spooled identity, chunk by chunk."""
         identity = variants[""][0]
-        compressor = encode.StreamCompressor(content_type)
+        brotli_out = variants["br"][0] if "br" in variants else None
+        compressor = encode.StreamCompressor(content_type, brotli_too=brotli_out is not None)
         identity.seek(0)
         while chunk := identity.read(CHUNK):
             gz, br = compressor.feed(chunk)
             variants["gzip"][0].write(gz)
-            variants["br"][0].write(br)
+            if brotli_out is not None:
+                brotli_out.write(br)
             self.deadline.check(self.counters)
         gz, br = compressor.finish()
         variants["gzip"][0].write(gz)
-        variants["br"][0].write(br)
+        if brotli_out is not None:
+            brotli_out.write(br)
 
     def add_existing(self, path: str, entry: FileEntry) -> None:
         """A file whose blob is known to be stored already (an unchanged git blob)."""
@@ -325,6 +337,7 @@ class ManifestBuilder:
             self.entries[path] = entry
             self.counters.files += 1
             self.counters.blobs_reused += 1
+            self.counters.carried += 1
 
     def add_link(self, path: str, target: str | None, kind: str) -> None:
         """A link: published as its target's entry when that is a regular file, after the end."""
@@ -365,7 +378,8 @@ class ManifestBuilder:
                                                   item.git, refs), False, 0)
                 continue
             try:
-                variants = {"": item.data, **encode.variants(item.data, content_type)}
+                variants = {"": item.data, **encode.variants(
+                    item.data, content_type, later=self._deferring(target))}
                 meta = {"content-type": content_type, "sha256": sha}
                 added: dict[str, str | None] = {}
                 for enc, blob in variants.items():
@@ -387,6 +401,10 @@ class ManifestBuilder:
         if opened is None:
             opened = self._opened = self.target.get()
         return opened
+
+    def _deferring(self, target: Target) -> bool:
+        """Whether the later variants wait until after the alias moved (see `later`)."""
+        return self.later and target.packer is None
 
     def _mark_pool_thread(self) -> None:
         self._pool_mark.inside = True
@@ -569,9 +587,14 @@ class ManifestBuilder:
         if target.packer is not None:
             _rename_refs(files.values(), target.packer.pending, target.packer.key)
         manifest = Manifest(deployment_id, site, created, files, commit=commit)
+        if self._deferring(target) and any(encode.wants_later(entry.encodings)
+                                           for entry in files.values()):
+            manifest.pending = list(encode.LATER)
+            target.store.put(pending_key(deployment_id), deployment_id.encode())
         manifest.headers, manifest.redirects = _parse_rules(config)
         manifest.not_found = "404.html" if "404.html" in files else None
         body = manifest.to_bytes()
+        store_index(target.store, manifest)  # before the manifest: it is what makes it ready
         if target.packer is not None:
             target.packer.close(body)
         else:
@@ -600,6 +623,21 @@ class ManifestBuilder:
                                  "a regular file inside the bundle", target=link.target or "")
                 continue
             self.entries[link.path] = entry
+
+
+def store_index(store: ObjectStore, manifest: Manifest) -> None:
+    """Store a big manifest's index by path beside it (pathindex.py), so the edge answers a
+    path with one ranged read; none for a small one."""
+    if not pathindex.wanted(manifest):
+        return
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as spool:
+        files = manifest.files
+        pathindex.write(out, pathindex.head_of(manifest),
+                        ((path, files[path].to_json()) for path in sorted(files)), spool)
+        size = out.tell()
+        out.seek(0)
+        store.put_stream(pathindex.index_key(manifest.deployment_id), out, size,
+                         {"content-type": "application/octet-stream"})
 
 
 def _rename_refs(entries: Iterable[FileEntry], old: str, new: str) -> None:

@@ -143,32 +143,50 @@ def brotli_bytes(data: bytes) -> bytes:
     return compressed
 
 
-def variants(data: bytes, content_type: str) -> dict[str, bytes]:
-    """The compressed variants worth keeping for a file's content ("br", "gzip")."""
+def variants(data: bytes, content_type: str, *, later: bool = False) -> dict[str, bytes]:
+    """The compressed variants worth keeping for a file's content ("br", "gzip").
+
+    `later`: only those made before the deployment goes live (gzip); the ones in LATER are
+    made after the alias moved (deploy/optimise.py)."""
     if len(data) < MIN_COMPRESS_SIZE or not is_compressible(content_type):
         return {}
     out = {}
     gz = gzip_bytes(data, content_type)
     if worth_keeping(len(gz), len(data)):
         out["gzip"] = gz
-        br = brotli_bytes(data)
-        if worth_keeping(len(br), len(data)):
-            out["br"] = br
+        if not later:
+            br = brotli_bytes(data)
+            if worth_keeping(len(br), len(data)):
+                out["br"] = br
     return out
 
 
-class StreamCompressor:
-    """gzip and brotli over a stream of chunks, for files too large to hold in memory."""
+# Live first: brotli costs 4-7 times gzip's CPU (see above) and only saves bytes, so with
+# `later` a deployment goes live with identity and gzip, and these are made after the alias
+# moved. A file gets them when its gzip was worth keeping (as `variants` decides).
+LATER = ("br",)
 
-    def __init__(self, content_type: str = "") -> None:
+
+def wants_later(encodings: dict[str, int]) -> bool:
+    """Whether a manifest entry with these stored variants still lacks one of LATER."""
+    return "gzip" in encodings and any(enc not in encodings for enc in LATER)
+
+
+class StreamCompressor:
+    """gzip and brotli over a stream of chunks, for files too large to hold in memory;
+    brotli only when `brotli_too` (live first leaves it for later)."""
+
+    def __init__(self, content_type: str = "", *, brotli_too: bool = True) -> None:
         self._gzip = (zlib.compressobj(ASSET_GZIP_LEVEL, zlib.DEFLATED, 31)
                       if is_asset(content_type)
                       else isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31))
-        self._brotli = brotli.Compressor(quality=BROTLI_QUALITY)
+        self._brotli = brotli.Compressor(quality=BROTLI_QUALITY) if brotli_too else None
 
     def feed(self, chunk: bytes) -> tuple[bytes, bytes]:
         """Compress a chunk; returns (gzip bytes, brotli bytes) ready to write."""
-        return self._gzip.compress(chunk), self._brotli.process(chunk)
+        br = self._brotli.process(chunk) if self._brotli is not None else b""
+        return self._gzip.compress(chunk), br
 
     def finish(self) -> tuple[bytes, bytes]:
-        return self._gzip.flush(), self._brotli.finish()
+        br = self._brotli.finish() if self._brotli is not None else b""
+        return self._gzip.flush(), br

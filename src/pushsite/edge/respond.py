@@ -31,6 +31,7 @@ refuses identity and nothing else fits.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -38,12 +39,14 @@ from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
 
+from pushsite import pathindex
 from pushsite.caches import BoundedCache
 from pushsite.edge import http_semantics as hs
 from pushsite.edge.blobcache import ByteLRU
 from pushsite.edge.hosts import HostResolver, SiteTarget, split_host
-from pushsite.errors import BackendUnavailable, PushsiteError
-from pushsite.model import FileEntry, Manifest, manifest_key
+from pushsite.errors import BackendUnavailable, NotFound, PushsiteError
+from pushsite.model import FileEntry, Manifest, manifest_key, pending_key
+from pushsite.pathindex import index_key
 from pushsite.rules import CompiledRules
 from pushsite.state import StateStore
 from pushsite.state.counters import Tally
@@ -59,6 +62,7 @@ Headers = list[tuple[bytes, bytes]]
 STREAM_THRESHOLD = 4 << 20  # blobs above this are streamed from the store, never cached
 CHUNK = 256 << 10
 _PLANS_PER_DEPLOYMENT = 4096
+PENDING_RECHECK = 0.5  # s between two looks whether a live deployment's brotli is done
 
 # Headers `_headers` may not set or detach: they describe the bytes we send, and a wrong one
 # breaks clients and caches (Vary may only be added to).
@@ -120,10 +124,14 @@ class _Plan:
 
 
 class _Deployed:
-    """One deployment as the edge serves it: manifest, compiled rules, routed paths."""
+    """One deployment as the edge serves it: manifest, compiled rules, routed paths.
 
-    def __init__(self, manifest: Manifest) -> None:
+    `indexed`: its files are a PathIndex (a big site): looking a path up may read the store,
+    so the edge routes a new path on a thread (Edge._plan), never on the event loop."""
+
+    def __init__(self, manifest: Manifest, indexed: bool = False) -> None:
         self.manifest = manifest
+        self.indexed = indexed
         self.files = manifest.files
         self.rules = (
             CompiledRules(manifest.headers, manifest.redirects)
@@ -135,6 +143,7 @@ class _Deployed:
         self.plans: BoundedCache[tuple[str, bytes, str], _Plan] = BoundedCache(
             _PLANS_PER_DEPLOYMENT)
         self._variants: dict[tuple[str, str, bool], Headers] = {}
+        self.weight = 0  # what the edge's manifest cache counts it as
 
     def plan(self, host: str, raw_path: bytes, query: str) -> _Plan:
         """The routed meaning of a request (memoised: rules may look at host and query)."""
@@ -149,15 +158,17 @@ class _Deployed:
         merged = plan._merged.get((encoding, full))
         if merged is None:
             merged = plan._merged[(encoding, full)] = _apply_rules(
-                self._variant(plan.path, encoding, full), plan.add, plan.detach
+                self._variant(plan, encoding, full), plan.add, plan.detach
             )
         return merged
 
-    def _variant(self, path: str, encoding: str, full: bool) -> Headers:
+    def _variant(self, plan: _Plan, encoding: str, full: bool) -> Headers:
+        path = plan.path
         key = (path, encoding, full)
         headers = self._variants.get(key)
         if headers is None:
-            entry = self.files[path]
+            entry = plan.entry
+            assert entry is not None
             size = entry.encodings[encoding] if encoding else entry.size
             headers = [
                 (b"content-type", entry.type.encode()),
@@ -395,6 +406,13 @@ class Edge:
             _ANSWERS_MAX, max_weight=_ANSWERS_BYTES)
         # requests by status class and answer-cache hit, for /metrics (None: not counted)
         self.tally: Tally | None = None
+        # deployments served while their later variants are made (live first, see
+        # deploy/optimise.py) -> when to look again whether they are done
+        self._pending: dict[str, float] = {}
+
+    def _due(self, deployment_id: str | None) -> bool:
+        due = self._pending.get(deployment_id or "")
+        return due is not None and time.monotonic() >= due
 
     def site_for_host(self, host: str) -> SiteTarget | None:
         """The site a Host header names; None when the control plane should answer."""
@@ -410,6 +428,8 @@ class Edge:
         """
         hit = self._answers.get(key)
         if hit is not None and hit[0] == self.hosts.deployment_id(target):
+            if self._pending and self._due(hit[0]):
+                return None  # the full path looks whether its later variants exist now
             if self.tally is not None:
                 self.tally.count(hit[1].status, True)
             return hit[1]
@@ -439,7 +459,8 @@ class Edge:
             key: AnswerKey = (host, raw_path, query, accept, head)
             if plain:
                 hit = self._answers.get(key)
-                if hit is not None and hit[0] == deployment_id:
+                if hit is not None and hit[0] == deployment_id and not (
+                        self._pending and self._due(deployment_id)):
                     if self.tally is not None:
                         self.tally.count(hit[1].status, True)
                     return hit[1]
@@ -472,7 +493,10 @@ class Edge:
         conditions: Conditions,
     ) -> Answer:
         deployed = await self._deployed(deployment_id)
-        plan = deployed.plan(host, raw_path, query)
+        if deployed.indexed:
+            plan = await self._plan(deployed, host, raw_path, query)
+        else:
+            plan = deployed.plan(host, raw_path, query)
         extra = _NOINDEX if target.noindex else None
         if not head and method != "GET":
             headers = _apply_rules(_NOT_ALLOWED.headers, plan.add, plan.detach)
@@ -646,15 +670,66 @@ class Edge:
         after an alias move does not parse it again (a 40,000-file manifest is 5 MB JSON)."""
         self.manifests.put(manifest.deployment_id, _Deployed(manifest),
                            len(manifest.files) * 600 + 4096)
+        self._watch(manifest)
+
+    def _watch(self, manifest: Manifest) -> None:
+        """A manifest with variants pending: look again at most every PENDING_RECHECK s."""
+        if manifest.pending:
+            self._pending[manifest.deployment_id] = time.monotonic() + PENDING_RECHECK
 
     async def _deployed(self, deployment_id: str) -> _Deployed:
         deployed = self.manifests.get(deployment_id)
+        if deployed is not None and self._pending and self._due(deployment_id):
+            deployed = await self._recheck(deployment_id, deployed)
         if deployed is None:
-            raw = await anyio.to_thread.run_sync(self.store.get, manifest_key(deployment_id))
-            deployed = _Deployed(Manifest.from_bytes(raw))
-            # The parsed form takes a few times the JSON's size.
-            self.manifests.put(deployment_id, deployed, len(raw) * 4)
+            deployed = await self._load(deployment_id)
         return deployed
+
+    async def _plan(self, deployed: _Deployed, host: str, raw_path: bytes,
+                    query: str) -> _Plan:
+        """A big site's routed path: a new one is looked up in its index on a thread."""
+        key = (host, raw_path, query)
+        plan = deployed.plans.get(key)
+        if plan is None:
+            plan = await anyio.to_thread.run_sync(deployed._route, host, raw_path, query)
+            deployed.plans.put(key, plan)
+        return plan
+
+    async def _load(self, deployment_id: str) -> _Deployed:
+        deployed = await anyio.to_thread.run_sync(self._read_deployed, deployment_id)
+        self.manifests.put(deployment_id, deployed, deployed.weight)
+        self._watch(deployed.manifest)
+        return deployed
+
+    def _read_deployed(self, deployment_id: str) -> _Deployed:
+        """A deployment's table, on a thread: a big site's index by path (its head only; a
+        path costs one ranged read later), else its whole manifest, parsed."""
+        key = index_key(deployment_id)
+        try:
+            first = self.store.get(key, 0, pathindex.HEAD_GUESS)
+        except NotFound:
+            raw = self.store.get(manifest_key(deployment_id))
+            deployed = _Deployed(Manifest.from_bytes(raw))
+            deployed.weight = len(raw) * 4  # the parsed form takes a few times the JSON's size
+            return deployed
+        index = pathindex.PathIndex(lambda start, end: self.store.get(key, start, end), first)
+        deployed = _Deployed(index.manifest(), indexed=True)
+        deployed.weight = index.head_bytes * 4 + pathindex.BLOCKS_KEPT * 64 * 1024
+        return deployed
+
+    async def _recheck(self, deployment_id: str, deployed: _Deployed) -> _Deployed:
+        """While a deployment's marker is stored its manifest stands; once it is gone the
+        manifest was rewritten with the new variants: read it again, and forget every
+        answer given before (they offered fewer variants)."""
+        self._pending[deployment_id] = time.monotonic() + PENDING_RECHECK
+        key = pending_key(deployment_id)
+        if await anyio.to_thread.run_sync(self.store.has, [key]):
+            return deployed
+        self._pending.pop(deployment_id, None)
+        fresh = await self._load(deployment_id)
+        self._pending.pop(deployment_id, None)  # no marker: what it says now is final
+        self._answers.clear()
+        return fresh
 
 
 def _text(value: bytes | None) -> str | None:

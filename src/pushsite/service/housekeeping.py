@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import brotli
 
 from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
-from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key
+from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key, pending_key
+from pushsite.pathindex import index_key
 from pushsite.service.lease import lease_end
 from pushsite.service.sweeps import SweepRecord
 from pushsite.state import StateStore
@@ -87,7 +88,8 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     grace = service.config.prune_grace if grace is None else grace
     state = service.state
     dropped = _mark_pruned(service, site.name, keep, page)
-    service.store.delete([manifest_key(d.id) for d in dropped])
+    service.store.delete([key for d in dropped
+                          for key in (manifest_key(d.id), index_key(d.id), pending_key(d.id))])
     watch = _Watch(service, page)
     cutoff = started - max(grace, 0.0)
     listed = {prefix: list(service.store.stamps(prefix)) for prefix in ("blobs/", PACKS, MANIFESTS)}
@@ -221,7 +223,7 @@ class _Watch:
         running = list(every_deployment(service.state, page, status=Status.RUNNING))
         self.running_at_start = [d.id for d in running if not self._stale(d, now)]
         self._seen = {d.id for d in running}
-        self._queued = {d.id for d in every_deployment(service.state, page, status=Status.QUEUED)}
+        self._queued = _waiting(service.state, page)
         newest = service.state.list_deployments(limit=1)
         self._newest = newest[0].id if newest else ""
 
@@ -235,7 +237,7 @@ class _Watch:
         for d in every_deployment(state, page, status=Status.RUNNING):
             if d.id not in self._seen:
                 found.append(d.id)
-        queued = {d.id for d in every_deployment(state, page, status=Status.QUEUED)}
+        queued = _waiting(state, page)
         found += sorted(self._queued - queued - self._seen - set(found))  # ran meanwhile
         self._queued = queued
         newest = self._newest
@@ -243,7 +245,8 @@ class _Watch:
             if d.id <= self._newest:
                 break
             newest = max(newest, d.id)
-            if d.status != Status.QUEUED and d.id not in self._seen and d.id not in found:
+            if (d.status not in (Status.QUEUED, Status.RECEIVING) and d.id not in self._seen
+                    and d.id not in found):
                 found.append(d.id)
         self._newest = newest
         self._seen.update(found)
@@ -261,6 +264,12 @@ class _Watch:
                                          and self._stale(d, time.time())):
                     break
                 time.sleep(_POLL)
+
+
+def _waiting(state: StateStore, page: int) -> set[str]:
+    """Deployments that have not looked a blob up yet: queued, or their upload arriving."""
+    return {d.id for status in (Status.RECEIVING, Status.QUEUED)
+            for d in every_deployment(state, page, status=status)}
 
 
 def _warn_if_broken(marks: _Marks, deleted: list[str], late: list[str]) -> None:

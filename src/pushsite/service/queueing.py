@@ -15,6 +15,7 @@ from pushsite.model import (
     Status,
 )
 from pushsite.queues import QueueItem
+from pushsite.service import receiving
 from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.lease import Runner, lease_end, who_stopped
 from pushsite.service.running import Running
@@ -34,6 +35,11 @@ class Queueing(Running):
         when the message must stay on the queue: a backend outage, or a failure that could
         not be recorded; returns when the outcome is on the deployment's record.
         """
+        from pushsite.service.optimising import MESSAGE, is_optimise_message, optimise_deployment
+
+        if is_optimise_message(item.body):  # live first: its brotli variants (raises: retried)
+            optimise_deployment(self, str(item.body[MESSAGE]))
+            return
         deployment_id = item.body.get("deployment")
         if not deployment_id:
             return
@@ -128,7 +134,8 @@ class Queueing(Running):
         - queued ones older than a lease: re-sent when their bundle can be read again (their
           message may be lost; a duplicate is harmless, one runner wins queued -> running),
           at most once a RESEND_EVERY leases; failed when nothing can ever run them (a
-          `pushsite deploy` stopped between accepting and starting; a webhook's after a day).
+          `pushsite deploy` stopped between accepting and starting; a webhook's after a day);
+        - receiving ones (an upload arriving) whose lease ran out: failed (service/receiving.py).
 
         Every deployment is looked at, `page` at a time. Returns the ids taken over,
         re-sent or failed.
@@ -149,6 +156,11 @@ class Queueing(Running):
                     self.queue.send({"deployment": deployment.id})
                     settled.append(deployment.id)
             elif self._never_runs(deployment, now):
+                settled.append(deployment.id)
+        for deployment in self._every(Status.RECEIVING, page):  # an upload that died
+            if receiving.expire(self.state, self.config.staging, deployment, now):
+                self._note(deployment, "error", "failed", deployment.error)
+                self._count_outcome(deployment)
                 settled.append(deployment.id)
         return settled
 

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite import names
-from pushsite.deploy.builder import Counters, Deadline, Known, ManifestBuilder, Target
+from pushsite.deploy.builder import (
+    Counters,
+    Deadline,
+    Known,
+    ManifestBuilder,
+    Target,
+    store_index,
+)
 from pushsite.deploy.later import Later
 from pushsite.deploy.memory import cap_arenas, trimmed_heap
 from pushsite.deploy.tarball import deploy_bundle
@@ -50,6 +57,7 @@ from pushsite.service.progress import ProgressWriter
 from pushsite.state.counters import CounterFile, histogram
 from pushsite.state.counters import key as counter_key
 from pushsite.stores import PackingStore
+from pushsite.words import plural
 
 _log = logging.getLogger("pushsite.service")
 # seconds: a stage of a small site takes milliseconds, a large one minutes
@@ -429,6 +437,7 @@ class Running(ServiceBase):
             self._hold(deployment)
             seen = sweeps.snapshot(self.state)
             with Heartbeat(self.state, deployment, self.lease):
+                store_index(self.store, manifest)
                 self.store.put(manifest_key(deployment.id), manifest.to_bytes(),
                                {"content-type": "application/json"})
                 self.store.flush()
@@ -532,7 +541,8 @@ class Running(ServiceBase):
             self._refresh_status(deployment.id)  # a newer one may have moved past it meanwhile
             deployment.status = self.state.get_deployment(deployment.id).status
         log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
-                 f"{deployment.files} files, {deployment.blobs_new} new blobs, "
+                 f"{plural(deployment.files, 'file')}, "
+                 f"{plural(deployment.blobs_new, 'new blob')}, "
                  f"{deployment.blobs_reused} reused", seconds=deployment.seconds)
         self._queue_optimising(deployment, log)
         self._count_outcome(deployment)
@@ -597,6 +607,12 @@ class Running(ServiceBase):
         site = self.state.get_site(deployment.site)
         targets = [branch_alias(deployment.branch)]
         if deployment.branch == site.production_branch:
+            if site.settings.locked:  # stays ready, as a draft does, until promoted
+                if log:
+                    log.info("activate", f"production of {site.name} is locked: not published"
+                             f"; promote it with `pushsite promote {deployment.id}`, or "
+                             f"`pushsite unlock {site.name}`")
+                return False
             targets.insert(0, PRODUCTION)
         moved_any = False
         for alias in targets:

@@ -48,7 +48,9 @@ from pushsite.model import (
     check_variable_name,
     check_variable_value,
     manifest_key,
+    pending_key,
 )
+from pushsite.pathindex import index_key
 from pushsite.service import domains as claims
 from pushsite.service import housekeeping, tokens
 from pushsite.service.base import DEFAULT_TIMEOUT
@@ -201,7 +203,8 @@ class Service(Queueing):
     def update_site(self, name: str, *, production_branch: str | None = None,
                     tags: bool | None = None, webhook_base_url: str | None = None,
                     webhook_access_token: str | None = None,
-                    webhook_repo: str | None = None) -> Site:
+                    webhook_repo: str | None = None,
+                    reject_failed_pushes: bool | None = None) -> Site:
         """Change a site's record and settings; a value left as None stays as it is.
         `webhook_repo` binds the site to one repository ("owner/name"; "" unbinds it: the
         next valid push binds it again)."""
@@ -218,6 +221,24 @@ class Service(Queueing):
                            last_ignored_repo="")
         site.settings = replace(site.settings, webhook=hook,
                                 tags=site.settings.tags if tags is None else tags)
+        if reject_failed_pushes is not None:
+            site.settings = replace(site.settings, reject_failed_pushes=reject_failed_pushes)
+        self.state.put_site(site)
+        return site
+
+    def lock(self, name: str, locked: bool = True) -> Site:
+        """Lock production (Netlify's "stop auto publishing"): deployments of the production
+        branch become ready without going live, until `lock(name, False)`; a promote or a
+        rollback still moves production."""
+        site = self.site(name)
+        site.settings = replace(site.settings, locked=locked)
+        self.state.put_site(site)
+        return site
+
+    def rotate_webhook_secret(self, name: str) -> Site:
+        """A new webhook secret: the old one stops verifying pushes at once."""
+        site = self.site(name)
+        site.webhook_secret = secrets.token_hex(20)
         self.state.put_site(site)
         return site
 
@@ -262,7 +283,8 @@ class Service(Queueing):
             if busy:
                 raise ConfigError(f"deployment {busy[0].id} of site {site.name} is {status}; "
                                   "cancel it or wait for it, then delete the site")
-        doomed = [manifest_key(d.id) for d in self._every_deployment(site.name)]
+        doomed = [key for d in self._every_deployment(site.name)
+                  for key in (manifest_key(d.id), index_key(d.id), pending_key(d.id))]
         self.state.delete_site(site.name)  # first: the edge stops serving it at once
         self.store.delete(doomed)
         shutil.rmtree(SiteRepos(self.config.repos).path(site.name), ignore_errors=True)
@@ -402,7 +424,7 @@ class Service(Queueing):
 
 
     def accept_commit(self, site_name: str, branch: str, commit: str, message: str = "",
-                      source: str = "git") -> Deployment:
+                      source: str = "git", enqueue: bool = True) -> Deployment:
         """Queue a deployment of a commit already in the site's repository (a push)."""
         site = self.site(site_name, create=True)
         names.check_branch_name(branch)
@@ -412,7 +434,8 @@ class Service(Queueing):
         self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept", f"push of {commit[:12]} to {branch} queued")
         self._announce(deployment)
-        self.queue.send({"deployment": deployment.id})
+        if enqueue:  # else the caller runs it (a push waiting in its pre-receive hook)
+            self.queue.send({"deployment": deployment.id})
         return deployment
 
     def accept_fetch(self, site_name: str, branch: str, provider: str, repo: str, commit: str,
@@ -444,7 +467,7 @@ class Service(Queueing):
 
 
     def deploy_ref(self, site_name: str, ref: str, old: str, new: str, *, message: str = "",
-                   hosted: HostedRepo | None = None) -> RefOutcome:
+                   hosted: HostedRepo | None = None, enqueue: bool = True) -> RefOutcome:
         """Decide what one pushed ref update does, do it, and say what it did.
 
         A branch push queues a deployment of its commit; a deleted branch loses its preview
@@ -485,7 +508,8 @@ class Service(Queueing):
         repos = SiteRepos(self.config.repos)
         commit = _peeled(repos.path(site.name), new) if branch.startswith("tag/") else new
         deployment = self.accept_commit(site.name, branch, commit,
-                                        message or repos.commit_message(site.name, commit))
+                                        message or repos.commit_message(site.name, commit),
+                                        enqueue=enqueue)
         return RefOutcome(ref, "deploy", branch, deployment)
 
     def _bound(self, site: Site, repo: str) -> str:

@@ -1,0 +1,217 @@
+"""Live first, optimise after (issue 20): a deployment goes live with identity and gzip, its
+brotli variants are made after the alias moved, and the edge offers br only once they exist.
+
+Real SQLite state, the real local store, the real edge (in process), and for the crash a
+real `pushsite deploy` killed with SIGKILL while it optimises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import brotli
+import pytest
+
+from pushsite.deploy.optimise import is_pending
+from pushsite.edge import respond as respond_module
+from pushsite.edge.respond import Edge
+from pushsite.model import Status, blob_key, pending_key
+from pushsite.service import Service
+from pushsite.service.housekeeping import verify
+from pushsite.service.worker import run_worker
+from support.service import accept, alias_of, log_text, open_service, wait_for
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    with open_service() as svc:
+        svc.create_site("blog")
+        yield svc
+
+
+def _words(seed: int, size: int) -> bytes:
+    """Text that compresses like prose (not trivially): random words from a vocabulary."""
+    rng = random.Random(seed)
+    vocabulary = [f"w{rng.randrange(10**6)}" for _ in range(800)]
+    out: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(vocabulary)
+        out.append(word)
+        length += len(word) + 1
+    return (" ".join(out)).encode()[:size]
+
+
+def _site(tag: str, pages: int = 4, size: int = 8000) -> dict[str, bytes]:
+    files = {f"p{i}.html": b"<p>" + tag.encode() + _words(i, size) for i in range(pages)}
+    files["index.html"] = b"<h1>" + tag.encode() + b"</h1>" + _words(99, 2000)
+    return files
+
+
+def _run(service: Service, files: dict[str, bytes], *, optimise: bool) -> str:
+    deployment = accept(service, "blog", files)
+    return service.run(deployment.id, optimise=optimise).id
+
+
+def _get(edge: Edge, path: str, accept_encoding: str = "br, gzip") -> tuple[int, dict, bytes]:
+    answer = asyncio.run(edge.respond("GET", "blog.localhost", path.encode(), "",
+                                      accept_encoding))
+    headers = {k.decode(): v.decode() for k, v in answer.headers}
+    return answer.status, headers, answer.body
+
+
+def _decoded(headers: dict, body: bytes) -> bytes:
+    coding = headers.get("content-encoding", "")
+    if coding == "br":
+        return bytes(brotli.decompress(body))
+    if coding == "gzip":
+        return gzip.decompress(body)
+    return body
+
+
+def test_live_with_gzip_then_brotli_once_made(service: Service,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
+    files = _site("v1")
+    deployment_id = _run(service, files, optimise=False)
+    assert service.state.get_deployment(deployment_id).status == Status.LIVE
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == ["br"] and is_pending(service.store, deployment_id)
+    entry = manifest.files["p0.html"]
+    assert set(entry.encodings) == {"gzip"}
+    assert not service.store.has([blob_key(entry.hash, "br")])  # nothing to offer yet
+    edge = Edge(service.state, service.store)
+    status, headers, body = _get(edge, "/p0.html")
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert _decoded(headers, body) == files["p0.html"]
+    assert "optimising queued" in log_text(service, deployment_id)
+
+    assert service.optimise_now(deployment_id)
+    optimised = service.manifest(deployment_id)
+    assert optimised.pending == [] and not is_pending(service.store, deployment_id)
+    assert set(optimised.files["p0.html"].encodings) == {"gzip", "br"}
+    status, headers, body = _get(edge, "/p0.html")  # the same edge, its answer was cached
+    assert status == 200 and headers["content-encoding"] == "br"
+    assert _decoded(headers, body) == files["p0.html"]
+    log = log_text(service, deployment_id)
+    assert "optimising: making brotli variants" in log and "optimised: " in log
+    assert "optimised in" in service.state.get_deployment(deployment_id).progress
+    assert verify(service) == []
+
+
+def test_the_edge_never_offers_a_variant_before_it_exists(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests all through the optimising: every answer decodes to the file's bytes, and
+    br shows up only once its manifest lists it (and then stays)."""
+    monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
+    files = _site("v2", pages=60, size=30_000)
+    deployment_id = _run(service, files, optimise=False)
+    edge = Edge(service.state, service.store)
+    stop = threading.Event()
+    seen: list[str] = []
+    problems: list[str] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for i in range(0, 60, 7):
+                path = f"/p{i}.html"
+                status, headers, body = _get(edge, path)
+                coding = headers.get("content-encoding", "")
+                if status != 200 or _decoded(headers, body) != files[path[1:]]:
+                    problems.append(f"{path}: {status} {coding}")
+                seen.append(coding)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        wait_for("a few answers before optimising", lambda: len(seen) > 20)
+        assert service.optimise_now(deployment_id)
+        count = len(seen)
+        wait_for("answers after optimising", lambda: len(seen) > count + 20)
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert seen[0] == "gzip" and seen[-1] == "br"
+    first_br = seen.index("br")
+    assert set(seen[first_br:]) == {"br"}  # once offered, never taken back
+
+
+def test_a_rollback_stops_the_optimising_and_a_promote_resumes_it(service: Service) -> None:
+    first = _run(service, _site("v1"), optimise=True)
+    assert service.manifest(first).pending == []
+    second = _run(service, _site("v2"), optimise=False)
+    service.rollback("blog", first)
+    assert alias_of(service, "blog") == first
+    assert not service.optimise_now(second)
+    assert "no longer served" in log_text(service, second)
+    assert service.manifest(second).pending == ["br"] and is_pending(service.store, second)
+
+    service.promote(second)  # served again: its optimising is queued again
+    assert run_worker(service, once=True, wait=0.1) >= 1
+    assert service.manifest(second).pending == []
+    assert not is_pending(service.store, second)
+    assert verify(service) == []
+
+
+def test_a_rollback_while_optimising_stops_it_between_batches(service: Service) -> None:
+    first = _run(service, _site("v1"), optimise=True)
+    second = _run(service, _site("v2", pages=400, size=60_000), optimise=False)
+    outcome: list[bool] = []
+    thread = threading.Thread(target=lambda: outcome.append(service.optimise_now(second)))
+    thread.start()
+    wait_for("the optimising to start",
+             lambda: "making brotli" in log_text(service, second))
+    service.rollback("blog", first)
+    thread.join(timeout=120)
+    assert outcome == [False]
+    assert "stopped: it is no longer served" in log_text(service, second)
+    assert service.manifest(second).pending == ["br"]  # the manifest stands as it was
+    assert verify(service) == []
+
+
+def test_a_kill_while_optimising_resumes_from_the_queue(service: Service, tmp_path: Path) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(500):
+        (folder / f"p{i}.html").write_bytes(_words(i, 80_000))
+    process = subprocess.Popen([sys.executable, "-m", "pushsite", "deploy", str(folder),
+                                "--site", "blog", "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        deployment_id = ""
+        while time.monotonic() < deadline and process.poll() is None:
+            live = service.state.list_deployments("blog", limit=1)
+            if live and "making brotli" in log_text(service, live[0].id):
+                deployment_id = live[0].id
+                break
+            time.sleep(0.02)
+        assert deployment_id, "the deploy never started optimising"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert service.state.get_deployment(deployment_id).status == Status.LIVE
+    assert is_pending(service.store, deployment_id)  # killed before the end
+    assert service.manifest(deployment_id).pending == ["br"]
+    assert verify(service) == []  # what was live stays whole
+
+    assert run_worker(service, once=True, wait=0.1) >= 1  # the queued message resumes it
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == [] and not service.store.has([pending_key(deployment_id)])
+    assert all("br" in entry.encodings for entry in manifest.files.values())
+    assert verify(service) == []

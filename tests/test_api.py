@@ -584,7 +584,11 @@ def test_an_upload_over_the_servers_limit_is_refused_while_streaming(
         response = api.call("POST", "/sites/big/deploys", content=body())
         assert response.status_code == 413
         assert response.json()["error"].startswith("the upload is over 2112512 bytes")
-        assert api.ok("GET", "/sites/big/deploys")["deployments"] == []  # nothing recorded
+        # recorded `receiving` from its first bytes, then failed, with nothing left staged
+        [failed] = api.ok("GET", "/sites/big/deploys")["deployments"]
+        assert failed["status"] == "failed" and failed["error_kind"] == "BundleTooLarge"
+        assert "the upload is over 2112512 bytes" in failed["error"]
+        assert not list((small.home / "staging").glob(f"{failed['id']}*"))
 
 
 def test_an_upload_reaches_staging_while_it_is_still_being_sent(api: Api, site: str) -> None:

@@ -384,8 +384,9 @@ def test_pages_use_only_local_assets_and_strict_headers(board: Server, token: st
     assert browser.get("/deployments/notanid").status_code == 404
 
 
-@pytest.mark.parametrize(("value", "text"), [(0, "0 B"), (1536, "1.5 KB"),
-                                              (5 << 20, "5.0 MB"), (None, "")])
+@pytest.mark.parametrize(("value", "text"), [(0, "0 B"), (1536, "1.5 KiB"),
+                                              (5 << 20, "5.0 MiB"), (3 << 30, "3.0 GiB"),
+                                              (None, "")])
 def test_sizes_read_as_people_write_them(value: int | None, text: str) -> None:
     assert human_bytes(value) == text
 

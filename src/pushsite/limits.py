@@ -50,3 +50,18 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def human_size(size: float | None) -> str:
+    """Bytes for people, in IEC units (KiB, MiB, GiB: powers of 1024) wherever pushsite shows
+    a size (dashboard, log lines, CLI), so one count never reads as two different numbers."""
+    if size is None:
+        return ""
+    value = float(size)
+    if abs(value) < KiB:
+        return f"{value:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"

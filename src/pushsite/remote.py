@@ -10,6 +10,8 @@ deploy ends as timed out.
 
 from __future__ import annotations
 
+import io
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -38,6 +40,8 @@ from pushsite.errors import (
     NotAuthorized,
     PushsiteError,
 )
+from pushsite.limits import human_size
+from pushsite.words import plural
 
 POLL_SECONDS = 0.3
 _CHUNK = 1 << 20
@@ -71,9 +75,11 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
         _check_target(remote, site, create)
         params = {"message": message, **({"branch": branch} if branch else {}),
                   **({"create": "true"} if create else {})}
+        meter = UploadMeter(echo, _stream_size(stream))
         deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
-                                 content=_chunks(stream),
+                                 content=meter.counted(_chunks(stream)),
                                  headers={"Content-Type": "application/gzip"})
+        meter.done()
         return _follow(remote, deployment["id"], deadline, timeout, echo)
 
 
@@ -111,7 +117,7 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
                                      message=message, timeout=timeout, echo=echo,
                                      create=create)
         files = [r for r in listing.rows if r.is_file]
-        _say(echo, "hash", f"hashed {len(files)} files ({_mb(listing.total_bytes)}) in "
+        _say(echo, "hash", f"hashed {plural(len(files), 'file')} ({_mb(listing.total_bytes)}) in "
              f"{time.monotonic() - started:.2f}s")
         answer = remote.call("POST", f"/sites/{site}/uploads", json={
             "files": [r.to_json() for r in listing.rows], "branch": branch,
@@ -119,15 +125,17 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
         upload, missing = answer["upload"], set(answer["missing"])
         sizes = {r.sha256: r.size for r in files}
         need = sum(sizes[h] for h in missing)
-        _say(echo, "upload", f"{len(missing)} blobs to upload ({_mb(need)}); the server "
+        _say(echo, "upload", f"{plural(len(missing), 'blob')} to upload ({_mb(need)}); the server "
              f"holds the other {len({r.sha256 for r in files}) - len(missing)}")
         frames = _frames(path, listing, missing) if missing else iter(())
         sent = 0
+        meter = UploadMeter(echo, need)
         for batch in _batches(frames):
-            got = remote.call("PUT", f"/sites/{site}/uploads/{upload}/blobs", content=batch,
+            got = remote.call("PUT", f"/sites/{site}/uploads/{upload}/blobs",
+                              content=meter.counted(batch),
                               headers={"Content-Type": "application/octet-stream"})
             sent += int(got["received"])
-            _say(echo, "upload", f"uploaded {sent} of {len(missing)} blobs")
+            _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
         deployment = remote.call("POST", f"/sites/{site}/uploads/{upload}/finish")
         return _follow(remote, deployment["id"], deadline, timeout, echo)
 
@@ -218,13 +226,56 @@ class _Cursor:
             self.current = next(self._frames, None)
 
 
+class UploadMeter:
+    """Bytes sent, with the rate, said on the terminal at most every EVERY seconds while an
+    upload runs (a 240 MB upload used to print nothing until it had ended)."""
+
+    EVERY = 1.0
+
+    def __init__(self, echo: Echo | None, total: int | None) -> None:
+        self.echo = echo
+        self.total = total
+        self.sent = 0
+        self.started = time.monotonic()
+        self._next = self.started + self.EVERY
+        self._said = False
+
+    def counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.sent += len(chunk)
+            if time.monotonic() >= self._next:
+                self._next = time.monotonic() + self.EVERY
+                self._say()
+            yield chunk
+
+    def done(self) -> None:
+        """The last figure, once something was said (a short upload stays quiet)."""
+        if self._said:
+            self._say()
+
+    def _say(self) -> None:
+        self._said = True
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        of = f" of {human_size(self.total)}" if self.total else ""
+        _say(self.echo, "upload", f"sent {human_size(self.sent)}{of} "
+             f"({human_size(self.sent / seconds)}/s)")
+
+
+def _stream_size(stream: BinaryIO) -> int | None:
+    """The bytes left in a file (None for a pipe such as stdin)."""
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell() or None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
 def _say(echo: Echo | None, stage: str, message: str) -> None:
     if echo is not None:
         echo(f"[dim]{stage:<9}[/] {escape(message)}", highlight=False)
 
 
 def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
+    return human_size(size)
 
 
 def api_base(server: str) -> str:

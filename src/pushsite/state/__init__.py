@@ -111,6 +111,11 @@ class StateStore(Protocol):
         renewed it since it was read). True when written: a renewal (holder == runner) or a
         takeover of an expired lease (service/lease.py)."""
 
+    def record_progress(self, deployment: Deployment) -> bool:
+        """Write a running deployment's counters and stage (files, carried, bytes_in,
+        bytes_stored, blobs_new, blobs_reused, progress, stage) and nothing else (never its
+        lease), only while it is running under `deployment.runner`; True when written."""
+
     def list_deployments(
         self,
         site: str | None = None,

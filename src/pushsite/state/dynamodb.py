@@ -455,6 +455,25 @@ class DynamoState:
                 raise
         return True
 
+    def record_progress(self, deployment: Deployment) -> bool:
+        """The record's JSON, under the condition of claim_lease; the lease attributes (what
+        a renewal or a takeover writes) are left alone."""
+        names = {"#data": "data", "#status": "status"}
+        values = {":data": _json(deployment.to_dict()), ":running": _s(str(Status.RUNNING))}
+        condition = "attribute_exists(pk) AND #status = :running AND " + _runner_is(
+            deployment.runner, names, values)
+        with aws_errors(self._what):
+            try:
+                self._client.update_item(
+                    TableName=self.table, Key=_key(f"dep#{deployment.id}", "#"),
+                    UpdateExpression="SET #data = :data", ConditionExpression=condition,
+                    ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        return True
+
     def list_deployments(
         self,
         site: str | None = None,

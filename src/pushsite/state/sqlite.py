@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS sweeps (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 _RESERVE_BYTES = 1 << 20  # diskspace.py: a cancel's commit took 36 KiB on a full disk
 _DEPLOYMENT_COLUMNS = [f.name for f in fields(Deployment)]
 _QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _DEPLOYMENT_COLUMNS)
+_PROGRESS_COLUMNS = ("files", "carried", "bytes_in", "bytes_stored", "blobs_new",
+                     "blobs_reused", "progress", "stage")
 
 
 # columns added since a table was first created: (table, column, declaration)
@@ -347,6 +349,14 @@ class SqliteState:
             args.append(held_until)
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
+
+    def record_progress(self, deployment: Deployment) -> bool:
+        columns = ", ".join(f"{c} = ?" for c in _PROGRESS_COLUMNS)
+        args = [getattr(deployment, c) for c in _PROGRESS_COLUMNS]
+        with self._tx() as db:
+            return db.execute(
+                f"UPDATE deployments SET {columns} WHERE id = ? AND status = ? AND runner = ?",
+                [*args, deployment.id, str(Status.RUNNING), deployment.runner]).rowcount == 1
 
     def list_deployments(
         self,

@@ -132,6 +132,10 @@ class SiteSettingsOut(BaseModel):
     webhook_last_ignored_repo: str = Field(description="The latest repository whose signed "
                                            "push was ignored because the site is bound to "
                                            "another.")
+    locked: bool = Field(default=False, description="Production is locked: production-branch "
+                         "deployments become ready without going live (`pushsite lock`).")
+    reject_failed_pushes: bool = Field(default=True, description="A git push whose deploy "
+                                       "fails is refused (false: the commits are kept).")
 
 
 class SiteOut(BaseModel):
@@ -158,6 +162,7 @@ class SiteSettingsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     production_branch: str | None = None
     deploy_tags: bool | None = None
+    reject_failed_pushes: bool | None = None
     webhook_base_url: str | None = None
     webhook_access_token: str | None = Field(None, description="Write-only.")
     webhook_repo: str | None = Field(None, description="Bind the site to this repository "
@@ -438,8 +443,20 @@ def create_api(service: Service) -> FastAPI:
         record = service.update_site(
             _covered(token, site, "admin"), production_branch=body.production_branch,
             tags=body.deploy_tags, webhook_base_url=body.webhook_base_url,
-            webhook_access_token=body.webhook_access_token, webhook_repo=body.webhook_repo)
+            webhook_access_token=body.webhook_access_token, webhook_repo=body.webhook_repo,
+            reject_failed_pushes=body.reject_failed_pushes)
         return view.site(record)
+
+    @api.put("/sites/{site}/lock", response_model=SiteOut, tags=["sites"])
+    def lock_site(token: Caller, site: SiteName) -> dict[str, Any]:
+        """Lock production: deployments of the production branch become ready and do not go
+        live until promoted (a rollback stays put)."""
+        return view.site(service.lock(_covered(token, site)))
+
+    @api.delete("/sites/{site}/lock", response_model=SiteOut, tags=["sites"])
+    def unlock_site(token: Caller, site: SiteName) -> dict[str, Any]:
+        """Unlock production: the next production-branch deployment goes live again."""
+        return view.site(service.lock(_covered(token, site), False))
 
     @api.delete("/sites/{site}", response_model=Deleted, tags=["sites"], responses=_errors(409))
     def delete_site(token: Caller, site: SiteName) -> dict[str, Any]:
@@ -544,9 +561,15 @@ def create_api(service: Service) -> FastAPI:
 
     @api.post("/sites/{site}/rollback", response_model=DeploymentOut, tags=["actions"],
               responses=_errors(409))
-    def rollback_site(token: Caller, site: SiteName) -> dict[str, Any]:
+    def rollback_site(token: Caller, site: SiteName,
+                      lock: Annotated[bool, Query(description="Also lock production, so the "
+                                                  "next push does not replace the rollback."
+                                                  )] = False) -> dict[str, Any]:
         """Point production back at the ready deployment before the live one."""
-        return view.deployment(service.rollback(_covered(token, site)))
+        deployment = service.rollback(_covered(token, site))
+        if lock:
+            service.lock(site)
+        return view.deployment(deployment)
 
     @api.post("/sites/{site}/prune", response_model=PruneOut, tags=["actions"])
     def prune_site(token: Caller, site: SiteName,
@@ -837,7 +860,9 @@ class _Views:
                          "webhook_base_url": hook.base_url,
                          "webhook_access_token_set": bool(hook.access_token),
                          "webhook_repo": hook.repo,
-                         "webhook_last_ignored_repo": hook.last_ignored_repo},
+                         "webhook_last_ignored_repo": hook.last_ignored_repo,
+                         "locked": site.settings.locked,
+                         "reject_failed_pushes": site.settings.reject_failed_pushes},
             "aliases": [{"name": a.name, "deployment_id": a.deployment_id, "updated": a.updated}
                         for a in self.service.state.list_aliases(site.name)],
             "url": self.service.config.site_url(site.name),

@@ -10,7 +10,9 @@ they run in the thread pool, never on the event loop the edge shares.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pushsite import ids
+from pushsite import ids, names
 from pushsite.errors import (
     ConfigError,
     DeploymentNotFound,
@@ -34,7 +36,8 @@ from pushsite.errors import (
     NotAuthorized,
     PushsiteError,
 )
-from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Token
+from pushsite.limits import human_size
+from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Site, Token
 from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
@@ -44,7 +47,8 @@ from pushsite.web.session import COOKIE, MAX_AGE, Session, SessionSigner, load_s
 _HERE = Path(__file__).parent
 PAGE_SIZE = 20  # deployments per page of a site's table (`?limit=` picks another)
 MAX_PAGE_SIZE = 200
-FILES_SHOWN = 500  # files listed on a deployment page; the rest are counted
+FILES_SHOWN = 100  # files per page of a deployment's file list (searchable, `?files=`)
+SEARCH_SHOWN = 50  # log search hits per page
 DIFF_SHOWN = 200  # paths listed per kind of change
 POLL_SECONDS = 0.2  # how often the event stream looks for new log lines
 STREAM_LIMIT = 3600.0  # an event stream ends after this; the browser reconnects where it was
@@ -117,7 +121,8 @@ class Dashboard:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters.update(size=human_bytes, age=human_age, duration=human_duration,
-                                      iso=iso_time, clock=clock_time, short=short_commit)
+                                      iso=iso_time, iso_ms=iso_ms, clock=clock_time,
+                                      short=short_commit)
 
     @property
     def state(self) -> StateStore:
@@ -253,18 +258,32 @@ class Dashboard:
         if before is not None and not ids.looks_like_id(before):
             raise ConfigError(f"invalid page marker {before!r}: follow the Older link instead")
         size = _page_size(visit.request.query_params.get("limit", ""))
-        batch = self.state.list_deployments(site, limit=size + 1, before=before)
+        branch = visit.request.query_params.get("branch", "").strip() or None
+        if branch is not None:
+            names.check_branch_name(branch)
+        batch = self.state.list_deployments(site, limit=size + 1, before=before, branch=branch)
         deployments, more = batch[:size], len(batch) > size
         base = str(visit.request.base_url).rstrip("/")
         previews = []
         for alias in self.state.list_aliases(site):
             if alias.name.startswith("branch/"):
-                branch = alias.name.removeprefix("branch/")
-                previews.append({"branch": branch, "deployment": alias.deployment_id,
-                                 "url": self.site_url(f"{branch_label(branch)}--{site}")})
+                shown = alias.name.removeprefix("branch/")
+                previews.append({"branch": shown, "deployment": alias.deployment_id,
+                                 "url": self.site_url(f"{branch_label(shown)}--{site}")})
         production = self.state.get_alias(site, PRODUCTION)
+        live = production.deployment_id if production else ""
+        if not before and not branch and live and all(d.id != live for d in deployments):
+            # production is on the newest page always: first when older than the rest
+            with contextlib.suppress(DeploymentNotFound):
+                deployments.insert(0, self.state.get_deployment(live))
+        rows = [{"d": d, "production": d.id == live, "context": _context(d, record),
+                 "own_url": self.site_url(f"{d.id}--{site}") if d.status.servable else ""}
+                for d in deployments]
+        branches = sorted({d.branch for d in deployments} | {p["branch"] for p in previews}
+                          | {record.production_branch} | ({branch} if branch else set()))
         return Page("site.html", {
-            "site": record, "deployments": deployments, "previews": previews,
+            "site": record, "deployments": deployments, "rows": rows, "previews": previews,
+            "branch": branch or "", "branches": branches,
             "production": production, "url": self.site_url(site),
             "remote": f"{base}/{site}.git",
             "hooks": [(p, f"{base}/hooks/{p}/{site}") for p in PROVIDERS],
@@ -279,8 +298,15 @@ class Dashboard:
         self.allowed(visit, site)
         self.service.site(site)
         query = visit.request.query_params.get("q", "").strip()
-        lines = self.state.search_logs(site, query, limit=200) if query else []
-        return Page("search.html", {"site": site, "query": query, "lines": lines})
+        page = _page_number(visit.request.query_params.get("page", ""))
+        wanted = page * SEARCH_SHOWN + 1
+        found = self.state.search_logs(site, query, limit=wanted) if query else []
+        lines = found[(page - 1) * SEARCH_SHOWN:page * SEARCH_SHOWN]
+        return Page("search.html", {
+            "site": site, "query": query, "page": page, "more": len(found) == wanted,
+            "first": (page - 1) * SEARCH_SHOWN + 1,
+            "hits": [{"line": line, "parts": highlighted(line.message, query)}
+                     for line in lines]})
 
     def deployment_page(self, visit: Visit, id: str) -> Page:
         deployment = self._deployment(visit, id)
@@ -291,12 +317,21 @@ class Dashboard:
                    if a.deployment_id == deployment.id]
         production = self.state.get_alias(site.name, PRODUCTION)
         files = sorted(manifest.files.items()) if manifest else []
+        wanted = visit.request.query_params.get("files", "").strip()
+        matching = [f for f in files if wanted.lower() in f[0].lower()] if wanted else files
+        page = _page_number(visit.request.query_params.get("files_page", ""))
         rollback = (deployment.branch == site.production_branch and production is not None
                     and deployment.id < production.deployment_id)
         return Page("deployment.html", {
             "d": deployment, "site": site, "logs": logs, "pointed": pointed,
             "last_seq": logs[-1].seq if logs else 0,
-            "files": files[:FILES_SHOWN], "files_total": len(files),
+            "files": matching[(page - 1) * FILES_SHOWN:page * FILES_SHOWN],
+            "files_total": len(files), "files_matching": len(matching),
+            "files_query": wanted, "files_page": page,
+            "files_pages": max((len(matching) + FILES_SHOWN - 1) // FILES_SHOWN, 1),
+            "files_first": (page - 1) * FILES_SHOWN + 1,
+            "production": production is not None and production.deployment_id == deployment.id,
+            "context": _context(deployment, site),
             "stored_total": sum(_stored(e) for _, e in files),
             "diff": self._diff(deployment, manifest) if manifest else None,
             "diff_shown": DIFF_SHOWN,
@@ -467,10 +502,47 @@ def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> str:
 
 
 def _status_event(d: Deployment) -> dict[str, Any]:
+    """What the deployment page shows live: the status, and the counters a run writes at
+    most every 0.5 s (service/progress.py)."""
     return {"status": str(d.status), "finished": d.status.finished, "error": d.error,
             "progress": d.progress, "files": d.files, "seconds": d.seconds,
+            "files_read": d.files - d.carried, "carried": d.carried, "stage": d.stage,
             "duration": human_duration(d.seconds), "bytes": human_bytes(d.bytes_in),
+            "bytes_stored": human_bytes(d.bytes_stored),
             "blobs_new": d.blobs_new, "blobs_reused": d.blobs_reused}
+
+
+def _context(d: Deployment, site: Site) -> str:
+    """What a deployment was made as: production (its branch), preview, or draft."""
+    if d.draft:
+        return "draft"
+    return "production" if d.branch == site.production_branch else "preview"
+
+
+def highlighted(message: str, query: str) -> list[tuple[str, bool]]:
+    """The message in parts, True where a searched word matches (case-insensitive)."""
+    words = [re.escape(w) for w in query.split() if w]
+    if not words:
+        return [(message, False)]
+    pattern = re.compile("|".join(sorted(words, key=len, reverse=True)), re.IGNORECASE)
+    parts: list[tuple[str, bool]] = []
+    at = 0
+    for match in pattern.finditer(message):
+        if match.start() > at:
+            parts.append((message[at:match.start()], False))
+        parts.append((match.group(), True))
+        at = match.end()
+    if at < len(message):
+        parts.append((message[at:], False))
+    return parts
+
+
+def _page_number(raw: str) -> int:
+    if not raw:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise ConfigError(f"invalid page {raw!r}: follow the page links instead")
+    return int(raw)
 
 
 def _page_size(raw: str) -> int:
@@ -499,14 +571,8 @@ def _safe_next(request: Request, value: str | None = None) -> str:
 
 # formatting (Jinja filters) -----------------------------------------------------------------
 def human_bytes(size: int | float | None) -> str:
-    if size is None:
-        return ""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"  # pragma: no cover - the loop returns at GB
+    """IEC units, as everywhere pushsite shows a size (limits.human_size)."""
+    return human_size(size)
 
 
 def human_duration(seconds: float | None) -> str:
@@ -533,8 +599,14 @@ def iso_time(when: float | None) -> str:
     return "" if when is None else datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
 
 
+def iso_ms(when: float) -> str:
+    """A log line's time to the millisecond, for the browser to show in its own zone."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+
+
 def clock_time(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).strftime("%H:%M:%S.%f")[:-3]
+    """UTC, said so; the page's script shows the browser's local time, UTC on hover."""
+    return datetime.fromtimestamp(when, UTC).strftime("%H:%M:%S.%f")[:-3] + " UTC"
 
 
 def short_commit(commit: str) -> str:

@@ -3,10 +3,11 @@
 The request body is pumped into the CGI process while its output is streamed back at the same
 time; buffering either side whole would deadlock a large push (git waits for us to read while
 we wait for it to finish reading). Pushes authenticate with HTTP Basic and a deploy token (the
-password; any user name). The repository's post-receive hook calls back into
-`/internal/post-receive` on an IP address with its secret header (both checked before host
-routing, so no site's host can answer it), which queues one deployment per updated branch and
-streams their progress to the pusher's terminal as `remote:` lines.
+password; any user name). The repository's pre-receive hook calls back into
+`/internal/post-receive` (its old name) on an IP address with its secret header (both checked
+before host routing, so no site's host can answer it): each updated branch is deployed here,
+from the push's quarantine, while the push waits; the progress reaches the pusher's terminal
+as `remote:` lines, and a failed deploy refuses its ref (githook.py's proc-receive).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -30,10 +32,13 @@ from starlette.routing import Route
 from pushsite import names
 from pushsite.deploy.gitcommit import SiteRepos, hook_environment
 from pushsite.errors import Forbidden, NotAuthorized, PushsiteError
-from pushsite.model import Status
+from pushsite.githook import VERDICT_MARK
+from pushsite.limits import human_size
+from pushsite.model import Deployment, Status
 from pushsite.names import branch_label
 from pushsite.secretfile import shared_secret
 from pushsite.service import Service
+from pushsite.words import plural
 
 # What a git client asks of a repository over HTTP (smart, and dumb for old clients); anything
 # else (`..`, other files of the repository) is refused before git http-backend sees it.
@@ -48,6 +53,17 @@ _CHUNK = 64 << 10
 # routing (web/app.py), on an IP address no site may claim (edge/hosts.py reserved_reason).
 HOOK_PATH = "/internal/post-receive"
 HOOK_HEADER = "x-pushsite-hook-secret"
+
+
+COUNT_EVERY = 0.5  # seconds between two counting lines of a push (the counters' own pace)
+
+
+def counting_line(deployment: Deployment) -> str:
+    """How far a running deployment got, as one `remote:` line of the push."""
+    read = deployment.files - deployment.carried
+    carried = f", {deployment.carried} carried over" if deployment.carried else ""
+    return (f"pushsite: {deployment.stage or 'read'}: {read} files read{carried}, "
+            f"{human_size(deployment.bytes_in)}, {deployment.blobs_new} new blobs")
 
 
 def routes(service: Service) -> list[Any]:
@@ -144,6 +160,8 @@ class GitBridge:
                 return PlainTextResponse(f"pushsite: site {site!r} has no repository yet; push "
                                          "to it first\n", status_code=404)
             await asyncio.to_thread(self.repos.create, site, record.production_branch)
+        elif pushing:  # a repository made by an older version gets today's hooks
+            await asyncio.to_thread(self.repos.ensure_hooks, site)
         return await self._cgi(request, site, rest)
 
     async def _cgi(self, request: Request, site: str, rest: str) -> Response:
@@ -211,71 +229,131 @@ class GitBridge:
 
     # the hook's call-back -------------------------------------------------------------------
     async def post_receive(self, request: Request) -> Response:
+        """The pre-receive hook's call (the path keeps its old name: tests and proxies know
+        it): deploy each updated branch from the push's quarantine while the push waits,
+        stream the progress, and end with the verdict per ref (githook.VERDICT_MARK)."""
         given = request.headers.get(HOOK_HEADER, "")
         if not hmac.compare_digest(given, self.hook_secret):
             return PlainTextResponse("forbidden\n", status_code=403)
         payload = json.loads(await request.body())
         site = payload["site"]
-        lines: list[str] = []
-        deployments = await asyncio.to_thread(self._accept_updates, site, payload["updates"],
-                                              lines)
-        return StreamingResponse(self._follow(deployments, lines),
+        names.check_site_name(site)
+        quarantine = str((payload.get("quarantine") or {}).get("GIT_QUARANTINE_PATH") or
+                         (payload.get("quarantine") or {}).get("GIT_OBJECT_DIRECTORY") or "")
+        return StreamingResponse(self._push(site, payload["updates"], quarantine),
                                  media_type="text/plain; charset=utf-8")
 
-    def _accept_updates(self, site: str, updates: list[list[str]], lines: list[str]) -> list[str]:
+    async def _push(self, site: str, updates: list[list[str]],
+                    quarantine: str) -> AsyncIterator[str]:
+        verdicts: dict[str, str] = {}
+        lines: list[str] = []
+        with contextlib.ExitStack() as stack:
+            if quarantine:
+                try:
+                    stack.enter_context(self.repos.quarantine(site, quarantine))
+                except PushsiteError as exc:
+                    yield f"pushsite: error: {exc}\n"
+                    yield VERDICT_MARK + json.dumps({u[2]: "deploy failed: no quarantine"
+                                                     for u in updates}) + "\n"
+                    return
+            accepted = await asyncio.to_thread(self._accept_updates, site, updates, lines)
+            for line in lines:
+                yield line + "\n"
+            # each deploy runs in a thread of its own, holding the quarantine open until it
+            # ends: one that outlives the wait goes on after the push is accepted
+            runs = {ref: asyncio.create_task(self._run(deployment_id, stack.pop_all()
+                                                       if i == len(accepted) - 1 else None))
+                    for i, (ref, deployment_id) in enumerate(accepted)}
+            for ref, deployment_id in accepted:
+                async for line in self._follow(deployment_id, runs[ref], verdicts, ref):
+                    yield line
+        yield VERDICT_MARK + json.dumps(verdicts) + "\n"
+
+    async def _run(self, deployment_id: str, holding: contextlib.ExitStack | None) -> None:
+        """Run a push's deployment here (its objects are readable only while the push's
+        quarantine lasts); `holding` is released when it ends."""
+        try:
+            await asyncio.to_thread(self._run_quietly, deployment_id)
+        finally:
+            if holding is not None:
+                holding.close()
+
+    def _run_quietly(self, deployment_id: str) -> None:
+        with contextlib.suppress(PushsiteError):  # recorded on the deployment: _follow says
+            self.service.run(deployment_id)
+
+    def _accept_updates(self, site: str, updates: list[list[str]],
+                        lines: list[str]) -> list[tuple[str, str]]:
         """Each updated ref to Service.deploy_ref, which decides; its outcome as a line."""
         accepted = []
         for old, new, ref in updates:
             try:
-                outcome = self.service.deploy_ref(site, ref, old, new)
+                outcome = self.service.deploy_ref(site, ref, old, new, enqueue=False)
             except PushsiteError as exc:
                 lines.append(f"pushsite: error: {exc} (the site was not updated)")
                 continue
             if outcome.deployment is not None:
                 deployment = outcome.deployment
-                lines.append(f"pushsite: {outcome.branch} {deployment.commit[:12]} queued as "
-                             f"deployment {deployment.id}")
-                accepted.append(deployment.id)
+                lines.append(f"pushsite: {outcome.branch} {deployment.commit[:12]}: deploying "
+                             f"as {deployment.id}")
+                accepted.append((ref, deployment.id))
             elif outcome.action == "remove":
                 lines.append(f"pushsite: {outcome.branch} deleted; its preview is gone")
             else:
                 lines.append(f"pushsite: {ref} ignored: {outcome.reason}")
         return accepted
 
-    async def _follow(self, deployment_ids: list[str], lines: list[str]) -> AsyncIterator[str]:
-        for line in lines:
-            yield line + "\n"
+    async def _follow(self, deployment_id: str, run: asyncio.Task[None],
+                      verdicts: dict[str, str], ref: str) -> AsyncIterator[str]:
         wait = self.service.config.wait
-        for deployment_id in deployment_ids:
-            deadline = time.monotonic() + wait
-            seen = 0
-            while True:
-                deployment = await asyncio.to_thread(self.service.state.get_deployment,
-                                                     deployment_id)
-                logs = await asyncio.to_thread(self.service.state.get_logs, deployment_id, seen)
-                for entry in logs:
-                    seen = entry.seq
-                    if (entry.stage in ("read", "build", "manifest", "activate")
-                            or entry.level != "info"):
-                        yield f"pushsite: {entry.message}\n"
-                if deployment.status.finished:
-                    yield self._outcome(deployment) + "\n"
-                    break
-                if time.monotonic() > deadline:
-                    yield (f"pushsite: still {deployment.status} after {wait:.0f}s; follow it "
-                           f"with `pushsite log {deployment_id}`\n")
-                    break
-                await asyncio.sleep(0.05)
+        deadline = time.monotonic() + wait
+        seen = 0
+        counted: tuple[int, ...] = ()
+        next_count = 0.0
+        while True:
+            ran = run.done()  # before the read: a run that ended has moved its aliases
+            deployment = await asyncio.to_thread(self.service.state.get_deployment,
+                                                 deployment_id)
+            counts = (deployment.files, deployment.bytes_in, deployment.blobs_new)
+            if (deployment.status == Status.RUNNING and any(counts) and counts != counted
+                    and time.monotonic() >= next_count):
+                counted, next_count = counts, time.monotonic() + COUNT_EVERY
+                yield counting_line(deployment) + "\n"
+            logs = await asyncio.to_thread(self.service.state.get_logs, deployment_id, seen)
+            for entry in logs:
+                seen = entry.seq
+                if (entry.stage in ("read", "build", "manifest", "activate")
+                        or entry.level != "info"):
+                    yield f"pushsite: {entry.message}\n"
+            if deployment.status.finished and (ran or not deployment.status.servable):
+                yield self._outcome(deployment, verdicts, ref) + "\n"
+                return
+            if time.monotonic() > deadline:
+                url = self.service.config.site_url(f"{deployment_id}--{deployment.site}")
+                yield (f"pushsite: still {deployment.status} after {wait:.0f}s: the push is "
+                       f"accepted and the deploy goes on; it will be at {url} (follow it "
+                       f"with `pushsite log {deployment_id}`)\n")
+                return
+            await asyncio.sleep(0.05)
 
-    def _outcome(self, deployment: Any) -> str:
+    def _outcome(self, deployment: Any, verdicts: dict[str, str], ref: str) -> str:
         config = self.service.config
+        site = self.service.state.get_site(deployment.site)
         if deployment.status in (Status.LIVE, Status.READY):
-            site = self.service.state.get_site(deployment.site)
-            if deployment.branch == site.production_branch:
-                url = config.site_url(deployment.site)
+            # the words the CLI prints: production, preview or draft, never "live" for all
+            if deployment.draft:
+                word, url = "draft", config.site_url(f"{deployment.id}--{deployment.site}")
+            elif deployment.branch == site.production_branch:
+                word, url = "production", config.site_url(deployment.site)
             else:
+                word = "preview"
                 url = config.site_url(f"{branch_label(deployment.branch)}--{deployment.site}")
-            return (f"pushsite: {deployment.status}: {url} ({deployment.files} files, "
-                    f"{deployment.blobs_new} new blobs, {deployment.seconds or 0:.2f}s)")
-        return (f"pushsite: error: {deployment.error or deployment.status}; the site was not "
-                "updated (the commits are stored)")
+            return (f"pushsite: {word}: {url} ({plural(deployment.files, 'file')}, "
+                    f"{plural(deployment.blobs_new, 'new blob')}, "
+                    f"{deployment.seconds or 0:.2f}s)")
+        error = deployment.error or str(deployment.status)
+        if site.settings.reject_failed_pushes:
+            verdicts[ref] = "deploy failed: " + " ".join(error.split())[:300]
+            return (f"pushsite: error: {error}; the push is refused, the branch stays where it "
+                    "was (fix it and push again)")
+        return (f"pushsite: error: {error}; the site was not updated (the commits are stored)")

@@ -52,6 +52,37 @@
   }
 
   // the live log and status of one deployment -------------------------------------------
+  // times: the browser's local time, UTC on hover ------------------------------------------
+  function pad(n, width) { return String(n).padStart(width || 2, "0"); }
+
+  function localClock(when) {
+    return pad(when.getHours()) + ":" + pad(when.getMinutes()) + ":" + pad(when.getSeconds()) +
+      "." + pad(when.getMilliseconds(), 3);
+  }
+
+  function showLocal(time) {
+    var when = new Date(time.dateTime || time.getAttribute("datetime"));
+    if (isNaN(when.getTime())) { return; }
+    time.textContent = localClock(when);
+    time.title = when.toISOString().replace("T", " ").replace("Z", " UTC");
+  }
+
+  function ago(seconds) {
+    var limits = [[60, "s", 1], [3600, "min", 60], [86400, "h", 3600], [30 * 86400, "d", 86400]];
+    for (var i = 0; i < limits.length; i++) {
+      if (seconds < limits[i][0]) { return Math.floor(seconds / limits[i][2]) + " " + limits[i][1] + " ago"; }
+    }
+    return null;
+  }
+
+  function tickAges() {
+    document.querySelectorAll("time[data-ago]").forEach(function (time) {
+      var when = new Date(time.getAttribute("datetime"));
+      var text = ago(Math.max((Date.now() - when.getTime()) / 1000, 0));
+      if (text) { time.textContent = text; }
+    });
+  }
+
   function logLine(data) {
     var li = document.createElement("li");
     li.id = "L" + data.seq;
@@ -59,7 +90,8 @@
     var time = document.createElement("time");
     var when = new Date(data.time * 1000);
     time.dateTime = when.toISOString();
-    time.textContent = when.toISOString().substring(11, 23);
+    time.setAttribute("data-local", "");
+    showLocal(time);
     li.appendChild(time);
     [["level", data.level], ["stage", data.stage], ["msg", data.message]].forEach(function (p) {
       li.appendChild(document.createTextNode(" "));
@@ -94,11 +126,16 @@
     });
     source.addEventListener("status", function (event) {
       var data = JSON.parse(event.data);
+      badge = document.getElementById("status-badge");
       if (badge) { setBadge(badge, data.status); }
       setText("progress", data.finished ? "" : data.progress);
       setText("duration", data.duration || "—");
       setText("files", String(data.files));
+      setText("files-read", String(data.files_read));
+      setText("carried", String(data.carried));
+      setText("stage", data.stage || "—");
       setText("bytes", data.bytes);
+      setText("bytes-stored", data.bytes_stored);
       setText("blobs-new", String(data.blobs_new));
       setText("blobs-reused", String(data.blobs_reused));
       var error = document.getElementById("error");
@@ -107,11 +144,40 @@
       last = data.status;
       if (data.finished) {
         document.querySelectorAll("[data-while-running]").forEach(function (n) { n.hidden = true; });
-        var note = document.getElementById("finished-note");
-        if (note) { note.hidden = false; }
+        complete(data.status);
       }
     });
-    source.addEventListener("end", function () { source.close(); });
+    source.addEventListener("end", function (event) {
+      source.close();
+      complete(JSON.parse(event.data).status);
+    });
+  }
+
+  // a finished deployment's page fills in its URLs, files, changes and actions in place
+  var completedFor = null;
+  function complete(status) {
+    if (status === completedFor) { return; }
+    completedFor = status;
+    fetch(window.location.pathname + window.location.search, {credentials: "same-origin"})
+      .then(function (response) { return response.ok ? response.text() : Promise.reject(response.status); })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        fresh.querySelectorAll("[data-complete]").forEach(function (part) {
+          var here = document.getElementById(part.id);
+          if (here) { here.replaceWith(document.importNode(part, true)); }
+        });
+        var line = fresh.querySelector(".status-line");
+        var current = document.querySelector(".status-line");
+        if (line && current) { current.replaceWith(document.importNode(line, true)); }
+        var note = document.getElementById("finished-note");
+        if (note) { note.hidden = false; }
+        tickAges();
+        announce("The deployment has finished");
+      })
+      .catch(function () {
+        var note = document.getElementById("finished-note");
+        if (note) { note.hidden = false; }
+      });
   }
 
   // status badges on list pages ----------------------------------------------------------
@@ -129,6 +195,12 @@
     });
     document.querySelectorAll("input[data-filter]").forEach(function (input) {
       input.addEventListener("input", function () { applyFilter(input); });
+    });
+    document.querySelectorAll("time[data-local]").forEach(showLocal);
+    tickAges();
+    setInterval(tickAges, 1000);
+    document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+      select.addEventListener("change", function () { select.form.submit(); });
     });
     var log = document.querySelector("[data-events]");
     if (log) { followDeployment(log); }

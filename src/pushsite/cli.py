@@ -23,6 +23,7 @@ from pushsite import __version__
 from pushsite.config import Config, load_config
 from pushsite.deploy.builder import Counters
 from pushsite.errors import ConfigError, Interrupted, PushsiteError
+from pushsite.limits import human_size
 from pushsite.model import Deployment, Domain
 from pushsite.names import branch_label
 from pushsite.words import plural
@@ -380,7 +381,7 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
                   soft_wrap=True)
     err.print(f"{data['status']}: {plural(data['files'], 'file')}, "
               f"{plural(data['blobs_new'], 'new blob')}, {data['blobs_reused']} reused, "
-              f"{data['bytes_stored'] / 1e6:.1f} MB stored, {data['seconds'] or 0:.2f}s; "
+              f"{human_size(data['bytes_stored'])} stored, {data['seconds'] or 0:.2f}s; "
               f"deployment {data['id']}", highlight=False, soft_wrap=True)
     if context == "draft":
         err.print(f"promote it to production with: pushsite promote {data['id']}",
@@ -675,10 +676,12 @@ def sites_delete(ctx: click.Context, name: str, yes: bool) -> None:
 @cli.command()
 @click.argument("site")
 @click.option("--limit", default=20, show_default=True, help="How many to show.")
+@click.option("--branch", default=None, help="Only this branch's deployments.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_context
 @reports_errors
-def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
+def deploys(ctx: click.Context, site: str, limit: int, branch: str | None,
+            as_json: bool) -> None:
     """List a site's deployments, newest first; * marks the one production serves.
 
     The ids shown are the shortest prefixes that name each deployment alone: `pushsite log`,
@@ -686,7 +689,11 @@ def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
     """
     service = _service(ctx)
     record = service.site(site)
-    rows = service.state.list_deployments(record.name, limit=limit)
+    if branch is not None:
+        from pushsite.names import check_branch_name
+
+        check_branch_name(branch)
+    rows = service.state.list_deployments(record.name, limit=limit, branch=branch)
     alias = service.state.get_alias(record.name, "production")
     production = alias.deployment_id if alias else None
     short = service.short_ids(rows)
@@ -697,6 +704,9 @@ def deploys(ctx: click.Context, site: str, limit: int, as_json: bool) -> None:
                                    "production": d.id == production}))
         return
     if not rows:
+        if branch is not None:
+            err.print(f"no deployments of branch {branch!r} of {record.name}", highlight=False)
+            return
         err.print(f"no deployments of {record.name} yet; deploy with: pushsite deploy FOLDER "
                   f"--site {record.name}", highlight=False)
         return
@@ -1284,7 +1294,7 @@ def aws_package(out: str, platform: str) -> None:
     from pushsite.aws.package import build_lambda_zip
 
     path = build_lambda_zip(Path(out), platform=platform)
-    err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    err.print(f"wrote {path} ({human_size(path.stat().st_size)})")
 
 
 @aws.command("template")

@@ -42,7 +42,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_path", int, 1024, "longest path in a bundle, in bytes"),
     Setting("max_ratio", int, 0, "largest compression ratio a bundle may have (0: the "
             "reader's default); stops gzip bombs"),
-    Setting("wait", float, 60.0, "seconds a git push waits to report the deploy's outcome"),
+    Setting("wait", float, 120.0, "seconds a git push waits for its deploy; one that takes "
+            "longer is accepted and continues"),
     Setting("prune_grace", float, 3600.0, "seconds for which prune keeps any blob however "
             "unused: longer than any deploy may take to reference what it found stored"),
     Setting("lease", float, 30.0, "seconds a runner's lease on a running deployment lasts "
@@ -93,7 +94,7 @@ class Config:
     max_total_mb: int = 16384
     max_path: int = 1024
     max_ratio: int = 0
-    wait: float = 60.0
+    wait: float = 120.0
     prune_grace: float = 3600.0
     lease: float = 30.0
     notify_retry: float = 30.0

@@ -9,12 +9,14 @@ compressed again, so a one-file change costs one blob whatever the site's size.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import posixpath
-import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,14 +26,16 @@ from pushsite.deploy.builder import CONFIG_FILES, SMALL_FILE, ManifestBuilder
 from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BackendUnavailable, DeploymentFailed
 from pushsite.model import FileEntry, Manifest
+from pushsite.words import plural
 
 HOOK = """#!{python}
-# Installed by pushsite: report each push to the server and print the deploy's progress.
+# Installed by pushsite: the push waits for its deploy, and fails when it fails (githook.py).
 import sys
 sys.path.insert(0, {src!r})
 from pushsite.githook import main
 main()
 """
+HOOK_NAMES = ("pre-receive", "proc-receive", "post-receive")
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,53 @@ class SiteRepos:
         return repo
 
     def install_hook(self, site: str) -> None:
-        hook = self.path(site) / "hooks" / "post-receive"
+        """The hooks (githook.py): pre-receive deploys from the quarantine while the push
+        waits, proc-receive moves only the refs whose deploy went live (with its reason
+        otherwise); an older install's post-receive is kept as a no-op."""
+        repo = self.path(site)
         src = str(Path(__file__).resolve().parents[2])
-        hook.write_text(HOOK.format(python=sys.executable, src=src))
-        hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        text = HOOK.format(python=sys.executable, src=src)
+        for name in HOOK_NAMES:
+            hook = repo / "hooks" / name
+            hook.parent.mkdir(exist_ok=True)
+            partial = hook.with_name(name + ".new")
+            partial.write_text(text)
+            partial.chmod(0o755)
+            partial.rename(hook)  # a push running now sees the old or the new hook, whole
+        _git("config", "--replace-all", "receive.procReceiveRefs", "refs/heads", cwd=repo)
+        _git("config", "--add", "receive.procReceiveRefs", "refs/tags", cwd=repo)
+
+    def ensure_hooks(self, site: str) -> None:
+        """Upgrade a repository made by an older version (a post-receive hook only)."""
+        repo = self.path(site)
+        hook = repo / "hooks" / "proc-receive"
+        src = str(Path(__file__).resolve().parents[2])
+        try:
+            current = hook.read_text() == HOOK.format(python=sys.executable, src=src)
+        except FileNotFoundError:
+            current = False
+        if not current:
+            self.install_hook(site)
+
+    @contextmanager
+    def quarantine(self, site: str, objects: str) -> Iterator[None]:
+        """Make a push's quarantined objects readable in the site's repository while its
+        deploy runs: every git command reading the repository (the deploy's, a build's
+        checkout) then finds them, through `objects/info/alternates`. `objects` must be the
+        push's own quarantine folder, inside the repository (objects/incoming-*)."""
+        repo = self.path(site)
+        folder = Path(objects).resolve()
+        if folder.parent != (repo / "objects").resolve() or \
+                "incoming-" not in folder.name or not folder.is_dir():
+            raise DeploymentFailed(f"the push's quarantine {objects!r} is not a quarantine of "
+                                   f"the repository of {site}")
+        alternates = repo / "objects" / "info" / "alternates"
+        alternates.parent.mkdir(exist_ok=True)
+        _edit_lines(alternates, add=str(folder))
+        try:
+            yield
+        finally:
+            _edit_lines(alternates, remove=str(folder))
 
     def tree(self, site: str, commit: str) -> list[TreeEntry]:
         out = _git("ls-tree", "-r", "-z", "--full-tree", commit, cwd=self.path(site))
@@ -191,7 +238,7 @@ def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit:
                                                  dict(old.encodings), entry.oid))
         else:
             to_read.append(entry)
-    builder.log.info("read", f"{len(to_read)} changed files to read, "
+    builder.log.info("read", f"{plural(len(to_read), 'changed file')} to read, "
                      f"{builder.counters.files} carried over unchanged",
                      changed=len(to_read), unchanged=builder.counters.files)
     blobs = BlobStream(repos.path(site), [e.oid for e in to_read + links])
@@ -213,6 +260,19 @@ def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit:
         raise
     finally:
         blobs.close()
+
+
+def _edit_lines(path: Path, add: str = "", remove: str = "") -> None:
+    """Add or remove one line of a small file under an exclusive lock (pushes run at once)."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        lines = [line for line in handle.read().splitlines() if line and line != remove]
+        if add and add not in lines:
+            lines.append(add)
+        handle.seek(0)
+        handle.truncate()
+        handle.write("".join(line + "\n" for line in lines))
 
 
 def hook_environment(url: str, secret: str) -> dict[str, str]:

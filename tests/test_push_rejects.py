@@ -1,0 +1,112 @@
+"""A push that fails when its deploy fails: the deploy runs in pre-receive, from git's
+quarantine, and a failure refuses the ref (real `git push` against a real `pushsite serve`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_git_push import commit, push, remote
+
+from support.api import Api
+from support.servers import Server, serving
+from support.sites import git
+
+
+@pytest.fixture
+def token(server: Server) -> str:
+    server.create_site("blog")
+    return server.new_token("--name", "test")
+
+
+def remote_ref(server: Server, site: str, ref: str = "refs/heads/main") -> str:
+    """The branch as the server's repository holds it ("" when it does not exist)."""
+    done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", ref],
+                          cwd=server.home / "repos" / f"{site}.git", capture_output=True,
+                          text=True, check=False)
+    return done.stdout.strip()
+
+
+def test_a_failed_deploy_rejects_the_push_and_the_branch_stays(
+        server: Server, token: str, make_repo: Callable[..., Path]) -> None:
+    repo = make_repo({"index.html": "<p>good</p>"})
+    assert push(repo, remote(server, token), "main").returncode == 0
+    good = git(repo, "rev-parse", "HEAD")
+    assert remote_ref(server, "blog") == good
+    commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
+    done = push(repo, remote(server, token), "main")
+    assert done.returncode != 0, done.stderr
+    assert "! [remote rejected] main -> main (deploy failed: _redirects line 1" in done.stderr
+    assert "the push is refused" in done.stderr
+    assert remote_ref(server, "blog") == good  # the branch stays where it was
+    assert server.get("blog.localhost", "/").text == "<p>good</p>"
+    # the same push, fixed, goes through
+    commit(repo, {"_redirects": "/a /b 301\n"}, "fixed")
+    done = push(repo, remote(server, token), "main")
+    assert done.returncode == 0, done.stderr
+    assert remote_ref(server, "blog") == git(repo, "rev-parse", "HEAD")
+
+
+def test_a_new_branch_that_fails_is_not_created(server: Server, token: str,
+                                                make_repo: Callable[..., Path]) -> None:
+    repo = make_repo({"index.html": "x", "_headers": "no colon here\n  nor here\n"})
+    git(repo, "checkout", "-q", "-b", "broken")
+    done = push(repo, remote(server, token), "broken")
+    assert done.returncode != 0
+    assert "[remote rejected] broken -> broken (deploy failed:" in done.stderr
+    assert remote_ref(server, "blog", "refs/heads/broken") == ""
+
+
+def test_the_site_setting_keeps_the_commits_as_before(server: Server, token: str,
+                                                      make_repo: Callable[..., Path]) -> None:
+    admin = server.new_token("--name", "admin", "--admin")
+    Api(server, admin).ok("PATCH", "/sites/blog", json={"reject_failed_pushes": False})
+    repo = make_repo({"index.html": "<p>good</p>"})
+    push(repo, remote(server, token), "main")
+    commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
+    done = push(repo, remote(server, token), "main")
+    assert done.returncode == 0, done.stderr
+    assert "_redirects line 1" in done.stderr and "the site was not updated" in done.stderr
+    assert remote_ref(server, "blog") == git(repo, "rev-parse", "HEAD")
+    assert server.get("blog.localhost", "/").text == "<p>good</p>"
+
+
+def test_an_old_repository_gets_the_new_hooks(server: Server, token: str,
+                                              make_repo: Callable[..., Path]) -> None:
+    repo = make_repo({"index.html": "<p>one</p>"})
+    assert push(repo, remote(server, token), "main").returncode == 0
+    bare = server.home / "repos" / "blog.git"
+    for name in ("pre-receive", "proc-receive"):  # as an older version left it
+        (bare / "hooks" / name).unlink()
+    git(bare, "config", "--unset-all", "receive.procReceiveRefs")
+    commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
+    done = push(repo, remote(server, token), "main")
+    assert done.returncode != 0 and "deploy failed: _redirects line 1" in done.stderr
+    assert (bare / "hooks" / "proc-receive").exists()
+
+
+@pytest.fixture
+def impatient(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path / "impatient", extra_env={"PUSHSITE_WAIT": "0.01"}) as srv:
+        yield srv
+
+
+def test_a_deploy_that_outlives_the_wait_is_accepted_and_goes_on(
+        impatient: Server, make_repo: Callable[..., Path]) -> None:
+    impatient.create_site("slow")
+    token = impatient.new_token("--name", "t")
+    files: dict[str, str | bytes] = {f"p/{i}.bin": os.urandom(20_000) for i in range(300)}
+    repo = make_repo({**files, "index.html": "<p>late</p>"})
+    done = push(repo, remote(impatient, token, "slow"), "main")
+    assert done.returncode == 0, done.stderr
+    assert "the push is accepted and the deploy goes on; it will be at http://" in done.stderr
+    assert remote_ref(impatient, "slow") == git(repo, "rev-parse", "HEAD")
+    deadline = time.monotonic() + 60
+    while impatient.get("slow.localhost", "/").status_code != 200:
+        assert time.monotonic() < deadline, "the deploy never went live"
+        time.sleep(0.2)
+    assert impatient.get("slow.localhost", "/").text == "<p>late</p>"

@@ -25,7 +25,7 @@ def rebuild(server: Server, token: str, repo: Path, ref: str = "main") -> str:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "again")
     err = push(server, token, repo, ref)
-    assert "live:" in err or "ready:" in err, err
+    assert "pushsite: production:" in err or "pushsite: preview:" in err, err
     return err
 
 

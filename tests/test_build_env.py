@@ -69,7 +69,7 @@ def test_a_build_sees_variables_and_its_output_is_redacted(server: Server,
     token = server.new_token("--name", "push")
     done = subprocess.run(["git", "push", f"http://x:{token}@127.0.0.1:{server.port}/redact.git",
                            "main"], cwd=repo, capture_output=True, text=True, timeout=180)
-    assert "live:" in done.stderr, done.stderr
+    assert "pushsite: production:" in done.stderr, done.stderr
     assert "key is ••••" in done.stderr and "match" in done.stderr
     assert SECRET not in done.stderr
     assert server.get("redact.localhost", "/").text.strip() == "hello"

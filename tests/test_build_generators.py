@@ -116,7 +116,7 @@ def test_git_push_of_the_source_builds_and_goes_live(srv: Server, token: str, tm
     assert srv.cli("sites", "create", site).returncode == 0
     repo = new_repo(tmp_path / kind, files)
     err = push(srv, token, site, repo)
-    assert "live:" in err, err
+    assert "pushsite: production:" in err, err
     assert detected in err and "running `" in err
     assert re.search(rf"remote: pushsite: .*{re.escape(printed)}", err), err
     assert "\x1b[" not in err  # colours stripped before the log
@@ -129,11 +129,11 @@ def test_one_page_change_stores_only_changed_outputs(srv: Server, token: str,
     assert srv.cli("sites", "create", site).returncode == 0
     repo = new_repo(tmp_path / "change", MKDOCS)
     first = push(srv, token, site, repo)
-    files = int(re.search(r"live: \S+ \((\d+) files", first).group(1))  # type: ignore[union-attr]
+    files = int(re.search(r"production: \S+ \((\d+) files", first).group(1))  # type: ignore[union-attr]
     write_files(repo, {"docs/guide.md": "# Guide\n\nSecond version of the guide.\n"})
     git(repo, "commit", "-q", "-am", "edit the guide")
     second = push(srv, token, site, repo)
-    found = re.search(r"live: \S+ \((\d+) files, (\d+) new blobs", second)
+    found = re.search(r"production: \S+ \((\d+) files, (\d+) new blobs?", second)
     assert found, second
     assert int(found.group(1)) == files > 20
     # the page itself, the search index, the sitemap (and its .gz): the theme's files are
@@ -176,12 +176,12 @@ def test_the_build_environment_names_branch_and_context(srv: Server, token: str,
     site = "gen-branch"
     assert srv.cli("sites", "create", site).returncode == 0
     repo = new_repo(tmp_path / "branch", NPM)
-    assert "live:" in push(srv, token, site, repo)
+    assert "pushsite: production:" in push(srv, token, site, repo)
     git(repo, "checkout", "-q", "-b", "feature")
     url = f"http://x:{token}@127.0.0.1:{srv.port}/{site}.git"
     done = subprocess.run(["git", "push", url, "feature"], cwd=repo, capture_output=True,
                           text=True, timeout=300)
-    assert "live:" in done.stderr or "ready:" in done.stderr, done.stderr
+    assert "pushsite: preview:" in done.stderr, done.stderr
     page = srv.get(f"feature--{site}.localhost", "/").text
     assert page == "<p>Hello from npm on branch-deploy feature</p>"
     assert os.path.isdir(srv.home)

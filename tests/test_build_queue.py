@@ -96,7 +96,7 @@ def test_a_queued_build_overtaken_by_a_newer_push_is_skipped(tmp_path: Path) -> 
             started(count)
         for thread in threads:
             thread.join()
-        assert "live:" in outputs["a"], outputs["a"]
+        assert "pushsite: production:" in outputs["a"], outputs["a"]
         assert "superseded by" in outputs["b"], outputs["b"]
-        assert "live:" in outputs["c"], outputs["c"]
+        assert "pushsite: production:" in outputs["c"], outputs["c"]
         assert server.get("queue.localhost", "/").text.strip() == "c"

@@ -54,7 +54,7 @@ def test_push_needing_a_build_without_bwrap_fails(tmp_path: Path) -> None:
         url = f"http://x:{token}@127.0.0.1:{server.port}/nobwrap.git"
         first = subprocess.run(["git", "push", url, "main"], cwd=repo, capture_output=True,
                                text=True, timeout=120, env={**os.environ})
-        assert "live:" in first.stderr, first.stderr
+        assert "pushsite: production:" in first.stderr, first.stderr
         write_files(repo, BUILD)
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "-m", "build")

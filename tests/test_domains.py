@@ -85,7 +85,8 @@ def test_a_site_token_cannot_claim_the_control_planes_address(
     # git push still deploys: the hook's call-back reaches the control plane
     repo = make_repo({"index.html": "<p>a by git</p>"})
     pushed = _push(repo, server, token, "a")
-    assert pushed.returncode == 0 and "remote: pushsite: live:" in pushed.stderr, pushed.stderr
+    assert pushed.returncode == 0, pushed.stderr
+    assert "remote: pushsite: production:" in pushed.stderr, pushed.stderr
     assert server.get("a.localhost").text == "<p>a by git</p>"
 
 
@@ -104,7 +105,8 @@ def test_an_approved_ip_claim_from_an_older_version_is_still_never_served(
     _control_plane_answers(server)
     _commit(repo, {"index.html": "<p>second push</p>"})
     pushed = _push(repo, server, token, "a")
-    assert pushed.returncode == 0 and "remote: pushsite: live:" in pushed.stderr, pushed.stderr
+    assert pushed.returncode == 0, pushed.stderr
+    assert "remote: pushsite: production:" in pushed.stderr, pushed.stderr
     assert server.get("a.localhost").text == "<p>second push</p>"
 
 

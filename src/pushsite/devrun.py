@@ -22,6 +22,7 @@ from pushsite.deploy.folder import open_folder
 from pushsite.errors import NotAuthorized, SiteNotFound
 from pushsite.service import Service
 from pushsite.web.server import run_server
+from pushsite.words import plural
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello"
 
@@ -73,7 +74,7 @@ def main() -> None:
         deployment = service.accept(args.site, None, message="example site (make run)",
                                     source="make-run", enqueue=False)
         deployment = service.run(deployment.id, bundle=open_folder(EXAMPLE))
-        console.print(f"[green]deployed[/] {deployment.files} files from {EXAMPLE.name} "
+        console.print(f"[green]deployed[/] {plural(deployment.files, 'file')} from {EXAMPLE.name} "
                       f"({deployment.id}) into {escape(str(config.home))}")
     token = _token(service, config.home / "make-run-token")
     service.close()

@@ -788,9 +788,11 @@ def log(ctx: click.Context, deployment: str, as_json: bool) -> None:
 @cli.command(epilog="DEPLOYMENT is an id or a unique prefix of one (at least 4 characters).")
 @click.argument("site")
 @click.argument("deployment", required=False)
+@click.option("--lock", "lock_too", is_flag=True, help="Also lock production, so the next "
+              "push does not replace the rollback (`pushsite unlock SITE` ends it).")
 @click.pass_context
 @reports_errors
-def rollback(ctx: click.Context, site: str, deployment: str | None) -> None:
+def rollback(ctx: click.Context, site: str, deployment: str | None, lock_too: bool) -> None:
     """Point production at DEPLOYMENT (default: the one before the live one). Instant."""
     service = _service(ctx)
     deploy_id = service.find_deployment(deployment, site=service.site(site).name).id \
@@ -798,11 +800,42 @@ def rollback(ctx: click.Context, site: str, deployment: str | None) -> None:
     target = service.rollback(site, deploy_id)
     err.print(f"production of {site} now serves {target.id} "
               f"({target.commit[:12] or 'no commit'})", highlight=False)
+    if lock_too:
+        service.lock(site)
+        err.print(f"production of {site} is locked: pushes deploy without going live until "
+                  f"`pushsite unlock {site}`", highlight=False)
+    elif not service.site(site).settings.locked:
+        err.print(f"hint: the next push to {service.site(site).production_branch} replaces it;"
+                  f" keep it with `pushsite lock {site}`", highlight=False, soft_wrap=True)
     if service.config.mirror:  # the hosting copy follows production (PUSHSITE_MIRROR)
         from pushsite.aws.mirror import mirror_production
 
         report = mirror_production(service, target.site, target.id)
         err.print(f"mirrored {site}: {report.summary()}", highlight=False)
+
+
+@cli.command()
+@click.argument("site")
+@click.pass_context
+@reports_errors
+def lock(ctx: click.Context, site: str) -> None:
+    """Lock SITE's production: pushes and deploys to its production branch become ready at
+    their own URL without going live, until `pushsite unlock SITE` (promote one meanwhile
+    with `pushsite promote ID`)."""
+    record = _service(ctx).lock(site)
+    err.print(f"production of {record.name} is locked; `pushsite unlock {record.name}` ends "
+              "it", highlight=False)
+
+
+@cli.command()
+@click.argument("site")
+@click.pass_context
+@reports_errors
+def unlock(ctx: click.Context, site: str) -> None:
+    """Unlock SITE's production: the next deploy of its production branch goes live."""
+    record = _service(ctx).lock(site, False)
+    err.print(f"production of {record.name} is unlocked: the next deploy of "
+              f"{record.production_branch} goes live", highlight=False)
 
 
 @cli.command(epilog=_REF_HELP)

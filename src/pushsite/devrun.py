@@ -74,8 +74,8 @@ def main() -> None:
         deployment = service.accept(args.site, None, message="example site (make run)",
                                     source="make-run", enqueue=False)
         deployment = service.run(deployment.id, bundle=open_folder(EXAMPLE))
-        console.print(f"[green]deployed[/] {plural(deployment.files, 'file')} from {EXAMPLE.name} "
-                      f"({deployment.id}) into {escape(str(config.home))}")
+        console.print(f"[green]deployed[/] {plural(deployment.files, 'file')} from "
+                      f"{EXAMPLE.name} ({deployment.id}) into {escape(str(config.home))}")
     token = _token(service, config.home / "make-run-token")
     service.close()
     console.print(f"site:       [bold]{config.site_url(args.site)}[/]")

@@ -895,7 +895,10 @@ def tokens() -> None:
 @click.option("--name", default="deploy", show_default=True, help="A label to recognise it.")
 @click.option("--site", default=None, help="Limit the token to one site (default: all sites, "
               "and it may create sites).")
-@click.option("--admin", is_flag=True, help="Also allow managing sites and tokens.")
+@click.option("--admin", is_flag=True, help="Also allow managing: creating, changing and "
+              "deleting sites, build variables, notifications, domains (approved at once "
+              "for an every-site admin), prune, and tokens. Without it a token deploys, "
+              "rolls back, promotes, cancels and reads.")
 @click.pass_context
 @reports_errors
 def tokens_create(ctx: click.Context, name: str, site: str | None, admin: bool) -> None:
@@ -1136,7 +1139,7 @@ def env_unset(ctx: click.Context, site: str, key: str) -> None:
 @cli.command()
 @click.argument("site")
 @click.option("--base-url", default=None, help="API base of a self-hosted git host (GitHub "
-              "Enterprise, GitLab, Gitea); empty for the public host.")
+              "Enterprise, GitLab, Gitea, Forgejo); empty for the public host.")
 @click.option("--access-token", default=None, help="Token the server uses to download "
               "archives of private repositories.")
 @click.option("--tags/--no-tags", default=None, help="Deploy tag pushes too (as tag/<name>).")
@@ -1148,7 +1151,8 @@ def env_unset(ctx: click.Context, site: str, key: str) -> None:
 @reports_errors
 def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str | None,
           tags: bool | None, repo: str | None, server_url: str) -> None:
-    """Show SITE's webhook URLs and secret; set where its archives are fetched from.
+    """Show SITE's webhook URLs (GitHub, GitLab, Bitbucket, Gitea, Forgejo) and secret; set
+    where its archives are fetched from.
 
     \b
     Example (GitHub: Settings > Webhooks > Add webhook, content type application/json):
@@ -1156,7 +1160,9 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
     """
     record = _service(ctx).update_site(site, tags=tags, webhook_base_url=base_url,
                                        webhook_access_token=access_token, webhook_repo=repo)
-    for provider in ("github", "gitlab", "bitbucket", "gitea"):
+    from pushsite.sources.webhooks import PROVIDERS
+
+    for provider in PROVIDERS:
         click.echo(f"{provider:<10} {server_url.rstrip('/')}/hooks/{provider}/{record.name}")
     click.echo(f"secret     {record.webhook_secret}")
     hook = record.settings.webhook

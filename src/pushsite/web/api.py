@@ -408,11 +408,12 @@ def routes(service: Service) -> list[Any]:
 
 
 def create_api(service: Service) -> FastAPI:
-    api = FastAPI(title="pushsite API", version=__version__, docs_url="/docs", redoc_url=None,
+    api = FastAPI(title="pushsite API", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", description=__doc__ or "",
                   responses=_ERRORS)
     install_error_handlers(api)
     api.state.service = service
+    _offline_docs(api)
 
     view = _Views(service)
     # uploads wait on their senders in threads of their own, so slow ones cannot starve the
@@ -1004,6 +1005,27 @@ class _BodyReader(io.RawIOBase):
         target[:size] = self._buffer[:size]
         self._buffer = self._buffer[size:]
         return size
+
+
+def _offline_docs(api: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package, served here (FastAPI's default
+    loads it from a CDN: a blank page without internet, and a request to another host)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    api.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @api.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title="pushsite API",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None})
 
 
 def _openapi(api: FastAPI) -> dict[str, Any]:

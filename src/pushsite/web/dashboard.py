@@ -42,6 +42,7 @@ from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
 from pushsite.state import StateStore
+from pushsite.web import manage
 from pushsite.web.session import COOKIE, MAX_AGE, Session, SessionSigner, load_secret
 
 _HERE = Path(__file__).parent
@@ -75,6 +76,7 @@ def routes(service: Service) -> list[Any]:
         Route("/deployments/{id}", board.endpoint(board.deployment_page)),
         Route("/deployments/{id}/events", board.events),
         Route("/deployments/{id}/{action}", board.act, methods=["POST"]),
+        *manage.routes(board),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static"),
     ]
 
@@ -158,7 +160,10 @@ class Dashboard:
 
     def render(self, visit: Visit, page: Page) -> Response:
         context = {"visit": visit, "csrf": visit.session.csrf, "token": visit.token,
-                   "now": time.time(), **page.context}
+                   "now": time.time(), "is_admin": manage.is_admin(visit.token),
+                   "manages_tokens": visit.token is not None and "admin" in visit.token.scopes,
+                   "admin_of": lambda site: manage.is_admin(visit.token, site),
+                   **page.context}
         html = self.templates.get_template(page.template).render(context)
         return self.finish(visit, HTMLResponse(html, status_code=page.status))
 

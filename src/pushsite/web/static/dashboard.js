@@ -190,6 +190,12 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    // rolling back, promoting, deleting: the form asks first (data-confirm)
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
+      });
+    });
     document.querySelectorAll("button[data-copy]").forEach(function (button) {
       button.addEventListener("click", function () { copyField(button); });
     });

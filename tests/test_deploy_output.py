@@ -71,3 +71,14 @@ def test_a_server_deploy_prints_the_same_urls(server: Server,
     refused = pushsite("deploy", str(make_site()), "--site", "blog", "--draft", "--server",
                        server.url, "--token", token)
     assert refused.returncode == 2 and "--draft" in refused.stderr
+
+
+def test_an_empty_branch_from_an_unset_ci_variable_is_refused(tmp_path: Path) -> None:
+    """`--branch "$GITHUB_REF_NAME"` with the variable unset must not deploy production."""
+    create_site("blog")
+    site = write_files(tmp_path / "site", {"index.html": "<h1>v1</h1>"})
+    done = pushsite("deploy", str(site), "--site", "blog", "--branch", "")
+    assert done.returncode == 2
+    assert "--branch is empty" in done.stderr
+    listed = [json.loads(line) for line in ok("sites", "--json").stdout.splitlines()]
+    assert next(x["live_deployment"] for x in listed if x["name"] == "blog") in (None, "")

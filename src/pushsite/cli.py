@@ -216,6 +216,10 @@ def _deploy(ctx: click.Context, source: str | None, site: str | None, branch: st
             token: str | None, create: bool, run_build: bool, draft: bool) -> None:
     from pushsite.deploy.folder import open_source
 
+    if branch is not None and not branch.strip():
+        # `--branch "$CI_BRANCH"` with the variable unset must not deploy to production
+        raise ConfigError("--branch is empty (is the CI variable naming the branch set?); "
+                          "omit --branch to deploy the production branch")
     source, site = _deploy_target(source, site)
     if server:
         from pushsite.remote import deploy_source

@@ -22,12 +22,13 @@ WRITES = {"put_site", "delete_site", "claim_domain", "approve_domain", "release_
           "create_deployment",
           "update_deployment", "claim_lease", "move_alias", "delete_alias", "append_logs",
           "put_token", "delete_token", "remember", "forget", "put_endpoint", "update_endpoint",
-          "delete_endpoint", "append_delivery"}
+          "delete_endpoint", "append_delivery", "put_sweep", "delete_sweep",
+          "record_progress"}
 READS = {"list_endpoints", "list_deliveries",
          "get_site", "list_sites", "domain_site", "get_domain", "list_domains",
          "get_deployment", "list_deployments",
          "get_alias", "list_aliases", "get_logs", "search_logs", "find_token", "list_tokens",
-         "recalls", "close"}
+         "recalls", "find_deployments", "list_sweeps", "close"}
 
 
 def state_writes(source: str) -> list[tuple[int, str]]:

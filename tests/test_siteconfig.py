@@ -338,7 +338,7 @@ def test_publish_folder_is_normalised(publish: str, expected: str | None) -> Non
         ('domains = ["localhost"]', "invalid domain 'localhost'"),
         ('tags = "yes"', "tags must be true or false, found 'yes'"),
         ('publsh = "dist"', 'unknown setting "publsh"; known settings: build, domains, '
-                            "exclude, production_branch, publish, tags"),
+                            "exclude, production_branch, publish, site, tags"),
         ("[deploy]\nx = 1", 'unknown setting "deploy"'),
     ],
 )

@@ -54,12 +54,14 @@ def sign_in(server: Server, token: str) -> httpx.Client:
     return browser
 
 
-def push(server: Server, token: str, repo: Path, site: str, ref: str = "main") -> str:
+def push(server: Server, token: str, repo: Path, site: str, ref: str = "main",
+         fails: bool = False) -> str:
+    """`git push`; with `fails`, one whose deploy fails, so git refuses it (exit non-zero)."""
     server.create_site(site)
     url = f"http://x:{token}@127.0.0.1:{server.port}/{site}.git"
     done = subprocess.run(["git", "push", "-q", url, ref], cwd=repo, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert (done.returncode != 0) == fails, done.stderr
     return done.stderr
 
 
@@ -328,7 +330,7 @@ def test_log_search_finds_lines_across_deployments(board: Server, token: str,
     repo = make_repo({"index.html": "<p>1</p>"})
     push(board, token, repo, "findme")
     commit(repo, {"_redirects": "/a /b 999\n"}, "break it")
-    push(board, token, repo, "findme")
+    push(board, token, repo, "findme", fails=True)
     browser = sign_in(board, token)
     failed = deployment_ids(browser, "findme")[0]
     found = browser.get("/sites/findme/search", params={"q": "_redirects line"}).text
@@ -342,7 +344,7 @@ def test_a_failed_deploy_shows_its_error(board: Server, token: str,
     repo = make_repo({"index.html": "<p>ok</p>"})
     push(board, token, repo, "broken")
     commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
-    push(board, token, repo, "broken")
+    push(board, token, repo, "broken", fails=True)
     browser = sign_in(board, token)
     failed = deployment_ids(browser, "broken")[0]
     page = browser.get(f"/deployments/{failed}").text

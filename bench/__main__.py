@@ -1,6 +1,7 @@
 """`python -m bench [--small] [--runs N] [--only GROUPS]`: run the figures, print, save JSON.
 
-Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), s3 (5), edge (6),
+Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), remote (8: deploy
+--server's incremental uploads), s3 (5), edge (6),
 tls (6t: the edge over HTTPS against nginx with the same certificate).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
@@ -19,6 +20,7 @@ from bench import (
     figures_deploy,
     figures_edge,
     figures_git,
+    figures_remote,
     figures_s3,
     figures_tls,
     product,
@@ -27,7 +29,7 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "s3", "edge", "tls")
+GROUPS = ("deploy", "git", "remote", "s3", "edge", "tls")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -149,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         _deploy_group(out, args.small, args.runs, chosen)
     if "git" in only:
         _git_group(out, args.small, args.runs)
+    if "remote" in only:
+        medium = corpora.get("medium")
+        out.section("deploy --server, incremental uploads, on medium (figure 8)",
+                    figures_remote.missing(),
+                    lambda: figures_remote.remote_upload(medium, args.runs))  # fmt: skip
     if "s3" in only:
         medium = corpora.get("medium")
         s3_runs = 1 if args.small else args.runs  # ~40 s a run: keeps --small near 3 minutes

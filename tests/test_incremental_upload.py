@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from test_cli_remote import run_cli
 
+from bench.wire import counting_proxy
 from pushsite.deploy.filelist import frame_header, list_folder
 from support.api import Api
-from support.counting_proxy import counting_proxy
 from support.servers import Server, serving
 
 

@@ -1017,11 +1017,17 @@ def _offline_docs(api: FastAPI) -> None:
 
     api.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
+    @api.get("/docs/openapi.json", include_in_schema=False)
+    def docs_schema() -> dict[str, Any]:
+        """The schema labelled 3.0 for the packaged Swagger UI (4.15, which refuses 3.1);
+        what FastAPI writes renders the same. /openapi.json stays the real 3.1 one."""
+        return {**api.openapi(), "openapi": "3.0.3"}
+
     @api.get("/docs", include_in_schema=False)
     def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
-            openapi_url=f"{root}/openapi.json", title="pushsite API",
+            openapi_url=f"{root}/docs/openapi.json", title="pushsite API",
             swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
             swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",

@@ -181,10 +181,10 @@ def _frames(path: Path, listing: Listing, missing: set[str]) -> Iterator[Frame]:
     by_path = {r.path: r for r in listing.rows if r.is_file}
     with open(path, "rb") as handle:
         for member_path, size, reader in tarball_files(handle):
-            row = by_path.get(member_path)
-            if row is not None and row.sha256 in left:
-                left.discard(row.sha256)
-                yield frame_header(row.sha256, size), _reader_chunks(reader), size
+            member = by_path.get(member_path)
+            if member is not None and member.sha256 in left:
+                left.discard(member.sha256)
+                yield frame_header(member.sha256, size), _reader_chunks(reader), size
 
 
 def _file_chunks(path: Path, size: int) -> Iterator[bytes]:

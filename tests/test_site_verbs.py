@@ -165,7 +165,8 @@ def test_cli_hooks_and_api_patch_change_the_same_settings(server: Server) -> Non
     settings = api.ok("GET", "/sites/hooked")["settings"]
     assert settings == {"deploy_tags": True, "webhook_base_url": "https://git.example/api/v3",
                         "webhook_access_token_set": True, "webhook_repo": "acme/www",
-                        "webhook_last_ignored_repo": ""}
+                        "webhook_last_ignored_repo": "", "locked": False,
+                        "reject_failed_pushes": True}
     api.ok("PATCH", "/sites/hooked", json={"deploy_tags": False, "webhook_access_token": "",
                                            "webhook_repo": "acme/site"})
     done = server.cli("hooks", "hooked")
@@ -174,7 +175,7 @@ def test_cli_hooks_and_api_patch_change_the_same_settings(server: Server) -> Non
     assert api.ok("GET", "/sites/hooked")["settings"] == {
         "deploy_tags": False, "webhook_base_url": "https://git.example/api/v3",
         "webhook_access_token_set": False, "webhook_repo": "acme/site",
-        "webhook_last_ignored_repo": ""}
+        "webhook_last_ignored_repo": "", "locked": False, "reject_failed_pushes": True}
     assert api.ok("DELETE", "/sites/hooked") == {"ok": True, "deleted": "hooked"}
     assert api.call("GET", "/sites/hooked").status_code == 404
 
@@ -339,7 +340,7 @@ def test_the_git_remote_reports_what_deploy_ref_decided(server: Server,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "refs/tags/v1 ignored: tag pushes are not deployed for this site" in done.stderr
-    assert re.search(r"main [0-9a-f]{12} queued as deployment [0-9a-z]{26}", done.stderr)
+    assert re.search(r"main [0-9a-f]{12}: deploying as [0-9a-z]{26}", done.stderr)
     with_config = load_config(home=str(server.home))
     svc = Service(with_config)
     try:

@@ -295,8 +295,8 @@ def test_a_push_that_fills_the_disk_says_so_in_a_remote_line(disk: Path, tmp_pat
         git(repo, "add", "-A")
         git(repo, "commit", "-q", "-m", "v2")
         done = subprocess.run(push, cwd=repo, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode != 0, done.stderr  # the failed deploy refuses the push
         assert "remote: pushsite: error: no space left on the device holding " in done.stderr
-        assert "the site was not updated" in done.stderr
+        assert "the push is refused" in done.stderr
         assert "Traceback" not in done.stderr and " 500" not in done.stderr
         assert server.get("blog.localhost").text == "<h1>v1</h1>"

@@ -77,8 +77,13 @@ def pre_receive() -> None:
         except (urllib.error.URLError, OSError) as exc:
             print(f"pushsite: could not reach the server to deploy ({exc}); the commits are "
                   "stored, the site was not updated")
-    with open(_verdict_file(), "w") as out:
-        json.dump(verdicts, out)
+    try:
+        with open(_verdict_file(), "w") as out:
+            json.dump(verdicts, out)
+    except OSError as exc:  # e.g. a full disk: refuse the push rather than guess
+        print(f"pushsite: could not keep the deploy's outcome ({exc.strerror}); the push is "
+              "refused")
+        sys.exit(1)
 
 
 # proc-receive: git's pkt-line protocol ------------------------------------------------------

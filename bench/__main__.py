@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import (
     baselines,
     corpora,
+    figures_bigsite,
     figures_deploy,
     figures_edge,
     figures_git,
@@ -29,7 +30,7 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "remote", "s3", "edge", "tls")
+GROUPS = ("deploy", "git", "remote", "s3", "edge", "tls", "bigsite")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -109,6 +110,11 @@ def _deploy_group(out: Collector, small: bool, runs: int, only: set[str]) -> Non
             out.section(
                 "scale (figure 7)", "", lambda h=homes[0]: figures_deploy.scale(h, runs)
             )
+        if name in ("tiny100k", "tiny200k"):
+            out.section(
+                f"incremental peak memory on {name} (figure 2)", "",
+                lambda c=corpus, h=homes[0]: figures_deploy.incremental_memory(c, h, runs),
+            )
         product.remove(homes[0])
     if small or (only and "tiny100k" not in only):
         out.missing.append("scale (figure 7): skipped (needs the tiny100k corpus)")
@@ -173,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         why = product.missing_command("serve", option="--tls-cert")
         out.section("edge over HTTPS against nginx ssl (figure 6t)", why,
                     lambda: figures_tls.tls(medium, args.runs, seconds))  # fmt: skip
+    if "bigsite" in only and not args.small:
+        why = product.missing_command("serve") or product.missing_command("deploy")
+        out.section("a 200,000-file site's cache misses (figure 6b)", why,
+                    lambda: figures_bigsite.bigsite(args.runs))  # fmt: skip
     elapsed = time.monotonic() - started
     title = f"pushsite bench ({'small' if args.small else 'full'}, {args.runs} runs, "
     title += f"{elapsed:.0f} s)"

@@ -90,6 +90,7 @@ SPECS: dict[str, CorpusSpec] = {
     ),
     "bigbin": CorpusSpec("bigbin", False, "bigbin"),
     "tiny100k": CorpusSpec("tiny100k", False, "tiny"),
+    "tiny200k": CorpusSpec("tiny200k", False, "tiny"),  # the file limit (issue 20)
 }
 
 BIGBIN_BYTES = 500 * 1024 * 1024
@@ -288,7 +289,8 @@ def _build_tiny(root: Path, variant: str = "tiny100k") -> Corpus:
     writer = _Writer(bundle, variant)
     tar = writer.tar
     files = size = 0
-    for name, data in tiny_entries(variant):
+    count = 200_000 if variant == "tiny200k" else TINY_FILES
+    for name, data in tiny_entries(variant, count):
         _add_bytes(tar, f"{variant}/{name}", data)
         files, size = files + 1, size + len(data)
     writer.close()

@@ -115,3 +115,44 @@ def test_prune_and_site_deletion_take_the_index_too(service: Service) -> None:
     assert service.store.has([index_key(second.id)])
     service.delete_site("big")
     assert not service.store.has([index_key(second.id)])
+
+
+def test_a_big_site_spilled_to_disk_gets_the_same_manifest(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bundle with the deployer's table in memory and spilled to disk every 40
+    files: the same files, entries, 404 page and index (top folder stripped, publish
+    folder, excludes and a link applied)."""
+    import tarfile
+
+    from pushsite.deploy import entries
+
+    def bundle() -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w:gz") as tar:
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(f"top/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            add("pushsite.toml", b'publish = "public"\nexclude = ["*.tmp"]\n')
+            for i in range(300):
+                add(f"public/d{i % 7}/p{i}.html", f"<p>{i}</p>".encode() * (i % 40 + 1))
+            add("public/404.html", b"<h1>gone</h1>")
+            add("public/x.tmp", b"left out")
+            add("outside.html", b"not published")
+            link = tarfile.TarInfo("top/public/alias.html")
+            link.type, link.linkname = tarfile.SYMTYPE, "d1/p1.html"
+            tar.addfile(link)
+        return out.getvalue()
+
+    whole = service.manifest(service.run(service.accept(
+        "big", io.BytesIO(bundle()), enqueue=False).id).id)
+    monkeypatch.setattr(entries, "SPILL_FILES", 40)
+    spilled_id = service.run(service.accept("big", io.BytesIO(bundle()), enqueue=False).id).id
+    spilled = service.manifest(spilled_id)
+    assert spilled.files == whole.files and len(spilled.files) == 302
+    assert "x.tmp" not in spilled.files and spilled.files["alias.html"] == whole.files[
+        "d1/p1.html"]
+    assert spilled.not_found == "404.html" and spilled.pending == whole.pending
+    edge = Edge(service.state, service.store)
+    assert asyncio.run(edge.respond("GET", "big.localhost", b"/d3/p3", "", None)).body == (
+        b"<p>3</p>" * 4)

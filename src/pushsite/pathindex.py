@@ -18,6 +18,7 @@ parsed and kept in a small LRU.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import struct
 import threading
@@ -101,6 +102,10 @@ def encode(manifest: Manifest) -> bytes:
 Read = Callable[[int, int], bytes]  # bytes [start, end) of the stored index
 
 
+class WouldRead(Exception):
+    """A look-up under `cached_only` needed a block not in memory (read it on a thread)."""
+
+
 class PathIndex(Mapping[str, FileEntry]):
     """The files of an indexed manifest, as a read-only mapping: `in` and `[]` read the one
     block a path can be in (blocking I/O: call from a thread, never the event loop)."""
@@ -121,7 +126,18 @@ class PathIndex(Mapping[str, FileEntry]):
         self._count = int(self.head.pop("files"))
         self._kept: OrderedDict[int, dict[str, FileEntry]] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.head_bytes = PREFIX + length
+
+    @contextlib.contextmanager
+    def cached_only(self) -> Iterator[None]:
+        """Look-ups in this thread raise WouldRead instead of reading the store: the edge
+        routes on the event loop when every block it needs is in memory."""
+        self._local.cached_only = True
+        try:
+            yield
+        finally:
+            self._local.cached_only = False
 
     def manifest(self) -> Manifest:
         """A Manifest whose `files` is this index (read lazily)."""
@@ -142,6 +158,8 @@ class PathIndex(Mapping[str, FileEntry]):
             if block is not None:
                 self._kept.move_to_end(i)
                 return block
+        if getattr(self._local, "cached_only", False):
+            raise WouldRead(path)
         start, end = self._ranges[i]
         rows = json.loads(self._read(start, end))
         block = {p: FileEntry.from_json(row) for p, row in rows}

@@ -26,20 +26,23 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import itertools
+import json
 import os
 import posixpath
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pushsite import pathindex
 from pushsite.deploy import encode
+from pushsite.deploy.entries import Entries
 from pushsite.deploy.later import Later
 from pushsite.deploy.paths import common_top_folder, is_published
 from pushsite.errors import (
@@ -177,6 +180,19 @@ class _PoolMark(threading.local):
     inside = False
 
 
+class _Settled:
+    """A claim once settled: what later copies take (an Event per blob held to the end of a
+    deploy cost ~500 bytes, 100 MB on 200,000 files)."""
+
+    __slots__ = ("known",)
+
+    def __init__(self, known: Known | None) -> None:
+        self.known = known
+
+
+_ASK_STORE = _Settled(None)
+
+
 class _Claim:
     """The first copy of a blob in a deploy: later copies wait for it and take what it stored,
     so they never ask the store about a blob that is still being written (a look-up there
@@ -231,7 +247,7 @@ class ManifestBuilder:
     later: bool = False
 
     def __post_init__(self) -> None:
-        self.entries: dict[str, FileEntry] = {}
+        self.entries = Entries()  # spilled to disk past entries.SPILL_FILES files
         self.dirs: set[str] = set()
         self.config_files: dict[str, bytes] = {}
         self._links: list[_Link] = []
@@ -253,7 +269,8 @@ class ManifestBuilder:
         self._budget = InFlight(budget * 2 if opening else budget)
         if opening:
             self.target.when_done(lambda: self._budget.set_limit(budget))
-        self._claimed: dict[str, _Claim] = {}
+        # by raw digest (65 bytes an entry, not 113): held until the end of the deploy
+        self._claimed: dict[bytes, _Claim | _Settled] = {}
         self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         self._lock = threading.Lock()
 
@@ -333,6 +350,7 @@ class ManifestBuilder:
 
     def add_existing(self, path: str, entry: FileEntry) -> None:
         """A file whose blob is known to be stored already (an unchanged git blob)."""
+        self._open()  # whether the table may spill (a pack's refs are renamed in place)
         with self._lock:
             self.entries[path] = entry
             self.counters.files += 1
@@ -400,6 +418,7 @@ class ManifestBuilder:
         opened = self._opened
         if opened is None:
             opened = self._opened = self.target.get()
+            self.entries.spill = opened.packer is None
         return opened
 
     def _deferring(self, target: Target) -> bool:
@@ -417,7 +436,7 @@ class ManifestBuilder:
         if packed is not None:
             with self._lock:
                 self._packed[sha] = (encodings, packed)
-        self._settle_claim(sha, (dict(encodings), packed))
+        self._settle_claim(sha, (encodings, packed))  # copied by whoever takes it
         return FileEntry(sha, size, content_type, encodings, git, packed)
 
     def _known_variants(self, sha: str, content_type: str, size: int) -> Known:
@@ -428,9 +447,10 @@ class ManifestBuilder:
             encodings, refs = target.known[sha]
             return dict(encodings), refs
         with self._lock:
-            claim = self._claimed.get(sha)
+            claim = self._claimed.get(bytes.fromhex(sha))
         if claim is not None:  # a first copy in this deploy: what it stored, once stored
-            claim.done.wait()
+            if isinstance(claim, _Claim):
+                claim.done.wait()
             if claim.known is not None:
                 encodings, refs = claim.known
                 return dict(encodings), refs
@@ -452,16 +472,24 @@ class ManifestBuilder:
         """True for the first copy of a blob in this deploy: it stores the blob, then settles
         the claim (always, even when storing fails) so later copies stop waiting. Nothing
         waits while holding an unsettled claim, so waiting never deadlocks."""
+        digest = bytes.fromhex(sha)
         with self._lock:
-            if sha in self._claimed:
+            if digest in self._claimed:
                 return False
-            self._claimed[sha] = _Claim()
+            self._claimed[digest] = _Claim()
             return True
 
     def _settle_claim(self, sha: str, known: Known | None) -> None:
+        digest = bytes.fromhex(sha) if sha else b""
         with self._lock:
-            claim = self._claimed.get(sha)
-        if claim is not None:
+            claim = self._claimed.get(digest)
+            if isinstance(claim, _Claim):  # the first settle wins, as Claim.settle's
+                # a loose store answers for what it holds (has() sees buffered puts): later
+                # copies ask it, and the deploy keeps no variants per blob to the end
+                loose = self._opened is not None and self._opened.packer is None
+                self._claimed[digest] = (_ASK_STORE if known is None or loose
+                                         else _Settled(known))
+        if isinstance(claim, _Claim):
             claim.settle(known)
 
     def _record(self, path: str, entry: FileEntry, new: bool, stored: int) -> None:
@@ -553,8 +581,9 @@ class ManifestBuilder:
         config = dict(self.config_files)
         top = None
         if strip_top:
-            top = common_top_folder(list(self.entries) + [ln.path for ln in self._links],
-                                    self.dirs)
+            top = common_top_folder(
+                itertools.chain(self.entries.paths(), (ln.path for ln in self._links)),
+                self.dirs)
         if top is not None:
             config = {p[len(top) + 1:]: d for p, d in config.items() if p.startswith(top + "/")}
         from pushsite.deploy.siteconfig import parse_pushsite_toml
@@ -568,30 +597,47 @@ class ManifestBuilder:
             cut = len(publish.strip("/")) + 1
             config = {p[cut:]: d for p, d in config.items()
                       if p.startswith(publish.strip("/") + "/")}
-        # one pass, one new dict: a 40,000-file site is built once more here, not four times
-        files: dict[str, FileEntry] = {}
-        entries, self.entries = self.entries, {}
-        for full, entry in entries.items():
-            if not full.startswith(prefix):
-                continue
-            path = full[len(prefix):]
-            if (is_published(path) and path not in CONFIG_FILES
-                    and not any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)):
-                files[path] = entry
-        del entries
-        if publish and not files:
-            raise SiteConfigError(f"pushsite.toml: the publish folder {publish!r} holds no file")
-        if not files:
+
+        def published() -> Iterator[tuple[str, FileEntry]]:
+            """(path, entry) of every published file, sorted by path (stripping a common
+            prefix keeps the order)."""
+            for full, entry in self.entries.sorted_items():
+                if not full.startswith(prefix):
+                    continue
+                path = full[len(prefix):]
+                if (is_published(path) and path not in CONFIG_FILES
+                        and not any(fnmatch.fnmatchcase(path, p) for p in exclude)):
+                    yield path, entry
+
+        manifest = Manifest(deployment_id, site, created, {}, commit=commit)
+        manifest.headers, manifest.redirects = _parse_rules(config)
+        if self.entries.spilled:  # a big site: streamed to the store, never held whole
+            manifest = self._stream_manifest(target, manifest, published())
+        else:
+            self._store_manifest(target, manifest, dict(published()))
+        if not manifest.files:
+            if publish:
+                raise SiteConfigError(
+                    f"pushsite.toml: the publish folder {publish!r} holds no file")
             raise BundleRejected("the bundle has no publishable file (after leaving out "
                                  "dotfiles, excludes and the publish folder's rules)")
+        self.entries.close()
+        self.settings = settings
+        return manifest
+
+    def _store_manifest(self, target: Target, manifest: Manifest,
+                        files: dict[str, FileEntry]) -> None:
+        """A manifest held whole (every site on a store that packs; small sites)."""
+        if not files:
+            return
+        manifest.files = files
         if target.packer is not None:
             _rename_refs(files.values(), target.packer.pending, target.packer.key)
-        manifest = Manifest(deployment_id, site, created, files, commit=commit)
+        deployment_id = manifest.deployment_id
         if self._deferring(target) and any(encode.wants_later(entry.encodings)
                                            for entry in files.values()):
             manifest.pending = list(encode.LATER)
             target.store.put(pending_key(deployment_id), deployment_id.encode())
-        manifest.headers, manifest.redirects = _parse_rules(config)
         manifest.not_found = "404.html" if "404.html" in files else None
         body = manifest.to_bytes()
         store_index(target.store, manifest)  # before the manifest: it is what makes it ready
@@ -601,18 +647,73 @@ class ManifestBuilder:
             target.store.put(manifest_key(deployment_id), body,
                              {"content-type": "application/json"})
             target.store.flush()
-        self.settings = settings
-        return manifest
+
+    def _stream_manifest(self, target: Target, manifest: Manifest,
+                         files: Iterator[tuple[str, FileEntry]]) -> Manifest:
+        """Write the manifest and its index by path from sorted rows, a row at a time, into
+        temporary files streamed to the store; the Manifest returned reads its files from
+        that index (pathindex.PathIndex), so memory stays flat in the number of files."""
+        deployment_id = manifest.deployment_id
+        deferring = self._deferring(target)
+        head = pathindex.head_of(manifest)  # pathindex.write writes it after the rows
+        count = 0
+        index = tempfile.TemporaryFile()  # noqa: SIM115 - the returned manifest reads it
+        try:
+            with tempfile.TemporaryFile() as body, tempfile.TemporaryFile() as spool:
+                opening = {k: head[k] for k in ("deployment", "site", "created", "commit")}
+                body.write(b'{"version":1,' + _json(opening)[1:-1] + b',"files":{')
+
+                def rows() -> Iterator[tuple[str, list[Any]]]:
+                    nonlocal count
+                    for path, entry in files:
+                        row = entry.to_json()
+                        body.write((b"," if count else b"") + _json(path) + b":" + _json(row))
+                        count += 1
+                        if path == "404.html":
+                            head["not_found"] = path
+                        if deferring and not head["pending"] and encode.wants_later(
+                                entry.encodings):
+                            head["pending"] = list(encode.LATER)
+                        yield path, row
+
+                pathindex.write(index, head, rows(), spool)
+                if not count:
+                    index.close()
+                    return manifest
+                tail = {k: head[k] for k in ("headers", "redirects", "not_found")}
+                if head["pending"]:
+                    tail["pending"] = head["pending"]
+                body.write(b"}," + _json(tail)[1:])
+                if head["pending"]:
+                    target.store.put(pending_key(deployment_id), deployment_id.encode())
+                size = index.tell()
+                index.seek(0)
+                target.store.put_stream(pathindex.index_key(deployment_id), index, size,
+                                        {"content-type": "application/octet-stream"})
+                size = body.tell()
+                body.seek(0)
+                target.store.put_stream(manifest_key(deployment_id), body, size,
+                                        {"content-type": "application/json"})
+                target.store.flush()
+        except BaseException:
+            index.close()
+            raise
+
+        def read(start: int, end: int) -> bytes:
+            return os.pread(index.fileno(), end - start, start)  # no shared file position
+
+        return pathindex.PathIndex(read).manifest()
 
     def _fill_late_refs(self) -> None:
         """A duplicate met while its first copy was still going into the pack got no ref:
         every batch is done now, so it can have its first copy's."""
         if not self._packed:
             return
-        for path, entry in self.entries.items():
+        entries = self.entries.in_memory()  # a deploy into a pack never spills
+        for path, entry in entries.items():
             if entry.refs is None and entry.hash in self._packed:
                 encodings, refs = self._packed[entry.hash]
-                self.entries[path] = FileEntry(entry.hash, entry.size, entry.type,
+                entries[path] = FileEntry(entry.hash, entry.size, entry.type,
                                                dict(encodings), entry.git, refs)
 
     def _resolve_links(self) -> None:
@@ -623,6 +724,10 @@ class ManifestBuilder:
                                  "a regular file inside the bundle", target=link.target or "")
                 continue
             self.entries[link.path] = entry
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def store_index(store: ObjectStore, manifest: Manifest) -> None:

@@ -34,7 +34,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, unquote_to_bytes
 
 import anyio.to_thread
@@ -667,7 +667,11 @@ class Edge:
 
     def warm(self, manifest: Manifest) -> None:
         """Cache a manifest the deployer just built in this process, so the first request
-        after an alias move does not parse it again (a 40,000-file manifest is 5 MB JSON)."""
+        after an alias move does not parse it again (a 40,000-file manifest is 5 MB JSON).
+        A big one the deployer streamed (its files read from an index) is read here later."""
+        files: object = manifest.files  # a streamed manifest's is a pathindex.PathIndex
+        if not isinstance(files, dict):
+            return
         self.manifests.put(manifest.deployment_id, _Deployed(manifest),
                            len(manifest.files) * 600 + 4096)
         self._watch(manifest)
@@ -691,7 +695,12 @@ class Edge:
         key = (host, raw_path, query)
         plan = deployed.plans.get(key)
         if plan is None:
-            plan = await anyio.to_thread.run_sync(deployed._route, host, raw_path, query)
+            index = cast(pathindex.PathIndex, deployed.files)  # indexed: read through one
+            try:
+                with index.cached_only():  # its blocks in memory: no thread needed
+                    plan = deployed._route(host, raw_path, query)
+            except pathindex.WouldRead:
+                plan = await anyio.to_thread.run_sync(deployed._route, host, raw_path, query)
             deployed.plans.put(key, plan)
         return plan
 

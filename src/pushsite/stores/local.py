@@ -147,8 +147,12 @@ class LocalStore:
         with translating(self.root):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+            with self._lock:  # a small copy written before would be read first: it goes
+                self._pending.pop(key, None)
             with self._write_lock:
                 self._wdb.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
+                if levels.pack(key) is None:  # a manifest that grew past PACK_LIMIT
+                    self._wdb.execute("DELETE FROM objects WHERE key = ?", (key,))
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""

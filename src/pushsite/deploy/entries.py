@@ -1,0 +1,100 @@
+"""A deploy's table of files (path -> FileEntry) that keeps memory flat in the number of files.
+
+A FileEntry with its hash, encodings and path costs ~500 bytes as Python objects: 100 MB for a
+site of 200,000 files (the file limit). Up to SPILL_FILES entries stay in a dict; past that
+they go, a batch at a time, to a temporary SQLite table on disk (deleted when closed), which
+hands them back sorted by path for the manifest and its index (Python's str order is UTF-8's
+byte order, SQLite's BINARY collation).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+
+from pushsite.model import FileEntry
+
+SPILL_FILES = 10_000
+
+
+class Entries:
+    """path -> FileEntry; `spill` False keeps every entry in memory (a deploy into a pack
+    rewrites refs in place after the end, see builder._rename_refs)."""
+
+    def __init__(self, spill_at: int | None = None) -> None:
+        self._mem: dict[str, FileEntry] = {}
+        self._db: sqlite3.Connection | None = None
+        self._spill_at = SPILL_FILES if spill_at is None else spill_at
+        self.spill = True
+
+    @property
+    def spilled(self) -> bool:
+        return self._db is not None
+
+    def __setitem__(self, path: str, entry: FileEntry) -> None:
+        self._mem[path] = entry
+        if self.spill and len(self._mem) >= self._spill_at:
+            self._flush()
+
+    def get(self, path: str) -> FileEntry | None:
+        entry = self._mem.get(path)
+        if entry is None and self._db is not None:
+            row = self._db.execute("SELECT row FROM e WHERE path = ?", (path,)).fetchone()
+            entry = FileEntry.from_json(json.loads(row[0])) if row else None
+        return entry
+
+    def __len__(self) -> int:
+        if self._db is None:
+            return len(self._mem)
+        self._flush()
+        (count,) = self._db.execute("SELECT count(*) FROM e").fetchone()
+        return int(count)
+
+    def paths(self) -> Iterator[str]:
+        """Every path, in no particular order."""
+        yield from list(self._mem)
+        if self._db is not None:
+            for (path,) in self._db.execute("SELECT path FROM e"):
+                if path not in self._mem:
+                    yield path
+
+    def in_memory(self) -> dict[str, FileEntry]:
+        """The dict itself, for a table that never spilled (refs rewritten in place)."""
+        if self._db is not None:
+            raise RuntimeError("the table spilled to disk: it has no dict")
+        return self._mem
+
+    def sorted_items(self) -> Iterator[tuple[str, FileEntry]]:
+        """Every (path, entry), sorted by path; reads a spilled table a row at a time."""
+        if self._db is None:
+            mem = self._mem
+            for path in sorted(mem):
+                yield path, mem[path]
+            return
+        self._flush()
+        for path, row in self._db.execute("SELECT path, row FROM e ORDER BY path"):
+            yield path, FileEntry.from_json(json.loads(row))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._mem = {}
+
+    def _flush(self) -> None:
+        if not self._mem:
+            return
+        if self._db is None:
+            # "": a private database in a temporary file SQLite deletes on close
+            self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=OFF")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("PRAGMA cache_size=-4096")  # 4 MiB of pages at most
+            self._db.execute("CREATE TABLE e (path TEXT PRIMARY KEY, row TEXT) WITHOUT ROWID")
+        rows = [(path, json.dumps(entry.to_json(), separators=(",", ":")))
+                for path, entry in self._mem.items()]
+        self._mem = {}
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?)", rows)
+        self._db.execute("COMMIT")

@@ -184,6 +184,11 @@ class PathIndex(Mapping[str, FileEntry]):
     def __len__(self) -> int:
         return self._count
 
+    def rows(self) -> Iterator[tuple[str, list[Any]]]:
+        """Every (path, entry row), block by block, none kept."""
+        for start, end in self._ranges:
+            yield from json.loads(self._read(start, end))
+
     def __iter__(self) -> Iterator[str]:
         for start, end in self._ranges:
             for path, _ in json.loads(self._read(start, end)):

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +160,7 @@ class Target:
     (stores/packs.py), the pack every new blob and the manifest go to."""
 
     store: ObjectStore
-    known: dict[str, Known] = field(default_factory=dict)
+    known: Mapping[str, Known] = field(default_factory=dict)
     packer: Packer | None = None
     # the store's optional abilities, asked once per deploy: an isinstance check against a
     # runtime Protocol costs 10-25 us on Python 3.11, a getattr 0.1

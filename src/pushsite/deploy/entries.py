@@ -9,9 +9,11 @@ byte order, SQLite's BINARY collation).
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
-from collections.abc import Iterator
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 
 from pushsite.model import FileEntry
 
@@ -98,3 +100,51 @@ class Entries:
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?)", rows)
         self._db.execute("COMMIT")
+
+
+class StoredBlobs(Mapping[str, tuple[dict[str, int], None]]):
+    """hash -> the variants' sizes of the blobs a previous deployment names, for a loose
+    store (no pack refs): one sorted list of 40-byte records (raw digest, gzip size, brotli
+    size; bisect in C), ~90 bytes a blob instead of ~500 as a dict of tuples and dicts."""
+
+    def __init__(self, rows: Iterable[tuple[str, dict[str, int]]]) -> None:
+        pack = _SIZES.pack
+        records = sorted({bytes.fromhex(sha) + pack(encodings.get("gzip", -1),
+                                                     encodings.get("br", -1))
+                          for sha, encodings in rows})
+        self._records = records
+
+    def _find(self, sha: str) -> bytes | None:
+        try:
+            digest = bytes.fromhex(sha)
+        except ValueError:
+            return None
+        records = self._records
+        i = bisect.bisect_left(records, digest)
+        if i < len(records) and records[i][:32] == digest:
+            return records[i]
+        return None
+
+    def __contains__(self, sha: object) -> bool:
+        return isinstance(sha, str) and self._find(sha) is not None
+
+    def __getitem__(self, sha: str) -> tuple[dict[str, int], None]:
+        record = self._find(sha)
+        if record is None:
+            raise KeyError(sha)
+        gzip, br = _SIZES.unpack(record[32:])
+        encodings = {}
+        if gzip >= 0:
+            encodings["gzip"] = gzip
+        if br >= 0:
+            encodings["br"] = br
+        return encodings, None
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self) -> Iterator[str]:
+        return (record[:32].hex() for record in self._records)
+
+
+_SIZES = struct.Struct(">ii")

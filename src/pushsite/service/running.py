@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -56,7 +56,7 @@ from pushsite.service.logs import DeployLog
 from pushsite.service.progress import ProgressWriter
 from pushsite.state.counters import CounterFile, histogram
 from pushsite.state.counters import key as counter_key
-from pushsite.stores import PackingStore
+from pushsite.stores import ObjectStore, PackingStore
 from pushsite.words import plural
 
 _log = logging.getLogger("pushsite.service")
@@ -394,22 +394,35 @@ class Running(ServiceBase):
     def _deploy_setup(self, deployment: Deployment, ran_before: bool, from_git: bool) -> Target:
         """The store (opened here), what a deploy knows it holds, and the pack it writes to
         (None: loose objects)."""
-        known = {} if from_git else self._previous_blobs(deployment)
+        known: Mapping[str, Known] = {} if from_git else self._previous_blobs(deployment)
         packer = None
         store = self.store
         if isinstance(store, PackingStore):
             packer = store.packer(deployment.id)
             if ran_before and packer is not None:  # reuse what the earlier run packed
-                known.update(_sealed_blobs(store.packed_blobs(deployment.id)))
+                known = {**known, **_sealed_blobs(store.packed_blobs(deployment.id))}
         return Target(self.store, known, packer)
 
-    def _previous_blobs(self, deployment: Deployment) -> dict[str, Known]:
-        """hash -> stored variants of the blobs the previous manifest names (see below)."""
+    def _previous_blobs(self, deployment: Deployment) -> Mapping[str, Known]:
+        """hash -> stored variants of the blobs the previous manifest names (see below); a
+        big one on a loose store read from its index by path, block by block, into a
+        compact table (deploy/entries.py: memory flat in the number of files)."""
         import json
+
+        from pushsite import pathindex
+        from pushsite.deploy.entries import StoredBlobs
 
         for alias in (branch_alias(deployment.branch), PRODUCTION):
             current = self.state.get_alias(deployment.site, alias)
             if current is not None:
+                if not isinstance(self.store, PackingStore):
+                    key = pathindex.index_key(current.deployment_id)
+                    try:
+                        index = pathindex.PathIndex(partial(_ranged, self.store, key))
+                    except NotFound:
+                        pass
+                    else:
+                        return StoredBlobs((row[0], row[3]) for _, row in index.rows())
                 try:
                     rows = json.loads(self.store.get(manifest_key(current.deployment_id)))
                 except NotFound:
@@ -646,6 +659,10 @@ class Running(ServiceBase):
         if old.status == Status.LIVE and not pointed:
             old.status = Status.READY
             self.state.update_deployment(old)
+
+
+def _ranged(store: ObjectStore, key: str, start: int, end: int) -> bytes:
+    return store.get(key, start, end)
 
 
 def _live_first() -> bool:

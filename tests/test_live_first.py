@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import random
 import signal
@@ -201,6 +202,9 @@ def test_a_kill_while_optimising_resumes_from_the_queue(service: Service, tmp_pa
         assert deployment_id, "the deploy never started optimising"
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+        assert process.stdout is not None
+        printed = json.loads(process.stdout.read())  # printed once live, before brotli
+        assert printed["id"] == deployment_id and printed["status"] == "live"
     finally:
         if process.poll() is None:
             process.kill()

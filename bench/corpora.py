@@ -34,6 +34,11 @@ _GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "bench@example.invalid",
     "GIT_AUTHOR_DATE": "2024-01-01T00:00:00Z",
     "GIT_COMMITTER_DATE": "2024-01-01T00:00:00Z",
+    # no background `gc --auto` after a commit: _pack's own gc met it ("gc is already
+    # running") while the large corpus was built
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "gc.auto",
+    "GIT_CONFIG_VALUE_0": "0",
 }
 
 

@@ -300,7 +300,8 @@ def test_sites_are_created_configured_and_deleted(api: Api, site: str,
     assert changed["settings"] == {"deploy_tags": True,
                                    "webhook_base_url": "https://git.example.com",
                                    "webhook_access_token_set": True, "webhook_repo": "",
-                                   "webhook_last_ignored_repo": ""}
+                                   "webhook_last_ignored_repo": "", "locked": False,
+                                   "reject_failed_pushes": True}
     assert "hushhush" not in api.call("GET", f"/sites/{site}").text
     unknown = api.call("PATCH", f"/sites/{site}", json={"colour": "red"})
     assert unknown.status_code == 400 and "colour" in unknown.json()["error"]

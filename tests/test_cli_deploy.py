@@ -272,9 +272,11 @@ def test_rollback_prune_and_verify(make_site: Callable[..., Path], _isolated_env
     assert result.exit_code == 0, result.stderr
     # kept: the newest (third) and the live one, rolled back to though it is not the newest;
     # dropped: the first, its manifest and the blob only it used
-    pruned = re.search(r"pruned (\d+) deployments and (\d+) blobs", result.stderr)
+    pruned = re.search(r"pruned (\d+) deployments? and (\d+) blobs?\b", result.stderr)
     assert pruned is not None, result.stderr
     assert int(pruned[1]) == 1 and int(pruned[2]) >= 1
+    assert pruned[0].startswith("pruned 1 deployment and")  # the plurals are right
+    assert pruned[0].endswith("1 blob" if int(pruned[2]) == 1 else "blobs")
     service = Service(load_config())
     assert service.store.has([manifest_key(second["id"]), manifest_key(third["id"])]) == {
         manifest_key(second["id"]), manifest_key(third["id"])}

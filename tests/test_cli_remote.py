@@ -62,13 +62,14 @@ def test_deploy_a_folder_to_a_server(remote: Server, token: str, client_home: Pa
                    remote.url, "--token", token, "-m", "from CI")
     assert done.returncode == 0, done.stderr
     said = " ".join(done.stderr.split())  # rich wraps long lines when stderr is no terminal
-    assert f"live: http://ci-one.localhost:{remote.port}/ (2 files" in said
-    assert said.endswith(")")
+    assert f"production: http://ci-one.localhost:{remote.port}/ deployment: " in said
+    assert "live: 2 files, 2 new blobs, 0 reused, " in said
     assert "wrote the manifest" in done.stderr  # the deployment's log, followed live
     assert "from ci" in remote.get("ci-one.localhost", "/").text
     assert not client_home.exists()
     record = Api(remote, token).ok("GET", "/sites/ci-one/deploys")["deployments"][0]
     assert (record["message"], record["source"]) == ("from CI", "api")
+    assert said.endswith(f"; deployment {record['id']}")
 
 
 def test_json_output_is_the_deployment_with_urls(remote: Server, token: str, client_home: Path,

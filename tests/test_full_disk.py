@@ -145,7 +145,7 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     done = cli("prune", "blog", "--keep", "1", env={"PUSHSITE_PRUNE_GRACE": "0"})
     assert done.returncode == 0, done.stderr
-    assert "pruned 1 deployments" in done.stderr
+    assert "pruned 1 deployment and " in done.stderr
 
     service = Service(load_config())
     try:

@@ -3,6 +3,7 @@ under a new name creates a site only when s3_create_sites is on."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -52,11 +53,16 @@ def service_for(staging: Staging) -> Iterator[Callable[[str], Service]]:
 
 def test_unknown_site_is_rejected_with_its_key_and_not_retried(
         staging: Staging, service_for: Callable[[str], Service],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUSHSITE_S3_CREATE_SITES", "0")  # use_aws_backends turns it on
+    caplog.set_level(logging.WARNING, logger="pushsite.s3events")
     staging.put("nosuch/main/bundle.tar.gz", make_bundle({"index.html": b"hi"}))
     event, _ids = _event(staging)
-    assert handler(event, Context()) == {"batchItemFailures": []}
-    assert "rejected the staged bundle nosuch/main/bundle.tar.gz" in caplog.text
+    assert handler(event, Context()) == {"batchItemFailures": []}  # acked: not retried
+    [warning] = [r for r in caplog.records if r.name == "pushsite.s3events"]
+    assert warning.levelno == logging.WARNING
+    assert "rejected the staged bundle nosuch/main/bundle.tar.gz" in warning.getMessage()
+    assert staging.count(staging.queue_url) == 1  # only the acked event: nothing re-sent
     with pytest.raises(SiteNotFound):
         service_for(staging.pushsite_queue).state.get_site("nosuch")
 

@@ -166,6 +166,8 @@ def _know_previous(builder: ManifestBuilder) -> None:
     if previous is None:
         return
     known = builder.target.get().known
+    if not isinstance(known, dict):  # a push's deploy starts from a dict (_deploy_setup);
+        return  # a previous deploy's read-only table (entries.StoredBlobs) knows its blobs
     for entry in previous.files.values():
         known.setdefault(entry.hash, (dict(entry.encodings), entry.refs))
 

@@ -27,6 +27,7 @@ from pushsite.model import PRODUCTION, Deployment, branch_alias
 
 if TYPE_CHECKING:
     from pushsite.deploy.builder import BundleOutcome
+    from pushsite.service.running import Running
     from pushsite.service.verbs import Service
 
 UPLOADING, STAGED = ".upload", ".files"
@@ -100,7 +101,7 @@ def finish(service: Service, site_name: str, upload_id: str) -> Deployment:
                           bundle_key=staged.name)
 
 
-def deploy_uploaded(service: Service, deployment: Deployment,
+def deploy_uploaded(service: Running, deployment: Deployment,
                     builder: ManifestBuilder) -> BundleOutcome:
     """The run of a finished upload (running._run_pipeline)."""
     folder = service.config.staging / deployment.bundle_key

@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pushsite import ids, names
 from pushsite.deploy.gitcommit import SiteRepos
@@ -57,6 +57,9 @@ from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.queueing import Queueing
 from pushsite.service.running import deadline_margin
 from pushsite.sources.webhooks import check_repo_name, same_repo
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
 
@@ -391,7 +394,7 @@ class Service(Queueing):
 
         return uploads.finish(self, site_name, upload_id)
 
-    def _stage(self, deployment_id: str, bundle: BinaryIO) -> str:
+    def _stage(self, deployment_id: str, bundle: SupportsRead[bytes]) -> str:
         self.config.staging.mkdir(parents=True, exist_ok=True)
         target = self.config.staging / f"{deployment_id}.tar.gz"
         partial = target.with_suffix(".part")

@@ -128,7 +128,7 @@ def test_a_deployment_goes_from_running_to_live_on_its_page_without_reloading(
     process = push(board, token, many_files_repo(tmp_path / "big", 30000), "big")
     try:
         wait_for_row(page, "big")
-        page.locator("table.deployments tbody tr").first.get_by_role("link").click()
+        page.locator("table.deployments tbody tr").first.locator("a.mono").click()
         badge = page.get_by_role("status", name="Status")
         assert badge.inner_text() in ("queued", "running")
         page.evaluate("window.stillTheSamePage = true")
@@ -156,9 +156,11 @@ def test_roll_back_serves_the_first_version_again(
     expect(page.get_by_role("heading", name="Version two")).to_be_visible()
 
     page.goto("/sites/shop")
-    page.locator("table.deployments tbody tr").nth(1).get_by_role("link").click()
+    page.locator("table.deployments tbody tr").nth(1).locator("a.mono").click()
+    page.once("dialog", lambda dialog: dialog.accept())  # rolling back asks first
     page.get_by_role("button", name="Roll back to this").click()
-    expect(page.locator(".alias", has_text="production")).to_be_visible()
+    # the aliases pointing here (not the titled one saying what it was deployed as)
+    expect(page.locator(".alias:not([title])", has_text="production")).to_be_visible()
     page.goto(f"http://shop.localhost:{board.port}/")
     expect(page.get_by_role("heading", name="Version one")).to_be_visible()
 
@@ -183,11 +185,13 @@ def test_a_failing_deploy_shows_its_error(page: Page, board: Server, token: str,
     repo = make_repo({"index.html": "<p>fine</p>"})
     pushed(board, token, repo, "oops")
     commit(repo, {"_redirects": "/old /new 999\n"}, "a bad redirect")
-    pushed(board, token, repo, "oops")
+    process = push(board, token, repo, "oops")  # the deploy fails, so git refuses the push
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0 and "_redirects line 1" in err, err
     page.goto("/sites/oops")
     first_row = page.locator("table.deployments tbody tr").first
     expect(first_row.locator(".badge")).to_have_text("failed")
-    first_row.get_by_role("link").click()
+    first_row.locator("a.mono").click()
     expect(page.get_by_role("alert")).to_contain_text("_redirects line 1")
     expect(page.get_by_role("log")).to_contain_text("_redirects line 1")
     page.get_by_label("Filter lines").fill("status 999")

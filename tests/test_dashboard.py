@@ -336,7 +336,7 @@ def test_log_search_finds_lines_across_deployments(board: Server, token: str,
     found = browser.get("/sites/findme/search", params={"q": "_redirects line"}).text
     assert "1 line found" in found and f'href="/deployments/{failed}#L' in found
     assert "2 lines found" in browser.get("/sites/findme/search?q=main queued").text
-    assert "0 lines found" in browser.get("/sites/findme/search?q=zebra").text
+    assert "No line found for <q>zebra</q>" in browser.get("/sites/findme/search?q=zebra").text
 
 
 def test_a_failed_deploy_shows_its_error(board: Server, token: str,

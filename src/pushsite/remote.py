@@ -63,12 +63,7 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
     `echo` (called like rich's Console.print) receives the deployment's log lines. A site
     that does not exist is SiteNotFound, unless `create` (and a token that may create sites).
     """
-    base = api_base(server)
-    names.check_site_name(site)
-    if branch is not None:
-        names.check_branch_name(branch)
-    if not token:
-        raise NotAuthorized(_NO_TOKEN)
+    base = _checked_request(server, token, site, branch)
     deadline = time.monotonic() + timeout
     with _client(base, token) as client:
         remote = _Remote(client, base)
@@ -82,6 +77,17 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
         meter.done()
         return _follow(remote, deployment["id"], deadline, timeout, echo)
 
+
+
+def _checked_request(server: str, token: str, site: str, branch: str | None) -> str:
+    """The API base for SERVER, once the names and the token are known to be usable."""
+    base = api_base(server)
+    names.check_site_name(site)
+    if branch is not None:
+        names.check_branch_name(branch)
+    if not token:
+        raise NotAuthorized(_NO_TOKEN)
+    return base
 
 def deploy_source(server: str, token: str, source: str, *, site: str,
                   branch: str | None = None, message: str = "", timeout: float = 900.0,
@@ -98,12 +104,7 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
     path = Path(source)
     if not path.exists():
         open_source(source)  # its error names what a SOURCE may be
-    base = api_base(server)
-    names.check_site_name(site)
-    if branch is not None:
-        names.check_branch_name(branch)
-    if not token:
-        raise NotAuthorized(_NO_TOKEN)
+    base = _checked_request(server, token, site, branch)
     deadline = time.monotonic() + timeout
     with _client(base, token) as client:
         remote = _Remote(client, base)

@@ -72,13 +72,7 @@ class ProgressWriter:
         record = replace(self._deployment, status=Status.RUNNING, finished=None, error="",
                          error_kind="")
         if counters is not None:
-            record.files = counters.files
-            record.carried = counters.carried
-            record.bytes_in = counters.bytes_in
-            record.bytes_stored = counters.bytes_stored
-            record.blobs_new = counters.blobs_new
-            record.blobs_reused = counters.blobs_reused
-            record.progress = counters.describe()
+            copy_counters(counters, record)
         now = (record.files, record.carried, record.bytes_in, record.bytes_stored,
                record.blobs_new, record.blobs_reused, record.stage)
         if now == self._written:
@@ -90,3 +84,14 @@ class ProgressWriter:
             return True
         self._written = now
         return held
+
+
+def copy_counters(counters: Counters, deployment: Deployment) -> None:
+    """A run's counters onto its deployment record (live progress and the final tally)."""
+    deployment.files = counters.files
+    deployment.carried = counters.carried
+    deployment.bytes_in = counters.bytes_in
+    deployment.bytes_stored = counters.bytes_stored
+    deployment.blobs_new = counters.blobs_new
+    deployment.blobs_reused = counters.blobs_reused
+    deployment.progress = counters.describe()

@@ -53,7 +53,7 @@ from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
 from pushsite.service.housekeeping import referenced
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
-from pushsite.service.progress import ProgressWriter
+from pushsite.service.progress import ProgressWriter, copy_counters
 from pushsite.state.counters import CounterFile, histogram
 from pushsite.state.counters import key as counter_key
 from pushsite.stores import ObjectStore, PackingStore
@@ -480,13 +480,7 @@ class Running(ServiceBase):
         deployment.runner, deployment.lease_until = runner, until
 
     def _apply_counters(self, deployment: Deployment, counters: Counters) -> None:
-        deployment.files = counters.files
-        deployment.bytes_in = counters.bytes_in
-        deployment.bytes_stored = counters.bytes_stored
-        deployment.blobs_new = counters.blobs_new
-        deployment.blobs_reused = counters.blobs_reused
-        deployment.carried = counters.carried
-        deployment.progress = counters.describe()
+        copy_counters(counters, deployment)
 
     def _apply_settings(self, deployment: Deployment, settings: object, log: DeployLog) -> None:
         """pushsite.toml may name the production branch and claim domains.

@@ -39,3 +39,23 @@ def test_every_setting_is_documented(setting: object) -> None:
 def test_readme_starts_with_the_two_commands() -> None:
     head = README[:800]
     assert "make run" in head and "make test" in head
+
+
+def test_the_settings_table_says_where_each_setting_is_given() -> None:
+    """A row names `serve --x` exactly when `pushsite serve --help` has that option."""
+    from click.testing import CliRunner
+
+    from pushsite.config import SETTINGS
+
+    serve_help = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200).output
+    table = README[README.index("## Settings"):]
+    for setting in SETTINGS:
+        option = "--" + setting.name.replace("_", "-")
+        row = next(line for line in table.splitlines()
+                   if line.startswith(f"| `PUSHSITE_{setting.name.upper()}` |"))
+        if setting.name == "home":
+            assert "`--home` (before any command)" in row
+        elif f"{option} " in serve_help or f"{option}\n" in serve_help:
+            assert f"`serve {option}`" in row, row
+        else:
+            assert "(variable only)" in row, row

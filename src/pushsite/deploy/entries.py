@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pushsite.model import FileEntry
 
 SPILL_FILES = 10_000
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class Entries:
@@ -94,8 +95,8 @@ class Entries:
             self._db.execute("PRAGMA synchronous=OFF")
             self._db.execute("PRAGMA cache_size=-4096")  # 4 MiB of pages at most
             self._db.execute("CREATE TABLE e (path TEXT PRIMARY KEY, row TEXT) WITHOUT ROWID")
-        rows = [(path, json.dumps(entry.to_json(), separators=(",", ":")))
-                for path, entry in self._mem.items()]
+        encode = _ENCODER.encode
+        rows = [(path, encode(entry.to_json())) for path, entry in self._mem.items()]
         self._mem = {}
         self._db.execute("BEGIN")
         self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?)", rows)

@@ -106,16 +106,38 @@ class Home:
                                    lease=LEASE))
 
 
+@dataclass
+class Window:
+    """When to kill: a random moment in [low, high] s after the start. A process that ends
+    before its moment narrows the window to that process's life, so on a fast machine the
+    kills still land (a fixed window made the short suite loop until its timeout there)."""
+
+    low: float
+    high: float
+
+    def missed(self, lived: float) -> None:
+        self.high = max(0.02, min(self.high, lived * 0.8))
+        self.low = min(self.low, self.high / 2)
+
+
+_WINDOWS: dict[tuple[int, float, float], Window] = {}
+
+
 def kill_at_random(process: subprocess.Popen[str], rng: random.Random, low: float,
                    high: float) -> bool:
-    """SIGKILL the process at a random moment in [low, high] s; True when it was killed
-    (False: it ended before)."""
-    deadline = time.monotonic() + rng.uniform(low, high)
+    """SIGKILL the process at a random moment in [low, high] s, narrowed to how long such a
+    process lived when one ended first (Window); True when it was killed (False: it ended
+    before)."""
+    window = _WINDOWS.setdefault((id(rng), low, high), Window(low, high))
+    started = time.monotonic()
+    deadline = started + rng.uniform(window.low, window.high)
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            window.missed(time.monotonic() - started)
             return False
         time.sleep(0.005)
     if process.poll() is not None:
+        window.missed(time.monotonic() - started)
         return False
     process.send_signal(signal.SIGKILL)
     process.wait(WAIT)

@@ -167,7 +167,8 @@ def test_a_rollback_stops_the_optimising_and_a_promote_resumes_it(service: Servi
 
 def test_a_rollback_while_optimising_stops_it_between_batches(service: Service) -> None:
     first = _run(service, _site("v1"), optimise=True)
-    second = _run(service, _site("v2", pages=400, size=60_000), optimise=False)
+    # many 4 MiB batches, so the rollback lands between two of them even on a fast machine
+    second = _run(service, _site("v2", pages=2000, size=60_000), optimise=False)
     outcome: list[bool] = []
     thread = threading.Thread(target=lambda: outcome.append(service.optimise_now(second)))
     thread.start()

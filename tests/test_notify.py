@@ -160,3 +160,37 @@ def test_endpoints_are_checked_and_removed_with_their_log(running: Callable[...,
     endpoint = service.add_endpoint("blog", "https://x.example/")
     assert service.remove_endpoint("blog", endpoint.id).url == "https://x.example/"
     assert service.list_endpoints("blog") == []
+
+
+def test_a_redeploy_is_announced_started_then_succeeded_and_a_promote_changes_production(
+        running: Callable[..., Service], receivers: Callable[..., Receiver]) -> None:
+    service = running(notify_retry=0.2)
+    service.create_site("blog")
+    good = receivers()
+    endpoint = service.add_endpoint("blog", good.url)
+    first = deploy(service, "one")
+    finished(service, first)
+    good.wait_for(lambda: good.events().count("deployment.succeeded") == 1, "first succeeded")
+
+    again = service.redeploy(first)
+    assert again.id != first and again.status == Status.LIVE
+
+    def about(deployment_id: str) -> list[str]:
+        payloads = sorted(verified(good, endpoint.secret), key=lambda p: p["timestamp"])
+        return [p["type"] for p in payloads
+                if p["data"].get("deployment", {}).get("id") == deployment_id]
+
+    good.wait_for(lambda: "deployment.succeeded" in about(again.id), "redeploy succeeded")
+    # created running, never queued: started is its first event, as a push's run sends it
+    assert about(again.id) == ["deployment.started", "deployment.succeeded"]
+    started = next(p for p in verified(good, endpoint.secret)
+                   if p["type"] == "deployment.started"
+                   and p["data"]["deployment"]["id"] == again.id)["data"]["deployment"]
+    assert started["source"] == "redeploy" and started["status"] == "running"
+
+    service.promote(first)
+    good.wait_for(lambda: "site.production_changed" in good.events(), "production_changed")
+    changed = next(p for p in verified(good, endpoint.secret)
+                   if p["type"] == "site.production_changed")["data"]
+    assert (changed["production"], changed["previous"], changed["reason"]) == (
+        first, again.id, "promote")

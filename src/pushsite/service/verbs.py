@@ -559,6 +559,9 @@ class Service(Queueing):
         self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept", f"redeploying the {deployment.files} files "
                    f"of {original.id} to {deployment.branch}")
+        # created running (it never waits in the queue): `started` is its first event, as a
+        # push's run announces it; the outcome follows from run_manifest
+        self._announce(deployment, "deployment.started")
         return self.run_manifest(deployment, copy)
 
     # aliases -----------------------------------------------------------------------------------

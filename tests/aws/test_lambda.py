@@ -277,3 +277,24 @@ def test_a_bundle_replaced_before_its_deployment_finished_fails_it(
     old = service.state.get_deployment(old.id)
     assert old.status == Status.FAILED and "replaced or removed" in old.error
     assert live(service, "big") == newer
+
+
+def test_an_unknown_deployment_id_is_acked_with_a_warning_naming_it(
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A message naming no deployment that exists (its site deleted, or sent by hand) can
+    never succeed: it is deleted from the queue at once, and the log says which id it was."""
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    # with a mirror set, the handler also looks the deployment up after the run
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}/www?endpoint={staging.endpoint}")
+    staging.sqs.send_message(QueueUrl=staging.queue_url,
+                             MessageBody=json.dumps({"deployment": "0nosuchdeployment"}))
+    messages = staging.receive()
+
+    with caplog.at_level("WARNING", logger="pushsite.queue"):
+        assert invoke_batch(staging, messages) == []
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pushsite.queue"]
+    assert any("0nosuchdeployment" in w and "does not exist" in w for w in warnings), warnings
+    assert staging.count(staging.queue_url) == 0  # acked, nothing re-queued

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from pushsite.aws.targets import site_target  # noqa: F401 - kept importable from here
 from pushsite.config import load_config
-from pushsite.errors import ConfigError
+from pushsite.errors import ConfigError, DeploymentNotFound
 from pushsite.model import PRODUCTION
 from pushsite.queues import QueueItem
 from pushsite.service import Service, worker
@@ -147,7 +147,10 @@ def _mirror(service: Service, deployment_ids: list[str], deadline: float,
         return
     sites = [site] if site else []
     for deployment_id in deployment_ids if not site else []:
-        deployment = service.state.get_deployment(deployment_id)
+        try:
+            deployment = service.state.get_deployment(deployment_id)
+        except DeploymentNotFound:  # logged by Service.process; a retry cannot make it
+            continue
         alias = service.state.get_alias(deployment.site, PRODUCTION)
         if alias is not None and alias.deployment_id == deployment_id:
             sites.append(deployment.site)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -22,6 +23,7 @@ from pushsite.service.running import Running
 
 RESEND_EVERY = 10  # leases between two re-sends of a queued deployment's message
 FETCH_WAITS = 86_400.0  # seconds a webhook's queued deployment may wait for its message
+_log = logging.getLogger("pushsite.queue")
 
 
 class Queueing(Running):
@@ -40,12 +42,18 @@ class Queueing(Running):
         if is_optimise_message(item.body):  # live first: its brotli variants (raises: retried)
             optimise_deployment(self, str(item.body[MESSAGE]))
             return
-        deployment_id = item.body.get("deployment")
+        deployment_id = str(item.body.get("deployment") or "")
         if not deployment_id:
+            _log.warning("a queue message names no deployment (%.200s): acked, not retried",
+                         item.body)
             return
         try:
             deployment = self.state.get_deployment(deployment_id)
         except DeploymentNotFound:
+            # nothing can ever run it (its site was deleted, or the message was made by hand):
+            # a retry would only reach the dead-letter queue with no trace here
+            _log.warning("a queue message names deployment %s, which does not exist: acked, "
+                         "not retried", deployment_id)
             return
         if deployment.status == Status.RUNNING and item.attempts > 1:
             deployment = self._take_over(deployment)

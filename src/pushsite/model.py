@@ -219,6 +219,10 @@ class Deployment:
     # files a push carried over unread, and the stage it is in (read, manifest, activate, ...)
     carried: int = 0
     stage: str = ""
+    # the hosting copy's outcome for it (aws/mirror.py, with PUSHSITE_MIRROR): "" when never
+    # mirrored, else "mirrored: <counts>", "paused: <counts>" (resumed by the next run) or
+    # "refused: <why>" (the max-delete guard: not retried, the copy stays as it was)
+    mirror: str = ""
 
     @property
     def seconds(self) -> float | None:

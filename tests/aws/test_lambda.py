@@ -298,3 +298,35 @@ def test_an_unknown_deployment_id_is_acked_with_a_warning_naming_it(
     warnings = [r.getMessage() for r in caplog.records if r.name == "pushsite.queue"]
     assert any("0nosuchdeployment" in w and "does not exist" in w for w in warnings), warnings
     assert staging.count(staging.queue_url) == 0  # acked, nothing re-queued
+
+
+def test_a_mirror_the_max_delete_guard_refuses_is_recorded_on_its_deployment(
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal is on the deployment's record (the API's and `deploys --json`'s `mirror`)
+    and in its log; the record is acked, and the hosting copy stays whole."""
+    from support.cli import ok
+
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}/www?endpoint={staging.endpoint}")
+    pages = {f"p{n}.html": b"<p>%d</p>" % n for n in range(4)}
+    staging.put("shop/main/bundle.tar.gz", make_bundle(pages))
+    assert invoke_batch(staging, staging.receive()) == []
+    service = service_for(staging.pushsite_queue)
+    first = live(service, "shop")
+    assert first is not None and first.mirror.startswith("mirrored: 4 uploaded")
+
+    # three of the four mirrored pages would go: 75%, over the default limit of 50%
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"p0.html": b"<p>only</p>"}))
+    assert invoke_batch(staging, staging.receive()) == []  # not retried: the answer is final
+
+    second = live(service, "shop")
+    assert second is not None and second.id != first.id
+    assert second.mirror.startswith("refused: ") and "would delete 3 of its 4" in second.mirror
+    keys = {o["Key"] for o in staging.s3.list_objects_v2(Bucket=hosting)["Contents"]}
+    assert keys == {f"www/shop/p{n}.html" for n in range(4)}  # the copy is left as it was
+    assert staging.count(staging.queue_url) == 0
+    rows = [json.loads(line) for line in ok("deploys", "shop", "--json").stdout.splitlines()]
+    assert rows[0]["id"] == second.id and rows[0]["mirror"] == second.mirror
+    assert "not mirrored: mirroring to" in ok("log", second.id).stdout

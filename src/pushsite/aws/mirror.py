@@ -416,14 +416,15 @@ def _delete(client: Any, bucket: str, keys: Iterable[str]) -> None:
 
 
 def mirror_production(service: Any, site: str, deployment_id: str = "", *,
-                      deadline: float | None = None) -> MirrorReport:
+                      deadline: float | None = None, full: bool = False) -> MirrorReport:
     """Mirror what production of `site` serves to the configured mirror (config.mirror),
-    `<mirror>/<site>/`; the outcome goes to the deployment's log.
+    `<mirror>/<site>/`; the outcome goes to the deployment's log and its `mirror` field.
 
     A mirror that would delete more than config.mirror_max_delete of the site's objects is
     refused (ConfigError, logged as an error: retrying cannot change the answer).
     """
     from pushsite.aws.targets import site_target
+    from pushsite.service.mirroring import record_mirror
 
     alias = service.state.get_alias(site, "production")
     if alias is None:
@@ -434,16 +435,19 @@ def mirror_production(service: Any, site: str, deployment_id: str = "", *,
         report = mirror_deployment(service.manifest(target), service.store,
                                    site_target(service.config.mirror, site),
                                    max_delete_share=service.config.mirror_max_delete,
-                                   deadline=deadline)
+                                   deadline=deadline, full=full)
     except ConfigError as exc:
         log.error("mirror", f"not mirrored: {exc}")
+        record_mirror(service, target, "refused", str(exc))
         raise
     except MirrorTimeout as exc:
         log.info("mirror", f"mirror paused at the deadline ({exc.report.summary()}); the "
                  "next invocation goes on")
+        record_mirror(service, target, "paused", exc.report.summary())
         raise
     finally:
         log.flush()
     log.info("mirror", f"mirrored to {service.config.mirror}: {report.summary()}")
     log.flush()
+    record_mirror(service, target, "mirrored", report.summary())
     return report

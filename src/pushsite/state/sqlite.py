@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     progress TEXT NOT NULL, error_kind TEXT NOT NULL DEFAULT '',
     runner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0,
     draft INTEGER NOT NULL DEFAULT 0, carried INTEGER NOT NULL DEFAULT 0,
-    stage TEXT NOT NULL DEFAULT '');
+    stage TEXT NOT NULL DEFAULT '', mirror TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS deployments_site ON deployments (site, id);
 CREATE TABLE IF NOT EXISTS aliases (
     site TEXT NOT NULL, name TEXT NOT NULL, deployment_id TEXT NOT NULL,
@@ -105,6 +105,7 @@ _ADDED_COLUMNS = [("deployments", "error_kind", "TEXT NOT NULL DEFAULT ''"),
                   ("deployments", "draft", "INTEGER NOT NULL DEFAULT 0"),
                   ("deployments", "carried", "INTEGER NOT NULL DEFAULT 0"),
                   ("deployments", "stage", "TEXT NOT NULL DEFAULT ''"),
+                  ("deployments", "mirror", "TEXT NOT NULL DEFAULT ''"),
                   # claims made before approvals existed were served: they stay approved
                   ("domains", "status", "TEXT NOT NULL DEFAULT 'approved'"),
                   ("domains", "scope", "TEXT NOT NULL DEFAULT ''"),

@@ -101,6 +101,9 @@ class DeploymentOut(BaseModel):
     stage: str = Field(description="Where a running deployment is: read, manifest, activate; "
                        "the counters above are written at most every 0.5 s while it runs.")
     draft: bool
+    mirror: str = Field(description="The hosting copy's outcome (PUSHSITE_MIRROR): empty when "
+                        "never mirrored, else 'mirrored: ...', 'paused: ...' (the next run goes "
+                        "on) or 'refused: ...' (over the max-delete share; not retried).")
     production: bool = Field(description="The site's production alias points at it: exactly "
                              "one deployment of a site is production.")
     context: Literal["production", "preview", "draft"] = Field(

@@ -29,8 +29,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from pushsite import ids
 from pushsite.errors import ConfigError, NotFound
@@ -48,6 +47,8 @@ from pushsite.queues import MAX_DELAY
 from pushsite.state.counters import key
 
 if TYPE_CHECKING:
+    import httpx
+
     from pushsite.service.running import Running as ServiceBase
 
 log = logging.getLogger("pushsite.notify")
@@ -82,8 +83,11 @@ def check_events(events: list[str] | None) -> list[str]:
 
 def check_endpoint(url: str, events: list[str] | None, fmt: str) -> tuple[str, list[str]]:
     url = url.strip()
-    parsed = httpx.URL(url) if "://" in url else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+    try:
+        parsed = urlsplit(url) if "://" in url else None
+    except ValueError:  # e.g. an unclosed [ in the host
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"invalid notification URL {url!r}: expected http:// or https://")
     if fmt not in NOTIFY_FORMATS:
         raise ConfigError(f"unknown format {fmt!r}: use {' or '.join(NOTIFY_FORMATS)}")
@@ -168,7 +172,13 @@ _clients_lock = threading.Lock()
 
 
 def client(timeout: float) -> httpx.Client:
-    """One pooled client per process (thread-safe), never following redirects."""
+    """One pooled client per process (thread-safe), never following redirects.
+
+    httpx is imported here, not at the top: announcing is on every deploy's path and httpx
+    costs ~0.1 s of a one-shot CLI deploy's start-up; only delivering needs it.
+    """
+    import httpx
+
     with _clients_lock:
         found = _clients.get(timeout)
         if found is None:
@@ -205,6 +215,8 @@ def deliver(service: ServiceBase, message: dict[str, Any]) -> Delivery | None:
     """One attempt to deliver one message; never raises for the receiver's failures (those are
     retried by a new message), only when the state or the queue fails (the worker leaves the
     message on the queue). Returns the delivery log entry, None when nothing was sent."""
+    import httpx  # see client()
+
     if not_yet(service, "notify", message):
         return None
     try:

@@ -24,8 +24,6 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from pushsite.errors import DeploymentNotFound, SiteNotFound
 from pushsite.model import Deployment, Status
 from pushsite.service import notify
@@ -147,6 +145,8 @@ def deliver(service: ServiceBase, message: dict[str, Any]) -> str | None:
 
 def _send(service: ServiceBase, deployment: Deployment, hook: Any, state: str,
           message: dict[str, Any]) -> str:
+    import httpx  # only a delivery needs it: see notify.client()
+
     provider = deployment.source.removeprefix("webhook:")
     attempt = int(message.get("attempt", 1))
     if provider not in DEFAULT_APIS or not hook.repo:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -367,15 +370,16 @@ def test_endpoints_round_trip_update_delete_and_go_with_their_site(state: StateS
     first.failing_since, first.disabled = 5.0, True
     assert state.update_endpoint(first)
     assert state.list_endpoints("blog")[0].disabled
+    now = time.time()
     for n in range(3):
         state.append_delivery(Delivery("ep_1", "msg_1", "deployment.failed", n + 1,
-                                       "retrying", 500, 0.01, "answered 500", time=10.0 + n))
+                                       "retrying", 500, 0.01, "answered 500", time=now + n))
     state.append_delivery(Delivery("ep_2", "msg_2", "deployment.queued", 1, "delivered", 204,
-                                   time=20.0))
+                                   time=now + 10))
     log = state.list_deliveries("ep_1")
     assert [d.attempt for d in log] == [3, 2, 1]  # newest first
     assert log[0] == Delivery("ep_1", "msg_1", "deployment.failed", 3, "retrying", 500, 0.01,
-                              "answered 500", 12.0)
+                              "answered 500", now + 2)
     assert [d.attempt for d in state.list_deliveries("ep_1", limit=2)] == [3, 2]
     assert state.delete_endpoint("blog", "ep_1")
     assert not state.delete_endpoint("blog", "ep_1")
@@ -386,6 +390,87 @@ def test_endpoints_round_trip_update_delete_and_go_with_their_site(state: StateS
     state.delete_site("blog")
     assert state.list_endpoints("blog") == [] and state.list_deliveries("ep_2") == []
     assert state.list_endpoints("docs") == [other]
+
+
+def _stored_deliveries(state: StateStore, endpoint_id: str) -> list[dict[str, Any]]:
+    """Every delivery record the backend holds for an endpoint, expired or not, as stored
+    (what list_deliveries hides cannot be seen through the protocol)."""
+    from pushsite.state.dynamodb import DynamoState
+    from pushsite.state.sqlite import SqliteState
+
+    if isinstance(state, SqliteState):
+        return [{"data": json.loads(row[0])} for row in state._query(
+            "SELECT data FROM deliveries WHERE endpoint_id = ?", (endpoint_id,))]
+    assert isinstance(state, DynamoState)
+    return [{"data": json.loads(item["data"]["S"]),
+             "expires": int(item["expires"]["N"]) if "expires" in item else None}
+            for item in state._partition(f"deliveries#{endpoint_id}")]
+
+
+def test_delivery_records_expire_after_their_retention_and_keep_a_bounded_count(
+        state: StateStore) -> None:
+    from pushsite.model import Delivery
+    from pushsite.state import DELIVERY_RETENTION
+
+    now = time.time()
+    day = 86400.0
+
+    def attempt(endpoint: str, n: int, at: float) -> Delivery:
+        return Delivery(endpoint, f"msg_{n}", "deployment.succeeded", 1, "delivered", 204,
+                        time=at)
+
+    old, recent = now - DELIVERY_RETENTION - day, now - DELIVERY_RETENTION + day
+    for n, at in enumerate((old - 1, old, recent, now)):
+        state.append_delivery(attempt("ep_a", n, at))
+    # past its retention a record is never listed, whether the backend deleted it yet or not
+    assert [d.message_id for d in state.list_deliveries("ep_a")] == ["msg_3", "msg_2"]
+    for n in range(5):
+        state.append_delivery(attempt("ep_b", n, now - 100 + n))
+    # housekeeping: the old ones go (SQLite may have dropped them already on the append)
+    held = len(_stored_deliveries(state, "ep_a"))
+    assert held in (2, 4)
+    assert state.prune_deliveries("ep_a", now - DELIVERY_RETENTION, 100) == held - 2
+    assert sorted(r["data"]["message_id"] for r in _stored_deliveries(state, "ep_a")) == [
+        "msg_2", "msg_3"]
+    assert state.prune_deliveries("ep_a", now - DELIVERY_RETENTION, 100) == 0
+    # then all but the newest `keep`, one endpoint at a time
+    assert state.prune_deliveries("ep_b", now - DELIVERY_RETENTION, 3) == 2
+    assert [d.message_id for d in state.list_deliveries("ep_b")] == ["msg_4", "msg_3", "msg_2"]
+    assert len(_stored_deliveries(state, "ep_b")) == 3
+    assert [d.message_id for d in state.list_deliveries("ep_a")] == ["msg_3", "msg_2"]
+    assert state.prune_deliveries("ep_none", now, 3) == 0
+
+
+def test_dynamodb_delivery_records_carry_the_tables_ttl(dynamodb_url: str) -> None:
+    """DynamoDB deletes them by itself: the table's TTL is on, each record has its expiry."""
+    from pushsite.model import Delivery
+    from pushsite.state import DELIVERY_RETENTION
+    from pushsite.state.dynamodb import TTL_ATTRIBUTE, DynamoState
+
+    state = open_state_store(dynamodb_url)
+    try:
+        assert isinstance(state, DynamoState)
+        ttl = state._client.describe_time_to_live(TableName=state.table)["TimeToLiveDescription"]
+        assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", TTL_ATTRIBUTE)
+        state.append_delivery(Delivery("ep_a", "msg_1", "deployment.queued", 1, "delivered",
+                                       204, time=1_800_000_000.5))
+        [record] = _stored_deliveries(state, "ep_a")
+        assert record["expires"] == int(1_800_000_000.5 + DELIVERY_RETENTION)
+        # a table made before records expired gets its TTL when opened with create=1
+        older = "pushsite-older-" + state.table.rpartition("-")[2]
+        state._client.create_table(
+            TableName=older, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                       {"AttributeName": "sk", "KeyType": "RANGE"}])
+        assert state._client.describe_time_to_live(TableName=older)[
+            "TimeToLiveDescription"]["TimeToLiveStatus"] == "DISABLED"
+        reopened = open_state_store(dynamodb_url.replace(state.table, older))
+        reopened.close()
+        assert state._client.describe_time_to_live(TableName=older)[
+            "TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+    finally:
+        state.close()
 
 
 def test_sweep_records_round_trip_replace_and_delete(state: StateStore) -> None:

@@ -341,6 +341,8 @@ def _resources(prefix: str) -> Json:
                     for name, hash_key in (("by_site", "gpk"), ("by_time", "apk"))
                 ],
                 "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                # delivery records expire (state.DELIVERY_RETENTION, state/dynamodb.py)
+                "TimeToLiveSpecification": {"AttributeName": "expires", "Enabled": True},
             },
         },
         "DeployerLogGroup": {

@@ -24,7 +24,7 @@ from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key
 from pushsite.pathindex import index_key
 from pushsite.service.lease import lease_end
 from pushsite.service.sweeps import SweepRecord
-from pushsite.state import StateStore
+from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, StateStore
 from pushsite.stores.packs import PACKS, pack_key, parse_ref
 
 if TYPE_CHECKING:
@@ -114,7 +114,17 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     with SweepRecord(state, service.lease) as record:
         deleted = _sweep(service, watch, marks, batches, record, before_delete)
     return {"deployments": len(dropped), "blobs": len(deleted), "manifests": len(orphans),
-            "recent": recent}
+            "recent": recent, "deliveries": prune_deliveries(service, site.name)}
+
+
+def prune_deliveries(service: Service, site_name: str, *, now: float | None = None) -> int:
+    """Drop the site's delivery records past their retention (state.DELIVERY_DAYS) or behind
+    each endpoint's newest DELIVERIES_KEPT. SQLite trims an endpoint only when it is sent
+    something and DynamoDB's TTL skips records written before it, so a quiet endpoint's old
+    log goes here."""
+    before = (time.time() if now is None else now) - DELIVERY_RETENTION
+    return sum(service.state.prune_deliveries(endpoint.id, before, DELIVERIES_KEPT)
+               for endpoint in service.state.list_endpoints(site_name))
 
 
 def _sweep(service: Service, watch: _Watch, marks: _Marks, batches: deque[list[str]],

@@ -30,6 +30,16 @@ from pushsite.model import (
     Token,
 )
 
+# How long an endpoint's delivery log is kept. The log is for finding out why a receiver
+# missed an event: retries end after a day (Config.notify_window) and an endpoint failing
+# that long is disabled, so a month covers noticing a quiet failure weeks later and looking
+# (Stripe keeps its events as long). 500 attempts per endpoint bound a failing one: a message
+# is tried about 38 times in its day, so that is a dozen events retried for a whole day, or
+# 500 delivered ones, at ~250 bytes a record.
+DELIVERY_DAYS = 30
+DELIVERY_RETENTION = DELIVERY_DAYS * 86400.0  # seconds
+DELIVERIES_KEPT = 500  # per endpoint
+
 
 @dataclass
 class Sweep:
@@ -175,11 +185,16 @@ class StateStore(Protocol):
         """Remove an endpoint and its delivery log; True when it existed."""
 
     def append_delivery(self, delivery: Delivery) -> None:
-        """Add one attempt to its endpoint's delivery log (a backend may keep only the
-        latest few hundred per endpoint)."""
+        """Add one attempt to its endpoint's delivery log; a backend drops what is older than
+        DELIVERY_RETENTION on its own (DynamoDB's TTL, SQLite on the next append), and may
+        drop all but the latest DELIVERIES_KEPT."""
 
     def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
-        """An endpoint's delivery log, newest first."""
+        """An endpoint's delivery log, newest first, without records past their retention."""
+
+    def prune_deliveries(self, endpoint_id: str, before: float, keep: int) -> int:
+        """Delete the endpoint's delivery records older than `before` (epoch seconds) and all
+        but its newest `keep`; returns how many went (housekeeping)."""
 
     # dedup ---------------------------------------------------------------------------------
     def remember(self, key: str) -> bool:

@@ -17,7 +17,8 @@ Items (records are JSON in `data`; a few fields are copied out for conditions an
     tokenhash#<hash>        #                       Token again, for lookup by hash
     seen#<key>              #                       remember()
     site#<site>             notify#<id>             NotifyEndpoint
-    deliveries#<endpoint>   <time>#<random>         Delivery (its endpoint's log)
+    deliveries#<endpoint>   <time>#<random>         Delivery (its endpoint's log; + expires,
+                                                    the table's TTL: DELIVERY_RETENTION)
     sweeps                  <sweep id>              Sweep (prune's record for deploys)
 
 Indexes: `by_site` (gpk = "site#<site>", gsk = id) lists a site's deployments newest first;
@@ -61,10 +62,11 @@ from pushsite.model import (
     Status,
     Token,
 )
-from pushsite.state import Sweep
+from pushsite.state import DELIVERY_RETENTION, Sweep
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
+TTL_ATTRIBUTE = "expires"  # epoch seconds; only delivery records carry it
 
 
 def _s(value: str) -> dict[str, str]:
@@ -116,6 +118,7 @@ class DynamoState:
         with aws_errors(self._what):
             try:
                 self._client.describe_table(TableName=self.table)
+                self._enable_ttl()  # a table made before delivery records expired
                 return
             except ClientError as exc:
                 if error_code(exc) != "ResourceNotFoundException":
@@ -143,6 +146,22 @@ class DynamoState:
             self._client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
             )
+            self._enable_ttl()
+
+    def _enable_ttl(self) -> None:
+        """Let DynamoDB delete delivery records past their retention (TTL_ATTRIBUTE); the
+        deployment template sets the same on the tables it makes."""
+        with aws_errors(self._what):
+            found = self._client.describe_time_to_live(TableName=self.table)
+            if found["TimeToLiveDescription"].get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+                return
+            try:
+                self._client.update_time_to_live(
+                    TableName=self.table, TimeToLiveSpecification={
+                        "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
+            except ClientError as exc:  # a racing process enabled it first
+                if error_code(exc) != "ValidationException":
+                    raise
 
     # low-level helpers ---------------------------------------------------------------------
     def _get(self, pk: str, sk: str) -> Item | None:
@@ -718,17 +737,37 @@ class DynamoState:
         return [(pk, item["sk"]["S"]) for item in self._partition(pk, ProjectionExpression="sk")]
 
     def append_delivery(self, delivery: Delivery) -> None:
-        sk = f"{delivery.time:020.6f}#{os.urandom(6).hex()}"
+        sk = f"{_delivery_sk(delivery.time)}#{os.urandom(6).hex()}"
         self._put({**_key(f"deliveries#{delivery.endpoint_id}", sk),
-                   "data": _json(delivery.to_dict())})
+                   "data": _json(delivery.to_dict()),
+                   TTL_ATTRIBUTE: _n(int(delivery.time + DELIVERY_RETENTION))})
 
     def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
+        # DynamoDB deletes an expired item some time (up to days) after its TTL: the key
+        # condition hides it meanwhile, as the sort key starts with the delivery's time
         found: list[Delivery] = []
-        for item in self._partition(f"deliveries#{endpoint_id}", ScanIndexForward=False):
+        for item in self._query(
+                KeyConditionExpression="pk = :pk AND sk >= :kept",
+                ExpressionAttributeValues={
+                    ":pk": _s(f"deliveries#{endpoint_id}"),
+                    ":kept": _s(_delivery_sk(time.time() - DELIVERY_RETENTION))},
+                ConsistentRead=True, ScanIndexForward=False):
             found.append(Delivery.from_dict(_load(item)))
             if len(found) >= limit:
                 break
         return found
+
+    def prune_deliveries(self, endpoint_id: str, before: float, keep: int) -> int:
+        """Records written before the TTL attribute existed never expire by themselves, and
+        the count bound has no TTL: one keys-only Query of the partition, newest first."""
+        pk = f"deliveries#{endpoint_id}"
+        cutoff = _delivery_sk(before)
+        doomed = [(pk, sk) for n, sk in enumerate(
+                      item["sk"]["S"] for item in self._partition(
+                          pk, ProjectionExpression="sk", ScanIndexForward=False))
+                  if n >= keep or sk < cutoff]
+        self._delete_keys(doomed)
+        return len(doomed)
 
     # tokens --------------------------------------------------------------------------------
     @staticmethod
@@ -816,6 +855,11 @@ def _runner_is(runner: str, names: dict[str, str], values: dict[str, dict[str, s
     if runner:
         return "#runner = :holder"
     return "(#runner = :holder OR attribute_not_exists(#runner))"
+
+
+def _delivery_sk(at: float) -> str:
+    """The time part of a delivery's sort key: fixed width, so keys sort by time."""
+    return f"{at:020.6f}"
 
 
 def _key(pk: str, sk: str) -> Item:

@@ -43,7 +43,7 @@ from pushsite.model import (
     Token,
 )
 from pushsite.sqlite_setup import setting_up, write_transaction
-from pushsite.state import Sweep
+from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, Sweep
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -499,8 +499,6 @@ class SqliteState:
             db.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
 
     # notification endpoints ------------------------------------------------------------------
-    _DELIVERIES_KEPT = 500  # per endpoint: the log is for looking at, not an archive
-
     def put_endpoint(self, endpoint: NotifyEndpoint) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?, ?)",
@@ -527,15 +525,30 @@ class SqliteState:
 
     def append_delivery(self, delivery: Delivery) -> None:
         with self._tx() as db:
-            n = db.execute("INSERT INTO deliveries (endpoint_id, data) VALUES (?, ?)",
-                           (delivery.endpoint_id, json.dumps(delivery.to_dict()))).lastrowid
-            db.execute("DELETE FROM deliveries WHERE endpoint_id = ? AND n <= ?",
-                       (delivery.endpoint_id, (n or 0) - self._DELIVERIES_KEPT))
+            db.execute("INSERT INTO deliveries (endpoint_id, data) VALUES (?, ?)",
+                       (delivery.endpoint_id, json.dumps(delivery.to_dict())))
+            self._trim_deliveries(db, delivery.endpoint_id, time.time() - DELIVERY_RETENTION,
+                                  DELIVERIES_KEPT)
+
+    @staticmethod
+    def _trim_deliveries(db: sqlite3.Connection, endpoint_id: str, before: float,
+                         keep: int) -> int:
+        """One endpoint's records past `before` or behind its newest `keep` (at most a few
+        hundred rows, found through the (endpoint_id, n) index)."""
+        return db.execute(
+            "DELETE FROM deliveries WHERE endpoint_id = ?1 AND (json_extract(data, '$.time') < ?2"
+            " OR n < (SELECT n FROM deliveries WHERE endpoint_id = ?1 ORDER BY n DESC"
+            " LIMIT 1 OFFSET ?3))", (endpoint_id, before, max(keep, 1) - 1)).rowcount
 
     def list_deliveries(self, endpoint_id: str, limit: int = 50) -> list[Delivery]:
         rows = self._query("SELECT data FROM deliveries WHERE endpoint_id = ? "
-                           "ORDER BY n DESC LIMIT ?", (endpoint_id, limit))
+                           "AND json_extract(data, '$.time') >= ? ORDER BY n DESC LIMIT ?",
+                           (endpoint_id, time.time() - DELIVERY_RETENTION, limit))
         return [Delivery.from_dict(json.loads(row[0])) for row in rows]
+
+    def prune_deliveries(self, endpoint_id: str, before: float, keep: int) -> int:
+        with self._tx() as db:
+            return self._trim_deliveries(db, endpoint_id, before, keep)
 
     # dedup ---------------------------------------------------------------------------------
     def remember(self, key: str) -> bool:

@@ -1183,10 +1183,17 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
 @click.option("--max-delete", default=None, type=float,
               help="Fail rather than delete more than this share of the mirrored objects "
               "(default PUSHSITE_MIRROR_MAX_DELETE, 0.5).")
+@click.option("--full", is_flag=True, help="Compare every object in the bucket instead of "
+              "trusting the last mirror's record (after the bucket was changed by hand).")
 @click.pass_context
 @reports_errors
-def mirror(ctx: click.Context, site: str, target: str, max_delete: float | None) -> None:
-    """Write SITE's live deployment as plain files to an S3 bucket (s3://bucket/prefix)."""
+def mirror(ctx: click.Context, site: str, target: str, max_delete: float | None,
+           full: bool) -> None:
+    """Write SITE's live deployment as plain files to an S3 bucket (s3://bucket/prefix).
+
+    A mirror remembers what it wrote, so the next one sends only the changes without asking
+    the bucket; --full lists and compares the bucket itself.
+    """
     from pushsite.aws.mirror import mirror_deployment
 
     service = _service(ctx)
@@ -1197,9 +1204,10 @@ def mirror(ctx: click.Context, site: str, target: str, max_delete: float | None)
         raise NotFound(f"site {site} has no live deployment to mirror")
     share = service.config.mirror_max_delete if max_delete is None else max_delete
     report = mirror_deployment(service.manifest(alias.deployment_id), service.store, target,
-                               max_delete_share=share)
+                               max_delete_share=share, full=full)
     err.print(f"mirrored {site} to {target}: {report.uploaded} uploaded, {report.unchanged} "
-              f"unchanged, {report.deleted} deleted, {report.redirects} redirects")
+              f"unchanged, {report.deleted} deleted, {report.redirects} redirects",
+              highlight=False, soft_wrap=True)
     for rule in report.skipped_rules:
         err.print(f"[yellow]not mirrored:[/] {rule} (S3 website hosting cannot express it)",
                   highlight=False)

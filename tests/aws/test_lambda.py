@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from pushsite.aws import handler as handler_module
+from pushsite.aws import mirror as mirror_module
 from pushsite.aws.handler import handler
 from pushsite.model import Status
 from pushsite.service import Service, worker
@@ -330,3 +331,43 @@ def test_a_mirror_the_max_delete_guard_refuses_is_recorded_on_its_deployment(
     rows = [json.loads(line) for line in ok("deploys", "shop", "--json").stdout.splitlines()]
     assert rows[0]["id"] == second.id and rows[0]["mirror"] == second.mirror
     assert "not mirrored: mirroring to" in ok("log", second.id).stdout
+
+
+def test_a_mirror_stopped_at_its_deadline_is_finished_by_the_next_invocation(
+        staging: Staging, service_for: Callable[[str], Service],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler stops the mirror between batches at its deadline, queues the rest, and
+    the redelivered message finishes it without writing an object twice (the hosting bucket
+    is versioned: every PUT is a version)."""
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    staging.s3.put_bucket_versioning(Bucket=hosting,
+                                     VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}/www?endpoint={staging.endpoint}")
+    monkeypatch.setattr(mirror_module, "WORKERS", 1)  # batches of 4 objects
+    checks: list[float] = []
+
+    def clock() -> float:
+        """The mirror's clock: two batches in time, then past the handler's deadline."""
+        checks.append(time.monotonic())
+        return checks[-1] if len(checks) <= 2 else float("inf")
+
+    monkeypatch.setattr(mirror_module, "_now", clock)
+    pages = {f"p{n}.html": b"<p>%d</p>" % n for n in range(10)}
+    staging.put("shop/main/bundle.tar.gz", make_bundle(pages))
+    assert invoke_batch(staging, staging.receive()) == []
+
+    service = service_for(staging.pushsite_queue)
+    deployment = live(service, "shop")
+    assert deployment is not None and deployment.mirror.startswith("paused: 8 uploaded")
+    (message,) = staging.receive()
+    assert json.loads(message["Body"]) == {"mirror": {"site": "shop"}}
+    monkeypatch.setattr(mirror_module, "_now", time.monotonic)
+
+    assert invoke_batch(staging, [message]) == []
+
+    versions = staging.s3.list_object_versions(Bucket=hosting)["Versions"]
+    assert sorted(v["Key"] for v in versions) == sorted(f"www/shop/{p}" for p in pages)
+    done = service.state.get_deployment(deployment.id)
+    assert done.mirror.startswith("mirrored: 2 uploaded, 8 unchanged")
+    assert staging.count(staging.queue_url) == 0

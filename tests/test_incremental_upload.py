@@ -135,7 +135,10 @@ def test_a_lying_client_gets_422_and_nothing_goes_live(remote: Server, token: st
     finish = api.call("POST", f"/sites/liar/uploads/{started['upload']}/finish")
     assert finish.status_code == 404  # the upload was discarded whole
     assert remote.get("liar.localhost", "/").status_code == live_before
-    assert api.ok("GET", "/sites/liar/deploys")["deployments"] == []
+    failed = api.ok("GET", f"/deployments/{started['upload']}")  # receiving since the list
+    assert (failed["status"], failed["error_kind"]) == ("failed", "BundleRejected")
+    assert expected in failed["error"]
+    assert not list((remote.home / "staging").glob(f"{started['upload']}*"))
 
 
 @pytest.mark.parametrize(("files", "status", "words"), [

@@ -30,14 +30,14 @@ class Received(io.RawIOBase):
     """The upload as the staging copy reads it, counting bytes into the record."""
 
     def __init__(self, source: BinaryIO, state: StateStore, deployment: Deployment,
-                 lease: float) -> None:
+                 lease: float, *, already: int = 0) -> None:
         super().__init__()
         self._source = source
         self._state = state
         self._deployment = deployment
         self._lease = lease
         self._next_write = time.monotonic() + PROGRESS_EVERY
-        self.received = 0
+        self.received = already  # an incremental upload's earlier batches (uploads.py)
         self.lost = False  # set when the record stopped being ours (failed by a recovery)
 
     def readable(self) -> bool:
@@ -53,6 +53,12 @@ class Received(io.RawIOBase):
             self._next_write = time.monotonic() + PROGRESS_EVERY
             self._write()
         return len(data)
+
+    def renew(self) -> bool:
+        """Write the count and move the lease now; False once the record is not ours."""
+        self._next_write = time.monotonic() + PROGRESS_EVERY
+        self._write()
+        return not self.lost
 
     def _write(self) -> None:
         record = replace(self._deployment, bytes_in=self.received,
@@ -84,5 +90,8 @@ def expire(state: StateStore, staging: Path, deployment: Deployment, now: float)
     deployment.finished = now
     if not state.update_deployment(deployment, expect_status=Status.RECEIVING):
         return False
+    from pushsite.service import uploads  # it builds on this module
+
     staged_part(staging, deployment.id).unlink(missing_ok=True)
+    uploads.discard(staging, deployment.id)  # an incremental upload's folder
     return True

@@ -1,16 +1,27 @@
 """Incremental uploads: a file list in, the hashes the server lacks out, those blobs in, then
 one queued deployment built from the held and the uploaded (deploy/listed.py).
 
+The deployment exists from the list on: `start` records it `receiving` (its id is the
+upload's) before it looks any blob up, each batch of blobs renews its lease and counts its
+bytes (service/receiving.py), and `finish` makes it `queued`. A client that dies between two
+batches stops renewing the lease, and recovery fails the deployment (receiving.expire);
+cancelling it, or any lie, fails it at once. Either way its folder goes with it.
+
 An upload waits in staging as `<id>.upload/` (its list in `list.json`, blobs in `blobs/`)
 and becomes `<id>.files/`, the deployment's staged bundle, only when `finish` finds every
 asked-for blob there. A client that lies (a blob it was not asked for, a size or a content
 that does not match its list) has its whole upload discarded: nothing it sent can go live.
-Uploads left unfinished for a day are removed when the next one starts.
+Folders left behind for a day (a machine that stopped) are removed when the next one starts.
+
+Prune: the held blobs are looked up at `start`, possibly long before the deployment runs, so
+the sweeps seen then are kept in the list and checked before the build (`_check_held`): a
+prune that deleted a held blob meanwhile fails the deployment instead of breaking a site.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import time
@@ -22,8 +33,19 @@ from pushsite import ids, names
 from pushsite.deploy.builder import ManifestBuilder
 from pushsite.deploy.filelist import Row, check_rows
 from pushsite.deploy.listed import Held, deploy_listed, reusable
-from pushsite.errors import BundleRejected, DeploymentNotFound, NotFound
-from pushsite.model import PRODUCTION, Deployment, branch_alias
+from pushsite.errors import (
+    BundleRejected,
+    DeploymentFailed,
+    DeploymentNotFound,
+    NotFound,
+    PushsiteError,
+)
+from pushsite.limits import human_size
+from pushsite.model import PRODUCTION, Deployment, FileEntry, Status, branch_alias
+from pushsite.service import sweeps
+from pushsite.service.receiving import Received
+from pushsite.stores.packs import parse_ref
+from pushsite.words import plural
 
 if TYPE_CHECKING:
     from pushsite.deploy.builder import BundleOutcome
@@ -39,37 +61,59 @@ _CHUNK = 1 << 20
 def start(service: Service, site_name: str, files: Any, *, branch: str | None = None,
           message: str = "", strip_top: bool = False,
           create: bool = False) -> tuple[str, list[str]]:
-    """Check a list and keep it; returns (upload id, the hashes whose content must come).
-    The site must exist unless `create` (checked after the list: a bad list makes no site)."""
+    """Check a list, record its deployment `receiving` and keep the list; returns (upload
+    id, the hashes whose content must come). The site must exist unless `create` (checked
+    after the list: a bad list makes no site)."""
     rows = check_rows(files, service.config.limits())
     site = service.deploy_target(site_name, create)
     branch = names.check_branch_name(branch or site.production_branch)
     service._check_branch_label(site.name, branch)
-    held = _held_blobs(service, site.name, branch)
-    missing = sorted({r.sha256 for r in rows if r.is_file
-                      and not reusable(held.get(r.sha256), r.path)})
-    used = {r.sha256 for r in rows if r.is_file} - set(missing)
     _sweep_stale(service.config.staging)
     upload_id = ids.new_id()
-    folder = service.config.staging / (upload_id + UPLOADING)
-    (folder / "blobs").mkdir(parents=True)
-    record = {"site": site.name, "branch": branch, "message": message,
-              "strip_top": bool(strip_top), "created": time.time(),
-              "files": [r.to_json() for r in rows], "missing": missing,
-              "held": {h: list(held[h]) for h in sorted(used)}}
-    (folder / "list.json").write_text(json.dumps(record))
+    deployment = Deployment(upload_id, site.name, branch, Status.RECEIVING, message=message,
+                            source="api", bundle_key=upload_id + UPLOADING,
+                            lease_until=time.time() + service.lease)
+    service.state.create_deployment(deployment)  # before the first look-up (housekeeping.py)
+    try:
+        seen = sweeps.snapshot(service.state)
+        held = _held_blobs(service, site.name, branch)
+        missing = sorted({r.sha256 for r in rows if r.is_file
+                          and not reusable(held.get(r.sha256), r.path)})
+        used = {r.sha256 for r in rows if r.is_file} - set(missing)
+        folder = service.config.staging / (upload_id + UPLOADING)
+        (folder / "blobs").mkdir(parents=True)
+        record = {"site": site.name, "branch": branch, "message": message,
+                  "strip_top": bool(strip_top), "created": time.time(),
+                  "files": [r.to_json() for r in rows], "missing": missing,
+                  "held": {h: list(held[h]) for h in sorted(used)}, "seen": seen}
+        (folder / "list.json").write_text(json.dumps(record))
+    except BaseException as exc:
+        _fail(service, deployment, f"the upload could not start: {exc}", exc)
+        raise
+    sizes = {r.sha256: r.size for r in rows if r.is_file}
+    service._note(deployment, "info", "accept", (
+        f"receiving an upload of {plural(len(rows), 'path')} for {site.name} ({branch}) from "
+        f"api: {plural(len(missing), 'blob')} to come "
+        f"({human_size(sum(sizes[h] for h in missing))}), {len(used)} held already"),
+        missing=len(missing), held=len(used))
     return upload_id, missing
 
 
 def receive(service: Service, site_name: str, upload_id: str, body: BinaryIO) -> int:
     """Store a batch of asked-for blobs (each: frame_header, then its bytes); returns how
-    many. Any lie discards the upload and raises BundleRejected (422)."""
+    many. The batch renews the deployment's lease and counts its bytes as they come. Any lie
+    fails the deployment, discards the upload and raises BundleRejected (422)."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
+    deployment = _receiving(service, upload_id)
     sizes = {r["sha256"]: r["size"] for r in record["files"] if "sha256" in r}
     asked = set(record["missing"])
+    counted = Received(body, service.state, deployment, service.lease,
+                       already=deployment.bytes_in)
+    counted.renew()  # a batch that starts proves the client alive
+    reader = io.BufferedReader(counted, _CHUNK)
     count = 0
     try:
-        while header := _line(body):
+        while header := _line(reader):
             digest, size = _parse_header(header)
             if digest not in asked:
                 raise BundleRejected(f"blob {digest[:12]}... was not asked for (it is not in "
@@ -77,28 +121,49 @@ def receive(service: Service, site_name: str, upload_id: str, body: BinaryIO) ->
             if size != sizes[digest]:
                 raise BundleRejected(f"blob {digest[:12]}... is sent as {size} bytes; the list "
                                      f"says {sizes[digest]}")
-            _store(folder / "blobs", digest, size, body)
+            _store(folder / "blobs", digest, size, reader)
             count += 1
+            if counted.lost:
+                break
     except BundleRejected as exc:
-        shutil.rmtree(folder, ignore_errors=True)
         exc.message += "; the upload is discarded, nothing went live: deploy again"
         exc.args = (exc.message,)
+        _fail(service, deployment, exc.message, exc)
         raise
+    except BaseException:
+        _receiving(service, upload_id)  # cancelled or expired meanwhile: say so
+        raise
+    if counted.lost or not counted.renew():
+        shutil.rmtree(folder, ignore_errors=True)
+        raise _ended(service, upload_id)
     return count
 
 
 def finish(service: Service, site_name: str, upload_id: str) -> Deployment:
-    """Queue the deployment once every asked-for blob is there."""
+    """Queue the deployment once every asked-for blob is there (receiving -> queued)."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
+    deployment = _receiving(service, upload_id)
     absent = [h for h in record["missing"] if not (folder / "blobs" / h).is_file()]
     if absent:
         raise BundleRejected(f"{len(absent)} asked-for blobs were not uploaded (e.g. "
                              f"{absent[0]}); upload them, then finish again")
     staged = folder.with_name(upload_id + STAGED)
-    folder.rename(staged)
-    return service.accept(record["site"], None, branch=record["branch"],
-                          message=record["message"], source="api", deployment_id=upload_id,
-                          bundle_key=staged.name)
+    try:
+        folder.rename(staged)
+    except FileNotFoundError:  # cancelled meanwhile
+        raise _ended(service, upload_id) from None
+    received = deployment.bytes_in
+    deployment.status, deployment.lease_until = Status.QUEUED, 0.0
+    deployment.bundle_key, deployment.progress, deployment.bytes_in = staged.name, "", 0
+    if not service.state.update_deployment(deployment, expect_status=Status.RECEIVING):
+        shutil.rmtree(staged, ignore_errors=True)
+        raise _ended(service, upload_id)
+    service._note(deployment, "info", "accept",
+                  f"received {plural(len(record['missing']), 'blob')} ({human_size(received)}"
+                  "); queued", bytes=received)
+    service._announce(deployment)
+    service.queue.send({"deployment": deployment.id})
+    return deployment
 
 
 def deploy_uploaded(service: Running, deployment: Deployment,
@@ -113,11 +178,32 @@ def deploy_uploaded(service: Running, deployment: Deployment,
     rows = [Row(f["path"], f.get("sha256", ""), f.get("size", 0), f["mode"],
                 f.get("target", "")) for f in record["files"]]
     held = {h: (v[0], v[1], v[2]) for h, v in record["held"].items()}
+    _check_held(service, held, record.get("seen", {}))
     builder.log.info("read", f"{len(record['missing'])} uploaded blobs to store, "
                      f"{len(held)} held already", uploaded=len(record["missing"]),
                      held=len(held))
     return deploy_listed(builder, rows, held, folder / "blobs", deployment.id,
                          deployment.site, deployment.created, record["strip_top"])
+
+
+def _check_held(service: Running, held: dict[str, Held], seen: sweeps.Seen) -> None:
+    """Fail the run when a prune deleted a held blob after `start` looked it up (a deletion
+    after this check is the running deployment's own sweep check, running.py)."""
+    def missing() -> set[str]:
+        wanted = set()
+        for digest, (kind, encodings, refs) in held.items():
+            entry = FileEntry(digest, 0, kind, encodings, "", refs)
+            for key in (entry.key(enc) for enc in ("", *encodings)):
+                ref = parse_ref(key)
+                wanted.add(key if ref is None else ref[0])
+        return wanted - service.store.has(wanted)
+
+    lost = sweeps.settle(service.state, {k: (v[0], v[1]) for k, v in seen.items()},
+                         missing)
+    if lost:
+        raise DeploymentFailed(f"a prune deleted {plural(len(lost), 'stored object')} this "
+                               f"upload's list relied on (e.g. {min(lost)}) before it ran; "
+                               "nothing went live: deploy again (the client re-sends them)")
 
 
 def is_staged_upload(bundle_key: str) -> bool:
@@ -148,11 +234,55 @@ def _open(service: Service, site: str, upload_id: str, suffix: str) -> tuple[Pat
     try:
         record = json.loads((folder / "list.json").read_text())
     except FileNotFoundError:
-        raise NotFound(f"no upload {upload_id} in progress (finished, discarded after an "
-                       "error, or older than a day): start again with the file list") from None
+        raise _ended(service, upload_id) from None
     if record["site"] != site:
         raise NotFound(f"upload {upload_id} is for another site")
     return folder, record
+
+
+def _receiving(service: Service, upload_id: str) -> Deployment:
+    """The upload's deployment while it is `receiving`; else NotFound saying how it ended."""
+    try:
+        deployment = service.state.get_deployment(upload_id)
+    except DeploymentNotFound:
+        raise _ended(service, upload_id) from None
+    if deployment.status != Status.RECEIVING:
+        raise _ended(service, upload_id)
+    return deployment
+
+
+def _ended(service: Service, upload_id: str) -> NotFound:
+    """Why an upload can take no more blobs: its deployment's status and error."""
+    try:
+        deployment = service.state.get_deployment(upload_id)
+    except DeploymentNotFound:
+        return NotFound(f"no upload {upload_id} in progress (discarded after an error, or "
+                        "older than a day): start again with the file list")
+    if deployment.status == Status.RECEIVING:  # its folder went (a machine's staging lost)
+        return NotFound(f"upload {upload_id} is no longer in staging: deploy again")
+    why = f" ({deployment.error})" if deployment.error else ""
+    return NotFound(f"upload {upload_id} takes no more blobs: its deployment is "
+                    f"{deployment.status}{why}" + ("" if deployment.status.servable else
+                                                   "; nothing went live: deploy again"))
+
+
+def _fail(service: Service, deployment: Deployment, error: str, exc: BaseException) -> None:
+    """The upload's deployment failed (a lie, a start that broke); its folder goes."""
+    deployment.status, deployment.finished = Status.FAILED, time.time()
+    deployment.error = error
+    deployment.error_kind = type(exc).__name__ if isinstance(exc, PushsiteError) else "internal"
+    try:
+        if service.state.update_deployment(deployment, expect_status=Status.RECEIVING):
+            service._note(deployment, "error", "failed", error)
+            service._count_outcome(deployment)
+    finally:
+        discard(service.config.staging, deployment.id)
+
+
+def discard(staging: Path, upload_id: str) -> None:
+    """Remove an upload's folder, while it arrives or once staged (recovery calls it too)."""
+    for suffix in (UPLOADING, STAGED):
+        shutil.rmtree(staging / (upload_id + suffix), ignore_errors=True)
 
 
 def _line(body: BinaryIO) -> bytes:

@@ -693,7 +693,7 @@ class Service(Queueing):
             deployment.error_kind = DeploymentCancelled.__name__
             deployment.finished = time.time()
             if self.state.update_deployment(deployment, expect_status=status):
-                if status == Status.QUEUED:
+                if status in (Status.QUEUED, Status.RECEIVING):  # an upload's folder goes
                     self._discard_staged(deployment)
                 self._note(deployment, "info", "cancelled", f"cancelled while {status}")
                 self._count_outcome(deployment)

@@ -645,7 +645,8 @@ def create_api(service: Service) -> FastAPI:
               tags=["actions"], responses=_errors(413, 422))
     def start_upload(token: Caller, site: SiteName, body: UploadIn) -> dict[str, Any]:
         """Send a deploy's file list; the answer names the blobs to upload (the rest the
-        server holds already). Nothing is deployed until `finish`."""
+        server holds already). Its deployment (id: the upload's) is `receiving` until
+        `finish` queues it; a client gone for a lease has it failed."""
         if body.create and token.site is not None:
             raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
                             "not create sites; use a token made for every site")

@@ -2,9 +2,10 @@
 
 Pages: `/` (sites), `/sites/<site>` (URLs, remotes, deployments), `/sites/<site>/search` (log
 search), `/deployments/<id>` (log, files, diff, actions), `/deployments/<id>/events` (the log
-and status as server-sent events). Sign-in takes a deploy token; the session cookie and the
-CSRF value every form echoes come from session.py. State calls block (SQLite, DynamoDB), so
-they run in the thread pool, never on the event loop the edge shares.
+and status as server-sent events); management in manage.py, notifications in notifypages.py.
+Sign-in takes a deploy token; the session cookie and the CSRF value every form echoes come
+from session.py. State calls block (SQLite, DynamoDB), so they run in the thread pool, never
+on the event loop the edge shares.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
 from pushsite.state import StateStore
-from pushsite.web import manage
+from pushsite.web import manage, notifypages
 from pushsite.web.session import COOKIE, MAX_AGE, Session, SessionSigner, load_secret
 
 _HERE = Path(__file__).parent
@@ -77,6 +78,7 @@ def routes(service: Service) -> list[Any]:
         Route("/deployments/{id}/events", board.events),
         Route("/deployments/{id}/{action}", board.act, methods=["POST"]),
         *manage.routes(board),
+        *notifypages.routes(board),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="dashboard-static"),
     ]
 

@@ -585,15 +585,48 @@ def _has_display() -> bool:
 @click.option("--store", default=None, help="Object store URL.")
 @click.option("--state", default=None, help="State URL.")
 @click.option("--once", is_flag=True, help="Handle what is queued now, then exit.")
+@click.option("--builds", is_flag=True, help="Be a builder: consume the build queue "
+              "(PUSHSITE_BUILD_QUEUE, or --queue) and run each build in the bubblewrap sandbox "
+              "here.")
 @click.pass_context
 @reports_errors
 def worker(ctx: click.Context, queue: str | None, store: str | None, state: str | None,
-           once: bool) -> None:
-    """Run deployments from a queue (several workers may share one queue)."""
+           once: bool, builds: bool) -> None:
+    """Run deployments from a queue (several workers may share one queue).
+
+    \b
+    With --builds it is a builder. Where PUSHSITE_BUILD_QUEUE is set, a deployer that
+    must not build (the Lambda function, serve, a plain worker) hands each staged bundle
+    that asks for a build to that queue; builders take it from there, build it in the
+    sandbox (bubblewrap must be installed) and deploy the output, with the deployers'
+    PUSHSITE_STORE and PUSHSITE_STATE. Run two or more: a builder that dies mid-build
+    leaves its message to reappear after its lease (the queue URL's ?visibility=), and
+    another builder takes the deployment over and builds it again.
+
+    \b
+    Serverless (a second SQS queue beside the one the Lambda reads):
+      export PUSHSITE_BUILD_QUEUE='sqs://pushsite-builds?visibility=60'
+      pushsite worker --builds
+    One machine (serve hands builds over; two builders take them):
+      export PUSHSITE_BUILD_QUEUE="local://$PUSHSITE_HOME/builds.db"
+      pushsite serve
+      pushsite worker --builds
+      pushsite worker --builds
+    """
     from pushsite.service.worker import run_worker
 
-    service = _service(ctx, queue=queue, store=store, state=state)
-    run_worker(service, once=once, echo=err.print)
+    if builds:
+        from pushsite.deploy.sandbox import bwrap_path
+
+        queue = queue or _config(ctx).build_queue
+        if not queue:
+            raise ConfigError("worker --builds needs the build queue: set PUSHSITE_BUILD_QUEUE "
+                              "(the queue deployers hand builds to), or give --queue")
+        bwrap_path()  # refuse at start, naming the package, rather than fail each build
+        service = _service(ctx, queue=queue, store=store, state=state, build_queue=queue)
+    else:
+        service = _service(ctx, queue=queue, store=store, state=state)
+    run_worker(service, once=once, echo=err.print, kind="builder" if builds else "worker")
 
 
 @cli.group(invoke_without_command=True)

@@ -75,6 +75,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("builds", int, 0, "builds at once on this machine (0: half the cores, at least 1)"),
     Setting("build_network", bool, False, "let every build reach the network (otherwise only "
             "a site whose [build] says network = true)"),
+    Setting("build_queue", str, "", "queue URL that deployments needing a build are handed to, "
+            "for `pushsite worker --builds` to run (a Lambda cannot build); unset: builds run "
+            "where the deployment runs"),
 )
 
 
@@ -111,6 +114,7 @@ class Config:
     build_paths: str = ""
     builds: int = 0
     build_network: bool = False
+    build_queue: str = ""
 
     @property
     def staging(self) -> Path:

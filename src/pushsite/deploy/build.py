@@ -100,7 +100,8 @@ class WorkFolder:
     passwd and group). Removed whole at the end, whatever the build left in it."""
 
     def __init__(self, root: Path | None = None) -> None:
-        _sweep_stale(Path(root or tempfile.gettempdir()))
+        root = root or default_root()
+        _sweep_stale(root)
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
         self.path.chmod(0o711)  # the sandbox's user may pass through, not list
         self.src = self.path / "src"
@@ -153,6 +154,19 @@ class WorkFolder:
         with _REMOVING_LOCK:
             _REMOVING.append(thread)
         thread.start()
+
+
+def default_root() -> Path:
+    """Where work folders go: the temporary folder, or /var/tmp when the sandbox's user
+    cannot pass through that (a /tmp left at mode 0700 was seen on a test machine: bwrap,
+    started as that user, then cannot reach the tree)."""
+    for candidate in (Path(tempfile.gettempdir()), Path("/var/tmp")):
+        with contextlib.suppress(OSError):
+            if candidate.stat().st_mode & 0o001:
+                return candidate
+    raise DeploymentFailed(f"no folder for builds that the sandbox's user (uid {NOBODY}) may "
+                           f"pass through: {tempfile.gettempdir()} and /var/tmp are both "
+                           "closed to others; chmod 1777 one of them")
 
 
 def _sweep_stale(root: Path) -> None:

@@ -8,8 +8,12 @@ tree with none of these is deployed as it is. The plan says where it came from, 
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+from isal import igzip
 
 from pushsite.deploy.siteconfig import (
     BuildSettings,
@@ -94,3 +98,42 @@ def _has_build_script(data: bytes | None) -> bool:
         raise SiteConfigError("package.json is not valid JSON; fix it or add a [build] "
                               "command to pushsite.toml") from None
     return isinstance(scripts, dict) and isinstance(scripts.get("build"), str)
+
+
+_READ = ("pushsite.toml", "netlify.toml", "package.json")  # the files plan_build reads
+_READ_MAX = 1 << 20
+
+
+def plan_for_bundle(stream: BinaryIO, max_files: int, max_bytes: int
+                    ) -> tuple[BuildPlan | None, str]:
+    """The build a tar.gz's top-level files ask for, and its one top folder ("" for none),
+    in one streamed pass of any size (isal's gunzip, tar headers, and only the few files
+    plan_build reads kept: at most 1 MiB each). A bundle over `max_files` members or
+    `max_bytes` declared bytes asks for none: the deployer refuses it with its own message.
+    Raises tarfile.TarError, EOFError, OSError or zlib.error on a damaged bundle."""
+    firsts: set[str] = set()  # first segments (a top-level file or folder each)
+    seconds: set[str] = set()  # second segments (what a single top folder holds)
+    kept: dict[str, bytes] = {}
+    members = total = 0
+    with igzip.IGzipFile(fileobj=stream, mode="rb") as gunzipped, \
+            tarfile.open(fileobj=gunzipped, mode="r|") as tar:
+        for member in tar:
+            if member.name == "pax_global_header":
+                continue
+            members += 1
+            total += member.size
+            if members > max_files or total > max_bytes:
+                return None, ""
+            name = member.name.strip("/")
+            first, _, rest = name.partition("/")
+            firsts.add(first)
+            if rest:
+                seconds.add(rest.split("/")[0])
+            if member.isfile() and name.rpartition("/")[2] in _READ and name.count("/") <= 1:
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    kept[name] = handle.read(_READ_MAX)
+    # one folder holding everything, as `git archive --prefix` makes: its contents are the tree
+    top = next(iter(firsts)) if len(firsts) == 1 and seconds else ""
+    prefix = top + "/" if top else ""
+    return plan_build(lambda n: kept.get(prefix + n), seconds if top else firsts), top

@@ -9,6 +9,7 @@ fails the deployment before anything is stored: the live site is untouched.
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import time
 import zlib
@@ -25,14 +26,16 @@ from pushsite.deploy.build import (
 )
 from pushsite.deploy.buildcache import BuildCache, cache_paths
 from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
-from pushsite.deploy.detect import BuildPlan, plan_build
+from pushsite.deploy.detect import BuildPlan, plan_for_bundle
 from pushsite.deploy.folder import deploy_folder
 from pushsite.deploy.siteconfig import parse_pushsite_toml
-from pushsite.errors import BundleRejected, DeploymentCancelled
+from pushsite.deploy.tarball import deploy_bundle
+from pushsite.errors import BundleRejected, DeploymentCancelled, DeploymentFailed
 from pushsite.model import Deployment, Status
 from pushsite.names import branch_label
-
-PEEK_BYTES = 32 << 20  # compressed bundles up to this size are looked into for a build
+from pushsite.queues import open_queue
+from pushsite.service.base import in_bucket
+from pushsite.service.uploads import is_staged_upload
 
 if TYPE_CHECKING:
     from pushsite.service.logs import DeployLog
@@ -76,74 +79,131 @@ def deploy_folder_built(service: Running, deployment: Deployment, builder: Manif
 
 
 def deploy_staged_built(service: Running, deployment: Deployment, builder: ManifestBuilder,
-                        log: DeployLog, path: Path) -> BundleOutcome | None:
-    """A staged bundle (a webhook's archive, an API upload) that asks for a build: unpacked
-    into the work folder and built; None when it asks for none (it is then streamed as
-    always). Sizes and counts are checked on the declared headers before anything is
-    written, and members unpack under tarfile's `data` filter (no absolute paths, no `..`,
-    no links leading out, no devices).
+                        log: DeployLog) -> BundleOutcome | None:
+    """A staged bundle (a webhook's archive, an API upload, an object in a staging bucket on
+    a builder) that asks for a build: unpacked into the work folder and built; None when it
+    asks for none (it is then streamed as always). Sizes and counts are checked on the
+    declared headers before anything is written, and members unpack under tarfile's `data`
+    filter (no absolute paths, no `..`, no links leading out, no devices).
 
-    Only bundles up to PEEK_BYTES are looked into (a pass of gunzip): a source tree is
-    small, and a large upload of built output is streamed without that extra pass."""
-    if path.stat().st_size > PEEK_BYTES:
+    Every bundle is looked into, whatever its size: one streamed pass of isal's gunzip over
+    the tar headers (deploy/detect.py plan_for_bundle). A bundle in a staging bucket is
+    looked into only where builds are handed over (a build queue is set): a builder
+    downloads it first, and deploys the downloaded copy whether or not it asks for a build."""
+    path = service._staged_file(deployment)
+    if path is not None:
+        plan, top = _plan_of_file(service, path)
+        if plan is None:
+            return None
+        return _built(service, deployment, builder, log, plan,
+                      lambda work: _unpack(path, top, work))
+    if not (in_bucket(deployment.bundle_key) and is_builder(service.config)):
+        return None
+    work = WorkFolder(server_builds(service.config).root)
+    try:
+        path = _download(deployment.bundle_key, work.path / "bundle.tar.gz", log)
+        plan, top = _plan_of_file(service, path)
+        if plan is None:
+            with open(path, "rb") as staged:
+                return deploy_bundle(staged, builder, service.config.limits(), deployment.id,
+                                     deployment.site, deployment.created)
+        return _built(service, deployment, builder, log, plan,
+                      lambda into: _unpack(path, top, into), work=work)
+    finally:
+        work.remove_later()
+
+
+def is_builder(config: Any) -> bool:
+    """A process that runs builds handed over: its queue is the build queue (`pushsite
+    worker --builds`). Any other process, where a build queue is set, hands them over."""
+    return bool(config.build_queue) and config.build_queue == config.queue
+
+
+def needs_handing_over(service: Running, deployment: Deployment) -> BuildPlan | None:
+    """The build of a queued deployment that this process must hand to the builders: only
+    where a build queue is set and this process is not a builder, and only for a staged
+    bundle (a push builds where its repository and git's quarantine are: on the server)."""
+    config = service.config
+    if not config.build_queue or is_builder(config):
+        return None
+    key = deployment.bundle_key
+    if not key or key.startswith("git:") or is_staged_upload(key):
         return None
     try:
-        plan, top = _peek(path, service.config.limits())
-    except (tarfile.TarError, EOFError, OSError, zlib.error):
-        return None  # the deployer reads it again and says what is wrong with it
+        if in_bucket(key):
+            from pushsite.sources.s3bundle import open_bundle
+
+            with open_bundle(key) as stream:
+                plan, _top = plan_for_bundle(stream, config.max_files,
+                                             config.max_total_mb << 20)
+            return plan
+        path = service._staged_file(deployment)
+        return None if path is None else _plan_of_file(service, path)[0]
+    except (tarfile.TarError, EOFError, zlib.error, DeploymentFailed):
+        return None  # the run reads it again and records what is wrong with it (or gone)
+
+
+def hand_over(service: Running, deployment: Deployment) -> bool:
+    """Queue a deployment that needs a build on the build queue, for `pushsite worker
+    --builds` (a Lambda has no sandbox); it stays `queued` until a builder takes it. True
+    when handed over. The builder's own recovery re-sends it if that message is lost."""
+    plan = needs_handing_over(service, deployment)
     if plan is None:
-        return None
+        return False
+    queue = open_queue(service.config.build_queue)
+    try:
+        queue.send({"deployment": deployment.id})
+    finally:
+        queue.close()
+    log = service.log_for(deployment)
+    log.info("build", f"{plan.origin}: handed to the builders (`pushsite worker --builds` "
+             f"on {_queue_name(service.config.build_queue)}); this runner does not build")
+    log.flush()
+    return True
+
+
+def _queue_name(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _plan_of_file(service: Running, path: Path) -> tuple[BuildPlan | None, str]:
+    limits = service.config.limits()
+    try:
+        with open(path, "rb") as staged:
+            return plan_for_bundle(staged, limits.max_files, limits.max_total_bytes)
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
+        return None, ""  # the deployer reads it again and says what is wrong with it
+
+
+def _download(bundle_key: str, path: Path, log: DeployLog) -> Path:
+    """A staged bucket's bundle copied to the builder's work folder (read twice: looked
+    into, then unpacked or deployed)."""
+    from pushsite.sources.s3bundle import open_bundle
+
+    started = time.monotonic()
+    with open_bundle(bundle_key) as remote, open(path, "wb") as out:
+        shutil.copyfileobj(remote, out, 1 << 20)
+    log.info("build", f"downloaded the staged bundle ({path.stat().st_size} bytes) in "
+             f"{time.monotonic() - started:.2f}s")
+    return path
+
+
+def _unpack(path: Path, top: str, work: WorkFolder) -> None:
     prefix = top + "/" if top else ""
-
-    def unpack(work: WorkFolder) -> None:
-        with tarfile.open(path, "r:gz") as tar:
-            chosen = []
-            for member in tar.getmembers():
-                if not member.name.startswith(prefix) or member.name == top:
-                    continue
-                member.name = member.name[len(prefix):]
-                if member.islnk():
-                    member.linkname = member.linkname.removeprefix(prefix)
-                chosen.append(member)
-            try:
-                tar.extractall(work.src, members=chosen, filter="data")
-            except tarfile.FilterError as exc:
-                raise BundleRejected(f"the bundle cannot be unpacked to build it: {exc}") \
-                    from None
-
-    return _built(service, deployment, builder, log, plan, unpack)
-
-
-def _peek(path: Path, limits: Any) -> tuple[BuildPlan | None, str]:
-    """The plan a bundle's top-level files ask for, and its top folder."""
     with tarfile.open(path, "r:gz") as tar:
-        members = tar.getmembers()
-        if len(members) > limits.max_files or \
-                sum(m.size for m in members) > limits.max_total_bytes:
-            return None, ""  # the deployer refuses it with its own message
-        top = _top_folder([m.name for m in members if m.name != "pax_global_header"])
-        prefix = top + "/" if top else ""
-        names = {m.name[len(prefix):].split("/")[0] for m in members
-                 if m.name.startswith(prefix) and m.name != top}
-
-        def read(name: str) -> bytes | None:
-            try:
-                member = tar.getmember(prefix + name)
-            except KeyError:
-                return None
-            handle = tar.extractfile(member) if member.isfile() else None
-            return handle.read(1 << 20) if handle else None
-
-        return plan_build(read, names), top
-
-
-def _top_folder(names: list[str]) -> str:
-    """The one folder every member sits in (as `git archive --prefix` makes), or ""."""
-    firsts = {name.split("/")[0] for name in names}
-    if len(firsts) == 1 and all("/" in name or name.rstrip("/") == next(iter(firsts))
-                                for name in names):
-        return next(iter(firsts))
-    return ""
+        chosen = []
+        for member in tar.getmembers():
+            if not member.name.startswith(prefix) or member.name == top:
+                continue
+            member.name = member.name[len(prefix):]
+            if member.islnk():
+                member.linkname = member.linkname.removeprefix(prefix)
+            chosen.append(member)
+        try:
+            tar.extractall(work.src, members=chosen, filter="data")
+        except tarfile.FilterError as exc:
+            raise BundleRejected(f"the bundle cannot be unpacked to build it: {exc}") \
+                from None
 
 
 def _not_superseded(service: Running, deployment: Deployment) -> None:
@@ -191,9 +251,9 @@ def build_context(service: Running, deployment: Deployment) -> BuildContext:
 
 
 def _built(service: Running, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
-           plan: BuildPlan, populate: Any) -> BundleOutcome:
+           plan: BuildPlan, populate: Any, work: WorkFolder | None = None) -> BundleOutcome:
     builds = server_builds(service.config)
-    work = WorkFolder(builds.root)
+    work = work or WorkFolder(builds.root)
     try:
         started = time.monotonic()
         populate(work)

@@ -16,7 +16,7 @@ from pushsite.model import (
     Status,
 )
 from pushsite.queues import QueueItem
-from pushsite.service import receiving
+from pushsite.service import building, receiving
 from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.lease import Runner, lease_end, who_stopped
 from pushsite.service.running import Running
@@ -76,6 +76,8 @@ class Queueing(Running):
         try:
             if "fetch" in item.body and not deployment.bundle_key:
                 self._fetch(deployment, item.body["fetch"])
+            if building.hand_over(self, self.state.get_deployment(deployment_id)):
+                return  # a builder runs it (`pushsite worker --builds`)
             self.run(deployment_id, timeout=timeout)
         except Exception as exc:
             if not self._settled(deployment_id, exc):

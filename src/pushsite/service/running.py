@@ -292,9 +292,8 @@ class Running(ServiceBase):
                                     deployment.site, deployment.created)
         elif uploads.is_staged_upload(deployment.bundle_key):
             outcome = uploads.deploy_uploaded(self, deployment, builder)
-        elif (staged_file := self._staged_file(deployment)) is not None and (
-                built := building.deploy_staged_built(self, deployment, builder, log,
-                                                      staged_file)) is not None:
+        elif (built := building.deploy_staged_built(self, deployment, builder, log)) \
+                is not None:
             outcome = built
         else:
             with self._open_staged(deployment) as staged:

@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 # the data lives in PUSHSITE_HOME if set, else ~/.local/share/pushsite ($XDG_DATA_HOME), as
 # for every pushsite command: never in the checkout
-DEBIAN_TEST_PACKAGES := bubblewrap caddy chromium git hugo jekyll nginx-light nodejs pebble python3-venv wrk
+DEBIAN_TEST_PACKAGES := bubblewrap caddy chromium git hugo jekyll nginx-light nodejs pebble python3-venv \
+	rsync sqlite3 systemd wrk
 # Every Python package the checkout installs, pinned: a new release of moto, botocore or any
 # other dependency cannot change what `make test` or CI runs until `make lock` is committed.
 # pyproject.toml keeps ranges (what users of the package get).

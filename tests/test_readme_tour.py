@@ -9,18 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.readme import block
 from support.servers import start_server
 from support.sites import write_files
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 _ID = re.compile(r"deployment ([0-9a-z]{26})")
 
 
 def tour() -> list[str]:
-    """The commands of the tour's first shell block (comments dropped)."""
-    text = README.read_text().split("## A short tour", 1)[1]
-    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
-    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    """The commands of README's "A short tour" block (comments dropped)."""
+    return list(block("A short tour").commands)
 
 
 def test_the_tour_works_from_a_folder_that_is_not_the_checkout(tmp_path: Path) -> None:

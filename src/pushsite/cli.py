@@ -1006,9 +1006,12 @@ def notify_list(ctx: click.Context, site: str, as_json: bool) -> None:
             data["deliveries"] = [d.to_dict() for d in service.deliveries(site, endpoint.id, 10)]
             click.echo(json.dumps(data))
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("id", "url", "format", "events", "state")
+    # the id is what `notify remove` takes: never cut, however narrow the terminal
+    longest = max((len(endpoint.id) for endpoint in endpoints), default=2)
+    table = Table(Column("id", no_wrap=True, min_width=longest), "url", "format", "events",
+                  "state")
     for endpoint in endpoints:
         state = ("disabled" if endpoint.disabled else
                  "failing" if endpoint.failing_since else "ok")

@@ -33,6 +33,7 @@ from typing import BinaryIO, cast
 
 from isal import igzip_lib
 
+from pushsite.deploy.keyset import SeenPaths
 from pushsite.deploy.paths import is_root_name, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge
 from pushsite.limits import DEFAULT_LIMITS, KiB, Limits, MiB
@@ -259,7 +260,8 @@ class BundleReader:
         self._count = 0
         self._total = 0
         self._links: set[str] = set()
-        self._linkable: set[str] = set()  # earlier non-folder members a hard link may name
+        # earlier non-folder members a hard link may name: ~20 bytes a path, not ~110 (keyset.py)
+        self._linkable = SeenPaths()
         self._folders: set[str] = set()  # earlier folder members (one may be listed twice)
         self._hard_targets: dict[str, str | None] = {}
         self._offset = 0  # tar bytes consumed, for messages
@@ -458,16 +460,16 @@ class BundleReader:
         path = normalise_member_path(name)
         self._check_limits(path, size)
         self._check_not_through_link(path)
-        self._check_named_once(path, member_kind)
         target: str | None = None
+        if member_kind is MemberKind.HARDLINK:  # before this path counts as one it may name
+            target = self._hardlink_target(linkname)
+        self._check_named_once(path, member_kind)
         if member_kind is MemberKind.SYMLINK:
             target = symlink_target(path, linkname)
             self._links.add(path)
         elif member_kind is MemberKind.HARDLINK:
-            target = self._hard_targets[path] = self._hardlink_target(linkname)
+            self._hard_targets[path] = target
             self._links.add(path)
-        if member_kind is not MemberKind.DIR:
-            self._linkable.add(path)
 
         if member_kind is MemberKind.FILE:
             self._remaining, self._skip = size, -size % _BLOCK
@@ -493,8 +495,8 @@ class BundleReader:
         if kind is MemberKind.DIR:
             twice = path in self._linkable
             self._folders.add(path)
-        else:
-            twice = path in self._linkable or path in self._folders
+        else:  # added here: the one look-up per member
+            twice = self._linkable.add(path) or path in self._folders
         if twice:
             raise BundleRejected(f"the bundle names {path!r} twice; which entry is meant is "
                                  "ambiguous, so the bundle is refused")
@@ -524,7 +526,8 @@ class BundleReader:
             return None
         if target in self._hard_targets:  # a link to a link: both name the first copy
             return self._hard_targets[target]
-        return target if target in self._linkable else None
+        # a key's "maybe" is enough: the deployer looks the target up exactly (a file it has)
+        return target if self._linkable.maybe(target) else None
 
     def _finish(self) -> None:
         """After the end marker: only zeros may follow, and the gzip stream must end cleanly."""
@@ -532,6 +535,7 @@ class BundleReader:
             rest = self._buf[self._pos :] if self._pos else self._buf
             if rest.count(0) != len(rest):
                 raise _rejected("there is data after the tar end-of-archive marker")
+            self._linkable.close()
             self._buf, self._pos = b"", 0
             if not self._fill():
                 return

@@ -1,8 +1,8 @@
 """`python -m bench [--small] [--runs N] [--only GROUPS]`: run the figures, print, save JSON.
 
 Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), remote (8: deploy
---server's incremental uploads), s3 (5), edge (6),
-tls (6t: the edge over HTTPS against nginx with the same certificate).
+--server's incremental uploads), s3 (5), edge (6), metrics (6m: the edge with metrics on
+against off), tls (6t: the edge over HTTPS against nginx with the same certificate).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
 """
@@ -21,6 +21,7 @@ from bench import (
     figures_deploy,
     figures_edge,
     figures_git,
+    figures_metrics,
     figures_remote,
     figures_s3,
     figures_tls,
@@ -30,7 +31,7 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "remote", "s3", "edge", "tls", "bigsite")
+GROUPS = ("deploy", "git", "remote", "s3", "edge", "metrics", "tls", "bigsite")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -173,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("edge against nginx (figure 6)", why,
                     lambda: figures_edge.edge(medium, args.runs, seconds))  # fmt: skip
+    if "metrics" in only:
+        seconds = args.edge_seconds or (2 if args.small else 8)
+        medium = corpora.get("medium")
+        why = product.missing_command("serve") or product.missing_command("deploy")
+        out.section("edge with metrics on against off (figure 6m)", why,
+                    lambda: figures_metrics.edge_metrics(medium, args.runs, seconds))  # fmt: skip
     if "tls" in only:
         seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")

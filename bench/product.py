@@ -112,9 +112,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 class Server:
     """`pushsite serve` on a free loopback port, stopped on exit."""
 
-    def __init__(self, home: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, home: Path, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.home = home
         self.extra = extra
+        self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = home / "serve.log"
@@ -122,7 +124,7 @@ class Server:
     def __enter__(self) -> Server:
         argv = [*pushsite_argv(), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         argv += self.extra
-        env = {**os.environ, "PUSHSITE_HOME": str(self.home)}
+        env = {**os.environ, "PUSHSITE_HOME": str(self.home), **self.env}
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -132,3 +132,25 @@ def test_a_configured_address_scrapes_without_a_token_and_off_means_no_metrics(
         assert httpx.get(f"{off.url}/metrics").status_code == 404
     finally:
         off.stop()
+
+
+def test_an_http_process_that_stops_adds_its_last_counts(
+        _isolated_env: Path, make_site: object) -> None:
+    """The edge writes its counts every 2 s; what it counted since is written when the process
+    stops (SIGTERM, as a restart or `pushsite serve`'s parent sends), not lost with it."""
+    import sqlite3
+
+    server = start_server(_isolated_env, args=("--http-workers", "2"))
+    try:
+        assert server.cli("sites", "create", "blog").returncode == 0
+        folder = make_site()  # type: ignore[operator]
+        assert server.cli("deploy", str(folder), "--site", "blog").returncode == 0
+        for _ in range(200):  # new connections: both HTTP processes answer some
+            answer = httpx.get(f"{server.url}/", headers={"host": "blog.localhost"}, timeout=10)
+            assert answer.status_code == 200
+    finally:
+        server.stop()  # at once: most of the counts are still in the processes' slots
+    with sqlite3.connect(_isolated_env / "metrics.db") as db:
+        counted = db.execute("SELECT SUM(value) FROM counters WHERE name = ?",
+                             ("pushsite_edge_requests_total",)).fetchone()[0]
+    assert counted == 200

@@ -73,6 +73,8 @@ def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
             stop.set()
             if thread is not None:
                 thread.join(timeout=5)
+            if edge.tally is not None:  # the last seconds' counts, else lost with the process
+                edge.tally.stop()
 
     routes = control_routes(service)
     routes.extend(tls.routes(service, edge.hosts))  # Caddy's ask, through the edge's resolver

@@ -35,19 +35,21 @@ class Listening:
         return asdict(self)
 
 
-def control_url(host: str, port: int) -> str:
-    """How a client on this machine reaches a server bound to `host`."""
+def control_url(host: str, port: int, scheme: str = "http") -> str:
+    """How a client on this machine reaches a server bound to `host` (https when it serves
+    TLS itself)."""
     if host in ("0.0.0.0", "", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def record(home: Path, *, host: str, port: int, public_url: str, pid: int | None = None,
-           started: float | None = None) -> Listening:
-    """Write this process's record into `home` (atomically: readers see all of it or none)."""
-    listening = Listening(control_url(host, port), public_url.rstrip("/"), host, port,
+           started: float | None = None, url: str | None = None) -> Listening:
+    """Write this process's record into `home` (atomically: readers see all of it or none);
+    `url` is the control plane's, else plain HTTP on `host`."""
+    listening = Listening(url or control_url(host, port), public_url.rstrip("/"), host, port,
                           pid or os.getpid(), started or time.time())
     home.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{RECORD}-")
@@ -70,7 +72,7 @@ def forget(home: Path, previous: Listening | None = None) -> None:
         return
     if previous is not None and _alive(previous.pid):
         record(home, host=previous.host, port=previous.port, public_url=previous.public_url,
-               pid=previous.pid, started=previous.started)
+               pid=previous.pid, started=previous.started, url=previous.url)
         return
     with contextlib.suppress(FileNotFoundError):
         (home / RECORD).unlink()

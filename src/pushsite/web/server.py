@@ -41,7 +41,8 @@ def run_server(config: Config, *, host: str, port: int, workers: int = 1,
     # uvicorn re-raises SIGTERM after its graceful shutdown: with Python's default action the
     # process would die there, before the record is removed
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    listening.record(config.home, host=host, port=port, public_url=config.public_url)
+    listening.record(config.home, host=host, port=port, public_url=config.public_url,
+                     url=listening.control_url(host, port, "https" if tls else "http"))
     try:
         _run(config, host=host, port=port, workers=max(workers, 1), debug=debug, tls=tls)
     finally:

@@ -9,19 +9,19 @@ import pytest
 from pushsite.backends import Detachable
 from pushsite.queues.local import LocalQueue
 from pushsite.queues.sqs import SqsQueue
-from pushsite.state import Watchable
+from pushsite.state import OwnWrites, Watchable
 from pushsite.state.dynamodb import DynamoState
 from pushsite.state.sqlite import SqliteState
 from pushsite.stores import PackingStore, SizedStore, SpoolingStore
 from pushsite.stores.local import LocalStore
 from pushsite.stores.s3 import S3Store
 
-ABILITIES = (PackingStore, SizedStore, SpoolingStore, Detachable, Watchable)
+ABILITIES = (PackingStore, SizedStore, SpoolingStore, Detachable, Watchable, OwnWrites)
 BACKENDS: dict[type, set[type]] = {
     LocalStore: {SizedStore, SpoolingStore, Detachable},
     S3Store: {PackingStore, SizedStore},
     SqliteState: {Watchable},
-    DynamoState: set(),
+    DynamoState: {OwnWrites},
     LocalQueue: set(),
     SqsQueue: set(),
 }

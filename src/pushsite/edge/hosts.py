@@ -10,29 +10,48 @@
 `reserved_reason` says which names no site may claim: those the edge or the control plane
 answer on by themselves.
 
-Parsing a host is pure and cached. Which deployment an alias points at is read from the state
-store on every request, so a deploy or a rollback shows on the very next request; only the
-branch-label -> alias-name mapping is cached, and it is checked by that same read.
+Parsing a host is pure and cached. Which deployment a host serves (and which site a custom
+domain names) is read from the state store, and how long an answer is kept depends on what the
+store can tell:
+
+- SQLite (state.Watchable): kept until the next commit, so a deploy or rollback by any process
+  shows on the very next request.
+- DynamoDB (state.OwnWrites): kept for at most STALE_SECONDS (1 s) from the start of the read
+  that made it, and dropped at once when this process writes a site, domain, deployment or
+  alias. So a deploy, rollback or promote made in this process (serve's own worker) shows on
+  the next request, one made elsewhere (a Lambda, a worker, another serve) within 1 s; and a
+  busy host costs one state lookup a second per process, not one per request (a consistent
+  read of one item per page view capped a site at that item's read limit).
+- Any other store: read on every request.
+
+The branch-label -> alias-name mapping is cached apart, and checked by that same read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from pushsite.caches import BoundedCache
 from pushsite.errors import NotFound
 from pushsite.ids import looks_like_id
 from pushsite.model import PRODUCTION, branch_alias
 from pushsite.names import branch_label
-from pushsite.state import StateStore, Watchable
+from pushsite.state import OwnWrites, StateStore, Watchable
+
+_T = TypeVar("_T")
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _BRANCH_PREFIX = branch_alias("")
 _MAX_CACHED_HOSTS = 10_000
 _MISSING = object()
+STALE_SECONDS = 1.0  # how old an answer may be over a store without a change signal
+_clock = time.monotonic
 
 
 class Kind(StrEnum):
@@ -137,6 +156,10 @@ class HostResolver:
         self._seen_version: object = None
         self._answers: BoundedCache[SiteTarget, str | None] = BoundedCache(_MAX_CACHED_HOSTS)
         self._seen_token: bytes | None = None
+        # With one that counts its own writes (DynamoDB): answers kept for STALE_SECONDS
+        self._own = state if self._watched is None and isinstance(state, OwnWrites) else None
+        self._timed: BoundedCache[object, tuple[float, int, object]] = BoundedCache(
+            _MAX_CACHED_HOSTS)
 
     def target(self, host: str) -> SiteTarget | None:
         """The site a Host header names, or None when the control plane should answer."""
@@ -147,15 +170,34 @@ class HostResolver:
         target = parse_site_host(name, self.base_domain)
         if target is not None or "." not in name or reserved_reason(name, self.base_domain):
             return self._hosts.put(host, target)
-        # Custom domains are claimed, approved and released at any time: never cached.
+        # Custom domains are claimed, approved and released at any time: never cached for
+        # long (at most STALE_SECONDS over DynamoDB, see the module's docstring).
+        return self._bounded(("domain", name), lambda: self._domain_target(name))
+
+    def _domain_target(self, name: str) -> SiteTarget | None:
         domain = self.state.get_domain(name)
         return SiteTarget(domain.site, Kind.PRODUCTION) if domain and domain.approved else None
+
+    def _bounded(self, key: object, read: Callable[[], _T]) -> _T:
+        """`read()`, kept for STALE_SECONDS while this process writes nothing, over a store
+        that counts its own writes; read every time over any other."""
+        own = self._own
+        if own is None:
+            return read()
+        writes = own.own_writes()  # before the read: a write after it changes the count
+        now = _clock()
+        hit = self._timed.get(key)
+        if hit is not None and hit[0] > now and hit[1] == writes:
+            return hit[2]  # type: ignore[return-value]
+        value = read()
+        self._timed.put(key, (now + STALE_SECONDS, writes, value))
+        return value
 
     def deployment_id(self, target: SiteTarget) -> str | None:
         """The deployment to serve for a target now, or None when there is none."""
         watched = self._watched
         if watched is None:
-            return self._lookup(target)
+            return self._bounded(target, lambda: self._lookup(target))
         token = watched.change_token()
         if token is None or token != self._seen_token:
             # Read before the version: a commit after this read changes the next token.

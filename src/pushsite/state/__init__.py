@@ -234,6 +234,16 @@ class Watchable(Protocol):
     def change_token(self) -> bytes | None: ...
 
 
+@runtime_checkable
+class OwnWrites(Protocol):
+    """An optional ability of a store with no cheap change signal (state/dynamodb.py): a
+    count of this process's writes to sites, domains, deployments and aliases. A reader that
+    keeps answers for a bounded time (edge/hosts.py) drops them when it grows, so what this
+    process deploys shows at once, and only other processes' writes wait out the bound."""
+
+    def own_writes(self) -> int: ...
+
+
 _BACKENDS = {
     "sqlite": "pushsite.state.sqlite:SqliteState",
     "dynamodb": "pushsite.state.dynamodb:DynamoState",

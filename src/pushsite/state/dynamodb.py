@@ -36,8 +36,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -97,6 +97,23 @@ def _conditional_failure(exc: ClientError) -> bool:
     return error_code(exc) in ("ConditionalCheckFailedException", "TransactionCanceledException")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _routes(method: Callable[Concatenate[DynamoState, _P], _R]
+            ) -> Callable[Concatenate[DynamoState, _P], _R]:
+    """Count a write to what the edge routes by (see DynamoState.own_writes): after the
+    call, so a reader that saw the old count before its read always reads again."""
+    def counted(self: DynamoState, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._own_writes += 1
+
+    return counted
+
+
 class DynamoState:
     """Sites, deployments, aliases, logs and tokens in one DynamoDB table."""
 
@@ -105,6 +122,7 @@ class DynamoState:
         self._what = f"DynamoDB table {table!r}"
         self._client = make_client("dynamodb", target)
         self._site_of: dict[str, str] = {}  # deployment id -> site; both never change
+        self._own_writes = 0  # see own_writes
         if target.create:
             self._ensure_table()
 
@@ -112,6 +130,12 @@ class DynamoState:
     def from_url(cls, url: str) -> DynamoState:
         target = BackendUrl.parse(url, "dynamodb")
         return cls(target.name, target=target)
+
+    def own_writes(self) -> int:
+        """How many writes this process made to sites, domains, deployments and aliases
+        (state.OwnWrites): DynamoDB has no cheap change signal, so the edge keeps its answers
+        for a second at most, and at once drops them when this grows."""
+        return self._own_writes
 
     def _ensure_table(self) -> None:
         string = "S"
@@ -222,6 +246,7 @@ class DynamoState:
                     time.sleep(0.05 * 2**attempt)
 
     # sites ---------------------------------------------------------------------------------
+    @_routes
     def put_site(self, site: Site) -> None:
         data = {
             "name": site.name,
@@ -258,6 +283,7 @@ class DynamoState:
         )
         return [item["sk"]["S"].removeprefix("domain#") for item in items]
 
+    @_routes
     def delete_site(self, name: str) -> None:
         keys: list[tuple[str, str]] = [("sites", name)]
         for item in self._partition(f"site#{name}", ProjectionExpression="pk, sk"):
@@ -281,6 +307,7 @@ class DynamoState:
         self._delete_keys(keys)
 
     # domains -------------------------------------------------------------------------------
+    @_routes
     def claim_domain(self, host: str, site: str, *,
                      status: DomainStatus = DomainStatus.PENDING,
                      scope: str = ADMIN_SCOPE) -> Domain:
@@ -323,6 +350,7 @@ class DynamoState:
             f"the domain {host!r} already belongs to site {holder!r}: release it there first"
         )
 
+    @_routes
     def approve_domain(self, host: str, site: str) -> bool:
         return self._approve(host.lower().rstrip("."), site, None)
 
@@ -354,6 +382,7 @@ class DynamoState:
         found = [self.get_domain(host) for host in sorted(self._claimed(site))]
         return [claim for claim in found if claim is not None and claim.site == site]
 
+    @_routes
     def release_domain(self, host: str, site: str) -> None:
         host = host.lower().rstrip(".")
         request = [
@@ -427,6 +456,7 @@ class DynamoState:
             )
         return self._deployment(item)
 
+    @_routes
     def update_deployment(
         self, deployment: Deployment, expect_status: Status | None = None,
         *, expect_runner: str | None = None,
@@ -583,6 +613,7 @@ class DynamoState:
         )
         return [self._alias(site, item) for item in items]
 
+    @_routes
     def move_alias(self, site: str, name: str, deployment_id: str, moved_by: str) -> bool:
         """Compare-and-set in one conditional put: absent, or last moved by an older id."""
         item = {
@@ -598,6 +629,7 @@ class DynamoState:
             ExpressionAttributeValues={":moved_by": _s(moved_by)},
         )
 
+    @_routes
     def delete_alias(self, site: str, name: str) -> None:
         self._delete(f"site#{site}", f"alias#{name}")
 

@@ -1,7 +1,8 @@
 """`python -m bench [--small] [--runs N] [--only GROUPS]`: run the figures, print, save JSON.
 
 Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), remote (8: deploy
---server's incremental uploads), s3 (5), edge (6), metrics (6m: the edge with metrics on
+--server's incremental uploads), s3 (5), edge (6), awsedge (6d: the edge over S3 +
+DynamoDB against local + SQLite, and its DynamoDB reads), metrics (6m: the edge with metrics on
 against off), tls (6t: the edge over HTTPS against nginx with the same certificate).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
@@ -17,6 +18,7 @@ from pathlib import Path
 from bench import (
     baselines,
     corpora,
+    figures_awsedge,
     figures_bigsite,
     figures_deploy,
     figures_edge,
@@ -31,7 +33,7 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "remote", "s3", "edge", "metrics", "tls", "bigsite")
+GROUPS = ("deploy", "git", "remote", "s3", "edge", "awsedge", "metrics", "tls", "bigsite")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -174,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("edge against nginx (figure 6)", why,
                     lambda: figures_edge.edge(medium, args.runs, seconds))  # fmt: skip
+    if "awsedge" in only:
+        seconds = args.edge_seconds or (2 if args.small else 8)
+        medium = corpora.get("medium")
+        out.section("edge over S3 + DynamoDB against local + SQLite (figure 6d)",
+                    figures_awsedge.missing(),
+                    lambda: figures_awsedge.aws_edge(medium, args.runs, seconds))  # fmt: skip
     if "metrics" in only:
         seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")

@@ -844,10 +844,15 @@ def rollback(ctx: click.Context, site: str, deployment: str | None, lock_too: bo
     elif not service.site(site).settings.locked:
         err.print(f"hint: the next push to {service.site(site).production_branch} replaces it;"
                   f" keep it with `pushsite lock {site}`", highlight=False, soft_wrap=True)
-    if service.config.mirror:  # the hosting copy follows production (PUSHSITE_MIRROR)
+    _follow_mirror(service, target.site)
+
+
+def _follow_mirror(service: Service, site: str) -> None:
+    """The hosting copy follows production (PUSHSITE_MIRROR) after a rollback or promote."""
+    if service.config.mirror:
         from pushsite.aws.mirror import mirror_production
 
-        report = mirror_production(service, target.site, target.id)
+        report = mirror_production(service, site)
         err.print(f"mirrored {site}: {report.summary()}", highlight=False)
 
 
@@ -885,6 +890,7 @@ def promote(ctx: click.Context, deployment: str) -> None:
     target = service.promote(service.find_deployment(deployment).id)
     err.print(f"promoted {target.id}: production of {target.site} serves it at "
               f"{service.config.site_url(target.site)}", highlight=False, soft_wrap=True)
+    _follow_mirror(service, target.site)
 
 
 @cli.command(epilog=_REF_HELP)

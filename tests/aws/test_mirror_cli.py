@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from support.cli import create_site, ok, pushsite
+from support.cli import create_site, ok, ok_json, pushsite
 
 
 @pytest.fixture
@@ -70,3 +70,23 @@ def test_full_still_refuses_to_delete_more_than_the_allowed_share(
     assert len(_keys(s3, target)) == 4  # nothing changed
     ok("mirror", "blog", target, "--full", "--max-delete", "1")
     assert list(_keys(s3, target)) == ["blog/index.html"]
+
+
+def test_promote_and_rollback_carry_the_hosting_copy_along(
+        hosting: tuple[Any, str], make_site: Callable[..., Path]) -> None:
+    """With PUSHSITE_MIRROR set, the hosting copy follows production wherever it moves."""
+    s3, target = hosting
+    bucket = target.removeprefix("s3://").split("/", 1)[0]
+    endpoint = target.partition("?")[2]
+    env = {"PUSHSITE_MIRROR": f"s3://{bucket}?{endpoint}"}
+    create_site("blog")
+    ok("deploy", str(make_site({"index.html": "<h1>one</h1>"})), "--site", "blog", env=env)
+    draft = ok_json("deploy", str(make_site({"index.html": "<h1>two</h1>"})), "--site", "blog",
+                    "--draft", env=env)
+
+    promoted = ok("promote", draft["id"], env=env)
+    assert "mirrored blog: 1 uploaded" in promoted.stderr
+    assert _keys(s3, target) == {"blog/index.html": b"<h1>two</h1>"}
+    back = ok("rollback", "blog", env=env)
+    assert "mirrored blog: 1 uploaded" in back.stderr
+    assert _keys(s3, target) == {"blog/index.html": b"<h1>one</h1>"}

@@ -272,11 +272,12 @@ def _fail(service: Service, deployment: Deployment, error: str, exc: BaseExcepti
     deployment.error = error
     deployment.error_kind = type(exc).__name__ if isinstance(exc, PushsiteError) else "internal"
     try:
-        if service.state.update_deployment(deployment, expect_status=Status.RECEIVING):
-            service._note(deployment, "error", "failed", error)
-            service._count_outcome(deployment)
+        failed = service.state.update_deployment(deployment, expect_status=Status.RECEIVING)
     finally:
         discard(service.config.staging, deployment.id)
+    if failed:  # after the folder went: a reader of the log finds it gone
+        service._note(deployment, "error", "failed", error)
+        service._count_outcome(deployment)
 
 
 def discard(staging: Path, upload_id: str) -> None:

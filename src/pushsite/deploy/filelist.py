@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite.deploy.bundle import BundleReader, MemberKind
+from pushsite.deploy.hashcache import HashCache
 from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge, ConfigError
 from pushsite.limits import DEFAULT_LIMITS, Limits
@@ -79,8 +80,10 @@ def frame_header(sha256: str, size: int) -> bytes:
 
 
 # the client: listing a folder or a tar.gz --------------------------------------------------
-def list_folder(folder: Path, workers: int | None = None) -> Listing:
-    """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads."""
+def list_folder(folder: Path, workers: int | None = None,
+                cache: HashCache | None = None) -> Listing:
+    """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads; a file
+    the `cache` knows unchanged is not read."""
     found: list[tuple[str, str]] = []
     rows: list[Row] = []
     top = os.fspath(folder)
@@ -103,24 +106,36 @@ def list_folder(folder: Path, workers: int | None = None) -> Listing:
                 if target:  # a link out of the site is skipped, as a local deploy does
                     rows.append(Row(path, mode=LINK, target=target))
             elif stat.S_ISREG(info.st_mode):
-                found.append((path, full))
-    with ThreadPoolExecutor(max(workers or os.cpu_count() or 1, 1)) as pool:
-        hashed = pool.map(_hash_file, [full for _, full in found])
-        for (path, _), (digest, size, mode) in zip(found, hashed, strict=True):
-            rows.append(Row(path, digest, size, mode))
+                known = cache.lookup(full, info) if cache is not None else None
+                if known is None:
+                    found.append((path, full))
+                else:
+                    rows.append(Row(path, known[0], info.st_size, known[1]))
+    if found:
+        with ThreadPoolExecutor(max(workers or os.cpu_count() or 1, 1)) as pool:
+            hashed = pool.map(_hash_file, [full for _, full in found])
+            for (path, full), (digest, size, mode, opened) in zip(found, hashed, strict=True):
+                rows.append(Row(path, digest, size, mode))
+                if cache is not None:
+                    cache.remember(full, opened, (digest, mode))
+    if cache is not None:
+        cache.save()
     rows.sort(key=lambda r: r.path)
     return Listing(rows, strip_top=False)
 
 
-def _hash_file(full: str) -> tuple[str, int, str]:
+def _hash_file(full: str) -> tuple[str, int, str, os.stat_result]:
+    """(sha256, size, mode, the file's stat when it was opened: what a cache keys it by; a
+    change while it is read moves its timestamps past that)."""
     digest = hashlib.sha256()
     size = 0
     with open(full, "rb", buffering=0) as handle:
-        mode = EXECUTABLE if os.fstat(handle.fileno()).st_mode & stat.S_IXUSR else FILE
+        opened = os.fstat(handle.fileno())
+        mode = EXECUTABLE if opened.st_mode & stat.S_IXUSR else FILE
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-    return digest.hexdigest(), size, mode
+    return digest.hexdigest(), size, mode, opened
 
 
 def list_tarball(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Listing:

@@ -72,3 +72,29 @@ def test_prune_of_a_site_reports_its_deliveries_and_an_endpoint_keeps_its_newest
     assert newest[-1].message_id == "msg_5"
     # the chatty endpoint's bound took nothing of the quiet one's log
     assert [d.message_id for d in service.deliveries("blog", quiet.id)] == ["msg_0"]
+
+
+def test_two_prunes_at_once_leave_the_same_log_as_one(service: Service) -> None:
+    """Two `pushsite prune`s (or a prune beside a delivery) on one state: neither fails, and
+    the log ends as one prune leaves it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    service.create_site("blog")
+    endpoint = service.add_endpoint("blog", "https://both.example/hook")
+    now = time.time()
+    for n in range(40):  # 30 of them a month old
+        at = now - DELIVERY_RETENTION + 3600 + n if n < 30 else now - 40 + n
+        service.state.append_delivery(attempt(endpoint.id, n, at))
+    later = now + 2 * DAY
+    other = Service(service.config)  # its own connection to the same state, as a process has
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            prunes = [pool.submit(prune_deliveries, each, "blog", now=later)
+                      for each in (service, other)]
+            pool.submit(other.state.append_delivery, attempt(endpoint.id, 99, now)).result()
+            gone = [p.result() for p in prunes]
+    finally:
+        other.close()
+    assert 30 <= sum(gone) <= 60  # each deleted some; DynamoDB's deletes may overlap
+    kept = [d.message_id for d in service.deliveries("blog", endpoint.id, limit=100)]
+    assert sorted(kept) == sorted([f"msg_{n}" for n in range(30, 40)] + ["msg_99"])

@@ -3,7 +3,9 @@
 Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), remote (8: deploy
 --server's incremental uploads), s3 (5), edge (6), awsedge (6d: the edge over S3 +
 DynamoDB against local + SQLite, and its DynamoDB reads), metrics (6m: the edge with metrics on
-against off), tls (6t: the edge over HTTPS against nginx with the same certificate).
+against off), tls (6t: the edge over HTTPS against nginx with the same certificate),
+bigsite (6b), build (9: a Hugo site pushed against bare hugo, warm against cold build cache,
+the sandbox's start-up).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
 """
@@ -20,6 +22,7 @@ from bench import (
     corpora,
     figures_awsedge,
     figures_bigsite,
+    figures_build,
     figures_deploy,
     figures_edge,
     figures_git,
@@ -33,7 +36,7 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "remote", "s3", "edge", "awsedge", "metrics", "tls", "bigsite")
+GROUPS = ("deploy", "git", "remote", "s3", "edge", "awsedge", "metrics", "tls", "bigsite", "build")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -198,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("a 200,000-file site's cache misses (figure 6b)", why,
                     lambda: figures_bigsite.bigsite(args.runs))  # fmt: skip
+    if "build" in only:
+        why = figures_build.missing()
+        out.section("builds: a 1,000-page Hugo site pushed, against bare hugo (figure 9a)", why,
+                    lambda: figures_build.push_figures(args.runs))  # fmt: skip
+        out.section("builds: warm build cache against cold (figure 9b)", why,
+                    lambda: figures_build.cache_figures(args.runs))  # fmt: skip
+        out.section("builds: the sandbox's start-up (figure 9c)", why,
+                    lambda: figures_build.sandbox_figures(args.runs))  # fmt: skip
     elapsed = time.monotonic() - started
     title = f"pushsite bench ({'small' if args.small else 'full'}, {args.runs} runs, "
     title += f"{elapsed:.0f} s)"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from pushsite.deploy.detect import BuildPlan, plan_build
 from pushsite.deploy.sandbox import (
@@ -97,7 +99,8 @@ class Builds:
 
 class WorkFolder:
     """A private temporary folder: `src` (the tree, built in place) and `etc` (the sandbox's
-    passwd and group). Removed whole at the end, whatever the build left in it."""
+    passwd and group). Removed whole at the end, whatever the build left in it; or, made by
+    `kept`, kept for the next build of the same site and branch."""
 
     def __init__(self, root: Path | None = None) -> None:
         root = root or default_root()
@@ -106,19 +109,85 @@ class WorkFolder:
         self.path.chmod(0o711)  # the sandbox's user may pass through, not list
         self.src = self.path / "src"
         self.src.mkdir()
+        self._lock: BinaryIO | None = None
+
+    @classmethod
+    def kept(cls, key: str, root: Path | None = None) -> WorkFolder:
+        """The folder kept between builds of `key` (a home, site and branch), so a push
+        checks out only what changed (git read-tree -u over the last build's index: measured
+        0.02-0.3 s for a one-page change to a 1,000-page Hugo site, against 1.3-1.8 s for
+        writing the whole tree on this machine's disk). Held with a lock while used: a
+        second build of the same branch at once gets a fresh folder. Between builds it is
+        closed to the sandbox's user (mode 0700); STALE seconds unused, it is swept."""
+        root = root or default_root()
+        _sweep_stale(root)
+        path = root / f"{PREFIX}kept-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        info = path.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return cls(root)  # not ours (a link, another user's): never build there
+        lock = open(path / "lock", "a+b")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return cls(root)
+        work = cls.__new__(cls)
+        work.path, work.src, work._lock = path, path / "src", lock
+        work.src.mkdir(exist_ok=True)
+        os.utime(path)  # the stale sweep goes by this time
+        path.chmod(0o711)
+        return work
 
     def checkout(self, repo: Path, commit: str) -> None:
-        """The commit's tree as files (a private index: the repository is not touched)."""
+        """The commit's tree as files (a private index: the repository is not touched). In
+        a kept folder, over the last build's tree: files that differ from the commit (by
+        git's stat check, which a build's writes always trip: their ctime changes) are
+        written again, and everything else the build left is removed (git clean -ffdx)."""
+        index = self.path / "index"
+        if self._lock is not None and index.exists():
+            try:
+                self._git(repo, commit, ["read-tree", "--reset", "-u", commit],
+                          ["clean", "-ffdxq"])
+            except DeploymentFailed:  # a damaged kept tree: start it again
+                self._wipe()
+            else:
+                self._own(repo)
+                return
+        self._git(repo, commit, ["read-tree", "--reset", "-u", commit])
+        if self._lock is None:
+            index.unlink(missing_ok=True)
+        else:
+            self._own(repo)
+
+    def _git(self, repo: Path, commit: str, *steps: list[str]) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "GIT_INDEX_FILE": str(self.path / "index")}
-        for args in (["read-tree", commit], ["checkout-index", "--all", "--force",
-                                             f"--prefix={self.src}/"]):
+        for args in steps:
             done = subprocess.run(["git", f"--git-dir={repo}", f"--work-tree={self.src}",
-                                   *args], env=env, capture_output=True, check=False)
+                                   *args], env=env, capture_output=True, check=False,
+                                  cwd=self.src)
             if done.returncode != 0:
                 raise DeploymentFailed(f"could not check out {commit[:12]} to build it: "
                                        f"{done.stderr.decode(errors='replace').strip()}")
+
+    def _own(self, repo: Path) -> None:
+        """Hand the tree over now and record the stat data that gives it in the index: a
+        chown changes ctime, which would make every file look changed next time."""
+        if os.geteuid() != 0:
+            return
+        self.hand_over()
+        subprocess.run(["git", f"--git-dir={repo}", f"--work-tree={self.src}", "update-index",
+                        "-q", "--refresh"],
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                            "GIT_INDEX_FILE": str(self.path / "index")},
+                       capture_output=True, check=False, cwd=self.src)
+
+    def _wipe(self) -> None:
         (self.path / "index").unlink(missing_ok=True)
+        shutil.rmtree(self.src, ignore_errors=True)
+        self.src.mkdir()
 
     def copy(self, folder: Path) -> None:
         """A local folder's files (links kept as links; `.git` left out)."""
@@ -126,13 +195,15 @@ class WorkFolder:
                         ignore=lambda where, names: [".git"] if Path(where) == folder else [])
 
     def hand_over(self) -> None:
-        """Give the tree to the sandbox's user when this process is root."""
+        """Give the tree to the sandbox's user when this process is root (what it owns
+        already is left alone: a chown would change its ctime)."""
         if os.geteuid() != 0:
             return
         for where, dirs, files in os.walk(self.src):
-            os.chown(where, NOBODY, NOBODY, follow_symlinks=False)
-            for name in dirs + files:
-                os.chown(os.path.join(where, name), NOBODY, NOBODY, follow_symlinks=False)
+            for path in (where, *(os.path.join(where, name) for name in dirs + files)):
+                info = os.lstat(path)
+                if info.st_uid != NOBODY or info.st_gid != NOBODY:
+                    os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
 
     def remove(self) -> None:
         def writable(func: Callable[..., object], path: str, _exc: object) -> None:
@@ -149,7 +220,13 @@ class WorkFolder:
     def remove_later(self) -> None:
         """Remove it on a thread: after the deploy has read the output, nothing waits for
         this (measured: 2.4 s to remove a 1,000-page site's tree on ext4 with `discard`).
-        A one-shot command calls `finish_removals` before it exits."""
+        A one-shot command calls `finish_removals` before it exits. A kept folder is
+        closed to the sandbox's user and let go instead, for the next build."""
+        if self._lock is not None:
+            self.path.chmod(0o700)
+            self._lock.close()
+            self._lock = None
+            return
         thread = threading.Thread(target=self.remove, name="build-cleanup")
         with _REMOVING_LOCK:
             _REMOVING.append(thread)
@@ -183,7 +260,20 @@ def _sweep_stale(root: Path) -> None:
         with contextlib.suppress(OSError):
             if now - entry.stat(follow_symlinks=False).st_mtime > STALE \
                     and (Path(entry.path) / "src").is_dir():
-                shutil.rmtree(entry.path, ignore_errors=True)
+                _remove_unused(Path(entry.path))
+
+
+def _remove_unused(path: Path) -> None:
+    """Remove a work folder, unless it is a kept one that a build holds."""
+    if not (path / "lock").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with open(path / "lock", "a+b") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
 
 _REMOVING: list[threading.Thread] = []

@@ -59,8 +59,10 @@ def deploy_commit_built(service: Running, deployment: Deployment, builder: Manif
     plan = plan_for_commit(repo, commit)
     if plan is None:
         return None
+    kept = WorkFolder.kept(f"{service.config.home}\0{deployment.site}\0{deployment.branch}",
+                           server_builds(service.config).root)
     outcome = _built(service, deployment, builder, log, plan,
-                     lambda work: work.checkout(repo, commit))
+                     lambda work: work.checkout(repo, commit), work=kept)
     outcome.commit = commit
     return outcome
 

@@ -57,7 +57,6 @@ from pushsite.model import (
 )
 from pushsite.service import Service
 from pushsite.web import auth
-from pushsite.web.bodypipe import BodyPipe
 from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -668,11 +667,12 @@ def create_api(service: Service) -> FastAPI:
         """Upload a batch of asked-for blobs (streamed); a blob not asked for, or whose size
         or content is not what the list said, discards the whole upload (422)."""
         _covered(token, site)
+        reader = io.BufferedReader(_BodyReader(request.stream(), b"", _upload_limit(service)),
+                                   1 << 20)
         if uploads[0] is None:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
-        count = await BodyPipe(_upload_limit(service)).run(
-            request.stream(), lambda pipe: service.receive_blobs(
-                site, upload_id, cast(BinaryIO, io.BufferedReader(pipe, 1 << 20))),
+        count = await anyio.to_thread.run_sync(
+            lambda: service.receive_blobs(site, upload_id, cast(BinaryIO, reader)),
             limiter=uploads[0])
         return {"received": count}
 

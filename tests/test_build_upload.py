@@ -69,3 +69,24 @@ def test_webhook_push_of_source_is_built(server: Server,
         wait_for(lambda: "Built from an upload" in server.get("hooked.localhost").text, 180)
     finally:
         host.close()
+
+
+def test_an_uploaded_source_bundle_over_32_mib_is_built(server: Server) -> None:
+    """Bundles of any size are looked into for a build (once, the cap was 32 MiB
+    compressed: a source tree with big media was deployed unbuilt). The 34 MiB file comes
+    first in the archive, before hugo.toml: the whole stream is read for the top-level
+    files."""
+    import random
+
+    media = random.Random(15).randbytes(34 << 20)  # incompressible: the bundle is > 32 MiB
+    files = {"assets/a.bin": media, **HUGO, "static/media/z.bin": b"small"}
+    data = bundle(files)
+    assert len(data) > 32 << 20
+    api = Api(server, server.new_token("--name", "admin", "--admin"))
+    built = finished(api, api.upload(data, "bigsrc")["id"])
+    assert built["status"] == "live", built
+    assert "<h1>Uploaded</h1>" in server.get("bigsrc.localhost", "/").text
+    assert server.get("bigsrc.localhost", "/media/z.bin").content == b"small"
+    assert server.get("bigsrc.localhost", "/assets/a.bin").status_code == 404  # source only
+    log = server.cli("log", built["id"]).stdout.decode()
+    assert "detected hugo.toml (Hugo): running `hugo`" in log

@@ -9,9 +9,8 @@ would, so the site's config files, limits, links and publish folder follow the s
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
-from pathlib import Path
-from typing import BinaryIO, cast
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 from pushsite.deploy import encode
 from pushsite.deploy.builder import CONFIG_FILES, SMALL_FILE, BundleOutcome, ManifestBuilder
@@ -31,9 +30,10 @@ def reusable(held: Held | None, path: str) -> bool:
 
 
 def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, Held],
-                  blobs: Path, deployment_id: str, site: str, created: float,
-                  strip_top: bool) -> BundleOutcome:
-    """Build the manifest the list describes (rows already checked by filelist.check_rows)."""
+                  open_blob: Callable[[str], BinaryIO], deployment_id: str, site: str,
+                  created: float, strip_top: bool) -> BundleOutcome:
+    """Build the manifest the list describes (rows already checked by filelist.check_rows);
+    `open_blob(sha256)` reads an uploaded blob (its bytes only; FileNotFoundError if gone)."""
     try:
         for row in rows:
             if row.mode == DIR:
@@ -46,7 +46,7 @@ def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, 
                     row.sha256, row.size, encode.media_type(row.path), dict(encodings), "",
                     refs))
             else:
-                _feed(builder, row, blobs / row.sha256)
+                _feed(builder, row, open_blob)
         manifest = builder.finish(deployment_id, site, "", created, strip_top=strip_top)
     except BaseException:
         builder.abort()
@@ -54,9 +54,9 @@ def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, 
     return BundleOutcome(manifest, "", 0, getattr(builder, "settings", None))
 
 
-def _feed(builder: ManifestBuilder, row: Row, blob: Path) -> None:
+def _feed(builder: ManifestBuilder, row: Row, open_blob: Callable[[str], BinaryIO]) -> None:
     try:
-        handle = open(blob, "rb")  # noqa: SIM115 - closed below
+        handle = open_blob(row.sha256)
     except FileNotFoundError:
         raise DeploymentFailed(f"the uploaded blob of {row.path} ({row.sha256[:12]}) is no "
                                "longer in staging; deploy again") from None
@@ -64,4 +64,4 @@ def _feed(builder: ManifestBuilder, row: Row, blob: Path) -> None:
         if row.size <= SMALL_FILE:
             builder.add_small(row.path, handle.read())
         else:
-            builder.add_stream(row.path, cast(BinaryIO, handle), row.size)
+            builder.add_stream(row.path, handle, row.size)

@@ -226,10 +226,12 @@ def is_staged_upload(bundle_key: str) -> bool:
 def _held_blobs(service: Service, site: str, branch: str) -> dict[str, Held]:
     """The blobs of the manifests a deploy of `branch` most likely shares files with."""
     held: dict[str, Held] = {}
+    read: set[str] = set()
     for alias in (branch_alias(branch), PRODUCTION):
         current = service.state.get_alias(site, alias)
-        if current is None:
+        if current is None or current.deployment_id in read:  # production is main's too
             continue
+        read.add(current.deployment_id)
         try:
             manifest = service.manifest(current.deployment_id)
         except NotFound:

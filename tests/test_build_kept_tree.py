@@ -78,3 +78,20 @@ def test_a_kept_folder_that_is_a_link_is_never_used(tmp_path: Path) -> None:
         work.remove()
     finally:
         path.unlink()
+
+
+def test_removing_a_work_folder_twice_leaves_the_folder_around_it_alone(
+        tmp_path: Path) -> None:
+    """A second removal once reached rmtree's error handler for the work folder itself,
+    which opened up its parent with chmod 0700: /tmp closed to the sandbox's user."""
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o1777)
+    work = WorkFolder(root)
+    (work.src / "ro").mkdir()
+    (work.src / "ro" / "f").write_text("x")
+    (work.src / "ro").chmod(0o555)  # as a build may leave it
+    work.remove()
+    work.remove()
+    assert not work.path.exists()
+    assert oct(root.stat().st_mode & 0o7777) == "0o1777"

@@ -25,7 +25,14 @@ from pushsite.service import Service
 from pushsite.service.lease import Runner
 from pushsite.service.worker import run_worker
 from support.api import Api
-from support.aws_staging import deployments, live, make_staging, use_aws_backends, wait_for
+from support.aws_staging import (
+    deployments,
+    live,
+    make_bundle,
+    make_staging,
+    use_aws_backends,
+    wait_for,
+)
 from support.servers import serving
 from support.sites import git
 
@@ -226,3 +233,56 @@ def test_local_builders_behind_serve(tmp_path: Path, _isolated_env: Path,
     assert gate.asked == 2
     assert leftovers(gate.url) == []
 
+
+
+def test_the_lambda_hands_builds_over_and_deploys_the_rest(
+        moto: str, aws_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambda handler itself, with the SQS batch Lambda sends: a bundle of built output
+    goes live in the Lambda; a source bundle is left queued with one message on the build
+    queue, which a builder takes and builds."""
+    from pushsite.aws.handler import handler
+
+    staging = make_staging(moto, visibility=30)
+    monkeypatch.setenv("PUSHSITE_QUEUE", staging.pushsite_queue)
+    repo = tmp_path / "lambda-src"
+    repo.mkdir()
+    (repo / "pushsite.toml").write_text(
+        '[build]\ncommand = "mkdir -p out && echo built in the sandbox > out/index.html"\n'
+        'publish = "out"\n')
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "source")
+    source = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar.gz",
+                             "--prefix=site/", "HEAD"], check=True, capture_output=True).stdout
+    staging.put("source/main/bundle.tar.gz", source)
+    staging.put("output/main/bundle.tar.gz", make_bundle({"index.html": b"<p>as it is</p>"}))
+    messages: list[dict[str, object]] = []
+    while len(messages) < 2:
+        messages += staging.receive()
+    records = [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"], "attributes": m["Attributes"], "eventSource": "aws:sqs"}
+               for m in messages]
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 120_000
+
+    assert handler({"Records": records}, Context()) == {"batchItemFailures": []}
+
+    service = Service(load_config())
+    builder = Service(load_config(queue=aws_env["PUSHSITE_BUILD_QUEUE"]))
+    try:
+        assert live(service, "output") is not None
+        (waiting,) = deployments(service, "source")
+        assert waiting.status == Status.QUEUED
+        messages_of = [line.message for line in service.state.get_logs(waiting.id)]
+        assert any("handed to the builders" in m for m in messages_of), messages_of
+        assert run_worker(builder, once=True, kind="builder") == 1
+        done = live(service, "source")
+        assert done is not None and done.id == waiting.id
+        entry = service.manifest(done.id).files["index.html"]
+        assert service.store.get(entry.key()) == b"built in the sandbox\n"
+    finally:
+        service.close()
+        builder.close()

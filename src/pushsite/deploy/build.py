@@ -206,16 +206,24 @@ class WorkFolder:
                     os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
 
     def remove(self) -> None:
+        """Remove the folder (once: a second call does nothing)."""
+        inside = str(self.path) + os.sep
+
         def writable(func: Callable[..., object], path: str, _exc: object) -> None:
             # a folder the build made read-only: open it up and retry (never through a link:
-            # chmod follows links, and the build chose where they point)
+            # chmod follows links, and the build chose where they point); never above the
+            # work folder (a failure on the folder itself once made /tmp 0700)
+            parent = os.path.dirname(path)
+            if not (parent + os.sep).startswith(inside):
+                return
             with contextlib.suppress(OSError):
-                os.chmod(os.path.dirname(path), 0o700)
+                os.chmod(parent, 0o700)
                 if not os.path.islink(path) and os.path.isdir(path):
                     os.chmod(path, 0o700)
                 func(path)
 
-        shutil.rmtree(self.path, onerror=writable)
+        if os.path.lexists(self.path):
+            shutil.rmtree(self.path, onerror=writable)
 
     def remove_later(self) -> None:
         """Remove it on a thread: after the deploy has read the output, nothing waits for
@@ -235,8 +243,8 @@ class WorkFolder:
 
 def default_root() -> Path:
     """Where work folders go: the temporary folder, or /var/tmp when the sandbox's user
-    cannot pass through that (a /tmp left at mode 0700 was seen on a test machine: bwrap,
-    started as that user, then cannot reach the tree)."""
+    cannot pass through that (bwrap, started as that user, could not reach the tree: a
+    /tmp at mode 0700 fails every build with "Permission denied")."""
     for candidate in (Path(tempfile.gettempdir()), Path("/var/tmp")):
         with contextlib.suppress(OSError):
             if candidate.stat().st_mode & 0o001:

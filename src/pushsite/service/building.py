@@ -101,18 +101,21 @@ def deploy_staged_built(service: Running, deployment: Deployment, builder: Manif
                       lambda work: _unpack(path, top, work))
     if not (in_bucket(deployment.bundle_key) and is_builder(service.config)):
         return None
-    work = WorkFolder(server_builds(service.config).root)
+    fresh = WorkFolder(server_builds(service.config).root)
+    work: WorkFolder | None = fresh
     try:
-        path = _download(deployment.bundle_key, work.path / "bundle.tar.gz", log)
+        path = _download(deployment.bundle_key, fresh.path / "bundle.tar.gz", log)
         plan, top = _plan_of_file(service, path)
-        if plan is None:
-            with open(path, "rb") as staged:
-                return deploy_bundle(staged, builder, service.config.limits(), deployment.id,
-                                     deployment.site, deployment.created)
-        return _built(service, deployment, builder, log, plan,
-                      lambda into: _unpack(path, top, into), work=work)
+        if plan is not None:
+            work = None  # _built removes it when it ends
+            return _built(service, deployment, builder, log, plan,
+                          lambda into: _unpack(path, top, into), work=fresh)
+        with open(path, "rb") as staged:
+            return deploy_bundle(staged, builder, service.config.limits(), deployment.id,
+                                 deployment.site, deployment.created)
     finally:
-        work.remove_later()
+        if work is not None:
+            work.remove_later()
 
 
 def is_builder(config: Any) -> bool:

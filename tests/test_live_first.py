@@ -220,3 +220,59 @@ def test_a_kill_while_optimising_resumes_from_the_queue(service: Service, tmp_pa
     assert manifest.pending == [] and not service.store.has([pending_key(deployment_id)])
     assert all("br" in entry.encodings for entry in manifest.files.values())
     assert verify(service) == []
+
+
+@pytest.mark.parametrize("handed_over", [True, False], ids=["same-process", "resumed"])
+def test_a_big_site_is_optimised_through_its_index(service: Service, handed_over: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,100 pages (a manifest with an index by path, spilled past a low threshold): the
+    optimiser rewrites manifest and index a row at a time; the list the deploy handed over
+    and the long way (another process: nothing handed over) give the same manifest."""
+    from pushsite import pathindex
+    from pushsite.deploy import entries, handover
+
+    monkeypatch.setattr(entries, "SPILL_FILES", 500)
+    monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
+    files = {f"d{i % 9}/p{i}.html": b"<p>" + _words(i, 700 + i % 300) for i in range(2100)}
+    files["same.html"] = files["d0/p0.html"]  # a duplicate shares its first copy's variants
+    deployment_id = _run(service, files, optimise=False)
+    assert service.manifest(deployment_id).pending == ["br"]
+    if not handed_over:
+        assert handover.take(deployment_id) is not None  # as if another process resumed it
+    edge = Edge(service.state, service.store)
+    assert _get(edge, "/d5/p5.html")[1]["content-encoding"] == "gzip"
+
+    assert service.optimise_now(deployment_id)
+    assert "0 already stored" in log_text(service, deployment_id)
+    optimised = service.manifest(deployment_id)
+    assert optimised.pending == [] and not is_pending(service.store, deployment_id)
+    assert len(optimised.files) == len(files)
+    assert all(set(entry.encodings) == {"gzip", "br"} for entry in optimised.files.values())
+    assert optimised.files["same.html"] == optimised.files["d0/p0.html"]
+    stored = pathindex.PathIndex(lambda s, e: service.store.get(
+        pathindex.index_key(deployment_id), s, e))
+    assert stored.head["pending"] == [] and len(stored) == len(files)
+    assert dict(stored.rows()) == {p: e.to_json() for p, e in optimised.files.items()}
+    status, headers, body = _get(edge, "/d5/p5.html")
+    assert status == 200 and headers["content-encoding"] == "br"
+    assert _decoded(headers, body) == files["d5/p5.html"]
+    assert verify(service) == []
+
+
+def test_a_one_file_change_to_a_big_site_goes_live_with_its_brotli(service: Service) -> None:
+    """Little new text on a big site: its brotli is made before live, so the manifest and
+    its index are written once, with nothing pending (no rewrite after)."""
+    files = {f"d{i % 9}/p{i}.html": b"<p>" + _words(i, 700 + i % 300) for i in range(2100)}
+    first = _run(service, files, optimise=True)
+    assert service.manifest(first).pending == []
+    files["d3/p3.html"] = b"<p>changed " + _words(7777, 5000)
+    second = _run(service, files, optimise=False)
+    manifest = service.manifest(second)
+    assert manifest.pending == [] and not is_pending(service.store, second)
+    changed = manifest.files["d3/p3.html"]
+    assert set(changed.encodings) == {"gzip", "br"}
+    stored = service.store.get(blob_key(changed.hash, "br"))
+    assert len(stored) == changed.encodings["br"]
+    assert brotli.decompress(stored) == files["d3/p3.html"]
+    assert "optimising queued" not in log_text(service, second)
+    assert verify(service) == []

@@ -36,6 +36,7 @@ BLOCK_FILES = 128
 HEAD_GUESS = 64 << 10  # the first read: the head of a site of up to ~80,000 files
 INDEX_MIN_FILES = 2000  # below this the JSON manifest parses in a few ms: no index
 BLOCKS_KEPT = 64
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one a call
 
 
 def index_key(deployment_id: str) -> str:
@@ -65,7 +66,7 @@ def write(out: BinaryIO, head: dict[str, Any], rows: Iterable[tuple[str, list[An
 
     def flush() -> None:
         nonlocal offset
-        data = json.dumps(batch, separators=(",", ":")).encode()
+        data = _ENCODER.encode(batch).encode()
         blocks.append([batch[0][0], offset, len(data)])
         spool.write(data)
         offset += len(data)

@@ -167,6 +167,12 @@ def variants(data: bytes, content_type: str, *, later: bool = False) -> dict[str
 LATER = ("br",)
 
 
+def later_variants(data: bytes) -> dict[str, bytes]:
+    """The LATER variants worth keeping of a file whose gzip was (see `variants`)."""
+    br = brotli_bytes(data)
+    return {"br": br} if worth_keeping(len(br), len(data)) else {}
+
+
 def wants_later(encodings: dict[str, int]) -> bool:
     """Whether a manifest entry with these stored variants still lacks one of LATER."""
     return "gzip" in encodings and any(enc not in encodings for enc in LATER)

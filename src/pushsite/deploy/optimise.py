@@ -3,13 +3,16 @@
 A deployment goes live with identity and gzip (builder.py with `later`); its manifest then
 lists `pending` variants and a marker (`pending_key`) is stored beside it. This makes them:
 
-1. the blobs that want a later variant, each once; those another deployment already made are
-   only looked up (their sizes go in the manifest);
-2. brotli for the rest in a pool of threads (brotli releases the GIL), a batch at a time,
-   asking `wanted()` between batches: a deployment rolled back, superseded or pruned stops
-   here, and its manifest stays as it was (served as it is, resumable later);
+1. the blobs that want a later variant, each once: handed over by the deploy when it ran in
+   this process (handover.py), else found in the manifest, those another deployment already
+   made only looked up (their sizes go in the manifest);
+2. brotli for the rest in a pool of threads (brotli releases the GIL), largest first and
+   with no barrier between blobs, asking `wanted()` every CHECK_EVERY s: a deployment
+   rolled back, superseded or pruned stops here, and its manifest stays as it was (served
+   as it is, resumable later);
 3. every new variant is stored and flushed, then the manifest is rewritten with them and
-   without `pending`, then the marker is deleted.
+   without `pending` (a big one a row at a time, from its index), then the marker is
+   deleted.
 
 The edge offers only variants its manifest lists, and looks for the marker to know when to
 read the manifest again, so it never serves a variant before it exists; a crash anywhere
@@ -21,20 +24,22 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import brotli
 
 from pushsite.deploy import encode
-from pushsite.deploy.builder import store_index
+from pushsite.deploy.builder import store_index, stream_manifest
+from pushsite.deploy.handover import Wanting
 from pushsite.errors import DeploymentCancelled, DeploymentFailed, NotFound
 from pushsite.model import FileEntry, Manifest, blob_key, manifest_key, pending_key
+from pushsite.pathindex import PathIndex
 from pushsite.stores import ObjectStore, SizedStore
 
-BATCH_BYTES = 4 << 20
-BATCH_FILES = 256
+IN_FLIGHT = 4  # blobs handed to each worker ahead of time
+CHECK_EVERY = 0.25  # seconds between two calls of `wanted()` while compressing
 LARGE = 1 << 20  # above this a blob is streamed through the compressor, never held whole
 CHUNK = 1 << 20
 HAS_BATCH = 1000
@@ -60,57 +65,111 @@ def is_pending(store: ObjectStore, deployment_id: str) -> bool:
 
 
 def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], bool],
-             workers: int = 2) -> Optimised:
+             workers: int = 2, wanting: Wanting | None = None) -> Optimised:
     """Make the manifest's pending variants, then store it without `pending`.
 
-    Raises DeploymentCancelled when `wanted()` turns false (checked between batches); what
-    was stored by then is kept and reused by a resume."""
+    `wanting`: the blobs the deploy in this process met still wanting them (handover.py):
+    then the manifest is not searched, the store not asked which have brotli already (a
+    variant made meanwhile by another deploy is made again, the same bytes), and the
+    identities it just stored are not hashed again. A manifest with an index by path
+    (`manifest.files` a PathIndex) is rewritten a row at a time, never held whole.
+
+    Raises DeploymentCancelled when `wanted()` turns false (checked between blobs, at most
+    every CHECK_EVERY s); what was stored by then is kept and reused by a resume."""
     started = time.monotonic()
     done = Optimised()
     if not manifest.pending:
         store.delete([pending_key(manifest.deployment_id)])
         return done
-    todo: dict[str, FileEntry] = {}
-    for entry in manifest.files.values():
-        if encode.wants_later(entry.encodings):
-            todo.setdefault(entry.hash, entry)
-    sizes = _stored_sizes(store, list(todo))
-    done.reused = len(sizes)
-    with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="optimise") as pool:
-        for batch in _batches([todo[h] for h in todo if h not in sizes]):
-            if not wanted():
-                raise DeploymentCancelled(f"optimising {manifest.deployment_id} stopped: it "
-                                          "is no longer served")
-            for made in pool.map(lambda entry: _brotli(store, entry), batch):
-                sha, size_in, size_out = made
-                done.bytes_in += size_in
-                if size_out:
-                    sizes[sha] = size_out
-                    done.blobs += 1
-                    done.bytes_out += size_out
+    todo: dict[str, tuple[int, str]] = {}  # hash -> size, media type
+    if wanting is not None:
+        for sha, size, content_type in wanting:
+            todo.setdefault(sha, (size, content_type))
+        sizes: dict[str, int] = {}
+    else:
+        for entry in manifest.files.values():
+            if encode.wants_later(entry.encodings):
+                todo.setdefault(entry.hash, (entry.size, entry.type))
+        sizes = _stored_sizes(store, list(todo))
+        done.reused = len(sizes)
+    work = sorted((h for h in todo if h not in sizes), key=lambda h: -todo[h][0])
+    trusted = wanting is not None
+    _compress_all(store, [(h, *todo[h]) for h in work], sizes, done, wanted, workers, trusted,
+                  manifest.deployment_id)
     store.flush()
     if not wanted():
         raise DeploymentCancelled(f"optimising {manifest.deployment_id} stopped: it is no "
                                   "longer served")
-    shared: dict[str, dict[str, int]] = {}  # duplicates share one encodings dict
-    for path, entry in manifest.files.items():
-        size = sizes.get(entry.hash)
-        if size is None or "br" in entry.encodings:
-            continue
-        encodings = shared.get(entry.hash)
-        if encodings is None:
-            encodings = shared[entry.hash] = {**entry.encodings, "br": size}
-        manifest.files[path] = FileEntry(entry.hash, entry.size, entry.type, encodings,
-                                         entry.git, entry.refs)
-    manifest.pending = []
-    store_index(store, manifest)
-    store.put(manifest_key(manifest.deployment_id), manifest.to_bytes(),
-              {"content-type": "application/json"})
+    _rewrite(store, manifest, sizes)
     store.flush()
     store.delete([pending_key(manifest.deployment_id)])
     store.flush()
     done.seconds = time.monotonic() - started
     return done
+
+
+def _compress_all(store: ObjectStore, work: list[tuple[str, int, str]], sizes: dict[str, int],
+                  done: Optimised, wanted: Callable[[], bool], workers: int, trusted: bool,
+                  deployment_id: str) -> None:
+    """Brotli for every blob of `work` (largest first, so the long ones start early and small
+    ones fill the gaps), `IN_FLIGHT` blobs at a time per worker, with no barrier between
+    batches: each worker takes the next blob as soon as it is free."""
+    workers = max(workers, 1)
+    with ThreadPoolExecutor(workers, thread_name_prefix="optimise") as pool:
+        running: set[Future[tuple[str, int, int]]] = set()
+        blobs = iter(work)
+        checked = time.monotonic()
+        try:
+            while True:
+                while len(running) < IN_FLIGHT * workers:
+                    item = next(blobs, None)
+                    if item is None:
+                        break
+                    running.add(pool.submit(_brotli, store, *item, trusted))
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    sha, size_in, size_out = future.result()
+                    done.bytes_in += size_in
+                    if size_out:
+                        sizes[sha] = size_out
+                        done.blobs += 1
+                        done.bytes_out += size_out
+                if time.monotonic() - checked >= CHECK_EVERY:
+                    checked = time.monotonic()
+                    if not wanted():
+                        raise DeploymentCancelled(f"optimising {deployment_id} stopped: it "
+                                                  "is no longer served")
+        finally:
+            for future in running:
+                future.cancel()
+
+
+def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int]) -> None:
+    """Store the manifest (and its index) with the new variants and without `pending`."""
+    manifest.pending = []
+    shared: dict[str, dict[str, int]] = {}  # duplicates share one encodings dict
+
+    def with_br(entry: FileEntry) -> FileEntry:
+        size = sizes.get(entry.hash)
+        if size is None or "br" in entry.encodings:
+            return entry
+        encodings = shared.get(entry.hash)
+        if encodings is None:
+            encodings = shared[entry.hash] = {**entry.encodings, "br": size}
+        return FileEntry(entry.hash, entry.size, entry.type, encodings, entry.git, entry.refs)
+
+    if isinstance(manifest.files, PathIndex):  # a big site's: a row at a time
+        files = manifest.files
+        rows = ((path, with_br(FileEntry.from_json(row))) for path, row in files.rows())
+        stream_manifest(store, manifest, rows, deferring=False)
+        return
+    for path, entry in manifest.files.items():
+        manifest.files[path] = with_br(entry)
+    store_index(store, manifest)
+    store.put(manifest_key(manifest.deployment_id), manifest.to_bytes(),
+              {"content-type": "application/json"})
 
 
 def _stored_sizes(store: ObjectStore, hashes: list[str]) -> dict[str, int]:
@@ -127,59 +186,49 @@ def _stored_sizes(store: ObjectStore, hashes: list[str]) -> dict[str, int]:
     return found
 
 
-def _batches(entries: list[FileEntry]) -> Iterator[list[FileEntry]]:
-    batch: list[FileEntry] = []
-    size = 0
-    for entry in entries:
-        batch.append(entry)
-        size += entry.size
-        if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _brotli(store: ObjectStore, entry: FileEntry) -> tuple[str, int, int]:
+def _brotli(store: ObjectStore, sha: str, size: int, content_type: str,
+            trusted: bool) -> tuple[str, int, int]:
     """Make and store one blob's brotli variant: (hash, bytes read, bytes stored or 0 when
-    it was not worth keeping)."""
-    meta = {"content-type": entry.type, "sha256": entry.hash, "content-encoding": "br"}
-    key = blob_key(entry.hash, "br")
-    if entry.size <= LARGE:
+    it was not worth keeping). `trusted`: stored by this process moments ago, not hashed."""
+    meta = {"content-type": content_type, "sha256": sha, "content-encoding": "br"}
+    key = blob_key(sha, "br")
+    if size <= LARGE:
         try:
-            data = store.get(entry.key(""))
+            data = store.get(blob_key(sha))
         except NotFound:
-            return entry.hash, 0, 0  # pruned meanwhile: the next `wanted()` stops the rest
-        _check(entry, data)
+            return sha, 0, 0  # pruned meanwhile: the next `wanted()` stops the rest
+        if not trusted:
+            _check(sha, data)
         compressed = encode.brotli_bytes(data)
         if not encode.worth_keeping(len(compressed), len(data)):
-            return entry.hash, len(data), 0
+            return sha, len(data), 0
         store.put(key, compressed, meta)
-        return entry.hash, len(data), len(compressed)
+        return sha, len(data), len(compressed)
     compressor = brotli.Compressor(quality=encode.BROTLI_QUALITY)
     with tempfile.TemporaryFile() as spool:
         try:
-            source = store.open(entry.key(""))
+            source = store.open(blob_key(sha))
         except NotFound:
-            return entry.hash, 0, 0
+            return sha, 0, 0
         digest = hashlib.sha256()
         with source:
             while chunk := source.read(CHUNK):
-                digest.update(chunk)
+                if not trusted:
+                    digest.update(chunk)
                 spool.write(compressor.process(chunk))
         spool.write(compressor.finish())
-        if digest.hexdigest() != entry.hash:
-            raise DeploymentFailed(f"blob {entry.hash} does not hash to its name; not compressed")
-        size = spool.tell()
-        if not encode.worth_keeping(size, entry.size):
-            return entry.hash, entry.size, 0
+        if not trusted and digest.hexdigest() != sha:
+            raise DeploymentFailed(f"blob {sha} does not hash to its name; not compressed")
+        stored = spool.tell()
+        if not encode.worth_keeping(stored, size):
+            return sha, size, 0
         spool.seek(0)
-        store.put_stream(key, spool, size, meta)
-        return entry.hash, entry.size, size
+        store.put_stream(key, spool, stored, meta)
+        return sha, size, stored
 
 
-def _check(entry: FileEntry, data: bytes) -> None:
+def _check(sha: str, data: bytes) -> None:
     """A variant is made only from the identity its name promises (a damaged blob is for
     `pushsite verify` to report, not to be compressed into a second wrong copy)."""
-    if hashlib.sha256(data).hexdigest() != entry.hash:
-        raise DeploymentFailed(f"blob {entry.hash} does not hash to its name; not compressed")
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise DeploymentFailed(f"blob {sha} does not hash to its name; not compressed")

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
+from pushsite import pathindex
+from pushsite.deploy import handover
 from pushsite.deploy.optimise import is_pending, optimise
 from pushsite.errors import DeploymentCancelled, DeploymentNotFound, NotFound
 from pushsite.model import (
@@ -31,6 +34,7 @@ from pushsite.model import (
 
 if TYPE_CHECKING:
     from pushsite.service.base import ServiceBase
+    from pushsite.stores import ObjectStore
 
 _log = logging.getLogger("pushsite.service")
 MESSAGE = "optimise"
@@ -61,7 +65,7 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
                       f"longer served ({deployment.status}); it resumes if it is served again")
         return False
     try:
-        manifest = Manifest.from_bytes(store.get(manifest_key(deployment_id)))
+        manifest = _manifest(store, deployment_id)
     except NotFound:
         store.delete([pending_key(deployment_id)])
         return True
@@ -83,7 +87,8 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
         return bool(checked[1])
 
     try:
-        done = optimise(store, manifest, wanted=wanted, workers=service.config.workers)
+        done = optimise(store, manifest, wanted=wanted, workers=service.config.workers,
+                        wanting=handover.take(deployment_id))
     except DeploymentCancelled as exc:
         service._note(deployment, "info", "optimise", f"{exc}; what was made is kept")
         _progress(service, deployment_id, "optimising stopped")
@@ -98,6 +103,21 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
     _progress(service, deployment_id, f"optimised in {done.seconds:.2f}s at "
               f"{time.strftime('%H:%M:%S', time.localtime())}")
     return True
+
+
+def _manifest(store: ObjectStore, deployment_id: str) -> Manifest:
+    """The deployment's manifest; a big one read through its index by path (pathindex.py),
+    never parsed whole (35 MB more peak memory on a 35,000-file site)."""
+    try:
+        index = pathindex.PathIndex(partial(_read_range, store, pathindex.index_key(
+            deployment_id)))
+    except NotFound:
+        return Manifest.from_bytes(store.get(manifest_key(deployment_id)))
+    return index.manifest()
+
+
+def _read_range(store: ObjectStore, key: str, start: int, end: int) -> bytes:
+    return store.get(key, start, end)
 
 
 def _served(service: ServiceBase, deployment: Deployment) -> bool:

@@ -1,0 +1,74 @@
+"""What a live-first deploy hands the optimiser running after it in the same process.
+
+The deployer meets every blob that still wants a later variant (encode.wants_later) while
+it stores it; the optimiser used to find them again by reading the whole manifest, asking
+the store which already had brotli, and hashing each identity again as it read it back.
+A deploy that goes live in this process (a CLI deploy, `serve`'s worker) leaves that list
+here under its deployment's id, in ~40 bytes a blob; the optimiser takes it (`take`).
+Another process resuming the work (after a crash, from the queue) finds nothing here and
+does it the long way, which gives the same result.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator
+
+KEPT = 4  # lists left by deploys nobody optimised here (a server running hands it over)
+
+
+class Wanting:
+    """Distinct blobs wanting a later variant: raw digest, size, media type (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._digests = bytearray()
+        self._sizes = array("Q")
+        self._types = bytearray()  # an index into _type_names (a site uses a few types)
+        self._type_names: list[str] = []
+        self._type_index: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.broken = False  # set when a type did not fit: the optimiser then reads the manifest
+
+    def add(self, sha: str, size: int, content_type: str) -> None:
+        """Record a blob (call once per blob: the deployer's first copy of it)."""
+        with self._lock:
+            index = self._type_index.get(content_type)
+            if index is None:
+                if len(self._type_names) >= 255:
+                    self.broken = True
+                    return
+                index = self._type_index[content_type] = len(self._type_names)
+                self._type_names.append(content_type)
+            self._digests += bytes.fromhex(sha)
+            self._sizes.append(size)
+            self._types.append(index)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        """(hash, size, media type) of each blob, in the order added."""
+        names = self._type_names
+        for i, size in enumerate(self._sizes):
+            yield self._digests[32 * i:32 * i + 32].hex(), size, names[self._types[i]]
+
+
+_left: OrderedDict[str, Wanting] = OrderedDict()
+_lock = threading.Lock()
+
+
+def leave(deployment_id: str, wanting: Wanting) -> None:
+    """Leave a deployment's list for the optimiser; the oldest go past KEPT."""
+    with _lock:
+        _left[deployment_id] = wanting
+        while len(_left) > KEPT:
+            _left.popitem(last=False)
+
+
+def take(deployment_id: str) -> Wanting | None:
+    """The list a deploy in this process left for this deployment, once; else None."""
+    with _lock:
+        wanting = _left.pop(deployment_id, None)
+    return None if wanting is None or wanting.broken else wanting

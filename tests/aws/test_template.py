@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import io
 import json
@@ -21,6 +22,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from pushsite.aws.builders import (
+    BUILDER_LEASE,
+    BUILDER_PROCESSES,
+    CONDITION,
+    boot_script,
+    build_queue_url,
+)
 from pushsite.aws.mirror import mirror_deployment
 from pushsite.aws.template import HANDLER, render_template, write_template
 from pushsite.errors import ConfigError
@@ -370,3 +378,104 @@ def test_role_lets_the_s3_backends_work_and_nothing_more(
         assert (report.uploaded, report.unchanged) == (1, 2)
     finally:
         source.close()
+
+
+# builder workers (aws/builders.py) --------------------------------------------------------------
+BUILDER_RESOURCES = ("BuildQueue", "BuildDeadLetterQueue", "BuilderRole", "BuilderInstanceProfile",
+                     "BuilderLaunchTemplate", "BuilderGroup", "DeployerBuildGrant")
+
+
+def test_builders_exist_only_when_asked_for_and_the_function_hands_builds_to_them() -> None:
+    template = render_template()
+    resources = template["Resources"]
+    for name in BUILDER_RESOURCES:
+        assert resources[name]["Condition"] == CONDITION, name
+    assert template["Conditions"][CONDITION] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "Builders"}, "0"]}]}
+    assert template["Parameters"]["Builders"]["Default"] == "0"  # none unless asked for
+    variables = resources["DeployerFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["PUSHSITE_BUILD_QUEUE"] == {
+        "Fn::If": [CONDITION, build_queue_url(), {"Ref": "AWS::NoValue"}]}
+    grant = resources["DeployerBuildGrant"]["Properties"]
+    assert grant["Roles"] == [{"Ref": "DeployerRole"}]
+    [statement] = grant["PolicyDocument"]["Statement"]
+    assert (statement["Action"], statement["Resource"]) == (
+        ["sqs:SendMessage"], [{"Fn::GetAtt": ["BuildQueue", "Arn"]}])
+    redrive = resources["BuildQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["BuildDeadLetterQueue", "Arn"]}
+    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+
+
+def test_the_builders_role_reaches_only_what_a_build_needs() -> None:
+    role = render_template()["Resources"]["BuilderRole"]["Properties"]
+    principal = role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "ec2.amazonaws.com"}
+    [policy] = role["Policies"]
+    by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert set(by_sid) == {"BuildQueue", "ListStaging", "ReadStaging", "ListContent",
+                           "WriteContent", "State"}
+    for statement in by_sid.values():
+        assert all("*" not in action for action in statement["Action"]), statement
+        for leaf in _walk(statement["Resource"]):
+            assert leaf != "*" and not str(leaf).endswith(":*"), statement
+    assert by_sid["BuildQueue"]["Resource"] == [{"Fn::GetAtt": ["BuildQueue", "Arn"]}]
+    assert by_sid["ReadStaging"]["Action"] == ["s3:GetObject"]  # never writes a bundle
+    resources = json.dumps(policy)
+    assert "HostingBucket" not in resources and "DeployQueue" not in resources
+    assert "s3:DeleteObject" not in resources
+
+
+def test_each_builder_instance_runs_builders_on_the_build_queue(tmp_path: Path) -> None:
+    """The boot script is valid bash and starts BUILDER_PROCESSES `pushsite worker --builds`
+    on the queue the function hands builds to, with the stack's store and state."""
+    script = boot_script()
+    path = tmp_path / "boot.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert "ExecStart=/opt/pushsite/bin/pushsite worker --builds" in script
+    assert f"PUSHSITE_BUILD_QUEUE=sqs://${{BuildQueue.QueueName}}?visibility={BUILDER_LEASE}" \
+        in script
+    assert build_queue_url() == {"Fn::Sub": "sqs://${BuildQueue.QueueName}?visibility="
+                                             f"{BUILDER_LEASE}"}
+    for line in ("PUSHSITE_STORE=s3://${ContentBucket}",
+                 "PUSHSITE_STATE=dynamodb://${DeploymentsTable}", "apt-get install",
+                 "bubblewrap", 'pushsite==${PushsiteVersion}'):
+        assert line in script, line
+    units = [f"pushsite-builder@{n}" for n in range(1, BUILDER_PROCESSES + 1)]
+    assert f"systemctl enable --now {' '.join(units)}" in script
+
+
+def test_a_stack_with_builders_on_moto(moto: str) -> None:
+    """With Builders=2 moto's CloudFormation makes the build queue, the function's setting,
+    the builders' launch template and their group of two."""
+    session = boto3.session.Session(region_name="us-east-1")
+    s3 = session.client("s3", endpoint_url=moto)
+    s3.create_bucket(Bucket="code")
+    s3.put_object(Bucket="code", Key="site-lambda.zip", Body=_tiny_zip())
+    ec2 = session.client("ec2", endpoint_url=moto)
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]  # moto's default VPC
+    cloudformation = session.client("cloudformation", endpoint_url=moto)
+    cloudformation.create_stack(
+        StackName="site", TemplateBody=json.dumps(render_template(stack_prefix="site")),
+        Parameters=[{"ParameterKey": "CodeS3Bucket", "ParameterValue": "code"},
+                    {"ParameterKey": "Builders", "ParameterValue": "2"},
+                    {"ParameterKey": "BuilderSubnets", "ParameterValue": subnet}],
+        Capabilities=["CAPABILITY_IAM"])
+
+    [stack] = cloudformation.describe_stacks(StackName="site")["Stacks"]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["BuildQueueUrl"].endswith("/site-bundles-builds")
+    function = session.client("lambda", endpoint_url=moto).get_function(
+        FunctionName="site-deployer")["Configuration"]
+    assert function["Environment"]["Variables"]["PUSHSITE_BUILD_QUEUE"] == \
+        f"sqs://site-bundles-builds?visibility={BUILDER_LEASE}"
+    [group] = session.client("autoscaling", endpoint_url=moto).describe_auto_scaling_groups(
+    )["AutoScalingGroups"]
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 2, 2)
+    [template] = ec2.describe_launch_templates()["LaunchTemplates"]
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+        "LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    script = base64.b64decode(data["UserData"]).decode()
+    assert "sqs://site-bundles-builds?visibility=" in script
+    assert "PUSHSITE_STATE=dynamodb://site" in script and "${" not in script

@@ -10,6 +10,8 @@ What it makes:
         reads bundles from StagingBucket, writes blobs and manifests to ContentBucket,
         state to DeploymentsTable (keys pk/sk, indexes by_site and by_time, as
         state/dynamodb.py uses them), and mirrors the live site to HostingBucket.
+    With Builders > 0 (aws/builders.py): BuildQueue, and EC2 builders running `pushsite worker
+        --builds` on it; the function hands them the bundles whose site has a build command.
 
 The role is least privilege: each statement names only the actions the deployer performs on
 only the resources above (no "*" action, no "*" resource). Names are parameters; a bucket name
@@ -25,6 +27,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pushsite.aws.builders import (
+    CONDITION,
+    build_queue_url,
+    builder_conditions,
+    builder_parameters,
+    builder_resources,
+)
 from pushsite.errors import ConfigError
 
 HANDLER = "pushsite.aws.handler.handler"
@@ -156,7 +165,27 @@ def _parameters(prefix: str) -> Json:
             "MinValue": 1,
             "Description": "Days a bundle stays in staging",
         },
+        **builder_parameters(),  # builder workers for sites with a build (aws/builders.py)
     }
+
+
+def _state_statement() -> Json:
+    """The table's item actions (the deployer's and the builders')."""
+    return _statement(
+        "State",
+        [
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:Query",
+            "dynamodb:BatchGetItem",
+            "dynamodb:BatchWriteItem",
+            # TransactWriteItems is authorized by the item actions it performs.
+            "dynamodb:ConditionCheckItem",
+        ],
+        [_arn("DeploymentsTable"), {"Fn::Sub": "${DeploymentsTable.Arn}/index/*"}],
+    )
 
 
 def _policy(prefix: str) -> Json:
@@ -166,7 +195,6 @@ def _policy(prefix: str) -> Json:
     content_objects = {"Fn::Sub": "${ContentBucket.Arn}/*"}
     hosting_bucket = _arn("HostingBucket")
     hosting_objects = {"Fn::Sub": "${HostingBucket.Arn}/*"}
-    table = _arn("DeploymentsTable")
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -206,21 +234,7 @@ def _policy(prefix: str) -> Json:
                 ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                 [hosting_objects],
             ),
-            _statement(
-                "State",
-                [
-                    "dynamodb:GetItem",
-                    "dynamodb:PutItem",
-                    "dynamodb:UpdateItem",
-                    "dynamodb:DeleteItem",
-                    "dynamodb:Query",
-                    "dynamodb:BatchGetItem",
-                    "dynamodb:BatchWriteItem",
-                    # TransactWriteItems is authorized by the item actions it performs.
-                    "dynamodb:ConditionCheckItem",
-                ],
-                [table, {"Fn::Sub": "${DeploymentsTable.Arn}/index/*"}],
-            ),
+            _state_statement(),
         ],
     }
 
@@ -390,10 +404,34 @@ def _resources(prefix: str) -> Json:
                         "PUSHSITE_STATE": {"Fn::Sub": "dynamodb://${DeploymentsTable}"},
                         "PUSHSITE_STAGING": {"Fn::Sub": "s3://${StagingBucket}"},
                         "PUSHSITE_MIRROR": {"Fn::Sub": "s3://${HostingBucket}"},
+                        # with builders: bundles that need a build are handed to them
+                        "PUSHSITE_BUILD_QUEUE": {"Fn::If": [
+                            CONDITION, build_queue_url(), {"Ref": "AWS::NoValue"}]},
                     }
                 },
             },
         },
+        # only with builders: the function may hand builds over, and nothing more
+        "DeployerBuildGrant": {
+            "Type": "AWS::IAM::Policy",
+            "Condition": CONDITION,
+            "Properties": {
+                "PolicyName": "hand-builds-over",
+                "Roles": [_ref("DeployerRole")],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        _statement("HandBuildsOver", ["sqs:SendMessage"], [_arn("BuildQueue")])
+                    ],
+                },
+            },
+        },
+        **builder_resources(
+            _bucket_arn("StagingBucketName", "staging", prefix),
+            _bucket_arn("StagingBucketName", "staging", prefix, "/*"),
+            _state_statement(),
+            retention=345_600,  # 4 days, as the deploy queue
+        ),
         "DeployQueueMapping": {
             "Type": "AWS::Lambda::EventSourceMapping",
             "Properties": {
@@ -420,7 +458,9 @@ def render_template(*, stack_prefix: str = "pushsite") -> dict[str, Any]:
         "Description": "pushsite: git push a static site (deployer on Lambda, state in DynamoDB)",
         "Parameters": _parameters(stack_prefix),
         "Conditions": {
-            f"{name}Given": {"Fn::Not": [{"Fn::Equals": [_ref(name), ""]}]} for name in names
+            **{f"{name}Given": {"Fn::Not": [{"Fn::Equals": [_ref(name), ""]}]}
+               for name in names},
+            **builder_conditions(),
         },
         "Resources": _resources(stack_prefix),
         "Outputs": {
@@ -432,6 +472,7 @@ def render_template(*, stack_prefix: str = "pushsite") -> dict[str, Any]:
             "QueueUrl": {"Value": _ref("DeployQueue")},
             "DeadLetterQueueUrl": {"Value": _ref("DeadLetterQueue")},
             "Function": {"Value": _ref("DeployerFunction")},
+            "BuildQueueUrl": {"Condition": CONDITION, "Value": _ref("BuildQueue")},
         },
     }
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import json.encoder as _json_encoder
 import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from pushsite.errors import NotFound
 from pushsite.model import FileEntry, Manifest
@@ -36,7 +37,9 @@ BLOCK_FILES = 128
 HEAD_GUESS = 64 << 10  # the first read: the head of a site of up to ~80,000 files
 INDEX_MIN_FILES = 2000  # below this the JSON manifest parses in a few ms: no index
 BLOCKS_KEPT = 64
+_Row = TypeVar("_Row")
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps(separators=) makes one a call
+encode_string = _json_encoder.encode_basestring_ascii  # a str as _ENCODER writes it, in C
 
 
 def index_key(deployment_id: str) -> str:
@@ -59,31 +62,52 @@ def write(out: BinaryIO, head: dict[str, Any], rows: Iterable[tuple[str, list[An
           spool: BinaryIO) -> None:
     """Write the index of `rows` (sorted by path) to `out`; `spool` (an empty temporary file)
     holds the blocks meanwhile, so memory holds one block, not the site."""
-    blocks: list[list[Any]] = []
-    offset = 0
-    count = 0
-    batch: list[tuple[str, list[Any]]] = []
+    def blocks() -> Iterator[tuple[str, bytes, int]]:
+        for batch in _batches(rows):
+            yield batch[0][0], _ENCODER.encode(batch).encode(), len(batch)
 
-    def flush() -> None:
-        nonlocal offset
-        data = _ENCODER.encode(batch).encode()
-        blocks.append([batch[0][0], offset, len(data)])
-        spool.write(data)
-        offset += len(data)
-        batch.clear()
+    _write(out, head, blocks(), spool)
 
+
+def write_encoded(out: BinaryIO, head: dict[str, Any], rows: Iterable[tuple[str, str]],
+                  spool: BinaryIO) -> None:
+    """`write`, for rows already encoded as compact JSON (a spilled table keeps them so):
+    each block is put together from the text, nothing parsed or encoded again."""
+    def blocks() -> Iterator[tuple[str, bytes, int]]:
+        for batch in _batches(rows):
+            text = ",".join("[" + encode_string(path) + "," + row + "]" for path, row in batch)
+            yield batch[0][0], ("[" + text + "]").encode(), len(batch)
+
+    _write(out, head, blocks(), spool)
+
+
+def _batches(rows: Iterable[tuple[str, _Row]]) -> Iterator[list[tuple[str, _Row]]]:
+    """BLOCK_FILES rows at a time, checked to be in order."""
+    batch: list[tuple[str, _Row]] = []
     previous = None
     for path, row in rows:
         if previous is not None and path <= previous:
             raise ValueError(f"index rows out of order: {path!r} after {previous!r}")
         previous = path
         batch.append((path, row))
-        count += 1
         if len(batch) >= BLOCK_FILES:
-            flush()
+            yield batch
+            batch = []
     if batch:
-        flush()
-    doc = json.dumps({**head, "files": count, "blocks": blocks}, separators=(",", ":")).encode()
+        yield batch
+
+
+def _write(out: BinaryIO, head: dict[str, Any], blocks: Iterable[tuple[str, bytes, int]],
+           spool: BinaryIO) -> None:
+    table: list[list[Any]] = []
+    offset = 0
+    count = 0
+    for first, data, files in blocks:
+        table.append([first, offset, len(data)])
+        spool.write(data)
+        offset += len(data)
+        count += files
+    doc = json.dumps({**head, "files": count, "blocks": table}, separators=(",", ":")).encode()
     out.write(MAGIC + _LENGTH.pack(len(doc)) + doc)
     spool.seek(0)
     while chunk := spool.read(1 << 20):

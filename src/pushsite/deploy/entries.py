@@ -79,6 +79,17 @@ class Entries:
         for path, row in self._db.execute("SELECT path, row FROM e ORDER BY path"):
             yield path, FileEntry.from_json(json.loads(row))
 
+    def sorted_rows(self) -> Iterator[tuple[str, str]]:
+        """Every (path, entry row as compact JSON), sorted by path; a spilled table's text
+        as stored (no parse)."""
+        if self._db is None:
+            encode = _ENCODER.encode
+            for path, entry in self.sorted_items():
+                yield path, encode(entry.to_json())
+            return
+        self._flush()
+        yield from self._db.execute("SELECT path, row FROM e ORDER BY path")
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

@@ -22,6 +22,7 @@ leaves the old manifest or the new one, both true, and the marker for a resume.
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -161,8 +162,9 @@ def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int]) -> N
         return FileEntry(entry.hash, entry.size, entry.type, encodings, entry.git, entry.refs)
 
     if isinstance(manifest.files, PathIndex):  # a big site's: a row at a time
-        files = manifest.files
-        rows = ((path, with_br(FileEntry.from_json(row))) for path, row in files.rows())
+        encoder = json.JSONEncoder(separators=(",", ":"))
+        rows = ((path, encoder.encode(with_br(FileEntry.from_json(row)).to_json()))
+                for path, row in manifest.files.rows())
         stream_manifest(store, manifest, rows, deferring=False)
         return
     for path, entry in manifest.files.items():

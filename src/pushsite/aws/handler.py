@@ -16,7 +16,10 @@ starts with too little time left is handed back to SQS untouched.
 
 With PUSHSITE_MIRROR set (`s3://hosting-bucket[/prefix]`, as the template sets it), a
 deployment that went live on production is also mirrored to `<mirror>/<site>/` as plain files
-(mirror.py), for S3 website hosting or a CDN; a failed mirror is retried with the message.
+(mirror.py), for S3 website hosting or a CDN. Out of time, the mirror stops between batches
+and queues `{"mirror": {"site": name}}`, which the next invocation finishes from the mirror's
+record (nothing written twice); an outage is retried with the message; a refusal by the
+max-delete guard is final (not retried). Each outcome is on the deployment (`mirror`).
 
 Each invocation ends with Service.recover, in the time its records left over (more than
 MARGIN; at most once per lease in a container): a deployment whose runner stopped renewing its

@@ -261,3 +261,36 @@ def test_a_prune_that_deletes_a_held_blob_before_the_run_fails_it_not_the_site()
             service.run(upload)
         assert status(service, upload) == Status.FAILED
         assert alias_of(service, "blog") == newer.id
+
+
+def test_a_cancel_while_a_batch_arrives_refuses_the_rest_of_it(remote: Server) -> None:
+    api = Api(remote, remote.new_token("--name", "ci"))
+    remote.create_site("stopped")
+    data = os.urandom(3 << 20)
+    upload = api.ok("POST", "/sites/stopped/uploads", 201,
+                    json={"files": [_row("big.bin", data)]})["upload"]
+    frame = _frame(data)
+    halfway, go = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield frame[:1 << 20]
+        halfway.set()
+        go.wait(60)
+        yield frame[1 << 20:]
+
+    answers: list[Any] = []
+    sender = threading.Thread(target=lambda: answers.append(api.call(
+        "PUT", f"/sites/stopped/uploads/{upload}/blobs", content=body())))
+    sender.start()
+    try:
+        assert halfway.wait(60)
+        assert api.ok("POST", f"/deployments/{upload}/cancel")["status"] == "cancelled"
+    finally:
+        go.set()
+        sender.join(60)
+    [answer] = answers
+    assert answer.status_code == 404, answer.text
+    assert "its deployment is cancelled" in answer.json()["error"]
+    assert not _staged(remote, upload)
+    assert api.ok("GET", f"/deployments/{upload}")["status"] == "cancelled"
+    assert api.call("POST", f"/sites/stopped/uploads/{upload}/finish").status_code == 404

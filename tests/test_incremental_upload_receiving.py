@@ -294,3 +294,22 @@ def test_a_cancel_while_a_batch_arrives_refuses_the_rest_of_it(remote: Server) -
     assert not _staged(remote, upload)
     assert api.ok("GET", f"/deployments/{upload}")["status"] == "cancelled"
     assert api.call("POST", f"/sites/stopped/uploads/{upload}/finish").status_code == 404
+
+
+def test_two_uploads_at_once_each_receive_and_the_newer_stays_live(remote: Server) -> None:
+    api = Api(remote, remote.new_token("--name", "ci"))
+    remote.create_site("pair")
+    older_page, newer_page = b"<h1>older</h1>", b"<h1>newer</h1>"
+    older = api.ok("POST", "/sites/pair/uploads", 201,
+                   json={"files": [_row("index.html", older_page)]})["upload"]
+    newer = api.ok("POST", "/sites/pair/uploads", 201,
+                   json={"files": [_row("index.html", newer_page)]})["upload"]
+    rows = api.ok("GET", "/sites/pair/deploys")["deployments"]
+    assert [(r["id"], r["status"]) for r in rows] == [(newer, "receiving"), (older, "receiving")]
+    api.ok("PUT", f"/sites/pair/uploads/{newer}/blobs", content=_frame(newer_page))
+    api.ok("PUT", f"/sites/pair/uploads/{older}/blobs", content=_frame(older_page))
+    api.ok("POST", f"/sites/pair/uploads/{newer}/finish", 202)
+    assert api.finished(newer)["status"] == "live"
+    api.ok("POST", f"/sites/pair/uploads/{older}/finish", 202)  # finished last, started first
+    assert api.finished(older)["status"] != "live"
+    assert remote.get("pair.localhost", "/").content == newer_page

@@ -196,3 +196,54 @@ def test_a_disabled_endpoint_is_enabled_again_and_a_deploy_token_only_looks(
     assert receiver.seen == []  # the deploy while it was disabled sent nothing
     deploy(board, tmp_path, "jots", "heard")
     receiver.wait_for(lambda: "deployment.succeeded" in receiver.events(), "succeeded")
+
+
+def test_a_given_up_message_is_sent_again_from_its_log(
+        page: Page, board: Server, receivers: Callable[..., Receiver]) -> None:
+    import time
+
+    from pushsite.model import Delivery
+
+    board.create_site("memo")
+    receiver = receivers()
+    page.goto("/sites/memo/notifications")
+    page.locator("#endpoint-url").fill(receiver.url)
+    page.locator("#add-endpoint-button").click()
+    secret = page.locator("#endpoint-secret").input_value()
+    # a message given up after a day of failures, as the worker logs it (written here by a
+    # second process on the same state); a retried attempt keeps no message to send again
+    message = {"endpoint": "", "site": "memo", "id": "msg_01given0up0000000000000000",
+               "event": "deployment.succeeded", "time": time.time() - 86400,
+               "data": {"deployment": {"id": "d1", "site": "memo"}, "urls": {}}}
+    state = open_state_store(f"sqlite:///{board.home}/state.db")
+    try:
+        [endpoint] = state.list_endpoints("memo")
+        message["endpoint"] = endpoint.id
+        state.append_delivery(Delivery(endpoint.id, message["id"], "deployment.succeeded", 37,
+                                       "retrying", 503, 0.01, "answered 503",
+                                       time.time() - 70))
+        state.append_delivery(Delivery(endpoint.id, message["id"], "deployment.succeeded", 38,
+                                       "gave_up", 503, 0.01, "answered 503", time.time() - 60,
+                                       message))
+    finally:
+        state.close()
+    page.goto(f"/sites/memo/notifications/{endpoint.id}")
+    rows = page.locator("tr.delivery")
+    expect(rows).to_have_count(2)
+    expect(page.get_by_role("button", name=f"Send {message['id']} again")).to_have_count(1)
+    page.get_by_role("button", name=f"Send {message['id']} again").click()
+    expect(page.locator("#resent")).to_be_visible()
+    receiver.wait_for(lambda: len(receiver.seen) == 1, "the message sent again")
+    sent = receiver.seen[0]
+    assert sent.headers["webhook-id"] == message["id"]
+    assert Webhook(secret).verify(sent.body, sent.headers)["data"] == message["data"]
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while True:  # its attempt is logged just after the receiver answered
+        page.reload()
+        if rows.count() >= 3:
+            break
+        assert time.monotonic() < deadline, "the attempt sent again never showed in the log"
+        time.sleep(0.1)
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0).locator("td.attempt")).to_have_text("1")
+    expect(rows.nth(0)).to_contain_text("delivered")

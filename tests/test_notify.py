@@ -206,3 +206,45 @@ def test_a_redeploy_is_announced_started_then_succeeded_and_a_promote_changes_pr
                    if p["type"] == "site.production_changed")["data"]
     assert (changed["production"], changed["previous"], changed["reason"]) == (
         first, again.id, "promote")
+
+
+def test_a_given_up_message_is_sent_again_with_its_id_once_the_endpoint_is_enabled(
+        running: Callable[..., Service], receivers: Callable[..., Receiver]) -> None:
+    from pushsite.errors import NotFound
+
+    service = running(notify_retry=0.1, notify_window=1.0, notify_timeout=2.0)
+    service.create_site("blog")
+    healthy = {"now": False}
+    flaky = receivers(answer=lambda n: 204 if healthy["now"] else 503)
+    endpoint = service.add_endpoint("blog", flaky.url, ["deployment.succeeded"])
+    first = deploy(service, "one")
+    finished(service, first)
+    deadline = time.monotonic() + WAIT
+    while not (log := [d for d in service.deliveries("blog", endpoint.id)
+                       if d.outcome == "gave_up"]):
+        assert time.monotonic() < deadline, "never given up"
+        time.sleep(0.05)
+    given_up = log[-1]
+    assert given_up.message is not None and given_up.message["data"]["deployment"]["id"] == first
+    assert all(d.message is None for d in service.deliveries("blog", endpoint.id)
+               if d.outcome != "gave_up")
+    if service.list_endpoints("blog")[0].disabled:
+        with pytest.raises(ConfigError, match="enable it again first"):
+            service.resend_delivery("blog", endpoint.id, given_up.message_id)
+        service.add_endpoint("blog", flaky.url, ["deployment.succeeded"])
+    with pytest.raises(NotFound, match="no given-up message"):
+        service.resend_delivery("blog", endpoint.id, "msg_nope")
+    healthy["now"] = True
+    tried = len(flaky.seen)
+    service.resend_delivery("blog", endpoint.id, given_up.message_id)
+    flaky.wait_for(lambda: flaky.seen[-1].answered == 204, "the message sent again")
+    again = flaky.seen[tried:]
+    assert [r.headers["webhook-id"] for r in again] == [given_up.message_id]
+    payload = Webhook(endpoint.secret).verify(again[0].body, again[0].headers)
+    assert payload["type"] == "deployment.succeeded"
+    assert payload["data"]["deployment"]["id"] == first
+    deadline = time.monotonic() + WAIT
+    while (newest := service.deliveries("blog", endpoint.id, limit=1)[0]).outcome != "delivered":
+        assert time.monotonic() < deadline, f"the log ends {newest}"
+        time.sleep(0.05)
+    assert (newest.message_id, newest.attempt, newest.status) == (given_up.message_id, 1, 204)

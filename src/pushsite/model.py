@@ -449,6 +449,8 @@ class Delivery:
 
     outcome: delivered (2xx), retrying (failed, tried again later), gave_up (failed for a
     whole retry window: the endpoint is disabled), dropped (the endpoint went meanwhile).
+    `message`: what a gave_up attempt failed to deliver (its id, event, time and data), kept
+    so that it can be sent again (service/notify.resend); None on every other attempt.
     """
 
     endpoint_id: str
@@ -460,6 +462,7 @@ class Delivery:
     latency: float = 0.0  # seconds until the answer (or the failure)
     error: str = ""
     time: float = field(default_factory=time.time)
+    message: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

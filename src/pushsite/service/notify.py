@@ -44,6 +44,7 @@ from pushsite.model import (
 )
 from pushsite.names import branch_label
 from pushsite.queues import MAX_DELAY
+from pushsite.state import DELIVERIES_KEPT
 from pushsite.state.counters import key
 
 if TYPE_CHECKING:
@@ -262,14 +263,33 @@ def deliver(service: ServiceBase, message: dict[str, Any]) -> Delivery | None:
         else:
             outcome = "retrying"
         service.state.update_endpoint(endpoint)
+    kept = {k: message[k] for k in _RESENT} if outcome == "gave_up" else None
     delivery = Delivery(endpoint.id, message["id"], message["event"], attempt, outcome, status,
-                        latency, error, now)
+                        latency, error, now, kept)
     service.state.append_delivery(delivery)
     if outcome == "retrying":
         wait = backoff(attempt, config.notify_retry)
         postpone(service, "notify", {**message, "attempt": attempt + 1}, now + wait)
     count(service, "webhook", outcome)
     return delivery
+
+
+_RESENT = ("endpoint", "site", "id", "event", "time", "data")  # a message, less its attempts
+
+
+def resend(service: ServiceBase, endpoint: NotifyEndpoint, message_id: str) -> None:
+    """Queue again a message the endpoint's log shows given up: the same `webhook-id` (so a
+    receiver that did get it can tell), the same body, and a new retry window from now."""
+    if endpoint.disabled:
+        raise ConfigError(f"endpoint {endpoint.id} is disabled; enable it again first "
+                          f"(`pushsite notify add {endpoint.site} {endpoint.url}`)")
+    for delivery in service.state.list_deliveries(endpoint.id, DELIVERIES_KEPT):
+        if delivery.message_id == message_id and delivery.message is not None:
+            service.queue.send({"notify": {**delivery.message, "attempt": 1,
+                                           "first": time.time()}})
+            return
+    raise NotFound(f"the delivery log of endpoint {endpoint.id} has no given-up message "
+                   f"{message_id!r} to send again (only given-up ones are kept to resend)")
 
 
 def count(service: ServiceBase, kind: str, outcome: str) -> None:

@@ -5,15 +5,14 @@
     /sites/<site>/notifications/<id>                 the delivery log: outcome, attempt, the
                                                      receiver's status, latency, error
     /sites/<site>/notifications/<id>/enable          a disabled endpoint told again
+    /sites/<site>/notifications/<id>/resend          a given-up message sent again
 
 Looking needs a token that covers the site; adding, removing and enabling need an admin token
 for it, as in the API (web/api.py). Each action is a POSTed form with the session's CSRF value
 (manage.Manage.action) and calls one Service verb.
 
-No "send again" for a failed delivery: a delivery record keeps the attempt, not the message
-it sent (the message lives on the queue until it is delivered or given up), so there is
-nothing to send again that would be the same message; a failing message is retried by itself
-for a day (service/notify.py), and enabling a disabled endpoint is what resumes it.
+"Send again" is offered on given-up attempts only: a message still being retried is on the
+queue already, and a given-up attempt is the one record that keeps its message (Delivery).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ def routes(board: Dashboard) -> list[Route]:
         Route(base + "/{endpoint_id}", board.endpoint(pages.deliveries_page)),
         Route(base + "/{endpoint_id}/remove", action(pages.remove), methods=["POST"]),
         Route(base + "/{endpoint_id}/enable", action(pages.enable), methods=["POST"]),
+        Route(base + "/{endpoint_id}/resend", action(pages.resend), methods=["POST"]),
     ]
 
 
@@ -79,6 +79,7 @@ class NotifyPages:
         return Page("endpoint.html", {
             "site": site, "e": endpoint, "shown": DELIVERIES_SHOWN,
             "deliveries": self.service.deliveries(site, endpoint.id, DELIVERIES_SHOWN),
+            "resent": visit.request.query_params.get("resent") == "1",
             "can_change": is_admin(visit.token, site)})
 
     def _endpoint(self, site: str, endpoint_id: str) -> NotifyEndpoint:
@@ -108,3 +109,9 @@ class NotifyPages:
         endpoint = self._endpoint(site, path["endpoint_id"])
         self.service.add_endpoint(site, endpoint.url, endpoint.events, endpoint.format)
         return RedirectResponse(f"/sites/{site}/notifications/{endpoint.id}", 303)
+
+    def resend(self, visit: Visit, form: dict[str, str], path: dict[str, Any]) -> Response:
+        site, endpoint_id = path["site"], path["endpoint_id"]
+        self._admin(visit, site)
+        self.service.resend_delivery(site, endpoint_id, form.get("message", ""))
+        return RedirectResponse(f"/sites/{site}/notifications/{endpoint_id}?resent=1", 303)

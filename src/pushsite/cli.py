@@ -626,7 +626,24 @@ def worker(ctx: click.Context, queue: str | None, store: str | None, state: str 
         service = _service(ctx, queue=queue, store=store, state=state, build_queue=queue)
     else:
         service = _service(ctx, queue=queue, store=store, state=state)
-    run_worker(service, once=once, echo=err.print, kind="builder" if builds else "worker")
+    after = (lambda ids: _mirror_live(service, ids)) if service.config.mirror else None
+    run_worker(service, once=once, echo=err.print, kind="builder" if builds else "worker",
+               after=after)
+
+
+def _mirror_live(service: Service, deployment_ids: list[str]) -> None:
+    """A worker's follow-up, as the Lambda's: the hosting copy (PUSHSITE_MIRROR) follows what
+    went live. A refusal by the max-delete guard is final (on the deployment's record); an
+    outage raises, and the message comes back."""
+    from pushsite.aws.mirror import live_sites, mirror_production
+
+    for site in live_sites(service, deployment_ids):
+        try:
+            report = mirror_production(service, site)
+        except ConfigError as exc:
+            err.print(f"worker: not mirrored: {exc}", highlight=False, soft_wrap=True)
+            continue
+        err.print(f"worker: mirrored {site}: {report.summary()}", highlight=False)
 
 
 @cli.group(invoke_without_command=True)

@@ -413,16 +413,17 @@ def test_the_builders_role_reaches_only_what_a_build_needs() -> None:
     [policy] = role["Policies"]
     by_sid = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
     assert set(by_sid) == {"BuildQueue", "ListStaging", "ReadStaging", "ListContent",
-                           "WriteContent", "State"}
+                           "WriteContent", "ListHosting", "MirrorHosting", "State"}
     for statement in by_sid.values():
         assert all("*" not in action for action in statement["Action"]), statement
         for leaf in _walk(statement["Resource"]):
             assert leaf != "*" and not str(leaf).endswith(":*"), statement
     assert by_sid["BuildQueue"]["Resource"] == [{"Fn::GetAtt": ["BuildQueue", "Arn"]}]
     assert by_sid["ReadStaging"]["Action"] == ["s3:GetObject"]  # never writes a bundle
-    resources = json.dumps(policy)
-    assert "HostingBucket" not in resources and "DeployQueue" not in resources
-    assert "s3:DeleteObject" not in resources
+    assert by_sid["MirrorHosting"]["Resource"] == [{"Fn::Sub": "${HostingBucket.Arn}/*"}]
+    deletes = [s["Sid"] for s in by_sid.values() if "s3:DeleteObject" in s["Action"]]
+    assert deletes == ["MirrorHosting"]  # never a bundle or a blob
+    assert "DeployQueue" not in json.dumps(policy)
 
 
 def test_each_builder_instance_runs_builders_on_the_build_queue(tmp_path: Path) -> None:
@@ -438,7 +439,8 @@ def test_each_builder_instance_runs_builders_on_the_build_queue(tmp_path: Path) 
     assert build_queue_url() == {"Fn::Sub": "sqs://${BuildQueue.QueueName}?visibility="
                                              f"{BUILDER_LEASE}"}
     for line in ("PUSHSITE_STORE=s3://${ContentBucket}",
-                 "PUSHSITE_STATE=dynamodb://${DeploymentsTable}", "apt-get install",
+                 "PUSHSITE_STATE=dynamodb://${DeploymentsTable}",
+                 "PUSHSITE_MIRROR=s3://${HostingBucket}", "apt-get install",
                  "bubblewrap", 'pushsite==${PushsiteVersion}'):
         assert line in script, line
     units = [f"pushsite-builder@{n}" for n in range(1, BUILDER_PROCESSES + 1)]

@@ -185,3 +185,26 @@ def test_derived_ids_have_the_id_shape_and_sort_by_upload_time() -> None:
 def test_a_staged_bundle_key_may_hold_hashes() -> None:
     assert parse_bundle_key("s3://b/blog/main/#1 a.tar.gz#abc-2") == (
         "b", "blog/main/#1 a.tar.gz", "abc-2")
+
+
+def test_a_worker_mirrors_what_it_put_live_when_a_mirror_is_set(
+        service_for: Callable[[str], Service], moto: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pushsite worker` follows production into the hosting bucket as the Lambda does (a
+    builder is such a worker): the production branch is mirrored, a preview is not."""
+    from support.cli import ok
+
+    staging = make_staging(moto)
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}?endpoint={moto}")
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}))
+    staging.put("shop/preview/bundle.tar.gz", make_bundle({"index.html": b"a preview"}))
+
+    done = ok("worker", "--queue", staging.pushsite_queue, "--once")
+
+    assert "worker: mirrored shop: 1 uploaded" in done.stderr
+    page = staging.s3.get_object(Bucket=hosting, Key="shop/index.html")
+    assert page["Body"].read() == b"<h1>shop</h1>"
+    production = live(service_for(staging.pushsite_queue), "shop")
+    assert production is not None and production.mirror.startswith("mirrored: 1 uploaded")

@@ -9,7 +9,8 @@ bubblewrap sandbox there), so with `Builders` above 0 the stack adds:
     BuilderGroup: an Auto Scaling group of `Builders` instances (Debian 12 by default:
         bubblewrap, python3.11 and the generators come from its packages), each running
         BUILDER_PROCESSES `pushsite worker --builds` under systemd, with BuilderRole
-        (the build queue, staging read, content read/write, the table: nothing else)
+        (the build queue, staging read, content read/write, the table, and the hosting
+        bucket: a builder mirrors what it puts live, as the function does)
 
 With `Builders` at 0 (the default) none of it exists, the function gets no build queue, and a
 bundle that needs a build fails with the sandbox's one-line error, as before.
@@ -100,6 +101,10 @@ def _builder_policy(staging_bucket: Json, staging_objects: Json,
             allow("ListContent", ["s3:ListBucket"], [{"Fn::GetAtt": ["ContentBucket", "Arn"]}]),
             allow("WriteContent", ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                   [{"Fn::Sub": "${ContentBucket.Arn}/*"}]),
+            # what a builder puts live is mirrored by it, as the function mirrors its own
+            allow("ListHosting", ["s3:ListBucket"], [{"Fn::GetAtt": ["HostingBucket", "Arn"]}]),
+            allow("MirrorHosting", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                  [{"Fn::Sub": "${HostingBucket.Arn}/*"}]),
             {**state_statement, "Sid": "State"},
         ],
     }
@@ -127,6 +132,7 @@ Environment=PUSHSITE_HOME=/var/lib/pushsite/%i
 Environment=PUSHSITE_BUILD_QUEUE=sqs://${BuildQueue.QueueName}?visibility=LEASE
 Environment=PUSHSITE_STORE=s3://${ContentBucket}
 Environment=PUSHSITE_STATE=dynamodb://${DeploymentsTable}
+Environment=PUSHSITE_MIRROR=s3://${HostingBucket}
 Environment=AWS_DEFAULT_REGION=${AWS::Region}
 ExecStart=/opt/pushsite/bin/pushsite worker --builds
 Restart=always

@@ -40,8 +40,7 @@ from typing import Any, Protocol
 
 from pushsite.aws.targets import site_target  # noqa: F401 - kept importable from here
 from pushsite.config import load_config
-from pushsite.errors import ConfigError, DeploymentNotFound
-from pushsite.model import PRODUCTION
+from pushsite.errors import ConfigError
 from pushsite.queues import QueueItem
 from pushsite.service import Service, worker
 from pushsite.service.worker import dispatch, recover
@@ -144,19 +143,11 @@ def _mirror(service: Service, deployment_ids: list[str], deadline: float,
     max-delete guard refuses is logged in the deployment's log and not retried (the same
     manifest would be refused again).
     """
-    from pushsite.aws.mirror import MirrorTimeout, mirror_production
+    from pushsite.aws.mirror import MirrorTimeout, live_sites, mirror_production
 
     if not service.config.mirror:
         return
-    sites = [site] if site else []
-    for deployment_id in deployment_ids if not site else []:
-        try:
-            deployment = service.state.get_deployment(deployment_id)
-        except DeploymentNotFound:  # logged by Service.process; a retry cannot make it
-            continue
-        alias = service.state.get_alias(deployment.site, PRODUCTION)
-        if alias is not None and alias.deployment_id == deployment_id:
-            sites.append(deployment.site)
+    sites = [site] if site else live_sites(service, deployment_ids)
     for name in sites:
         try:
             report = mirror_production(service, name, deadline=deadline)

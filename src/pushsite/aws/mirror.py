@@ -415,6 +415,25 @@ def _delete(client: Any, bucket: str, keys: Iterable[str]) -> None:
         send()
 
 
+def live_sites(service: Any, deployment_ids: list[str]) -> list[str]:
+    """The sites whose production these deployments are now: what the mirror follows after
+    a run (a preview, a draft or a deployment already replaced is not mirrored). Unknown ids
+    are skipped: Service.process has logged them."""
+    from pushsite.errors import DeploymentNotFound
+
+    sites: list[str] = []
+    for deployment_id in deployment_ids:
+        try:
+            deployment = service.state.get_deployment(deployment_id)
+        except DeploymentNotFound:
+            continue
+        alias = service.state.get_alias(deployment.site, "production")
+        if alias is not None and alias.deployment_id == deployment_id \
+                and deployment.site not in sites:
+            sites.append(deployment.site)
+    return sites
+
+
 def mirror_production(service: Any, site: str, deployment_id: str = "", *,
                       deadline: float | None = None, full: bool = False) -> MirrorReport:
     """Mirror what production of `site` serves to the configured mirror (config.mirror),

@@ -178,21 +178,25 @@ def recover(service: Service, echo: Callable[..., Any] | None = None) -> list[st
     return settled
 
 
-def handle(service: Service, item: QueueItem) -> None:
-    """Run what one message asks for, keeping it hidden meanwhile; then ack it."""
+def handle(service: Service, item: QueueItem,
+           after: Callable[[list[str]], Any] | None = None) -> None:
+    """Run what one message asks for, keeping it hidden meanwhile; then ack it. `after`
+    gets the ids of the deployments it named (the entry point's follow-up: the mirror)."""
     with _Heartbeat(service, item):
-        dispatch(service, item)
+        deployment_ids = dispatch(service, item)
+        if after is not None:
+            after(deployment_ids)
     service.queue.ack(item)
 
 
 def run_worker(service: Service, *, once: bool = False, stop: threading.Event | None = None,
                echo: Callable[..., Any] | None = None, wait: float = 5.0,
-               kind: str = "worker") -> int:
+               kind: str = "worker", after: Callable[[list[str]], Any] | None = None) -> int:
     """Consume the queue until `stop` is set (or it is empty, with once); returns items done.
 
     `kind` names this runner in the leases it holds (`serve` for serve's worker). Every
     lease, and at the start, it runs Service.recover: deployments whose runner stopped
-    renewing its lease are taken over wherever that runner was.
+    renewing its lease are taken over wherever that runner was. `after`: see handle.
     """
     stop = stop or threading.Event()
     service.runner_kind = kind
@@ -200,13 +204,14 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
         echo(f"worker: consuming {service.config.queue}")
     side = SidePool(service)
     try:
-        return _consume(service, stop, side, once=once, echo=echo, wait=wait)
+        return _consume(service, stop, side, once=once, echo=echo, wait=wait, after=after)
     finally:
         side.close()
 
 
 def _consume(service: Service, stop: threading.Event, side: SidePool, *, once: bool,
-             echo: Callable[..., Any] | None, wait: float) -> int:
+             echo: Callable[..., Any] | None, wait: float,
+             after: Callable[[list[str]], Any] | None = None) -> int:
     done = 0
     next_recovery = 0.0
     while not stop.is_set():
@@ -232,7 +237,7 @@ def _consume(service: Service, stop: threading.Event, side: SidePool, *, once: b
             done += 1
             continue
         try:
-            handle(service, item)
+            handle(service, item, after)
         except Exception as exc:  # left on the queue: retried, then dead-lettered
             if echo:
                 echo(f"worker: message left for a retry ({type(exc).__name__}: {exc})")

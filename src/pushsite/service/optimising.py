@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pushsite import pathindex
 from pushsite.deploy import handover
+from pushsite.deploy.memory import cap_arenas, trimmed_heap
 from pushsite.deploy.optimise import is_pending, optimise
 from pushsite.errors import DeploymentCancelled, DeploymentNotFound, NotFound
 from pushsite.model import (
@@ -87,8 +88,10 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
         return bool(checked[1])
 
     try:
-        done = optimise(store, manifest, wanted=wanted, workers=service.config.workers,
-                        wanting=handover.take(deployment_id))
+        cap_arenas()
+        with trimmed_heap():  # brotli's buffers go back to the kernel as the deploy's do
+            done = optimise(store, manifest, wanted=wanted, workers=service.config.workers,
+                            wanting=handover.take(deployment_id))
     except DeploymentCancelled as exc:
         service._note(deployment, "info", "optimise", f"{exc}; what was made is kept")
         _progress(service, deployment_id, "optimising stopped")

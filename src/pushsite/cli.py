@@ -21,7 +21,6 @@ import click
 
 from pushsite import __version__
 from pushsite.config import Config, load_config
-from pushsite.deploy.builder import Counters
 from pushsite.errors import ConfigError, Interrupted, PushsiteError
 from pushsite.limits import human_size
 from pushsite.model import Deployment, Domain
@@ -29,6 +28,7 @@ from pushsite.names import branch_label
 from pushsite.words import plural
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
+    from pushsite.deploy.builder import Counters
     from pushsite.service import Service
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -22,7 +22,7 @@ WRITES = {"put_site", "delete_site", "claim_domain", "approve_domain", "release_
           "create_deployment",
           "update_deployment", "claim_lease", "move_alias", "delete_alias", "append_logs",
           "put_token", "delete_token", "remember", "forget", "put_endpoint", "update_endpoint",
-          "delete_endpoint", "append_delivery", "put_sweep", "delete_sweep",
+          "delete_endpoint", "append_delivery", "prune_deliveries", "put_sweep", "delete_sweep",
           "record_progress"}
 READS = {"list_endpoints", "list_deliveries",
          "get_site", "list_sites", "domain_site", "get_domain", "list_domains",

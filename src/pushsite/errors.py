@@ -90,6 +90,10 @@ class DeploymentTimedOut(DeploymentFailed):
     pass
 
 
+class BuildStopped(DeploymentFailed):
+    """A build's sandbox was killed for a limit (the message says which)."""
+
+
 class DeploymentCancelled(DeploymentFailed):
     pass
 

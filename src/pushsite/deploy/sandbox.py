@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pushsite.errors import DeploymentFailed
+from pushsite.errors import BuildStopped, DeploymentFailed
 
 NOBODY = 65534
 INSIDE = "/build"  # where the work folder appears inside the sandbox
@@ -81,10 +81,6 @@ class Sandbox:
     tools: tuple[Path, ...] = ()  # read-only folders (and their bin/ on PATH)
     limits: BuildLimits = field(default_factory=BuildLimits)
     scratch: Path | None = None  # a private folder for the generated /etc/passwd and group
-
-
-class BuildStopped(DeploymentFailed):
-    """The sandbox was killed for a limit (the message says which)."""
 
 
 def bwrap_path() -> str:

@@ -354,7 +354,9 @@ def test_a_runner_that_lost_its_lease_stops_and_leaves_the_takers_outcome() -> N
             joined(thread)
         assert len(errors) == 1 and isinstance(errors[0], DeploymentFailed), errors
         assert status(other, deployment.id) == Status.QUEUED
-        assert run_worker(other, once=True) == 2  # accept's message and the takeover's
+        # accept's message and the takeover's, and the brotli (optimise) message the deploy
+        # queues once live when this pass reaches it (live first, issue 20)
+        assert run_worker(other, once=True) in (2, 3)
         assert status(other, deployment.id) == Status.LIVE
         assert alias_of(other, "blog") == deployment.id
 

@@ -82,21 +82,26 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     if not manifest.pending:
         store.delete([pending_key(manifest.deployment_id)])
         return done
-    todo: dict[str, tuple[int, str]] = {}  # hash -> size, media type
-    if wanting is not None:
-        for sha, size, content_type in wanting:
-            todo.setdefault(sha, (size, content_type))
-        sizes: dict[str, int] = {}
-    else:
-        for entry in manifest.files.values():
-            if encode.wants_later(entry.encodings):
-                todo.setdefault(entry.hash, (entry.size, entry.type))
-        sizes = _stored_sizes(store, list(todo))
+    # (hash, size, media type) of each blob once; the hash strs are shared by `sizes`
+    seen: set[str] = set()
+    work: list[tuple[str, int, str]] = []
+    found = wanting if wanting is not None else (
+        (e.hash, e.size, e.type) for e in manifest.files.values()
+        if encode.wants_later(e.encodings))
+    for item in found:
+        if item[0] not in seen:
+            seen.add(item[0])
+            work.append(item)
+    del seen
+    sizes: dict[str, int] = {}
+    if wanting is None:
+        sizes = _stored_sizes(store, [sha for sha, _, _ in work])
         done.reused = len(sizes)
-    work = sorted((h for h in todo if h not in sizes), key=lambda h: -todo[h][0])
-    trusted = wanting is not None
-    _compress_all(store, [(h, *todo[h]) for h in work], sizes, done, wanted, workers, trusted,
+        work = [item for item in work if item[0] not in sizes]
+    work.sort(key=lambda item: -item[1])
+    _compress_all(store, work, sizes, done, wanted, workers, wanting is not None,
                   manifest.deployment_id)
+    del work
     store.flush()
     if not wanted():
         raise DeploymentCancelled(f"optimising {manifest.deployment_id} stopped: it is no "

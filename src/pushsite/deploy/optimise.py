@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -120,7 +121,9 @@ def _compress_all(store: ObjectStore, work: list[tuple[str, int, str]], sizes: d
     """Brotli for every blob of `work` (largest first, so the long ones start early and small
     ones fill the gaps), `IN_FLIGHT` blobs at a time per worker, with no barrier between
     batches: each worker takes the next blob as soon as it is free."""
-    workers = max(workers, 1)
+    # brotli is all CPU: more threads than cores only hold more buffers (8 workers on 2
+    # cores peaked at 181 MB on large, against 111 with 2)
+    workers = max(min(workers, os.cpu_count() or 1), 1)
     with ThreadPoolExecutor(workers, thread_name_prefix="optimise") as pool:
         running: set[Future[tuple[str, int, int]]] = set()
         blobs = iter(work)

@@ -294,10 +294,11 @@ def test_prune_waits_for_a_running_deployment_and_ignores_a_queued_one(
     pruner.join(WAIT)
     assert not errors
     # v1 was the newest ready one when it started: kept, and so is all v3 wrote meanwhile
-    assert pruned == [{"deployments": 0, "blobs": 0, "manifests": 0, "recent": 0}]
+    assert pruned == [{"deployments": 0, "blobs": 0, "manifests": 0, "recent": 0,
+                       "deliveries": 0}]
     assert service.verify() == [] and status(service, queued.id) == Status.LIVE
     assert service.prune("blog", keep=1, grace=0) == {
-        "deployments": 1, "blobs": 2, "manifests": 0, "recent": 0}
+        "deployments": 1, "blobs": 2, "manifests": 0, "recent": 0, "deliveries": 0}
     assert service.verify() == []
 
 

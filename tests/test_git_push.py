@@ -74,7 +74,7 @@ def test_two_branches_in_one_push_and_branch_delete(server: Server, token: str,
     git(repo, "checkout", "-q", "-b", "feature/New_UI")
     commit(repo, {"index.html": "<p>feature</p>"}, "feature work")
     done = push(repo, remote(server, token), "main", "feature/New_UI")
-    assert done.returncode == 0
+    assert done.returncode == 0, done.stderr
     assert "remote: pushsite: preview: http://feature-new-ui--blog.localhost:" in done.stderr
     assert "pushsite: live:" not in done.stderr
     assert server.get("blog.localhost", "/").text == "<p>main</p>"

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from pushsite import names
 from pushsite.deploy.builder import (
+    BundleOutcome,
     Counters,
     Deadline,
     Known,
@@ -268,19 +269,38 @@ class Running(ServiceBase):
         log.warning("accept", f"stopped ({exc}); the deployment is already "
                     f"{current.status}, which stands", error=type(exc).__name__)
 
+    def _deploy_staged(self, deployment: Deployment, builder: ManifestBuilder,
+                       log: DeployLog) -> BundleOutcome:
+        """A staged deployment: an incremental upload's blobs, a bundle that asks for a build,
+        or a bundle deployed as it is."""
+        from pushsite.service import building, uploads
+
+        if uploads.is_staged_upload(deployment.bundle_key):
+            return uploads.deploy_uploaded(self, deployment, builder)
+        built = building.deploy_staged_built(self, deployment, builder, log)
+        if built is not None:
+            return built
+        with self._open_staged(deployment) as staged:
+            return deploy_bundle(staged, builder, self.config.limits(), deployment.id,
+                                 deployment.site, deployment.created)
+
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                       bundle: BinaryIO | None, folder: Path | None = None,
                       build: bool = False, *, seen: sweeps.Seen | None = None,
                       again: bool = False) -> Deployment:
-        from pushsite.service import building, uploads
-
+        # building and uploads are imported where they are used: a CLI deploy of a bundle or
+        # a folder needs neither, and importing them is ~15 ms of its start (issue 12's bench)
         log.info("read", "reading the bundle", workers=self.config.workers)
         deployment.stage = "read"  # the stage the progress writer reports (service/progress.py)
         reading = time.monotonic()
         if deployment.bundle_key.startswith("git:"):
+            from pushsite.service import building
+
             outcome = (building.deploy_commit_built(self, deployment, builder, log)
                        or self._deploy_commit(deployment, builder))
         elif folder is not None and build:
+            from pushsite.service import building
+
             outcome = building.deploy_folder_built(self, deployment, builder, log, folder)
         elif folder is not None:
             from pushsite.deploy.folder import deploy_folder
@@ -290,15 +310,8 @@ class Running(ServiceBase):
         elif bundle is not None:
             outcome = deploy_bundle(bundle, builder, self.config.limits(), deployment.id,
                                     deployment.site, deployment.created)
-        elif uploads.is_staged_upload(deployment.bundle_key):
-            outcome = uploads.deploy_uploaded(self, deployment, builder)
-        elif (built := building.deploy_staged_built(self, deployment, builder, log)) \
-                is not None:
-            outcome = built
         else:
-            with self._open_staged(deployment) as staged:
-                outcome = deploy_bundle(staged, builder, self.config.limits(),
-                                        deployment.id, deployment.site, deployment.created)
+            outcome = self._deploy_staged(deployment, builder, log)
         self._time_stage("read", time.monotonic() - reading)  # read, hashed, stored: one pass
         deployment.commit = deployment.commit or outcome.commit
         self._apply_counters(deployment, builder.counters)

@@ -263,16 +263,26 @@ def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit:
 
 
 def _edit_lines(path: Path, add: str = "", remove: str = "") -> None:
-    """Add or remove one line of a small file under an exclusive lock (pushes run at once)."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        lines = [line for line in handle.read().splitlines() if line and line != remove]
-        if add and add not in lines:
+    """Add a line, or remove one copy of one, in a small file that git reads.
+
+    Each hold of a quarantine adds its own copy of the line (the refs of one push are
+    deployed at once and end in any order; git ignores a repeated alternate), so one
+    deploy's end never takes the objects from another still reading them. The file is
+    replaced whole by a rename: a git process starting meanwhile reads the old file or the
+    new one, never a truncated one. A lock file beside it orders the writers."""
+    with open(path.with_name(path.name + ".pushsite-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            lines = [line for line in path.read_text().splitlines() if line]
+        except FileNotFoundError:
+            lines = []
+        if remove in lines:
+            lines.remove(remove)
+        if add:
             lines.append(add)
-        handle.seek(0)
-        handle.truncate()
-        handle.write("".join(line + "\n" for line in lines))
+        partial = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        partial.write_text("".join(line + "\n" for line in lines))
+        os.replace(partial, path)
 
 
 def hook_environment(url: str, secret: str) -> dict[str, str]:

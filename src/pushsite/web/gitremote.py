@@ -260,10 +260,14 @@ class GitBridge:
             for line in lines:
                 yield line + "\n"
             # each deploy runs in a thread of its own, holding the quarantine open until it
-            # ends: one that outlives the wait goes on after the push is accepted
-            runs = {ref: asyncio.create_task(self._run(deployment_id, stack.pop_all()
-                                                       if i == len(accepted) - 1 else None))
-                    for i, (ref, deployment_id) in enumerate(accepted)}
+            # ends (one that outlives the wait goes on after the push is accepted): each its
+            # own hold, since the refs of one push end in any order
+            runs = {}
+            for ref, deployment_id in accepted:
+                holding = contextlib.ExitStack()
+                if quarantine:
+                    holding.enter_context(self.repos.quarantine(site, quarantine))
+                runs[ref] = asyncio.create_task(self._run(deployment_id, holding))
             for ref, deployment_id in accepted:
                 async for line in self._follow(deployment_id, runs[ref], verdicts, ref):
                     yield line

@@ -3,7 +3,6 @@ quarantine, and a failure refuses the ref (real `git push` against a real `pushs
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -99,8 +98,11 @@ def test_a_deploy_that_outlives_the_wait_is_accepted_and_goes_on(
         impatient: Server, make_repo: Callable[..., Path]) -> None:
     impatient.create_site("slow")
     token = impatient.new_token("--name", "t")
-    files: dict[str, str | bytes] = {f"p/{i}.bin": os.urandom(20_000) for i in range(300)}
-    repo = make_repo({**files, "index.html": "<p>late</p>"})
+    # a build that takes 2 s against a wait of 0.01 s: slow on any machine (300 files of
+    # 20 KB deployed in 0.05 s on a quiet one, inside the wait's first look)
+    command = "sleep 2; mkdir -p out; cp index.html out/"
+    repo = make_repo({"pushsite.toml": f"[build]\ncommand = '{command}'\npublish = 'out'\n",
+                      "index.html": "<p>late</p>"})
     done = push(repo, remote(impatient, token, "slow"), "main")
     assert done.returncode == 0, done.stderr
     assert "the push is accepted and the deploy goes on; it will be at http://" in done.stderr

@@ -385,12 +385,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in ((400, "Bad request"), (401, "No valid token"),
                        (403, "The token does not cover this"), (404, "Not found"),
                        (503, "A backend is unavailable"))
-} | {
-    # answered before any route, by the HTTP layer (edge/bounded.py), as nginx answers them
-    code: {"description": text, "content": {"text/plain": {"schema": {"type": "string"}}}}
-    for code, text in ((414, "The request target is over 8 KiB"),
-                       (431, "The request head is over 32 KiB, or a header line over 8 KiB"))
 }
+# answered before any route, by the HTTP layer (edge/bounded.py), as nginx answers them
+for _code, _text in ((414, "The request target is over 8 KiB"),
+                     (431, "The request head is over 32 KiB, or a header line over 8 KiB")):
+    _ERRORS[_code] = {"description": _text,
+                      "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
 def _caller(request: Request) -> Token:

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runs must be at least 1, not {args.runs}")
     out = Collector()
     started = time.monotonic()
+    edge_seconds = args.edge_seconds or (2 if args.small else 8)  # wrk per run, every edge group
     if "deploy" in only:
         chosen = {c.strip() for c in args.corpora.split(",") if c.strip()}
         _deploy_group(out, args.small, args.runs, chosen)
@@ -174,29 +175,26 @@ def main(argv: list[str] | None = None) -> int:
         out.section("S3 deploy against aws s3 sync on medium (figure 5)", figures_s3.missing(),
                     lambda: figures_s3.s3(medium, s3_runs))  # fmt: skip
     if "edge" in only:
-        seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("edge against nginx (figure 6)", why,
-                    lambda: figures_edge.edge(medium, args.runs, seconds))  # fmt: skip
+                    lambda: figures_edge.edge(medium, args.runs, edge_seconds))  # fmt: skip
     if "awsedge" in only:
-        seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")
         out.section("edge over S3 + DynamoDB against local + SQLite (figure 6d)",
                     figures_awsedge.missing(),
-                    lambda: figures_awsedge.aws_edge(medium, args.runs, seconds))  # fmt: skip
+                    lambda: figures_awsedge.aws_edge(medium, args.runs, edge_seconds))  # fmt: skip
     if "metrics" in only:
-        seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("edge with metrics on against off (figure 6m)", why,
-                    lambda: figures_metrics.edge_metrics(medium, args.runs, seconds))  # fmt: skip
+                    lambda: figures_metrics.edge_metrics(medium, args.runs,
+                                                         edge_seconds))  # fmt: skip
     if "tls" in only:
-        seconds = args.edge_seconds or (2 if args.small else 8)
         medium = corpora.get("medium")
         why = product.missing_command("serve", option="--tls-cert")
         out.section("edge over HTTPS against nginx ssl (figure 6t)", why,
-                    lambda: figures_tls.tls(medium, args.runs, seconds))  # fmt: skip
+                    lambda: figures_tls.tls(medium, args.runs, edge_seconds))  # fmt: skip
     if "bigsite" in only and not args.small:
         why = product.missing_command("serve") or product.missing_command("deploy")
         out.section("a 200,000-file site's cache misses (figure 6b)", why,

@@ -54,12 +54,7 @@ class _Moto:
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        product.stop(self.proc)
         self.log.close()
 
 

@@ -71,12 +71,7 @@ class Weed:
         return sum(page.get("KeyCount", 0) for page in pages)
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        product.stop(self.proc, grace=15)
         self.log.close()
 
 

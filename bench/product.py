@@ -89,6 +89,16 @@ def deploy(
     return Deploy(result, doc)
 
 
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Terminate a server the bench started; kill it if it is still there after `grace` s."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -137,12 +147,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop(self.proc)
 
     @property
     def pid(self) -> int:

@@ -30,6 +30,7 @@ from pushsite.words import plural
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
     from pushsite.deploy.builder import Counters
     from pushsite.service import Service
+    from pushsite.service.worker import FollowUp
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -626,18 +627,19 @@ def worker(ctx: click.Context, queue: str | None, store: str | None, state: str 
         service = _service(ctx, queue=queue, store=store, state=state, build_queue=queue)
     else:
         service = _service(ctx, queue=queue, store=store, state=state)
-    after = (lambda ids: _mirror_live(service, ids)) if service.config.mirror else None
+    after = (lambda follow: _mirror_live(service, follow)) if service.config.mirror else None
     run_worker(service, once=once, echo=err.print, kind="builder" if builds else "worker",
                after=after)
 
 
-def _mirror_live(service: Service, deployment_ids: list[str]) -> None:
+def _mirror_live(service: Service, follow: FollowUp) -> None:
     """A worker's follow-up, as the Lambda's: the hosting copy (PUSHSITE_MIRROR) follows what
-    went live. A refusal by the max-delete guard is final (on the deployment's record); an
-    outage raises, and the message comes back."""
+    went live, or goes on where a Lambda's mirror paused. A refusal by the max-delete guard
+    is final (on the deployment's record); an outage raises, and the message comes back."""
     from pushsite.aws.mirror import live_sites, mirror_production
 
-    for site in live_sites(service, deployment_ids):
+    sites = follow.mirror_sites or live_sites(service, follow.deployment_ids)
+    for site in sites:
         try:
             report = mirror_production(service, site)
         except ConfigError as exc:

@@ -208,3 +208,34 @@ def test_a_worker_mirrors_what_it_put_live_when_a_mirror_is_set(
     assert page["Body"].read() == b"<h1>shop</h1>"
     production = live(service_for(staging.pushsite_queue), "shop")
     assert production is not None and production.mirror.startswith("mirrored: 1 uploaded")
+
+
+def test_a_worker_goes_on_with_a_mirror_the_lambda_left_paused(
+        service_for: Callable[[str], Service], moto: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Lambda out of time queues `{"mirror": {"site": ...}}`; a `pushsite worker` on the
+    same queue finishes that mirror rather than acking it unread. Without PUSHSITE_MIRROR it
+    acks it with a warning naming the setting."""
+    from support.cli import ok
+
+    staging = make_staging(moto)
+    hosting = f"hosting-{staging.bucket}"
+    staging.s3.create_bucket(Bucket=hosting)
+    staging.put("shop/main/bundle.tar.gz", make_bundle({"index.html": b"<h1>shop</h1>"}))
+    ok("worker", "--queue", staging.pushsite_queue, "--once")  # live, never mirrored
+    mirror_message = json.dumps({"mirror": {"site": "shop"}})
+
+    staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=mirror_message)
+    unset = ok("worker", "--queue", staging.pushsite_queue, "--once")
+    assert "PUSHSITE_MIRROR is not set" in unset.stderr
+    assert staging.s3.list_objects_v2(Bucket=hosting).get("KeyCount") == 0
+
+    monkeypatch.setenv("PUSHSITE_MIRROR", f"s3://{hosting}?endpoint={moto}")
+    staging.sqs.send_message(QueueUrl=staging.queue_url, MessageBody=mirror_message)
+    done = ok("worker", "--queue", staging.pushsite_queue, "--once")
+
+    assert "worker: mirrored shop: 1 uploaded" in done.stderr
+    page = staging.s3.get_object(Bucket=hosting, Key="shop/index.html")
+    assert page["Body"].read() == b"<h1>shop</h1>"
+    production = live(service_for(staging.pushsite_queue), "shop")
+    assert production is not None and production.mirror.startswith("mirrored: 1 uploaded")

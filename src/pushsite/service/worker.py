@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -178,20 +179,47 @@ def recover(service: Service, echo: Callable[..., Any] | None = None) -> list[st
     return settled
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """What the entry point does after a message ran (its mirror, PUSHSITE_MIRROR): follow
+    the deployments the message named, or go on with the sites a `mirror` message names
+    (the Lambda queues one when its mirror paused at the deadline)."""
+
+    deployment_ids: list[str] = field(default_factory=list)
+    mirror_sites: list[str] = field(default_factory=list)
+
+
+def is_mirror_message(body: dict[str, Any]) -> bool:
+    """`{"mirror": {"site": ...}}`: a hosting copy to go on with, not a deployment."""
+    return isinstance(body.get("mirror"), dict)
+
+
 def handle(service: Service, item: QueueItem,
-           after: Callable[[list[str]], Any] | None = None) -> None:
+           after: Callable[[FollowUp], Any] | None = None) -> None:
     """Run what one message asks for, keeping it hidden meanwhile; then ack it. `after`
-    gets the ids of the deployments it named (the entry point's follow-up: the mirror)."""
+    gets what the entry point follows up (the mirror).
+
+    A `mirror` message reaching a runner without a follow-up (no PUSHSITE_MIRROR here, while
+    the runner that queued it had one) is acked with a warning naming the setting: retrying
+    it here could never do it."""
     with _Heartbeat(service, item):
-        deployment_ids = dispatch(service, item)
-        if after is not None:
-            after(deployment_ids)
+        if is_mirror_message(item.body):
+            site = str(item.body["mirror"].get("site", ""))
+            if after is None:
+                _logger.warning("a mirror of %r was asked for, but PUSHSITE_MIRROR is not set "
+                                "for this worker: not mirrored", site)
+            elif site:
+                after(FollowUp(mirror_sites=[site]))
+        else:
+            deployment_ids = dispatch(service, item)
+            if after is not None:
+                after(FollowUp(deployment_ids=deployment_ids))
     service.queue.ack(item)
 
 
 def run_worker(service: Service, *, once: bool = False, stop: threading.Event | None = None,
                echo: Callable[..., Any] | None = None, wait: float = 5.0,
-               kind: str = "worker", after: Callable[[list[str]], Any] | None = None) -> int:
+               kind: str = "worker", after: Callable[[FollowUp], Any] | None = None) -> int:
     """Consume the queue until `stop` is set (or it is empty, with once); returns items done.
 
     `kind` names this runner in the leases it holds (`serve` for serve's worker). Every
@@ -211,7 +239,7 @@ def run_worker(service: Service, *, once: bool = False, stop: threading.Event | 
 
 def _consume(service: Service, stop: threading.Event, side: SidePool, *, once: bool,
              echo: Callable[..., Any] | None, wait: float,
-             after: Callable[[list[str]], Any] | None = None) -> int:
+             after: Callable[[FollowUp], Any] | None = None) -> int:
     done = 0
     next_recovery = 0.0
     while not stop.is_set():

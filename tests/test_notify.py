@@ -248,3 +248,30 @@ def test_a_given_up_message_is_sent_again_with_its_id_once_the_endpoint_is_enabl
         assert time.monotonic() < deadline, f"the log ends {newest}"
         time.sleep(0.05)
     assert (newest.message_id, newest.attempt, newest.status) == (given_up.message_id, 1, 204)
+
+
+def test_a_given_up_message_is_sent_again_once_however_often_it_is_asked(
+        tmp_path: Any) -> None:
+    """A double click on "Send again", or two admins at once, queue the message once: the
+    state remembers which given-up attempt was sent again (two Services on one home)."""
+    from pushsite.config import load_config
+    from pushsite.model import Delivery
+
+    first, second = Service(load_config()), Service(load_config())
+    try:
+        first.create_site("blog")
+        endpoint = first.add_endpoint("blog", "http://127.0.0.1:9/hook", ["deployment.succeeded"])
+        message = {"id": "msg_1", "type": "deployment.succeeded", "data": {}}
+        first.state.append_delivery(Delivery(endpoint.id, "msg_1", "deployment.succeeded", 5,
+                                             "gave_up", message=message))
+
+        answers = [first.resend_delivery("blog", endpoint.id, "msg_1"),
+                   second.resend_delivery("blog", endpoint.id, "msg_1")]
+
+        assert answers == [True, False]
+        queued = [first.queue.receive(wait_seconds=0) for _ in range(3)]
+        notes = [item.body["notify"] for item in queued if item is not None]
+        assert [(n["id"], n["attempt"]) for n in notes] == [("msg_1", 1)]
+    finally:
+        first.close()
+        second.close()

@@ -277,17 +277,24 @@ def deliver(service: ServiceBase, message: dict[str, Any]) -> Delivery | None:
 _RESENT = ("endpoint", "site", "id", "event", "time", "data")  # a message, less its attempts
 
 
-def resend(service: ServiceBase, endpoint: NotifyEndpoint, message_id: str) -> None:
+def resend(service: ServiceBase, endpoint: NotifyEndpoint, message_id: str) -> bool:
     """Queue again a message the endpoint's log shows given up: the same `webhook-id` (so a
-    receiver that did get it can tell), the same body, and a new retry window from now."""
+    receiver that did get it can tell), the same body, and a new retry window from now.
+
+    Each given-up attempt is sent again once, whoever asks (a double click, two admins, two
+    servers): the state remembers it. False when it had already been sent again; a later
+    give-up of the resent message is a new attempt, which may be sent again in its turn."""
     if endpoint.disabled:
         raise ConfigError(f"endpoint {endpoint.id} is disabled; enable it again first "
                           f"(`pushsite notify add {endpoint.site} {endpoint.url}`)")
     for delivery in service.state.list_deliveries(endpoint.id, DELIVERIES_KEPT):
         if delivery.message_id == message_id and delivery.message is not None:
+            if not service.state.remember(
+                    f"resent:{endpoint.id}:{message_id}:{delivery.time!r}"):
+                return False
             service.queue.send({"notify": {**delivery.message, "attempt": 1,
                                            "first": time.time()}})
-            return
+            return True
     raise NotFound(f"the delivery log of endpoint {endpoint.id} has no given-up message "
                    f"{message_id!r} to send again (only given-up ones are kept to resend)")
 

@@ -777,12 +777,13 @@ class Service(Queueing):
         endpoint = notify.find_endpoint(self, self.site(site_name).name, endpoint_id)
         return self.state.list_deliveries(endpoint.id, limit)
 
-    def resend_delivery(self, site_name: str, endpoint_id: str, message_id: str) -> None:
-        """Send again a message the endpoint's delivery log shows given up (service/notify.py)."""
+    def resend_delivery(self, site_name: str, endpoint_id: str, message_id: str) -> bool:
+        """Send again a message the endpoint's delivery log shows given up (service/notify.py);
+        False when that give-up had already been sent again."""
         from pushsite.service import notify
 
         endpoint = notify.find_endpoint(self, self.site(site_name).name, endpoint_id)
-        notify.resend(self, endpoint, message_id)
+        return notify.resend(self, endpoint, message_id)
 
     # webhook deliveries --------------------------------------------------------------------------
     def remember_delivery(self, key: str) -> bool:

@@ -79,7 +79,7 @@ class NotifyPages:
         return Page("endpoint.html", {
             "site": site, "e": endpoint, "shown": DELIVERIES_SHOWN,
             "deliveries": self.service.deliveries(site, endpoint.id, DELIVERIES_SHOWN),
-            "resent": visit.request.query_params.get("resent") == "1",
+            "resent": visit.request.query_params.get("resent", ""),
             "can_change": is_admin(visit.token, site)})
 
     def _endpoint(self, site: str, endpoint_id: str) -> NotifyEndpoint:
@@ -113,5 +113,6 @@ class NotifyPages:
     def resend(self, visit: Visit, form: dict[str, str], path: dict[str, Any]) -> Response:
         site, endpoint_id = path["site"], path["endpoint_id"]
         self._admin(visit, site)
-        self.service.resend_delivery(site, endpoint_id, form.get("message", ""))
-        return RedirectResponse(f"/sites/{site}/notifications/{endpoint_id}?resent=1", 303)
+        queued = self.service.resend_delivery(site, endpoint_id, form.get("message", ""))
+        return RedirectResponse(f"/sites/{site}/notifications/{endpoint_id}"
+                                f"?resent={'1' if queued else 'already'}", 303)

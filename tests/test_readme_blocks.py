@@ -221,6 +221,9 @@ def test_backup_block(newcomer: Newcomer, server: Server, tmp_path: Path) -> Non
                        {"/var/lib/pushsite": str(server.home), "/backup": str(backup)},
                        one_shell=True)
     restored = backup / "home"
+    databases = {p.relative_to(server.home) for p in server.home.rglob("*.db")}
+    assert {"state.db", "queue.db", "metrics.db"} <= {str(p) for p in databases}
+    assert databases <= {p.relative_to(restored) for p in restored.rglob("*.db")}
     env = {"PUSHSITE_HOME": str(restored)}
     assert "blog" in newcomer.run("pushsite deploys blog", env)
     verified = newcomer.run("pushsite verify", env)

@@ -235,6 +235,33 @@ def test_local_builders_behind_serve(tmp_path: Path, _isolated_env: Path,
 
 
 
+def test_a_build_no_builder_takes_fails_after_the_build_wait(
+        tmp_path: Path, _isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a build queue and no builder running, a handed-over deployment does not stay
+    queued for ever: recovery re-sends it, and past PUSHSITE_BUILD_WAIT it fails with an
+    error naming the builders' command and queue. Production is untouched."""
+    home = _isolated_env
+    monkeypatch.setenv("PUSHSITE_BUILD_QUEUE", f"local://{home}/builds.db?visibility=2")
+    monkeypatch.setenv("PUSHSITE_LEASE", "2")
+    monkeypatch.setenv("PUSHSITE_BUILD_WAIT", "1")
+    gate = Gate()
+    try:
+        with serving(home) as server:
+            api = Api(server, server.new_token("--name", "admin", "--admin"))
+            first = api.deploy(make_bundle({"index.html": b"<h1>first</h1>"}), "unbuilt")
+            assert first["status"] == "live"
+            started = api.upload(source_bundle(tmp_path, gate), "unbuilt")
+            done = api.finished(started["id"])
+            assert done["status"] == "failed", done
+            assert "no builder took its build" in done["error"], done
+            assert f"`pushsite worker --builds` running on local://{home}/builds.db?" \
+                in done["error"], done
+            assert "<h1>first</h1>" in server.get("unbuilt.localhost").text
+    finally:
+        gate.close()
+    assert gate.asked == 0
+
+
 def test_the_lambda_hands_builds_over_and_deploys_the_rest(
         moto: str, aws_env: dict[str, str], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

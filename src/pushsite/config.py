@@ -78,6 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("build_queue", str, "", "queue URL that deployments needing a build are handed to, "
             "for `pushsite worker --builds` to run (a Lambda cannot build); unset: builds run "
             "where the deployment runs"),
+    Setting("build_wait", float, 86_400.0, "seconds a deployment handed to the builders may "
+            "wait for one to take it; past that it fails, naming the build queue"),
 )
 
 
@@ -115,6 +117,7 @@ class Config:
     builds: int = 0
     build_network: bool = False
     build_queue: str = ""
+    build_wait: float = 86_400.0
 
     @property
     def staging(self) -> Path:

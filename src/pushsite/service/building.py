@@ -162,12 +162,13 @@ def hand_over(service: Running, deployment: Deployment) -> bool:
         queue.close()
     log = service.log_for(deployment)
     log.info("build", f"{plan.origin}: handed to the builders (`pushsite worker --builds` "
-             f"on {_queue_name(service.config.build_queue)}); this runner does not build")
+             f"on {queue_name(service.config.build_queue)}); this runner does not build")
     log.flush()
     return True
 
 
-def _queue_name(url: str) -> str:
+def queue_name(url: str) -> str:
+    """A queue URL without its settings, as a log line names it."""
     return url.split("?", 1)[0]
 
 

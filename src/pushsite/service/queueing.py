@@ -87,10 +87,22 @@ class Queueing(Running):
 
     def _handed_over(self, deployment_id: str) -> bool:
         """Whether a build queue's builders run this deployment (service/building.py, imported
-        only where a build queue is set: it is ~15 ms of every other process's start)."""
+        only where a build queue is set: it is ~15 ms of every other process's start).
+
+        Recovery re-sends a handed-over deployment that is still queued, so it comes back
+        here; one that no builder took within config.build_wait fails, naming the queue, and
+        does not wait forever."""
         from pushsite.service import building
 
-        return building.hand_over(self, self.state.get_deployment(deployment_id))
+        deployment = self.state.get_deployment(deployment_id)
+        waited = time.time() - deployment.created
+        if waited >= self.config.build_wait and building.needs_handing_over(self, deployment):
+            self._fail_queued(deployment, (
+                f"no builder took its build in {waited / 3600:.1f} h: is `pushsite worker "
+                f"--builds` running on {building.queue_name(self.config.build_queue)}? "
+                "Deploy again once one is"), time.time())
+            return True
+        return building.hand_over(self, deployment)
 
     def _settled(self, deployment_id: str, exc: Exception) -> bool:
         """Whether a failed run's outcome is on record for good. Not when the deployment was
@@ -186,11 +198,16 @@ class Queueing(Running):
         fetching = deployment.source.startswith("webhook:")  # its message holds the fetch
         if fetching and now - deployment.created < FETCH_WAITS:
             return False
+        return self._fail_queued(deployment, (
+            "its webhook's message never came in a day; push again" if fetching
+            else "its runner stopped before starting it, and its bundle cannot be read again "
+            "(a streamed deploy cannot resume): deploy it again"), now)
+
+    def _fail_queued(self, deployment: Deployment, error: str, now: float) -> bool:
+        """Fail a queued deployment for good, if it is still queued (another process may
+        have started it meanwhile): recorded, logged, counted and announced."""
         deployment.status = Status.FAILED
-        deployment.error = ("its webhook's message never came in a day; push again" if fetching
-                            else "its runner stopped before starting it, and its bundle "
-                            "cannot be read again (a streamed deploy cannot resume): deploy "
-                            "it again")
+        deployment.error = error
         deployment.error_kind = "DeploymentFailed"
         deployment.finished = now
         if not self.state.update_deployment(deployment, expect_status=Status.QUEUED):

@@ -11,7 +11,6 @@ import asyncio
 import gzip
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pushsite.model import Status, blob_key, pending_key
 from pushsite.service import Service
 from pushsite.service.housekeeping import verify
 from pushsite.service.worker import run_worker
+from support.prose import words as _words
 from support.service import accept, alias_of, log_text, open_service, wait_for
 
 
@@ -40,17 +40,14 @@ def service() -> Iterator[Service]:
         yield svc
 
 
-def _words(seed: int, size: int) -> bytes:
-    """Text that compresses like prose (not trivially): random words from a vocabulary."""
-    rng = random.Random(seed)
-    vocabulary = [f"w{rng.randrange(10**6)}" for _ in range(800)]
-    out: list[str] = []
-    length = 0
-    while length < size:
-        word = rng.choice(vocabulary)
-        out.append(word)
-        length += len(word) + 1
-    return (" ".join(out)).encode()[:size]
+@pytest.fixture
+def after_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every brotli left to the after pass: none made while the deploy reads (early.py)
+    nor at its end (builder.LATER_NOW_BYTES); tests/test_early_brotli.py covers those."""
+    from pushsite.deploy import builder, early
+
+    monkeypatch.setattr(early, "CAPACITY", 0)
+    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)
 
 
 def _site(tag: str, pages: int = 4, size: int = 8000) -> dict[str, bytes]:
@@ -80,6 +77,7 @@ def _decoded(headers: dict, body: bytes) -> bytes:
     return body
 
 
+@pytest.mark.usefixtures("after_only")
 def test_live_with_gzip_then_brotli_once_made(service: Service,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
@@ -110,6 +108,7 @@ def test_live_with_gzip_then_brotli_once_made(service: Service,
     assert verify(service) == []
 
 
+@pytest.mark.usefixtures("after_only")
 def test_the_edge_never_offers_a_variant_before_it_exists(
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests all through the optimising: every answer decodes to the file's bytes, and
@@ -148,6 +147,7 @@ def test_the_edge_never_offers_a_variant_before_it_exists(
     assert set(seen[first_br:]) == {"br"}  # once offered, never taken back
 
 
+@pytest.mark.usefixtures("after_only")
 def test_a_rollback_stops_the_optimising_and_a_promote_resumes_it(service: Service) -> None:
     first = _run(service, _site("v1"), optimise=True)
     assert service.manifest(first).pending == []
@@ -165,6 +165,7 @@ def test_a_rollback_stops_the_optimising_and_a_promote_resumes_it(service: Servi
     assert verify(service) == []
 
 
+@pytest.mark.usefixtures("after_only")
 def test_a_rollback_while_optimising_stops_it_between_batches(service: Service) -> None:
     first = _run(service, _site("v1"), optimise=True)
     # many 4 MiB batches, so the rollback lands between two of them even on a fast machine
@@ -223,6 +224,7 @@ def test_a_kill_while_optimising_resumes_from_the_queue(service: Service, tmp_pa
 
 
 @pytest.mark.parametrize("handed_over", [True, False], ids=["same-process", "resumed"])
+@pytest.mark.usefixtures("after_only")
 def test_a_big_site_is_optimised_through_its_index(service: Service, handed_over: bool,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """2,100 pages (a manifest with an index by path, spilled past a low threshold): the

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from pushsite import pathindex
-from pushsite.deploy import encode, handover
+from pushsite.deploy import early, encode, handover
 from pushsite.deploy.entries import Entries
 from pushsite.deploy.keyset import KeySet
 from pushsite.deploy.later import Later
@@ -284,6 +284,9 @@ class ManifestBuilder:
         self._packed: dict[str, Known] = {}  # blobs this deploy appended to its pack
         # blobs still wanting a later variant, handed to the optimiser in this process
         self.wanting = handover.Wanting()
+        # their brotli made meanwhile from the bytes the pool holds, when a core is idle
+        self._early = (early.EarlyBrotli(lambda: self._open().store, early.CAPACITY)
+                       if self.later else None)
         self._lock = threading.Lock()
 
     # feeding -------------------------------------------------------------------------------
@@ -423,6 +426,9 @@ class ManifestBuilder:
                 encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
                 entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git,
                                         added)
+                if (self._early is not None and packer is None
+                        and encode.wants_later(encodings)):
+                    self._early.offer(sha, item.data, content_type)
             finally:
                 self._settle_claim(sha, None)  # no-op once _new_entry settled it
             self._record(item.path, entry, True, sum(map(len, variants.values())))
@@ -579,6 +585,8 @@ class ManifestBuilder:
         for future in self._futures:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._early is not None:
+            self._early.stop()  # what it stored is unreferenced, reused by a retry
         try:
             packer = self._open().packer
         except Exception:  # a store that failed to open has no pack; its error is reported
@@ -672,34 +680,47 @@ class ManifestBuilder:
         self.entries.close()
         self.settings = settings
         if manifest.pending:
-            handover.leave(deployment_id, self.wanting)
+            handover.leave(deployment_id, self.wanting.without(made_now))
         return manifest
 
     def _later_now(self, target: Target) -> dict[str, dict[str, int]]:
-        """When a big site's deploy brings little new text (a one-file change), its later
-        variants are made here, before it goes live: a few ms of brotli, where making them
-        after would rewrite the whole manifest and its index (~0.5 s on a 35,000-file
-        site; a small site's rewrite costs little, so it stays live first).
-        Returns hash -> the blob's variants with them."""
-        if (not self._deferring(target) or not self.wanting
-                or len(self.entries) < pathindex.INDEX_MIN_FILES):
+        """The later variants made before live: what the early thread made meanwhile
+        (early.py), and the rest here when it is little (at most LATER_NOW_BYTES: a
+        one-file change, the tail of a small site), a few ms of brotli where making them
+        after costs a pending marker, a queue message and a rewrite of the manifest (and
+        of a big site's index: ~0.5 s on 35,000 files). Returns hash -> the blob's
+        variants with them; every one is stored and flushed."""
+        made_early, held = self._early.stop() if self._early is not None else ({}, {})
+        if not self._deferring(target) or not self.wanting:
             return {}
+        made = {sha: {"br": size} for sha, size in made_early.items()}
         todo: dict[str, str] = {}
         total = 0
         for sha, size, content_type in self.wanting:
-            if sha not in todo:
+            if sha not in made and sha not in todo:
                 todo[sha] = content_type
                 total += size
-                if total > LATER_NOW_BYTES:
-                    return {}
-        made: dict[str, dict[str, int]] = {}
-        for sha, content_type in todo.items():
-            data = target.store.get(blob_key(sha))
-            for enc, blob in encode.later_variants(data).items():
-                target.store.put(blob_key(sha, enc), blob, {
-                    "content-type": content_type, "sha256": sha, "content-encoding": enc})
-                made.setdefault(sha, {})[enc] = len(blob)
-        target.store.flush()
+        now = total <= LATER_NOW_BYTES
+        if now:
+            for sha, content_type in todo.items():
+                data = held.get(sha)
+                if data is None:
+                    data = target.store.get(blob_key(sha))
+                for enc, blob in encode.later_variants(data).items():
+                    target.store.put(blob_key(sha, enc), blob, {
+                        "content-type": content_type, "sha256": sha, "content-encoding": enc})
+                    made.setdefault(sha, {})[enc] = len(blob)
+        if made:
+            target.store.flush()
+        left = sum(1 for sha in todo if sha not in made)
+        early_note = f"{len(made_early)} while reading, {len(made) - len(made_early)} at the end"
+        if not left:  # the after pass logs the same word when it ends
+            self.log.info("optimise", f"optimised: {len(made)} brotli variants made before "
+                          f"live ({early_note})", early=len(made_early), blobs=len(made))
+        elif made:
+            self.log.info("optimise", f"{len(made)} brotli variants made before live "
+                          f"({early_note}), {left} left for after", early=len(made_early),
+                          blobs=len(made), left=left)
         return made
 
     def _store_manifest(self, target: Target, manifest: Manifest,

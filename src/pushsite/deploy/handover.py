@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 KEPT = 4  # lists left by deploys nobody optimised here (a server running hands it over)
 
@@ -53,6 +53,15 @@ class Wanting:
         names = self._type_names
         for i, size in enumerate(self._sizes):
             yield self._digests[32 * i:32 * i + 32].hex(), size, names[self._types[i]]
+
+    def without(self, done: Container[str]) -> Wanting:
+        """The blobs of this list not in `done` (made before live: deploy/early.py)."""
+        rest = Wanting()
+        rest.broken = self.broken
+        for sha, size, content_type in self:
+            if sha not in done:
+                rest.add(sha, size, content_type)
+        return rest
 
 
 _left: OrderedDict[str, Wanting] = OrderedDict()

@@ -1,0 +1,95 @@
+"""Brotli during the deploy, from the bytes it holds, on a thread that runs only when idle.
+
+Live first makes brotli after the alias moved (optimise.py), reading each text blob back
+from the store. But while a deploy runs, a core is partly idle (on 2 cores the reader
+gunzips on one, the pool hashes, gzips and stores on part of the other), and the
+every-variant-first pipeline used it. So the pool offers each new small text blob's bytes
+here; one thread makes its brotli at nice +10 (Linux nices a thread on its own), so it runs
+when the deploy's threads do not. An offer never waits: past `capacity` bytes queued it is
+dropped, and that blob is left to the after pass, so time to live never waits for brotli.
+
+A variant is stored the way the after pass stores it (same key, metadata, and
+worth-keeping rule); the builder flushes the store after `stop()` and only then writes a
+manifest naming it, so nothing is offered before it is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from pushsite.deploy import encode
+from pushsite.model import blob_key
+from pushsite.stores import ObjectStore
+
+CAPACITY = 4 << 20  # bytes queued at most (held beyond the deploy's in-flight budget)
+NICE = 10  # a CFS weight of 110 against the deploy's 1024: about a tenth of a busy core
+
+
+class EarlyBrotli:
+    """A queue of (hash, bytes, media type) and the thread that makes their brotli."""
+
+    def __init__(self, store: Callable[[], ObjectStore], capacity: int = CAPACITY) -> None:
+        self._store = store  # asked on the thread: the deploy's store, opened by then
+        self._capacity = capacity
+        self._queue: deque[tuple[str, bytes, str]] = deque()
+        self._queued = 0
+        self._made: dict[str, int] = {}  # hash -> size of the br variant stored
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, sha: str, data: bytes, content_type: str) -> bool:
+        """Queue a blob whose gzip was worth keeping; False (dropped) when full or stopped."""
+        with self._cond:
+            if self._stopping or self._queued + len(data) > self._capacity:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="early-brotli",
+                                                daemon=True)
+                self._thread.start()
+            self._queue.append((sha, data, content_type))
+            self._queued += len(data)
+            self._cond.notify()
+        return True
+
+    def stop(self) -> tuple[dict[str, int], dict[str, bytes]]:
+        """Stop taking blobs; the one in hand is finished. Returns (hash -> br size of each
+        variant stored, the bytes of the blobs still queued), the latter not made here."""
+        with self._cond:
+            self._stopping = True
+            left = {sha: data for sha, data, _ in self._queue}
+            self._queue.clear()
+            self._queued = 0
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        return dict(self._made), left
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux nices one thread
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                sha, data, content_type = self._queue.popleft()
+                self._queued -= len(data)
+            try:
+                made = encode.later_variants(data)
+                for enc, blob in made.items():
+                    self._store().put(blob_key(sha, enc), blob, {
+                        "content-type": content_type, "sha256": sha, "content-encoding": enc})
+            except Exception:  # noqa: BLE001 - the after pass makes it, and reports its error
+                with self._cond:
+                    self._stopping = True
+                return
+            if "br" in made:
+                with self._cond:
+                    self._made[sha] = len(made["br"])

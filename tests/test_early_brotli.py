@@ -1,0 +1,179 @@
+"""Brotli during the deploy (deploy/early.py): made from the bytes the deploy holds on a
+low-priority thread, stored and recorded as the after pass would, and only the rest left to
+the after pass (issue 20).
+
+How much the thread makes before live depends on the machine, so the assertions hold for
+any split: each text blob gets its br exactly once (made early, at the end, or after), every
+br the manifest lists is stored whole, and the after pass takes exactly what is left.
+Real SQLite state, the real local store and the real edge (in process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import brotli
+import pytest
+
+from pushsite.deploy import builder as builder_module
+from pushsite.deploy import early, entries, handover
+from pushsite.deploy.builder import ManifestBuilder, Target
+from pushsite.deploy.early import EarlyBrotli
+from pushsite.deploy.later import Later
+from pushsite.deploy.optimise import is_pending
+from pushsite.edge import respond as respond_module
+from pushsite.edge.respond import Edge
+from pushsite.model import Manifest, blob_key
+from pushsite.service import Service
+from pushsite.service.housekeeping import verify
+from pushsite.stores.local import LocalStore
+from support.prose import words as _words
+from support.service import accept, log_text, open_service
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    with open_service() as svc:
+        svc.create_site("blog")
+        yield svc
+
+
+class _Log:
+    def info(self, stage: str, message: str, **fields: object) -> None: ...
+    def warning(self, stage: str, message: str, **fields: object) -> None: ...
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _every_br_whole(service: Service, manifest: Manifest, files: dict[str, bytes]) -> None:
+    """Every br the manifest lists is stored, its recorded size, decoding to the file."""
+    for path, entry in manifest.files.items():
+        if "br" in entry.encodings:
+            stored = service.store.get(blob_key(entry.hash, "br"))
+            assert len(stored) == entry.encodings["br"], path
+            assert brotli.decompress(stored) == files[path], path
+
+
+def _early_count(log: str) -> int:
+    found = re.search(r"(\d+) while reading", log)
+    return int(found.group(1)) if found else 0
+
+
+def test_a_small_site_goes_live_with_every_brotli_and_nothing_left_after(
+        service: Service) -> None:
+    files = {f"p{i}.html": b"<p>" + _words(i, 6000) for i in range(40)}
+    files["copy.html"] = files["p3.html"]  # a duplicate shares its first copy's variants
+    deployment = accept(service, "blog", files)
+    deployment_id = service.run(deployment.id, optimise=False).id
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == [] and not is_pending(service.store, deployment_id)
+    assert all(set(e.encodings) == {"gzip", "br"} for e in manifest.files.values())
+    assert manifest.files["copy.html"] == manifest.files["p3.html"]
+    _every_br_whole(service, manifest, files)
+    log = log_text(service, deployment_id)
+    assert "optimised: 40 brotli variants made before live" in log
+    assert "optimising queued" not in log  # no marker, no message, no rewrite after
+    assert handover.take(deployment_id) is None
+    edge = Edge(service.state, service.store)
+    answer = asyncio.run(edge.respond("GET", "blog.localhost", b"/p7.html", "", "br, gzip"))
+    assert dict(answer.headers)[b"content-encoding"] == b"br"
+    assert brotli.decompress(answer.body) == files["p7.html"]
+    assert verify(service) == []
+
+
+def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_rest(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big site (spilled table, index by path) with nothing made at the end: whatever the
+    early thread made is in the manifest, the list handed over is exactly the rest, and
+    the after pass makes each of those once."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # the after pass has work
+    monkeypatch.setattr(entries, "SPILL_FILES", 500)
+    monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
+    files = {f"d{i % 7}/p{i}.html": b"<p>" + _words(i, 900 + i % 500) for i in range(2100)}
+    deployment = accept(service, "blog", files)
+    deployment_id = service.run(deployment.id, optimise=False).id
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == ["br"] and is_pending(service.store, deployment_id)
+    _every_br_whole(service, manifest, files)
+    before = {e.hash for e in manifest.files.values() if "br" in e.encodings}
+    assert _early_count(log_text(service, deployment_id)) == len(before)
+    left = handover.take(deployment_id)
+    assert left is not None
+    handover.leave(deployment_id, left)  # put back for the optimiser
+    assert {sha for sha, _, _ in left} == {_sha(data) for data in files.values()} - before
+
+    assert service.optimise_now(deployment_id)
+    log = log_text(service, deployment_id)
+    assert f"optimised: {len(files) - len(before)} brotli variants made (" in log
+    optimised = service.manifest(deployment_id)
+    assert optimised.pending == [] and not is_pending(service.store, deployment_id)
+    assert all(set(e.encodings) == {"gzip", "br"} for e in optimised.files.values())
+    _every_br_whole(service, optimised, files)
+    assert verify(service) == []
+
+
+def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    try:
+        queue = EarlyBrotli(lambda: store, capacity=300_000)
+        assert not queue.offer("f" * 64, b"x" * 300_001, "text/html")  # over: dropped
+        blobs = {_sha(data): data for data in (_words(i, 50_000) for i in range(5))}
+        assert all(queue.offer(sha, data, "text/html") for sha, data in blobs.items())
+        made, left = queue.stop()
+        assert not queue.offer("e" * 64, b"<p>late</p>" * 100, "text/html")  # stopped
+        assert set(made) | set(left) == set(blobs) and not set(made) & set(left)
+        assert all(left[sha] == blobs[sha] for sha in left)
+        store.flush()
+        for sha, size in made.items():
+            stored = store.get(blob_key(sha, "br"))
+            assert len(stored) == size and brotli.decompress(stored) == blobs[sha]
+        assert not store.has(blob_key(sha, "br") for sha in left)
+    finally:
+        store.close()
+
+
+def test_a_deploy_that_stops_midway_stops_the_early_thread(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    try:
+        builder = ManifestBuilder(Later.now(Target(store)), _Log(), later=True)
+        for i in range(30):
+            builder.add_small(f"site/p{i}.html", _words(i, 20_000))
+        builder.drain()  # every batch stored: their text was offered, the thread started
+        assert any(t.name == "early-brotli" for t in threading.enumerate())
+        builder.abort()  # as a deadline, a cancel or a bad bundle does
+        assert not any(t.name == "early-brotli" for t in threading.enumerate())
+    finally:
+        store.close()
+
+
+def test_every_variant_first_has_no_early_thread(tmp_path: Path) -> None:
+    """Without `later` (PUSHSITE_LIVE_FIRST=0) brotli is made in the pool, as before."""
+    store = LocalStore(tmp_path)
+    try:
+        builder = ManifestBuilder(Later.now(Target(store)), _Log(), later=False)
+        assert builder._early is None
+        builder.add_small("site/p.html", _words(1, 20_000))
+        manifest = builder.finish("d1", "blog", "", 0.0)
+        assert set(manifest.files["p.html"].encodings) == {"gzip", "br"}
+    finally:
+        store.close()
+
+
+def test_capacity_zero_leaves_everything_to_the_after_pass(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(early, "CAPACITY", 0)
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
+    files = {f"p{i}.html": b"<p>" + _words(i, 6000) for i in range(10)}
+    deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == ["br"]
+    assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
+    assert "before live" not in log_text(service, deployment_id)

@@ -25,7 +25,7 @@ WRITES = {"put_site", "delete_site", "claim_domain", "approve_domain", "release_
           "delete_endpoint", "append_delivery", "prune_deliveries", "put_sweep", "delete_sweep",
           "record_progress"}
 READS = {"list_endpoints", "list_deliveries",
-         "get_site", "list_sites", "domain_site", "get_domain", "list_domains",
+         "get_site", "list_sites", "site_heads", "domain_site", "get_domain", "list_domains",
          "get_deployment", "list_deployments",
          "get_alias", "list_aliases", "get_logs", "search_logs", "find_token", "list_tokens",
          "recalls", "find_deployments", "list_sweeps", "close"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench.state_scale import generate, listings
 from pushsite.model import Status
+from pushsite.state import every_site
 from pushsite.state.sqlite import SqliteState
 
 
@@ -17,7 +18,7 @@ def test_a_generated_state_reads_back_through_pushsite_and_every_listing_answers
     generate(path, sites=60, deployments=3000, logs=2)
     state = SqliteState(path)
     try:
-        sites = state.list_sites()
+        sites = list(every_site(state))
         assert len(sites) == 60
         newest = state.list_deployments(limit=3000)
         assert len(newest) == 3000

@@ -669,15 +669,23 @@ def sites(ctx: click.Context, as_json: bool) -> None:
 @reports_errors
 def sites_list(ctx: click.Context, as_json: bool) -> None:
     """List sites with their production URL and live deployment."""
+    from pushsite.state import SITE_PAGE
+
     service = _service(ctx)
     rows: list[dict[str, Any]] = []
-    for site in service.state.list_sites():
-        alias = service.state.get_alias(site.name, "production")
-        live = service.state.get_deployment(alias.deployment_id) if alias else None
-        rows.append({"name": site.name, "production_branch": site.production_branch,
-                     "url": service.config.site_url(site.name),
-                     "live_deployment": live.id if live else None,
-                     "commit": live.commit if live else ""})
+    after: str | None = None
+    while True:  # a page of sites and their live deployments at a time (issue 20)
+        page = service.state.list_sites(after=after, limit=SITE_PAGE)
+        heads = service.state.site_heads([site.name for site in page])
+        for site in page:
+            live = heads[site.name].live if site.name in heads else None
+            rows.append({"name": site.name, "production_branch": site.production_branch,
+                         "url": service.config.site_url(site.name),
+                         "live_deployment": live.id if live else None,
+                         "commit": live.commit if live else ""})
+        if len(page) < SITE_PAGE:
+            break
+        after = page[-1].name
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pushsite.errors import DeploymentNotFound, DomainConflict, SiteNotFound
+from pushsite.errors import ConfigError, DeploymentNotFound, DomainConflict, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
     ADMIN_SCOPE,
@@ -27,7 +27,7 @@ from pushsite.model import (
     WebhookSettings,
     branch_alias,
 )
-from pushsite.state import StateStore, Sweep, open_state_store
+from pushsite.state import SITE_PAGE, StateStore, Sweep, every_site, open_state_store
 
 BACKENDS = ["sqlite", "dynamodb"]  # every backend, unconditionally: a rename fails loudly
 
@@ -65,9 +65,57 @@ def test_site_round_trip_and_listing(state: StateStore) -> None:
     blog = state.get_site("blog")
     assert (blog.production_branch, blog.settings) == ("trunk", settings)
     assert state.get_site("docs").settings == SiteSettings()
-    assert sorted(s.name for s in state.list_sites()) == ["blog", "docs"]
+    assert [s.name for s in state.list_sites(limit=SITE_PAGE)] == ["blog", "docs"]
     state.put_site(Site("blog", production_branch="main"))
     assert state.get_site("blog").production_branch == "main"
+
+
+def test_sites_are_listed_a_page_at_a_time_by_name_with_their_domains(
+        state: StateStore) -> None:
+    for name in ("delta", "alpha", "echo", "charlie", "bravo"):
+        state.put_site(Site(name))
+    state.claim_domain("www.bravo.example", "bravo")
+    state.claim_domain("bravo.example", "bravo")
+    state.claim_domain("echo.example", "echo")
+    first = state.list_sites(limit=2)
+    assert [s.name for s in first] == ["alpha", "bravo"]
+    assert first[1].domains == ["bravo.example", "www.bravo.example"]
+    rest = state.list_sites(after=first[-1].name, limit=2)
+    assert [s.name for s in rest] == ["charlie", "delta"]
+    last = state.list_sites(after="delta", limit=2)
+    assert [(s.name, s.domains) for s in last] == [("echo", ["echo.example"])]
+    assert state.list_sites(after="echo", limit=2) == []
+    assert [s.name for s in state.list_sites(after="b", limit=SITE_PAGE)] == [
+        "bravo", "charlie", "delta", "echo"]
+    with pytest.raises(ConfigError, match="page of sites"):
+        state.list_sites(limit=SITE_PAGE + 1)  # refused, never cut short
+
+
+def test_every_site_walks_past_one_page(state: StateStore) -> None:
+    """Prune and the typo hints need every site: no cap at a page (issue 12's rule)."""
+    names = [f"s{n:04d}" for n in range(SITE_PAGE + 3)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: state.put_site(Site(name)), names))
+    assert [s.name for s in every_site(state)] == names
+
+
+def test_site_heads_are_each_sites_newest_and_live_deployment(state: StateStore) -> None:
+    for name in ("blog", "docs", "empty"):
+        state.put_site(Site(name))
+    live, newer = _deployment("blog"), _deployment("blog", "feature")
+    docs_live, docs_gone = _deployment("docs"), _deployment("docs")
+    for deployment in (live, newer, docs_live, docs_gone):
+        state.create_deployment(deployment)
+    state.move_alias("blog", PRODUCTION, live.id, live.id)
+    state.move_alias("blog", branch_alias("feature"), newer.id, newer.id)
+    state.move_alias("docs", PRODUCTION, docs_live.id, docs_live.id)
+    heads = state.site_heads(["blog", "docs", "empty", "nowhere", "blog"])
+    assert set(heads) == {"blog", "docs"}
+    assert heads["blog"].newest is not None and heads["blog"].newest.id == newer.id
+    assert heads["blog"].live is not None and heads["blog"].live.id == live.id
+    assert heads["docs"].newest is not None and heads["docs"].newest.id == docs_gone.id
+    assert heads["docs"].live is not None and heads["docs"].live.id == docs_live.id
+    assert state.site_heads([]) == {}
 
 
 def test_unknown_site_is_site_not_found(state: StateStore) -> None:
@@ -93,7 +141,7 @@ def test_delete_site_removes_everything_it_owns(state: StateStore) -> None:
         state.get_deployment(mine.id)
     assert state.search_logs("blog", "hello") == []
     assert state.get_deployment(theirs.id).site == "docs"
-    assert [s.name for s in state.list_sites()] == ["docs"]
+    assert [s.name for s in state.list_sites(limit=SITE_PAGE)] == ["docs"]
 
 
 # domains -----------------------------------------------------------------------------------
@@ -317,6 +365,25 @@ def test_search_logs_finds_words_newest_first(state: StateStore) -> None:
     ]
     assert len(state.search_logs("blog", "failed", limit=1)) == 1
     assert state.search_logs("docs", "failed") == []
+
+
+def test_search_logs_keeps_to_its_site_whose_name_others_share_words_with(
+        state: StateStore) -> None:
+    """Site names hold words of each other ("my-blog", "my-blog-2", "blog"): a search finds
+    only its own site's lines, and a page (limit) is the first lines of a longer one."""
+    lines: dict[str, list[str]] = {}
+    for site in ("my-blog", "my-blog-2", "blog", "my"):
+        deployment = _deployment(site)
+        state.create_deployment(deployment)
+        state.append_logs([_line(deployment.id, f"upload failed {n} in {site}")
+                           for n in range(4)])
+        lines[site] = [f"upload failed {n} in {site}" for n in reversed(range(4))]
+    for site, expected in lines.items():
+        assert [line.message for line in state.search_logs(site, "failed")] == expected
+        assert [line.message for line in state.search_logs(site, "failed", limit=3)] == (
+            expected[:3])
+    assert state.search_logs("my-blog", "my-blog-2") == []
+    assert state.search_logs("blog", "my") == []
 
 
 # tokens and dedup --------------------------------------------------------------------------

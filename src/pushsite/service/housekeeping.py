@@ -24,7 +24,7 @@ from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key
 from pushsite.pathindex import index_key
 from pushsite.service.lease import lease_end
 from pushsite.service.sweeps import SweepRecord
-from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, StateStore
+from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, StateStore, every_site
 from pushsite.stores.packs import PACKS, pack_key, parse_ref
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Depl
 
 
 def _pointed(state: StateStore) -> set[str]:
-    return {a.deployment_id for s in state.list_sites() for a in state.list_aliases(s.name)}
+    return {a.deployment_id for s in every_site(state) for a in state.list_aliases(s.name)}
 
 
 @dataclass

@@ -57,6 +57,7 @@ from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.queueing import Queueing
 from pushsite.service.running import deadline_margin
 from pushsite.sources.webhooks import check_repo_name, same_repo
+from pushsite.state import every_site
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -114,7 +115,7 @@ class Service(Queueing):
             return self.state.get_site(name)
         except SiteNotFound:
             if not create:
-                known = [s.name for s in self.state.list_sites()]
+                known = [s.name for s in every_site(self.state)]
                 raise SiteNotFound(missing_site(name, known)) from None
         site = Site(name, webhook_secret=secrets.token_hex(20))
         self.state.put_site(site)

@@ -12,10 +12,12 @@ Nothing here imports service, web, cli or aws.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
+from pushsite.errors import ConfigError
 from pushsite.model import (
     ADMIN_SCOPE,
     Alias,
@@ -39,6 +41,28 @@ from pushsite.model import (
 DELIVERY_DAYS = 30
 DELIVERY_RETENTION = DELIVERY_DAYS * 86400.0  # seconds
 DELIVERIES_KEPT = 500  # per endpoint
+
+# The most sites one list_sites call returns (issue 20: 10,000 sites listed whole took 1.5 s
+# on SQLite). Listings page by name; a caller that must see every site walks the pages
+# (every_site), never relying on one call holding them all.
+SITE_PAGE = 100
+
+
+def site_page(limit: int) -> int:
+    """`limit` checked for list_sites: a larger page is refused, never cut short (a caller
+    that stops at the first short page would stop early)."""
+    if not 1 <= limit <= SITE_PAGE:
+        raise ConfigError(f"a page of sites holds 1 to {SITE_PAGE}, not {limit}")
+    return limit
+
+
+@dataclass
+class SiteHeads:
+    """What a list of sites shows beside each name: its newest deployment and the one its
+    production alias points at (either may be None)."""
+
+    newest: Deployment | None = None
+    live: Deployment | None = None
 
 
 @dataclass
@@ -74,7 +98,14 @@ class StateStore(Protocol):
     def get_site(self, name: str) -> Site:
         """Raises SiteNotFound."""
 
-    def list_sites(self) -> list[Site]: ...
+    def list_sites(self, *, after: str | None = None, limit: int) -> list[Site]:
+        """Sites by name, those after `after`, at most `limit` (capped at SITE_PAGE): a
+        keyset page. Callers that need every site walk the pages with every_site."""
+
+    def site_heads(self, sites: Sequence[str]) -> dict[str, SiteHeads]:
+        """Each named site's newest and live deployment (a page of sites, as the dashboard
+        and `pushsite sites` show them), a fixed number of reads however many sites are
+        named, never one query per site on SQLite. Unknown sites are left out."""
 
     def delete_site(self, name: str) -> None:
         """Remove the site, its aliases, domains, deployments and logs."""
@@ -242,6 +273,19 @@ class OwnWrites(Protocol):
     process deploys shows at once, and only other processes' writes wait out the bound."""
 
     def own_writes(self) -> int: ...
+
+
+def every_site(state: StateStore) -> Iterator[Site]:
+    """Every site by name, a page at a time, without a cap: for callers that must see them
+    all (prune's marks, a typo's suggestions). Issue 12's rule: no silent cap in a loop that
+    decides a deletion."""
+    after: str | None = None
+    while True:
+        page = state.list_sites(after=after, limit=SITE_PAGE)
+        yield from page
+        if len(page) < SITE_PAGE:
+            return
+        after = page[-1].name
 
 
 _BACKENDS = {

@@ -36,13 +36,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from botocore.exceptions import ClientError
 
 from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, make_client
 from pushsite.errors import (
+    BackendUnavailable,
     ConfigError,
     DeploymentNotFound,
     DomainConflict,
@@ -50,6 +52,7 @@ from pushsite.errors import (
 )
 from pushsite.model import (
     ADMIN_SCOPE,
+    PRODUCTION,
     Alias,
     Delivery,
     Deployment,
@@ -62,7 +65,7 @@ from pushsite.model import (
     Status,
     Token,
 )
-from pushsite.state import DELIVERY_RETENTION, Sweep
+from pushsite.state import DELIVERY_RETENTION, SiteHeads, Sweep, site_page
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
@@ -264,8 +267,61 @@ class DynamoState:
             raise SiteNotFound(f"no site named {name!r}: create it first or check the name")
         return self._site(item)
 
-    def list_sites(self) -> list[Site]:
-        return [self._site(item) for item in self._partition("sites")]
+    def list_sites(self, *, after: str | None = None, limit: int) -> list[Site]:
+        """One Query of the `sites` partition from `after` (its sort key is the name), then
+        each site's domain claims (a Query of its own partition, as get_site reads them)."""
+        args: dict[str, Any] = {"KeyConditionExpression": "pk = :pk",
+                                "ExpressionAttributeValues": {":pk": _s("sites")}}
+        if after is not None:
+            args["KeyConditionExpression"] += " AND sk > :after"
+            args["ExpressionAttributeValues"][":after"] = _s(after)
+        wanted = site_page(limit)
+        items: list[Item] = []
+        for item in self._query(ConsistentRead=True, Limit=wanted, **args):
+            items.append(item)
+            if len(items) == wanted:
+                break
+        return [self._site(item) for item in items]
+
+    def site_heads(self, sites: Sequence[str]) -> dict[str, SiteHeads]:
+        """The production aliases and their deployments in two BatchGetItems; each site's
+        newest deployment is one Query (Limit 1) on `by_site`, a few at once: DynamoDB has
+        no query across partitions (docs/scale.md)."""
+        names = list(dict.fromkeys(sites))
+        heads: dict[str, SiteHeads] = {}
+        aliases = self._batch_get([(f"site#{name}", f"alias#{PRODUCTION}") for name in names])
+        live_ids = {item["pk"]["S"].removeprefix("site#"): item["deployment_id"]["S"]
+                    for item in aliases}
+        found = {item["pk"]["S"].removeprefix("dep#"): self._deployment(item) for item in
+                 self._batch_get([(f"dep#{d}", "#") for d in set(live_ids.values())])}
+        for name, deployment_id in live_ids.items():
+            if deployment_id in found:
+                heads.setdefault(name, SiteHeads()).live = found[deployment_id]
+        with ThreadPoolExecutor(max_workers=min(8, max(len(names), 1))) as pool:
+            newest = list(pool.map(lambda name: self.list_deployments(name, limit=1), names))
+        for name, page in zip(names, newest, strict=True):
+            if page:
+                heads.setdefault(name, SiteHeads()).newest = page[0]
+        return heads
+
+    def _batch_get(self, keys: list[tuple[str, str]]) -> list[Item]:
+        """The items of `keys` that exist (BatchGetItem, 100 keys a call, consistent)."""
+        found: list[Item] = []
+        for start in range(0, len(keys), 100):
+            pending: dict[str, Any] = {self.table: {
+                "Keys": [_key(pk, sk) for pk, sk in keys[start:start + 100]],
+                "ConsistentRead": True}}
+            with aws_errors(self._what):
+                for attempt in range(8):
+                    response = self._client.batch_get_item(RequestItems=pending)
+                    found += response.get("Responses", {}).get(self.table, [])
+                    pending = response.get("UnprocessedKeys") or {}
+                    if not pending:
+                        break
+                    time.sleep(0.05 * 2**attempt)
+            if pending:
+                raise BackendUnavailable(f"{self._what} kept throttling a batch read")
+        return found
 
     def _site(self, item: Item) -> Site:
         data = _load(item)

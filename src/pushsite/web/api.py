@@ -18,6 +18,7 @@ a Location) comes once it is queued. The server's worker runs it; follow it with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import time
@@ -43,6 +44,7 @@ from pushsite.errors import (
     Forbidden,
     NotFound,
     PushsiteError,
+    SiteNotFound,
 )
 from pushsite.model import (
     ADMIN_SCOPE,
@@ -56,6 +58,7 @@ from pushsite.model import (
     site_scope,
 )
 from pushsite.service import Service
+from pushsite.state import SITE_PAGE
 from pushsite.web import auth
 from pushsite.web.errors import install_error_handlers, with_debug_flag
 
@@ -153,6 +156,8 @@ class SiteOut(BaseModel):
 
 class SiteList(BaseModel):
     sites: list[SiteOut]
+    next_after: str | None = Field(None, description="Pass as `after` for the next page; "
+                                   "null on the last page.")
 
 
 class SiteIn(BaseModel):
@@ -430,9 +435,20 @@ def create_api(service: Service) -> FastAPI:
 
     # sites ---------------------------------------------------------------------------------
     @api.get("/sites", response_model=SiteList, tags=["sites"])
-    def list_sites(token: Caller) -> dict[str, Any]:
-        """Sites the token covers."""
-        return {"sites": [view.site(s) for s in service.state.list_sites() if token.covers(s.name)]}
+    def list_sites(token: Caller, after: Annotated[str | None, Query(max_length=63)] = None,
+                   limit: Annotated[int, Query(ge=1, le=SITE_PAGE)] = SITE_PAGE,
+                   ) -> dict[str, Any]:
+        """Sites the token covers, by name, a page at a time: `next_after` names the next
+        page's `after`."""
+        if token.site is not None:  # a site's token covers that one site
+            page = []
+            if after is None or token.site > after:
+                with contextlib.suppress(SiteNotFound):
+                    page = [service.state.get_site(token.site)]
+            return {"sites": [view.site(s) for s in page], "next_after": None}
+        page = service.state.list_sites(after=after, limit=limit)
+        return {"sites": [view.site(s) for s in page],
+                "next_after": page[-1].name if len(page) == limit else None}
 
     @api.post("/sites", status_code=201, response_model=SiteOut, tags=["sites"],
               responses=_errors(409))

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from pushsite import names
 from pushsite.errors import ConfigError, Forbidden, PushsiteError
 from pushsite.model import Token
+from pushsite.state import every_site
 
 if TYPE_CHECKING:
     from pushsite.web.dashboard import Dashboard, Visit
@@ -95,7 +96,7 @@ class Manage:
         rows = [t for t in self.service.state.list_tokens()
                 if token.site is None or t.site == token.site]
         rows.sort(key=lambda t: t.created, reverse=True)
-        sites = [s.name for s in self.service.state.list_sites() if token.covers(s.name)]
+        sites = [s.name for s in every_site(self.service.state) if token.covers(s.name)]
         return Page("tokens.html", {"tokens": rows, "created": created, "sites": sites,
                                     "every_site": token.site is None})
 

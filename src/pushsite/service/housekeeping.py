@@ -164,11 +164,17 @@ def _sweep(service: Service, watch: _Watch, marks: _Marks, batches: deque[list[s
 
 def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Deployment]:
     """Mark the deployments to drop as pruned in the state (compare-and-set on their status),
-    so none is `ready` once its manifest goes; the ones marked."""
+    so none is `ready` once its manifest goes; the ones marked.
+
+    Only `ready` ones are dropped: a `live` one is served, or an alias is about to move onto
+    it (service/running.py's claim_live marks it live first, with a compare-and-set from
+    `ready` that fails once this one won). Every writer of a status compares and sets it,
+    so none brings a dropped deployment back as servable with no manifest."""
     state = service.state
     pointed = _pointed(state)
     ours = [d for d in every_deployment(state, page, site=site) if d.status.servable]
-    kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
+    kept_ids = ({d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
+                | {d.id for d in ours if d.status == Status.LIVE})
     marked = []
     for deployment in ours:
         if deployment.id in kept_ids:
@@ -176,7 +182,7 @@ def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Depl
         before = Deployment.from_dict(deployment.to_dict())
         deployment.status = Status.CANCELLED
         deployment.error = deployment.error or PRUNED
-        if state.update_deployment(deployment, expect_status=before.status):
+        if state.update_deployment(deployment, expect_status=Status.READY):
             marked.append((deployment, before))
     # a rollback may have moved an alias onto one of them meanwhile: that one stays
     pointed = _pointed(state)

@@ -554,10 +554,9 @@ class Running(ServiceBase):
         moved = self.activate(deployment, log)
         self._time_stage("activate", time.monotonic() - activating)
         deployment.stage = "done"
-        if moved:
-            deployment.status = Status.LIVE
-            self.state.update_deployment(deployment)
-            self._refresh_status(deployment.id)  # a newer one may have moved past it meanwhile
+        if moved:  # live since activate claimed it; a newer one may have moved past it
+            self.state.update_deployment(deployment, expect_status=Status.LIVE)
+            self._refresh_status(deployment.id)
             deployment.status = self.state.get_deployment(deployment.id).status
         log.info("done", f"{deployment.status} in {deployment.seconds:.2f}s: "
                  f"{plural(deployment.files, 'file')}, "
@@ -617,7 +616,11 @@ class Running(ServiceBase):
 
     def activate(self, deployment: Deployment, log: DeployLog | None = None) -> bool:
         """Move the branch's aliases to a ready deployment; a newer acceptance always wins.
-        A draft moves none: it stays ready at its own URL until promoted."""
+        A draft moves none: it stays ready at its own URL until promoted.
+
+        The deployment is claimed `live` (`claim_live`) before any alias moves, so a prune
+        (which drops only `ready` ones) never deletes the manifest of one it moves onto; it
+        goes back to `ready` when a newer deployment holds every alias."""
         if deployment.draft:
             if log:
                 log.info("activate", f"a draft: no alias moved; promote it with `pushsite "
@@ -633,6 +636,11 @@ class Running(ServiceBase):
                              f"`pushsite unlock {site.name}`")
                 return False
             targets.insert(0, PRODUCTION)
+        if not self.claim_live(deployment):
+            current = self.state.get_deployment(deployment.id)
+            raise DeploymentCancelled(f"deployment {deployment.id} became {current.status} "
+                                      f"({current.error or 'no reason given'}) before it could"
+                                      " go live; the live site is unchanged")
         moved_any = False
         for alias in targets:
             before = self.state.get_alias(site.name, alias)
@@ -644,13 +652,31 @@ class Running(ServiceBase):
                     self._refresh_status(before.deployment_id)
             elif log:
                 log.warning("activate", f"{alias} was not moved: a newer deployment holds it")
+        if not moved_any:
+            self._refresh_status(deployment.id)
+            deployment.status = self.state.get_deployment(deployment.id).status
         return moved_any
 
-    def _mark_live(self, deployment: Deployment) -> None:
-        """Live again (a rollback or a promote): an optimising it stopped resumes."""
-        if deployment.status != Status.LIVE:
+    def claim_live(self, deployment: Deployment) -> bool:
+        """Mark a servable deployment `live` before an alias moves onto it: a compare-and-set
+        on the status last read, so it fails (False, `deployment` left as it was) once a
+        prune marked it pruned, and the prune's own compare-and-set fails on a `live` one
+        (service/housekeeping.py). A plain write here brought a pruned deployment back as
+        servable with no manifest."""
+        was = deployment.status
+        for _ in range(5):  # each retry follows another writer's change of a servable status
+            if not was.servable:
+                return False
             deployment.status = Status.LIVE
-            self.state.update_deployment(deployment)
+            if self.state.update_deployment(deployment, expect_status=was):
+                return True
+            deployment.status = was  # as the record a failed write settles from (_fail) read it
+            was = self.state.get_deployment(deployment.id).status
+        return False
+
+    def _mark_live(self, deployment: Deployment) -> None:
+        """Live again (a rollback or a promote), claimed by `claim_live` before its alias
+        moved: an optimising it stopped resumes."""
         log = self.log_for(deployment)
         self._queue_optimising(deployment, log)
         log.flush()
@@ -664,7 +690,9 @@ class Running(ServiceBase):
         pointed = any(a.deployment_id == deployment_id for a in self.state.list_aliases(old.site))
         if old.status == Status.LIVE and not pointed:
             old.status = Status.READY
-            self.state.update_deployment(old)
+            # compare-and-set: a prune may have dropped it since the read above (it became
+            # servable again with no manifest when this was a plain write)
+            self.state.update_deployment(old, expect_status=Status.LIVE)
 
 
 def _ranged(store: ObjectStore, key: str, start: int, end: int) -> bytes:

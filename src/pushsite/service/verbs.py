@@ -649,11 +649,20 @@ class Service(Queueing):
         if not target.status.servable:
             raise ConfigError(f"deployment {target.id} is {target.status}, not ready: only a "
                               "ready deployment can go live")
-        housekeeping.check_servable(self, target)  # before any alias moves
-        if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
-            raise AliasConflict(f"production of {site.name} moved while "
-                                f"{'promoting' if verb == 'promoted' else 'rolling back'}; "
-                                "retry")
+        # live before the alias moves (a prune drops only ready ones: service/running.py's
+        # claim_live), then whole, then the move; back to ready when either fails
+        if not self.claim_live(target):
+            raise ConfigError(f"deployment {target.id} is no longer ready (pruned?): only a "
+                              "ready deployment can go live")
+        try:
+            housekeeping.check_servable(self, target)
+            if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
+                raise AliasConflict(f"production of {site.name} moved while "
+                                    f"{'promoting' if verb == 'promoted' else 'rolling back'}"
+                                    "; retry")
+        except BaseException:
+            self._refresh_status(target.id)
+            raise
         self._mark_live(target)
         if current and current.deployment_id != target.id:
             self._refresh_status(current.deployment_id)

@@ -329,9 +329,11 @@ def _warn_unbuilt(folder: Path) -> None:
 
 def _deploy_target(source: str | None, site: str | None) -> tuple[str, str]:
     """SOURCE and --site, defaulted from the linked folder (deploy/linked.py)."""
-    from pushsite.deploy.linked import find_link
+    linked = None
+    if site is None or source is None:
+        from pushsite.deploy.linked import find_link
 
-    linked = find_link(Path.cwd()) if site is None or source is None else None
+        linked = find_link(Path.cwd())
     if site is None:
         if linked is None:
             raise ConfigError("which site? pass --site NAME, or link this folder once with "

@@ -48,10 +48,8 @@ from pushsite.model import (
     manifest_key,
     site_scope,
 )
-from pushsite.service import domains as claims
 from pushsite.service import sweeps
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
-from pushsite.service.housekeeping import referenced
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
 from pushsite.service.progress import ProgressWriter, copy_counters
@@ -332,6 +330,8 @@ class Running(ServiceBase):
         """The objects the manifest references that a prune's batch deleted while this
         deployment ran (service/sweeps.py; nothing to ask unless a sweep overlapped it)."""
         def missing() -> set[str]:
+            from pushsite.service.housekeeping import referenced
+
             wanted = referenced(manifest)
             return wanted - self.store.has(wanted)
 
@@ -505,6 +505,8 @@ class Running(ServiceBase):
         site = self.state.get_site(deployment.site)
         if deployment.branch != site.production_branch:
             return
+        from pushsite.service import domains as claims  # only a site whose files say so
+
         hosts = [claims.claimable(host, self.config)  # all or nothing: check before writing
                  for host in getattr(settings, "domains", ())]
         for host in hosts:

@@ -7,18 +7,15 @@ deployer, then one compare-and-set alias move.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import secrets
 import shutil
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pushsite import ids, names
-from pushsite.deploy.gitcommit import SiteRepos
 from pushsite.diskspace import settling, translating
 from pushsite.errors import (
     AliasConflict,
@@ -51,13 +48,14 @@ from pushsite.model import (
     pending_key,
 )
 from pushsite.pathindex import index_key
-from pushsite.service import domains as claims
-from pushsite.service import housekeeping, tokens
 from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.queueing import Queueing
 from pushsite.service.running import deadline_margin
-from pushsite.sources.webhooks import check_repo_name, same_repo
 from pushsite.state import every_site
+
+# domains, housekeeping, tokens, the webhook checks, git (subprocess) and the site
+# repositories are imported by the verbs that use them: a one-shot `pushsite deploy` uses none
+# (tests/test_import_weight.py)
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -77,6 +75,8 @@ def _is_zero(oid: str) -> bool:
 
 def _peeled(repo: Path, oid: str) -> str:
     """An annotated tag names a tag object; the commit it points at is what deploys."""
+    import subprocess
+
     done = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{oid}^{{commit}}"],
                           capture_output=True, text=True, cwd=repo, check=False)
     return done.stdout.strip() or oid
@@ -94,6 +94,8 @@ def _common_length(a: str, b: str) -> int:
 
 def missing_site(name: str, known: list[str]) -> str:
     """The message for a deploy to a site that does not exist, with the likeliest typo."""
+    import difflib
+
     close = difflib.get_close_matches(name, known, n=1)
     meant = f"; did you mean {close[0]!r}?" if close else ";"
     return f"no site named {name!r}{meant} create it with: pushsite sites create {name}"
@@ -125,18 +127,20 @@ class Service(Queueing):
         """The site a deploy or a push goes to. Sites are created on purpose: an unknown name
         is a SiteNotFound that suggests the close name meant (a typo must never make a site
         and report it live) unless `create` asks for a new site."""
-        try:
+        if not create:
             return self.site(name)
+        try:  # no typo hint to make (it lists every site): a missing site is made here
+            return self.state.get_site(names.check_site_name(name))
         except SiteNotFound:
-            if not create:
-                raise
-        return self.create_site(name)
+            return self.create_site(name)
 
     # custom domains (service/domains.py) ---------------------------------------------------
     def add_domain(self, site_name: str, host: str, *, approve: bool = True) -> Domain:
         """An admin's claim of `host` for a site, approved at once (or, with approve=False,
         pending until approved or proven in DNS). Names the edge or the control plane answer
         on are refused (DomainConflict), as is a host another site holds, even pending."""
+        from pushsite.service import domains as claims
+
         site = self.site(site_name)
         host = claims.claimable(host, self.config)
         status = DomainStatus.APPROVED if approve else DomainStatus.PENDING
@@ -155,6 +159,8 @@ class Service(Queueing):
         """Approve a site's claim of `host` (claiming it first when free) if DNS proves its
         owner controls the name: a TXT record `_pushsite-challenge.<host>` holds the site's
         domain token. Raises ConfigError, with the record to add, when it does not."""
+        from pushsite.service import domains as claims
+
         site = self.site(site_name)
         host = claims.claimable(host, self.config)
         claim = self.state.claim_domain(host, site.name, scope=scope)
@@ -182,6 +188,8 @@ class Service(Queueing):
 
     def domain_token(self, site_name: str) -> str:
         """The value the site's `_pushsite-challenge.<host>` TXT records must hold."""
+        from pushsite.service import domains as claims
+
         return claims.domain_token(self.state, self.site(site_name))
 
     def _claim(self, host: str) -> Domain:
@@ -221,6 +229,8 @@ class Service(Queueing):
         if webhook_access_token is not None:
             hook = replace(hook, access_token=webhook_access_token)
         if webhook_repo is not None:
+            from pushsite.sources.webhooks import check_repo_name
+
             hook = replace(hook, repo=check_repo_name(webhook_repo) if webhook_repo else "",
                            last_ignored_repo="")
         site.settings = replace(site.settings, webhook=hook,
@@ -291,6 +301,8 @@ class Service(Queueing):
                   for key in (manifest_key(d.id), index_key(d.id), pending_key(d.id))]
         self.state.delete_site(site.name)  # first: the edge stops serving it at once
         self.store.delete(doomed)
+        from pushsite.deploy.gitcommit import SiteRepos
+
         shutil.rmtree(SiteRepos(self.config.repos).path(site.name), ignore_errors=True)
 
     def _every_deployment(self, site_name: str) -> list[Deployment]:
@@ -509,6 +521,8 @@ class Service(Queueing):
                            f"site {site.name} is now bound to repository {hosted.repo}: pushes "
                            "from any other repository are ignored")
             return RefOutcome(ref, "deploy", branch, deployment)
+        from pushsite.deploy.gitcommit import SiteRepos
+
         repos = SiteRepos(self.config.repos)
         commit = _peeled(repos.path(site.name), new) if branch.startswith("tag/") else new
         deployment = self.accept_commit(site.name, branch, commit,
@@ -520,6 +534,8 @@ class Service(Queueing):
         """Why a signed push from `repo` may not deploy `site` ("" when it may). The secret
         proves only who signed; the site deploys the one repository it is bound to, set by
         `pushsite hooks --repo` or else by its first valid push."""
+        from pushsite.sources.webhooks import same_repo
+
         hook = site.settings.webhook
         if not hook.repo:
             site.settings = replace(site.settings, webhook=replace(hook, repo=repo))
@@ -649,6 +665,8 @@ class Service(Queueing):
         if not target.status.servable:
             raise ConfigError(f"deployment {target.id} is {target.status}, not ready: only a "
                               "ready deployment can go live")
+        from pushsite.service import housekeeping
+
         # live before the alias moves (a prune drops only ready ones: service/running.py's
         # claim_live), then whole, then the move; back to ready when either fails
         if not self.claim_live(target):
@@ -724,20 +742,28 @@ class Service(Queueing):
         """Delete old deployments and the blobs no kept deployment uses (housekeeping.py);
         `grace`: seconds of recent writes always kept (default: the prune_grace setting).
         Works on a full disk: its writes use the reserve's room (diskspace.py)."""
+        from pushsite.service import housekeeping
+
         with settling():
             return housekeeping.prune(self, site_name, keep, grace=grace)
 
     def verify(self) -> list[str]:
         """The problems found in every ready manifest's blobs (housekeeping.py)."""
+        from pushsite.service import housekeeping
+
         return housekeeping.verify(self)
 
     # tokens -------------------------------------------------------------------------------------
     def create_token(self, name: str, site: str | None = None,
                      scopes: list[str] | None = None) -> str:
+        from pushsite.service import tokens
+
         return tokens.create_token(self.state, name, site, scopes)
 
     def check_token(self, secret: str, site: str | None = None,
                     scope: str = "deploy") -> Token:
+        from pushsite.service import tokens
+
         return tokens.check_token(self.state, secret, site, scope)
 
     def delete_token(self, token_id: str, site: str | None = None) -> Token:

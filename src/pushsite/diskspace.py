@@ -149,6 +149,13 @@ class Reserve:
             return
         try:
             have = os.fstat(fd).st_size
+            if have >= self.size:
+                return
+            try:  # the whole rest in one call while the disk has room (a fresh home's case)
+                os.posix_fallocate(fd, have, self.size - have)
+                return
+            except OSError:  # full, or no fallocate here: step by step below, from what
+                have = os.fstat(fd).st_size  # the failed call may have kept
             chunk = _CHUNK
             while have < self.size:
                 step = min(chunk, self.size - have)

@@ -1,3 +1,3 @@
-from pushsite.cli import main
+from pushsite.launch import main
 
 main()

@@ -365,11 +365,9 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
     if isinstance(deployment, Deployment):
         data = _deployment_json(service.config, deployment, service)
     else:
-        data = deployment
-        urls = data.setdefault("urls", {})
-        data.setdefault("context", "production" if urls.get("production") else "preview")
-        if control and "log" not in urls:
-            urls["log"] = f"{control.rstrip('/')}/deployments/{data['id']}"
+        from pushsite.remote import report_data
+
+        data = report_data(deployment, control) if control else deployment
     if as_json:
         click.echo(json.dumps(data))
         return
@@ -1454,6 +1452,10 @@ def main() -> None:
     process without the interpreter's teardown, which takes ~0.15 s once botocore is loaded:
     a quarter of a one-file deploy to S3. Its backends are closed by then (`_service`).
     """
+    from pushsite.launch import plain_remote_deploy, run
+
+    if plain := plain_remote_deploy(sys.argv[1:], os.environ):  # remote.py's quick path
+        run(plain)
     obj: dict[str, Any] = {}
     try:
         cli(obj=obj)

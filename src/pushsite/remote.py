@@ -1,11 +1,21 @@
 """`pushsite deploy --server URL --token T`: deploy to a remote `pushsite serve` over its API.
 
-The bundle is streamed to `POST /api/sites/<site>/deploys` (chunked, never read whole), then the
-deployment is followed by polling its log until it ends. The outcome maps to the same errors,
-and so the same exit codes, as a local deploy: the API names the error class of a failed
-deployment (`error_kind`, see web/api.py), and an HTTP error maps by its status. When the
-timeout passes first, the deployment is cancelled on the server (the live site stays) and the
-deploy ends as timed out.
+A folder or a .tar.gz file goes incrementally (deploy_source): the client asks the server
+first whether the site holds anything to build on (`uploads/basis`, sent before the folder is
+walked and read after), hashes its files (a hash cache makes a redeploy read only changed
+files), sends the list, uploads only the blobs the server lacks and finishes with `wait`: the
+answer comes when the deployment has ended, no polling. A site with nothing to reuse (a first
+deploy) gets the folder as one tar.gz instead, hashed for the cache as it is packed. Stdin is
+streamed whole to `POST /api/sites/<site>/deploys` (deploy_remote).
+
+The outcome maps to the same errors, and so the same exit codes, as a local deploy: the API
+names the error class of a failed deployment (`error_kind`, see web/api.py), and an HTTP
+error maps by its status. When the timeout passes first, the deployment is cancelled on the
+server (the live site stays) and the deploy ends as timed out.
+
+Imports are few (no httpx, rich or pushsite.limits unless needed): `pushsite/launch.py` runs
+a plain `deploy DIR --server` through here without loading the CLI, for a redeploy of about
+80 ms in all. The HTTP is httplite's, or httpx's when a proxy is set in the environment.
 """
 
 from __future__ import annotations
@@ -13,25 +23,13 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import suppress
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
-import httpx
-from rich.markup import escape
-
 from pushsite import __version__, errors, names
-from pushsite.deploy.filelist import (
-    Listing,
-    frame_header,
-    list_folder,
-    list_tarball,
-    tarball_files,
-)
-from pushsite.deploy.folder import open_source
-from pushsite.deploy.hashcache import HashCache
+from pushsite.deploy.filelist import Listing, frame_header, hash_pending, scan_folder
 from pushsite.errors import (
     BackendUnavailable,
     BundleRejected,
@@ -41,11 +39,15 @@ from pushsite.errors import (
     NotAuthorized,
     PushsiteError,
 )
-from pushsite.limits import human_size
 from pushsite.words import plural
+
+if TYPE_CHECKING:
+    from pushsite.deploy.hashcache import HashCache
 
 POLL_SECONDS = 0.3  # the longest wait between two looks at a deployment's log
 FIRST_POLL = 0.02  # the first: a one-file redeploy is live within a few hundredths
+WAIT_SECONDS = 30.0  # how long one answer may wait for the deployment to end (API `wait`)
+WAIT_SHOWN = 1.0  # with log lines to show: they print after at most this, then live
 _CHUNK = 1 << 20
 _BY_STATUS: dict[int, type[PushsiteError]] = {
     400: ConfigError, 401: NotAuthorized, 403: errors.Forbidden, 404: errors.NotFound,
@@ -67,18 +69,24 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
     """
     base = _checked_request(server, token, site, branch)
     deadline = time.monotonic() + timeout
-    with _client(base, token) as client:
-        remote = _Remote(client, base)
-        _check_target(remote, site, create)
-        params = {"message": message, **({"branch": branch} if branch else {}),
-                  **({"create": "true"} if create else {})}
-        meter = UploadMeter(echo, _stream_size(stream))
-        deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
-                                 content=meter.counted(_chunks(stream)),
-                                 headers={"Content-Type": "application/gzip"})
-        meter.done()
-        return _follow(remote, deployment["id"], deadline, timeout, echo)
+    with _Remote(base, token) as remote:
+        _basis(remote, site, branch, create)()  # a bad token or site fails before the upload
+        return _send_bundle(remote, _chunks(stream), _stream_size(stream), site=site,
+                            branch=branch, message=message, create=create, deadline=deadline,
+                            timeout=timeout, echo=echo)
 
+
+def _send_bundle(remote: _Remote, chunks: Iterator[bytes], size: int | None, *, site: str,
+                 branch: str | None, message: str, create: bool, deadline: float,
+                 timeout: float, echo: Echo | None) -> dict[str, Any]:
+    params = {"message": message, **({"branch": branch} if branch else {}),
+              **({"create": "true"} if create else {})}
+    meter = UploadMeter(echo, size)
+    deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
+                             content=meter.counted(chunks),
+                             headers={"Content-Type": "application/gzip"})
+    meter.done()
+    return _follow(remote, deployment["id"], deadline, timeout, echo)
 
 
 def _checked_request(server: str, token: str, site: str, branch: str | None) -> str:
@@ -91,6 +99,7 @@ def _checked_request(server: str, token: str, site: str, branch: str | None) -> 
         raise NotAuthorized(_NO_TOKEN)
     return base
 
+
 def deploy_source(server: str, token: str, source: str, *, site: str,
                   branch: str | None = None, message: str = "", timeout: float = 900.0,
                   echo: Echo | None = None, create: bool = False) -> dict[str, Any]:
@@ -98,42 +107,58 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
 
     A folder or a .tar.gz file goes incrementally: its files are hashed here (on every core),
     the list goes first, and only the blobs the server lacks are uploaded, in batches. Stdin
-    can be read once only, so it is streamed whole as before (deploy_remote).
+    can be read once only, so it is streamed whole as before (deploy_remote). So is a source
+    for a site that holds nothing yet (a folder packed as it is sent).
     """
-    if source == "-":
+    if source == "-" or not os.path.exists(source):
+        from pushsite.deploy.folder import open_source  # its error names what SOURCE may be
+
         return deploy_remote(server, token, open_source(source), site=site, branch=branch,
                              message=message, timeout=timeout, echo=echo, create=create)
-    path = Path(source)
-    if not path.exists():
-        open_source(source)  # its error names what a SOURCE may be
     base = _checked_request(server, token, site, branch)
     deadline = time.monotonic() + timeout
-    with _client(base, token) as client:
-        remote = _Remote(client, base)
-        _check_target(remote, site, create)
+    folder = os.path.abspath(source) if os.path.isdir(source) else None
+    with _Remote(base, token) as remote:
+        basis = _basis(remote, site, branch, create)  # answered while the folder is walked
         started = time.monotonic()
-        cache = _hash_cache(path) if path.is_dir() else None
+        cache = _hash_cache(folder) if folder else None
+        scan = scan_folder(folder, cache) if folder else None
+        if not basis()["held"]:
+            if scan is None:
+                with open(source, "rb") as bundle:
+                    return _send_bundle(remote, _chunks(bundle), _stream_size(bundle),
+                                        site=site, branch=branch, message=message,
+                                        create=create, deadline=deadline, timeout=timeout,
+                                        echo=echo)
+            from pushsite.deploy.packing import packed_folder
+
+            return _send_bundle(remote, packed_folder(scan, cache), None, site=site,
+                                branch=branch, message=message, create=create,
+                                deadline=deadline, timeout=timeout, echo=echo)
         try:
-            listing = (list_folder(path.resolve(), cache=cache) if path.is_dir()
-                       else _list_file(path))
+            listing = hash_pending(scan, cache=cache) if scan else _list_file(source)
         except BundleRejected:  # the server reads it and records the failed deployment
-            with open(path, "rb") as bundle:
-                return deploy_remote(server, token, bundle, site=site, branch=branch,
-                                     message=message, timeout=timeout, echo=echo,
-                                     create=create)
+            with open(source, "rb") as bundle:
+                return _send_bundle(remote, _chunks(bundle), _stream_size(bundle), site=site,
+                                    branch=branch, message=message, create=create,
+                                    deadline=deadline, timeout=timeout, echo=echo)
         files = [r for r in listing.rows if r.is_file]
-        unchanged = f", {cache.hits} unchanged since last time" if cache and cache.hits else ""
-        _say(echo, "hash", f"hashed {plural(len(files), 'file')} ({_mb(listing.total_bytes)}"
-             f"{unchanged}) in {time.monotonic() - started:.2f}s")
+        if echo is not None:
+            unchanged = f", {cache.hits} unchanged since last time" if cache and cache.hits \
+                else ""
+            _say(echo, "hash", f"hashed {plural(len(files), 'file')} "
+                 f"({_mb(listing.total_bytes)}{unchanged}) in "
+                 f"{time.monotonic() - started:.2f}s")
         answer = remote.call("POST", f"/sites/{site}/uploads", json={
             "files": [r.to_json() for r in listing.rows], "branch": branch,
             "message": message, "strip_top": listing.strip_top, "create": create})
         upload, missing = answer["upload"], set(answer["missing"])
         sizes = {r.sha256: r.size for r in files}
         need = sum(sizes[h] for h in missing)
-        _say(echo, "upload", f"{plural(len(missing), 'blob')} to upload ({_mb(need)}); the server "
-             f"holds the other {len({r.sha256 for r in files}) - len(missing)}")
-        frames = _frames(path, listing, missing) if missing else iter(())
+        if echo is not None:
+            _say(echo, "upload", f"{plural(len(missing), 'blob')} to upload ({_mb(need)}); "
+                 f"the server holds the other {len({r.sha256 for r in files}) - len(missing)}")
+        frames = _frames(source, listing, missing) if missing else iter(())
         sent = 0
         meter = UploadMeter(echo, need)
         for batch in _batches(frames):
@@ -141,9 +166,15 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
                               content=meter.counted(batch),
                               headers={"Content-Type": "application/octet-stream"})
             sent += int(got["received"])
-            _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
-        deployment = remote.call("POST", f"/sites/{site}/uploads/{upload}/finish")
-        return _follow(remote, deployment["id"], deadline, timeout, echo)
+            if echo is not None:
+                _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
+        try:
+            status, deployment = remote.answer(
+                "POST", f"/sites/{site}/uploads/{upload}/finish",
+                params={"wait": _wait(deadline, echo)})
+        except errors.Interrupted:
+            raise _interrupted(remote, upload) from None
+        return _ended(remote, status, deployment, deadline, timeout, echo)
 
 
 _NO_TOKEN = ("--server needs a deploy token: pass --token or set PUSHSITE_TOKEN (create one on "
@@ -153,51 +184,50 @@ BATCH_BLOBS = 2000
 Frame = tuple[bytes, Iterator[bytes], int]  # header, content chunks, size
 
 
-def _client(base: str, token: str) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": f"pushsite/{__version__}"}
-    return httpx.Client(base_url=base, headers=headers,
-                        timeout=httpx.Timeout(60.0, connect=10.0))
+def _basis(remote: _Remote, site: str, branch: str | None,
+           create: bool) -> Callable[[], dict[str, Any]]:
+    """Ask what the site holds; the answer is read by calling the result. A bad token, a
+    token for another site, or a missing site (without `create`) fail there, before any
+    upload."""
+    params = {**({"branch": branch} if branch else {}), **({"create": "true"} if create else {})}
+    answer = remote.begin("GET", f"/sites/{site}/uploads/basis", params=params)
+    return lambda: answer()[1]
 
 
-def _check_target(remote: _Remote, site: str, create: bool) -> None:
-    """A bad token, a token for another site, or a missing site fail before any upload."""
-    me = remote.call("GET", "/whoami")
-    if me.get("site") not in (None, site):
-        raise errors.Forbidden(f"this token is limited to site {me['site']!r}, not {site!r}; "
-                               "use a token made for that site or for every site")
-    if not create:  # a missing site fails here with the server's hint, before the upload
-        remote.call("GET", f"/sites/{site}")
-
-
-def _hash_cache(folder: Path) -> HashCache | None:
+def _hash_cache(folder: str) -> HashCache | None:
     """The hashes this machine took of the folder's files before (deploy/hashcache.py), in
     the user's cache folder (XDG): a remote deploy leaves PUSHSITE_HOME untouched. None
     without a home folder (every file is hashed)."""
+    from pushsite.deploy.hashcache import HashCache
+
     base = os.environ.get("XDG_CACHE_HOME", "")
-    try:
-        root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
-    except (RuntimeError, KeyError):
+    root = base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(root):  # no home folder to expand
         return None
-    return HashCache(root / "pushsite" / "hashes.sqlite", str(folder.resolve()))
+    return HashCache(os.path.join(root, "pushsite", "hashes.sqlite"), folder)
 
 
-def _list_file(path: Path) -> Listing:
+def _list_file(path: str) -> Listing:
+    from pushsite.deploy.filelist import list_tarball
+
     with open(path, "rb") as handle:
         return list_tarball(handle)
 
 
-def _frames(path: Path, listing: Listing, missing: set[str]) -> Iterator[Frame]:
+def _frames(source: str, listing: Listing, missing: set[str]) -> Iterator[Frame]:
     """Each missing blob once, as a frame: from the folder's files, or the tarball re-read."""
     left = set(missing)
-    if path.is_dir():
+    if os.path.isdir(source):
         for row in listing.rows:
             if row.is_file and row.sha256 in left:
                 left.discard(row.sha256)
-                yield frame_header(row.sha256, row.size), _file_chunks(path / row.path,
-                                                                       row.size), row.size
+                yield frame_header(row.sha256, row.size), _file_chunks(
+                    os.path.join(source, row.path), row.size), row.size
         return
+    from pushsite.deploy.filelist import tarball_files
+
     by_path = {r.path: r for r in listing.rows if r.is_file}
-    with open(path, "rb") as handle:
+    with open(source, "rb") as handle:
         for member_path, size, reader in tarball_files(handle):
             member = by_path.get(member_path)
             if member is not None and member.sha256 in left:
@@ -205,7 +235,7 @@ def _frames(path: Path, listing: Listing, missing: set[str]) -> Iterator[Frame]:
                 yield frame_header(member.sha256, size), _reader_chunks(reader), size
 
 
-def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
+def _file_chunks(path: str, size: int) -> Iterator[bytes]:
     with open(path, "rb", buffering=0) as handle:
         left = size
         while left and (chunk := handle.read(min(_CHUNK, left))):
@@ -258,7 +288,10 @@ class UploadMeter:
         self._next = self.started + self.EVERY
         self._said = False
 
-    def counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        if self.echo is None:  # nothing to say: the chunks as they are
+            yield from chunks
+            return
         for chunk in chunks:
             self.sent += len(chunk)
             if time.monotonic() >= self._next:
@@ -272,6 +305,8 @@ class UploadMeter:
             self._say()
 
     def _say(self) -> None:
+        from pushsite.limits import human_size
+
         self._said = True
         seconds = max(time.monotonic() - self.started, 1e-6)
         of = f" of {human_size(self.total)}" if self.total else ""
@@ -289,11 +324,25 @@ def _stream_size(stream: BinaryIO) -> int | None:
 
 def _say(echo: Echo | None, stage: str, message: str) -> None:
     if echo is not None:
+        from rich.markup import escape
+
         echo(f"[dim]{stage:<9}[/] {escape(message)}", highlight=False)
 
 
 def _mb(size: int) -> str:
+    from pushsite.limits import human_size
+
     return human_size(size)
+
+
+def report_data(deployment: dict[str, Any], control: str) -> dict[str, Any]:
+    """The deployment as `deploy --server --json` prints it: with its context and the URL of
+    its log on the server's dashboard (CONTROL is the --server value)."""
+    urls = deployment.setdefault("urls", {})
+    deployment.setdefault("context", "production" if urls.get("production") else "preview")
+    if "log" not in urls:
+        urls["log"] = f"{control.rstrip('/')}/deployments/{deployment['id']}"
+    return deployment
 
 
 def api_base(server: str) -> str:
@@ -312,33 +361,127 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 
 class _Remote:
-    """Calls to the API, with its errors turned into PushsiteErrors."""
+    """Calls to the API, with its errors turned into PushsiteErrors: over httplite, or over
+    httpx when the environment names a proxy (httpx honours it, httplite does not)."""
 
-    def __init__(self, client: httpx.Client, base: str) -> None:
-        self.client = client
+    def __init__(self, base: str, token: str) -> None:
         self.base = base
+        headers = {"Authorization": f"Bearer {token}", "User-Agent": f"pushsite/{__version__}",
+                   "Accept": "application/json"}
+        self._httpx: Any = None
+        self._lite: Any = None
+        if _proxied():
+            import httpx
+
+            self._httpx = httpx.Client(base_url=base, headers=headers,
+                                       timeout=httpx.Timeout(WAIT_SECONDS + 60.0, connect=10.0))
+        else:
+            from pushsite.httplite import Connection
+
+            self._lite = Connection(base, headers, timeout=WAIT_SECONDS + 60.0)
+
+    def __enter__(self) -> _Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        (self._httpx or self._lite).close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self.answer(method, path, **kwargs)[1]
+
+    def answer(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and the JSON of a successful call."""
+        return self.begin(method, path, **kwargs)()
+
+    def begin(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              json: Any = None, content: Iterable[bytes] | None = None,
+              headers: dict[str, str] | None = None) -> Callable[[], tuple[int, dict[str, Any]]]:
+        """Send a call now; calling the result reads its answer (work may go on between)."""
+        if self._httpx is not None:
+            return lambda: self._httpx_call(method, path, params, json, content, headers)
+        body: bytes | Iterable[bytes] | None = content
+        if json is not None:
+            import json as json_module
+
+            body = json_module.dumps(json).encode()
+            headers = {**(headers or {}), "Content-Type": "application/json"}
+        with self._translated():
+            self._lite.send(method, path, params=params, body=body, headers=headers)
+
+        def answer() -> tuple[int, dict[str, Any]]:
+            with self._translated():
+                got = self._lite.receive()
+            return self._checked(path, got.status_code, got.content)
+
+        return answer
+
+    def _httpx_call(self, method: str, path: str, params: Any, json: Any, content: Any,
+                    headers: Any) -> tuple[int, dict[str, Any]]:
+        with self._translated():
+            response = self._httpx.request(method, path, params=params, json=json,
+                                           content=content, headers=headers)
+        return self._checked(path, response.status_code, response.content)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """A transport's failure as BackendUnavailable naming the server."""
         try:
-            response = self.client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise BackendUnavailable(
-                f"could not reach the pushsite server at {self.base} ({reason}"
-                "); check --server and that `pushsite serve` runs there") from exc
+            yield
+        except (OSError, ValueError) as exc:
+            raise self._unreachable(exc) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("httpx", "httpcore")):
+                raise self._unreachable(exc) from exc
+            raise
+
+    def _unreachable(self, exc: Exception) -> BackendUnavailable:
+        reason = str(exc) or type(exc).__name__
+        return BackendUnavailable(f"could not reach the pushsite server at {self.base} "
+                                  f"({reason}); check --server and that `pushsite serve` "
+                                  "runs there")
+
+    def _checked(self, path: str, status: int, content: bytes) -> tuple[int, dict[str, Any]]:
+        import json
+
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
             data = None
         if not isinstance(data, dict):
             raise ConfigError(f"{self.base}{path} did not answer like a pushsite server (HTTP "
-                              f"{response.status_code}); check --server")
-        if response.is_success:
-            return data
-        text = str(data.get("error") or f"the server answered HTTP {response.status_code}")
-        cls = _BY_STATUS.get(response.status_code,
-                             BackendUnavailable if response.status_code >= 502 else PushsiteError)
+                              f"{status}); check --server")
+        if 200 <= status < 300:
+            return status, data
+        text = str(data.get("error") or f"the server answered HTTP {status}")
+        cls = _BY_STATUS.get(status, BackendUnavailable if status >= 502 else PushsiteError)
         raise cls(text)
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy (then httpx, which honours it, is used)."""
+    return any(name.lower() in ("http_proxy", "https_proxy", "all_proxy") and value
+               for name, value in os.environ.items())
+
+
+def _wait(deadline: float, echo: Echo | None) -> str:
+    """The `wait` of a call that queues the deployment: up to WAIT_SECONDS, within the
+    deadline; WAIT_SHOWN when log lines are shown live (they print after it at the latest)."""
+    left = max(deadline - time.monotonic(), 0.0)
+    return f"{min(left, WAIT_SHOWN if echo is not None else WAIT_SECONDS):.3f}"
+
+
+def _ended(remote: _Remote, status: int, deployment: dict[str, Any], deadline: float,
+           timeout: float, echo: Echo | None) -> dict[str, Any]:
+    """The deployment a call that queued it answered: 200 when it ended within the call's
+    `wait` (its log is shown, its outcome raised), else followed until it ends."""
+    if status != 200:
+        return _follow(remote, deployment["id"], deadline, timeout, echo)
+    if echo is not None:
+        _echo_lines(remote.call("GET", f"/deployments/{deployment['id']}/log",
+                                params={"after": 0}), 0, echo)
+    if deployment.get("exit_code") == 0:
+        return deployment
+    raise _failure(deployment)
 
 
 def _follow(remote: _Remote, deployment_id: str, deadline: float, timeout: float,
@@ -389,6 +532,8 @@ def _interrupted(remote: _Remote, deployment_id: str) -> errors.Interrupted:
 
 
 def _echo_lines(page: dict[str, Any], after: int, echo: Echo | None) -> int:
+    if echo is not None and page["lines"]:
+        from rich.markup import escape
     for line in page["lines"]:
         if echo is not None:
             style = {"warning": "yellow", "error": "red"}.get(line["level"], "dim")

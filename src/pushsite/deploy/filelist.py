@@ -13,16 +13,17 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
-from pushsite.deploy.bundle import BundleReader, MemberKind
-from pushsite.deploy.hashcache import HashCache
 from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge, ConfigError
-from pushsite.limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:  # the client's folder listing imports neither (deploy DIR --server's start)
+    from pathlib import Path
+
+    from pushsite.deploy.bundle import BundleReader
+    from pushsite.deploy.hashcache import HashCache
+    from pushsite.limits import Limits
 
 FILE, EXECUTABLE, LINK, DIR = "100644", "100755", "120000", "040000"
 MODES = (FILE, EXECUTABLE, LINK, DIR)
@@ -30,10 +31,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """One entry of the list; a link has its target (a path from the site's root, as the
-    bundle reader resolves it), a folder neither hash nor size."""
+    bundle reader resolves it), a folder neither hash nor size. (Tuples, not dataclasses:
+    importing dataclasses is ~10 ms of a `deploy --server` whose whole budget is ~80.)"""
 
     path: str
     sha256: str = ""
@@ -54,12 +55,12 @@ class Row:
         return self.mode in (FILE, EXECUTABLE)
 
 
-@dataclass
 class Listing:
     """What the client sends: the rows, and whether a single top folder wraps the site."""
 
-    rows: list[Row]
-    strip_top: bool
+    def __init__(self, rows: list[Row], strip_top: bool) -> None:
+        self.rows = rows
+        self.strip_top = strip_top
 
     @property
     def total_bytes(self) -> int:
@@ -80,48 +81,90 @@ def frame_header(sha256: str, size: int) -> bytes:
 
 
 # the client: listing a folder or a tar.gz --------------------------------------------------
-def list_folder(folder: Path, workers: int | None = None,
-                cache: HashCache | None = None) -> Listing:
-    """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads; a file
-    the `cache` knows unchanged is not read."""
-    found: list[tuple[str, str]] = []
-    rows: list[Row] = []
+class Scan:
+    """A folder walked: the rows known without reading (links, files the cache knows), and
+    the files still to hash as (path, full path). One lstat per entry, no read."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.rows: list[Row] = []
+        self.pending: list[tuple[str, str]] = []
+
+    @property
+    def files(self) -> Iterator[tuple[str, str]]:
+        """Every regular file to publish, as (path, full path), in the walk's order."""
+        for row in self.rows:
+            if row.is_file:
+                yield row.path, os.path.join(self.folder, row.path)
+        yield from self.pending
+
+
+def scan_folder(folder: Path | str, cache: HashCache | None = None) -> Scan:
+    """Walk the folder (not `.git`, not dotfiles); a file the `cache` knows unchanged gets
+    its row now, the rest wait in `pending` for `hash_pending`."""
     top = os.fspath(folder)
     if not os.path.isdir(top):
         raise ConfigError(f"no such folder: {folder}")
-    for current, dirnames, filenames in os.walk(top):
-        rel_dir = os.path.relpath(current, top).replace(os.sep, "/")
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if not (not prefix and d == ".git")
-                             and _published_early(prefix + d + "/x"))
-        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(
-                os.path.join(current, d))]:
-            path = prefix + name
-            full = os.path.join(current, name)
-            info = os.lstat(full)
-            if not _published_early(path):
-                continue
-            if stat.S_ISLNK(info.st_mode):
-                target = symlink_target(path, os.readlink(full))
-                if target:  # a link out of the site is skipped, as a local deploy does
-                    rows.append(Row(path, mode=LINK, target=target))
-            elif stat.S_ISREG(info.st_mode):
-                known = cache.lookup(full, info) if cache is not None else None
-                if known is None:
-                    found.append((path, full))
-                else:
-                    rows.append(Row(path, known[0], info.st_size, known[1]))
-    if found:
+    scan = Scan(top)
+    _walk(scan, top, "", cache)
+    return scan
+
+
+def _walk(scan: Scan, current: str, prefix: str, cache: HashCache | None) -> None:
+    with os.scandir(current) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        path = prefix + entry.name
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            if (prefix or entry.name != ".git") and _published_early(path + "/x"):
+                _walk(scan, entry.path, path + "/", cache)
+        elif not _published_early(path):
+            continue
+        elif stat.S_ISLNK(info.st_mode):
+            target = symlink_target(path, os.readlink(entry.path))
+            if target:  # a link out of the site is skipped, as a local deploy does
+                scan.rows.append(Row(path, mode=LINK, target=target))
+        elif stat.S_ISREG(info.st_mode):
+            known = cache.lookup(entry.path, info) if cache is not None else None
+            if known is None:
+                scan.pending.append((path, entry.path))
+            else:
+                scan.rows.append(Row(path, known[0], info.st_size, known[1]))
+
+
+def hash_pending(scan: Scan, workers: int | None = None,
+                 cache: HashCache | None = None) -> Listing:
+    """The scan's listing, its pending files hashed (on `workers` threads when many)."""
+    rows = list(scan.rows)
+    if len(scan.pending) == 1 or workers == 1:
+        hashed: Any = map(_hash_file, [full for _, full in scan.pending])
+        rows += _hashed_rows(scan.pending, hashed, cache)
+    elif scan.pending:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max(workers or os.cpu_count() or 1, 1)) as pool:
-            hashed = pool.map(_hash_file, [full for _, full in found])
-            for (path, full), (digest, size, mode, opened) in zip(found, hashed, strict=True):
-                rows.append(Row(path, digest, size, mode))
-                if cache is not None:
-                    cache.remember(full, opened, (digest, mode))
+            hashed = pool.map(_hash_file, [full for _, full in scan.pending])
+            rows += _hashed_rows(scan.pending, hashed, cache)
     if cache is not None:
         cache.save()
     rows.sort(key=lambda r: r.path)
     return Listing(rows, strip_top=False)
+
+
+def _hashed_rows(pending: list[tuple[str, str]], hashed: Any,
+                 cache: HashCache | None) -> Iterator[Row]:
+    for (path, full), (digest, size, mode, opened) in zip(pending, hashed, strict=True):
+        if cache is not None:
+            cache.remember(full, opened, (digest, mode))
+        yield Row(path, digest, size, mode)
+
+
+def list_folder(folder: Path | str, workers: int | None = None,
+                cache: HashCache | None = None) -> Listing:
+    """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads; a file
+    the `cache` knows unchanged is not read."""
+    return hash_pending(scan_folder(folder, cache), workers, cache)
 
 
 def _hash_file(full: str) -> tuple[str, int, str, os.stat_result]:
@@ -138,9 +181,12 @@ def _hash_file(full: str) -> tuple[str, int, str, os.stat_result]:
     return digest.hexdigest(), size, mode, opened
 
 
-def list_tarball(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Listing:
+def list_tarball(stream: BinaryIO, limits: Limits | None = None) -> Listing:
     """A tar.gz's members, hashed as they stream past (the server's own reader and rules)."""
-    reader = BundleReader(stream, limits)
+    from pushsite.deploy.bundle import BundleReader, MemberKind
+    from pushsite.limits import DEFAULT_LIMITS
+
+    reader = BundleReader(stream, limits or DEFAULT_LIMITS)
     rows: list[Row] = []
     for member in reader.members():
         if member.kind == MemberKind.DIR:
@@ -159,6 +205,8 @@ def list_tarball(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> Listing:
 
 def tarball_files(stream: BinaryIO) -> Iterator[tuple[str, int, BundleReader]]:
     """(path, size, the reader at its content) for each file `list_tarball` listed."""
+    from pushsite.deploy.bundle import BundleReader, MemberKind
+
     reader = BundleReader(stream)
     for member in reader.members():
         if member.kind != MemberKind.FILE or not _published_early(member.path):

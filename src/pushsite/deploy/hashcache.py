@@ -18,7 +18,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RACY_SECONDS = 2.0
 Stamp = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns
@@ -33,7 +36,7 @@ class HashCache:
     """The hashes known for the files under one folder (`lookup`), and the new ones to
     remember (`remember`, written by `save`)."""
 
-    def __init__(self, path: Path, folder: str, racy: float = RACY_SECONDS) -> None:
+    def __init__(self, path: Path | str, folder: str, racy: float = RACY_SECONDS) -> None:
         self._path = path
         self._racy = racy
         self.hits = 0  # files answered from the cache (said on the terminal, and tested)
@@ -73,7 +76,7 @@ class HashCache:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
         db = sqlite3.connect(self._path, timeout=5.0)
         try:
             with db:

@@ -386,6 +386,13 @@ class Service(Queueing):
                                    "arrived (it stopped renewing its lease); deploy it again")
 
     # incremental uploads (service/uploads.py) -------------------------------------------------
+    def upload_basis(self, site_name: str, *, branch: str | None = None,
+                     create: bool = False) -> dict[str, bool]:
+        """Whether an upload to the site could reuse blobs the server holds (uploads.basis)."""
+        from pushsite.service import uploads
+
+        return uploads.basis(self, site_name, branch=branch, create=create)
+
     def start_upload(self, site_name: str, files: Any, *, branch: str | None = None,
                      message: str = "", strip_top: bool = False,
                      create: bool = False) -> tuple[str, list[str]]:

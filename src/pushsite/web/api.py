@@ -65,6 +65,7 @@ from pushsite.web.errors import install_error_handlers, with_debug_flag
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_UPLOADS = 8
 _SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
+_WAIT_STEP, _WAIT_STEP_UNWATCHED = 0.004, 0.05  # `wait`'s looks at the state (_answer_when_ended)
 
 
 # --- response and request bodies -------------------------------------------------------------
@@ -364,6 +365,12 @@ class BlobsIn(BaseModel):
     received: int
 
 
+class UploadBasis(BaseModel):
+    exists: bool = Field(description="The site exists (false only with `create`).")
+    held: bool = Field(description="It has a production or branch deployment whose blobs an "
+                       "incremental upload reuses; false: send the whole bundle instead.")
+
+
 class TokenCreated(BaseModel):
     token: TokenOut
     secret: str = Field(description="Shown once; only its hash is stored.")
@@ -385,6 +392,9 @@ VariableName = Annotated[str, Path(description="A build variable's name.", max_l
                                    json_schema_extra={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})]
 TokenId = Annotated[str, Path(description="A token id.", max_length=64,
                               json_schema_extra={"pattern": "^[0-9a-z]{26}$"})]
+_Wait = Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the deployment "
+                               "to end (and move its aliases) before answering: a client "
+                               "learns the outcome without polling.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in ((400, "Bad request"), (401, "No valid token"),
@@ -662,6 +672,21 @@ def create_api(service: Service) -> FastAPI:
         return _created(request, data, 202)
 
     # incremental uploads (service/uploads.py): the list, the blobs the server lacks, finish
+    @api.get("/sites/{site}/uploads/basis", response_model=UploadBasis, tags=["actions"])
+    def upload_basis(token: Caller, site: SiteName,
+                     branch: Annotated[str | None, Query(max_length=255)] = None,
+                     create: bool = False) -> dict[str, Any]:
+        """Asked before a client hashes its files: whether the site exists and holds a
+        production or branch deployment an upload could reuse blobs of (else a client sends
+        the whole bundle to .../deploys). Checks the token and the site as an upload would."""
+        if token.site not in (None, site):
+            raise Forbidden(f"this token is limited to site {token.site!r}, not {site!r}; use "
+                            "a token made for that site or for every site")
+        if create and token.site is not None:
+            raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
+                            "not create sites; use a token made for every site")
+        return service.upload_basis(_covered(token, site), branch=branch, create=create)
+
     @api.post("/sites/{site}/uploads", status_code=201, response_model=UploadStarted,
               tags=["actions"], responses=_errors(413, 422))
     def start_upload(token: Caller, site: SiteName, body: UploadIn) -> dict[str, Any]:
@@ -698,12 +723,16 @@ def create_api(service: Service) -> FastAPI:
         return {"received": count}
 
     @api.post("/sites/{site}/uploads/{upload_id}/finish", status_code=202,
-              response_model=DeploymentOut, tags=["actions"], responses=_errors(422))
-    def finish_upload(request: Request, token: Caller, site: SiteName,
-                      upload_id: DeploymentId) -> JSONResponse:
-        """Queue the deployment once every asked-for blob has come (Location: it)."""
-        deployment = service.finish_upload(_covered(token, site), upload_id)
-        return _created(request, view.deployment(deployment), 202)
+              response_model=DeploymentOut, tags=["actions"],
+              responses={**_errors(422), 200: {"model": DeploymentOut,
+                                               "description": "It ended within `wait`."}})
+    async def finish_upload(request: Request, token: Caller, site: SiteName,
+                            upload_id: DeploymentId, wait: _Wait = 0.0) -> JSONResponse:
+        """Queue the deployment once every asked-for blob has come (202, Location: it), or
+        with `wait`, answer 200 as soon as it has ended within that time."""
+        deployment = await anyio.to_thread.run_sync(service.finish_upload,
+                                                    _covered(token, site), upload_id)
+        return await _answer_when_ended(request, view, deployment, wait)
 
     @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])
     def get_deployment(token: Caller, deployment_id: DeploymentId) -> dict[str, Any]:
@@ -935,6 +964,31 @@ def _diff(new: Manifest, old: Manifest) -> dict[str, Any]:
                 unchanged += 1
     return {"deployment": new.deployment_id, "against": old.deployment_id, "added": added,
             "changed": changed, "removed": removed, "unchanged": unchanged}
+
+
+async def _answer_when_ended(request: Request, view: _Views, deployment: Deployment,
+                             wait: float) -> JSONResponse:
+    """A queued deployment's answer: 202 at once, or 200 once it has ended if that happens
+    within `wait` seconds. The state is looked at every few milliseconds, but read only after
+    a commit when it can tell cheaply (SQLite's change token; DynamoDB every 50 ms): a poll
+    from the client cost up to its growing pause, ~0.3 s, after the deployment was live."""
+    from pushsite.state import Watchable
+
+    state = view.service.state
+    deadline = time.monotonic() + wait
+    seen: object = None
+    while wait > 0:
+        mark = state.change_token() if isinstance(state, Watchable) else None
+        if mark is None or mark != seen:
+            seen = mark
+            current = await anyio.to_thread.run_sync(state.get_deployment, deployment.id)
+            if await anyio.to_thread.run_sync(view.settled, current):
+                data = await anyio.to_thread.run_sync(view.deployment, current)
+                return _created(request, data, 200)
+        if time.monotonic() >= deadline:
+            break
+        await anyio.sleep(_WAIT_STEP if mark is not None else _WAIT_STEP_UNWATCHED)
+    return _created(request, await anyio.to_thread.run_sync(view.deployment, deployment), 202)
 
 
 def _created(request: Request, deployment: dict[str, Any], status: int) -> JSONResponse:

@@ -1,0 +1,182 @@
+"""A small HTTP/1.1 client on the standard library's socket, for `deploy DIR --server`.
+
+Why not httpx or http.client: a one-file redeploy from CI is meant to take about 80 ms,
+process start included, and importing httpx costs ~86 ms, http.client (through the email
+package) ~10 ms more than `socket`. What the deploy client needs is small: JSON requests, a
+streamed body (chunked), answers with a length or chunked, one keep-alive connection, TLS.
+
+Proxies are not spoken here: with a proxy in the environment the client uses httpx, which
+honours it (remote.py chooses).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+IDLE_SECONDS = 2.0  # a connection idle longer is replaced: servers close idle ones (uvicorn: 5 s)
+_LINE_MAX = 65536
+
+
+class Answer:
+    """A response: its status, headers (lower-case names) and body."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Connection:
+    """One keep-alive connection to BASE's host; OSError (socket.timeout included) when the
+    server cannot be reached or stops answering. Not for several threads at once."""
+
+    def __init__(self, base: str, headers: Mapping[str, str], timeout: float = 60.0,
+                 connect_timeout: float = 10.0) -> None:
+        parts = urlsplit(base)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._tls else 80)
+        self._prefix = parts.path.rstrip("/")
+        netloc = parts.netloc.rpartition("@")[2]
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": netloc, **headers}.items())
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        self._used = 0.0
+
+    def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                body: bytes | Iterable[bytes] | None = None,
+                headers: Mapping[str, str] | None = None) -> Answer:
+        """Send one request and read its answer."""
+        self.send(method, path, params=params, body=body, headers=headers)
+        return self.receive()
+
+    def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+             body: bytes | Iterable[bytes] | None = None,
+             headers: Mapping[str, str] | None = None) -> None:
+        """Send a request (its answer is read by `receive`, so work can go on meanwhile)."""
+        sock = self._ready()
+        target = quote(self._prefix + path, safe="/:@-._~!$&'()*+,;=")
+        if params:
+            target += "?" + "&".join(f"{quote(str(k), safe='')}={quote(str(v), safe='')}"
+                                     for k, v in params.items())
+        head = f"{method} {target} HTTP/1.1\r\n{self._head}"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        try:
+            if body is None or isinstance(body, bytes):
+                data = body or b""
+                if data or method in ("POST", "PUT"):
+                    head += f"Content-Length: {len(data)}\r\n"
+                sock.sendall(f"{head}\r\n".encode("latin-1") + data)
+            else:
+                sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode("latin-1"))
+                for chunk in body:
+                    if chunk:
+                        sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                sock.sendall(b"0\r\n\r\n")
+        except BaseException:
+            self.close()
+            raise
+
+    def receive(self) -> Answer:
+        """The answer to the request sent last."""
+        try:
+            answer = self._read_answer()
+        except BaseException:
+            self.close()
+            raise
+        if answer.headers.get("connection", "").lower() == "close":
+            self.close()
+        self._used = time.monotonic()
+        return answer
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._reader.close()
+            self._sock.close()
+        self._sock = self._reader = None
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------
+    def _ready(self) -> socket.socket:
+        """The open connection, or a new one where it was idle long or closed by the server
+        (an idle socket that reads as ready has been closed: its EOF is waiting)."""
+        sock = self._sock
+        if sock is not None and (time.monotonic() - self._used > IDLE_SECONDS
+                                 or select.select([sock], [], [], 0)[0]):
+            self.close()
+            sock = None
+        if sock is None:
+            sock = socket.create_connection((self._host, self._port), self._connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls:
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock,
+                                                                 server_hostname=self._host)
+            sock.settimeout(self._timeout)
+            self._sock, self._reader = sock, sock.makefile("rb")
+        return sock
+
+    def _line(self) -> bytes:
+        line: bytes = self._reader.readline(_LINE_MAX)
+        if not line:
+            raise ConnectionResetError("the server closed the connection without an answer")
+        if not line.endswith(b"\n"):
+            raise ConnectionError("the server's answer has a line too long or cut off")
+        return line
+
+    def _read_answer(self) -> Answer:
+        status_line = self._line()
+        while status_line.split(b" ", 2)[1:2] == [b"100"]:  # 100 Continue: skip it
+            while self._line().strip():
+                pass
+            status_line = self._line()
+        try:
+            status = int(status_line.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}") from None
+        headers: dict[str, str] = {}
+        while (line := self._line().strip()):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b"".join(self._chunks())
+        elif "content-length" in headers:
+            body = self._exactly(int(headers["content-length"]))
+        else:
+            body = self._reader.read()
+            headers["connection"] = "close"
+        return Answer(status, headers, body)
+
+    def _chunks(self) -> Iterator[bytes]:
+        while size := int(self._line().split(b";")[0].strip(), 16):
+            yield self._exactly(size)
+            self._line()
+        while self._line().strip():  # trailers
+            pass
+
+    def _exactly(self, size: int) -> bytes:
+        data: bytes = self._reader.read(size)
+        if len(data) != size:
+            raise ConnectionResetError("the server's answer was cut off")
+        return data

@@ -1,0 +1,214 @@
+"""The quick path of `pushsite deploy DIR --server --json` (launch.py, remote.py, httplite.py)
+against a real `pushsite serve`: no CLI imported, one question before the list, a first
+deploy sent as one bundle, `finish?wait=` answering when live, and the same refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli_remote import errors_of, run_cli
+from test_incremental_upload import _frame, _row
+
+from pushsite.launch import plain_remote_deploy
+from support.api import Api
+from support.servers import Server, serving
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("lean") / "home") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def token(remote: Server) -> str:
+    return remote.new_token("--name", "ci")
+
+
+def _site(root: Path, marker: str, count: int = 30) -> Path:
+    (root / "assets").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = root / f"assets/{i}.txt"
+        if not path.exists():
+            path.write_bytes(os.urandom(4096))
+    (root / "index.html").write_text(f"<h1>{marker}</h1>")
+    return root
+
+
+def _lean(home: Path, folder: Path, site: str, remote: Server, token: str,
+          *extra: str) -> subprocess.CompletedProcess[str]:
+    """`python -X importtime -m pushsite deploy ... --json`: stderr lists every import."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSITE_")}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pushsite", "deploy",
+                           str(folder), "--site", site, "--server", remote.url, "--token",
+                           token, "--json", *extra],
+                          env={**base, "PUSHSITE_HOME": str(home),
+                               "XDG_CACHE_HOME": str(home / "cache")},
+                          capture_output=True, text=True, timeout=120, check=False)
+    return done
+
+
+def _imported(stderr: str) -> set[str]:
+    return {line.split("|")[-1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def _accept_line(api: Api, deployment_id: str) -> str:
+    lines = api.ok("GET", f"/deployments/{deployment_id}/log")["lines"]
+    return str(next(x["message"] for x in lines if x["stage"] == "accept"))
+
+
+def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_incrementally(
+        remote: Server, token: str, tmp_path: Path) -> None:
+    api = Api(remote, token)
+    remote.create_site("lean")
+    folder = _site(tmp_path / "site", "one")
+    first = _lean(tmp_path / "ci", folder, "lean", remote, token)
+    assert first.returncode == 0, first.stderr[-2000:]
+    data = json.loads(first.stdout)
+    assert (data["status"], data["context"], data["files"]) == ("live", "production", 31)
+    assert data["urls"]["log"] == f"{remote.url}/deployments/{data['id']}"
+    assert "accepted a bundle" in _accept_line(api, data["id"])  # nothing to reuse yet
+    loaded = _imported(first.stderr)
+    assert {"click", "httpx", "rich", "pushsite.cli", "pushsite.service"} & loaded == set()
+
+    (folder / "index.html").write_text("<h1>two</h1>")
+    again = _lean(tmp_path / "ci", folder, "lean", remote, token)
+    assert again.returncode == 0, again.stderr[-2000:]
+    data = json.loads(again.stdout)
+    assert (data["status"], data["blobs_new"], data["blobs_reused"]) == ("live", 1, 30)
+    assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
+    assert {"click", "httpx", "rich", "dataclasses"} & _imported(again.stderr) == set()
+    assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
+    assert remote.get("lean.localhost", "/assets/7.txt").content == \
+        (folder / "assets/7.txt").read_bytes()
+
+
+def test_help_and_errors_stay_the_cli_s(remote: Server, token: str, tmp_path: Path) -> None:
+    folder = _site(tmp_path / "site", "x", count=1)
+    helped = run_cli(tmp_path / "h", "deploy", "--help")
+    assert helped.returncode == 0 and "pushsite deploy [OPTIONS] [SOURCE]" in helped.stdout
+    bad = run_cli(tmp_path / "h", "deploy", str(folder), "--site", "Bad Name", "--server",
+                  remote.url, "--token", token, "--json")
+    assert bad.returncode == 2 and "invalid site name 'Bad Name'" in errors_of(bad.stderr)[0]
+    missing = run_cli(tmp_path / "h", "deploy", str(folder), "--site", "no-such-site",
+                      "--server", remote.url, "--token", token, "--json")
+    assert missing.returncode == 4, missing.stderr
+    assert errors_of(missing.stderr)[0].startswith("no site named 'no-such-site'")
+    assert missing.stdout == ""
+
+
+@pytest.mark.parametrize(("argv", "plain"), [
+    (["deploy", "d", "--site", "s", "--json"], True),
+    (["deploy", "d", "--site=s", "--json", "-m", "note", "--branch", "b", "--create"], True),
+    (["deploy", "d", "--site", "s"], False),  # output for people: the CLI prints it
+    (["deploy", "d", "--site", "s", "--json", "--draft"], False),
+    (["deploy", "--site", "s", "--json"], False),  # SOURCE from a linked folder
+    (["deploy", "d", "--site", "s", "--json", "--branch", " "], False),
+    (["deploy", "d", "--site", "s", "--json", "--timeout", "soon"], False),
+    (["deploy", "d", "--site", "s", "--site", "t", "--json"], False),
+    (["deploy", "d", "--json", "--help"], False),
+    (["sites", "list"], False),
+])
+def test_only_a_plain_remote_json_deploy_takes_the_quick_path(argv: list[str],
+                                                             plain: bool) -> None:
+    env = {"PUSHSITE_SERVER": "http://127.0.0.1:1", "PUSHSITE_TOKEN": "t"}
+    assert (plain_remote_deploy(argv, env) is not None) == plain
+    assert plain_remote_deploy(argv, {}) is None  # no server, no token: the CLI says so
+
+
+def test_finish_wait_answers_once_live_and_a_lie_still_fails_whole(remote: Server, token: str,
+                                                                   ) -> None:
+    api = Api(remote, token)
+    remote.create_site("waited")
+    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": False}
+    page = b"<h1>waited for</h1>"
+    started = api.ok("POST", "/sites/waited/uploads", 201,
+                     json={"files": [_row("index.html", page)]})
+    api.ok("PUT", f"/sites/waited/uploads/{started['upload']}/blobs", content=_frame(page))
+    done = api.ok("POST", f"/sites/waited/uploads/{started['upload']}/finish", 200,
+                  params={"wait": 30})
+    assert (done["id"], done["status"], done["exit_code"]) == (started["upload"], "live", 0)
+    assert remote.get("waited.localhost", "/").content == page
+    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": True}
+
+    lie = api.ok("POST", "/sites/waited/uploads", 201,
+                 json={"files": [_row("index.html", b"<h1>honest</h1>")]})
+    put = api.call("PUT", f"/sites/waited/uploads/{lie['upload']}/blobs",
+                   content=_frame(b"<h1>evil!!</h1>", digest=lie["missing"][0]))
+    assert put.status_code == 422 and "does not hash" in put.json()["error"]
+    finish = api.call("POST", f"/sites/waited/uploads/{lie['upload']}/finish",
+                      params={"wait": 30})
+    assert finish.status_code == 404 and "failed" in finish.json()["error"]
+    assert remote.get("waited.localhost", "/").content == page
+
+
+def test_basis_checks_the_token_and_the_site_like_an_upload(remote: Server,
+                                                           token: str) -> None:
+    api = Api(remote, token)
+    assert api.call("GET", "/sites/nowhere/uploads/basis").status_code == 404
+    assert api.ok("GET", "/sites/nowhere/uploads/basis", params={"create": "true"}) == \
+        {"exists": False, "held": False}
+    assert api.call("GET", "/sites/waited/uploads/basis", token="nope").status_code == 401
+    other = remote.new_token("--name", "other", "--site", "elsewhere")
+    refused = api.call("GET", "/sites/waited/uploads/basis", token=other)
+    assert refused.status_code == 403 and "limited to site 'elsewhere'" in refused.json()["error"]
+
+
+def test_two_quick_deploys_at_once_end_with_the_newer_live(remote: Server, token: str,
+                                                         tmp_path: Path) -> None:
+    remote.create_site("twice")
+    base = _site(tmp_path / "base", "base")
+    first = _lean(tmp_path / "ci0", base, "twice", remote, token)
+    assert first.returncode == 0, first.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSHSITE_")}
+    clients = []
+    for name in ("left", "right"):
+        folder = _site(tmp_path / name, name)
+        clients.append((name, subprocess.Popen(
+            [sys.executable, "-m", "pushsite", "deploy", str(folder), "--site", "twice",
+             "--server", remote.url, "--token", token, "--json"],
+            env={**env, "PUSHSITE_HOME": str(tmp_path / f"ci-{name}")},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    ended = {}
+    for name, client in clients:
+        out, err = client.communicate(timeout=120)
+        ended[name] = (client.returncode, json.loads(out), err)
+    newer = max(ended, key=lambda name: ended[name][1]["id"])
+    older = ({"left", "right"} - {newer}).pop()
+    assert ended[newer][:2] == (0, {**ended[newer][1], "status": "live"}), ended[newer][2]
+    code, data, err = ended[older]  # live first and replaced, or superseded before it was
+    assert (code, data["status"]) == (0, "live") or (
+        code == 6 and data["status"] == "cancelled" and "superseded" in err), err
+    assert remote.get("twice.localhost", "/").text == f"<h1>{newer}</h1>"
+
+
+def test_a_client_gone_while_it_waits_leaves_the_deployment_to_finish(remote: Server,
+                                                                       token: str) -> None:
+    api = Api(remote, token)
+    remote.create_site("gone")
+    page = b"<h1>finished without its client</h1>"
+    started = api.ok("POST", "/sites/gone/uploads", 201,
+                     json={"files": [_row("index.html", page)]})
+    api.ok("PUT", f"/sites/gone/uploads/{started['upload']}/blobs", content=_frame(page))
+    with socket.create_connection(("127.0.0.1", remote.port)) as sock:
+        sock.sendall(f"POST /api/sites/gone/uploads/{started['upload']}/finish?wait=30 "
+                     f"HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        for _ in range(600):  # bounded in count: until finish has queued it
+            if api.ok("GET", f"/deployments/{started['upload']}")["status"] != "receiving":
+                break
+            time.sleep(0.02)
+    final = api.finished(started["upload"])  # its client went before any answer
+    assert final["status"] == "live"
+    assert remote.get("gone.localhost", "/").content == page
+    assert hashlib.sha256(page).hexdigest() in started["missing"]

@@ -6,7 +6,11 @@ a prune that marked the deployment pruned and deleted its manifest in between sa
 back as `ready` or `live` with no manifest (the rare failure of test_prune_safety's racing
 deploys), or production moved onto it. Now every such write is a compare-and-set, a
 deployment is claimed `live` before an alias moves onto it, and prune drops only `ready`
-ones (service/running.py's claim_live, service/housekeeping.py's _mark_pruned)."""
+ones (service/running.py's claim_live, service/housekeeping.py's _mark_pruned).
+
+The optimiser of a live deployment is the other actor that changes what a deployment
+references after prune read it: the variants a manifest has pending are kept as if listed,
+and what a late rewrite stores for a dropped deployment goes at the next prune."""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import pytest
 
 from pushsite.config import load_config
 from pushsite.errors import ConfigError, DeploymentCancelled
-from pushsite.model import PRODUCTION, Status
+from pushsite.model import PRODUCTION, FileEntry, Status, blob_key, manifest_key, pending_key
+from pushsite.pathindex import index_key
 from pushsite.service import Service, housekeeping
 from support.service import accept, bundle, deploy, status
 
@@ -130,3 +135,61 @@ def test_a_prune_between_a_rollbacks_check_and_its_alias_move(
         assert status(service, target.id) == Status.LIVE
     assert pruned
     _consistent(service)
+
+
+def _pending_without_br(service: Service, deployment_id: str, paths: list[str]) -> None:
+    """Store the deployment's manifest as a live-first deploy leaves it when these files'
+    brotli did not exist yet at its lookup: no br listed for them, `pending`, the marker."""
+    manifest = service.manifest(deployment_id)
+    for path in paths:
+        entry = manifest.files[path]
+        manifest.files[path] = FileEntry(entry.hash, entry.size, entry.type,
+                                         {k: v for k, v in entry.encodings.items()
+                                          if k != "br"}, entry.git, entry.refs)
+    manifest.pending = ["br"]
+    service.store.put(manifest_key(deployment_id), manifest.to_bytes())
+    service.store.put(pending_key(deployment_id), b"")
+    service.store.flush()
+
+
+def test_a_prune_between_its_marks_and_an_optimisers_rewrite(
+        service: Service) -> None:
+    """The live deployment's brotli for some files is pending, and another deployment that
+    the prune drops made those variants meanwhile: the optimiser finds them stored and
+    lists them in the manifest it rewrites while the prune's sweep holds them as
+    unreferenced (it read the manifest before the rewrite). The sweep must keep them."""
+    shared = _files("shared")
+    other = deploy(service, "blog", shared)  # makes the br variants; dropped by the prune
+    live = deploy(service, "blog", {**shared, **_files("own")})
+    br = {blob_key(service.manifest(other.id).files[p].hash, "br") for p in shared}
+    assert len(service.store.has(br)) == len(br)
+    _pending_without_br(service, live.id, list(shared))
+    rewritten: list[bool] = []
+
+    def before_delete(batch: list[str]) -> None:
+        if br & set(batch) and not rewritten:
+            rewritten.append(service.optimise_now(live.id))  # reuses the stored variants
+
+    result = housekeeping.prune(service, "blog", 1, grace=0, before_delete=before_delete)
+    assert result["deployments"] == 1 and status(service, other.id) == Status.CANCELLED
+    if not rewritten:  # the sweep kept them: the optimiser runs after it
+        assert service.optimise_now(live.id)
+    assert not service.manifest(live.id).pending
+    _consistent(service)
+
+
+def test_a_dropped_deployments_index_and_marker_go_with_its_manifest(
+        service: Service) -> None:
+    """What an optimiser's rewrite stores after its deployment was dropped (or a killed
+    prune leaves) goes at the next prune, as its manifest does; a kept one's stay."""
+    dropped = deploy(service, "blog", _files("dropped"))
+    kept = deploy(service, "blog", _files("kept"))
+    assert service.prune("blog", keep=1, grace=0)["deployments"] == 1
+    left = [manifest_key(dropped.id), index_key(dropped.id), pending_key(dropped.id)]
+    theirs = [index_key(kept.id), pending_key(kept.id)]
+    for key in left + theirs:  # stored late by an optimiser that had not seen the prune yet
+        service.store.put(key, b"{}")
+    service.store.flush()
+    assert service.prune("blog", keep=1, grace=0)["manifests"] == 1
+    assert service.store.has(left) == set()
+    assert service.store.has(theirs) == set(theirs)

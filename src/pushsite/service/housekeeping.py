@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 import brotli
 
 from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
-from pushsite.model import Deployment, FileEntry, Manifest, Status, manifest_key, pending_key
+from pushsite.model import (
+    Deployment,
+    FileEntry,
+    Manifest,
+    Status,
+    blob_key,
+    manifest_key,
+    pending_key,
+)
 from pushsite.pathindex import index_key
 from pushsite.service.lease import lease_end
 from pushsite.service.sweeps import SweepRecord
@@ -35,6 +43,7 @@ SWEEP_BATCH = 1000  # blobs deleted between two looks for deployments that start
 _POLL = 0.2  # seconds between two looks at a deployment prune waits for
 PRUNED = "pruned"  # the error of a deployment prune cancelled
 MANIFESTS = manifest_key("").removesuffix(".json")  # "manifests/"
+BY_DEPLOYMENT = (MANIFESTS, index_key(""), pending_key(""))  # objects named by its id
 _logger = logging.getLogger("pushsite.prune")
 
 
@@ -57,12 +66,14 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     manifest no kept deployment references.
 
     Kept: the `keep` newest ready deployments of the site, any deployment an alias of any site
-    points at (a rollback target stays servable), and every queued or running one.
+    points at (a rollback target stays servable), every live one (an alias is moving onto
+    it: `_mark_pruned`), and every queued or running one.
 
     Order, so that a kill at any point stays consistent: the dropped deployments are first
     marked pruned in the state (cancelled, error "pruned"), then their manifests go, then the
     blobs are swept. A kill after the first step leaves cancelled deployments whose manifests
-    the next prune removes (orphans); never a `ready` deployment without its manifest.
+    (indexes, markers) the next prune removes (orphans); never a `ready` deployment without
+    its manifest.
 
     Why a deployment running beside prune keeps everything it references:
     - what it writes is younger than the prune's start minus `grace` (and younger than the
@@ -80,6 +91,11 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
       `before_delete` is called with each batch just before it is deleted (tests pause there).
     A running deployment whose lease ran out (its runner died) is neither waited for nor a
     reason to refuse: its record is stale, and a takeover makes it a new start, seen above.
+
+    A live deployment's optimiser (deploy/optimise.py) runs after its deployment finished, so
+    it is not waited for: it may find a pending variant stored by another deployment and list
+    it in the manifest it rewrites after prune read the old one. So every variant a kept
+    manifest still has pending is kept as if listed (`_Marks.add`).
     """
     if keep < 1:
         raise ConfigError(f"--keep must be at least 1, got {keep}")
@@ -92,7 +108,8 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
                           for key in (manifest_key(d.id), index_key(d.id), pending_key(d.id))])
     watch = _Watch(service, page)
     cutoff = started - max(grace, 0.0)
-    listed = {prefix: list(service.store.stamps(prefix)) for prefix in ("blobs/", PACKS, MANIFESTS)}
+    listed = {prefix: list(service.store.stamps(prefix))
+              for prefix in ("blobs/", PACKS, *BY_DEPLOYMENT)}
     candidates = {prefix: {k for k, t in stamps if t < cutoff} for prefix, stamps in listed.items()}
     recent = sum(len(stamps) - len(candidates[p]) for p, stamps in listed.items())
     watch.wait_for(watch.running_at_start)
@@ -107,13 +124,16 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     # a kept deployment's own pack holds its manifest, even when no file of it is new
     doomed += sorted(k for k in candidates[PACKS]
                      if k not in marks.packs and k.partition(".")[0] not in marks.owners)
-    orphans = [k for k in candidates[MANIFESTS]
-               if k[len(MANIFESTS):].removesuffix(".json") not in kept_ids]
+    # a deployment's manifest, index and marker once it is not kept: what a killed prune
+    # left, or an optimiser's rewrite stored after the deployment was dropped
+    orphans = [k for prefix in BY_DEPLOYMENT for k in candidates[prefix]
+               if k[len(prefix):].removesuffix(".json") not in kept_ids]
     service.store.delete(orphans)
     batches = deque(doomed[n:n + SWEEP_BATCH] for n in range(0, len(doomed), SWEEP_BATCH))
     with SweepRecord(state, service.lease) as record:
         deleted = _sweep(service, watch, marks, batches, record, before_delete)
-    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": len(orphans),
+    manifests = sum(k.startswith(MANIFESTS) for k in orphans)
+    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": manifests,
             "recent": recent, "deliveries": prune_deliveries(service, site.name)}
 
 
@@ -226,6 +246,12 @@ class _Marks:
                 else:
                     self.packs.add(ref[0])
                     mine.add(ref[0])
+            # variants still pending: the optimiser may find one stored (made by another
+            # deployment) and list it in the manifest it rewrites after this read
+            for key in (blob_key(entry.hash, enc) for enc in manifest.pending
+                        if enc not in entry.encodings):
+                self.keys.add(key)
+                mine.add(key)
 
 
 class _Watch:

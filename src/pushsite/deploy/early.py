@@ -25,7 +25,7 @@ from pushsite.deploy import encode
 from pushsite.model import blob_key
 from pushsite.stores import ObjectStore
 
-CAPACITY = 4 << 20  # bytes queued at most (held beyond the deploy's in-flight budget)
+CAPACITY = 2 << 20  # bytes queued at most (held beyond the deploy's in-flight budget)
 NICE = 10  # a CFS weight of 110 against the deploy's 1024: about a tenth of a busy core
 
 

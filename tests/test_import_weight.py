@@ -29,6 +29,8 @@ NOT_FOR_A_DEPLOY = (
     "pushsite.deploy.gitcommit",  # a push's repositories
     "pushsite.service.building",  # builds
     "pushsite.service.uploads",  # `deploy --server`'s uploads, on the server
+    "pushsite.service.optimising",  # a small site goes live whole: no brotli is left to make
+    "pushsite.deploy.optimise",
     "pushsite.deploy.linked",  # SOURCE and --site are both given
     "difflib",  # the "did you mean" of an unknown site
     "httpx",  # notifications are delivered by a worker, not by the deploying process

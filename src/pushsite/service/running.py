@@ -46,6 +46,7 @@ from pushsite.model import (
     Status,
     branch_alias,
     manifest_key,
+    pending_key,
     site_scope,
 )
 from pushsite.service import sweeps
@@ -202,9 +203,11 @@ class Running(ServiceBase):
         """Make a live deployment's pending variants here (service/optimising.py); a
         failure is logged and left to the queued message's retry, never raised: the
         deployment is live and correct either way."""
-        from pushsite.service.optimising import optimise_deployment
-
         try:
+            if not self._pending(deployment_id):
+                return True
+            from pushsite.service.optimising import optimise_deployment
+
             return optimise_deployment(self, deployment_id)
         except Exception as exc:  # noqa: BLE001 - logged on the deployment too
             _log.warning("optimising deployment %s failed: %s", deployment_id, exc)
@@ -569,15 +572,19 @@ class Running(ServiceBase):
         self._announce(deployment)
         return deployment
 
+    def _pending(self, deployment_id: str) -> bool:
+        """Whether its brotli variants wait (deploy/optimise.py is_pending), asked without
+        loading the optimiser: a small site goes live whole, with nothing left to make."""
+        return bool(self.store.has([pending_key(deployment_id)]))
+
     def _queue_optimising(self, deployment: Deployment, log: DeployLog) -> None:
         """A deployment live with variants still to make: the queued message is the record
         a crash leaves (service/optimising.py); never fails the live deployment."""
-        from pushsite.deploy.optimise import is_pending
-        from pushsite.service.optimising import queue_message
-
         try:
-            if not deployment.status.servable or not is_pending(self.store, deployment.id):
+            if not deployment.status.servable or not self._pending(deployment.id):
                 return
+            from pushsite.service.optimising import queue_message
+
             self.queue.send(queue_message(deployment.id))
         except Exception as exc:  # noqa: BLE001 - the marker stays; a later activation resends
             log.warning("optimise", f"could not queue the optimising of brotli variants: {exc}")

@@ -283,8 +283,13 @@ class GitBridge:
                 holding.close()
 
     def _run_quietly(self, deployment_id: str) -> None:
+        # live first: the push is answered once the deployment is live; its brotli variants
+        # are made by whoever takes the "optimise" message it queued (this server's worker,
+        # in this process: the deploy's list of blobs is handed over). Optimising here too
+        # kept the push waiting for brotli (8 s on medium under load) while the worker
+        # made the same variants beside it.
         with contextlib.suppress(PushsiteError):  # recorded on the deployment: _follow says
-            self.service.run(deployment_id)
+            self.service.run(deployment_id, optimise=False)
 
     def _accept_updates(self, site: str, updates: list[list[str]],
                         lines: list[str]) -> list[tuple[str, str]]:
@@ -338,7 +343,10 @@ class GitBridge:
                        f"accepted and the deploy goes on; it will be at {url} (follow it "
                        f"with `pushsite log {deployment_id}`)\n")
                 return
-            await asyncio.sleep(0.05)
+            if ran:
+                await asyncio.sleep(0.05)
+            else:  # woken the moment the run ends: the push is answered without a poll's lag
+                await asyncio.wait({run}, timeout=0.05)
 
     def _outcome(self, deployment: Any, verdicts: dict[str, str], ref: str) -> str:
         config = self.service.config

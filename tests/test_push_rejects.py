@@ -81,11 +81,15 @@ def test_an_old_repository_gets_the_new_hooks(server: Server, token: str,
     bare = server.home / "repos" / "blog.git"
     for name in ("pre-receive", "proc-receive"):  # as an older version left it
         (bare / "hooks" / name).unlink()
+    noop = bare / "hooks" / "post-receive"  # its no-op post-receive: a Python start per push
+    noop.write_text("#!/bin/sh\nexit 0\n")
+    noop.chmod(0o755)
     git(bare, "config", "--unset-all", "receive.procReceiveRefs")
     commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
     done = push(repo, remote(server, token), "main")
     assert done.returncode != 0 and "deploy failed: _redirects line 1" in done.stderr
     assert (bare / "hooks" / "proc-receive").exists()
+    assert not noop.exists()
 
 
 @pytest.fixture

@@ -35,7 +35,10 @@ sys.path.insert(0, {src!r})
 from pushsite.githook import main
 main()
 """
-HOOK_NAMES = ("pre-receive", "proc-receive", "post-receive")
+HOOK_NAMES = ("pre-receive", "proc-receive")
+# installed by older versions, a no-op since the deploy moved to pre-receive: removed, as its
+# Python start was ~0.1 s of every push before git answered
+OLD_HOOKS = ("post-receive",)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class SiteRepos:
     def install_hook(self, site: str) -> None:
         """The hooks (githook.py): pre-receive deploys from the quarantine while the push
         waits, proc-receive moves only the refs whose deploy went live (with its reason
-        otherwise); an older install's post-receive is kept as a no-op."""
+        otherwise); an older install's post-receive is removed."""
         repo = self.path(site)
         src = str(Path(__file__).resolve().parents[2])
         text = HOOK.format(python=sys.executable, src=src)
@@ -98,6 +101,8 @@ class SiteRepos:
             partial.write_text(text)
             partial.chmod(0o755)
             partial.rename(hook)  # a push running now sees the old or the new hook, whole
+        for name in OLD_HOOKS:
+            (repo / "hooks" / name).unlink(missing_ok=True)
         _git("config", "--replace-all", "receive.procReceiveRefs", "refs/heads", cwd=repo)
         _git("config", "--add", "receive.procReceiveRefs", "refs/tags", cwd=repo)
 
@@ -110,6 +115,7 @@ class SiteRepos:
             current = hook.read_text() == HOOK.format(python=sys.executable, src=src)
         except FileNotFoundError:
             current = False
+        current = current and not any((repo / "hooks" / name).exists() for name in OLD_HOOKS)
         if not current:
             self.install_hook(site)
 

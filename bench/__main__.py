@@ -1,11 +1,11 @@
 """`python -m bench [--small] [--runs N] [--only GROUPS]`: run the figures, print, save JSON.
 
-Groups, in the order they run: deploy (figures 1, 2, 3a, 7), git (3b, 4), remote (8: deploy
---server's incremental uploads), s3 (5), edge (6), awsedge (6d: the edge over S3 +
-DynamoDB against local + SQLite, and its DynamoDB reads), metrics (6m: the edge with metrics on
-against off), tls (6t: the edge over HTTPS against nginx with the same certificate),
-bigsite (6b), build (9: a Hugo site pushed against bare hugo, warm against cold build cache,
-the sandbox's start-up).
+Groups, in the order they run: deploy (figures 1, 2, 3a, 7), compute (1c: figure 1 with
+both sides on tmpfs), git (3b, 4), remote (8: deploy --server's incremental uploads), s3 (5),
+edge (6), awsedge (6d: the edge over S3 + DynamoDB against local + SQLite, and its DynamoDB
+reads), metrics (6m: the edge with metrics on against off), tls (6t: the edge over HTTPS
+against nginx with the same certificate), bigsite (6b), build (9: a Hugo site pushed against
+bare hugo, warm against cold build cache, the sandbox's start-up).
 A figure whose feature has not landed is listed as "not available: <why>" and left out of the
 JSON; a figure whose run failed is listed the same way with the error. Nothing is faked.
 """
@@ -23,6 +23,7 @@ from bench import (
     figures_awsedge,
     figures_bigsite,
     figures_build,
+    figures_compute,
     figures_deploy,
     figures_edge,
     figures_git,
@@ -36,7 +37,8 @@ from bench.errors import BenchError
 from bench.measure import alternate, summarize
 from bench.report import Figure, figure, print_table, write_json
 
-GROUPS = ("deploy", "git", "remote", "s3", "edge", "awsedge", "metrics", "tls", "bigsite", "build")
+GROUPS = ("deploy", "compute", "git", "remote", "s3", "edge", "awsedge", "metrics", "tls",
+          "bigsite", "build")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -162,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if "deploy" in only:
         chosen = {c.strip() for c in args.corpora.split(",") if c.strip()}
         _deploy_group(out, args.small, args.runs, chosen)
+    if "compute" in only:
+        for corpus in figures_compute.chosen(args.corpora, args.small):
+            out.section(f"cold deploy on tmpfs, compute only, on {corpus.name} (figure 1c)",
+                        figures_compute.missing(),
+                        lambda c=corpus: figures_compute.compute(c, args.runs))  # fmt: skip
     if "git" in only:
         _git_group(out, args.small, args.runs)
     if "remote" in only:

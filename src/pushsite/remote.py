@@ -168,13 +168,27 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
             sent += int(got["received"])
             if echo is not None:
                 _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
+        saving = _saved_meanwhile(cache)  # for the next deploy, while the server deploys
         try:
             status, deployment = remote.answer(
                 "POST", f"/sites/{site}/uploads/{upload}/finish",
                 params={"wait": _wait(deadline, echo)})
         except errors.Interrupted:
             raise _interrupted(remote, upload) from None
+        finally:
+            saving()
         return _ended(remote, status, deployment, deadline, timeout, echo)
+
+
+def _saved_meanwhile(cache: HashCache | None) -> Callable[[], None]:
+    """Start writing the hash cache on a thread; the result waits for it to be written."""
+    if cache is None:
+        return lambda: None
+    import threading
+
+    thread = threading.Thread(target=cache.save, name="hash-cache", daemon=True)
+    thread.start()
+    return thread.join
 
 
 _NO_TOKEN = ("--server needs a deploy token: pass --token or set PUSHSITE_TOKEN (create one on "

@@ -135,7 +135,8 @@ def _walk(scan: Scan, current: str, prefix: str, cache: HashCache | None) -> Non
 
 def hash_pending(scan: Scan, workers: int | None = None,
                  cache: HashCache | None = None) -> Listing:
-    """The scan's listing, its pending files hashed (on `workers` threads when many)."""
+    """The scan's listing, its pending files hashed (on `workers` threads when many) and
+    remembered in `cache` (written by its `save`, which the caller chooses when to make)."""
     rows = list(scan.rows)
     if len(scan.pending) == 1 or workers == 1:
         hashed: Any = map(_hash_file, [full for _, full in scan.pending])
@@ -146,8 +147,6 @@ def hash_pending(scan: Scan, workers: int | None = None,
         with ThreadPoolExecutor(max(workers or os.cpu_count() or 1, 1)) as pool:
             hashed = pool.map(_hash_file, [full for _, full in scan.pending])
             rows += _hashed_rows(scan.pending, hashed, cache)
-    if cache is not None:
-        cache.save()
     rows.sort(key=lambda r: r.path)
     return Listing(rows, strip_top=False)
 
@@ -164,7 +163,10 @@ def list_folder(folder: Path | str, workers: int | None = None,
                 cache: HashCache | None = None) -> Listing:
     """The folder's files (not `.git`, not dotfiles), hashed on `workers` threads; a file
     the `cache` knows unchanged is not read."""
-    return hash_pending(scan_folder(folder, cache), workers, cache)
+    listing = hash_pending(scan_folder(folder, cache), workers, cache)
+    if cache is not None:
+        cache.save()
+    return listing
 
 
 def _hash_file(full: str) -> tuple[str, int, str, os.stat_result]:

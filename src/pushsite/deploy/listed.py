@@ -8,6 +8,7 @@ would, so the site's config files, limits, links and publish folder follow the s
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
@@ -26,7 +27,14 @@ def reusable(held: Held | None, path: str) -> bool:
     """A held blob serves `path` unread unless the path's config must be parsed or its media
     type wants other variants than the blob was stored with."""
     return (held is not None and posixpath.basename(path) not in CONFIG_FILES
-            and encode.is_compressible(held[0]) == encode.is_compressible(encode.media_type(path)))
+            and _compressible(held[0]) == _compressible(encode.media_type(path)))
+
+
+@functools.lru_cache(maxsize=256)
+def _compressible(media_type: str) -> bool:
+    """Asked twice a file of a 1,000-file list (the upload's start and its run), of a few
+    media types: cached, it is a dict look-up."""
+    return encode.is_compressible(media_type)
 
 
 def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, Held],

@@ -7,10 +7,11 @@ bytes (service/receiving.py), and `finish` makes it `queued`. A client that dies
 batches stops renewing the lease, and recovery fails the deployment (receiving.expire);
 cancelling it, or any lie, fails it at once. Either way its folder goes with it.
 
-An upload waits in staging as `<id>.upload/` (its list in `list.json`, blobs in `blobs/`)
-and becomes `<id>.files/`, the deployment's staged bundle, only when `finish` finds every
-asked-for blob there. A client that lies (a blob it was not asked for, a size or a content
-that does not match its list) has its whole upload discarded: nothing it sent can go live.
+An upload waits in staging as `<id>.upload/` (its list in `list.json`, what the batches and
+`finish` check in `upload.json`, blobs in `blobs/`) and becomes `<id>.files/`, the
+deployment's staged bundle, only when `finish` finds every asked-for blob there. A client
+that lies (a blob it was not asked for, a size or a content that does not match its list)
+has its whole upload discarded: nothing it sent can go live.
 Folders left behind for a day (a machine that stopped) are removed when the next one starts.
 
 Prune: the held blobs are looked up at `start`, possibly long before the deployment runs, so
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
     from pushsite.service.verbs import Service
 
 UPLOADING, STAGED = ".upload", ".files"
+# an upload's folder: what receiving and finishing read (small: the asked-for blobs), and
+# the list with the held blobs' records, read once by the run (a 1,000-file list was parsed
+# by every batch and by finish too)
+RECORD, LISTED = "upload.json", "list.json"
 STALE_SECONDS = 86_400.0
 _HEADER_MAX = 100  # "<64 hex> <size>\n"
 _CHUNK = 1 << 20
@@ -103,15 +108,17 @@ def start(service: Service, site_name: str, files: Any, *, branch: str | None = 
         used = {r.sha256 for r in rows if r.is_file} - set(missing)
         folder = service.config.staging / (upload_id + UPLOADING)
         (folder / "blobs").mkdir(parents=True)
+        sizes = {r.sha256: r.size for r in rows if r.is_file}
         record = {"site": site.name, "branch": branch, "message": message,
                   "strip_top": bool(strip_top), "created": time.time(),
-                  "files": [r.to_json() for r in rows], "missing": missing,
-                  "held": {h: list(held[h]) for h in sorted(used)}, "seen": seen}
-        (folder / "list.json").write_text(json.dumps(record))
+                  "missing": {h: sizes[h] for h in missing}, "seen": seen}
+        (folder / LISTED).write_text(json.dumps({
+            "files": [r.to_json() for r in rows],
+            "held": {h: list(held[h]) for h in sorted(used)}}))
+        (folder / RECORD).write_text(json.dumps(record))  # last: an upload has both
     except BaseException as exc:
         _fail(service, deployment, f"the upload could not start: {exc}", exc)
         raise
-    sizes = {r.sha256: r.size for r in rows if r.is_file}
     service._note(deployment, "info", "accept", (
         f"receiving an upload of {plural(len(rows), 'path')} for {site.name} ({branch}) from "
         f"api: {plural(len(missing), 'blob')} to come "
@@ -126,8 +133,7 @@ def receive(service: Service, site_name: str, upload_id: str, body: BinaryIO) ->
     fails the deployment, discards the upload and raises BundleRejected (422)."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
     deployment = _receiving(service, upload_id)
-    sizes = {r["sha256"]: r["size"] for r in record["files"] if "sha256" in r}
-    asked = set(record["missing"])
+    sizes = asked = record["missing"]  # sha256 -> size
     counted = Received(body, service.state, deployment, service.lease,
                        already=deployment.bytes_in)
     counted.renew()  # a batch that starts proves the client alive
@@ -196,13 +202,14 @@ def deploy_uploaded(service: Running, deployment: Deployment,
     """The run of a finished upload (running._run_pipeline)."""
     folder = service.config.staging / deployment.bundle_key
     try:
-        record = json.loads((folder / "list.json").read_text())
+        record = json.loads((folder / RECORD).read_text())
+        listed = json.loads((folder / LISTED).read_text())
     except FileNotFoundError:
         raise DeploymentNotFound(f"the upload of deployment {deployment.id} is no longer in "
                                  "staging; deploy again") from None
     rows = [Row(f["path"], f.get("sha256", ""), f.get("size", 0), f["mode"],
-                f.get("target", "")) for f in record["files"]]
-    held = {h: (v[0], v[1], v[2]) for h, v in record["held"].items()}
+                f.get("target", "")) for f in listed["files"]]
+    held = {h: (v[0], v[1], v[2]) for h, v in listed["held"].items()}
     _check_held(service, held, record.get("seen", {}))
     builder.log.info("read", f"{len(record['missing'])} uploaded blobs to store, "
                      f"{len(held)} held already", uploaded=len(record["missing"]),
@@ -267,7 +274,7 @@ def _open(service: Service, site: str, upload_id: str, suffix: str) -> tuple[Pat
         raise NotFound(f"no upload with id {upload_id!r}")
     folder = service.config.staging / (upload_id + suffix)
     try:
-        record = json.loads((folder / "list.json").read_text())
+        record = json.loads((folder / RECORD).read_text())
     except FileNotFoundError:
         raise _ended(service, upload_id) from None
     if record["site"] != site:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 from pushsite.edge import respond as edge_module
 from pushsite.edge.respond import Edge, decode_path, make_edge_or_control_app
-from pushsite.edge.uvicorn_shortcut import EdgeHttpToolsProtocol
+from pushsite.edge.uvicorn_shortcut import HEAD_BYTES_MAX, REPEATS, EdgeHttpToolsProtocol
 from pushsite.errors import BackendUnavailable, DeploymentNotFound, NotFound, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
@@ -897,3 +897,86 @@ def test_pipelined_requests_are_answered_in_order(world: World) -> None:
             received += chunk
     bodies = [part.split(b"\r\n\r\n", 1)[1][:6] for part in received.split(b"HTTP/1.1 ")[1:]]
     assert bodies == [b"first", b"second", b"first", b"home"]
+
+
+# --------------------------------------------------------------------------- repeated requests
+
+
+def _exchange(sock: socket.socket, wire: bytes, method: str = "GET") -> tuple[int, dict[str, str],
+                                                                             bytes]:
+    """Send one request's bytes in one write on a kept-alive connection; read its answer."""
+    sock.sendall(wire)
+    response = http.client.HTTPResponse(sock, method=method)
+    response.begin()
+    body = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def _request(path: str, host: str, *lines: str) -> bytes:
+    return "\r\n".join([f"GET {path} HTTP/1.1", f"Host: {host}", *lines, "", ""]).encode()
+
+
+def test_a_repeated_request_is_answered_without_parsing_it_again(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, PAGES)
+    wire = _request("/assets/app.3f9a2b7c.js", f"{name}.localhost", "Accept-Encoding: gzip")
+    before = REPEATS.answered
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        answers = [_exchange(sock, wire) for _ in range(4)]
+    # the first is answered by the edge and cached, the second by the parser's shortcut, which
+    # remembers its bytes; the others are looked up by their bytes alone
+    assert REPEATS.answered - before == 2
+    assert wire in REPEATS.asked
+    status, headers, body = answers[0]
+    assert (status, headers["content-encoding"]) == (200, "gzip")
+    assert gzip.decompress(body) == PAGES["assets/app.3f9a2b7c.js"]
+    for again in answers[1:]:
+        assert again[0] == status and again[2] == body
+        assert {k: v for k, v in again[1].items() if k != "date"} == {
+            k: v for k, v in headers.items() if k != "date"}
+
+
+def test_repeated_requests_follow_deploys_and_rollbacks(world: World) -> None:
+    name = fresh_site()
+    one = world.publish(name, {"index.html": b"one"})
+    wire = _request("/", f"{name}.localhost")
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        for _ in range(3):
+            assert _exchange(sock, wire)[2] == b"one"
+        assert wire in REPEATS.asked
+        world.publish(name, {"index.html": b"two"})
+        for _ in range(3):
+            assert _exchange(sock, wire)[2] == b"two"
+        world.state.point(name, PRODUCTION, one)  # a rollback
+        assert _exchange(sock, wire)[2] == b"one"
+        world.state.unreachable.add(name)  # the state store fails: the ordinary path's 503
+        assert _exchange(sock, wire)[0] == 503
+        world.state.unreachable.discard(name)
+        assert _exchange(sock, wire)[2] == b"one"
+        world.state.aliases.pop((name, PRODUCTION))  # nothing live any more
+        assert _exchange(sock, wire)[0] == 404
+
+
+def test_only_a_read_of_exactly_one_plain_request_is_remembered(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, {"index.html": b"home", "a.txt": b"first", "b.txt": b"second"})
+    host = f"{name}.localhost"
+    pipelined = _request("/a.txt", host) + _request("/b.txt", host)
+    conditional = _request("/a.txt", host, 'If-None-Match: "nothing"')
+    long_head = _request("/b.txt", host, "X-Pad: " + "p" * HEAD_BYTES_MAX)
+    head = _request("/a.txt", host).replace(b"GET", b"HEAD", 1)
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(pipelined)
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"second"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            assert received.index(b"first") < received.index(b"second")
+            assert _exchange(sock, conditional)[0] == 200
+            assert _exchange(sock, long_head)[2] == b"second"
+            assert _exchange(sock, head, "HEAD")[1]["content-length"] == "5"
+    assert pipelined not in REPEATS.asked  # two requests in one read: parsed every time
+    assert conditional not in REPEATS.asked and long_head not in REPEATS.asked
+    assert head in REPEATS.asked

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -128,11 +129,24 @@ class _PipeResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+# what every push's deploy imports on first use (a commit may ask for a build; live first
+# queues the optimising): imported once the server is up, not inside the first push
+_PUSH_MODULES = ("pushsite.service.building", "pushsite.service.optimising")
+
+
+def _import_push_modules() -> None:
+    import importlib
+
+    for name in _PUSH_MODULES:
+        importlib.import_module(name)
+
+
 class GitBridge:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.repos = SiteRepos(service.config.repos)
         self.hook_secret = shared_secret(service.config.home / "hook-secret", 16)
+        threading.Thread(target=_import_push_modules, name="push-imports", daemon=True).start()
 
     async def handle(self, request: Request) -> Response:
         site = request.path_params["site"]

@@ -225,6 +225,8 @@ class Running(ServiceBase):
         # blobs are stored with which variants, read without building 100,000 entries
         from_git = deployment.bundle_key.startswith("git:")
         cap_arenas()  # this process deploys: before the deploy's threads start
+        if self.config.metrics and self._counters is None:  # the first count of a process:
+            Later.start(self.counters.open, name="metrics-open")  # made while files are read
         if from_git:
             target = Later.now(self._deploy_setup(deployment, ran_before, from_git))
         else:  # the store opens, and the previous blobs are read, while files are read

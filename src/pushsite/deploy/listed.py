@@ -23,11 +23,11 @@ from pushsite.model import FileEntry
 Held = tuple[str, dict[str, int], dict[str, str] | None]
 
 
-def reusable(held: Held | None, path: str) -> bool:
+def reusable(held: Held | None, path: str, kind: str | None = None) -> bool:
     """A held blob serves `path` unread unless the path's config must be parsed or its media
-    type wants other variants than the blob was stored with."""
+    type (`kind`, when the caller has it) wants other variants than the blob was stored with."""
     return (held is not None and posixpath.basename(path) not in CONFIG_FILES
-            and _compressible(held[0]) == _compressible(encode.media_type(path)))
+            and _compressible(held[0]) == _compressible(kind or encode.media_type(path)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,13 +46,15 @@ def deploy_listed(builder: ManifestBuilder, rows: list[Row], held: Mapping[str, 
         for row in rows:
             if row.mode == DIR:
                 builder.add_dir(row.path)
-            elif row.mode == LINK:
+                continue
+            if row.mode == LINK:
                 builder.add_link(row.path, row.target, "symlink")
-            elif reusable(held.get(row.sha256), row.path):
-                _, encodings, refs = held[row.sha256]
-                builder.add_existing(row.path, FileEntry(
-                    row.sha256, row.size, encode.media_type(row.path), dict(encodings), "",
-                    refs))
+                continue
+            found, kind = held.get(row.sha256), encode.media_type(row.path)
+            if found is not None and reusable(found, row.path, kind):
+                _, encodings, refs = found
+                builder.add_existing(row.path, FileEntry(row.sha256, row.size, kind,
+                                                         dict(encodings), "", refs))
             else:
                 _feed(builder, row, open_blob)
         manifest = builder.finish(deployment_id, site, "", created, strip_top=strip_top)

@@ -5,6 +5,12 @@ full upload (the bundle streamed whole, as `pushsite deploy - --server` still do
 upload's time in the same run); 8b: the bytes the client sent on the wire for it, counted by
 a TCP proxy (target: at most the changed file plus twice the file list); 8c: a first deploy
 to an empty site (target: at most 1.1 of the full upload's time).
+
+Every deploy here is `--json` with the server and token given, so both sides take the quick
+path (launch.py: no CLI, no httpx): the figures compare the two ways of sending, not two
+clients. The first deploy of each run sends the folder as one packed tar.gz (the site holds
+nothing to reuse); the client's hash cache is the user's (~/.cache/pushsite), so the first
+run's first deploy hashes every file and the others only the one changed since.
 """
 
 from __future__ import annotations

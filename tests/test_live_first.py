@@ -284,20 +284,24 @@ def test_a_one_file_change_to_a_big_site_goes_live_with_its_brotli(service: Serv
 def test_files_above_the_stream_limit_get_their_brotli_beside_the_small_ones(
         service: Service) -> None:
     """Blobs above optimise.LARGE are streamed through brotli, one at a time, while the
-    small ones go on in the other workers: every one ends up whole."""
+    small ones go on in the other workers: every one ends up whole. (Their gzip was made by
+    the deploy's pool from the spooled file while the reader went on.)"""
     from pushsite.deploy import optimise as optimise_module
 
     big = optimise_module.LARGE + 300_000
     files = {f"big{i}.html": b"<p>" + _words(50 + i, big) for i in range(3)}
     files.update({f"p{i}.html": b"<p>" + _words(i, 5000) for i in range(20)})
+    files["big-copy.html"] = files["big1.html"]  # waits for its first copy, in the pool
     deployment_id = _run(service, files, optimise=False)
     assert service.manifest(deployment_id).pending == ["br"]
     assert service.optimise_now(deployment_id)
     manifest = service.manifest(deployment_id)
     assert manifest.pending == [] and "23 brotli variants made" in log_text(service,
                                                                           deployment_id)
+    assert manifest.files["big-copy.html"] == manifest.files["big1.html"]
     for path, entry in manifest.files.items():
         stored = service.store.get(blob_key(entry.hash, "br"))
         assert len(stored) == entry.encodings["br"]
         assert brotli.decompress(stored) == files[path]
+        assert gzip.decompress(service.store.get(blob_key(entry.hash, "gzip"))) == files[path]
     assert verify(service) == []

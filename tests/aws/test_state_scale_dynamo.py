@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 
 from bench.awscalls import DynamoCalls
-from bench.state_scale_dynamo import generate, listings
 from pushsite.state.dynamodb import DynamoState
 
 
@@ -23,6 +22,11 @@ def calls(moto: str) -> Iterator[DynamoCalls]:
 
 def test_every_listing_is_queries_and_batch_reads_never_a_scan(
         moto: str, calls: DynamoCalls, dynamodb_url: str) -> None:
+    # imported here, not at collection: the bench's modules bring bench.errors.BenchError, a
+    # PushsiteError, and tests/test_api.py (collected after tests/aws/) parametrises over
+    # every PushsiteError subclass it finds when it is collected
+    from bench.state_scale_dynamo import generate, listings
+
     writer = DynamoState.from_url(dynamodb_url)
     generate(writer, sites=12, deployments=60)
     table = writer.table

@@ -191,6 +191,17 @@ class LocalStore:
             with self._lock:
                 self._writing = {}
 
+    def _flush_unless_full(self) -> None:
+        """Flush before a listing or a deletion; a batch the full disk refuses stays pending
+        for the next flush (its writer already got DiskFull), and the listing or deletion
+        goes on without it: it is newer than anything a prune would delete, and a prune is
+        what frees the space it waits for."""
+        try:
+            self.flush()
+        except DiskFull:
+            _logger.info("a batch of writes to %s waits for space; listing and deleting go "
+                         "on without it", self.root)
+
     def _write(self, batch: dict[str, bytes]) -> None:
         """One batch: blob bytes appended to this process's data file and made durable, then
         their rows and the other objects committed in one transaction (file still locked)."""
@@ -333,7 +344,7 @@ class LocalStore:
             raise NotFound(f"object {key} is not in the store") from None
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        self.flush()
+        self._flush_unless_full()
         with self._read_lock:
             blobs = []
             if prefix.startswith("blobs/") or "blobs/".startswith(prefix):
@@ -354,7 +365,7 @@ class LocalStore:
         """Every key under a prefix with when it was written (seconds since the epoch), for
         prune's grace period. Blobs carry their commit time, large objects their file's mtime;
         other objects in SQLite (manifests) carry none and answer 0."""
-        self.flush()
+        self._flush_unless_full()
         with self._read_lock:
             blobs: dict[bytes, float] = {}
             if prefix.startswith("blobs/") or "blobs/".startswith(prefix):
@@ -379,7 +390,7 @@ class LocalStore:
 
     def delete(self, keys: Iterable[str]) -> None:
         doomed = list(keys)
-        self.flush()
+        self._flush_unless_full()
         packed = [p for k in doomed if (p := levels.pack(k)) is not None]
         with self._write_lock:
             # a prune's deletions commit on a full disk with the reserve's room (diskspace.py)
@@ -390,7 +401,11 @@ class LocalStore:
                 db.executemany("DELETE FROM large WHERE key = ?", [(k,) for k in doomed])
             if packed:
                 try:
-                    self._files.compact(self._wdb)
+                    # the commit that lets an unused data file go needs room too: without
+                    # it a full disk kept every deleted blob's bytes (the reserve had taken
+                    # back the room the deletion's commit left)
+                    with self._reserve.room():
+                        self._files.compact(self._wdb)
                 except (sqlite3.Error, OSError) as exc:
                     if not is_full(exc, self.root):
                         raise BackendUnavailable(f"cannot compact the local store's data files "

@@ -1,8 +1,11 @@
 """Figures 3b and 4: `git push` to pushsite's built-in remote, timed to the first HTTP 200.
 
 The clock starts when `git push` starts and stops at the first 200 answer carrying the new
-content at the site's URL, polled every 10 ms after the push returns. The baseline is the same
-push into a plain bare repository on disk: the cost of git alone.
+content at the site's URL once the push has returned (the page is polled every 10 ms from the
+start; the figure is the later of the two). The baseline is the same push into a plain bare
+repository on disk: the cost of git alone. Figure 4 also gives `_visible`: the first 200 with
+the new content whether or not the push has returned (a push is answered after its hook, its
+deploy live first: visitors see the change before `git push` exits).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -90,10 +94,23 @@ class _Remote:
         self.corpus = corpus
 
     def push_to_live(self, clone: _Clone, marker: bytes) -> float:
+        return max(self.push_timed(clone, marker))
+
+    def push_timed(self, clone: _Clone, marker: bytes) -> tuple[float, float]:
+        """Seconds from `git push` until the new content is served, and until it returned."""
+        seen: list[float] = []
+        poll = threading.Thread(target=lambda: seen.append(self.server.wait_content(
+            self.site, self.corpus.change_path, marker)), daemon=True)
         start = time.monotonic()
-        _push(clone, self.url)
-        live = self.server.wait_content(self.site, self.corpus.change_path, marker)
-        return live - start
+        poll.start()
+        try:
+            _push(clone, self.url)
+            returned = time.monotonic() - start
+        finally:
+            poll.join()
+        if not seen:
+            raise BenchError(f"{self.corpus.change_path} never showed the pushed content")
+        return seen[0] - start, returned
 
     def close(self) -> float:
         self.sampler.__exit__()
@@ -117,6 +134,7 @@ def _new_bare() -> Path:
 def first_and_one_file(corpus: Corpus, runs: int) -> list[Figure]:
     """Figure 4: a first push of the corpus, then a one-file change, each to live."""
     firsts: list[float] = []
+    visible: list[float] = []
     ones: list[float] = []
     base_firsts: list[float] = []
     base_ones: list[float] = []
@@ -125,7 +143,9 @@ def first_and_one_file(corpus: Corpus, runs: int) -> list[Figure]:
     def subject() -> None:
         clone, remote = _Clone(corpus), _Remote(corpus)
         try:
-            firsts.append(remote.push_to_live(clone, clone.first_marker()))
+            seen, returned = remote.push_timed(clone, clone.first_marker())
+            firsts.append(max(seen, returned))
+            visible.append(seen)
             ones.append(remote.push_to_live(clone, clone.change()))
         finally:
             peaks.append(remote.close())
@@ -146,8 +166,12 @@ def first_and_one_file(corpus: Corpus, runs: int) -> list[Figure]:
     common = {"baseline_name": "git push to a bare repo", "target_of": "value", "target_op": "<"}
     return [
         figure("push_first_to_live", corpus.name, summarize(firsts), "s",
-               baseline=summarize(base_firsts), target=3.0, peak_rss_mb=rss,
+               baseline=summarize(base_firsts), target=1.0, peak_rss_mb=rss,  # issue 20
                note="peak RSS is the pushsite serve tree", **common),  # type: ignore[arg-type]
+        figure("push_first_visible", corpus.name, summarize(visible), "s",
+               baseline=summarize(base_firsts), target=1.0, peak_rss_mb=rss,
+               note="the first 200 with the content, polled while the push runs",
+               **common),  # type: ignore[arg-type]
         figure("push_one_file_to_live", corpus.name, summarize(ones), "s",
                baseline=summarize(base_ones), target=1.0, peak_rss_mb=rss,
                **common),  # type: ignore[arg-type]

@@ -14,13 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from test_cli_remote import errors_of, run_cli
 from test_incremental_upload import _frame, _row
 
 from pushsite.launch import plain_remote_deploy
 from support.api import Api
-from support.servers import Server, serving
+from support.servers import Server, free_port, serving
+from support.tlsparts import Authority, client_context, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +216,48 @@ def test_a_client_gone_while_it_waits_leaves_the_deployment_to_finish(remote: Se
     assert final["status"] == "live"
     assert remote.get("gone.localhost", "/").content == page
     assert hashlib.sha256(page).hexdigest() in started["missing"]
+
+
+def test_the_quick_path_speaks_https_trusting_ssl_cert_file(tmp_path: Path) -> None:
+    """Over `serve --tls-cert`, with the CA in SSL_CERT_FILE as httpx honoured it; a client
+    that does not trust the certificate fails in one line (exit 7), nothing sent."""
+    authority = Authority(tmp_path / "ca")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    authority.issue(["localhost", "127.0.0.1"], cert, key)
+    port = free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHSITE_", "SSL_CERT"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pushsite", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        env={**env, "PUSHSITE_HOME": str(home)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        context = client_context(authority.pem)
+        wait_until("https answers", lambda: httpx.get(
+            f"https://127.0.0.1:{port}/api/health", verify=context, timeout=2).status_code == 200)
+        local = {**env, "PUSHSITE_HOME": str(home)}
+        subprocess.run([sys.executable, "-m", "pushsite", "sites", "create", "secure"],
+                       env=local, check=True, capture_output=True)
+        token = subprocess.run([sys.executable, "-m", "pushsite", "tokens", "create"], env=local,
+                               check=True, capture_output=True, text=True).stdout.strip()
+        folder = _site(tmp_path / "site", "over tls", count=2)
+        argv = [sys.executable, "-m", "pushsite", "deploy", str(folder), "--site", "secure",
+                "--server", f"https://127.0.0.1:{port}", "--token", token, "--json"]
+        client = {**env, "PUSHSITE_HOME": str(tmp_path / "ci"),
+                  "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        untrusted = subprocess.run(argv, env=client, capture_output=True, text=True, timeout=120)
+        assert untrusted.returncode == 7, untrusted.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in errors_of(untrusted.stderr)[0]
+        for marker in ("over tls", "again"):  # a first deploy (a bundle), then incremental
+            (folder / "index.html").write_text(f"<h1>{marker}</h1>")
+            done = subprocess.run(argv, env={**client, "SSL_CERT_FILE": str(authority.pem)},
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["status"] == "live"
+        page = httpx.get(f"https://127.0.0.1:{port}/", headers={"Host": "secure.localhost"},
+                         verify=context, timeout=10)
+        assert page.text == "<h1>again</h1>"
+    finally:
+        server.terminate()
+        server.wait(20)

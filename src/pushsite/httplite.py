@@ -12,6 +12,7 @@ honours it (remote.py chooses).
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import time
@@ -129,10 +130,7 @@ class Connection:
             sock = socket.create_connection((self._host, self._port), self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls:
-                import ssl
-
-                sock = ssl.create_default_context().wrap_socket(sock,
-                                                                 server_hostname=self._host)
+                sock = _tls_context().wrap_socket(sock, server_hostname=self._host)
             sock.settimeout(self._timeout)
             self._sock, self._reader = sock, sock.makefile("rb")
         return sock
@@ -180,3 +178,19 @@ class Connection:
         if len(data) != size:
             raise ConnectionResetError("the server's answer was cut off")
         return data
+
+
+def _tls_context() -> Any:
+    """The certificates httpx would trust (the CLI used it): SSL_CERT_FILE or SSL_CERT_DIR
+    when set, else certifi's bundle, else the system's."""
+    import ssl
+
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    try:
+        import certifi
+    except ImportError:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())

@@ -10,11 +10,15 @@ Two pushsite modes, each against the same run's naive pipeline:
   ends; the fair comparison with a pipeline that gzips everything (target: at most 0.5);
 - live first (the default): the time until `pushsite deploy --json` printed the live
   deployment (brotli is made after that), and its whole run beside it.
+Beside the wall times, the CPU seconds of each side's process tree: on a shared machine the
+naive pipeline's many processes and pushsite's threads get unequal shares of the cores, and
+CPU time is what the comparison is about once the disk is out.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -64,11 +68,21 @@ def _scratch(corpus: Corpus, tmpfs: Path) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _naive(bundle: Path, root: Path) -> measure.Run:
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of every child this process has waited for so far: each
+    run's difference is its whole tree's (a tree waits for its own), which a busy machine
+    does not inflate the way it inflates wall time."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _naive(bundle: Path, root: Path, cpu: list[float]) -> measure.Run:
     """The naive pipeline of figure 1 extracting into a temp dir on tmpfs."""
     dest = Path(tempfile.mkdtemp(prefix="naive-", dir=root))
     try:
+        before = _children_cpu()
         result = measure.run(baselines.naive_command(bundle, dest), env={"TMPDIR": str(root)})
+        cpu.append(_children_cpu() - before)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
     if result.returncode != 0:
@@ -77,12 +91,15 @@ def _naive(bundle: Path, root: Path) -> measure.Run:
     return result
 
 
-def _deploy(bundle: Path, root: Path, live_first: bool) -> product.Deploy:
+def _deploy(bundle: Path, root: Path, live_first: bool, cpu: list[float]) -> product.Deploy:
     """One `pushsite deploy` into a fresh home on tmpfs, removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix="home-", dir=root))
     env = {"TMPDIR": str(root / "tmp"), "PUSHSITE_LIVE_FIRST": "1" if live_first else "0"}
     try:
-        return product.deploy(bundle, home, env=env)
+        before = _children_cpu()
+        done = product.deploy(bundle, home, env=env)
+        cpu.append(_children_cpu() - before)
+        return done
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -93,14 +110,20 @@ def compute(corpus: Corpus, runs: int, tmpfs: Path = TMPFS) -> list[Figure]:
         bundle = root / corpus.bundle.name
         befores: list[product.Deploy] = []
         firsts: list[product.Deploy] = []
+        cpu_before: list[float] = []
+        cpu_first: list[float] = []
+        cpu_naive: list[float] = []
 
         def subject() -> None:
             # the two modes flip order too, so neither always runs on a warmer machine
             order = (False, True) if len(befores) % 2 == 0 else (True, False)
             for live_first in order:
-                (firsts if live_first else befores).append(_deploy(bundle, root, live_first))
+                if live_first:
+                    firsts.append(_deploy(bundle, root, True, cpu_first))
+                else:
+                    befores.append(_deploy(bundle, root, False, cpu_before))
 
-        _, naives = alternate(subject, lambda: _naive(bundle, root), runs)
+        _, naives = alternate(subject, lambda: _naive(bundle, root, cpu_naive), runs)
     naive = summarize([n.seconds for n in naives])
     naive_rss = max(n.peak_rss_mb for n in naives)
     name = "naive tar+gzip -P2 on tmpfs"
@@ -120,6 +143,12 @@ def compute(corpus: Corpus, runs: int, tmpfs: Path = TMPFS) -> list[Figure]:
                baseline_peak_rss_mb=naive_rss,
                note="live first, the whole run (brotli after the alias moved)"),
     ]  # fmt: skip
+    figs.append(figure(
+        "compute_cold_deploy_cpu", corpus.name, summarize(cpu_before), "cpu s",
+        baseline=summarize(cpu_naive), baseline_name="naive tar+gzip -P2 on tmpfs, CPU",
+        note="user + system seconds of the whole process tree, every variant first (live "
+             f"first: median {summarize(cpu_first).median:.2f} cpu s)",
+    ))
     if lives:
         figs.append(figure(
             "compute_time_to_live", corpus.name, summarize(lives), "s", baseline=naive,

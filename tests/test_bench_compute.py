@@ -34,7 +34,9 @@ def test_compute_measures_both_modes_against_the_naive_pipeline_and_cleans_up(
     corpus = Corpus("tiny", True, bundle, None, "index.html", 3, 0)
     figs = {f.figure: f for f in figures_compute.compute(corpus, 2)}
     assert set(figs) == {"compute_cold_deploy", "compute_live_first_total",
-                         "compute_time_to_live"}
+                         "compute_time_to_live", "compute_cold_deploy_cpu"}
+    cpu = figs["compute_cold_deploy_cpu"]
+    assert cpu.value > 0 and cpu.baseline is not None and cpu.baseline > 0
     cold = figs["compute_cold_deploy"]
     assert cold.runs == 2 and cold.baseline is not None and cold.ratio is not None
     assert cold.baseline_name == "naive tar+gzip -P2 on tmpfs"

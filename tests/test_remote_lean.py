@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from test_cli_remote import errors_of, run_cli
 from test_incremental_upload import _frame, _row
 
+from pushsite.httplite import Connection
 from pushsite.launch import plain_remote_deploy
 from support.api import Api
 from support.servers import Server, free_port, serving
@@ -261,3 +264,42 @@ def test_the_quick_path_speaks_https_trusting_ssl_cert_file(tmp_path: Path) -> N
     finally:
         server.terminate()
         server.wait(20)
+
+
+def test_a_first_deploy_over_the_server_s_limit_is_refused_with_its_words(
+        tmp_path: Path) -> None:
+    """The packed folder is over the server's max_total_mb: exit 3 and the server's reason."""
+    with serving(tmp_path / "home", extra_env={"PUSHSITE_MAX_TOTAL_MB": "1"}) as small:
+        small.create_site("big")
+        token = small.new_token("--name", "ci")
+        folder = tmp_path / "site"
+        (folder / "assets").mkdir(parents=True)
+        for i in range(24):
+            (folder / f"assets/{i}.bin").write_bytes(os.urandom(1 << 20))
+        done = _lean(tmp_path / "ci", folder, "big", small, token)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "max_total" in errors_of(done.stderr)[-1], done.stderr[-2000:]
+
+
+def test_an_answer_sent_before_the_body_ended_is_read_not_a_broken_pipe() -> None:
+    """A server that answers 413 and closes while the client still sends (as a proxy or a
+    limit may): httplite returns that answer instead of the write error."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_early() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            peer.recv(65536)
+            peer.sendall(b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json"
+                         b"\r\ncontent-length: 27\r\n\r\n{\"error\": \"too big for us\"}")
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    server = threading.Thread(target=answer_early)
+    server.start()
+    with Connection(f"http://127.0.0.1:{listener.getsockname()[1]}", {}) as connection:
+        got = connection.request("PUT", "/blobs", body=iter([b"x" * (1 << 20)] * 64))
+    server.join(10)
+    listener.close()
+    assert (got.status_code, got.json()) == (413, {"error": "too big for us"})

@@ -58,6 +58,7 @@ class Connection:
         self._sock: socket.socket | None = None
         self._reader: Any = None
         self._used = 0.0
+        self._cut_off: OSError | None = None
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                 body: bytes | Iterable[bytes] | None = None,
@@ -89,17 +90,26 @@ class Connection:
                     if chunk:
                         sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # the server may have answered before it stopped reading (413, 422): `receive`
+            # reads that answer, and raises this only when there is none
+            self._cut_off = exc
         except BaseException:
             self.close()
             raise
 
     def receive(self) -> Answer:
         """The answer to the request sent last."""
+        cut_off, self._cut_off = self._cut_off, None
         try:
             answer = self._read_answer()
         except BaseException:
             self.close()
+            if cut_off is not None:
+                raise cut_off from None
             raise
+        if cut_off is not None:
+            answer.headers["connection"] = "close"
         if answer.headers.get("connection", "").lower() == "close":
             self.close()
         self._used = time.monotonic()

@@ -7,6 +7,7 @@ end-to-end tests in test_edge_e2e.py run the same paths through `pushsite serve`
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -147,6 +148,7 @@ class World:
     store: MemoryStore = field(default_factory=MemoryStore)
     port: int = 0
     edge: Edge | None = None
+    server: uvicorn.Server | None = None
 
     def publish(
         self,
@@ -219,18 +221,14 @@ async def _control(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"control plane"})
 
 
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    world = World()
-    world.edge = Edge(world.state, world.store)
-    app = make_edge_or_control_app(world.edge, _control)
+@contextlib.contextmanager
+def _serving(edge: Edge, **options: Any) -> Iterator[tuple[uvicorn.Server, int]]:
+    """uvicorn on a free loopback port in a thread, with the protocol `pushsite serve` runs."""
+    app = make_edge_or_control_app(edge, _control)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    world.port = sock.getsockname()[1]
-    # The protocol `pushsite serve` runs: repeated requests below take
-    # its shortcut for cached answers, so every rule here is checked on both paths.
     config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                            http=EdgeHttpToolsProtocol)
+                            http=EdgeHttpToolsProtocol, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -240,11 +238,23 @@ def world() -> Iterator[World]:
                 break
             time.sleep(0.02)
         assert server.started, "uvicorn did not start"
-        yield world
+        yield server, sock.getsockname()[1]
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    world = World()
+    world.edge = Edge(world.state, world.store)
+    # The protocol `pushsite serve` runs: repeated requests below take
+    # its shortcut for cached answers, so every rule here is checked on both paths.
+    with _serving(world.edge) as (server, port):
+        world.port = port
+        world.server = server
+        yield world
 
 
 _counter = iter(range(1_000_000))
@@ -980,3 +990,40 @@ def test_only_a_read_of_exactly_one_plain_request_is_remembered(world: World) ->
     assert pipelined not in REPEATS.asked  # two requests in one read: parsed every time
     assert conditional not in REPEATS.asked and long_head not in REPEATS.asked
     assert head in REPEATS.asked
+
+
+def test_a_connection_answered_by_repeats_still_closes_once_idle(world: World) -> None:
+    name = fresh_site()
+    world.publish(name, {"index.html": b"page"})
+    wire = _request("/", f"{name}.localhost")
+    assert world.edge is not None
+    with _serving(world.edge, timeout_keep_alive=1) as (_, port), \
+            socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        before = REPEATS.answered
+        for _ in range(4):
+            assert _exchange(sock, wire)[2] == b"page"
+        assert REPEATS.answered - before == 2
+        assert sock.recv(1) == b""  # closed by the server after a second of silence
+
+
+def test_a_repeat_moves_the_keep_alive_deadline_on(world: World) -> None:
+    """uvicorn arms its timer after an ordinary answer; a repeated request leaves it armed, so
+    when it fires with a repeat answered since, it waits again instead of closing."""
+    name = fresh_site()
+    world.publish(name, {"index.html": b"page"})
+    wire = _request("/", f"{name}.localhost")
+    assert world.server is not None
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        assert _exchange(sock, wire)[2] == b"page"
+        (protocol,) = [p for p in world.server.server_state.connections
+                       if p.client == sock.getsockname()[:2]]
+        assert isinstance(protocol, EdgeHttpToolsProtocol)
+        protocol.timeout_keep_alive = 3600  # this test's pace cannot reach the deadline
+        for _ in range(3):
+            assert _exchange(sock, wire)[2] == b"page"
+        fired = threading.Event()
+        protocol.loop.call_soon_threadsafe(
+            lambda: (protocol.timeout_keep_alive_handler(), fired.set()))
+        assert fired.wait(10)
+        assert protocol.timeout_keep_alive_task is not None  # armed again, not closed
+        assert _exchange(sock, wire)[2] == b"page"

@@ -69,6 +69,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._idle = True  # between messages: a read may start a new request
         self._begun = 0  # messages begun in the current read
         self._asked: tuple[str, AnswerKey] | None = None  # what the shortcut answered in it
+        self._answered_at = float("-inf")  # loop time of the last repeated request's answer
 
     def data_received(self, data: bytes) -> None:
         if self._idle and len(data) <= HEAD_BYTES_MAX and self._edge is not None:
@@ -135,8 +136,26 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
             return False
         self.transport.writelines((self._head(answer), answer.body))
         REPEATS.answered += 1
-        self.on_response_complete()  # counts it and re-arms the keep-alive timer
+        # on_response_complete's work, but the keep-alive timer armed after an earlier answer
+        # stays, and is moved on when it fires (uvicorn cancels it on every read and makes a
+        # new one after every answer: more than the rest of this answer cost in Python)
+        self.server_state.total_requests += 1
+        self._answered_at = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler)
         return True
+
+    def timeout_keep_alive_handler(self) -> None:
+        """Close an idle kept-alive connection, unless a repeated request was answered since
+        the timer was armed: then wait out the rest of the idle time from that answer."""
+        due = self._answered_at + self.timeout_keep_alive
+        now = self.loop.time()
+        if due > now:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                due - now, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
 
     def _answer_cached(self) -> bool:
         # uvicorn declares `cycle` non-optional but it is None until the first request

@@ -4,6 +4,7 @@ deploy sent as one bundle, `finish?wait=` answering when live, and the same refu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +22,10 @@ import pytest
 from test_cli_remote import errors_of, run_cli
 from test_incremental_upload import _frame, _row
 
+from pushsite.config import load_config
 from pushsite.httplite import Connection
 from pushsite.launch import plain_remote_deploy
+from pushsite.service import Service
 from support.api import Api
 from support.servers import Server, free_port, serving
 from support.tlsparts import Authority, client_context, wait_until
@@ -303,3 +306,40 @@ def test_an_answer_sent_before_the_body_ended_is_read_not_a_broken_pipe() -> Non
     server.join(10)
     listener.close()
     assert (got.status_code, got.json()) == (413, {"error": "too big for us"})
+
+
+def test_finish_with_wait_runs_a_small_upload_while_the_worker_is_busy(tmp_path: Path) -> None:
+    """The worker is held on a bundle that never arrives (a FIFO); a one-file redeploy whose
+    client waits still goes live, run by its finish, and its queued message is a no-op."""
+    with serving(tmp_path / "home") as srv:
+        token = srv.new_token("--name", "ci")
+        srv.create_site("busy")
+        folder = _site(tmp_path / "site", "first", count=3)
+        assert _lean(tmp_path / "ci", folder, "busy", srv, token).returncode == 0
+        api = Api(srv, token)
+        service = Service(load_config(home=str(srv.home)))
+        fifo: Path | None = None
+        try:
+            srv.create_site("blocker")
+            blocker = service.accept("blocker", None, enqueue=False)
+            fifo = service.config.staging / f"{blocker.id}.tar.gz"
+            os.mkfifo(fifo)
+            blocker.bundle_key = fifo.name
+            service.state.update_deployment(blocker)
+            service.queue.send({"deployment": blocker.id})
+            for _ in range(400):  # bounded in count: until the worker holds it
+                if api.ok("GET", f"/deployments/{blocker.id}")["status"] == "running":
+                    break
+                time.sleep(0.05)
+            assert api.ok("GET", f"/deployments/{blocker.id}")["status"] == "running"
+            (folder / "index.html").write_text("<h1>second</h1>")
+            done = _lean(tmp_path / "ci", folder, "busy", srv, token)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert json.loads(done.stdout)["status"] == "live"
+            assert srv.get("busy.localhost", "/").text == "<h1>second</h1>"
+            assert api.ok("GET", f"/deployments/{blocker.id}")["status"] == "running"
+        finally:
+            if fifo is not None and fifo.exists():
+                with contextlib.suppress(OSError):  # ENXIO: the worker never opened it
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            service.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from pushsite.service.running import Running
     from pushsite.service.verbs import Service
 
+_logger = logging.getLogger("pushsite.uploads")
 UPLOADING, STAGED = ".upload", ".files"
 # an upload's folder: what receiving and finishing read (small: the asked-for blobs), and
 # the list with the held blobs' records, read once by the run (a 1,000-file list was parsed
@@ -169,8 +171,15 @@ def receive(service: Service, site_name: str, upload_id: str, body: BinaryIO) ->
     return len(batch.index)
 
 
-def finish(service: Service, site_name: str, upload_id: str) -> Deployment:
-    """Queue the deployment once every asked-for blob is there (receiving -> queued)."""
+def finish(service: Service, site_name: str, upload_id: str, *,
+           run_now: bool = False) -> Deployment:
+    """Queue the deployment once every asked-for blob is there (receiving -> queued).
+
+    With `run_now` (a client waits for the outcome) a small one is also run here at once, as
+    the worker would run its message: the worker may be busy for seconds (another deploy,
+    the brotli pass after a live one), and a one-file redeploy takes a few hundredths. The
+    message stays queued all the same: a run that dies here is retried from it, and a run
+    that ends here leaves it nothing to do."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
     deployment = _receiving(service, upload_id)
     present = _stored(folder / "blobs")
@@ -194,7 +203,24 @@ def finish(service: Service, site_name: str, upload_id: str) -> Deployment:
                   "); queued", bytes=received)
     service._announce(deployment)
     service.queue.send({"deployment": deployment.id})
+    if run_now and received <= RUN_NOW_BYTES:
+        _run_now(service, deployment)
     return deployment
+
+
+RUN_NOW_BYTES = 16 << 20  # uploaded bytes up to which `finish` runs the deployment itself
+
+
+def _run_now(service: Service, deployment: Deployment) -> None:
+    """Run the queued deployment as its queue message would be (superseded, handed to a
+    builder, or run); an outage leaves it to that message's retry."""
+    from pushsite.queues import QueueItem
+
+    try:
+        service.process(QueueItem({"deployment": deployment.id}, receipt=""))
+    except Exception as exc:  # noqa: BLE001 - the queued message runs it again
+        _logger.warning("deployment %s: running it at finish failed (%s: %s); its queued "
+                        "message will", deployment.id, type(exc).__name__, exc)
 
 
 def deploy_uploaded(service: Running, deployment: Deployment,

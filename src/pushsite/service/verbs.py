@@ -408,11 +408,13 @@ class Service(Queueing):
 
         return uploads.receive(self, site_name, upload_id, body)
 
-    def finish_upload(self, site_name: str, upload_id: str) -> Deployment:
-        """Queue the upload's deployment once every asked-for blob has come."""
+    def finish_upload(self, site_name: str, upload_id: str, *,
+                      run_now: bool = False) -> Deployment:
+        """Queue the upload's deployment once every asked-for blob has come (and, with
+        `run_now`, run a small one at once: uploads.finish)."""
         from pushsite.service import uploads
 
-        return uploads.finish(self, site_name, upload_id)
+        return uploads.finish(self, site_name, upload_id, run_now=run_now)
 
     def _stage(self, deployment_id: str, bundle: SupportsRead[bytes]) -> str:
         self.config.staging.mkdir(parents=True, exist_ok=True)

@@ -936,7 +936,7 @@ def test_a_repeated_request_is_answered_without_parsing_it_again(world: World) -
     # the first is answered by the edge and cached, the second by the parser's shortcut, which
     # remembers its bytes; the others are looked up by their bytes alone
     assert REPEATS.answered - before == 2
-    assert wire in REPEATS.asked
+    assert REPEATS.asked[wire][2] is not None  # a site host: its name says which site
     status, headers, body = answers[0]
     assert (status, headers["content-encoding"]) == (200, "gzip")
     assert gzip.decompress(body) == PAGES["assets/app.3f9a2b7c.js"]
@@ -1027,3 +1027,19 @@ def test_a_repeat_moves_the_keep_alive_deadline_on(world: World) -> None:
         assert fired.wait(10)
         assert protocol.timeout_keep_alive_task is not None  # armed again, not closed
         assert _exchange(sock, wire)[2] == b"page"
+
+
+def test_a_repeated_request_to_a_custom_domain_follows_its_release(world: World) -> None:
+    """A site host's name says which site it is, forever; a custom domain's claim is looked
+    up for every repeat, so a released domain falls back to the control plane at once."""
+    name = fresh_site()
+    world.publish(name, {"index.html": b"claimed"})
+    domain = f"www.{name}.example"
+    world.state.domains[domain] = name
+    wire = _request("/", domain)
+    with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
+        for _ in range(3):
+            assert _exchange(sock, wire)[2] == b"claimed"
+        assert REPEATS.asked[wire][2] is None  # not fixed by its name
+        del world.state.domains[domain]
+        assert _exchange(sock, wire)[2] == b"control plane"

@@ -174,6 +174,11 @@ class HostResolver:
         # long (at most STALE_SECONDS over DynamoDB, see the module's docstring).
         return self._bounded(("domain", name), lambda: self._domain_target(name))
 
+    def named(self, host: str) -> SiteTarget | None:
+        """The target a Host header names by its form alone (a name under the base domain),
+        which never changes; None for a custom domain or a host that names no site."""
+        return parse_site_host(split_host(host), self.base_domain)
+
     def _domain_target(self, name: str) -> SiteTarget | None:
         domain = self.state.get_domain(name)
         return SiteTarget(domain.site, Kind.PRODUCTION) if domain and domain.approved else None

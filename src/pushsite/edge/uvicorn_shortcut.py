@@ -15,29 +15,42 @@ scope, which were most of a cached answer's time in Python.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
-from pushsite.caches import BoundedCache
 from pushsite.edge.bounded import BoundedHttpToolsProtocol
+from pushsite.edge.hosts import SiteTarget
 from pushsite.edge.respond import Answer, AnswerKey, Edge
 
 HEAD_BYTES_MAX = 4 << 10  # a longer request is parsed every time
 
 
-class Repeats:
-    """Whole requests the shortcut answered, by their exact bytes -> what they asked (the
-    host name and the answer's key). What a request's bytes ask never changes, so an entry
-    never goes stale; one per process (each HTTP process its own), shared by its connections."""
+# What a request asked: its host name, its answer's key, and the site it names when the name
+# alone says so (under the base domain: never changes), else None (a custom domain: looked up).
+Asked = tuple[str, AnswerKey, "SiteTarget | None"]
 
-    def __init__(self) -> None:
-        self.asked: BoundedCache[bytes, tuple[str, AnswerKey]] = BoundedCache(
-            1024, max_weight=1 << 20)
+
+class Repeats:
+    """Whole requests the shortcut answered, by their exact bytes -> what they asked. What a
+    request's bytes ask never changes, so an entry never goes stale; one per process (each
+    HTTP process its own), shared by its connections, the least recently asked dropped first.
+    `asked` is read directly on the hot path (no call: a Python call is a good part of it)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.asked: OrderedDict[bytes, Asked] = OrderedDict()
+        self.limit = limit
         self.answered = 0  # requests answered without parsing them (tests look)
+
+    def remember(self, data: bytes, asked: Asked) -> None:
+        self.asked[data] = asked
+        while len(self.asked) > self.limit:
+            self.asked.popitem(last=False)
 
 
 REPEATS = Repeats()
+_ASKED = REPEATS.asked
 
 _PLAIN_METHODS = (b"GET", b"HEAD")
 _NOT_PLAIN = frozenset(
@@ -68,14 +81,16 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._defaults: tuple[object, bytes] = (None, b"")
         self._idle = True  # between messages: a read may start a new request
         self._begun = 0  # messages begun in the current read
-        self._asked: tuple[str, AnswerKey] | None = None  # what the shortcut answered in it
+        self._asked: Asked | None = None  # what the shortcut answered in the current read
         self._answered_at = float("-inf")  # loop time of the last repeated request's answer
 
     def data_received(self, data: bytes) -> None:
         if self._idle and len(data) <= HEAD_BYTES_MAX and self._edge is not None:
-            asked = REPEATS.asked.get(data)
-            if asked is not None and self._answer_again(*asked):
-                return
+            asked = _ASKED.get(data)
+            if asked is not None:
+                _ASKED.move_to_end(data)
+                if self._answer_again(asked):
+                    return
         began_idle = self._idle
         self._new_read()
         super().data_received(data)
@@ -84,7 +99,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         if self._asked is not None and began_idle and self._begun == 1 and self._idle \
                 and len(data) <= HEAD_BYTES_MAX and not self._refused \
                 and not self.transport.is_closing():
-            REPEATS.asked.put(data, self._asked, len(data) + 200)
+            REPEATS.remember(data, self._asked)
 
     def _new_read(self) -> None:
         self._begun = 0
@@ -119,7 +134,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         if not self._shortcut:
             super().on_message_complete()
 
-    def _answer_again(self, host_name: str, key: AnswerKey) -> bool:
+    def _answer_again(self, asked: Asked) -> bool:
         """Answer a request whose bytes were answered before, as the shortcut would."""
         cycle: RequestResponseCycle | None = self.cycle
         if (cycle is not None and not cycle.response_complete) or self.pipeline \
@@ -127,8 +142,10 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
             return False
         edge = self._edge
         assert edge is not None
+        host_name, key, target = asked
         try:
-            target = edge.hosts.target(host_name)
+            if target is None:
+                target = edge.hosts.target(host_name)
             answer = edge.cached(key, target) if target is not None else None
         except Exception:  # e.g. the state store is down: parsed, the ordinary path answers
             return False
@@ -202,7 +219,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         if answer is None:
             return False
         self.transport.writelines((self._head(answer), answer.body))
-        self._asked = (host_name, key)
+        self._asked = (host_name, key, edge.hosts.named(host_name))
         return True
 
     def _head(self, answer: Answer) -> bytes:

@@ -29,8 +29,10 @@ _log = logging.getLogger("pushsite.queue")
 class Queueing(Running):
     """Handling queue messages, taking over stopped runs, and recovering after a restart."""
 
-    def process(self, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        """Handle one queue message: run its deployment unless a newer one superseded it.
+    def process(self, item: QueueItem, timeout: float | None = DEFAULT_TIMEOUT,
+                optimise: bool = True) -> None:
+        """Handle one queue message: run its deployment unless a newer one superseded it
+        (without its brotli pass unless `optimise`: then the queued message makes it).
 
         A timed-out deployment runs again from where its blobs got to; a running one is taken
         over only when its message comes back and its lease ran out (see _take_over). Raises
@@ -78,7 +80,7 @@ class Queueing(Running):
                 self._fetch(deployment, item.body["fetch"])
             if self.config.build_queue and self._handed_over(deployment_id):
                 return  # a builder runs it (`pushsite worker --builds`)
-            self.run(deployment_id, timeout=timeout)
+            self.run(deployment_id, timeout=timeout, optimise=optimise)
         except Exception as exc:
             if not self._settled(deployment_id, exc):
                 raise  # an outage: the message stays on the queue and is retried

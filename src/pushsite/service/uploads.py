@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -175,11 +176,12 @@ def finish(service: Service, site_name: str, upload_id: str, *,
            run_now: bool = False) -> Deployment:
     """Queue the deployment once every asked-for blob is there (receiving -> queued).
 
-    With `run_now` (a client waits for the outcome) a small one is also run here at once, as
-    the worker would run its message: the worker may be busy for seconds (another deploy,
-    the brotli pass after a live one), and a one-file redeploy takes a few hundredths. The
-    message stays queued all the same: a run that dies here is retried from it, and a run
-    that ends here leaves it nothing to do."""
+    With `run_now` (a client waits for the outcome) a small one is also started at once on
+    a thread of its own, as the worker would run its message: the worker may be busy for
+    seconds (another deploy, the brotli pass after a live one), and a one-file redeploy
+    takes a few hundredths. The message stays queued all the same: a run that dies is
+    retried from it (or taken over by recovery once its lease ran out), and a run that
+    ended leaves it nothing to do."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
     deployment = _receiving(service, upload_id)
     present = _stored(folder / "blobs")
@@ -203,24 +205,30 @@ def finish(service: Service, site_name: str, upload_id: str, *,
                   "); queued", bytes=received)
     service._announce(deployment)
     service.queue.send({"deployment": deployment.id})
-    if run_now and received <= RUN_NOW_BYTES:
-        _run_now(service, deployment)
+    if run_now and received <= RUN_NOW_BYTES and _RUNNING_NOW.acquire(blocking=False):
+        threading.Thread(target=_run_now, args=(service, deployment.id), daemon=True,
+                         name=f"pushsite-run-{deployment.id}").start()
     return deployment
 
 
-RUN_NOW_BYTES = 16 << 20  # uploaded bytes up to which `finish` runs the deployment itself
+RUN_NOW_BYTES = 16 << 20  # uploaded bytes up to which `finish` starts the deployment itself
+_RUNNING_NOW = threading.BoundedSemaphore(2)  # at most so many beside the worker, per process
 
 
-def _run_now(service: Service, deployment: Deployment) -> None:
+def _run_now(service: Service, deployment_id: str) -> None:
     """Run the queued deployment as its queue message would be (superseded, handed to a
-    builder, or run); an outage leaves it to that message's retry."""
+    builder, or run); its brotli pass is left to the worker's queued message, as a CLI
+    deploy leaves it (one pass at a time, not one per waiting client). An outage leaves
+    the deployment to its own message's retry."""
     from pushsite.queues import QueueItem
 
     try:
-        service.process(QueueItem({"deployment": deployment.id}, receipt=""))
+        service.process(QueueItem({"deployment": deployment_id}, receipt=""), optimise=False)
     except Exception as exc:  # noqa: BLE001 - the queued message runs it again
         _logger.warning("deployment %s: running it at finish failed (%s: %s); its queued "
-                        "message will", deployment.id, type(exc).__name__, exc)
+                        "message will", deployment_id, type(exc).__name__, exc)
+    finally:
+        _RUNNING_NOW.release()
 
 
 def deploy_uploaded(service: Running, deployment: Deployment,

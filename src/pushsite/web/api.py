@@ -733,11 +733,8 @@ def create_api(service: Service) -> FastAPI:
                             upload_id: DeploymentId, wait: _Wait = 0.0) -> JSONResponse:
         """Queue the deployment once every asked-for blob has come (202, Location: it), or
         with `wait`, answer 200 as soon as it has ended within that time."""
-        if uploads[0] is None:
-            uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
-        deployment = await anyio.to_thread.run_sync(  # with `wait`, a small one runs here
-            lambda: service.finish_upload(_covered(token, site), upload_id, run_now=wait > 0),
-            limiter=uploads[0])
+        deployment = await anyio.to_thread.run_sync(  # with `wait`, a small one starts now
+            lambda: service.finish_upload(_covered(token, site), upload_id, run_now=wait > 0))
         return await _answer_when_ended(request, view, deployment, wait)
 
     @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])

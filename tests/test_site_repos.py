@@ -1,0 +1,52 @@
+"""Site repositories: made whole, then renamed into place, by whichever of two creators wins."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+from pushsite.deploy.gitcommit import HOOK_NAMES, SiteRepos
+
+
+def _config(repo: Path) -> list[str]:
+    done = subprocess.run(["git", "config", "--local", "--list"], cwd=repo,
+                          capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
+def test_a_new_repository_has_its_settings_and_hooks(tmp_path: Path) -> None:
+    repo = SiteRepos(tmp_path / "repos").create("blog", branch="trunk")
+    config = _config(repo)
+    for line in ("core.bare=true", "http.receivepack=true", "receive.denynonfastforwards=false",
+                 "receive.denydeletes=false", "receive.procreceiverefs=refs/heads",
+                 "receive.procreceiverefs=refs/tags", "gc.auto=0"):
+        assert line in config
+    assert (repo / "HEAD").read_text() == "ref: refs/heads/trunk\n"
+    for name in HOOK_NAMES:
+        assert (repo / "hooks" / name).stat().st_mode & 0o111
+    assert not (repo / "hooks" / "post-receive").exists()
+
+
+def test_two_creators_at_once_leave_one_whole_repository(tmp_path: Path) -> None:
+    root = tmp_path / "repos"
+    start = threading.Barrier(4)
+    made: list[Path] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            made.append(SiteRepos(root).create("blog"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert made == [root / "blog.git"] * 4
+    assert [p.name for p in root.iterdir()] == ["blog.git"]  # no partial folder left behind
+    assert _config(root / "blog.git").count("receive.procreceiverefs=refs/heads") == 1

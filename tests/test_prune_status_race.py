@@ -118,14 +118,16 @@ def test_a_prune_between_a_deployments_ready_and_its_alias_move(
     _consistent(service)
 
 
+@pytest.mark.parametrize("at", ["update_deployment", "move_alias"])
 def test_a_prune_between_a_rollbacks_check_and_its_alias_move(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rollback target is the one deployment the prune drops; the prune runs as
-    production is about to move onto it. Either the rollback goes through with its target
-    whole, or it is refused and production stays."""
+        service: Service, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    """The rollback target is the one deployment the prune drops; the prune runs after the
+    rollback checked it, as it is about to be claimed live or production is about to move
+    onto it. Either the rollback goes through with its target whole, or it is refused and
+    production stays."""
     target = deploy(service, "blog", _files("target"))
     current = deploy(service, "blog", _files("current"))
-    pruned = _once_inside(service, "move_alias", lambda: True, monkeypatch)
+    pruned = _once_inside(service, at, lambda: True, monkeypatch)
     try:
         service.rollback("blog", target.id)
     except ConfigError:
@@ -193,3 +195,24 @@ def test_a_dropped_deployments_index_and_marker_go_with_its_manifest(
     assert service.prune("blog", keep=1, grace=0)["manifests"] == 1
     assert service.store.has(left) == set()
     assert service.store.has(theirs) == set(theirs)
+
+
+def test_a_live_claim_whose_claimer_died_before_the_alias_move_runs_out(
+        service: Service) -> None:
+    """A deployment claimed live (claim_live) by a process that died before moving an alias:
+    prune keeps it while the claim's lease lasts, and drops it as ready after."""
+    deploy(service, "blog", _files("old"))
+    claimed = deploy(service, "blog", _files("claimed"))
+    current = deploy(service, "blog", _files("current"))
+    record = service.state.get_deployment(claimed.id)
+    assert record.status == Status.READY
+    assert service.claim_live(record)  # ... and the process ends here
+    assert service.prune("blog", keep=1, grace=0)["deployments"] == 1  # the old one only
+    assert status(service, claimed.id) == Status.LIVE
+    record = service.state.get_deployment(claimed.id)
+    record.lease_until = 1.0  # its lease ran out long ago
+    assert service.state.update_deployment(record, expect_status=Status.LIVE)
+    assert service.prune("blog", keep=1, grace=0)["deployments"] == 1
+    assert status(service, claimed.id) == Status.CANCELLED
+    assert status(service, current.id) == Status.LIVE
+    _consistent(service)

@@ -189,12 +189,16 @@ def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Depl
     Only `ready` ones are dropped: a `live` one is served, or an alias is about to move onto
     it (service/running.py's claim_live marks it live first, with a compare-and-set from
     `ready` that fails once this one won). Every writer of a status compares and sets it,
-    so none brings a dropped deployment back as servable with no manifest."""
+    so none brings a dropped deployment back as servable with no manifest. A live one no
+    alias points at whose claim's lease ran out (its claimer died before moving an alias)
+    counts as ready."""
     state = service.state
     pointed = _pointed(state)
     ours = [d for d in every_deployment(state, page, site=site) if d.status.servable]
-    kept_ids = ({d.id for d in ours[:keep]} | (pointed & {d.id for d in ours})
-                | {d.id for d in ours if d.status == Status.LIVE})
+    now = time.time()
+    claimed = {d.id for d in ours if d.status == Status.LIVE
+               and (d.id in pointed or lease_end(d, service.lease) >= now)}
+    kept_ids = {d.id for d in ours[:keep]} | (pointed & {d.id for d in ours}) | claimed
     marked = []
     for deployment in ours:
         if deployment.id in kept_ids:
@@ -202,7 +206,7 @@ def _mark_pruned(service: Service, site: str, keep: int, page: int) -> list[Depl
         before = Deployment.from_dict(deployment.to_dict())
         deployment.status = Status.CANCELLED
         deployment.error = deployment.error or PRUNED
-        if state.update_deployment(deployment, expect_status=Status.READY):
+        if state.update_deployment(deployment, expect_status=before.status):
             marked.append((deployment, before))
     # a rollback may have moved an alias onto one of them meanwhile: that one stays
     pointed = _pointed(state)

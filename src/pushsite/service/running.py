@@ -673,12 +673,17 @@ class Running(ServiceBase):
         on the status last read, so it fails (False, `deployment` left as it was) once a
         prune marked it pruned, and the prune's own compare-and-set fails on a `live` one
         (service/housekeeping.py). A plain write here brought a pruned deployment back as
-        servable with no manifest."""
+        servable with no manifest.
+
+        The claim holds for one lease (`lease_until`): a claimer that died before moving an
+        alias leaves a live deployment no alias points at, which prune treats as ready once
+        that lease ran out."""
         was = deployment.status
         for _ in range(5):  # each retry follows another writer's change of a servable status
             if not was.servable:
                 return False
             deployment.status = Status.LIVE
+            deployment.lease_until = time.time() + self.lease
             if self.state.update_deployment(deployment, expect_status=was):
                 return True
             deployment.status = was  # as the record a failed write settles from (_fail) read it

@@ -676,13 +676,13 @@ class Service(Queueing):
                               "ready deployment can go live")
         from pushsite.service import housekeeping
 
-        # live before the alias moves (a prune drops only ready ones: service/running.py's
-        # claim_live), then whole, then the move; back to ready when either fails
+        housekeeping.check_servable(self, target)  # before any alias moves
+        # then live (a prune drops only ready ones, and a claim fails on one it dropped since
+        # the check: service/running.py's claim_live), then the move; back to ready if refused
         if not self.claim_live(target):
             raise ConfigError(f"deployment {target.id} is no longer ready (pruned?): only a "
                               "ready deployment can go live")
         try:
-            housekeeping.check_servable(self, target)
             if not self.state.move_alias(site.name, PRODUCTION, target.id, ids.new_id()):
                 raise AliasConflict(f"production of {site.name} moved while "
                                     f"{'promoting' if verb == 'promoted' else 'rolling back'}"

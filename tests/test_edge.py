@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 from pushsite.edge import respond as edge_module
+from pushsite.edge.repeats import HEAD_BYTES_MAX, Repeats
 from pushsite.edge.respond import Edge, decode_path, make_edge_or_control_app
-from pushsite.edge.uvicorn_shortcut import HEAD_BYTES_MAX, REPEATS, EdgeHttpToolsProtocol
+from pushsite.edge.uvicorn_shortcut import EdgeHttpToolsProtocol
 from pushsite.errors import BackendUnavailable, DeploymentNotFound, NotFound, SiteNotFound
 from pushsite.ids import new_id
 from pushsite.model import (
@@ -149,6 +150,11 @@ class World:
     port: int = 0
     edge: Edge | None = None
     server: uvicorn.Server | None = None
+
+    @property
+    def repeats(self) -> Repeats:
+        assert self.edge is not None
+        return self.edge.repeats
 
     def publish(
         self,
@@ -930,13 +936,13 @@ def test_a_repeated_request_is_answered_without_parsing_it_again(world: World) -
     name = fresh_site()
     world.publish(name, PAGES)
     wire = _request("/assets/app.3f9a2b7c.js", f"{name}.localhost", "Accept-Encoding: gzip")
-    before = REPEATS.answered
+    before = world.repeats.answered
     with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
         answers = [_exchange(sock, wire) for _ in range(4)]
     # the first is answered by the edge and cached, the second by the parser's shortcut, which
     # remembers its bytes; the others are looked up by their bytes alone
-    assert REPEATS.answered - before == 2
-    assert REPEATS.asked[wire][2] is not None  # a site host: its name says which site
+    assert world.repeats.answered - before == 2
+    assert world.repeats.asked[wire][2] is not None  # a site host: its name says which site
     status, headers, body = answers[0]
     assert (status, headers["content-encoding"]) == (200, "gzip")
     assert gzip.decompress(body) == PAGES["assets/app.3f9a2b7c.js"]
@@ -953,7 +959,7 @@ def test_repeated_requests_follow_deploys_and_rollbacks(world: World) -> None:
     with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
         for _ in range(3):
             assert _exchange(sock, wire)[2] == b"one"
-        assert wire in REPEATS.asked
+        assert wire in world.repeats.asked
         world.publish(name, {"index.html": b"two"})
         for _ in range(3):
             assert _exchange(sock, wire)[2] == b"two"
@@ -987,9 +993,9 @@ def test_only_a_read_of_exactly_one_plain_request_is_remembered(world: World) ->
             assert _exchange(sock, conditional)[0] == 200
             assert _exchange(sock, long_head)[2] == b"second"
             assert _exchange(sock, head, "HEAD")[1]["content-length"] == "5"
-    assert pipelined not in REPEATS.asked  # two requests in one read: parsed every time
-    assert conditional not in REPEATS.asked and long_head not in REPEATS.asked
-    assert head in REPEATS.asked
+    assert pipelined not in world.repeats.asked  # two requests in one read: parsed every time
+    assert conditional not in world.repeats.asked and long_head not in world.repeats.asked
+    assert head in world.repeats.asked
 
 
 def test_a_connection_answered_by_repeats_still_closes_once_idle(world: World) -> None:
@@ -999,10 +1005,10 @@ def test_a_connection_answered_by_repeats_still_closes_once_idle(world: World) -
     assert world.edge is not None
     with _serving(world.edge, timeout_keep_alive=1) as (_, port), \
             socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        before = REPEATS.answered
+        before = world.repeats.answered
         for _ in range(4):
             assert _exchange(sock, wire)[2] == b"page"
-        assert REPEATS.answered - before == 2
+        assert world.repeats.answered - before == 2
         assert sock.recv(1) == b""  # closed by the server after a second of silence
 
 
@@ -1040,6 +1046,6 @@ def test_a_repeated_request_to_a_custom_domain_follows_its_release(world: World)
     with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
         for _ in range(3):
             assert _exchange(sock, wire)[2] == b"claimed"
-        assert REPEATS.asked[wire][2] is None  # not fixed by its name
+        assert world.repeats.asked[wire][2] is None  # not fixed by its name
         del world.state.domains[domain]
         assert _exchange(sock, wire)[2] == b"control plane"

@@ -44,6 +44,7 @@ from pushsite.caches import BoundedCache
 from pushsite.edge import http_semantics as hs
 from pushsite.edge.blobcache import ByteLRU
 from pushsite.edge.hosts import HostResolver, SiteTarget, split_host
+from pushsite.edge.repeats import Repeats
 from pushsite.errors import BackendUnavailable, NotFound, PushsiteError
 from pushsite.model import FileEntry, Manifest, manifest_key, pending_key
 from pushsite.pathindex import index_key
@@ -406,6 +407,8 @@ class Edge:
             _ANSWERS_MAX, max_weight=_ANSWERS_BYTES)
         # requests by status class and answer-cache hit, for /metrics (None: not counted)
         self.tally: Tally | None = None
+        # requests answered before, by their bytes: the HTTP shortcut does not parse a repeat
+        self.repeats = Repeats()
         # deployments served while their later variants are made (live first, see
         # deploy/optimise.py) -> when to look again whether they are done
         self._pending: dict[str, float] = {}

@@ -15,42 +15,13 @@ scope, which were most of a cached answer's time in Python.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 from pushsite.edge.bounded import BoundedHttpToolsProtocol
-from pushsite.edge.hosts import SiteTarget
+from pushsite.edge.repeats import HEAD_BYTES_MAX, Asked
 from pushsite.edge.respond import Answer, AnswerKey, Edge
-
-HEAD_BYTES_MAX = 4 << 10  # a longer request is parsed every time
-
-
-# What a request asked: its host name, its answer's key, and the site it names when the name
-# alone says so (under the base domain: never changes), else None (a custom domain: looked up).
-Asked = tuple[str, AnswerKey, "SiteTarget | None"]
-
-
-class Repeats:
-    """Whole requests the shortcut answered, by their exact bytes -> what they asked. What a
-    request's bytes ask never changes, so an entry never goes stale; one per process (each
-    HTTP process its own), shared by its connections, the least recently asked dropped first.
-    `asked` is read directly on the hot path (no call: a Python call is a good part of it)."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self.asked: OrderedDict[bytes, Asked] = OrderedDict()
-        self.limit = limit
-        self.answered = 0  # requests answered without parsing them (tests look)
-
-    def remember(self, data: bytes, asked: Asked) -> None:
-        self.asked[data] = asked
-        while len(self.asked) > self.limit:
-            self.asked.popitem(last=False)
-
-
-REPEATS = Repeats()
-_ASKED = REPEATS.asked
 
 _PLAIN_METHODS = (b"GET", b"HEAD")
 _NOT_PLAIN = frozenset(
@@ -77,6 +48,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._edge = find_edge(self.app)
+        self._repeats = self._edge.repeats if self._edge is not None else None
         self._shortcut = False  # the current message was answered by the shortcut
         self._defaults: tuple[object, bytes] = (None, b"")
         self._idle = True  # between messages: a read may start a new request
@@ -85,10 +57,11 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._answered_at = float("-inf")  # loop time of the last repeated request's answer
 
     def data_received(self, data: bytes) -> None:
-        if self._idle and len(data) <= HEAD_BYTES_MAX and self._edge is not None:
-            asked = _ASKED.get(data)
+        repeats = self._repeats
+        if self._idle and len(data) <= HEAD_BYTES_MAX and repeats is not None:
+            asked = repeats.asked.get(data)
             if asked is not None:
-                _ASKED.move_to_end(data)
+                repeats.asked.move_to_end(data)
                 if self._answer_again(asked):
                     return
         began_idle = self._idle
@@ -98,8 +71,8 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         # it began between messages, began one message only and ended after it.
         if self._asked is not None and began_idle and self._begun == 1 and self._idle \
                 and len(data) <= HEAD_BYTES_MAX and not self._refused \
-                and not self.transport.is_closing():
-            REPEATS.remember(data, self._asked)
+                and not self.transport.is_closing() and repeats is not None:
+            repeats.remember(data, self._asked)
 
     def _new_read(self) -> None:
         self._begun = 0
@@ -152,7 +125,7 @@ class EdgeHttpToolsProtocol(BoundedHttpToolsProtocol):
         if answer is None:
             return False
         self.transport.writelines((self._head(answer), answer.body))
-        REPEATS.answered += 1
+        edge.repeats.answered += 1
         # on_response_complete's work, but the keep-alive timer armed after an earlier answer
         # stays, and is moved on when it fires (uvicorn cancels it on every read and makes a
         # new one after every answer: more than the rest of this answer cost in Python)

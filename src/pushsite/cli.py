@@ -315,7 +315,7 @@ def _finish_optimising(service: Any, deployment_id: str) -> None:
 
 def _warn_unbuilt(folder: Path) -> None:
     """A folder whose files name a build command, deployed without --build: say so."""
-    from pushsite.deploy.build import plan_for_folder
+    from pushsite.deploy.detect import plan_for_folder
 
     try:
         plan = plan_for_folder(folder)

@@ -327,19 +327,6 @@ def finish_removals() -> None:
         thread.join()
 
 
-def plan_for_folder(folder: Path) -> BuildPlan | None:
-    """The build a folder's files ask for (pushsite.toml, netlify.toml, a generator)."""
-    names = {entry.name for entry in os.scandir(folder)}
-
-    def read(name: str) -> bytes | None:
-        path = folder / name
-        if path.is_symlink() or not path.is_file():
-            return None
-        return path.read_bytes()[: 1 << 20]
-
-    return plan_build(read, names)
-
-
 def plan_for_commit(repo: Path, commit: str) -> BuildPlan | None:
     """The build a pushed commit's top-level files ask for, read from git without a
     checkout (most pushes have none, and cost one `ls-tree`)."""

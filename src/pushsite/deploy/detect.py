@@ -8,9 +8,11 @@ tree with none of these is deployed as it is. The plan says where it came from, 
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO
 
 from isal import igzip
@@ -137,3 +139,17 @@ def plan_for_bundle(stream: BinaryIO, max_files: int, max_bytes: int
     top = next(iter(firsts)) if len(firsts) == 1 and seconds else ""
     prefix = top + "/" if top else ""
     return plan_build(lambda n: kept.get(prefix + n), seconds if top else firsts), top
+
+
+def plan_for_folder(folder: Path) -> BuildPlan | None:
+    """The build a folder's files ask for (pushsite.toml, netlify.toml, a generator). Here,
+    not in build.py, so that a plain folder deploy's warning does not import the sandbox."""
+    names = {entry.name for entry in os.scandir(folder)}
+
+    def read(name: str) -> bytes | None:
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path.read_bytes()[: 1 << 20]
+
+    return plan_build(read, names)

@@ -21,12 +21,11 @@ from pushsite.deploy.build import (
     Builds,
     WorkFolder,
     plan_for_commit,
-    plan_for_folder,
     run_build,
 )
 from pushsite.deploy.buildcache import BuildCache, cache_paths
 from pushsite.deploy.builder import BundleOutcome, ManifestBuilder
-from pushsite.deploy.detect import BuildPlan, plan_for_bundle
+from pushsite.deploy.detect import BuildPlan, plan_for_bundle, plan_for_folder
 from pushsite.deploy.folder import deploy_folder
 from pushsite.deploy.siteconfig import parse_pushsite_toml
 from pushsite.deploy.tarball import deploy_bundle

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ class Runner:
 
     @classmethod
     def here(cls, kind: str) -> Runner:
-        return cls(kind, socket.gethostname(), os.getpid(), secrets.token_hex(4))
+        return cls(kind, os.uname().nodename, os.getpid(), secrets.token_hex(4))
 
     @classmethod
     def parse(cls, text: str) -> Runner | None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO
 
-_HOST = socket.gethostname().replace("~", "-")
+_HOST = os.uname().nodename.replace("~", "-")
 ORPHAN_AGE = 86_400.0  # seconds after which any temporary file is abandoned
 UNOWNED_AGE = 3_600.0  # for a file whose name does not say its writer (older versions)
 

@@ -137,11 +137,14 @@ def _wrk(port: int, path: str, seconds: int) -> tuple[float, float]:
 
 
 def _encoding(port: int, path: str) -> str:
+    """Status, coding and body bytes: the gzip levels differ (nginx serves `gzip -9`, pushsite
+    what its deploy made), and bytes on the wire are a good part of a big file's cost."""
     resp = httpx.get(
         f"http://127.0.0.1:{port}/{path}",
         headers={"Host": f"{SITE}.localhost", "Accept-Encoding": "gzip"},
     )
-    return f"{resp.status_code} {resp.headers.get('content-encoding', 'identity')}"
+    return (f"{resp.status_code} {resp.headers.get('content-encoding', 'identity')} "
+            f"{resp.headers.get('content-length', '?')} B")
 
 
 def edge(corpus: Corpus, runs: int, seconds: int) -> list[Figure]:

@@ -30,6 +30,7 @@ from pushsite.model import Status
 from pushsite.service import Service
 from pushsite.stores import tempfiles
 from pushsite.stores.local import LocalStore
+from support.disk import fill, tmpfs
 from support.servers import serving
 from support.service import bundle, log_text, split_bundle, wait_for
 from support.sites import git
@@ -41,31 +42,10 @@ ONE_LINE = "error: no space left on the device holding "
 @pytest.fixture
 def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """PUSHSITE_HOME on a tmpfs of its own, unmounted after the test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mount)],
-                   check=True)
-    home = mount / "home"
-    monkeypatch.setenv("PUSHSITE_HOME", str(home))
-    try:
+    with tmpfs(tmp_path / "disk", DISK) as mount:
+        home = mount / "home"
+        monkeypatch.setenv("PUSHSITE_HOME", str(home))
         yield home
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=True)  # a server still inside
-
-
-def fill(home: Path) -> Path:
-    """Write a file until the disk refuses another byte; the file (remove it to free)."""
-    filler = home / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    out.write(bytes(size))
-            except OSError as exc:
-                assert exc.errno == 28, exc
-    assert free_bytes(home) == 0
-    return filler
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,18 +18,13 @@ from pushsite.diskspace import free_bytes, settling
 from pushsite.errors import DiskFull
 from pushsite.model import blob_key
 from pushsite.stores.local import LocalStore
+from support.disk import fill, tmpfs
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "disk", "8m") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def _blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
@@ -42,19 +36,6 @@ def _blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
     return found
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    out.write(bytes(size))
-            except OSError as exc:
-                assert exc.errno == 28, exc
-    assert free_bytes(folder) == 0
-    return filler
-
-
 def test_a_failed_batch_does_not_hold_a_prunes_listing_and_deletions(disk: Path) -> None:
     store = LocalStore(disk / "store")
     try:
@@ -62,7 +43,7 @@ def test_a_failed_batch_does_not_hold_a_prunes_listing_and_deletions(disk: Path)
         for key, data in old.items():
             store.put(key, data)
         store.flush()
-        filler = _fill(disk)
+        filler = fill(disk)
         new = _blobs("new", 2, 200_000)
         for key, data in new.items():
             store.put(key, data)

@@ -23,7 +23,7 @@ from pushsite.config import load_config
 from pushsite.errors import NotFound
 from pushsite.model import PRODUCTION, Deployment, Status, blob_key, manifest_key
 from pushsite.service import Service, housekeeping
-from support.service import accept, deploy, status
+from support.service import accept, deploy, open_service, status
 
 PAGE = "<html><body>" + "<p>a page worth compressing</p>" * 40
 
@@ -45,11 +45,8 @@ def _servable_have_manifests(service: Service) -> None:
 
 @pytest.fixture
 def service() -> Iterator[Service]:
-    svc = Service(load_config())
-    try:
+    with open_service() as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def test_prune_pages_through_every_deployment(service: Service) -> None:

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pushsite.config import load_config
 from pushsite.errors import ConfigError, DeploymentCancelled
 from pushsite.model import PRODUCTION, FileEntry, Status, blob_key, manifest_key, pending_key
 from pushsite.pathindex import index_key
 from pushsite.service import Service, housekeeping
-from support.service import accept, bundle, deploy, status
+from support.service import accept, bundle, deploy, open_service, status
 
 PAGE = "<html><body>" + "<p>a page worth compressing</p>" * 40
 
@@ -35,11 +34,8 @@ def _files(tag: str) -> dict[str, bytes]:
 
 @pytest.fixture
 def service() -> Iterator[Service]:
-    svc = Service(load_config())
-    try:
+    with open_service() as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def _once_inside(service: Service, method: str, when: Callable[[], bool],

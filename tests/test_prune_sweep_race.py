@@ -13,13 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from pushsite.config import load_config
 from pushsite.errors import DeploymentFailed
 from pushsite.ids import new_id
 from pushsite.model import Deployment, Manifest, Status, blob_key
 from pushsite.service import Service, housekeeping, sweeps
 from pushsite.state import Sweep, open_state_store
-from support.service import WAIT, accept, alias_of, bundle, deploy, log_text, status
+from support.service import (
+    WAIT,
+    accept,
+    alias_of,
+    bundle,
+    deploy,
+    log_text,
+    open_service,
+    status,
+)
 
 PAGE = "<html><body>" + "<p>a page worth compressing</p>" * 40
 REUSED = {"kept/x.html": f"{PAGE}only the pruned deployment has this".encode()}
@@ -27,11 +35,8 @@ REUSED = {"kept/x.html": f"{PAGE}only the pruned deployment has this".encode()}
 
 @pytest.fixture
 def service() -> Iterator[Service]:
-    svc = Service(load_config())
-    try:
+    with open_service() as svc:
         yield svc
-    finally:
-        svc.close()
 
 
 def _setup(service: Service) -> str:

@@ -5,27 +5,22 @@ allows, to the last page, so that no write which settles nothing fits in what is
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pushsite.diskspace import Reserve, free_bytes
+from support.disk import tmpfs
 
 PAGE = 4096
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs of its own (we run as root in CI and here), unmounted after the test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
+    """A 2 MiB tmpfs of its own, unmounted after the test."""
+    with tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_reserve_on_a_disk_with_room_is_made_whole(disk: Path) -> None:

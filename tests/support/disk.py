@@ -1,0 +1,39 @@
+"""Full disks for real: a tmpfs of a given size mounted for one test (the tests run as root,
+here and in CI), and a file that fills it to the last byte."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from pushsite.diskspace import free_bytes
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """`mount` made a tmpfs of `size` (mount's syntax: 2m, 8m) until the block ends; a lazy
+    unmount when a process the test started is still inside."""
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file until the disk refuses another byte; the file (remove it to free)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    out.write(bytes(size))
+            except OSError as exc:
+                assert exc.errno == 28, exc
+    assert free_bytes(folder) == 0
+    return filler

@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("build_queue", str, "", "queue URL that deployments needing a build are handed to, "
             "for `pushsite worker --builds` to run (a Lambda cannot build); unset: builds run "
             "where the deployment runs"),
+    Setting("edge_stale", float, 1.0, "seconds serve's edge may keep which deployment a host "
+            "serves over a state that signals no changes (DynamoDB); its own writes drop it at "
+            "once; 0: read on every request"),
     Setting("build_wait", float, 86_400.0, "seconds a deployment handed to the builders may "
             "wait for one to take it; past that it fails, naming the build queue"),
 )
@@ -118,6 +121,7 @@ class Config:
     build_network: bool = False
     build_queue: str = ""
     build_wait: float = 86_400.0
+    edge_stale: float = 1.0
 
     @property
     def staging(self) -> Path:

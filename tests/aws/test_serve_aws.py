@@ -144,3 +144,24 @@ def test_a_deploy_and_a_rollback_made_by_serve_itself_show_on_the_next_request(
     finally:
         stop.set()
         thread.join()
+
+
+def test_edge_stale_zero_reads_the_alias_on_every_request(
+        aws_env: dict[str, str], calls: DynamoCalls, _isolated_env: Path,
+        tmp_path: Path) -> None:
+    """PUSHSITE_EDGE_STALE=0 turns the one-second cache off: every page view reads the
+    production alias, so another process's deploy shows on the very next request."""
+    srv = start_server(_isolated_env, extra_env={**aws_env, "PUSHSITE_EDGE_STALE": "0"},
+                       log=_isolated_env.parent / "serve.log")
+    try:
+        _cli_ok(srv, "sites", "create", "blog")
+        _cli_ok(srv, "deploy", str(_site_folder(tmp_path / "v1", "first")), "--site", "blog")
+        assert "<h1>first</h1>" in srv.get("blog.localhost").text
+        calls.reset()
+        for _ in range(20):
+            assert srv.get("blog.localhost").status_code == 200
+        assert calls.count("GetItem", "site#blog", "alias#production") >= 20
+        _cli_ok(srv, "deploy", str(_site_folder(tmp_path / "v2", "second")), "--site", "blog")
+        assert "<h1>second</h1>" in srv.get("blog.localhost").text
+    finally:
+        srv.stop()

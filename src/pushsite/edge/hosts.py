@@ -21,7 +21,9 @@ store can tell:
   alias. So a deploy, rollback or promote made in this process (serve's own worker) shows on
   the next request, one made elsewhere (a Lambda, a worker, another serve) within 1 s; and a
   busy host costs one state lookup a second per process, not one per request (a consistent
-  read of one item per page view capped a site at that item's read limit).
+  read of one item per page view capped a site at that item's read limit). The second is
+  PUSHSITE_EDGE_STALE; 0 reads the state on every request, for who needs every edge to agree
+  at once more than it needs the reads.
 - Any other store: read on every request.
 
 The branch-label -> alias-name mapping is cached apart, and checked by that same read.
@@ -144,8 +146,10 @@ def reserved_reason(host: str, base_domain: str, control_hosts: tuple[str, ...] 
 class HostResolver:
     """Maps hosts to targets and targets to the deployment id to serve right now."""
 
-    def __init__(self, state: StateStore, base_domain: str = "localhost") -> None:
+    def __init__(self, state: StateStore, base_domain: str = "localhost",
+                 stale_seconds: float = STALE_SECONDS) -> None:
         self.state = state
+        self.stale_seconds = stale_seconds
         self.base_domain = split_host(base_domain)
         self._hosts: BoundedCache[str, SiteTarget | None] = BoundedCache(_MAX_CACHED_HOSTS)
         self._preview_alias: BoundedCache[tuple[str, str], str] = BoundedCache(
@@ -156,8 +160,10 @@ class HostResolver:
         self._seen_version: object = None
         self._answers: BoundedCache[SiteTarget, str | None] = BoundedCache(_MAX_CACHED_HOSTS)
         self._seen_token: bytes | None = None
-        # With one that counts its own writes (DynamoDB): answers kept for STALE_SECONDS
-        self._own = state if self._watched is None and isinstance(state, OwnWrites) else None
+        # With one that counts its own writes (DynamoDB): answers kept for stale_seconds
+        # (PUSHSITE_EDGE_STALE; 0 reads on every request)
+        self._own = (state if self._watched is None and isinstance(state, OwnWrites)
+                     and stale_seconds > 0 else None)
         self._timed: BoundedCache[object, tuple[float, int, object]] = BoundedCache(
             _MAX_CACHED_HOSTS)
 
@@ -195,7 +201,7 @@ class HostResolver:
         if hit is not None and hit[0] > now and hit[1] == writes:
             return hit[2]  # type: ignore[return-value]
         value = read()
-        self._timed.put(key, (now + STALE_SECONDS, writes, value))
+        self._timed.put(key, (now + self.stale_seconds, writes, value))
         return value
 
     def deployment_id(self, target: SiteTarget) -> str | None:

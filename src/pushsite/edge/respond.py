@@ -43,7 +43,7 @@ from pushsite import pathindex
 from pushsite.caches import BoundedCache
 from pushsite.edge import http_semantics as hs
 from pushsite.edge.blobcache import ByteLRU
-from pushsite.edge.hosts import HostResolver, SiteTarget, split_host
+from pushsite.edge.hosts import STALE_SECONDS, HostResolver, SiteTarget, split_host
 from pushsite.edge.repeats import Repeats
 from pushsite.errors import BackendUnavailable, NotFound, PushsiteError
 from pushsite.model import FileEntry, Manifest, manifest_key, pending_key
@@ -393,10 +393,11 @@ class Edge:
         store: ObjectStore,
         base_domain: str = "localhost",
         cache_bytes: int = 256 * 2**20,
+        stale_seconds: float = STALE_SECONDS,
     ) -> None:
         self.state = state
         self.store = store
-        self.hosts = HostResolver(state, base_domain)
+        self.hosts = HostResolver(state, base_domain, stale_seconds)
         self.blobs: ByteLRU[bytes] = ByteLRU(
             cache_bytes - cache_bytes // 8, max_item=min(STREAM_THRESHOLD, cache_bytes // 8)
         )

@@ -52,7 +52,8 @@ def hook_first(app: Any, control: Any) -> Any:
 def _parts(config: Config, debug: bool, worker: bool) -> tuple[Edge, Starlette]:
     service = Service(config)
     service.runner_kind = "serve"  # in the leases of what it runs (a redeploy, its worker's)
-    edge = Edge(service.state, service.store, base_domain=config.base_domain)
+    edge = Edge(service.state, service.store, base_domain=config.base_domain,
+                stale_seconds=config.edge_stale)
     service.manifest_listeners.append(edge.warm)
     if config.metrics:  # this process's edge counts, added to metrics.db every 2 s
         edge.tally = Tally()

@@ -164,6 +164,10 @@ def run_seaweed(data: Path) -> Iterator[str]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        # every test's bucket is a collection with volumes of its own; by default the limit is
+        # free disk / volume size (1 GiB here): the suite ran out at ~56 buckets, and the
+        # next PUT failed "No writable volumes and no free volumes left"
+        "-volume.max=10000",
         f"-filer.localSocket={data / 'filer.sock'}",
         f"-s3.localSocket={data / 's3.sock'}",
     ]

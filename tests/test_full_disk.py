@@ -112,17 +112,24 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
     assert done.returncode == 7
     one_line(done.stderr)
 
-    # measured (diskspace.py): without its reserve a fresh process cannot even open the
+    # measured (diskspace.py): without a reserve a fresh process cannot even open the
     # state (the -shm and -wal need room) ...
     reserve = disk / "state.db-reserve"
+    store_reserve = disk / "store" / "objects.db-reserve"
     reserve.rename(disk / "aside")
+    store_reserve.rename(disk / "store-aside")
     done = cli("cancel", queued.id)
     assert done.returncode == 7
     one_line(done.stderr)
-    # ... with it, the cancel commits
-    (disk / "aside").rename(reserve)
+    # ... with the store's beside it, when the state's holds nothing (an earlier settling
+    # write used it while the disk stayed full), the cancel borrows the store's and commits
+    (disk / "store-aside").rename(store_reserve)
+    reserve.touch()
     done = cli("cancel", queued.id)
     assert done.returncode == 0, done.stderr
+    assert store_reserve.stat().st_size < 2 << 20
+    reserve.unlink()
+    (disk / "aside").rename(reserve)
     done = cli("prune", "blog", "--keep", "1", env={"PUSHSITE_PRUNE_GRACE": "0"})
     assert done.returncode == 0, done.stderr
     assert "pruned 1 deployment and " in done.stderr
@@ -140,6 +147,24 @@ def test_cancel_and_prune_work_on_the_full_disk(disk: Path, tmp_path: Path) -> N
     assert cli("deploy", "--create", str(tmp_path / "v1"), "--site", "blog").returncode == 0
     assert reserve.stat().st_size == 1 << 20
     assert (disk / "store" / "objects.db-reserve").stat().st_size == 2 << 20
+
+
+def test_prune_works_on_the_full_disk_after_a_failure_used_the_state_reserve(
+        disk: Path, tmp_path: Path) -> None:
+    """A failed deploy's blobs stay until a prune, so the state's reserve that recorded its
+    failure may not grow back; the prune that frees the disk borrows the store's."""
+    for n in (1, 2):
+        site = write_site(tmp_path / f"v{n}", {"index.html": f"<h1>v{n}</h1>".encode(),
+                                               **noise(3, 100_000, f"v{n}")})
+        assert cli("deploy", "--create", str(site), "--site", "blog").returncode == 0
+    os.truncate(disk / "state.db-reserve", 0)
+    filler = fill(disk)
+    done = cli("prune", "blog", "--keep", "1", env={"PUSHSITE_PRUNE_GRACE": "0"})
+    assert done.returncode == 0, done.stderr
+    assert "pruned 1 deployment and " in done.stderr
+    filler.unlink()
+    assert cli("verify").returncode == 0
+    assert (disk / "state.db-reserve").stat().st_size == 1 << 20
 
 
 def test_an_api_upload_on_a_full_disk_answers_507(disk: Path) -> None:
@@ -190,13 +215,15 @@ def test_a_failure_the_state_cannot_record_is_taken_over_after_the_lease(
     service = Service(load_config())
     first, rest = split_bundle({"index.html": b"<h1>v1</h1>"}, noise(12, 200_000, "r"))
     deployment = service.accept("blog", None, enqueue=False)
-    reserve = disk / "state.db-reserve"
+    reserves = [disk / "state.db-reserve", disk / "store" / "objects.db-reserve"]
     filler: list[Path] = []
 
     def no_room_left() -> None:
-        """Once the deploy is under way: the disk full, and the reserve a folder now."""
-        reserve.unlink()
-        reserve.mkdir()
+        """Once the deploy is under way: the disk full, and every reserve on it a folder
+        now (an empty one borrows a sibling's: diskspace.py)."""
+        for folder in reserves:
+            folder.unlink(missing_ok=True)  # the store's is made when the store opens
+            folder.mkdir()
         filler.append(fill(disk))
 
     stream = FillingStream(first, rest, no_room_left)
@@ -205,7 +232,8 @@ def test_a_failure_the_state_cannot_record_is_taken_over_after_the_lease(
     assert "could not be marked failed either" in raised.value.message
     assert "stays running until its lease runs out" in raised.value.message
     filler[0].unlink()
-    reserve.rmdir()
+    for folder in reserves:
+        folder.rmdir()
     service.close()  # its store writes the failed batch it kept, now that there is room
     time.sleep(1.2)
     later = Service(load_config())

@@ -20,7 +20,10 @@ embedded backends keeps a `Reserve` file beside it (allocated with posix_falloca
 real blocks; zeros written where fallocate is not supported). A write that settles something
 (inside `settling()`, or `room(settling=True)`) on a nearly full disk truncates the reserve
 first and grows it back after, as far as the space allows; what it could not grow back is
-grown back the next time the database is opened or a prune frees space. Other writes (a new
+grown back the next time the database is opened or a prune frees space. A reserve that
+holds nothing (used while the disk stayed full, e.g. by a failed deploy's blobs, which stay
+until a prune) borrows a sibling's on the same file system (the state's from the store's
+and back): a prune on a full disk must not depend on which database settled last. Other writes (a new
 deploy's blobs, a new deployment's record) never touch the reserve: they fail with DiskFull.
 A copy-on-write file system that compresses zeros and ignores fallocate (ZFS) gets no room.
 """
@@ -189,6 +192,36 @@ class Reserve:
                             "reserve to record a settling write", self.path.parent, held)
         return held > 0
 
+    def siblings(self) -> Iterator[Path]:
+        """The other reserves of the same home on the same file system: those beside this
+        one, one folder down (the store's), and one folder up (the state's, from the
+        store's)."""
+        folder = self.path.parent
+        try:
+            device = os.stat(folder).st_dev
+        except OSError:
+            return
+        seen = {self.path}
+        for pattern in ("*-reserve", "*/*-reserve", "../*-reserve"):
+            for candidate in sorted(folder.glob(pattern)):
+                resolved = candidate.resolve()
+                try:
+                    same = os.stat(resolved).st_dev == device and resolved.is_file()
+                except OSError:
+                    continue
+                if same and resolved not in seen:
+                    seen.add(resolved)
+                    yield resolved
+
+    def release_or_borrow(self) -> bool:
+        """Release this reserve; when it holds nothing (an earlier settling write used it
+        while the disk stayed full, so it could not grow back), a sibling's on the same
+        file system: they are one pool of room, and what is taken grows back at its owner's
+        next open or after a prune. False when no reserve there holds anything."""
+        if self.release():
+            return True
+        return any(Reserve(sibling, 0).release() for sibling in self.siblings())
+
     @contextmanager
     def room(self, *, settling: bool | None = None) -> Iterator[None]:
         """Around one write: when it settles something (`settling`, default: inside a
@@ -196,7 +229,7 @@ class Reserve:
         reserve first; afterwards grow it back as far as the space allows."""
         settles = _settling.get() if settling is None else settling
         released = (settles and free_bytes(self.path.parent) < self.size
-                    and self.release())
+                    and self.release_or_borrow())
         try:
             yield
         finally:
@@ -212,7 +245,7 @@ def opened_with_room(reserve: Reserve, path: Path, open_it: Callable[[], T]) -> 
     try:
         return open_it()
     except Exception as exc:
-        if not is_full(exc, path) or not reserve.release():
+        if not is_full(exc, path) or not reserve.release_or_borrow():
             raise
     try:
         return open_it()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,14 +27,20 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 def fill(folder: Path) -> Path:
-    """Write a file until the disk refuses another byte; the file (remove it to free)."""
+    """Write a file until the disk refuses another byte, and again while anything frees room
+    (a deploy's thread whose write failed removes its partial file); the file (remove it to
+    free)."""
     filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as out:
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    out.write(bytes(size))
-            except OSError as exc:
-                assert exc.errno == 28, exc
+    with open(filler, "ab", buffering=0) as out:
+        for _ in range(50):
+            for size in (1 << 20, 4096, 1):
+                try:
+                    while True:
+                        out.write(bytes(size))
+                except OSError as exc:
+                    assert exc.errno == 28, exc
+            time.sleep(0.02)
+            if free_bytes(folder) == 0:
+                break
     assert free_bytes(folder) == 0
     return filler

@@ -23,8 +23,9 @@ first and grows it back after, as far as the space allows; what it could not gro
 grown back the next time the database is opened or a prune frees space. A reserve that
 holds nothing (used while the disk stayed full, e.g. by a failed deploy's blobs, which stay
 until a prune) borrows a sibling's on the same file system (the state's from the store's
-and back): a prune on a full disk must not depend on which database settled last. Other writes (a new
-deploy's blobs, a new deployment's record) never touch the reserve: they fail with DiskFull.
+and back): a prune on a full disk must not depend on which database settled last. Other
+writes (a new deploy's blobs, a new deployment's record) never touch the reserve: they fail
+with DiskFull.
 A copy-on-write file system that compresses zeros and ignores fallocate (ZFS) gets no room.
 """
 

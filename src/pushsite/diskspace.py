@@ -131,6 +131,17 @@ def translating(path: Path) -> Iterator[None]:
         raise
 
 
+def _is_reserve(path: Path) -> bool:
+    """Whether `path` is a database's reserve: `<database>-reserve` beside an SQLite file, so
+    that a stranger's file that happens to end in -reserve is never truncated."""
+    database = path.with_name(path.name.removesuffix("-reserve"))
+    try:
+        with open(database, "rb") as header:
+            return header.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
 class Reserve:
     """A file of `size` bytes beside a database, given back to the file system for writes that
     settle something on a nearly full disk (see the module docstring)."""
@@ -202,7 +213,7 @@ class Reserve:
             device = os.stat(folder).st_dev
         except OSError:
             return
-        seen = {self.path}
+        seen = {self.path.resolve()}
         for pattern in ("*-reserve", "*/*-reserve", "../*-reserve"):
             for candidate in sorted(folder.glob(pattern)):
                 resolved = candidate.resolve()
@@ -210,7 +221,7 @@ class Reserve:
                     same = os.stat(resolved).st_dev == device and resolved.is_file()
                 except OSError:
                     continue
-                if same and resolved not in seen:
+                if same and resolved not in seen and _is_reserve(resolved):
                     seen.add(resolved)
                     yield resolved
 

@@ -29,7 +29,7 @@ def state(dynamodb_url: str) -> Iterator[DynamoState]:
         store.close()
 
 
-def test_created_table_has_keys_and_both_indexes(state: DynamoState, moto: str) -> None:
+def test_created_table_has_keys_and_every_index(state: DynamoState, moto: str) -> None:
     client = boto3.client("dynamodb", endpoint_url=moto, region_name="us-east-1")
     table = client.describe_table(TableName=state.table)["Table"]
     assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
@@ -37,7 +37,8 @@ def test_created_table_has_keys_and_both_indexes(state: DynamoState, moto: str) 
         i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]]
         for i in table["GlobalSecondaryIndexes"]
     }
-    assert indexes == {"by_site": ["gpk", "gsk"], "by_time": ["apk", "gsk"]}
+    assert indexes == {"by_site": ["gpk", "gsk"], "by_time": ["apk", "gsk"],
+                       "by_active": ["active", "gsk"], "by_branch": ["bpk", "gsk"]}
 
 
 def test_missing_table_without_create_is_a_config_error(moto: str) -> None:

@@ -193,7 +193,7 @@ def test_template_creates_a_working_stack_on_moto(moto: str) -> None:
     table = session.client("dynamodb", endpoint_url=moto).describe_table(TableName="site")
     assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
     indexes = {i["IndexName"] for i in table["Table"]["GlobalSecondaryIndexes"]}
-    assert indexes == {"by_site", "by_time"}
+    assert indexes == {"by_site", "by_time", "by_active", "by_branch"}
     sqs = session.client("sqs", endpoint_url=moto)
     url = sqs.get_queue_url(QueueName="site-bundles")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

@@ -8,8 +8,8 @@ What it makes:
                                                   v
     DeployerFunction (pushsite.aws.handler.handler, python3.11, 900 s) with DeployerRole
         reads bundles from StagingBucket, writes blobs and manifests to ContentBucket,
-        state to DeploymentsTable (keys pk/sk, indexes by_site and by_time, as
-        state/dynamodb.py uses them), and mirrors the live site to HostingBucket.
+        state to DeploymentsTable (keys pk/sk, indexes by_site, by_time, by_active and
+        by_branch, as state/dynamodb.py uses them), and mirrors the live site to HostingBucket.
     With Builders > 0 (aws/builders.py): BuildQueue, and EC2 builders running `pushsite worker
         --builds` on it; the function hands them the bundles whose site has a build command.
 
@@ -35,6 +35,7 @@ from pushsite.aws.builders import (
     builder_resources,
 )
 from pushsite.errors import ConfigError
+from pushsite.state import dynamo_shape as shape
 
 HANDLER = "pushsite.aws.handler.handler"
 RUNTIME = "python3.11"
@@ -340,20 +341,11 @@ def _resources(prefix: str) -> Json:
             "Properties": {
                 "TableName": _ref("TableName"),
                 "BillingMode": "PAY_PER_REQUEST",
-                "AttributeDefinitions": [
-                    {"AttributeName": name, "AttributeType": "S"}
-                    for name in ("pk", "sk", "gpk", "gsk", "apk")
-                ],
+                "AttributeDefinitions": shape.attribute_definitions(),
                 "KeySchema": _keys("pk", "sk"),
-                # As state/dynamodb.py creates them: a site's deployments, and all of them.
-                "GlobalSecondaryIndexes": [
-                    {
-                        "IndexName": name,
-                        "KeySchema": _keys(hash_key, "gsk"),
-                        "Projection": {"ProjectionType": "ALL"},
-                    }
-                    for name, hash_key in (("by_site", "gpk"), ("by_time", "apk"))
-                ],
+                # As state/dynamodb.py creates them (state/dynamo_shape.py): a site's
+                # deployments, all of them, those in flight (sparse), a site's branch.
+                "GlobalSecondaryIndexes": [shape.index(name) for name in shape.INDEXES],
                 "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
                 # delivery records expire (state.DELIVERY_RETENTION, state/dynamodb.py)
                 "TimeToLiveSpecification": {"AttributeName": "expires", "Enabled": True},

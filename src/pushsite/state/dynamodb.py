@@ -10,7 +10,8 @@ Items (records are JSON in `data`; a few fields are copied out for conditions an
     site#<site>             domain#<host>           the site's half of a domain claim
     domain#<host>           #                       the claim itself (site, status, scope,
                                                     claimed; no status: an older, approved one)
-    dep#<id>                #                       Deployment (+ status, gpk/gsk, apk)
+    dep#<id>                #                       Deployment (+ status, branch, gpk/gsk, apk,
+                                                    bpk; active while in flight)
     dep#<id>                logseq                  the log's atomic counter (n)
     logs#<site>             <id>#<seq:010d>         LogLine (+ text: lowercase, for search)
     tokens                  <token id>              Token
@@ -21,9 +22,12 @@ Items (records are JSON in `data`; a few fields are copied out for conditions an
                                                     the table's TTL: DELIVERY_RETENTION)
     sweeps                  <sweep id>              Sweep (prune's record for deploys)
 
-Indexes: `by_site` (gpk = "site#<site>", gsk = id) lists a site's deployments newest first;
-`by_time` (apk = "dep", gsk = id) lists all of them. Index reads are eventually consistent,
-so a deployment can take a moment to show in a list; get_deployment reads the item itself.
+Indexes (dynamo_shape.py): `by_site` (gpk = "site#<site>", gsk = id) lists a site's
+deployments newest first; `by_time` (apk = "dep", gsk = id) lists all of them; `by_branch`
+(bpk = "<site>#<branch>") a site's branch; the sparse `by_active` (active = status, only while
+receiving, queued or running) what is in flight. Index reads are eventually consistent, so a
+deployment can take a moment to show in a list; get_deployment reads the item itself.
+`create=1` on a table made before by_active and by_branch adds them (dynamo_upgrade.py).
 
 `search_logs` is a filtered Query over the site's log partition, newest first: it reads every
 line until `limit` match (each word must appear, case-insensitive), not an indexed full-text
@@ -33,7 +37,9 @@ single conditional writes, so they hold however many deployers run at once.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,10 +72,14 @@ from pushsite.model import (
     Token,
 )
 from pushsite.state import DELIVERY_RETENTION, SiteHeads, Sweep, site_page
+from pushsite.state import dynamo_shape as shape
+from pushsite.state import dynamo_upgrade as upgrade
 
 Item = dict[str, dict[str, Any]]
 _SEQ_WIDTH = 10
 TTL_ATTRIBUTE = "expires"  # epoch seconds; only delivery records carry it
+SHAPE_RECHECK = 60.0  # seconds between two looks for the indexes of an older table
+_log = logging.getLogger("pushsite.state")
 
 
 def _s(value: str) -> dict[str, str]:
@@ -126,6 +136,8 @@ class DynamoState:
         self._client = make_client("dynamodb", target)
         self._site_of: dict[str, str] = {}  # deployment id -> site; both never change
         self._own_writes = 0  # see own_writes
+        self._shaped = False  # by_active and by_branch usable (_indexed)
+        self._shape_checked = -SHAPE_RECHECK  # monotonic time of the last look
         if target.create:
             self._ensure_table()
 
@@ -141,11 +153,11 @@ class DynamoState:
         return self._own_writes
 
     def _ensure_table(self) -> None:
-        string = "S"
         with aws_errors(self._what):
             try:
                 self._client.describe_table(TableName=self.table)
                 self._enable_ttl()  # a table made before delivery records expired
+                self._upgrade()  # one made before by_active and by_branch
                 return
             except ClientError as exc:
                 if error_code(exc) != "ResourceNotFoundException":
@@ -154,18 +166,12 @@ class DynamoState:
                 self._client.create_table(
                     TableName=self.table,
                     BillingMode="PAY_PER_REQUEST",
-                    AttributeDefinitions=[
-                        {"AttributeName": name, "AttributeType": string}
-                        for name in ("pk", "sk", "gpk", "gsk", "apk")
-                    ],
+                    AttributeDefinitions=shape.attribute_definitions(),
                     KeySchema=[
                         {"AttributeName": "pk", "KeyType": "HASH"},
                         {"AttributeName": "sk", "KeyType": "RANGE"},
                     ],
-                    GlobalSecondaryIndexes=[
-                        _index("by_site", "gpk", "gsk"),
-                        _index("by_time", "apk", "gsk"),
-                    ],
+                    GlobalSecondaryIndexes=[shape.index(name) for name in shape.INDEXES],
                 )
             except ClientError as exc:
                 if error_code(exc) != "ResourceInUseException":  # created by a racing process
@@ -173,7 +179,45 @@ class DynamoState:
             self._client.get_waiter("table_exists").wait(
                 TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
             )
+            if not upgrade.shaped(self._client, self.table):
+                upgrade.mark_shaped(self._client, self.table)  # new: nothing to backfill
+            self._shaped = True
             self._enable_ttl()
+
+    def _upgrade(self) -> None:
+        """create=1 on a table made before by_active and by_branch: add them (UpdateTable,
+        waiting until they are built), then give older deployments their attributes."""
+        with aws_errors(self._what):
+            if upgrade.shaped(self._client, self.table):
+                self._shaped = True
+                return
+            added = upgrade.add_indexes(self._client, self.table)
+            done = upgrade.backfill(self._client, self.table)
+        if added or done:
+            _log.warning("%s: added the indexes %s and gave %s older deployments their "
+                         "attributes", self._what, ", ".join(added) or "(none)", done or 0)
+        self._shaped = done is not None
+
+    def _indexed(self) -> bool:
+        """Whether by_active and by_branch can be listed from. A table made before them is
+        brought up to date by the first process to find them built (the backfill, once);
+        until then listings read as they used to, and say once what to run."""
+        if self._shaped or time.monotonic() - self._shape_checked < SHAPE_RECHECK:
+            return self._shaped
+        self._shape_checked = time.monotonic()
+        with aws_errors(self._what):
+            if upgrade.shaped(self._client, self.table):
+                self._shaped = True
+            elif upgrade.indexes_answer(self._client, self.table):
+                self._shaped = upgrade.backfill(self._client, self.table) is not None
+            else:
+                _log.warning(
+                    "%s was made by an older pushsite and has no by_active/by_branch index: "
+                    "listing running, queued and branch deployments reads every deployment "
+                    "until it has. Add them once with create=1 in the state URL, e.g. "
+                    "PUSHSITE_STATE='dynamodb://%s?create=1' pushsite sites "
+                    "(docs/architecture.md, DynamoDB at 10x)", self._what, self.table)
+        return self._shaped
 
     def _enable_ttl(self) -> None:
         """Let DynamoDB delete delivery records past their retention (TTL_ATTRIBUTE); the
@@ -475,7 +519,7 @@ class DynamoState:
 
     # deployments ---------------------------------------------------------------------------
     def _deployment_item(self, deployment: Deployment) -> Item:
-        return {
+        item: Item = {
             "pk": _s(f"dep#{deployment.id}"),
             "sk": _s("#"),
             "gpk": _s(f"site#{deployment.site}"),
@@ -488,6 +532,8 @@ class DynamoState:
             "runner": _s(deployment.runner),
             "lease_until": _n(float(deployment.lease_until)),
         }
+        # `active` only while in flight: a put of a final status leaves by_active at once
+        return {**item, **shape.index_attributes(item)}
 
     @staticmethod
     def _deployment(item: Item) -> Deployment:
@@ -590,13 +636,25 @@ class DynamoState:
         limit: int = 50,
         before: str | None = None,
     ) -> list[Deployment]:
+        """Newest first, from the index that holds only what is asked where there is one:
+        in flight (receiving, queued, running) from the sparse `by_active`, a site's branch
+        from `by_branch`; otherwise a site's from `by_site`, all from `by_time`, filtered.
+        A table not yet brought up to date (_indexed) lists from the last two only."""
+        if limit <= 0:
+            return []
+        if status in shape.IN_FLIGHT and self._indexed():
+            return self._in_flight(Status(status), site, branch, limit, before)
         names: dict[str, str] = {}
         values: dict[str, dict[str, str]] = {}
         if site is None:
-            index, key_condition = "by_time", "apk = :p"
+            index_name, key_condition = "by_time", "apk = :p"
             values[":p"] = _s("dep")
+        elif branch is not None and self._indexed():
+            index_name, key_condition = "by_branch", "bpk = :p"
+            values[":p"] = _s(shape.branch_key(site, branch))
+            branch = None  # the key says it
         else:
-            index, key_condition = "by_site", "gpk = :p"
+            index_name, key_condition = "by_site", "gpk = :p"
             values[":p"] = _s(f"site#{site}")
         if before is not None:
             key_condition += " AND gsk < :before"
@@ -611,7 +669,7 @@ class DynamoState:
             names["#status"] = "status"
             values[":status"] = _s(str(status))
         args: dict[str, Any] = {
-            "IndexName": index,
+            "IndexName": index_name,
             "KeyConditionExpression": key_condition,
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
@@ -622,12 +680,45 @@ class DynamoState:
         else:
             args["Limit"] = limit
         found: list[Deployment] = []
-        if limit <= 0:
-            return found
         for item in self._query(**args):
             found.append(self._deployment(item))
             if len(found) >= limit:
                 break
+        return found
+
+    def _in_flight(self, status: Status, site: str | None, branch: str | None, limit: int,
+                   before: str | None) -> list[Deployment]:
+        """The keys from `by_active` (eventually consistent), then the items themselves in
+        one consistent BatchGetItem a page: one whose status moved since is left out, and
+        the index is read on until `limit` still have `status`."""
+        values = {":s": _s(str(status))}
+        key_condition = "active = :s"
+        if before is not None:
+            key_condition += " AND gsk < :before"
+            values[":before"] = _s(before)
+        args: dict[str, Any] = {"IndexName": "by_active", "ScanIndexForward": False,
+                                "KeyConditionExpression": key_condition, "Limit": limit}
+        filters, names = [], {}
+        if site is not None:  # gpk and branch are projected into the index, never change
+            filters.append("gpk = :g")
+            values[":g"] = _s(f"site#{site}")
+        if branch is not None:
+            filters.append("#branch = :b")
+            names["#branch"] = "branch"
+            values[":b"] = _s(branch)
+        if filters:
+            args["FilterExpression"] = " AND ".join(filters)
+        if names:
+            args["ExpressionAttributeNames"] = names
+        keys = self._query(ExpressionAttributeValues=values, **args)
+        found: list[Deployment] = []
+        while len(found) < limit:
+            page = [key["pk"]["S"] for key in itertools.islice(keys, min(100, limit - len(found)))]
+            if not page:
+                break
+            items = {item["pk"]["S"]: item for item in self._batch_get([(pk, "#") for pk in page])}
+            found += [self._deployment(items[pk]) for pk in page
+                      if pk in items and items[pk]["status"]["S"] == status]
         return found
 
     def find_deployments(self, prefix: str, *, site: str | None = None,
@@ -955,13 +1046,3 @@ def _delivery_sk(at: float) -> str:
 def _key(pk: str, sk: str) -> Item:
     return {"pk": _s(pk), "sk": _s(sk)}
 
-
-def _index(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
-    return {
-        "IndexName": name,
-        "KeySchema": [
-            {"AttributeName": hash_key, "KeyType": "HASH"},
-            {"AttributeName": range_key, "KeyType": "RANGE"},
-        ],
-        "Projection": {"ProjectionType": "ALL"},
-    }

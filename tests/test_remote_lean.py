@@ -343,3 +343,52 @@ def test_finish_with_wait_runs_a_small_upload_while_the_worker_is_busy(tmp_path:
                 with contextlib.suppress(OSError):  # ENXIO: the worker never opened it
                     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             service.close()
+
+
+class _Link:
+    """A clock for packed_folder that moves only when the reader says a send took time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("seconds_per_send", [0.0, 0.5])
+def test_a_packed_first_deploy_goes_stored_on_a_fast_link_compressed_on_a_slow_one(
+        remote: Server, token: str, tmp_path: Path, seconds_per_send: float) -> None:
+    """packing.py chooses per chunk: sends that take no time keep it stored (more bytes
+    than the files: only the probes are compressed), slow ones turn it compressed; either
+    way the mixed gzip members deploy whole over real HTTP, every byte as in the folder."""
+    from pushsite.deploy.filelist import scan_folder
+    from pushsite.deploy.packing import packed_folder
+
+    folder = tmp_path / "site"
+    (folder / "docs").mkdir(parents=True)
+    for i in range(40):  # ~4 MiB of text: several chunks, each ~5:1 compressible
+        words = " ".join(f"page {i} line {n} of the manual" for n in range(3500))
+        (folder / f"docs/{i}.html").write_text(words)
+    (folder / "index.html").write_text(f"<h1>{seconds_per_send}</h1>")
+    files = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    link = _Link()
+    chunks = []
+    for chunk in packed_folder(scan_folder(str(folder), None), clock=link):
+        chunks.append(chunk)
+        link.now += seconds_per_send
+    body = b"".join(chunks)
+    assert len(chunks) > 2
+    if seconds_per_send:
+        assert len(body) < files // 3  # compressed from the first chunk sent on
+    else:
+        assert len(body) > files * 3 // 4  # stored but for the one-in-16 probes
+    site = f"packed{int(seconds_per_send * 10)}"
+    remote.create_site(site)
+    api = Api(remote, token)
+    data = api.deploy(body, site, create="false")
+    assert (data["status"], data["files"]) == ("live", 41), data
+    host = f"{site}.localhost"
+    assert remote.get(host, "/").text == f"<h1>{seconds_per_send}</h1>"
+    for i in (0, 17, 39):
+        assert remote.get(host, f"/docs/{i}.html").content == \
+            (folder / f"docs/{i}.html").read_bytes()

@@ -12,7 +12,9 @@ Two steps, each safe to run from several processes at once and to stop at any po
    (a Lambda's 15 minutes) is resumed, not restarted, by the next.
 
 Until SHAPE exists, DynamoState lists in-flight and branch deployments as before (a filtered
-read of `by_time` / `by_site`): slower, never wrong.
+read of `by_time` / `by_site`): slower, never wrong. Once it exists, no older pushsite may
+write to the table: its puts leave `active` out, so a deployment it starts would not be
+listed as running, and recovery would not see it.
 """
 
 from __future__ import annotations

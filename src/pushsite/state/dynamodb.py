@@ -138,6 +138,7 @@ class DynamoState:
         self._own_writes = 0  # see own_writes
         self._shaped = False  # by_active and by_branch usable (_indexed)
         self._shape_checked = -SHAPE_RECHECK  # monotonic time of the last look
+        self._warned = False  # said what to run for a table without them
         if target.create:
             self._ensure_table()
 
@@ -210,13 +211,14 @@ class DynamoState:
                 self._shaped = True
             elif upgrade.indexes_answer(self._client, self.table):
                 self._shaped = upgrade.backfill(self._client, self.table) is not None
-            else:
+            elif not self._warned:
+                self._warned = True
                 _log.warning(
                     "%s was made by an older pushsite and has no by_active/by_branch index: "
                     "listing running, queued and branch deployments reads every deployment "
-                    "until it has. Add them once with create=1 in the state URL, e.g. "
-                    "PUSHSITE_STATE='dynamodb://%s?create=1' pushsite sites "
-                    "(docs/architecture.md, DynamoDB at 10x)", self._what, self.table)
+                    "until it has. Add them once: run any command with create=1 added to the "
+                    "state URL (its other settings kept), e.g. PUSHSITE_STATE='dynamodb://"
+                    "%s?create=1' pushsite sites (docs/architecture.md)", self._what, self.table)
         return self._shaped
 
     def _enable_ttl(self) -> None:

@@ -16,16 +16,19 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import brotli
 import pytest
+from isal import isal_zlib
 
+from pushsite.deploy.encode import ASSET_GZIP_LEVEL, GZIP_LEVEL
 from pushsite.deploy.optimise import is_pending
 from pushsite.edge import respond as respond_module
 from pushsite.edge.respond import Edge
-from pushsite.model import Status, blob_key, pending_key
+from pushsite.model import Status, blob_key, fast_gzip_key, pending_key
 from pushsite.service import Service
 from pushsite.service.housekeeping import verify
 from pushsite.service.worker import run_worker
@@ -304,4 +307,129 @@ def test_files_above_the_stream_limit_get_their_brotli_beside_the_small_ones(
         assert len(stored) == entry.encodings["br"]
         assert brotli.decompress(stored) == files[path]
         assert gzip.decompress(service.store.get(blob_key(entry.hash, "gzip"))) == files[path]
+    assert verify(service) == []
+
+
+def _with_assets(tag: str) -> dict[str, bytes]:
+    files = _site(tag)
+    files["app.js"] = b"".join(b"function f%d(a) { return a * %d + '%s'; }\n" % (n, n, tag.encode())
+                               for n in range(3000))
+    files["site.css"] = b"".join(b".c%d { margin: %dpx; color: #%06x; }\n" % (n, n % 40, n)
+                                 for n in range(2000))
+    return files
+
+
+@pytest.mark.usefixtures("after_only")
+def test_javascript_is_served_a_quick_gzip_at_once_and_its_harder_one_once_made(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live first, a JS or CSS file goes live with isal's gzip (at its own key, named by its
+    entry); the optimiser stores zlib's level 6 at the usual key and rewrites the entry, so
+    after it the bytes served are those of a deploy with every variant made first. Requests
+    all through: every answer is whole (its length as said, its bytes decoding to the file)."""
+    monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
+    files = _with_assets("v1")
+    deployment_id = _run(service, files, optimise=False)
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == ["br", "gzip"] and is_pending(service.store, deployment_id)
+    quick: dict[str, bytes] = {}
+    final: dict[str, bytes] = {}
+    for path in ("app.js", "site.css"):
+        entry = manifest.files[path]
+        assert entry.refs == {"gzip": fast_gzip_key(entry.hash)}
+        quick[path] = isal_zlib.compress(files[path], GZIP_LEVEL, wbits=31)
+        final[path] = zlib.compress(files[path], ASSET_GZIP_LEVEL, wbits=31)
+        assert entry.encodings == {"gzip": len(quick[path])} and len(final[path]) < len(quick[path])
+        assert not service.store.has([blob_key(entry.hash, "gzip")])
+    assert manifest.files["p0.html"].refs is None  # other text: isal's gzip is its final one
+    edge = Edge(service.state, service.store)
+    status, headers, body = _get(edge, "/app.js", "gzip")
+    assert status == 200 and headers["content-encoding"] == "gzip" and body == quick["app.js"]
+
+    stop = threading.Event()
+    seen: list[bytes] = []
+    problems: list[str] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for path in ("app.js", "site.css"):
+                status, headers, body = _get(edge, "/" + path, "gzip")
+                if (status != 200 or int(headers["content-length"]) != len(body)
+                        or body not in (quick[path], final[path])
+                        or gzip.decompress(body) != files[path]):
+                    problems.append(f"{path}: {status} {len(body)}")
+                if path == "app.js":
+                    seen.append(body)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        wait_for("answers before optimising", lambda: len(seen) > 10)
+        assert service.optimise_now(deployment_id)
+        wait_for("the final gzip served", lambda: seen[-1] == final["app.js"])
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert set(seen[seen.index(final["app.js"]):]) == {final["app.js"]}  # never taken back
+
+    optimised = service.manifest(deployment_id)
+    assert optimised.pending == [] and not is_pending(service.store, deployment_id)
+    for path in ("app.js", "site.css"):
+        entry = optimised.files[path]
+        assert entry.refs is None and entry.encodings["gzip"] == len(final[path])
+        assert service.store.get(blob_key(entry.hash, "gzip")) == final[path]
+        assert "br" in entry.encodings
+    assert "2 final gzip variants" in log_text(service, deployment_id)
+    status, headers, body = _get(edge, "/site.css", "br, gzip")
+    assert headers["content-encoding"] == "br" and _decoded(headers, body) == files["site.css"]
+    assert verify(service) == []
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["small", "indexed"])
+@pytest.mark.usefixtures("after_only")
+def test_a_redeploy_before_the_optimiser_ran_takes_the_quick_gzip_and_finishes_it(
+        service: Service, big: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same script in the next deployment while the first still waits: the second names
+    the quick gzip too (from the previous manifest, or the store when a big one's table has
+    no refs: entries.StoredBlobs), and its own optimising makes the final one."""
+    from pushsite import pathindex
+    from pushsite.deploy import entries
+
+    files = _with_assets("v1")
+    if big:  # a manifest with an index by path, spilled while built
+        monkeypatch.setattr(entries, "SPILL_FILES", 500)
+        monkeypatch.setattr(pathindex, "INDEX_MIN_FILES", 500)
+        files.update({f"d/p{i}.html": b"<p>" + _words(i, 400) for i in range(600)})
+    first = _run(service, files, optimise=False)
+    files["index.html"] = b"<h1>changed</h1>" + _words(5, 3000)
+    second = _run(service, files, optimise=False)
+    manifest = service.manifest(second)
+    entry = manifest.files["app.js"]
+    assert entry == service.manifest(first).files["app.js"]
+    assert entry.refs == {"gzip": fast_gzip_key(entry.hash)}
+    assert "gzip" in manifest.pending
+    edge = Edge(service.state, service.store)
+    status, headers, body = _get(edge, "/app.js", "gzip")
+    assert status == 200 and gzip.decompress(body) == files["app.js"]
+    assert service.optimise_now(second)
+    done = service.manifest(second).files["app.js"]
+    assert done.refs is None
+    assert service.store.get(blob_key(done.hash, "gzip")) == zlib.compress(
+        files["app.js"], ASSET_GZIP_LEVEL, wbits=31)
+    assert verify(service) == []
+
+
+def test_a_little_javascript_goes_live_with_its_final_gzip(service: Service) -> None:
+    """Under builder.LATER_NOW_BYTES of text left (a small site, a one-file change) the
+    final gzip is made before live like the brotli: nothing pending, no rewrite after."""
+    files = _with_assets("v1")
+    deployment_id = _run(service, files, optimise=False)
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == [] and not is_pending(service.store, deployment_id)
+    entry = manifest.files["app.js"]
+    assert entry.refs is None and set(entry.encodings) == {"gzip", "br"}
+    final = zlib.compress(files["app.js"], ASSET_GZIP_LEVEL, wbits=31)
+    assert entry.encodings["gzip"] == len(final)
+    assert service.store.get(blob_key(entry.hash, "gzip")) == final
+    assert "optimising queued" not in log_text(service, deployment_id)
     assert verify(service) == []

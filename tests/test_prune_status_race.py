@@ -19,8 +19,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pushsite.deploy.encode import gzip_bytes
 from pushsite.errors import ConfigError, DeploymentCancelled
-from pushsite.model import PRODUCTION, FileEntry, Status, blob_key, manifest_key, pending_key
+from pushsite.model import (
+    PRODUCTION,
+    FileEntry,
+    Status,
+    blob_key,
+    fast_gzip_key,
+    manifest_key,
+    pending_key,
+)
 from pushsite.pathindex import index_key
 from pushsite.service import Service, housekeeping
 from support.service import accept, bundle, deploy, open_service, status
@@ -211,4 +220,40 @@ def test_a_live_claim_whose_claimer_died_before_the_alias_move_runs_out(
     assert service.prune("blog", keep=1, grace=0)["deployments"] == 1
     assert status(service, claimed.id) == Status.CANCELLED
     assert status(service, current.id) == Status.LIVE
+    _consistent(service)
+
+
+def test_a_prune_between_its_marks_and_an_optimisers_final_gzip(service: Service) -> None:
+    """As above for a JS file served its quick gzip (model.fast_gzip_key) while its final
+    one waits: another deployment the prune drops has that final gzip stored; the optimiser
+    finds it and names it in its rewrite while the sweep holds it as unreferenced (the
+    manifest it read named the quick one). The sweep must keep it."""
+    script = ("function f(a) { return a + 1; }\n" * 200).encode()
+    other = deploy(service, "blog", {**_files("shared"), "app.js": script})
+    live = deploy(service, "blog", {**_files("own"), "app.js": script})
+    manifest = service.manifest(live.id)
+    entry = manifest.files["app.js"]
+    final = blob_key(entry.hash, "gzip")
+    assert service.store.has([final]) == {final} and entry.refs is None
+    quick = gzip_bytes(script, entry.type, fast=True)
+    service.store.put(fast_gzip_key(entry.hash), quick)
+    manifest.files["app.js"] = FileEntry(entry.hash, entry.size, entry.type,
+                                         {**entry.encodings, "gzip": len(quick)}, entry.git,
+                                         {"gzip": fast_gzip_key(entry.hash)})
+    manifest.pending = ["gzip"]
+    service.store.put(manifest_key(live.id), manifest.to_bytes())
+    service.store.put(pending_key(live.id), b"")
+    service.store.flush()
+    rewritten: list[bool] = []
+
+    def before_delete(batch: list[str]) -> None:
+        if final in batch and not rewritten:
+            rewritten.append(service.optimise_now(live.id))  # reuses the stored final gzip
+
+    result = housekeeping.prune(service, "blog", 1, grace=0, before_delete=before_delete)
+    assert result["deployments"] == 1 and status(service, other.id) == Status.CANCELLED
+    if not rewritten:
+        assert service.optimise_now(live.id)
+    optimised = service.manifest(live.id).files["app.js"]
+    assert optimised.refs is None and optimised.key("gzip") == final
     _consistent(service)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pushsite.errors import ConfigError, NotFound
-from pushsite.model import blob_key
+from pushsite.model import blob_key, fast_gzip_key
 from pushsite.stores import levels
 from pushsite.stores.local import LAYOUT, LocalStore
 
@@ -29,6 +29,7 @@ def _rows(root: Path, sql: str) -> int:
 def test_every_variant_and_other_keys_round_trip(tmp_path: Path) -> None:
     sha = _sha("page")
     blobs = {blob_key(sha, enc): f"bytes {enc}".encode() for enc in ("", "gzip", "br")}
+    blobs[fast_gzip_key(sha)] = b"a quick gzip (deploy/encode.py)"
     # look like blob keys but are not canonical: kept as text, never confused with a blob
     others = {
         f"blobs/{sha[:2].upper()}/{sha.upper()}": b"upper",
@@ -61,9 +62,10 @@ def test_every_variant_and_other_keys_round_trip(tmp_path: Path) -> None:
             assert store.size(key) == len(data)
             assert store.open(key).read() == data
         assert sorted(store.keys("blobs/")) == sorted([*blobs, *others][:-1])
-        assert list(store.keys(blob_key(sha, "gzip"))) == [blob_key(sha, "gzip")]
+        assert list(store.keys(blob_key(sha, "gzip"))) == [blob_key(sha, "gzip"),
+                                                            fast_gzip_key(sha)]
         assert list(store.keys("manifests/")) == ["manifests/d1.json"]
-        assert _rows(tmp_path, "SELECT count(*) FROM blob_data") == 3
+        assert _rows(tmp_path, "SELECT count(*) FROM blob_data") == 4
     finally:
         store.close()
 

@@ -287,7 +287,8 @@ class FileEntry:
     encodings: dict[str, int] = field(default_factory=dict)  # "br"/"gzip" -> stored size
     git: str = ""  # the git blob id when the deployment came from a push
     # where a variant ("", "gzip", "br") lives when not at its own blob_key: a range of a
-    # pack object ("packs/<id>@<offset>+<length>"), written by stores that pack small blobs
+    # pack object ("packs/<id>@<offset>+<length>"), written by stores that pack small blobs,
+    # or a quick gzip's own key until the optimiser made the final one (fast_gzip_key)
     # (None, not an empty dict, when there is none: 100,000 entries stay small)
     refs: dict[str, str] | None = None
 
@@ -371,6 +372,16 @@ def blob_key(digest: str, encoding: str = "") -> str:
     """The store key of a blob variant: identity, 'gzip' or 'br'."""
     suffix = {"": "", "gzip": ".gz", "br": ".br"}[encoding]
     return f"blobs/{digest[:2]}/{digest}{suffix}"
+
+
+FAST_GZIP = ".gzf"
+
+
+def fast_gzip_key(digest: str) -> str:
+    """Where a quick gzip lives that a live-first deploy serves until the optimiser stores
+    the final one at blob_key(digest, 'gzip') (JavaScript and CSS: deploy/encode.py); a
+    manifest names it in its entry's refs, so each key's bytes never change."""
+    return f"blobs/{digest[:2]}/{digest}{FAST_GZIP}"
 
 
 @dataclass

@@ -53,7 +53,15 @@ from pushsite.errors import (
     SiteConfigError,
 )
 from pushsite.limits import human_size
-from pushsite.model import FileEntry, Manifest, blob_key, manifest_key, pending_key
+from pushsite.model import (
+    FAST_GZIP,
+    FileEntry,
+    Manifest,
+    blob_key,
+    fast_gzip_key,
+    manifest_key,
+    pending_key,
+)
 from pushsite.stores import ObjectStore, Packer, SizedStore, SpoolingStore
 
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
@@ -355,16 +363,23 @@ class ManifestBuilder:
                       outputs: dict[str, tuple[BinaryIO, Path | None]]) -> None:
         """A new large blob (add_stream): its variants from the spooled identity, stored."""
         try:
+            deferring = self._deferring(self._open())
+            fast = encode.is_fast(content_type, deferring)
             if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
                 outputs["gzip"] = self._temp()  # discarded in _drop_stream
-                if not self._deferring(self._open()):
+                if not deferring:
                     outputs["br"] = self._temp()
-                self._compress_file(outputs, content_type)
+                self._compress_file(outputs, content_type, fast)
             sizes = {enc: handle.tell() for enc, (handle, _) in outputs.items()}
             encodings = {enc: n for enc, n in sizes.items()
                          if enc and encode.worth_keeping(n, total)}
-            adopted = {enc: self._adopt(blob_key(sha, enc), outputs[enc], content_type, enc, sha)
-                       for enc in ("", *encodings)}
+            keys = {enc: blob_key(sha, enc) for enc in ("", *encodings)}
+            if fast and "gzip" in keys:
+                keys["gzip"] = fast_gzip_key(sha)
+            adopted = {enc: self._adopt(key, outputs[enc], content_type, enc, sha)
+                       for enc, key in keys.items()}
+            if fast and "gzip" in keys:
+                adopted["gzip"] = keys["gzip"]  # the entry names it (a loose store's key)
             self._record(path, self._new_entry(sha, total, content_type, encodings, git, adopted),
                          True, stored=sum(sizes[e] for e in ("", *encodings)))
         finally:
@@ -380,11 +395,12 @@ class ManifestBuilder:
             _discard(tmp)
 
     def _compress_file(self, variants: dict[str, tuple[BinaryIO, Path | None]],
-                       content_type: str) -> None:
+                       content_type: str, fast: bool) -> None:
         """Write the gzip and brotli variants of the spooled identity, chunk by chunk."""
         identity = variants[""][0]
         brotli_out = variants["br"][0] if "br" in variants else None
-        compressor = encode.StreamCompressor(content_type, brotli_too=brotli_out is not None)
+        compressor = encode.StreamCompressor(content_type, brotli_too=brotli_out is not None,
+                                             fast=fast)
         identity.seek(0)
         while chunk := identity.read(CHUNK):  # on a pool thread: the reader checks the deadline
             gz, br = compressor.feed(chunk)
@@ -399,7 +415,7 @@ class ManifestBuilder:
     def add_existing(self, path: str, entry: FileEntry) -> None:
         """A file whose blob is known to be stored already (an unchanged git blob)."""
         self._open()  # whether the table may spill (a pack's refs are renamed in place)
-        if self.later and encode.wants_later(entry.encodings):
+        if self.later and encode.wants_later(entry.encodings, entry.refs):
             self.wanting.add(entry.hash, entry.size, entry.type)
         with self._lock:
             self.entries[path] = entry
@@ -446,13 +462,17 @@ class ManifestBuilder:
                                                   item.git, refs), False, 0)
                 continue
             try:
+                deferring = self._deferring(target)
                 variants = {"": item.data, **encode.variants(
-                    item.data, content_type, later=self._deferring(target))}
+                    item.data, content_type, later=deferring)}
                 meta = {"content-type": content_type, "sha256": sha}
                 added: dict[str, str | None] = {}
                 for enc, blob in variants.items():
                     if packer is not None:
                         added[enc] = packer.add(blob_key(sha, enc), blob)
+                    elif enc == "gzip" and encode.is_fast(content_type, deferring):
+                        key = added[enc] = fast_gzip_key(sha)  # the entry names it
+                        target.store.put(key, blob, meta | {"content-encoding": enc})
                     else:
                         target.store.put(blob_key(sha, enc), blob,
                                          meta | {"content-encoding": enc} if enc else meta)
@@ -460,7 +480,7 @@ class ManifestBuilder:
                 entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git,
                                         added)
                 if (self._early is not None and packer is None
-                        and encode.wants_later(encodings)):
+                        and "br" not in encodings and "gzip" in encodings):
                     self._early.offer(sha, item.data, content_type)
             finally:
                 self._settle_claim(sha, None)  # no-op once _new_entry settled it
@@ -486,7 +506,7 @@ class ManifestBuilder:
         """The entry of a blob this deploy stored; remembered when it went into the pack, and
         handed to the copies of it that wait for this first one (_Claim)."""
         packed = {enc: ref for enc, ref in refs.items() if ref} or None
-        if packed is not None:
+        if packed is not None and self._open().packer is not None:
             with self._lock:
                 self._packed[sha] = (encodings, packed)
         self._settle_claim(sha, (encodings, packed))  # copied by whoever takes it
@@ -513,13 +533,18 @@ class ManifestBuilder:
         if size < encode.MIN_COMPRESS_SIZE or not encode.is_compressible(content_type):
             return {}, None
         keys = {enc: blob_key(sha, enc) for enc in ("gzip", "br")}
-        present = target.store.has(keys.values())
+        fast = fast_gzip_key(sha) if encode.is_asset(content_type) else None
+        present = target.store.has([*keys.values(), *([fast] if fast else [])])
+        refs = None
+        if fast in present and keys["gzip"] not in present:  # its final gzip is not made yet
+            keys["gzip"] = fast
+            refs = {"gzip": fast}
         sized = target.sized
         out = {}
         for enc, key in keys.items():
             if key in present:
                 out[enc] = sized.size(key) if sized else len(target.store.get(key))
-        return out, None
+        return out, refs if "gzip" in out else None
 
     def _claim(self, sha: str) -> bool:
         """True for the first copy of a blob in this deploy: it stores the blob, then settles
@@ -556,7 +581,7 @@ class ManifestBuilder:
             claim.settle(known)
 
     def _record(self, path: str, entry: FileEntry, new: bool, stored: int) -> None:
-        if self.later and encode.wants_later(entry.encodings):  # (a reused one: rare)
+        if self.later and encode.wants_later(entry.encodings, entry.refs):  # (reused: rare)
             self.wanting.add(entry.hash, entry.size, entry.type)
         with self._lock:
             self.entries[path] = entry
@@ -712,13 +737,16 @@ class ManifestBuilder:
                                  "dotfiles, excludes and the publish folder's rules)")
         self.entries.close()
         self.settings = settings
-        if manifest.pending:
-            handover.leave(deployment_id, self.wanting.without(made_now))
+        if manifest.pending:  # a JS or CSS file given br before live may still want its gzip
+            done = {sha for sha, _, content_type in self.wanting if sha in made_now
+                    and (not encode.is_asset(content_type) or "gzip" in made_now[sha])}
+            handover.leave(deployment_id, self.wanting.without(done))
         return manifest
 
     def _later_now(self, target: Target) -> dict[str, dict[str, int]]:
         """The later variants made before live: what the early thread made meanwhile
-        (early.py), and the rest here when it is little (at most LATER_NOW_BYTES: a
+        (early.py), and the rest here (brotli, and a JS or CSS file's final gzip in place
+        of its quick one) when it is little (at most LATER_NOW_BYTES: a
         one-file change, the tail of a small site), a few ms of brotli where making them
         after costs a pending marker, a queue message and a rewrite of the manifest (and
         of a big site's index: ~0.5 s on 35,000 files). Returns hash -> the blob's
@@ -727,25 +755,35 @@ class ManifestBuilder:
         if not self._deferring(target) or not self.wanting:
             return {}
         made = {sha: {"br": size} for sha, size in made_early.items()}
-        todo: dict[str, str] = {}
+        todo: dict[str, str] = {}  # wanting brotli
+        finals: dict[str, str] = {}  # JS and CSS: wanting their final gzip (encode.is_fast)
         total = 0
         for sha, size, content_type in self.wanting:
+            if encode.is_asset(content_type) and sha not in finals:
+                finals[sha] = content_type
+                total += size
             if sha not in made and sha not in todo:
                 todo[sha] = content_type
                 total += size
         now = total <= LATER_NOW_BYTES
         if now:
-            for sha, content_type in todo.items():
+            for sha, content_type in (todo | finals).items():
                 data = held.get(sha)
                 if data is None:
                     data = target.store.get(blob_key(sha))
-                for enc, blob in encode.later_variants(data).items():
+                variants = encode.later_variants(data) if sha in todo else {}
+                if sha in finals:
+                    final = encode.gzip_bytes(data, content_type)
+                    if encode.worth_keeping(len(final), len(data)):
+                        variants["gzip"] = final
+                for enc, blob in variants.items():
                     target.store.put(blob_key(sha, enc), blob, {
                         "content-type": content_type, "sha256": sha, "content-encoding": enc})
                     made.setdefault(sha, {})[enc] = len(blob)
         if made:
             target.store.flush()
-        left = sum(1 for sha in todo if sha not in made)
+        left = sum(1 for sha in todo if "br" not in made.get(sha, ()))
+        left += sum(1 for sha in finals if "gzip" not in made.get(sha, ()))
         early_note = f"{len(made_early)} while reading, {len(made) - len(made_early)} at the end"
         if not left:  # the after pass logs the same word when it ends
             self.log.info("optimise", f"optimised: {len(made)} brotli variants made before "
@@ -765,9 +803,14 @@ class ManifestBuilder:
         if target.packer is not None:
             _rename_refs(files.values(), target.packer.pending, target.packer.key)
         deployment_id = manifest.deployment_id
-        if self._deferring(target) and any(encode.wants_later(entry.encodings)
-                                           for entry in files.values()):
-            manifest.pending = list(encode.LATER)
+        wanted: set[str] = set()
+        if self._deferring(target):
+            for entry in files.values():
+                wanted |= encode.wanted_later(entry.encodings, entry.refs)
+                if len(wanted) == len(encode.PENDING):
+                    break
+        if wanted:
+            manifest.pending = encode.pending_of(wanted)
             target.store.put(pending_key(deployment_id), deployment_id.encode())
         manifest.not_found = "404.html" if "404.html" in files else None
         body = manifest.to_bytes()
@@ -819,13 +862,20 @@ def _json_text(value: object) -> str:
     return _ENCODER.encode(value)
 
 
-def _row_wants_later(row: str) -> bool:
-    """encode.wants_later of an entry's row as JSON, without parsing it: its encodings are
-    the row's one object (hash, size and git are hex or digits, a media type has no brace),
-    and a loose store's rows have no refs."""
+def _row_wanted_later(row: str, wanted: set[str]) -> None:
+    """Add encode.wanted_later of an entry's row as JSON to `wanted`, without parsing it:
+    its encodings are the row's first object (hash, size and git are hex or digits, a media
+    type has no brace), and a loose store's only refs are quick gzips (fast_gzip_key)."""
     start = row.index("{")
     encodings = row[start:row.index("}", start) + 1]
-    return '"gzip"' in encodings and any(f'"{enc}"' not in encodings for enc in encode.LATER)
+    if '"gzip"' not in encodings:
+        return
+    wanted.update(enc for enc in encode.LATER if f'"{enc}"' not in encodings)
+    if _FAST_END in row:
+        wanted.add("gzip")
+
+
+_FAST_END = FAST_GZIP + '"'
 
 
 def stream_manifest(store: ObjectStore, manifest: Manifest,
@@ -840,6 +890,8 @@ def stream_manifest(store: ObjectStore, manifest: Manifest,
     deployment_id = manifest.deployment_id
     head = pathindex.head_of(manifest)  # pathindex.write writes it after the rows
     head["pending"] = []
+    wanted: set[str] = set()
+    everything = set(encode.PENDING)
     count = 0
     index = tempfile.TemporaryFile()  # noqa: SIM115 - the returned manifest reads it
     try:
@@ -863,8 +915,11 @@ def stream_manifest(store: ObjectStore, manifest: Manifest,
                         write_chunk()
                     if path == "404.html":
                         head["not_found"] = path
-                    if deferring and not head["pending"] and _row_wants_later(row):
-                        head["pending"] = list(encode.LATER)
+                    if deferring and len(wanted) < len(everything):
+                        before = len(wanted)
+                        _row_wanted_later(row, wanted)
+                        if len(wanted) != before:
+                            head["pending"] = encode.pending_of(wanted)
                     yield path, row
                 if chunk:
                     write_chunk()
@@ -942,8 +997,13 @@ def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
 
 
 def _with_variants(entry: FileEntry, variants: dict[str, int]) -> FileEntry:
+    """The entry with variants made before live; a final gzip (at its own key) replaces a
+    quick one."""
+    refs = entry.refs
+    if "gzip" in variants and encode.has_fast_gzip(refs):
+        refs = {enc: ref for enc, ref in (refs or {}).items() if enc != "gzip"} or None
     return FileEntry(entry.hash, entry.size, entry.type, {**entry.encodings, **variants},
-                     entry.git, entry.refs)
+                     entry.git, refs)
 
 
 def _key(digest: bytes) -> int:

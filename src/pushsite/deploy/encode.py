@@ -14,6 +14,11 @@ JavaScript and CSS get zlib's gzip level 6 instead: they are a small share of a 
 (3.7 of 71 MB on medium, 31 of 629 MB on large) but are what every visitor downloads, and on
 the benchmark's 200 KB script isal 2 gives 55.7 KB against zlib 6's 41.6 (nginx serves a
 `gzip -9` file of 39.0 KB): with the edge serving from memory, bytes on the wire are its cost.
+Live first, that harder gzip is made after the alias moved too (searchindex.js alone took
+129 ms of medium's time to live): before live every text file gets isal 2, a JS or CSS file's
+stored at model.fast_gzip_key and named by its entry's refs; the optimiser then stores zlib 6
+at the usual key and rewrites the entry (deploy/optimise.py), so what is served after that is
+byte for byte what was served before live-first.
 A variant is kept only when it saves at least `MIN_SAVING` of the identity size: serving a
 variant that is not smaller only costs a cache entry.
 """
@@ -24,9 +29,12 @@ import functools
 import mimetypes
 import posixpath
 import zlib
+from typing import Protocol
 
 import brotli
 from isal import isal_zlib
+
+from pushsite.model import FAST_GZIP
 
 GZIP_LEVEL = 2
 ASSET_GZIP_LEVEL = 6  # zlib's, for JavaScript and CSS (see above)
@@ -131,11 +139,30 @@ def is_asset(content_type: str) -> bool:
     return content_type.startswith(_ASSET_TYPES)
 
 
-def gzip_bytes(data: bytes, content_type: str = "") -> bytes:
-    """A gzip member (with header and CRC) of the data, as browsers expect for gzip."""
-    if is_asset(content_type):
+def gzip_bytes(data: bytes, content_type: str = "", *, fast: bool = False) -> bytes:
+    """A gzip member (with header and CRC) of the data, as browsers expect for gzip;
+    `fast`: isal's for every type (a JS or CSS file's final one is made after live)."""
+    if is_asset(content_type) and not fast:
         return zlib.compress(data, ASSET_GZIP_LEVEL, wbits=31)
     return isal_zlib.compress(data, GZIP_LEVEL, wbits=31)
+
+
+def is_fast(content_type: str, later: bool) -> bool:
+    """Whether a file's gzip made now is a quick one replaced after live (see above)."""
+    return later and is_asset(content_type)
+
+
+class GzipStream(Protocol):
+    """A streaming gzip compressor (zlib's or isal's compressobj)."""
+
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self, mode: int = ..., /) -> bytes: ...
+
+
+def final_gzip_stream() -> GzipStream:
+    """The streaming form of a JS or CSS file's final gzip (gzip_bytes' zlib level)."""
+    return zlib.compressobj(ASSET_GZIP_LEVEL, zlib.DEFLATED, 31)
 
 
 def brotli_bytes(data: bytes) -> bytes:
@@ -146,12 +173,13 @@ def brotli_bytes(data: bytes) -> bytes:
 def variants(data: bytes, content_type: str, *, later: bool = False) -> dict[str, bytes]:
     """The compressed variants worth keeping for a file's content ("br", "gzip").
 
-    `later`: only those made before the deployment goes live (gzip); the ones in LATER are
-    made after the alias moved (deploy/optimise.py)."""
+    `later`: only those made before the deployment goes live (gzip, isal's: is_fast); the
+    ones in LATER, and a JS or CSS file's final gzip, are made after the alias moved
+    (deploy/optimise.py)."""
     if len(data) < MIN_COMPRESS_SIZE or not is_compressible(content_type):
         return {}
     out = {}
-    gz = gzip_bytes(data, content_type)
+    gz = gzip_bytes(data, content_type, fast=later)
     if worth_keeping(len(gz), len(data)):
         out["gzip"] = gz
         if not later:
@@ -165,6 +193,9 @@ def variants(data: bytes, content_type: str, *, later: bool = False) -> dict[str
 # `later` a deployment goes live with identity and gzip, and these are made after the alias
 # moved. A file gets them when its gzip was worth keeping (as `variants` decides).
 LATER = ("br",)
+# what a manifest may list as `pending`: LATER, and "gzip" while a JS or CSS file is served
+# a quick one
+PENDING = ("br", "gzip")
 
 
 def later_variants(data: bytes) -> dict[str, bytes]:
@@ -173,18 +204,43 @@ def later_variants(data: bytes) -> dict[str, bytes]:
     return {"br": br} if worth_keeping(len(br), len(data)) else {}
 
 
-def wants_later(encodings: dict[str, int]) -> bool:
-    """Whether a manifest entry with these stored variants still lacks one of LATER."""
-    return "gzip" in encodings and any(enc not in encodings for enc in LATER)
+def wants_later(encodings: dict[str, int], refs: dict[str, str] | None = None) -> bool:
+    """Whether a manifest entry with these stored variants (and refs) still lacks one of
+    LATER, or is served a quick gzip (model.fast_gzip_key) until its final one is made."""
+    return "gzip" in encodings and (any(enc not in encodings for enc in LATER)
+                                    or has_fast_gzip(refs))
+
+
+def pending_of(wanted: set[str]) -> list[str]:
+    """A manifest's `pending`, in PENDING's order, from the variants its entries want."""
+    return [enc for enc in PENDING if enc in wanted]
+
+
+def wanted_later(encodings: dict[str, int], refs: dict[str, str] | None) -> set[str]:
+    """The variants an entry waits for (see wants_later): LATER's it lacks, and "gzip"
+    while its gzip is a quick one."""
+    if "gzip" not in encodings:
+        return set()
+    wanted = {enc for enc in LATER if enc not in encodings}
+    if has_fast_gzip(refs):
+        wanted.add("gzip")
+    return wanted
+
+
+def has_fast_gzip(refs: dict[str, str] | None) -> bool:
+    """Whether an entry's gzip is the quick one made before live (see above)."""
+    return bool(refs) and (refs or {}).get("gzip", "").endswith(FAST_GZIP)
 
 
 class StreamCompressor:
     """gzip and brotli over a stream of chunks, for files too large to hold in memory;
-    brotli only when `brotli_too` (live first leaves it for later)."""
+    brotli only when `brotli_too` (live first leaves it for later); `fast`: isal's gzip
+    for every type (gzip_bytes)."""
 
-    def __init__(self, content_type: str = "", *, brotli_too: bool = True) -> None:
+    def __init__(self, content_type: str = "", *, brotli_too: bool = True,
+                 fast: bool = False) -> None:
         self._gzip = (zlib.compressobj(ASSET_GZIP_LEVEL, zlib.DEFLATED, 31)
-                      if is_asset(content_type)
+                      if is_asset(content_type) and not fast
                       else isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31))
         self._brotli = brotli.Compressor(quality=BROTLI_QUALITY) if brotli_too else None
 

@@ -1,4 +1,5 @@
-"""Optimise after: the variants a live deployment still lacks (brotli, encode.LATER).
+"""Optimise after: the variants a live deployment still lacks (brotli, encode.LATER), and
+the final gzip of a JS or CSS file served a quick one meanwhile (encode.has_fast_gzip).
 
 A deployment goes live with identity and gzip (builder.py with `later`); its manifest then
 lists `pending` variants and a marker (`pending_key`) is stored beside it. This makes them:
@@ -6,13 +7,16 @@ lists `pending` variants and a marker (`pending_key`) is stored beside it. This 
 1. the blobs that want a later variant, each once: handed over by the deploy when it ran in
    this process (handover.py), else found in the manifest, those another deployment already
    made only looked up (their sizes go in the manifest);
-2. brotli for the rest in a pool of threads (brotli releases the GIL), largest first and
+2. brotli (and zlib's gzip for JS and CSS) for the rest in a pool of threads (both release
+   the GIL), largest first and
    with no barrier between blobs, asking `wanted()` every CHECK_EVERY s: a deployment
    rolled back, superseded or pruned stops here, and its manifest stays as it was (served
    as it is, resumable later);
 3. every new variant is stored and flushed, then the manifest is rewritten with them and
    without `pending` (a big one a row at a time, from its index), then the marker is
-   deleted.
+   deleted. A final gzip goes to its usual key, never over the quick one's
+   (model.fast_gzip_key): a key's bytes never change, so an edge holding the old manifest
+   serves the quick one whole, and one reading the new manifest the final one.
 
 The edge offers only variants its manifest lists, and looks for the marker to know when to
 read the manifest again, so it never serves a variant before it exists; a crash anywhere
@@ -21,6 +25,7 @@ leaves the old manifest or the new one, both true, and the marker for a resume.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,16 +55,31 @@ HAS_BATCH = 1000
 
 @dataclass
 class Optimised:
-    blobs: int = 0  # variants made here
+    blobs: int = 0  # brotli variants made here
+    gzips: int = 0  # final gzips made here (JS and CSS)
     reused: int = 0  # variants another deployment had made already
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
 
     def describe(self) -> str:
+        gzips = f", {self.gzips} final gzip variants" if self.gzips else ""
         return (f"{self.blobs} brotli variants made ({self.bytes_in / 1e6:.1f} MB -> "
-                f"{self.bytes_out / 1e6:.1f} MB), {self.reused} already stored, in "
+                f"{self.bytes_out / 1e6:.1f} MB){gzips}, {self.reused} already stored, in "
                 f"{self.seconds:.2f}s")
+
+
+@dataclass
+class _Made:
+    """What making one blob's variants gave: bytes read, and each stored size (0: none)."""
+
+    sha: str
+    read: int = 0
+    br: int = 0
+    gzip: int = 0
+
+
+_Work = tuple[str, int, str, bool, bool]  # hash, size, media type, make br, make gzip
 
 
 def is_pending(store: ObjectStore, deployment_id: str) -> bool:
@@ -89,26 +109,36 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     work: list[tuple[str, int, str]] = []
     found = wanting if wanting is not None else (
         (e.hash, e.size, e.type) for e in manifest.files.values()
-        if encode.wants_later(e.encodings))
+        if encode.wants_later(e.encodings, e.refs))
     for item in found:
         if item[0] not in seen:
             seen.add(item[0])
             work.append(item)
     del seen
-    sizes: dict[str, int] = {}
-    if wanting is None:
-        sizes = _stored_sizes(store, [sha for sha, _, _ in work])
-        done.reused = len(sizes)
-        work = [item for item in work if item[0] not in sizes]
-    work.sort(key=lambda item: -item[1])
-    _compress_all(store, work, sizes, done, wanted, workers, wanting is not None,
+    # brotli stored already: looked up unless the deploy here just handed the list over
+    # (then only a JS or CSS file's, which may have had it made before live); a final gzip
+    # stored already (another deployment's optimiser made it): looked up for JS and CSS
+    asked = work if wanting is None else [item for item in work if encode.is_asset(item[2])]
+    sizes = _stored_sizes(store, [sha for sha, _, _ in asked], "br")
+    gzips = _stored_sizes(store, [sha for sha, _, kind in work if encode.is_asset(kind)],
+                          "gzip")
+    done.reused = len(sizes) + len(gzips)
+    todo: list[_Work] = []
+    for sha, size, kind in work:
+        make_br = sha not in sizes
+        make_gzip = encode.is_asset(kind) and sha not in gzips
+        if make_br or make_gzip:
+            todo.append((sha, size, kind, make_br, make_gzip))
+    del work, asked
+    todo.sort(key=lambda item: -item[1])
+    _compress_all(store, todo, sizes, gzips, done, wanted, workers, wanting is not None,
                   manifest.deployment_id)
-    del work
+    del todo
     store.flush()
     if not wanted():
         raise DeploymentCancelled(f"optimising {manifest.deployment_id} stopped: it is no "
                                   "longer served")
-    _rewrite(store, manifest, sizes)
+    _rewrite(store, manifest, sizes, gzips)
     store.flush()
     store.delete([pending_key(manifest.deployment_id)])
     store.flush()
@@ -116,10 +146,11 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     return done
 
 
-def _compress_all(store: ObjectStore, work: list[tuple[str, int, str]], sizes: dict[str, int],
-                  done: Optimised, wanted: Callable[[], bool], workers: int, trusted: bool,
-                  deployment_id: str) -> None:
-    """Brotli for every blob of `work` (largest first, so the long ones start early and small
+def _compress_all(store: ObjectStore, work: list[_Work], sizes: dict[str, int],
+                  gzips: dict[str, int], done: Optimised, wanted: Callable[[], bool],
+                  workers: int, trusted: bool, deployment_id: str) -> None:
+    """Brotli (and a final gzip) for every blob of `work` (largest first, so the long ones
+    start early and small
     ones fill the gaps), `IN_FLIGHT` blobs at a time per worker, with no barrier between
     batches: each worker takes the next blob as soon as it is free. One blob above LARGE
     at a time: a streaming compressor holds ~12.6 MB (quality 4, a 4 MiB window), and two
@@ -130,29 +161,32 @@ def _compress_all(store: ObjectStore, work: list[tuple[str, int, str]], sizes: d
     big = deque(item for item in work if item[1] > LARGE)
     small = deque(item for item in work if item[1] <= LARGE)
     with ThreadPoolExecutor(workers, thread_name_prefix="optimise") as pool:
-        running: set[Future[tuple[str, int, int]]] = set()
-        streaming: Future[tuple[str, int, int]] | None = None
+        running: set[Future[_Made]] = set()
+        streaming: Future[_Made] | None = None
         checked = time.monotonic()
         try:
             while True:
                 while len(running) < IN_FLIGHT * workers:
                     if big and (streaming is None or streaming.done()):
-                        streaming = pool.submit(_brotli, store, *big.popleft(), trusted)
+                        streaming = pool.submit(_variants, store, *big.popleft(), trusted)
                         running.add(streaming)
                     elif small:
-                        running.add(pool.submit(_brotli, store, *small.popleft(), trusted))
+                        running.add(pool.submit(_variants, store, *small.popleft(), trusted))
                     else:
                         break
                 if not running:
                     return
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    sha, size_in, size_out = future.result()
-                    done.bytes_in += size_in
-                    if size_out:
-                        sizes[sha] = size_out
+                    made = future.result()
+                    done.bytes_in += made.read
+                    if made.br:
+                        sizes[made.sha] = made.br
                         done.blobs += 1
-                        done.bytes_out += size_out
+                        done.bytes_out += made.br
+                    if made.gzip:
+                        gzips[made.sha] = made.gzip
+                        done.gzips += 1
                 if time.monotonic() - checked >= CHECK_EVERY:
                     checked = time.monotonic()
                     if not wanted():
@@ -163,8 +197,10 @@ def _compress_all(store: ObjectStore, work: list[tuple[str, int, str]], sizes: d
                 future.cancel()
 
 
-def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int]) -> None:
-    """Store the manifest (and its index) with the new variants and without `pending`."""
+def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int],
+             gzips: dict[str, int]) -> None:
+    """Store the manifest (and its index) with the new variants and without `pending`: an
+    entry's br added, a quick gzip's ref replaced by the final one's size (at its own key)."""
     manifest.pending = []
     # duplicates held in memory share one encodings dict (streamed rows share nothing: a
     # dict kept per blob was 7 MB on a 35,000-file site)
@@ -173,14 +209,23 @@ def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int]) -> N
 
     def with_br(entry: FileEntry) -> FileEntry:
         size = sizes.get(entry.hash)
-        if size is None or "br" in entry.encodings:
+        add_br = size is not None and "br" not in entry.encodings
+        gzip = gzips.get(entry.hash) if encode.has_fast_gzip(entry.refs) else None
+        if not add_br and gzip is None:
             return entry
+        refs = entry.refs
+        if gzip is not None:
+            refs = {enc: ref for enc, ref in (refs or {}).items() if enc != "gzip"} or None
         encodings = shared.get(entry.hash) if shared is not None else None
         if encodings is None:
-            encodings = {**entry.encodings, "br": size}
+            encodings = dict(entry.encodings)
+            if add_br and size is not None:
+                encodings["br"] = size
+            if gzip is not None:
+                encodings["gzip"] = gzip
             if shared is not None:
                 shared[entry.hash] = encodings
-        return FileEntry(entry.hash, entry.size, entry.type, encodings, entry.git, entry.refs)
+        return FileEntry(entry.hash, entry.size, entry.type, encodings, entry.git, refs)
 
     if isinstance(manifest.files, PathIndex):  # a big site's: a row at a time
         encoder = json.JSONEncoder(separators=(",", ":"))
@@ -195,59 +240,92 @@ def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int]) -> N
               {"content-type": "application/json"})
 
 
-def _stored_sizes(store: ObjectStore, hashes: list[str]) -> dict[str, int]:
-    """hash -> size of the brotli variants already stored (made by another deployment)."""
+def _stored_sizes(store: ObjectStore, hashes: list[str], encoding: str) -> dict[str, int]:
+    """hash -> size of the variants already stored (made by another deployment)."""
     sized = store if isinstance(store, SizedStore) else None
     found: dict[str, int] = {}
     for start in range(0, len(hashes), HAS_BATCH):
         chunk = hashes[start:start + HAS_BATCH]
-        present = store.has(blob_key(h, "br") for h in chunk)
+        present = store.has(blob_key(h, encoding) for h in chunk)
         for sha in chunk:
-            key = blob_key(sha, "br")
+            key = blob_key(sha, encoding)
             if key in present:
                 found[sha] = sized.size(key) if sized else len(store.get(key))
     return found
 
 
-def _brotli(store: ObjectStore, sha: str, size: int, content_type: str,
-            trusted: bool) -> tuple[str, int, int]:
-    """Make and store one blob's brotli variant: (hash, bytes read, bytes stored or 0 when
-    it was not worth keeping). `trusted`: stored by this process moments ago, not hashed."""
-    meta = {"content-type": content_type, "sha256": sha, "content-encoding": "br"}
-    key = blob_key(sha, "br")
+def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_br: bool,
+              make_gzip: bool, trusted: bool) -> _Made:
+    """Make and store one blob's brotli and/or final gzip variant (a size of 0: not worth
+    keeping, or the blob was pruned meanwhile and the next `wanted()` stops the rest).
+    `trusted`: stored by this process moments ago, not hashed."""
+    made = _Made(sha)
     if size <= LARGE:
         try:
             data = store.get(blob_key(sha))
         except NotFound:
-            return sha, 0, 0  # pruned meanwhile: the next `wanted()` stops the rest
+            return made
         if not trusted:
             _check(sha, data)
-        compressed = encode.brotli_bytes(data)
-        if not encode.worth_keeping(len(compressed), len(data)):
-            return sha, len(data), 0
-        store.put(key, compressed, meta)
-        return sha, len(data), len(compressed)
-    compressor = brotli.Compressor(quality=encode.BROTLI_QUALITY)
-    with tempfile.TemporaryFile() as spool:
+        made.read = len(data)
+        outputs = {}
+        if make_br:
+            outputs["br"] = encode.brotli_bytes(data)
+        if make_gzip:
+            outputs["gzip"] = encode.gzip_bytes(data, content_type)
+        for enc, blob in outputs.items():
+            if encode.worth_keeping(len(blob), len(data)):
+                store.put(blob_key(sha, enc), blob, _meta(sha, content_type, enc))
+                setattr(made, enc, len(blob))
+        return made
+    compressors: dict[str, brotli.Compressor | encode.GzipStream] = {}
+    if make_br:
+        compressors["br"] = brotli.Compressor(quality=encode.BROTLI_QUALITY)
+    if make_gzip:
+        compressors["gzip"] = encode.final_gzip_stream()
+    with contextlib.ExitStack() as stack:
+        spools = {enc: stack.enter_context(tempfile.TemporaryFile()) for enc in compressors}
         try:
             source = store.open(blob_key(sha))
         except NotFound:
-            return sha, 0, 0
+            return made
         digest = hashlib.sha256()
         with source:
             while chunk := source.read(CHUNK):
                 if not trusted:
                     digest.update(chunk)
-                spool.write(compressor.process(chunk))
-        spool.write(compressor.finish())
+                for enc, compressor in compressors.items():
+                    spools[enc].write(_feed(compressor, chunk))
+        for enc, compressor in compressors.items():
+            spools[enc].write(_finish(compressor))
         if not trusted and digest.hexdigest() != sha:
             raise DeploymentFailed(f"blob {sha} does not hash to its name; not compressed")
-        stored = spool.tell()
-        if not encode.worth_keeping(stored, size):
-            return sha, size, 0
-        spool.seek(0)
-        store.put_stream(key, spool, stored, meta)
-        return sha, size, stored
+        made.read = size
+        for enc, spool in spools.items():
+            stored = spool.tell()
+            if encode.worth_keeping(stored, size):
+                spool.seek(0)
+                store.put_stream(blob_key(sha, enc), spool, stored, _meta(sha, content_type, enc))
+                setattr(made, enc, stored)
+        return made
+
+
+def _feed(compressor: brotli.Compressor | encode.GzipStream, chunk: bytes) -> bytes:
+    if isinstance(compressor, brotli.Compressor):
+        out: bytes = compressor.process(chunk)
+        return out
+    return compressor.compress(chunk)
+
+
+def _finish(compressor: brotli.Compressor | encode.GzipStream) -> bytes:
+    if isinstance(compressor, brotli.Compressor):
+        out: bytes = compressor.finish()
+        return out
+    return compressor.flush()
+
+
+def _meta(sha: str, content_type: str, encoding: str) -> dict[str, str]:
+    return {"content-type": content_type, "sha256": sha, "content-encoding": encoding}
 
 
 def _check(sha: str, data: bytes) -> None:

@@ -251,9 +251,11 @@ class _Marks:
                     self.packs.add(ref[0])
                     mine.add(ref[0])
             # variants still pending: the optimiser may find one stored (made by another
-            # deployment) and list it in the manifest it rewrites after this read
+            # deployment) and list it in the manifest it rewrites after this read (a JS or
+            # CSS file's final gzip too, while a quick one elsewhere is listed)
             for key in (blob_key(entry.hash, enc) for enc in manifest.pending
-                        if enc not in entry.encodings):
+                        if enc not in entry.encodings
+                        or entry.key(enc) != blob_key(entry.hash, enc)):
                 self.keys.add(key)
                 mine.add(key)
 

@@ -70,8 +70,8 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
     except NotFound:
         store.delete([pending_key(deployment_id)])
         return True
-    service._note(deployment, "info", "optimise", "optimising: making brotli variants",
-                  pending=manifest.pending)
+    service._note(deployment, "info", "optimise", "optimising: making brotli variants "
+                  "(and JS/CSS's final gzip)", pending=manifest.pending)
     _progress(service, deployment_id, "optimising")
     checked = [0.0, True]
 

@@ -439,7 +439,10 @@ class Running(ServiceBase):
                     except NotFound:
                         pass
                     else:
-                        return StoredBlobs((row[0], row[3]) for _, row in index.rows())
+                        # a row with refs names a quick gzip (a loose store's only refs,
+                        # encode.has_fast_gzip): left to the deploy to ask the store about
+                        return StoredBlobs((row[0], row[3]) for _, row in index.rows()
+                                           if len(row) <= 5 or not row[5])
                 try:
                     rows = json.loads(self.store.get(manifest_key(current.deployment_id)))
                 except NotFound:

@@ -23,7 +23,8 @@ FIRST_CAP = 16384
 GROWTH = 8
 _CHUNK = 500  # keys per statement (SQLite's default limit on variables is 32766)
 
-_SUFFIXES = ("", ".br", ".gz")  # variant byte = position: binary order = text order
+# variant byte = position: binary order = text order (".gzf": model.fast_gzip_key)
+_SUFFIXES = ("", ".br", ".gz", ".gzf")
 _CODES = {suffix: bytes([code]) for code, suffix in enumerate(_SUFFIXES)}
 _TABLES = [f"blob_keys_{level}" for level in range(LEVELS)]
 
@@ -61,7 +62,7 @@ def pack(key: str) -> bytes | None:
     Only the canonical spelling (lower-case hex, folder = first two digits) is packed, so
     unpack(pack(key)) == key always; this runs for every key a deploy asks about, hence
     slicing rather than a regular expression."""
-    if len(key) not in (73, 76) or not key.startswith("blobs/") or key[8] != "/":
+    if len(key) not in (73, 76, 77) or not key.startswith("blobs/") or key[8] != "/":
         return None
     digest, suffix = key[9:73], key[73:]
     if key[6:8] != digest[:2] or suffix not in _SUFFIXES:

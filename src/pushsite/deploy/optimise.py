@@ -311,8 +311,8 @@ def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_b
 
 
 def _feed(compressor: brotli.Compressor | encode.GzipStream, chunk: bytes) -> bytes:
-    if isinstance(compressor, brotli.Compressor):
-        out: bytes = compressor.process(chunk)
+    if isinstance(compressor, brotli.Compressor):  # a meta-block per chunk (encode.py)
+        out: bytes = compressor.process(chunk) + compressor.flush()
         return out
     return compressor.compress(chunk)
 

@@ -392,3 +392,40 @@ def test_a_packed_first_deploy_goes_stored_on_a_fast_link_compressed_on_a_slow_o
     for i in (0, 17, 39):
         assert remote.get(host, f"/docs/{i}.html").content == \
             (folder / f"docs/{i}.html").read_bytes()
+
+
+def test_an_uploaded_bundle_answers_when_its_deployment_ended_within_wait(
+        remote: Server, token: str, tmp_path: Path) -> None:
+    """POST .../deploys?wait=S answers 200 with the ended deployment (no polling), a bad
+    bundle included (failed, nothing live); without `wait` it is 202 at once, as before;
+    `deploy - --server --json` takes the answer as it comes."""
+    from support.service import bundle
+
+    api = Api(remote, token)
+    remote.create_site("waits")
+    good = bundle({"index.html": b"<h1>waited</h1>"})
+    ended = api.ok("POST", "/sites/waits/deploys", 200, content=good, params={"wait": "30"},
+                   headers={"Content-Type": "application/gzip"})
+    assert (ended["status"], ended["exit_code"], ended["production"]) == ("live", 0, True)
+    assert remote.get("waits.localhost", "/").text == "<h1>waited</h1>"
+
+    bad = bundle({"index.html": b"<h1>never</h1>", "_redirects": b"/a /b 999\n"})
+    failed = api.ok("POST", "/sites/waits/deploys", 200, content=bad, params={"wait": "30"},
+                    headers={"Content-Type": "application/gzip"})
+    assert failed["status"] == "failed" and failed["exit_code"] != 0, failed
+    assert remote.get("waits.localhost", "/").text == "<h1>waited</h1>"
+
+    queued = api.ok("POST", "/sites/waits/deploys", 202, content=good,
+                    headers={"Content-Type": "application/gzip"})
+    assert api.finished(queued["id"])["status"] == "live"
+
+    source = tmp_path / "b.tar.gz"
+    source.write_bytes(bundle({"index.html": b"<h1>piped</h1>"}))
+    with open(source, "rb") as stdin:
+        done = subprocess.run([sys.executable, "-m", "pushsite", "deploy", "-", "--site",
+                               "waits", "--server", remote.url, "--token", token, "--json"],
+                              stdin=stdin, capture_output=True, text=True, timeout=120,
+                              check=False, env={**os.environ, "PUSHSITE_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["status"] == "live"
+    assert remote.get("waits.localhost", "/").text == "<h1>piped</h1>"

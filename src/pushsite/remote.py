@@ -6,7 +6,9 @@ walked and read after), hashes its files (a hash cache makes a redeploy read onl
 files), sends the list, uploads only the blobs the server lacks and finishes with `wait`: the
 answer comes when the deployment has ended, no polling. A site with nothing to reuse (a first
 deploy) gets the folder as one tar.gz instead, hashed for the cache as it is packed. Stdin is
-streamed whole to `POST /api/sites/<site>/deploys` (deploy_remote).
+streamed whole to `POST /api/sites/<site>/deploys` (deploy_remote). A bundle's answer waits
+up to BUNDLE_WAIT for its deployment to end (polling follows only a longer one), with a
+Ctrl-C held meanwhile: the answer names the deployment it cancels.
 
 The outcome maps to the same errors, and so the same exit codes, as a local deploy: the API
 names the error class of a failed deployment (`error_kind`, see web/api.py), and an HTTP
@@ -79,14 +81,40 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
 def _send_bundle(remote: _Remote, chunks: Iterator[bytes], size: int | None, *, site: str,
                  branch: str | None, message: str, create: bool, deadline: float,
                  timeout: float, echo: Echo | None) -> dict[str, Any]:
-    params = {"message": message, **({"branch": branch} if branch else {}),
-              **({"create": "true"} if create else {})}
+    params = {"message": message, "wait": f"{min(BUNDLE_WAIT, timeout):.3f}",
+              **({"branch": branch} if branch else {}), **({"create": "true"} if create else {})}
     meter = UploadMeter(echo, size)
-    deployment = remote.call("POST", f"/sites/{site}/deploys", params=params,
-                             content=meter.counted(chunks),
-                             headers={"Content-Type": "application/gzip"})
+    answer = remote.begin("POST", f"/sites/{site}/deploys", params=params,
+                          content=meter.counted(chunks),
+                          headers={"Content-Type": "application/gzip"})
     meter.done()
-    return _follow(remote, deployment["id"], deadline, timeout, echo)
+    with _ctrl_c_held() as pressed:  # the answer names the deployment a Ctrl-C cancels
+        status, deployment = answer()
+    if pressed:
+        raise _interrupted(remote, deployment["id"])
+    return _ended(remote, status, deployment, deadline, timeout, echo)
+
+
+BUNDLE_WAIT = 2.0  # how long an uploaded bundle's answer waits for its deployment to end
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[list[bool]]:
+    """Ctrl-C noted, not raised, for the block (a bounded wait for an answer: without it
+    the deployment to cancel is unknown); the list holds True once it was pressed. Only
+    the main thread receives signals: elsewhere nothing changes."""
+    import signal
+    import threading
+
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    before = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _checked_request(server: str, token: str, site: str, branch: str | None) -> str:

@@ -645,7 +645,8 @@ def create_api(service: Service) -> FastAPI:
                 "next_before": rows[-1].id if len(rows) == limit else None}
 
     @api.post("/sites/{site}/deploys", status_code=202, response_model=DeploymentOut,
-              tags=["actions"], responses=_errors(413, 422),
+              tags=["actions"], responses={**_errors(413, 422), 200: {
+                  "model": DeploymentOut, "description": "It ended within `wait`."}},
               openapi_extra={"requestBody": {"required": True, "description": "The bundle: a "
                              "tar.gz as `git archive` makes it, streamed.", "content": {
                                  "application/gzip": {"schema": {"type": "string",
@@ -657,8 +658,10 @@ def create_api(service: Service) -> FastAPI:
         create: Annotated[bool, Query(description="Create the site if it does not exist "
                                       "(a token for every site); without it an unknown "
                                       "site is 404.")] = False,
+        wait: _Wait = 0.0,
     ) -> JSONResponse:
-        """Upload a bundle as a new deployment; 202 once it is queued (Location: the deployment)."""
+        """Upload a bundle as a new deployment; 202 once it is queued (Location: the deployment),
+        or with `wait`, 200 as soon as it has ended within that time."""
         auth.require(token, names.check_site_name(site))
         if create and token.site is not None:
             raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
@@ -671,8 +674,7 @@ def create_api(service: Service) -> FastAPI:
         deployment = await anyio.to_thread.run_sync(
             lambda: service.accept(site, cast(BinaryIO, reader), branch=branch, message=message,
                                    source="api", receiving=True), limiter=uploads[0])
-        data = await anyio.to_thread.run_sync(view.deployment, deployment)
-        return _created(request, data, 202)
+        return await _answer_when_ended(request, view, deployment, wait)
 
     # incremental uploads (service/uploads.py): the list, the blobs the server lacks, finish
     @api.get("/sites/{site}/uploads/basis", response_model=UploadBasis, tags=["actions"])

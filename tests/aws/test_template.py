@@ -30,6 +30,7 @@ from pushsite.aws.builders import (
     build_queue_url,
 )
 from pushsite.aws.mirror import mirror_deployment
+from pushsite.aws.stack import index_steps
 from pushsite.aws.template import HANDLER, render_template, write_template
 from pushsite.errors import ConfigError
 from pushsite.model import FileEntry, Manifest, blob_key
@@ -445,6 +446,40 @@ def test_each_builder_instance_runs_builders_on_the_build_queue(tmp_path: Path) 
         assert line in script, line
     units = [f"pushsite-builder@{n}" for n in range(1, BUILDER_PROCESSES + 1)]
     assert f"systemctl enable --now {' '.join(units)}" in script
+
+
+def test_an_older_stack_gets_the_new_indexes_one_update_at_a_time(moto: str) -> None:
+    """CloudFormation creates one index of a table per update: a stack made by the template
+    before by_active and by_branch is updated with by_active alone first (stack.py), and the
+    full template adds by_branch; each template's attributes are those its keys use."""
+    session = boto3.session.Session(region_name="us-east-1")
+    s3 = session.client("s3", endpoint_url=moto)
+    s3.create_bucket(Bucket="code")
+    s3.put_object(Bucket="code", Key="site-lambda.zip", Body=_tiny_zip())
+    cloudformation = session.client("cloudformation", endpoint_url=moto)
+    common = {"StackName": "site", "Capabilities": ["CAPABILITY_IAM"], "Parameters": [
+        {"ParameterKey": "CodeS3Bucket", "ParameterValue": "code"}]}
+    older = render_template(stack_prefix="site", table_indexes=("by_site", "by_time"))
+    table = older["Resources"]["DeploymentsTable"]["Properties"]
+    assert {a["AttributeName"] for a in table["AttributeDefinitions"]} == {
+        "pk", "sk", "gsk", "gpk", "apk"}
+    cloudformation.create_stack(TemplateBody=json.dumps(older), **common)
+
+    steps = index_steps(cloudformation, "site")
+    assert steps == [("by_site", "by_time", "by_active")]
+    # moto's CloudFormation leaves a table's indexes as first made, so what is checked is
+    # the stack's template, from which index_steps reads what the table has
+    cloudformation.update_stack(TemplateBody=json.dumps(render_template(
+        stack_prefix="site", table_indexes=steps[0])), **common)
+    assert index_steps(cloudformation, "site") == []  # one left: the full update adds it
+    cloudformation.update_stack(TemplateBody=json.dumps(render_template(stack_prefix="site")),
+                                **common)
+    [stack] = cloudformation.describe_stacks(StackName="site")["Stacks"]
+    assert stack["StackStatus"] == "UPDATE_COMPLETE", stack.get("StackStatusReason")
+    body = cloudformation.get_template(StackName="site")["TemplateBody"]
+    assert [i["IndexName"] for i in body["Resources"]["DeploymentsTable"]["Properties"][
+        "GlobalSecondaryIndexes"]] == ["by_site", "by_time", "by_active", "by_branch"]
+    assert index_steps(cloudformation, "site") == []
 
 
 def test_a_stack_with_builders_on_moto(moto: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pushsite.awssdk.client import BackendUrl, aws_errors, error_code, http_status, make_client
 from pushsite.errors import ConfigError
+from pushsite.state import dynamo_shape as shape
 
 _WAIT = {"Delay": 5, "MaxAttempts": 360}  # up to 30 minutes, as a first stack may take
 
@@ -112,7 +113,7 @@ def deploy_stack(name: str, *, zip_path: Path, code_bucket: str = "", prefix: st
     `parameters` are template parameters to set; on an update, those not given keep the
     values the stack has.
     """
-    from botocore.exceptions import ClientError, WaiterError
+    from botocore.exceptions import ClientError
 
     from pushsite.aws.template import render_template
 
@@ -142,6 +143,11 @@ def deploy_stack(name: str, *, zip_path: Path, code_bucket: str = "", prefix: st
                         for p in existing.get("Parameters", [])
                         if p["ParameterKey"] not in wanted
                         and p.get("ParameterValue") != defaults.get(p["ParameterKey"])]
+                for indexes in index_steps(cloudformation, name):
+                    step = render_template(stack_prefix=prefix, table_indexes=indexes)
+                    cloudformation.update_stack(**{**common, "TemplateBody": json.dumps(step)},
+                                                Parameters=given + kept)
+                    _wait(cloudformation, name, "stack_update_complete", "updated")
                 cloudformation.update_stack(**common, Parameters=given + kept)
                 waiter, action = "stack_update_complete", "updated"
         except ClientError as exc:
@@ -149,13 +155,32 @@ def deploy_stack(name: str, *, zip_path: Path, code_bucket: str = "", prefix: st
                 raise
             action = "unchanged"
         else:
-            try:
-                cloudformation.get_waiter(waiter).wait(StackName=name, WaiterConfig=_WAIT)
-            except WaiterError as exc:
-                raise ConfigError(f"{what} was not {action}: {_failure(cloudformation, name)} "
-                                  f"({exc}); see its events in the CloudFormation console"
-                                  ) from exc
+            _wait(cloudformation, name, waiter, action)
     return StackResult(action, f"s3://{bucket}/{key}", uploaded, stack_outputs(name))
+
+
+def _wait(cloudformation: Any, name: str, waiter: str, action: str) -> None:
+    from botocore.exceptions import WaiterError
+
+    try:
+        cloudformation.get_waiter(waiter).wait(StackName=name, WaiterConfig=_WAIT)
+    except WaiterError as exc:
+        raise ConfigError(f"the CloudFormation stack {name} was not {action}: "
+                          f"{_failure(cloudformation, name)} ({exc}); see its events in the "
+                          "CloudFormation console") from exc
+
+
+def index_steps(cloudformation: Any, name: str) -> list[tuple[str, ...]]:
+    """The table's indexes for each update before the full one: CloudFormation creates at
+    most one index of a table per update, so a stack made by an older template (by_site and
+    by_time only) first gets by_active alone, then the full template adds by_branch."""
+    body = cloudformation.get_template(StackName=name)["TemplateBody"]
+    if isinstance(body, str):  # boto3 parses a JSON body; YAML stays text
+        body = json.loads(body)
+    table = body.get("Resources", {}).get("DeploymentsTable", {}).get("Properties", {})
+    have = tuple(i["IndexName"] for i in table.get("GlobalSecondaryIndexes", []))
+    missing = [index for index in shape.INDEXES if index not in have]
+    return [(*have, *missing[:count]) for count in range(1, len(missing))]
 
 
 def _failure(cloudformation: Any, name: str) -> str:

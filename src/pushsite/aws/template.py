@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,7 @@ def _policy(prefix: str) -> Json:
     }
 
 
-def _resources(prefix: str) -> Json:
+def _resources(prefix: str, indexes: tuple[str, ...]) -> Json:
     staging_name = _bucket_name("StagingBucketName", "staging", prefix)
     return {
         "DeadLetterQueue": {
@@ -341,11 +342,11 @@ def _resources(prefix: str) -> Json:
             "Properties": {
                 "TableName": _ref("TableName"),
                 "BillingMode": "PAY_PER_REQUEST",
-                "AttributeDefinitions": shape.attribute_definitions(),
+                "AttributeDefinitions": shape.table_attributes(indexes),
                 "KeySchema": _keys("pk", "sk"),
                 # As state/dynamodb.py creates them (state/dynamo_shape.py): a site's
                 # deployments, all of them, those in flight (sparse), a site's branch.
-                "GlobalSecondaryIndexes": [shape.index(name) for name in shape.INDEXES],
+                "GlobalSecondaryIndexes": [shape.index(name) for name in indexes],
                 "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
                 # delivery records expire (state.DELIVERY_RETENTION, state/dynamodb.py)
                 "TimeToLiveSpecification": {"AttributeName": "expires", "Enabled": True},
@@ -437,8 +438,11 @@ def _resources(prefix: str) -> Json:
     }
 
 
-def render_template(*, stack_prefix: str = "pushsite") -> dict[str, Any]:
-    """The whole template as a dict; `stack_prefix` starts every default name."""
+def render_template(*, stack_prefix: str = "pushsite",
+                    table_indexes: Sequence[str] | None = None) -> dict[str, Any]:
+    """The whole template as a dict; `stack_prefix` starts every default name.
+    `table_indexes` (default: all) leaves the table's other indexes out, for a stack update
+    that adds them one at a time (aws/stack.py)."""
     if not _PREFIX.match(stack_prefix):
         raise ConfigError(
             f"invalid stack prefix {stack_prefix!r}: use 1-20 lowercase letters, digits and "
@@ -454,7 +458,8 @@ def render_template(*, stack_prefix: str = "pushsite") -> dict[str, Any]:
                for name in names},
             **builder_conditions(),
         },
-        "Resources": _resources(stack_prefix),
+        "Resources": _resources(stack_prefix, tuple(
+            name for name in shape.INDEXES if table_indexes is None or name in table_indexes)),
         "Outputs": {
             "StagingBucket": {"Value": _ref("StagingBucket")},
             "ContentBucket": {"Value": _ref("ContentBucket")},

@@ -61,6 +61,12 @@ def attribute_definitions(names: tuple[str, ...] = ATTRIBUTES) -> list[dict[str,
     return [{"AttributeName": name, "AttributeType": "S"} for name in names]
 
 
+def table_attributes(indexes: tuple[str, ...]) -> list[dict[str, str]]:
+    """The attribute definitions of a table with these indexes: DynamoDB refuses one that no
+    key uses."""
+    return attribute_definitions(("pk", "sk", "gsk", *(INDEXES[name][0] for name in indexes)))
+
+
 def index_attributes(item: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
     """The index attributes a deployment's item carries beyond gpk/gsk/apk: `active` only
     while it is in flight (the sparse index), `bpk` always."""

@@ -708,8 +708,9 @@ class DynamoState:
             filters.append("#branch = :b")
             names["#branch"] = "branch"
             values[":b"] = _s(branch)
-        if filters:
+        if filters:  # pages of small keys, so a site with none in flight is one call
             args["FilterExpression"] = " AND ".join(filters)
+            args["Limit"] = max(limit, 100)
         if names:
             args["ExpressionAttributeNames"] = names
         keys = self._query(ExpressionAttributeValues=values, **args)

@@ -81,7 +81,8 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
 def _send_bundle(remote: _Remote, chunks: Iterator[bytes], size: int | None, *, site: str,
                  branch: str | None, message: str, create: bool, deadline: float,
                  timeout: float, echo: Echo | None) -> dict[str, Any]:
-    params = {"message": message, "wait": f"{min(BUNDLE_WAIT, timeout):.3f}",
+    wait = min(BUNDLE_WAIT if echo is None else WAIT_SHOWN, timeout)  # log lines: 1 s late
+    params = {"message": message, "wait": f"{wait:.3f}",
               **({"branch": branch} if branch else {}), **({"create": "true"} if create else {})}
     meter = UploadMeter(echo, size)
     answer = remote.begin("POST", f"/sites/{site}/deploys", params=params,

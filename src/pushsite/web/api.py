@@ -897,11 +897,14 @@ class _Views:
 
     def settled(self, deployment: Deployment) -> bool:
         """Finished, and done moving aliases: a run marks a deployment ready just before it
-        moves the aliases and makes it live, then logs its "done" line."""
+        moves the aliases and makes it live, then logs its "done" line (a live one is
+        settled by that line too: a `wait` answered before it showed a log without its
+        last lines)."""
         if not deployment.status.finished:
             return False
-        if deployment.status != Status.READY or deployment.finished is None or \
-                time.time() - deployment.finished > _SETTLE_SECONDS:
+        if deployment.status not in (Status.READY, Status.LIVE) or deployment.finished is None:
+            return True
+        if time.time() - deployment.finished > _SETTLE_SECONDS:
             return True
         return any(x.stage == "done" for x in self.service.state.get_logs(deployment.id))
 

@@ -991,6 +991,9 @@ async def _answer_when_ended(request: Request, view: _Views, deployment: Deploym
             seen = mark
             current = await anyio.to_thread.run_sync(state.get_deployment, deployment.id)
             if await anyio.to_thread.run_sync(view.settled, current):
+                # read again: a ready one read just before it went live is settled by the
+                # "done" line logged after that
+                current = await anyio.to_thread.run_sync(state.get_deployment, deployment.id)
                 data = await anyio.to_thread.run_sync(view.deployment, current)
                 return _created(request, data, 200)
         if time.monotonic() >= deadline:

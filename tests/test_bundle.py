@@ -825,3 +825,43 @@ def test_damaged_tar_inside_good_gzip_fails_only_with_bundle_rejected(data: st.D
     cut = data.draw(st.integers(0, len(tar)))
     with contextlib.suppress(BundleRejected):
         read_bundle(gz(bytes(tar[:cut])), Limits(max_file_bytes=MiB, max_total_bytes=2 * MiB))
+
+
+def test_the_gunzip_thread_runs_a_bounded_way_ahead_and_ends_with_its_reader() -> None:
+    """Inflating runs on a thread of its own (bundle._GunzipThread), at most a few chunks
+    ahead of the tar parser however long it waits, and a reader dropped unfinished (a
+    rejected bundle, a deadline) takes the thread with it."""
+    import gc
+    import threading
+
+    from pushsite.deploy import bundle as bundle_module
+    from support.service import wait_for
+
+    size = 64 * MiB
+    read_so_far = [0]
+
+    def chunks() -> Iterator[bytes]:
+        compressor = zlib.compressobj(0, zlib.DEFLATED, 31)  # stored: compressed = inflated
+        yield compressor.compress(header(b"big.bin", size))
+        for _ in range(size // MiB):
+            read_so_far[0] += MiB
+            yield compressor.compress(bytes(MiB))
+        yield compressor.compress(END) + compressor.flush()
+
+    def gunzips() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "gunzip"]
+
+    before = len(gunzips())
+    reader = BundleReader(OneWayStream(chunks()))  # type: ignore[arg-type]
+    member = next(reader.members())
+    assert member.path == "big.bin" and len(gunzips()) == before + 1
+    assert reader.read(MiB) == bytes(MiB)
+    # however long the parser waits, the thread holds at most _AHEAD chunks and the one
+    # it is putting, plus what the inflater and the stream buffer
+    ahead = (bundle_module._AHEAD + 2) * bundle_module._OUT_CHUNK + 2 * MiB
+    for _ in range(20):
+        assert read_so_far[0] <= MiB + ahead
+        threading.Event().wait(0.01)
+    del reader, member
+    gc.collect()
+    wait_for("the gunzip thread to end", lambda: len(gunzips()) == before)

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 IDLE_SECONDS = 2.0  # a connection idle longer is replaced: servers close idle ones (uvicorn: 5 s)
 _LINE_MAX = 65536
+_SEND_WHOLE = 256 << 10  # a body chunk this big is sent as it is, its framing apart
 
 
 class Answer:
@@ -87,7 +88,11 @@ class Connection:
             else:
                 sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode("latin-1"))
                 for chunk in body:
-                    if chunk:
+                    if len(chunk) >= _SEND_WHOLE:  # framed without a copy of a MiB or two
+                        sock.sendall(b"%x\r\n" % len(chunk))
+                        sock.sendall(chunk)
+                        sock.sendall(b"\r\n")
+                    elif chunk:
                         sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError) as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import product
 from bench.corpora import Corpus, scratch_dir
 from bench.errors import BenchError
-from bench.measure import Run, run, summarize
+from bench.measure import Run, Summary, run, summarize
 from bench.report import Figure, figure
 from bench.wire import counting_proxy
 
@@ -64,6 +64,19 @@ def _deploy(source: str, site: str, server: str, token: str, client: Path,
     return result
 
 
+def _seconds(runs: list[Run]) -> Summary:
+    return summarize([r.seconds for r in runs])
+
+
+def _peak(runs: list[Run]) -> float:
+    """The client's peak RSS, the most of any run."""
+    return max(r.peak_rss_mb for r in runs)
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2] if values else 0
+
+
 def _list_bytes(folder: Path) -> int:
     from pushsite.deploy.filelist import list_folder
 
@@ -80,38 +93,49 @@ def remote_upload(corpus: Corpus, runs: int) -> list[Figure]:
             token = srv.create_token()
             with counting_proxy(srv.port) as (port, counts):
                 url = f"http://127.0.0.1:{port}"
-                firsts, fulls, redeploys, full_again, wire = [], [], [], [], []
+                firsts: list[Run] = []
+                fulls: list[Run] = []
+                redeploys: list[Run] = []
+                full_again: list[Run] = []
+                wire: list[tuple[int, int]] = []
+                first_sent: tuple[list[int], list[int]] = ([], [])  # bytes up: full, first
                 page = folder / corpus.change_path
                 for i in range(runs):
                     for name in (f"inc{i}", f"full{i}"):
                         srv.create_site(name)
                     bundle = _pack(folder, home / f"site{i}.tar.gz")
                     # first deploys to empty sites: incremental against today's full upload
-                    fulls.append(_deploy("-", f"full{i}", url, token, client, bundle).seconds)
-                    firsts.append(_deploy(str(folder), f"inc{i}", url, token, client).seconds)
+                    counts.reset()
+                    fulls.append(_deploy("-", f"full{i}", url, token, client, bundle))
+                    first_sent[0].append(counts.up)
+                    counts.reset()
+                    firsts.append(_deploy(str(folder), f"inc{i}", url, token, client))
+                    first_sent[1].append(counts.up)
                     # one file changed: both again, in the same run
                     with open(page, "a") as fh:
                         fh.write(f"\n<!-- remote bench {i} -->\n")
                     changed = page.stat().st_size
                     bundle = _pack(folder, home / f"site{i}b.tar.gz")
-                    full_again.append(_deploy("-", f"full{i}", url, token, client,
-                                              bundle).seconds)
+                    full_again.append(_deploy("-", f"full{i}", url, token, client, bundle))
                     counts.reset()
-                    redeploys.append(_deploy(str(folder), f"inc{i}", url, token,
-                                             client).seconds)
+                    redeploys.append(_deploy(str(folder), f"inc{i}", url, token, client))
                     wire.append((counts.up, changed + 2 * _list_bytes(folder)))
         sent = summarize([float(up) for up, _ in wire])
         allowed = max(limit for _, limit in wire)
         return [
             figure("8a --server redeploy, one file changed", corpus.name,
-                   summarize(redeploys), "s", baseline=summarize(full_again),
-                   baseline_name="full upload (today)", target=0.1),
+                   _seconds(redeploys), "s", baseline=_seconds(full_again),
+                   baseline_name="full upload (today)", target=0.1,
+                   peak_rss_mb=_peak(redeploys), baseline_peak_rss_mb=_peak(full_again)),
             figure("8b bytes sent for it", corpus.name, sent, "bytes", target=float(allowed),
                    target_of="value", note="client to server on the wire; target: the "
                    "changed file plus twice the file list"),
-            figure("8c first --server deploy", corpus.name, summarize(firsts), "s",
-                   baseline=summarize(fulls), baseline_name="full upload (today)",
-                   target=1.1),
+            figure("8c first --server deploy", corpus.name, _seconds(firsts), "s",
+                   baseline=_seconds(fulls), baseline_name="full upload (today)",
+                   peak_rss_mb=_peak(firsts), baseline_peak_rss_mb=_peak(fulls),
+                   target=1.1, note=f"bytes sent (medians): first deploy "
+                   f"{_median(first_sent[1]):,}, full upload {_median(first_sent[0]):,} (the "
+                   "packed folder goes stored or compressed as its sends measure faster)"),
         ]
     finally:
         product.remove(home)

@@ -14,7 +14,8 @@ faster from what this upload measured: how long sends took, and what compressing
 (one chunk in 16, always compressed) cost and saved. On loopback or a fast LAN it goes stored
 (the bench's medium site: 69 MB sent, the client's pack ~0.2 s where isal's 15 MB took ~0.3 s,
 and the server inflates at memcpy speed); on a slow link it turns compressed once the socket's
-buffer is full and sends start to wait, a few MiB in.
+buffer is full and sends start to wait, a few MiB in (through a proxy throttled to 5, 20 and
+100 MB/s: 17.5, 18.2 and 21.8 MB sent, where compressing throughout sent 15.3 MB).
 
 The files the hash cache did not know are hashed as they are packed and remembered, so the
 next deploy of the folder, an incremental one, reads only what changed since.

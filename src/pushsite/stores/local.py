@@ -37,7 +37,9 @@ from pushsite.sqlite_setup import setting_up, write_transaction
 from pushsite.stores import datafiles, levels, tempfiles
 
 PACK_LIMIT = 1 << 20  # 1 MiB
-_BATCH_BYTES = 4 << 20  # a batch is appended and fdatasync-ed at once; 8 MiB held more
+# a batch is appended and fdatasync-ed at once; while one is written the next fills, so
+# twice this is held (4 MiB each was ~4 MB more of large's peak RSS; 8 MiB held more)
+_BATCH_BYTES = 2 << 20
 _BATCH_COUNT = 2000
 _PAGE_SIZE = 16384
 _CHUNK = 1 << 20

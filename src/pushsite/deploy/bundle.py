@@ -25,11 +25,8 @@ Usage::
 from __future__ import annotations
 
 import enum
-import queue
 import re
 import struct
-import threading
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, cast
@@ -48,8 +45,6 @@ _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _IN_CHUNK = 64 * KiB  # compressed bytes read from the stream at a time
 _OUT_CHUNK = 256 * KiB  # most inflated bytes held from one decompress call
-_AHEAD = 4  # inflated chunks a gunzip thread holds ready for the tar parser (_GunzipThread)
-_PUT_WAIT = 0.5  # seconds a full hand-off waits before it looks whether the reader is gone
 _MAX_EXT_BYTES = 1 * MiB  # one pax or GNU long-name header's data
 _MAX_EXT_CHAIN = 16  # extended headers in a row before a real member
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -180,65 +175,6 @@ class _Gunzip:
             )
 
 
-class _GunzipThread:
-    """_Gunzip on a thread of its own, as `tar | gzip` is two processes: isal lets go of
-    the GIL while it inflates, so the tar parser (headers, path checks: the reader's other
-    ~35%) runs meanwhile. The hand-off holds at most _AHEAD chunks (~1 MiB), so memory stays
-    flat; what the thread raises (a damaged gzip, the stream's own error, a gzip bomb) comes
-    out of read_chunk in stream order, after the chunks before it. It stops when the end is
-    read, when it raised, or soon after its BundleReader is dropped unfinished."""
-
-    def __init__(self, gz: _Gunzip) -> None:
-        self._gz = gz
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(_AHEAD)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._done = False
-
-    @property
-    def compressed(self) -> int:
-        return self._gz.compressed
-
-    @property
-    def uncompressed(self) -> int:
-        return self._gz.uncompressed
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def read_chunk(self) -> bytes:
-        if self._done:
-            return b""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="gunzip", daemon=True)
-            self._thread.start()
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        if not item:
-            self._done = True
-        return item
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                chunk = self._gz.read_chunk()
-                self._put(chunk)
-                if not chunk:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_PUT_WAIT)
-            except queue.Full:
-                continue
-            return
-
-
 def _not_gzip_message(data: bytes) -> str:
     if data.startswith(b"PK\x03\x04"):
         hint = "it looks like a zip file; make a tar.gz with `git archive --format=tar.gz`"
@@ -309,18 +245,13 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 class BundleReader:
     """Yields a bundle's members from a non-seekable stream; see the module docstring."""
 
-    def __init__(self, stream: BinaryIO, limits: Limits = DEFAULT_LIMITS, *,
-                 thread: bool = True) -> None:
-        """`thread`: inflate on a thread of its own (_GunzipThread)."""
+    def __init__(self, stream: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self.commit = ""
         # True once the archive listed its root folder ("./"), as `tar czf x.tgz -C site .`
         # does: then its members are not wrapped in a top folder, even if all share one.
         self.root_listed = False
-        self._gz: _Gunzip | _GunzipThread = _Gunzip(stream, limits)
-        if thread:
-            self._gz = _GunzipThread(self._gz)
-            weakref.finalize(self, self._gz.stop)  # a reader dropped unfinished
+        self._gz = _Gunzip(stream, limits)
         self._buf = b""
         self._pos = 0
         self._remaining = 0  # readable data left in the current FILE member

@@ -3,10 +3,10 @@ a streamed file compressed a meta-block per chunk.
 
 A quality-4 compressor allocates its ring buffer for its window whole (8 MiB at the default
 lgwin 22, for any input over 64 KiB), and a streaming one grows its other buffers with the
-meta-block, up to ~24 MB for 8 MiB of text. What is checked here is what the memory depends
-on, in the bytes themselves: the window written in the stream's header, and that each chunk
-fed comes out as a finished meta-block (without the flush, nothing comes out before the
-end). Each stream still decodes to the input.
+meta-block: ~32 MB for a 9.5 MB page, ~16 MB with a meta-block per 1 MiB chunk. What is
+checked here is what the memory depends on, in the bytes themselves: the window written
+in the stream's header, and that each chunk fed comes out as a finished meta-block (without
+the flush, nothing comes out before the end). Each stream still decodes to the input.
 """
 
 from __future__ import annotations

@@ -344,6 +344,7 @@ def test_javascript_is_served_a_quick_gzip_at_once_and_its_harder_one_once_made(
     edge = Edge(service.state, service.store)
     status, headers, body = _get(edge, "/app.js", "gzip")
     assert status == 200 and headers["content-encoding"] == "gzip" and body == quick["app.js"]
+    quick_etag = headers["etag"]  # other bytes than the final gzip's: another strong tag
 
     stop = threading.Event()
     seen: list[bytes] = []
@@ -371,6 +372,8 @@ def test_javascript_is_served_a_quick_gzip_at_once_and_its_harder_one_once_made(
         thread.join()
     assert problems == []
     assert set(seen[seen.index(final["app.js"]):]) == {final["app.js"]}  # never taken back
+    status, headers, body = _get(edge, "/app.js", "gzip")
+    assert body == final["app.js"] and headers["etag"] != quick_etag
 
     optimised = service.manifest(deployment_id)
     assert optimised.pending == [] and not is_pending(service.store, deployment_id)

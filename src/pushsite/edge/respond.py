@@ -46,7 +46,7 @@ from pushsite.edge.blobcache import ByteLRU
 from pushsite.edge.hosts import STALE_SECONDS, HostResolver, SiteTarget, split_host
 from pushsite.edge.repeats import Repeats
 from pushsite.errors import BackendUnavailable, NotFound, PushsiteError
-from pushsite.model import FileEntry, Manifest, manifest_key, pending_key
+from pushsite.model import FAST_GZIP, FileEntry, Manifest, manifest_key, pending_key
 from pushsite.pathindex import index_key
 from pushsite.rules import CompiledRules
 from pushsite.state import StateStore
@@ -180,7 +180,7 @@ class _Deployed:
             if entry.encodings:
                 headers.append(_VARY)
             if full:
-                headers.append((b"etag", hs.make_etag(entry.hash, encoding).encode()))
+                headers.append((b"etag", _etag(entry, encoding).encode()))
                 headers.append((b"last-modified", self.last_modified))
                 headers.append((b"accept-ranges", b"bytes"))
             headers.append((b"cache-control", hs.default_cache_control(path, entry.type).encode()))
@@ -266,6 +266,15 @@ class _Deployed:
         plan = _message(404, "404 Not Found\n")
         plan.headers = _apply_rules(plan.headers, add, detach)
         return plan
+
+
+def _etag(entry: FileEntry, encoding: str) -> str:
+    """The variant's strong ETag. A JS or CSS file served its quick gzip until the optimiser
+    made the final one (model.fast_gzip_key) has other bytes under the same coding, so its
+    tag says which: a cache revalidating the quick one gets the final one, not a 304."""
+    quick = (encoding == "gzip" and entry.refs is not None
+             and entry.refs.get("gzip", "").endswith(FAST_GZIP))
+    return hs.make_etag(entry.hash, "gzip-quick" if quick else encoding)
 
 
 def decode_path(raw: bytes) -> str | None:
@@ -589,7 +598,7 @@ class Edge:
             headers = headers + extra
         if full:
             if none_match is not None:
-                fresh = hs.none_match(none_match, hs.make_etag(entry.hash, encoding))
+                fresh = hs.none_match(none_match, _etag(entry, encoding))
             else:
                 fresh = since is not None and hs.not_modified_since(since, deployed.created)
             if fresh:

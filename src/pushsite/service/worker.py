@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -23,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from pushsite.deploy.early import NICE
 from pushsite.errors import DeploymentNotFound
 from pushsite.model import Status
 from pushsite.queues import QueueItem
+from pushsite.service.optimising import is_optimise_message
 from pushsite.service.s3events import handle_s3_event, is_s3_event
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 
@@ -76,6 +79,9 @@ def dispatch(service: Service, item: QueueItem,
     if is_side_message(item.body):
         deliver_side(service, item.body)
         return []
+    if is_optimise_message(item.body):  # the after pass: never in the next deploy's way
+        niced(service.process, item, timeout=timeout)
+        return []
     if is_s3_event(item.body):
         deployment_ids = handle_s3_event(service, item.body, attempts=item.attempts,
                                          timeout=timeout)
@@ -85,6 +91,32 @@ def dispatch(service: Service, item: QueueItem,
     for deployment_id in deployment_ids:
         _resume_later(service, deployment_id, int(item.body.get("resumes", 0)))
     return deployment_ids
+
+
+def niced(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`work` on a thread of its own at nice NICE (deploy/early.py's), waited for: the
+    brotli after pass of a live deployment takes what CPU a deploy leaves. Threads it starts
+    (the optimiser's pool) inherit the nice on Linux. Its result, or its exception, is
+    `work`'s."""
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        native = threading.get_native_id()
+        with contextlib.suppress(OSError, AttributeError):  # never lowered (EACCES)
+            now = os.getpriority(os.PRIO_PROCESS, native)
+            os.setpriority(os.PRIO_PROCESS, native, max(now, NICE))
+        try:
+            outcome.append(work(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="pushsite-optimise", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def is_side_message(body: dict[str, Any]) -> bool:

@@ -1,0 +1,87 @@
+"""The worker's after-live brotli pass runs at nice +10 (deploy/early.py's NICE), so it takes
+only what CPU the next deploy leaves; the deployment still ends optimised.
+
+Real SQLite state, the real local store and queue; the nice is read back from the kernel
+(/proc/self/task/<tid>/stat and os.getpriority) on the threads that do the work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pushsite.deploy.early import NICE
+from pushsite.deploy.optimise import is_pending
+from pushsite.service import Service, optimising
+from pushsite.service.worker import niced, run_worker
+from support.prose import words
+from support.service import accept, open_service
+
+
+def _nice_of(tid: int) -> int:
+    """The thread's nice as the kernel has it: field 19 of its stat line."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    with open_service() as svc:
+        svc.create_site("blog")
+        yield svc
+
+
+def test_niced_work_and_the_threads_it_starts_run_at_nice_10() -> None:
+    start = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert start < NICE, "the tests must start below the worker's nice to see it set"
+    seen: dict[str, int] = {}
+
+    def work() -> str:
+        seen["own"] = _nice_of(threading.get_native_id())
+        child = threading.Thread(
+            target=lambda: seen.__setitem__("child", _nice_of(threading.get_native_id())))
+        child.start()
+        child.join()
+        return "done"
+
+    assert niced(work) == "done"
+    assert seen == {"own": NICE, "child": NICE}
+    # the caller's own thread keeps its nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == start
+
+
+def test_niced_raises_the_works_exception() -> None:
+    def fails() -> None:
+        raise LookupError("from the niced thread")
+
+    with pytest.raises(LookupError, match="from the niced thread"):
+        niced(fails)
+
+
+def test_the_workers_optimise_message_runs_niced_and_ends_optimised(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pushsite.deploy import builder, early
+
+    monkeypatch.setattr(early, "CAPACITY", 0)  # every brotli left to the after pass
+    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)
+    nices: list[int] = []
+    real = optimising.optimise
+
+    def watched(*args: object, **kwargs: object) -> object:  # the real optimiser, watched
+        nices.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(optimising, "optimise", watched)
+    files = {f"p{i}.html": b"<p>" + words(i, 8000) for i in range(4)}
+    deployment = accept(service, "blog", files)
+    deployment_id = service.run(deployment.id, optimise=False).id
+    assert is_pending(service.store, deployment_id)
+
+    assert run_worker(service, once=True, wait=0.1) >= 1
+    assert nices == [NICE]
+    assert service.manifest(deployment_id).pending == []
+    assert not is_pending(service.store, deployment_id)

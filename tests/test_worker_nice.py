@@ -37,7 +37,8 @@ def service() -> Iterator[Service]:
 
 def test_niced_work_and_the_threads_it_starts_run_at_nice_10() -> None:
     start = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert start < NICE, "the tests must start below the worker's nice to see it set"
+    if start >= NICE:  # a nice is never lowered: nothing to see
+        pytest.skip(f"the tests run at nice {start}, not below the worker's {NICE}")
     seen: dict[str, int] = {}
 
     def work() -> str:
@@ -81,7 +82,8 @@ def test_the_workers_optimise_message_runs_niced_and_ends_optimised(
     deployment_id = service.run(deployment.id, optimise=False).id
     assert is_pending(service.store, deployment_id)
 
+    start = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert run_worker(service, once=True, wait=0.1) >= 1
-    assert nices == [NICE]
+    assert nices == [max(start, NICE)]  # never lowered (a worker run under nice 19)
     assert service.manifest(deployment_id).pending == []
     assert not is_pending(service.store, deployment_id)

@@ -24,7 +24,9 @@ from pushsite.config import Config, load_config
 from pushsite.errors import ConfigError, Interrupted, PushsiteError
 from pushsite.limits import human_size
 from pushsite.model import Deployment, Domain
-from pushsite.names import branch_label
+from pushsite.present import control_url as _control_url
+from pushsite.present import deployment_json as _deployment_json
+from pushsite.present import err, escape, out, report_error
 from pushsite.words import plural
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
@@ -33,36 +35,6 @@ if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays 
     from pushsite.service.worker import FollowUp
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _LazyConsole:
-    """A rich Console made on first use: importing rich costs ~20 ms, a tenth of a one-shot
-    `deploy --json` in CI, which never prints through it."""
-
-    def __init__(self, stderr: bool = False) -> None:
-        self._stderr = stderr
-        self._console: Any = None
-
-    def real(self) -> Any:
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(stderr=self._stderr)
-        return self._console
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real(), name)
-
-
-out = _LazyConsole()
-err = _LazyConsole(stderr=True)
-
-
-def escape(text: str) -> str:
-    """`text` shown as written: rich would take `[status]` in a message for markup."""
-    from rich.markup import escape as rich_escape
-
-    return rich_escape(text)
 
 
 def reports_errors(func: F) -> F:
@@ -74,9 +46,7 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except PushsiteError as exc:
             _reported.append(exc)
-            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False,
-                      soft_wrap=True)
-            sys.exit(exc.exit_code)
+            sys.exit(report_error(exc))
 
     return cast(F, wrapper)
 
@@ -93,8 +63,7 @@ def _close(service: Service, exiting: bool) -> None:
         if _reported:
             return
         _reported.append(exc)
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        sys.exit(report_error(exc))
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
@@ -136,14 +105,6 @@ def cli(ctx: click.Context, home: str | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
-
-
-def deployment_urls(config: Config, deployment: Deployment, production: bool) -> dict[str, str]:
-    urls = {"deployment": config.site_url(f"{deployment.id}--{deployment.site}"),
-            "branch": config.site_url(f"{branch_label(deployment.branch)}--{deployment.site}")}
-    if production:
-        urls["production"] = config.site_url(deployment.site)
-    return urls
 
 
 def _progress_bar() -> tuple[Any, Callable[[Counters], None] | None]:
@@ -344,20 +305,6 @@ def _deploy_target(source: str | None, site: str | None) -> tuple[str, str]:
     return source, site
 
 
-def _deployment_json(config: Config, deployment: Deployment, service: Any) -> dict[str, Any]:
-    site = service.state.get_site(deployment.site)
-    data = deployment.to_dict()
-    production = deployment.branch == site.production_branch
-    data["context"] = ("draft" if deployment.draft else
-                       "production" if production else "preview")
-    urls = deployment_urls(config, deployment, production)
-    if deployment.draft:  # no alias moved: its own URL is the only one
-        urls = {"deployment": urls["deployment"]}
-    urls["log"] = f"{_control_url(config)}/deployments/{deployment.id}"
-    data["urls"] = urls
-    return data
-
-
 def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any = None,
             control: str | None = None) -> None:
     """The deployment as JSON, or every URL a user needs: the production or preview URL (a
@@ -516,14 +463,6 @@ def _linked_lines(data: dict[str, Any]) -> list[tuple[str, str]]:
         lines.append(("newest", f"{newest['id']} {newest['status']} ({newest['branch']}, "
                                 f"{started})"))
     return lines
-
-
-def _control_url(config: Config) -> str:
-    """The control plane (dashboard, API) of the server on this home, else the default one."""
-    from pushsite.web.listening import running
-
-    served = running(config.home)
-    return served.url if served else "http://127.0.0.1:8000"
 
 
 @cli.command()

@@ -54,3 +54,26 @@ def test_the_local_store_holds_at_most_2_mib_of_writes_between_batches(
             assert store.get(blob_key(hashlib.sha256(data).hexdigest())) == data
     finally:
         store.close()
+
+
+def test_sqlite_page_caches_are_bounded(tmp_path: Path) -> None:
+    """SQLite's default page cache is ~2 MB a connection: the store's two connections to
+    objects.db take 512 KiB each, a big deploy's spilled table of files 1 MiB (was 4 MiB)."""
+    from pushsite.deploy.entries import Entries
+    from pushsite.model import FileEntry
+
+    store = LocalStore(tmp_path)
+    try:
+        for db in (store._wdb, store._db):
+            assert db.execute("PRAGMA cache_size").fetchone() == (-512,)
+    finally:
+        store.close()
+    entries = Entries(spill_at=2)
+    for i in range(3):
+        entries[f"p{i}.html"] = FileEntry(f"{i:064x}", i, "text/html; charset=utf-8")
+    assert entries.spilled and entries._db is not None
+    assert entries._db.execute("PRAGMA cache_size").fetchone() == (-1024,)
+    try:
+        assert [path for path, _ in entries.sorted_items()] == ["p0.html", "p1.html", "p2.html"]
+    finally:
+        entries.close()

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pushsite.model import FileEntry
 
 SPILL_FILES = 10_000
+# the spill's page cache at most (it was 4 MiB): its pages are in the OS cache anyway
+SPILL_CACHE_KIB = 1024
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -104,7 +106,7 @@ class Entries:
             self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=OFF")
             self._db.execute("PRAGMA synchronous=OFF")
-            self._db.execute("PRAGMA cache_size=-4096")  # 4 MiB of pages at most
+            self._db.execute(f"PRAGMA cache_size=-{SPILL_CACHE_KIB}")
             self._db.execute("CREATE TABLE e (path TEXT PRIMARY KEY, row TEXT) WITHOUT ROWID")
         encode = _ENCODER.encode
         rows = [(path, encode(entry.to_json())) for path, entry in self._mem.items()]

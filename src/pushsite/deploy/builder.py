@@ -67,9 +67,9 @@ from pushsite.stores import ObjectStore, Packer, SizedStore, SpoolingStore
 SMALL_FILE = 1 << 20  # read whole and handled in the pool; above this, streamed
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 128
-# 8 MiB (was 12) with smaller SQLite caches (stores/local.py, entries.py): large's peak RSS
-# 97 -> 82 MB; 24 MiB was the same speed as 12 with 2 workers and 10-14 MB more
-IN_FLIGHT_BYTES = 8 << 20
+# 24 MiB: same speed with 2 workers, 10-14 MB more peak RSS; 8 MiB: ~2-4 MB less than 12 on
+# large (one pair each, with the smaller SQLite caches), its time cost not settled at load 5-10
+IN_FLIGHT_BYTES = 12 << 20
 # what a file costs in flight beyond its bytes (its path, the pending record, the bytes object,
 # later its entry): counted against the budget, so 200,000 tiny files are never all read ahead
 # of the pool (they were: 13 MB of records for 1.5 MB of data)

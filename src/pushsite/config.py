@@ -48,6 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
             "unused: longer than any deploy may take to reference what it found stored"),
     Setting("lease", float, 30.0, "seconds a runner's lease on a running deployment lasts "
             "(renewed every third of it; an expired one is taken over)"),
+    Setting("upload_idle", float, 600.0, "seconds an upload's open connection may send "
+            "nothing and keep its deployment (its lease is renewed meanwhile); past that "
+            "the lease runs out and recovery fails it"),
     Setting("notify_retry", float, 30.0, "seconds before a failed notification or commit "
             "status is tried again (doubling each time, at most an hour, with jitter)"),
     Setting("notify_window", float, 86400.0, "seconds a notification is retried for; an "
@@ -105,6 +108,7 @@ class Config:
     wait: float = 120.0
     prune_grace: float = 3600.0
     lease: float = 30.0
+    upload_idle: float = 600.0
     notify_retry: float = 30.0
     notify_window: float = 86400.0
     notify_timeout: float = 10.0
@@ -190,7 +194,7 @@ def load_config(**overrides: Any) -> Config:
     values["public_url"] = (values["public_url"] or default_url).rstrip("/")
     if values["workers"] <= 0:
         values["workers"] = os.cpu_count() or 2
-    for name in ("max_files", "max_file_mb", "max_total_mb", "max_path", "lease"):
+    for name in ("max_files", "max_file_mb", "max_total_mb", "max_path", "lease", "upload_idle"):
         if values[name] <= 0:
             raise ConfigError(f"setting {name} must be positive, got {values[name]}")
     return Config(home=home, **values)

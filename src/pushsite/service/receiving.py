@@ -7,12 +7,20 @@ PROGRESS_EVERY seconds) and moves the record's `lease_until` forward, the way a 
 heartbeat does. When the whole bundle is staged it becomes `queued`; when the upload breaks
 it becomes `failed`. When the process receiving it dies, nobody renews the lease: recovery
 (`expire`) fails a receiving record whose lease ran out, and removes its partial file.
+
+While the request is open but nothing comes (a slow CI runner, a paused client), a timer
+renews the lease every third of it, so another actor's recovery leaves the live upload alone.
+A connection that closes ends the read, and with it the timer (the upload fails at once). A
+connection that stays open and silent (its client's machine vanished, and nothing tells the
+server) is renewed for `upload_idle` seconds after its last byte, then no more: its lease runs
+out and recovery fails it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,28 +35,45 @@ _logger = logging.getLogger("pushsite.receiving")
 
 
 class Received(io.RawIOBase):
-    """The upload as the staging copy reads it, counting bytes into the record."""
+    """The upload as the staging copy reads it, counting bytes into the record and renewing
+    its lease while the request is open (see the module): for `idle` seconds after the last
+    bytes came (config's upload_idle), until the body ends or the record is not ours."""
 
     def __init__(self, source: BinaryIO, state: StateStore, deployment: Deployment,
-                 lease: float, *, already: int = 0) -> None:
+                 lease: float, *, idle: float, already: int = 0) -> None:
         super().__init__()
         self._source = source
         self._state = state
-        self._deployment = deployment
+        self._deployment = deployment  # its lease_until follows the reader's renewals
+        # what the writes start from: a copy, so a write on the timer never carries what the
+        # caller sets for the outcome (queued, failed) while it writes that
+        self._record = replace(deployment)
         self._lease = lease
+        self._idle = idle
         self._next_write = time.monotonic() + PROGRESS_EVERY
+        self._arrived = time.monotonic()  # when the last bytes came
+        self._writing = threading.Lock()  # the reader's writes and the timer's
+        self._ended = threading.Event()  # the request's body ended: read whole, broken, closed
         self.received = already  # an incremental upload's earlier batches (uploads.py)
         self.lost = False  # set when the record stopped being ours (failed by a recovery)
+        threading.Thread(target=self._keep, daemon=True,
+                         name=f"receiving-{deployment.id}").start()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, target: Any) -> int:
-        data = self._source.read(len(target))
+        try:
+            data = self._source.read(len(target))
+        except BaseException:
+            self._ended.set()  # the connection broke: the upload fails, nothing to renew
+            raise
         if not data:
+            self._ended.set()  # the whole body is in; the caller writes the outcome
             return 0
         target[:len(data)] = data
         self.received += len(data)
+        self._arrived = time.monotonic()
         if time.monotonic() >= self._next_write:
             self._next_write = time.monotonic() + PROGRESS_EVERY
             self._write()
@@ -60,18 +85,37 @@ class Received(io.RawIOBase):
         self._write()
         return not self.lost
 
-    def _write(self) -> None:
-        record = replace(self._deployment, bytes_in=self.received,
-                         progress=f"{human_size(self.received)} received",
-                         lease_until=time.time() + self._lease)
-        try:
-            if self._state.update_deployment(record, expect_status=Status.RECEIVING):
-                self._deployment.lease_until = record.lease_until
-            else:
-                self.lost = True
-        except Exception as exc:  # noqa: BLE001 - counting is best effort; the copy goes on
-            _logger.warning("deployment %s: recording the upload's progress failed (%s)",
-                            record.id, exc)
+    def close(self) -> None:
+        self._ended.set()
+        super().close()
+
+    def _keep(self) -> None:
+        """Renew the lease every third of it while the request is open, for as long as
+        bytes came within `idle` seconds and the record is ours."""
+        while not self._ended.wait(self._lease / 3) and not self.lost:
+            silent = time.monotonic() - self._arrived
+            if silent > self._idle:
+                _logger.warning("deployment %s: nothing arrived for %.0f s (upload_idle is "
+                                "%g s); its lease is no longer renewed", self._deployment.id,
+                                silent, self._idle)
+                return
+            self._write(timer=True)
+
+    def _write(self, *, timer: bool = False) -> None:
+        with self._writing:
+            record = replace(self._record, bytes_in=self.received,
+                             progress=f"{human_size(self.received)} received",
+                             lease_until=time.time() + self._lease)
+            try:
+                if self._state.update_deployment(record, expect_status=Status.RECEIVING):
+                    self._record.lease_until = record.lease_until
+                    if not timer:  # the caller's thread: its own next write carries it
+                        self._deployment.lease_until = record.lease_until
+                else:
+                    self.lost = True
+            except Exception as exc:  # noqa: BLE001 - best effort; the copy goes on
+                _logger.warning("deployment %s: recording the upload's progress failed (%s)",
+                                record.id, exc)
 
 
 def staged_part(staging: Path, deployment_id: str) -> Path:
@@ -85,7 +129,8 @@ def expire(state: StateStore, staging: Path, deployment: Deployment, now: float)
         return False
     deployment.status = Status.FAILED
     deployment.error = ("its upload stopped arriving (the process receiving it ended, or "
-                        "nothing came for a whole lease); nothing went live: deploy it again")
+                        "its client sent nothing for too long); nothing went live: deploy it "
+                        "again")
     deployment.error_kind = "DeploymentFailed"
     deployment.finished = now
     if not state.update_deployment(deployment, expect_status=Status.RECEIVING):

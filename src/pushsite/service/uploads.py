@@ -138,7 +138,7 @@ def receive(service: Service, site_name: str, upload_id: str, body: BinaryIO) ->
     deployment = _receiving(service, upload_id)
     sizes = asked = record["missing"]  # sha256 -> size
     counted = Received(body, service.state, deployment, service.lease,
-                       already=deployment.bytes_in)
+                       already=deployment.bytes_in, idle=service.config.upload_idle)
     counted.renew()  # a batch that starts proves the client alive
     reader = io.BufferedReader(counted, _CHUNK)
     batch = _Batch(folder / "blobs")

@@ -369,7 +369,8 @@ class Service(Queueing):
         deployment.status = Status.RECEIVING
         deployment.lease_until = time.time() + self.lease
         self.state.create_deployment(deployment)
-        counted = Received(bundle, self.state, deployment, self.lease)
+        counted = Received(bundle, self.state, deployment, self.lease,
+                           idle=self.config.upload_idle)
         try:
             deployment.bundle_key = self._stage(deployment.id, counted)
         except BaseException as exc:

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
@@ -176,8 +176,6 @@ def deploy(ctx: click.Context, source: str | None, site: str | None, branch: str
 def _deploy(ctx: click.Context, source: str | None, site: str | None, branch: str | None,
             message: str, timeout: float, as_json: bool, server: str | None,
             token: str | None, create: bool, run_build: bool, draft: bool) -> None:
-    from pushsite.deploy.folder import open_source
-
     if branch is not None and not branch.strip():
         # `--branch "$CI_BRANCH"` with the variable unset must not deploy to production
         raise ConfigError("--branch is empty (is the CI variable naming the branch set?); "
@@ -200,45 +198,19 @@ def _deploy(ctx: click.Context, source: str | None, site: str | None, branch: st
             raise
         _report(uploaded, as_json, control=server)
         return
-    service = _service(ctx)
-    # a folder is read in place; a tar.gz file or stdin is read as a stream
-    folder = Path(source) if source != "-" and Path(source).is_dir() else None
-    if run_build and folder is None:
-        raise ConfigError("--build needs a folder to build; a .tar.gz is deployed as it is")
-    if folder is not None and not run_build:
-        _warn_unbuilt(folder)
-    stream = None if folder else open_source(source)
-    service.deploy_target(site, create)  # once the source is there: a typo makes no site
-    deployment = service.accept(site, None, branch=branch, message=message, enqueue=False,
-                                draft=draft)
-    progress, update = _progress_bar()
-    try:
-        if progress:
-            progress.start()
-        try:
-            deployment = service.run(deployment.id, timeout=timeout, progress=update,
-                                     bundle=stream, folder=folder, build=run_build,
-                                     optimise=False)
-        finally:
-            if progress:
-                progress.stop()
-            if run_build:
-                from pushsite.deploy.build import finish_removals
+    from pushsite.localdeploy import deploy_here
 
-                finish_removals()  # the work folder goes before a quick exit
-    except PushsiteError as exc:
-        if isinstance(exc, Interrupted):  # cancelled by the run, or here if it had not begun
-            with _ctrl_c_cancels():
-                _settle(service, deployment.id)
-        if as_json:
-            failed = service.state.get_deployment(deployment.id)
-            click.echo(json.dumps(_deployment_json(service.config, failed, service)))
-        if isinstance(exc, Interrupted):
-            raise Interrupted(f"deployment {deployment.id} cancelled: interrupted (Ctrl-C); "
-                              "the live site is unchanged") from None
-        raise
-    _report(deployment, as_json, service)
-    _finish_optimising(service, deployment.id)
+    service = _service(ctx)
+    progress, update = _progress_bar()
+
+    def show_failed(failed: Deployment) -> None:
+        click.echo(json.dumps(_deployment_json(service.config, failed, service)))
+
+    deploy_here(service, source, site, branch=branch, message=message, timeout=timeout,
+                create=create, draft=draft, build=run_build,
+                show=lambda live: _report(live, as_json, service),
+                show_failed=show_failed if as_json else None,
+                progress=update, showing=progress, unbuilt=_warn_unbuilt)
 
 
 @contextmanager
@@ -256,22 +228,6 @@ def _ctrl_c_cancels() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _settle(service: Service, deployment_id: str) -> None:
-    """Cancel a deployment an interrupt left queued or running (a run cancels its own)."""
-    with suppress(ConfigError, Interrupted):  # already settled; or a second Ctrl-C
-        service.cancel(deployment_id)
-
-
-def _finish_optimising(service: Any, deployment_id: str) -> None:
-    """Live first: the URL is printed; brotli is made now, unless a server runs on this
-    home to take the queued message (service/optimising.py)."""
-    from pushsite.web.listening import running
-
-    sys.stdout.flush()
-    if running(service.config.home) is None:
-        service.optimise_now(deployment_id)
 
 
 def _warn_unbuilt(folder: Path) -> None:

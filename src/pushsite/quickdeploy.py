@@ -3,9 +3,9 @@
 Why: time to live is what a deploy from CI waits for, and on a small site the CLI's import
 (click ~13 ms, the CLI module ~6 ms) is a tenth of it. launch.py sends here only the command
 lines it is sure of (a .tar.gz, stdin or a folder with nothing to build, the JSON output,
-no tty); this runs the same service verbs in the same order as cli.py's `deploy` and prints
-the same bytes: the deployment the moment it is live, then the optimisation is finished here
-or left to a server running on this home (live first, service/optimising.py).
+no tty); it runs the one sequence of service verbs cli.py's `deploy` runs (localdeploy.py)
+and prints the same bytes: the deployment the moment it is live, then the optimisation is
+finished here or left to a server running on this home (live first, service/optimising.py).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import signal
 import sys
 from contextlib import suppress
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pushsite.config import load_config
-from pushsite.errors import ConfigError, Interrupted, PushsiteError
+from pushsite.errors import Interrupted, PushsiteError
 from pushsite.present import deployment_json, report_error
 from pushsite.web.listening import running
 
 if TYPE_CHECKING:
     from pushsite.launch import PlainDeploy
+    from pushsite.model import Deployment
     from pushsite.service import Service
 
 
@@ -79,31 +79,14 @@ def _service() -> Service:
 
 
 def _deploy(service: Service, plain: PlainDeploy) -> None:
-    """cli._deploy for a local source without --build or --draft, step for step."""
-    from pushsite.deploy.folder import open_source
+    """cli._deploy for a local source without --build or --draft: the same function."""
+    from pushsite.localdeploy import deploy_here
 
-    source = plain.source
-    folder = Path(source) if source != "-" and Path(source).is_dir() else None
-    stream = None if folder else open_source(source)
-    service.deploy_target(plain.site, plain.create)  # once the source is there
-    deployment = service.accept(plain.site, None, branch=plain.branch, message=plain.message,
-                                enqueue=False, draft=False)
-    try:
-        deployment = service.run(deployment.id, timeout=plain.timeout, progress=None,
-                                 bundle=stream, folder=folder, build=False, optimise=False)
-    except PushsiteError as exc:
-        if isinstance(exc, Interrupted):
-            with suppress(ConfigError, Interrupted):  # already settled; or a second Ctrl-C
-                service.cancel(deployment.id)
-        failed = service.state.get_deployment(deployment.id)
-        _print_json(deployment_json(service.config, failed, service))
-        if isinstance(exc, Interrupted):
-            raise Interrupted(f"deployment {deployment.id} cancelled: interrupted (Ctrl-C); "
-                              "the live site is unchanged") from None
-        raise
-    _print_json(deployment_json(service.config, deployment, service))  # live: said at once
-    if running(service.config.home) is None:
-        service.optimise_now(deployment.id)
+    def show(deployment: Deployment) -> None:
+        _print_json(deployment_json(service.config, deployment, service))
+
+    deploy_here(service, plain.source, plain.site, branch=plain.branch, message=plain.message,
+                timeout=plain.timeout, create=plain.create, show=show, show_failed=show)
 
 
 def _print_json(data: dict[str, Any]) -> None:

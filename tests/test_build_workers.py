@@ -36,8 +36,6 @@ from support.aws_staging import (
 from support.servers import serving
 from support.sites import git
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="needs bubblewrap")
-
 
 class Gate:
     """An HTTP server the build asks before it writes its output: the first build is held

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import brotli
 import pytest
@@ -88,12 +92,29 @@ def test_a_small_site_goes_live_with_every_brotli_and_nothing_left_after(
     assert verify(service) == []
 
 
+class _EveryOther(EarlyBrotli):
+    """The early thread, offered every other blob only (the rest dropped, as when full)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._offers = itertools.count()
+
+    def offer(self, sha: str, data: bytes, content_type: str) -> bool:
+        return next(self._offers) % 2 == 0 and super().offer(sha, data, content_type)
+
+
 def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_rest(
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     """A big site (spilled table, index by path) with nothing made at the end: whatever the
     early thread made is in the manifest, the list handed over is exactly the rest, and
-    the after pass makes each of those once."""
-    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # the after pass has work
+    the after pass makes each of those once.
+
+    The thread is offered only every other blob, so the after pass has work however fast
+    the thread runs (on an idle core it could keep up with the whole deploy, and under
+    `nice -n 19` it once outranked it); how many of those it makes before live is the
+    machine's business."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # nothing made at the end
+    monkeypatch.setattr(early, "EarlyBrotli", _EveryOther)
     monkeypatch.setattr(entries, "SPILL_FILES", 500)
     monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
     files = {f"d{i % 7}/p{i}.html": b"<p>" + _words(i, 900 + i % 500) for i in range(2100)}
@@ -108,6 +129,7 @@ def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_re
     assert left is not None
     handover.leave(deployment_id, left)  # put back for the optimiser
     assert {sha for sha, _, _ in left} == {_sha(data) for data in files.values()} - before
+    assert len(left) >= len(files) // 2  # the blobs never offered at least
 
     assert service.optimise_now(deployment_id)
     log = log_text(service, deployment_id)
@@ -138,6 +160,42 @@ def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(
         assert not store.has(blob_key(sha, "br") for sha in left)
     finally:
         store.close()
+
+
+def _nice_of(tid: int) -> int:
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux nices one thread")
+def test_the_early_thread_never_outranks_the_deploy(tmp_path: Path) -> None:
+    """Started by a deploy already at nice 15 (a suite or a CI job run under `nice`), the
+    thread stays at 15: at nice 10 it outranked the deploy and made every brotli before
+    live (root may lower a nice). At nice 0 it goes to early.NICE."""
+    store = LocalStore(tmp_path)
+    seen: dict[int, int] = {}
+    try:
+        for start in (0, early.NICE + 5):
+            queue = EarlyBrotli(lambda: store)
+            data = _words(start, 5000)
+
+            def offer(queue: EarlyBrotli = queue, data: bytes = data,
+                      start: int = start) -> None:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), start)  # root
+                assert queue.offer(_sha(data), data, "text/html")
+
+            thread = threading.Thread(target=offer)
+            thread.start()
+            thread.join()
+            while not store.has([blob_key(_sha(data), "br")]):  # made: the thread waits on
+                time.sleep(0.01)
+            (worker,) = [t for t in threading.enumerate() if t.name == "early-brotli"]
+            assert worker.native_id is not None
+            seen[start] = _nice_of(worker.native_id)
+            queue.stop()
+    finally:
+        store.close()
+    assert seen == {0: early.NICE, early.NICE + 5: early.NICE + 5}
 
 
 def test_a_deploy_that_stops_midway_stops_the_early_thread(tmp_path: Path) -> None:

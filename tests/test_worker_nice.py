@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pushsite.deploy.early import NICE
+from pushsite.deploy.early import NICE, nice_this_thread
 from pushsite.deploy.optimise import is_pending
 from pushsite.service import Service, optimising
 from pushsite.service.worker import niced, run_worker
@@ -66,6 +66,28 @@ def test_niced_work_and_the_threads_it_starts_run_at_nice_10() -> None:
     assert seen == {"own": NICE, "child": NICE}
     # the caller's own thread keeps its nice
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == start
+
+
+def test_a_thread_already_nicer_keeps_its_nice() -> None:
+    """A process run under `nice -n 19` (a CI job, a suite run politely): its after pass and
+    early brotli stay at 19, never raised above the deploy's other threads."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE + 5)  # undone by the fixture
+    seen: list[int] = []
+
+    def work() -> None:
+        seen.append(_nice_of(threading.get_native_id()))
+
+    niced(work)
+    seen_directly: list[int] = []
+
+    def direct() -> None:
+        nice_this_thread()
+        seen_directly.append(_nice_of(threading.get_native_id()))
+
+    thread = threading.Thread(target=direct)
+    thread.start()
+    thread.join()
+    assert seen == seen_directly == [NICE + 5]
 
 
 def test_niced_raises_the_works_exception() -> None:

@@ -32,6 +32,18 @@ CAPACITY = 512 << 10
 NICE = 10  # a CFS weight of 110 against the deploy's 1024: about a tenth of a busy core
 
 
+def nice_this_thread() -> None:
+    """Put the calling thread at nice NICE, or leave it where it is when already nicer (a
+    process started under `nice -n 19` must not get a thread that outranks its others:
+    root may lower a nice, and its early thread then made every brotli before live). Linux
+    nices one thread (a thread id is a PRIO_PROCESS target); elsewhere this does nothing.
+    Threads started afterwards from this one inherit it."""
+    native = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):  # never lowered: EACCES unprivileged
+        now = os.getpriority(os.PRIO_PROCESS, native)
+        os.setpriority(os.PRIO_PROCESS, native, max(now, NICE))
+
+
 class EarlyBrotli:
     """A queue of (hash, bytes, media type) and the thread that makes their brotli."""
 
@@ -74,8 +86,7 @@ class EarlyBrotli:
         return dict(self._made), left
 
     def _run(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux nices one thread
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        nice_this_thread()
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:

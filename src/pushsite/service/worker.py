@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pushsite.deploy.early import NICE
+from pushsite.deploy.early import nice_this_thread
 from pushsite.errors import DeploymentNotFound
 from pushsite.model import Status
 from pushsite.queues import QueueItem
@@ -94,18 +93,15 @@ def dispatch(service: Service, item: QueueItem,
 
 
 def niced(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`work` on a thread of its own at nice NICE (deploy/early.py's), waited for: the
-    brotli after pass of a live deployment takes what CPU a deploy leaves. Threads it starts
-    (the optimiser's pool) inherit the nice on Linux. Its result, or its exception, is
-    `work`'s."""
+    """`work` on a thread of its own at nice +10 (deploy/early.nice_this_thread), waited
+    for: the brotli after pass of a live deployment takes what CPU a deploy leaves. Threads
+    it starts (the optimiser's workers) inherit the nice on Linux. Its result, or its
+    exception, is `work`'s."""
     outcome: list[Any] = []
     failure: list[BaseException] = []
 
     def run() -> None:
-        native = threading.get_native_id()
-        with contextlib.suppress(OSError, AttributeError):  # never lowered (EACCES)
-            now = os.getpriority(os.PRIO_PROCESS, native)
-            os.setpriority(os.PRIO_PROCESS, native, max(now, NICE))
+        nice_this_thread()
         try:
             outcome.append(work(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread

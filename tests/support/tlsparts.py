@@ -138,8 +138,9 @@ class Pebble:
 
 
 @contextmanager
-def pebble(folder: Path) -> Iterator[Pebble]:
-    """Pebble on free ports, validating nothing (PEBBLE_VA_ALWAYS_VALID=1: no DNS needed)."""
+def pebble(folder: Path, validity: int = 0) -> Iterator[Pebble]:
+    """Pebble on free ports, validating nothing (PEBBLE_VA_ALWAYS_VALID=1: no DNS needed);
+    `validity`: seconds its certificates last (default Pebble's, years)."""
     folder.mkdir(parents=True, exist_ok=True)
     authority = Authority(folder / "listener")
     authority.issue(["127.0.0.1", "localhost"], folder / "cert.pem", folder / "key.pem")
@@ -149,7 +150,8 @@ def pebble(folder: Path) -> Iterator[Pebble]:
         "listenAddress": f"127.0.0.1:{port}", "managementListenAddress": f"127.0.0.1:{management}",
         "certificate": str(folder / "cert.pem"), "privateKey": str(folder / "key.pem"),
         "httpPort": free_port(), "tlsPort": free_port(), "ocspResponderURL": "",
-        "externalAccountBindingRequired": False}}))
+        "externalAccountBindingRequired": False,
+        **({"certificateValidityPeriod": validity} if validity else {})}}))
     env = {**os.environ, "PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1",
            "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "100"}
     log = (folder / "pebble.log").open("wb")

@@ -1,9 +1,11 @@
 """The Caddyfile `pushsite caddyfile` prints: Caddy in front of `pushsite serve`, with a
 certificate for every name pushsite serves, obtained on a visitor's first request.
 
-Caddy asks pushsite's `/tls/allowed` (web/tls.py) before each new certificate, so a name no
-site serves never gets one. The control plane's own host (the dashboard, the API, the git
-remote, the webhooks) is an ordinary Caddy site with its certificate obtained at start.
+Caddy asks pushsite's `/tls/allowed` (web/tls.py) before each new certificate, and again
+before it renews one, so a name no site serves never gets one, and a name removed from its
+site is not renewed (its certificate runs out; tests/test_caddy_renewal.py). The control
+plane's own host (the dashboard, the API, the git remote, the webhooks) is an ordinary Caddy
+site with its certificate obtained at start.
 """
 
 from __future__ import annotations

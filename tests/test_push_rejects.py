@@ -1,5 +1,5 @@
-"""A push that fails when its deploy fails: the deploy runs in pre-receive, from git's
-quarantine, and a failure refuses the ref (real `git push` against a real `pushsite serve`)."""
+"""A push that fails when its deploy fails: the deploy runs in the proc-receive hook, and a
+failure refuses the ref (real `git push` against a real `pushsite serve`)."""
 
 from __future__ import annotations
 
@@ -79,17 +79,20 @@ def test_an_old_repository_gets_the_new_hooks(server: Server, token: str,
     repo = make_repo({"index.html": "<p>one</p>"})
     assert push(repo, remote(server, token), "main").returncode == 0
     bare = server.home / "repos" / "blog.git"
-    for name in ("pre-receive", "proc-receive"):  # as an older version left it
-        (bare / "hooks" / name).unlink()
-    noop = bare / "hooks" / "post-receive"  # its no-op post-receive: a Python start per push
-    noop.write_text("#!/bin/sh\nexit 0\n")
-    noop.chmod(0o755)
+    (bare / "hooks" / "proc-receive").unlink()  # as the oldest versions left it
     git(bare, "config", "--unset-all", "receive.procReceiveRefs")
+    git(bare, "config", "--unset", "receive.autogc")
+    older = {}
+    for name in ("post-receive", "pre-receive"):  # a Python start per push each
+        older[name] = bare / "hooks" / name
+        older[name].write_text("#!/bin/sh\nexit 0\n")
+        older[name].chmod(0o755)
     commit(repo, {"_redirects": "/a /b 999\n"}, "bad redirects")
     done = push(repo, remote(server, token), "main")
     assert done.returncode != 0 and "deploy failed: _redirects line 1" in done.stderr
     assert (bare / "hooks" / "proc-receive").exists()
-    assert not noop.exists()
+    assert not any(hook.exists() for hook in older.values())
+    assert git(bare, "config", "receive.autogc") == "false"
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def test_a_new_repository_has_its_settings_and_hooks(tmp_path: Path) -> None:
     config = _config(repo)
     for line in ("core.bare=true", "http.receivepack=true", "receive.denynonfastforwards=false",
                  "receive.denydeletes=false", "receive.procreceiverefs=refs/heads",
-                 "receive.procreceiverefs=refs/tags", "gc.auto=0"):
+                 "receive.procreceiverefs=refs/tags", "receive.autogc=false", "gc.auto=0"):
         assert line in config
     assert (repo / "HEAD").read_text() == "ref: refs/heads/trunk\n"
     for name in HOOK_NAMES:

@@ -1,113 +1,57 @@
-"""The hooks of every site repository: the push waits for its deploy, and fails when it fails.
+"""The hook of every site repository: the push waits for its deploy, and fails when it fails.
 
-They run inside `git receive-pack`, which `pushsite serve` started through `git http-backend`,
-so the server's address and a per-process secret arrive in the environment. Only the standard
-library is imported: the hooks' start-up time is part of every push's latency.
+`proc-receive` (git's hook for the refs it lets a hook update, `receive.procReceiveRefs`)
+runs inside `git receive-pack`, which `pushsite serve` started through `git http-backend`, so
+the server's address and a per-process secret arrive in the environment. receive-pack runs it
+once the pushed objects are checked and moved out of git's quarantine into the repository,
+so the server deploys each updated branch from the repository itself while the push waits.
+The progress goes to stderr, which git relays as `remote:` lines (stdout speaks pkt-lines).
+Each ref is then answered: moved and `ok` when its deploy went live, or refused with the
+reason (`ng refs/heads/main deploy failed: ...`), which git prints as
+`! [remote rejected] main -> main (deploy failed: ...)`; `git push` exits non-zero and the
+branch stays where it was. A refused ref's objects stay in the repository, unreachable, as
+after any rejected push.
 
-- `pre-receive` runs while the pushed objects sit in git's quarantine: it hands the updates
-  and the quarantine's location (GIT_QUARANTINE_PATH, GIT_OBJECT_DIRECTORY,
-  GIT_ALTERNATE_OBJECT_DIRECTORIES) to the server, which deploys each commit from there while
-  the push waits, echoes the progress, and keeps the server's verdict per ref for the next hook.
-- `proc-receive` (git's hook for refs it lets a hook update, `receive.procReceiveRefs`) then
-  answers each ref: updated (`ok`) when its deploy went live, or refused with the reason
-  (`ng refs/heads/main deploy failed: ...`), which git prints as
-  `! [remote rejected] main -> main (deploy failed: ...)`; `git push` exits non-zero and the
-  branch stays where it was. pre-receive itself could only say "pre-receive hook declined".
-- `post-receive`, installed by older versions, does nothing now (the repository's hooks are
-  upgraded on its next push, which removes it).
+There is one hook, not two: the deploy ran in `pre-receive` before, from the quarantine, and
+its Python start, and the verdicts it left in a file for proc-receive, were on every push's
+way. An older repository's `pre-receive` and `post-receive` are removed on its next push
+(gitcommit.OLD_HOOKS); one still running meanwhile does nothing.
 
-Each hook imports only what its own stage uses, and proc-receive starts `git update-ref` with
-posix_spawn: `urllib`, `json` and `subprocess` were ~0.1 s of a first push on a busy machine.
+The hook's start is part of every push's latency, so Python runs it without `site`
+(`-IS`, from the standard library only) and it imports nothing beyond `os`, `sys` and
+`_socket`: json, http.client and socket were ~40 ms of CPU per start (measured under load),
+and it speaks the little HTTP/1.1 it needs (one POST; a chunked or plain answer) itself.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 
-VERDICT_MARK = "\x00pushsite-verdicts "  # the server's last line: {"ref": "" | "reason"}
-QUARANTINE_VARS = ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY",
-                   "GIT_ALTERNATE_OBJECT_DIRECTORIES")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing; mypy reads it as True
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+VERDICT_MARK = "\x00pushsite-verdicts "  # the server's last line: ref TAB reason, TAB-joined
 ZERO = "0" * 40
 
 
 def main() -> None:
-    stage = os.path.basename(sys.argv[0])
-    if stage == "proc-receive":
+    if os.path.basename(sys.argv[0]) == "proc-receive":
         proc_receive()
-    elif stage == "pre-receive":
-        pre_receive()
-    # post-receive from an older install: the deploy already ran in pre-receive
+    # pre-receive or post-receive of an older install: the deploy runs in proc-receive now
 
 
-def _git_dir() -> str:
-    return os.path.abspath(os.environ.get("GIT_DIR", "."))
+def verdict_line(verdicts: dict[str, str]) -> str:
+    """The server's last line: why each refused ref was refused (a reason's whitespace is
+    folded to single spaces; refs hold none), so the hook reads it without json."""
+    fields = [f"{ref}\t{' '.join(reason.split())}" for ref, reason in verdicts.items()]
+    return VERDICT_MARK + "\t".join(fields) + "\n"
 
 
-def _verdict_file() -> str:
-    """Where pre-receive leaves its verdicts for proc-receive: both are children of the same
-    receive-pack process."""
-    return os.path.join(_git_dir(), f"pushsite-verdicts-{os.getppid()}.txt")
-
-
-def pre_receive() -> None:
-    import json
-
-    updates = [line.split() for line in sys.stdin.read().splitlines() if line.strip()]
-    url = os.environ.get("PUSHSITE_HOOK_URL")
-    verdicts: dict[str, str] = {}
-    if not url:
-        print("pushsite: this repository was pushed outside `pushsite serve`; not deployed")
-    else:
-        site = os.path.basename(_git_dir()).removesuffix(".git")
-        body = json.dumps({"site": site, "updates": updates, "quarantine": {
-            name: os.environ.get(name, "") for name in QUARANTINE_VARS}}).encode()
-        try:
-            for line in _post(url, body):
-                if line.startswith(VERDICT_MARK):
-                    verdicts = json.loads(line[len(VERDICT_MARK):])
-                    continue
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        except OSError as exc:
-            print(f"pushsite: could not reach the server to deploy ({exc}); the commits are "
-                  "stored, the site was not updated")
-    try:
-        with open(_verdict_file(), "w") as out:
-            # one "ref TAB reason" line each: proc-receive reads it without importing json
-            # (refs hold no whitespace; the server folds a reason's whitespace to spaces)
-            out.writelines(f"{ref}\t{' '.join(reason.split())}\n"
-                           for ref, reason in verdicts.items())
-    except OSError as exc:  # e.g. a full disk: refuse the push rather than guess
-        print(f"pushsite: could not keep the deploy's outcome ({exc.strerror}); the push is "
-              "refused")
-        sys.exit(1)
-
-
-def _post(url: str, body: bytes) -> Iterator[str]:
-    """POST the updates to the server; its answer's lines as they come (the deploy's
-    progress). http.client alone: urllib.request's imports cost the push ~10 ms more."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    where = urlsplit(url)
-    conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port or 80,
-                                      timeout=3600)
-    try:
-        conn.request("POST", where.path, body=body, headers={
-            "Content-Type": "application/json",
-            "X-Pushsite-Hook-Secret": os.environ.get("PUSHSITE_HOOK_SECRET", ""),
-        })
-        response = conn.getresponse()
-        if response.status != 200:
-            raise OSError(f"HTTP Error {response.status}: {response.reason}")
-        while raw := response.readline():
-            yield raw.decode("utf-8", "replace")
-    except http.client.HTTPException as exc:  # a broken answer: as if unreachable
-        raise OSError(f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        conn.close()
+def _read_verdicts(line: str) -> dict[str, str]:
+    fields = line[len(VERDICT_MARK):].rstrip("\n").split("\t")
+    return dict(zip(fields[0::2], fields[1::2], strict=False)) if fields != [""] else {}
 
 
 # proc-receive: git's pkt-line protocol ------------------------------------------------------
@@ -139,21 +83,130 @@ def proc_receive() -> None:
     commands = []
     while (line := _read_pkt(stdin)) is not None:
         commands.append(line.decode().strip().split(" ", 2))
-    verdicts: dict[str, str] = {}
-    try:
-        with open(_verdict_file()) as handle:
-            for row in handle:
-                ref, _, reason = row.rstrip("\n").partition("\t")
-                verdicts[ref] = reason
-        os.unlink(_verdict_file())
-    except (OSError, ValueError):
-        pass
+    verdicts = _deploy(commands)
     for old, new, ref in commands:
         reason = verdicts.get(ref, "")
         if not reason:
             reason = _update(ref, old, new)
         _write_pkt(stdout, f"ng {ref} {reason}" if reason else f"ok {ref}")
     _flush(stdout)
+
+
+def _deploy(commands: list[list[str]]) -> dict[str, str]:
+    """Hand the updates to the server and relay its progress; its verdict per refused ref
+    ({} when it could not be asked: the refs move, the site is not updated)."""
+    url = os.environ.get("PUSHSITE_HOOK_URL")
+    if not url:
+        _say("pushsite: this repository was pushed outside `pushsite serve`; not deployed\n")
+        return {}
+    site = os.path.basename(os.path.abspath(os.environ.get("GIT_DIR", "."))).removesuffix(".git")
+    body = "".join([site + "\n", *(" ".join(command) + "\n" for command in commands)])
+    verdicts: dict[str, str] | None = None
+    try:
+        for line in _post(url, body.encode()):
+            if line.startswith(VERDICT_MARK):
+                verdicts = _read_verdicts(line)
+            else:
+                _say(line)
+    except OSError as exc:
+        _say(f"pushsite: could not reach the server to deploy ({exc}); the commits are "
+             "stored, the site was not updated\n")
+        return {}
+    if verdicts is None:  # the answer ended before the server's last line
+        _say("pushsite: the server's answer ended early; the commits are stored, the site may "
+             "not be updated\n")
+        return {}
+    return verdicts
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _post(url: str, body: bytes) -> Iterator[str]:
+    """POST the updates to the server (an `http://IP:port/path` URL, gitremote.callback_url);
+    its answer's lines as they come (the deploy's progress)."""
+    import _socket
+
+    rest = url.removeprefix("http://")
+    where, _, path = rest.partition("/")
+    host, _, port = where.rpartition(":")
+    family = _socket.AF_INET6 if host.startswith("[") else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.settimeout(3600.0)
+    try:
+        sock.connect((host.strip("[]"), int(port or 80)))
+        head = (f"POST /{path} HTTP/1.1\r\nHost: {where}\r\nConnection: close\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                f"X-Pushsite-Hook-Secret: {os.environ.get('PUSHSITE_HOOK_SECRET', '')}\r\n\r\n")
+        sock.sendall(head.encode("latin-1") + body)
+        reader = _Reader(sock)
+        status = reader.line().split(b" ", 2)
+        if len(status) < 2 or not status[1].isdigit():
+            raise OSError(f"not an HTTP answer: {b' '.join(status)[:80]!r}")
+        headers = {}
+        while header := reader.line().rstrip(b"\r\n"):
+            name, _, value = header.partition(b":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if status[1] != b"200":
+            raise OSError(f"HTTP Error {int(status[1])}: "
+                          f"{status[2].strip().decode('latin-1') if len(status) > 2 else ''}")
+        pending = b""
+        for data in reader.body(headers):
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace") + "\n"
+        if pending:
+            yield pending.decode("utf-8", "replace")
+    finally:
+        sock.close()
+
+
+class _Reader:
+    """Lines and bodies of one HTTP/1.1 answer, from a socket read in 64 KiB pieces."""
+
+    def __init__(self, sock: object) -> None:
+        self._recv = sock.recv  # type: ignore[attr-defined]
+        self._buffer = b""
+
+    def _more(self) -> bytes:
+        data = self._recv(65536)
+        if not data:
+            raise OSError("the server closed the connection before its answer ended")
+        return bytes(data)
+
+    def line(self) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0:
+            self._buffer += self._more()
+        line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
+        return line
+
+    def exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._buffer += self._more()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def body(self, headers: dict[bytes, bytes]) -> Iterator[bytes]:
+        if b"chunked" in headers.get(b"transfer-encoding", b""):
+            while size := int(self.line().split(b";")[0].strip() or b"0", 16):
+                yield self.exactly(size)
+                self.exactly(2)  # the CRLF after each chunk
+            return  # trailers, if any, are not read: the connection is closed
+        if b"content-length" in headers:
+            yield self.exactly(int(headers[b"content-length"]))
+            return
+        while True:  # until the server closes the connection
+            if self._buffer:
+                yield self._buffer
+                self._buffer = b""
+            data = self._recv(65536)
+            if not data:
+                return
+            self._buffer = bytes(data)
 
 
 def _update(ref: str, old: str, new: str) -> str:

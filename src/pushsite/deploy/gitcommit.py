@@ -9,7 +9,6 @@ compressed again, so a one-file change costs one blob whatever the site's size.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import posixpath
 import shutil
@@ -17,8 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,16 +27,19 @@ from pushsite.errors import BackendUnavailable, DeploymentFailed
 from pushsite.model import FileEntry, Manifest
 from pushsite.words import plural
 
-HOOK = """#!{python}
+# -IS: no site-packages, no PYTHON* variables; the hook needs the standard library only, and
+# its start is part of every push's latency
+HOOK = """#!{python} -IS
 # Installed by pushsite: the push waits for its deploy, and fails when it fails (githook.py).
 import sys
 sys.path.insert(0, {src!r})
 from pushsite.githook import main
 main()
 """
-HOOK_NAMES = ("pre-receive", "proc-receive")
+HOOK_NAMES = ("proc-receive",)
 # a site repository's settings, after what `git init --bare` wrote: pushes (force pushes and
-# deletions too) over git http-backend, refs moved by the proc-receive hook, no auto gc
+# deletions too) over git http-backend, refs moved by the proc-receive hook, no auto gc (and
+# no `git gc --auto` process started after every push only to find gc.auto=0)
 REPO_CONFIG = """[http]
 \treceivepack = true
 [receive]
@@ -47,12 +47,14 @@ REPO_CONFIG = """[http]
 \tdenyDeletes = false
 \tprocReceiveRefs = refs/heads
 \tprocReceiveRefs = refs/tags
+\tautogc = false
 [gc]
 \tauto = 0
 """
-# installed by older versions, a no-op since the deploy moved to pre-receive: removed, as its
-# Python start was ~0.1 s of every push before git answered
-OLD_HOOKS = ("post-receive",)
+# installed by older versions, removed on a repository's next push: post-receive a no-op since
+# the deploy moved to pre-receive, pre-receive since it moved to proc-receive (githook.py);
+# each was a Python start on every push's way
+OLD_HOOKS = ("post-receive", "pre-receive")
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,14 @@ class SiteRepos:
         return repo
 
     def install_hook(self, site: str) -> None:
-        """The hooks (githook.py): pre-receive deploys from the quarantine while the push
-        waits, proc-receive moves only the refs whose deploy went live (with its reason
-        otherwise); an older install's post-receive is removed."""
+        """The hook (githook.py): proc-receive deploys each updated branch while the push
+        waits and moves only the refs whose deploy went live (with the reason otherwise); an
+        older install's pre-receive and post-receive are removed."""
         repo = self.path(site)
         _write_hooks(repo)
         _git("config", "--replace-all", "receive.procReceiveRefs", "refs/heads", cwd=repo)
         _git("config", "--add", "receive.procReceiveRefs", "refs/tags", cwd=repo)
+        _git("config", "receive.autogc", "false", cwd=repo)
 
     def ensure_hooks(self, site: str) -> None:
         """Upgrade a repository made by an older version (a post-receive hook only)."""
@@ -136,26 +139,6 @@ class SiteRepos:
         current = current and not any((repo / "hooks" / name).exists() for name in OLD_HOOKS)
         if not current:
             self.install_hook(site)
-
-    @contextmanager
-    def quarantine(self, site: str, objects: str) -> Iterator[None]:
-        """Make a push's quarantined objects readable in the site's repository while its
-        deploy runs: every git command reading the repository (the deploy's, a build's
-        checkout) then finds them, through `objects/info/alternates`. `objects` must be the
-        push's own quarantine folder, inside the repository (objects/incoming-*)."""
-        repo = self.path(site)
-        folder = Path(objects).resolve()
-        if folder.parent != (repo / "objects").resolve() or \
-                "incoming-" not in folder.name or not folder.is_dir():
-            raise DeploymentFailed(f"the push's quarantine {objects!r} is not a quarantine of "
-                                   f"the repository of {site}")
-        alternates = repo / "objects" / "info" / "alternates"
-        alternates.parent.mkdir(exist_ok=True)
-        _edit_lines(alternates, add=str(folder))
-        try:
-            yield
-        finally:
-            _edit_lines(alternates, remove=str(folder))
 
     def tree(self, site: str, commit: str) -> list[TreeEntry]:
         out = _git("ls-tree", "-r", "-z", "--full-tree", commit, cwd=self.path(site))
@@ -300,30 +283,7 @@ def _write_hooks(repo: Path) -> None:
         (repo / "hooks" / name).unlink(missing_ok=True)
 
 
-def _edit_lines(path: Path, add: str = "", remove: str = "") -> None:
-    """Add a line, or remove one copy of one, in a small file that git reads.
-
-    Each hold of a quarantine adds its own copy of the line (the refs of one push are
-    deployed at once and end in any order; git ignores a repeated alternate), so one
-    deploy's end never takes the objects from another still reading them. The file is
-    replaced whole by a rename: a git process starting meanwhile reads the old file or the
-    new one, never a truncated one. A lock file beside it orders the writers."""
-    with open(path.with_name(path.name + ".pushsite-lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            lines = [line for line in path.read_text().splitlines() if line]
-        except FileNotFoundError:
-            lines = []
-        if remove in lines:
-            lines.remove(remove)
-        if add:
-            lines.append(add)
-        partial = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        partial.write_text("".join(line + "\n" for line in lines))
-        os.replace(partial, path)
-
-
 def hook_environment(url: str, secret: str) -> dict[str, str]:
-    """What the post-receive hook needs to reach the server that spawned git."""
+    """What the proc-receive hook needs to reach the server that spawned git."""
     return {"PUSHSITE_HOOK_URL": url, "PUSHSITE_HOOK_SECRET": secret,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin")}

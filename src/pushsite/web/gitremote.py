@@ -3,11 +3,12 @@
 The request body is pumped into the CGI process while its output is streamed back at the same
 time; buffering either side whole would deadlock a large push (git waits for us to read while
 we wait for it to finish reading). Pushes authenticate with HTTP Basic and a deploy token (the
-password; any user name). The repository's pre-receive hook calls back into
+password; any user name). The repository's proc-receive hook calls back into
 `/internal/post-receive` (its old name) on an IP address with its secret header (both checked
 before host routing, so no site's host can answer it): each updated branch is deployed here,
-from the push's quarantine, while the push waits; the progress reaches the pusher's terminal
-as `remote:` lines, and a failed deploy refuses its ref (githook.py's proc-receive).
+from the repository (git has moved the pushed objects in by then), while the push waits; the
+progress reaches the pusher's terminal as `remote:` lines, and a failed deploy refuses its
+ref (githook.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import binascii
 import contextlib
 import hmac
 import ipaddress
-import json
 import os
 import re
 import threading
@@ -33,7 +33,7 @@ from starlette.routing import Route
 from pushsite import names
 from pushsite.deploy.gitcommit import SiteRepos, hook_environment
 from pushsite.errors import Forbidden, NotAuthorized, PushsiteError
-from pushsite.githook import VERDICT_MARK
+from pushsite.githook import verdict_line
 from pushsite.limits import human_size
 from pushsite.model import Deployment, Status
 from pushsite.names import branch_label
@@ -243,58 +243,36 @@ class GitBridge:
 
     # the hook's call-back -------------------------------------------------------------------
     async def post_receive(self, request: Request) -> Response:
-        """The pre-receive hook's call (the path keeps its old name: tests and proxies know
-        it): deploy each updated branch from the push's quarantine while the push waits,
-        stream the progress, and end with the verdict per ref (githook.VERDICT_MARK)."""
+        """The proc-receive hook's call (the path keeps its old name: tests and proxies know
+        it): a body of the site's name, then one `old new ref` line per update. Deploy each
+        updated branch while the push waits, stream the progress, and end with the verdict
+        per ref (githook.verdict_line)."""
         given = request.headers.get(HOOK_HEADER, "")
         if not hmac.compare_digest(given, self.hook_secret):
             return PlainTextResponse("forbidden\n", status_code=403)
-        payload = json.loads(await request.body())
-        site = payload["site"]
+        site, *lines = (await request.body()).decode(errors="replace").splitlines() or [""]
+        updates = [line.split(" ", 2) for line in lines if line]
+        if any(len(update) != 3 for update in updates):
+            return PlainTextResponse("pushsite: an update is not `old new ref`\n",
+                                     status_code=400)
         names.check_site_name(site)
-        quarantine = str((payload.get("quarantine") or {}).get("GIT_QUARANTINE_PATH") or
-                         (payload.get("quarantine") or {}).get("GIT_OBJECT_DIRECTORY") or "")
-        return StreamingResponse(self._push(site, payload["updates"], quarantine),
+        return StreamingResponse(self._push(site, updates),
                                  media_type="text/plain; charset=utf-8")
 
-    async def _push(self, site: str, updates: list[list[str]],
-                    quarantine: str) -> AsyncIterator[str]:
+    async def _push(self, site: str, updates: list[list[str]]) -> AsyncIterator[str]:
         verdicts: dict[str, str] = {}
         lines: list[str] = []
-        with contextlib.ExitStack() as stack:
-            if quarantine:
-                try:
-                    stack.enter_context(self.repos.quarantine(site, quarantine))
-                except PushsiteError as exc:
-                    yield f"pushsite: error: {exc}\n"
-                    yield VERDICT_MARK + json.dumps({u[2]: "deploy failed: no quarantine"
-                                                     for u in updates}) + "\n"
-                    return
-            accepted = await asyncio.to_thread(self._accept_updates, site, updates, lines)
-            for line in lines:
-                yield line + "\n"
-            # each deploy runs in a thread of its own, holding the quarantine open until it
-            # ends (one that outlives the wait goes on after the push is accepted): each its
-            # own hold, since the refs of one push end in any order
-            runs = {}
-            for ref, deployment_id in accepted:
-                holding = contextlib.ExitStack()
-                if quarantine:
-                    holding.enter_context(self.repos.quarantine(site, quarantine))
-                runs[ref] = asyncio.create_task(self._run(deployment_id, holding))
-            for ref, deployment_id in accepted:
-                async for line in self._follow(deployment_id, runs[ref], verdicts, ref):
-                    yield line
-        yield VERDICT_MARK + json.dumps(verdicts) + "\n"
-
-    async def _run(self, deployment_id: str, holding: contextlib.ExitStack | None) -> None:
-        """Run a push's deployment here (its objects are readable only while the push's
-        quarantine lasts); `holding` is released when it ends."""
-        try:
-            await asyncio.to_thread(self._run_quietly, deployment_id)
-        finally:
-            if holding is not None:
-                holding.close()
+        accepted = await asyncio.to_thread(self._accept_updates, site, updates, lines)
+        for line in lines:
+            yield line + "\n"
+        # each deploy runs in a thread of its own (one that outlives the wait goes on after
+        # the push is accepted)
+        runs = {ref: asyncio.create_task(asyncio.to_thread(self._run_quietly, deployment_id))
+                for ref, deployment_id in accepted}
+        for ref, deployment_id in accepted:
+            async for line in self._follow(deployment_id, runs[ref], verdicts, ref):
+                yield line
+        yield verdict_line(verdicts)
 
     def _run_quietly(self, deployment_id: str) -> None:
         # live first: the push is answered once the deployment is live; its brotli variants

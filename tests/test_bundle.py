@@ -16,11 +16,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from isal import isal_zlib
 
-from pushsite.deploy.bundle import BundleReader, Member, MemberKind
+from pushsite.deploy.bundle import BundleReader, Member, MemberKind, _byte_sum
 from pushsite.deploy.paths import common_top_folder
 from pushsite.errors import BundleRejected, BundleTooLarge
 from pushsite.limits import DEFAULT_LIMITS, Limits
@@ -671,6 +671,25 @@ def test_a_corrupt_header_checksum_is_rejected() -> None:
     unreadable = good[:148] + b"zzzzzz\0 " + good[156:]
     with pytest.raises(BundleRejected, match="checksum"):
         read_bundle(gz(unreadable + padded(b"hi") + END))
+
+
+@given(st.binary(min_size=512, max_size=512))
+@example(b"\xff" * 512)  # the largest sum: 130,560, past adler32's modulus 65,521
+@example(b"\xff" * 256 + bytes(256))
+@example(bytes(512))
+def test_the_header_byte_sum_is_exact(block: bytes) -> None:
+    """The checksum's byte sum is taken with adler32 in two halves (bundle._byte_sum)."""
+    assert _byte_sum(block) == sum(block)
+
+
+def test_a_header_of_high_bytes_checks_out() -> None:
+    name = ("é" * 50).encode()  # 100 bytes of 0xc3 and 0xa9
+    data = header(name, 2)
+    members, _ = read_bundle(gz(data + padded(b"ok") + END))
+    assert members[0][1] == b"ok"
+    bad = data[:100] + bytes([data[100] ^ 1]) + data[101:]  # one bit of the mode flipped
+    with pytest.raises(BundleRejected, match="checksum"):
+        read_bundle(gz(bad + padded(b"ok") + END))
 
 
 def test_a_file_cut_short_inside_the_tar_is_rejected() -> None:

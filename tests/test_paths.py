@@ -235,3 +235,32 @@ def test_common_top_folder_takes_an_iterator() -> None:
 )
 def test_root_names(name: str, root: bool) -> None:
     assert is_root_name(name) is root
+
+
+def _reference_spelling(text: str) -> str | None:
+    """normalise_member_path step by step (its slow path), None where it must refuse."""
+    if re.search(r"[\x00-\x1f\x7f-\x9f\\]", text) or text.startswith("/") or _is_drive(text):
+        return None
+    parts = [p for p in text.split("/") if p and p != "."]
+    return None if not parts or ".." in parts else "/".join(parts)
+
+
+@given(hostile_text)
+@example("a/./b")
+@example("a//b/")
+@example("a/../b")
+@example("./")
+@example("C:/x")
+@example("x/C:")
+def test_the_plain_name_shortcut_spells_as_the_full_rules(name: str) -> None:
+    """Most names take one regex match (paths._PLAIN); every name gets the same answer."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # refused before either spelling (test_bytes_are_accepted_only_as_utf8...)
+    expected = _reference_spelling(name)
+    if expected is None:
+        with pytest.raises(BundleRejected):
+            normalise_member_path(name)
+    else:
+        assert normalise_member_path(name) == expected

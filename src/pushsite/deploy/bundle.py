@@ -27,9 +27,9 @@ from __future__ import annotations
 import enum
 import re
 import struct
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
 from isal import igzip_lib
 
@@ -61,9 +61,10 @@ class MemberKind(enum.StrEnum):
     SPECIAL = "special"  # device, FIFO or an unknown type: the deployer warns and skips it
 
 
-@dataclass(frozen=True)
-class Member:
-    """One entry of the bundle, its path normalised but its top-level folder not stripped."""
+class Member(NamedTuple):
+    """One entry of the bundle, its path normalised but its top-level folder not stripped.
+
+    A NamedTuple: made once per member, at a third of a frozen dataclass's cost."""
 
     path: str
     kind: MemberKind
@@ -209,9 +210,15 @@ def _number(field: bytes, what: str) -> int:
 _SIGNED = struct.Struct("148b8x356b")
 
 
+def _byte_sum(block: bytes) -> int:
+    """sum(block) of a 512-byte block, in C: adler32's low half is 1 + the byte sum modulo
+    65521, exact for 256 bytes (at most 65,280); sum() walks 512 ints, ~6 times as long."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _check_header(block: bytes, offset: int) -> None:
     stored = _number(block[148:156], "checksum")
-    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+    unsigned = _byte_sum(block) - sum(block[148:156]) + 8 * 32
     if stored != unsigned and stored != sum(_SIGNED.unpack(block)) + 8 * 32:
         raise _rejected(f"the tar header at offset {offset} has a wrong checksum (it is corrupt)")
 
@@ -426,24 +433,25 @@ class BundleReader:
         long_link: bytes | None,
     ) -> Member | None:
         """The member this header describes, or None for one to skip (the root, a label)."""
-        if any(key.startswith(b"GNU.sparse") for key in pax) or kind in (b"S", b"M", b"N"):
+        if (pax and any(key.startswith(b"GNU.sparse") for key in pax)) or kind in _GNU_OLD:
             raise _rejected(
                 f"it holds a sparse, multi-volume or old-style GNU entry (type {kind!r}), which "
                 "pushsite does not read; make the bundle with `git archive` or plain `tar czf`"
             )
-        name = pax.get(b"path") or long_name
+        name = (pax.get(b"path") if pax else None) or long_name
         if not name:
             name = _cstring(block[0:100])
             if block[257:265] == b"ustar\x0000":
                 prefix = _cstring(block[345:500])
                 if prefix:
                     name = prefix + b"/" + name
-        if b"size" in pax:
+        if pax and b"size" in pax:
             value = pax[b"size"]
             if not value.isdigit():
                 raise _rejected(f"a pax header has an unreadable size ({value[:40]!r})")
             size = int(value)
-        linkname = pax.get(b"linkpath") or long_link or _cstring(block[157:257])
+        linkname = ((pax.get(b"linkpath") if pax else None) or long_link
+                    or (_cstring(block[157:257]) if kind in _LINKS else b""))  # links' only
 
         member_kind, has_data = _KINDS.get(kind, (MemberKind.SPECIAL, True))
         if member_kind is MemberKind.FILE and kind == b"\0" and name.endswith(b"/"):
@@ -481,7 +489,7 @@ class BundleReader:
 
     def _check_limits(self, path: str, size: int) -> None:
         limits = self.limits
-        length = len(path.encode("utf-8"))
+        length = len(path) if path.isascii() else len(path.encode("utf-8"))
         if length > limits.max_path_length:
             raise BundleTooLarge(
                 f"the path {path[:80]!r}... is {length} bytes long "
@@ -540,6 +548,9 @@ class BundleReader:
             if not self._fill():
                 return
 
+
+_GNU_OLD = (b"S", b"M", b"N")  # GNU sparse, multi-volume continuation, old long names
+_LINKS = (b"1", b"2")  # hard and symbolic links: the only members whose link name is read
 
 # typeflag -> (kind, whether data blocks follow the header)
 _KINDS: dict[bytes, tuple[MemberKind, bool]] = {

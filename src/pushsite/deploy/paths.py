@@ -16,6 +16,12 @@ from pushsite.errors import BundleRejected
 # C0 controls, DEL and C1 controls: never part of a file name someone means to publish.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# a name normalise_member_path returns as it is (with at most one trailing "/" dropped): no
+# control character, backslash, drive, empty, "." or ".." component. One C match instead of a
+# search, a split and a join: most members of every bundle are such names (a tenth of the
+# reader's time per member)
+_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f-\x9f]+"
+_PLAIN = re.compile(rf"(?![A-Za-z]:){_PART}(?:/{_PART})*/?")
 _WELL_KNOWN = ".well-known"
 
 
@@ -66,6 +72,8 @@ def normalise_member_path(name: bytes | str) -> str:
     Windows drive paths and any `..` component (even one that would stay inside the bundle).
     """
     text = _decode(name)
+    if _PLAIN.fullmatch(text):
+        return text[:-1] if text.endswith("/") else text
     _check(text)
     if text.startswith("/"):
         raise BundleRejected(
@@ -120,6 +128,8 @@ def is_published(path: str) -> bool:
     The one exception is a first component `.well-known` (ACME challenges, security.txt); even
     under it, dot-components such as `.well-known/.env` stay private.
     """
+    if not path.startswith(".") and "/." not in path:  # no component starts with a dot
+        return True
     parts = path.split("/")
     for index, part in enumerate(parts):
         if part.startswith(".") and not (index == 0 and part == _WELL_KNOWN):

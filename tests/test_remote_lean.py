@@ -138,7 +138,8 @@ def test_finish_wait_answers_once_live_and_a_lie_still_fails_whole(remote: Serve
                                                                    ) -> None:
     api = Api(remote, token)
     remote.create_site("waited")
-    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": False}
+    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": False,
+                                                            "features": ["finish-blobs"]}
     page = b"<h1>waited for</h1>"
     started = api.ok("POST", "/sites/waited/uploads", 201,
                      json={"files": [_row("index.html", page)]})
@@ -147,7 +148,7 @@ def test_finish_wait_answers_once_live_and_a_lie_still_fails_whole(remote: Serve
                   params={"wait": 30})
     assert (done["id"], done["status"], done["exit_code"]) == (started["upload"], "live", 0)
     assert remote.get("waited.localhost", "/").content == page
-    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": True}
+    assert api.ok("GET", "/sites/waited/uploads/basis")["held"] is True
 
     lie = api.ok("POST", "/sites/waited/uploads", 201,
                  json={"files": [_row("index.html", b"<h1>honest</h1>")]})
@@ -160,12 +161,96 @@ def test_finish_wait_answers_once_live_and_a_lie_still_fails_whole(remote: Serve
     assert remote.get("waited.localhost", "/").content == page
 
 
+def test_finish_takes_the_last_batch_as_its_body_under_the_put_s_rules(remote: Server,
+                                                                        token: str) -> None:
+    """A one-file redeploy sends its blob with `finish` (one request less); a lie there is
+    refused as a PUT's is, and nothing goes live."""
+    api = Api(remote, token)
+    remote.create_site("at-finish")
+    pages = [b"<h1>one %s</h1>" % os.urandom(8).hex().encode(), b"<h1>two</h1>" + os.urandom(64)]
+    started = api.ok("POST", "/sites/at-finish/uploads", 201,
+                     json={"files": [_row("index.html", pages[0]), _row("b.html", pages[1])]})
+    api.ok("PUT", f"/sites/at-finish/uploads/{started['upload']}/blobs",
+           content=_frame(pages[0]))
+    done = api.ok("POST", f"/sites/at-finish/uploads/{started['upload']}/finish", 200,
+                  params={"wait": 30}, content=_frame(pages[1]))
+    assert (done["status"], done["files"], done["blobs_new"]) == ("live", 2, 2)
+    assert remote.get("at-finish.localhost", "/b.html").content == pages[1]
+
+    lie = api.ok("POST", "/sites/at-finish/uploads", 201,
+                 json={"files": [_row("index.html", b"<h1>honest</h1>")]})
+    refused = api.call("POST", f"/sites/at-finish/uploads/{lie['upload']}/finish",
+                       params={"wait": 30},
+                       content=_frame(b"<h1>evil!!</h1>", digest=lie["missing"][0]))
+    assert refused.status_code == 422 and "does not hash" in refused.json()["error"]
+    assert api.ok("GET", f"/deployments/{lie['upload']}")["status"] == "failed"
+    assert remote.get("at-finish.localhost", "/").content == pages[0]
+
+
+def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:
+    from pushsite import remote as lean
+
+    assert lean._batch_plan([]) == []
+    assert lean._batch_plan([10]) == [1]
+    big = lean.BATCH_BYTES
+    assert lean._batch_plan([big - 1, 1, 5, big, 3]) == [2, 2, 1]
+    assert lean._batch_plan([1] * (lean.BATCH_BLOBS + 1)) == [lean.BATCH_BLOBS, 1]
+
+
+def test_a_small_chunked_body_goes_in_one_send_with_its_head() -> None:
+    """Head, framing and a small body in one send (a relay with Nagle's algorithm on held a
+    second small segment for the first one's delayed ACK); a large chunk is not copied."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            data = b""
+            for _ in range(2):
+                while not data.endswith(b"0\r\n\r\n"):
+                    data += peer.recv(1 << 20)
+                got.append(data)
+                data = b""
+                peer.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+
+    class Counted(Connection):
+        sends: list[int] = []
+
+        def _ready(self) -> socket.socket:
+            sock = super()._ready()
+            sends = self.sends
+
+            class Spy:
+                def sendall(self, data: bytes) -> None:
+                    sends.append(len(data))
+                    sock.sendall(data)
+
+            return Spy()  # type: ignore[return-value]
+
+    server = threading.Thread(target=serve)
+    server.start()
+    with Counted(f"http://127.0.0.1:{listener.getsockname()[1]}", {}) as connection:
+        small = connection.request("PUT", "/blobs", body=iter([b"h" * 80, b"x" * 54_000]))
+        small_sends = list(Counted.sends)
+        Counted.sends.clear()
+        large = connection.request("PUT", "/blobs", body=iter([b"h" * 80, b"y" * (1 << 20)]))
+    server.join(10)
+    listener.close()
+    assert small.status_code == large.status_code == 200
+    assert len(small_sends) == 1 and got[0].endswith(b"x" * 54_000 + b"\r\n0\r\n\r\n")
+    assert Counted.sends[1] == 1 << 20 and len(Counted.sends) == 3  # head+framing, chunk, end
+    assert got[1].endswith(b"y" * (1 << 20) + b"\r\n0\r\n\r\n")
+
+
 def test_basis_checks_the_token_and_the_site_like_an_upload(remote: Server,
                                                            token: str) -> None:
     api = Api(remote, token)
     assert api.call("GET", "/sites/nowhere/uploads/basis").status_code == 404
     assert api.ok("GET", "/sites/nowhere/uploads/basis", params={"create": "true"}) == \
-        {"exists": False, "held": False}
+        {"exists": False, "held": False, "features": ["finish-blobs"]}
     assert api.call("GET", "/sites/waited/uploads/basis", token="nope").status_code == 401
     other = remote.new_token("--name", "other", "--site", "elsewhere")
     refused = api.call("GET", "/sites/waited/uploads/basis", token=other)

@@ -23,6 +23,7 @@ a plain `deploy DIR --server` through here without loading the CLI, for a redepl
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -152,7 +153,8 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
         started = time.monotonic()
         cache = _hash_cache(folder) if folder else None
         scan = scan_folder(folder, cache) if folder else None
-        if not basis()["held"]:
+        asked = basis()
+        if not asked["held"]:
             if scan is None:
                 with open(source, "rb") as bundle:
                     return _send_bundle(remote, _chunks(bundle), _stream_size(bundle),
@@ -190,18 +192,24 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
         frames = _frames(source, listing, missing) if missing else iter(())
         sent = 0
         meter = UploadMeter(echo, need)
-        for batch in _batches(frames):
+        plan = _batch_plan(_frame_sizes(listing, missing))
+        batches = _batches(frames, plan)
+        at_finish = "finish-blobs" in asked.get("features", ())  # else an older server
+        for batch in itertools.islice(batches, len(plan) - 1 if at_finish and plan else None):
             got = remote.call("PUT", f"/sites/{site}/uploads/{upload}/blobs",
                               content=meter.counted(batch),
                               headers={"Content-Type": "application/octet-stream"})
             sent += int(got["received"])
             if echo is not None:
                 _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
+        last = next(batches, None)  # it goes with finish: one request less
         saving = _saved_meanwhile(cache)  # for the next deploy, while the server deploys
         try:
             status, deployment = remote.answer(
                 "POST", f"/sites/{site}/uploads/{upload}/finish",
-                params={"wait": _wait(deadline, echo)})
+                params={"wait": _wait(deadline, echo)},
+                **({} if last is None else {"content": meter.counted(last), "headers": {
+                    "Content-Type": "application/octet-stream"}}))
         except errors.Interrupted:
             raise _interrupted(remote, upload) from None
         finally:
@@ -293,28 +301,42 @@ def _reader_chunks(reader: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def _batches(frames: Iterator[Frame]) -> Iterator[Iterator[bytes]]:
-    """The frames as request bodies of about BATCH_BYTES each, pulled only as each body is
+def _frame_sizes(listing: Listing, missing: set[str]) -> list[int]:
+    """The sizes of the frames _frames yields, in its order (each missing blob once)."""
+    left = set(missing)
+    sizes = []
+    for row in listing.rows:
+        if row.is_file and row.sha256 in left:
+            left.discard(row.sha256)
+            sizes.append(row.size)
+    return sizes
+
+
+def _batch_plan(sizes: list[int]) -> list[int]:
+    """How many frames each body holds: about BATCH_BYTES or BATCH_BLOBS each, decided from
+    the sizes before any is read (so the last body is known, and goes with `finish`)."""
+    plan: list[int] = []
+    total = 0
+    for size in sizes:
+        if not plan or total >= BATCH_BYTES or plan[-1] >= BATCH_BLOBS:
+            plan.append(0)
+            total = 0
+        plan[-1] += 1
+        total += size
+    return plan
+
+
+def _batches(frames: Iterator[Frame], plan: list[int]) -> Iterator[Iterator[bytes]]:
+    """The frames as request bodies of `plan[i]` frames each, pulled only as each body is
     sent (a tarball's reader moves on to the next member only then)."""
-    cursor = _Cursor(frames)
-    while cursor.current is not None:
-        yield cursor.body()
+    for count in plan:
+        yield _body(itertools.islice(frames, count))
 
 
-class _Cursor:
-    def __init__(self, frames: Iterator[Frame]) -> None:
-        self._frames = frames
-        self.current = next(frames, None)
-
-    def body(self) -> Iterator[bytes]:
-        total = count = 0
-        while self.current is not None and (
-                count == 0 or (total < BATCH_BYTES and count < BATCH_BLOBS)):
-            header, chunks, size = self.current
-            yield header
-            yield from chunks
-            total, count = total + size, count + 1
-            self.current = next(self._frames, None)
+def _body(frames: Iterable[Frame]) -> Iterator[bytes]:
+    for header, chunks, _ in frames:
+        yield header
+        yield from chunks
 
 
 class UploadMeter:

@@ -64,6 +64,7 @@ from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_UPLOADS = 8
+UPLOAD_FEATURES = ("finish-blobs",)  # uploads/basis names them; a client uses those it knows
 _SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
 _WAIT_STEP, _WAIT_STEP_UNWATCHED = 0.004, 0.05  # `wait`'s looks at the state (_answer_when_ended)
 
@@ -372,6 +373,9 @@ class UploadBasis(BaseModel):
     exists: bool = Field(description="The site exists (false only with `create`).")
     held: bool = Field(description="It has a production or branch deployment whose blobs an "
                        "incremental upload reuses; false: send the whole bundle instead.")
+    features: list[str] = Field(default=[], description="What this server's uploads also "
+                                "take: `finish-blobs`, the last batch of blobs as finish's "
+                                "body.")
 
 
 class TokenCreated(BaseModel):
@@ -690,7 +694,8 @@ def create_api(service: Service) -> FastAPI:
         if create and token.site is not None:
             raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
                             "not create sites; use a token made for every site")
-        return service.upload_basis(_covered(token, site), branch=branch, create=create)
+        return {**service.upload_basis(_covered(token, site), branch=branch, create=create),
+                "features": list(UPLOAD_FEATURES)}
 
     @api.post("/sites/{site}/uploads", status_code=201, response_model=UploadStarted,
               tags=["actions"], responses=_errors(413, 422))
@@ -718,25 +723,36 @@ def create_api(service: Service) -> FastAPI:
         """Upload a batch of asked-for blobs (streamed); a blob not asked for, or whose size
         or content is not what the list said, discards the whole upload (422)."""
         _covered(token, site)
-        reader = io.BufferedReader(_BodyReader(request.stream(), b"", _upload_limit(service)),
-                                   1 << 20)
+        reader = _blob_reader(request, service)
         if uploads[0] is None:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
         count = await anyio.to_thread.run_sync(
-            lambda: service.receive_blobs(site, upload_id, cast(BinaryIO, reader)),
-            limiter=uploads[0])
+            lambda: service.receive_blobs(site, upload_id, reader), limiter=uploads[0])
         return {"received": count}
 
     @api.post("/sites/{site}/uploads/{upload_id}/finish", status_code=202,
               response_model=DeploymentOut, tags=["actions"],
-              responses={**_errors(422), 200: {"model": DeploymentOut,
-                                               "description": "It ended within `wait`."}})
+              responses={**_errors(413, 422), 200: {"model": DeploymentOut,
+                                                    "description": "It ended within `wait`."}},
+              openapi_extra={"requestBody": {"required": False, "description": "Optional: "
+                             "the last batch of asked-for blobs, as a PUT of blobs sends "
+                             "them (one request less for a small redeploy).", "content": {
+                                 "application/octet-stream": {"schema": {
+                                     "type": "string", "format": "binary"}}}}})
     async def finish_upload(request: Request, token: Caller, site: SiteName,
                             upload_id: DeploymentId, wait: _Wait = 0.0) -> JSONResponse:
         """Queue the deployment once every asked-for blob has come (202, Location: it), or
-        with `wait`, answer 200 as soon as it has ended within that time."""
+        with `wait`, answer 200 as soon as it has ended within that time. A body is a last
+        batch of blobs, received first under the PUT's rules (a lie discards the upload)."""
+        name = _covered(token, site)
+        if _has_body(request):
+            if uploads[0] is None:
+                uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
+            await anyio.to_thread.run_sync(
+                lambda: service.receive_blobs(name, upload_id, _blob_reader(request, service)),
+                limiter=uploads[0])
         deployment = await anyio.to_thread.run_sync(  # with `wait`, a small one starts now
-            lambda: service.finish_upload(_covered(token, site), upload_id, run_now=wait > 0))
+            lambda: service.finish_upload(name, upload_id, run_now=wait > 0))
         return await _answer_when_ended(request, view, deployment, wait)
 
     @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])
@@ -1025,6 +1041,17 @@ def _hash(secret: str) -> str:
     from pushsite.service.tokens import hash_token
 
     return hash_token(secret)
+
+
+def _has_body(request: Request) -> bool:
+    headers = request.headers
+    return "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0")
+
+
+def _blob_reader(request: Request, service: Service) -> BinaryIO:
+    """A batch of blobs in a request's body, as a blocking file (service/uploads.receive)."""
+    return cast(BinaryIO, io.BufferedReader(
+        _BodyReader(request.stream(), b"", _upload_limit(service)), 1 << 20))
 
 
 def _upload_limit(service: Service) -> int:

@@ -155,7 +155,8 @@ def test_a_client_gone_between_requests_is_failed_after_its_lease(short_lease: S
 
 @contextmanager
 def _holding_proxy(target_port: int, after: int) -> Iterator[tuple[int, threading.Event]]:
-    """A proxy that relays until `after` bytes of a PUT's request went through, then holds:
+    """A proxy that relays until `after` bytes of a request carrying blobs (a PUT, or the
+    last batch with finish) went through, then holds:
     it forwards nothing more, and when its client goes, it closes the server's side too.
     The event is set when it starts holding (the server is then inside the PUT's body)."""
     holding = threading.Event()
@@ -167,7 +168,7 @@ def _holding_proxy(target_port: int, after: int) -> Iterator[tuple[int, threadin
         sent_in_put = -1
         with suppress(OSError):
             while data := client.recv(1 << 16):
-                if sent_in_put < 0 and b"PUT /api/" in data:
+                if sent_in_put < 0 and (b"PUT /api/" in data or b"/finish?" in data):
                     sent_in_put = 0
                 if holding.is_set():
                     continue  # swallowed until the client is gone
@@ -321,3 +322,38 @@ def test_two_uploads_at_once_each_receive_and_the_newer_stays_live(remote: Serve
     api.ok("POST", f"/sites/pair/uploads/{older}/finish", 202)  # finished last, started first
     assert api.finished(older)["status"] != "live"
     assert remote.get("pair.localhost", "/").content == newer_page
+
+
+def test_a_run_elsewhere_reads_the_kept_list_and_a_rewritten_manifest_is_parsed_again(
+        ) -> None:
+    """`start` keeps its checked list for a run in its own process; a runner elsewhere (here:
+    that copy taken away first) reads list.json and builds the same site. The live manifest
+    parsed at `start` is reused only while its bytes stay the same."""
+    from pushsite.model import FileEntry, Manifest, manifest_key
+    from pushsite.service import uploads
+
+    kept = b"<html><body>" + b"<p>carried over, never sent again</p>" * 40
+    with open_service() as service:
+        old = deploy(service, "blog", {"index.html": b"<h1>old</h1>", "kept.html": kept})
+        page = b"<h1>run elsewhere</h1>"
+        upload, missing = service.start_upload("blog", [_row("index.html", page),
+                                                        _row("kept.html", kept)])
+        assert missing == [hashlib.sha256(page).hexdigest()]
+        assert uploads._Lists.take(upload) is not None  # as another process would find it
+        service.receive_blobs("blog", upload, io.BytesIO(_frame(page)))
+        service.finish_upload("blog", upload)
+        service.run(upload)
+        assert alias_of(service, "blog") == upload
+        files = service.manifest(upload).files
+        assert (files["index.html"].hash, files["kept.html"].hash) == (
+            hashlib.sha256(page).hexdigest(), hashlib.sha256(kept).hexdigest())
+
+        raw = service.store.get(manifest_key(old.id))
+        parsed = uploads._manifest_blobs(old.id, raw)
+        assert uploads._manifest_blobs(old.id, raw) is parsed
+        manifest = Manifest.from_bytes(raw)
+        entry = manifest.files["kept.html"]
+        manifest.files["kept.html"] = FileEntry(entry.hash, entry.size, entry.type,
+                                                {"gzip": 3, "br": 7})
+        again = uploads._manifest_blobs(old.id, manifest.to_bytes())
+        assert again[entry.hash][1] == {"gzip": 3, "br": 7} != parsed[entry.hash][1]

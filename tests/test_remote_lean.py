@@ -138,8 +138,8 @@ def test_finish_wait_answers_once_live_and_a_lie_still_fails_whole(remote: Serve
                                                                    ) -> None:
     api = Api(remote, token)
     remote.create_site("waited")
-    assert api.ok("GET", "/sites/waited/uploads/basis") == {"exists": True, "held": False,
-                                                            "features": ["finish-blobs"]}
+    assert api.ok("GET", "/sites/waited/uploads/basis") == {
+        "exists": True, "held": False, "features": ["finish-blobs", "list-gzip"]}
     page = b"<h1>waited for</h1>"
     started = api.ok("POST", "/sites/waited/uploads", 201,
                      json={"files": [_row("index.html", page)]})
@@ -185,6 +185,43 @@ def test_finish_takes_the_last_batch_as_its_body_under_the_put_s_rules(remote: S
     assert refused.status_code == 422 and "does not hash" in refused.json()["error"]
     assert api.ok("GET", f"/deployments/{lie['upload']}")["status"] == "failed"
     assert remote.get("at-finish.localhost", "/").content == pages[0]
+
+
+def test_a_list_may_come_gzipped_and_a_bad_or_huge_one_is_refused(remote: Server,
+                                                                  token: str) -> None:
+    import gzip
+
+    api = Api(remote, token)
+    remote.create_site("zipped")
+    page = b"<h1>zipped list</h1>" + os.urandom(16)
+    listed = json.dumps({"files": [_row("index.html", page)]}).encode()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    started = api.ok("POST", "/sites/zipped/uploads", 201, content=gzip.compress(listed),
+                     headers=headers)
+    assert started["missing"] == [hashlib.sha256(page).hexdigest()]
+    done = api.ok("POST", f"/sites/zipped/uploads/{started['upload']}/finish", 200,
+                  params={"wait": 30}, content=_frame(page))
+    assert done["status"] == "live" and remote.get("zipped.localhost", "/").content == page
+    cut = api.call("POST", "/sites/zipped/uploads", content=gzip.compress(listed)[:-9],
+                   headers=headers)
+    assert cut.status_code == 400 and "gzip" in cut.json()["error"]
+    other = api.call("POST", "/sites/zipped/uploads", content=listed,
+                     headers={**headers, "Content-Encoding": "br"})
+    assert other.status_code == 415
+    assert [d["status"] for d in api.ok("GET", "/sites/zipped/deploys")["deployments"]] == \
+        ["live"]  # a refused list made no deployment
+
+
+def test_a_gzipped_list_inflating_past_max_files_rows_is_refused(tmp_path: Path) -> None:
+    import gzip
+
+    with serving(tmp_path / "home", extra_env={"PUSHSITE_MAX_FILES": "100"}) as small:
+        small.create_site("bombed")
+        api = Api(small, small.new_token("--name", "ci"))
+        bomb = gzip.compress(b" " * (100 * 2048 + (1 << 20) + 1), 9)
+        refused = api.call("POST", "/sites/bombed/uploads", content=bomb, headers={
+            "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert refused.status_code == 413 and "inflates to more than" in refused.json()["error"]
 
 
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:
@@ -250,7 +287,7 @@ def test_basis_checks_the_token_and_the_site_like_an_upload(remote: Server,
     api = Api(remote, token)
     assert api.call("GET", "/sites/nowhere/uploads/basis").status_code == 404
     assert api.ok("GET", "/sites/nowhere/uploads/basis", params={"create": "true"}) == \
-        {"exists": False, "held": False, "features": ["finish-blobs"]}
+        {"exists": False, "held": False, "features": ["finish-blobs", "list-gzip"]}
     assert api.call("GET", "/sites/waited/uploads/basis", token="nope").status_code == 401
     other = remote.new_token("--name", "other", "--site", "elsewhere")
     refused = api.call("GET", "/sites/waited/uploads/basis", token=other)

@@ -22,17 +22,18 @@ import contextlib
 import io
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, BinaryIO, Literal, cast
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
 from pushsite import __version__, errors, ids, names
@@ -64,7 +65,7 @@ from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_UPLOADS = 8
-UPLOAD_FEATURES = ("finish-blobs",)  # uploads/basis names them; a client uses those it knows
+UPLOAD_FEATURES = ("finish-blobs", "list-gzip")  # uploads/basis names them; a client uses those it knows
 _SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
 _WAIT_STEP, _WAIT_STEP_UNWATCHED = 0.004, 0.05  # `wait`'s looks at the state (_answer_when_ended)
 
@@ -375,7 +376,7 @@ class UploadBasis(BaseModel):
                        "incremental upload reuses; false: send the whole bundle instead.")
     features: list[str] = Field(default=[], description="What this server's uploads also "
                                 "take: `finish-blobs`, the last batch of blobs as finish's "
-                                "body.")
+                                "body; `list-gzip`, a gzipped file list.")
 
 
 class TokenCreated(BaseModel):
@@ -697,12 +698,15 @@ def create_api(service: Service) -> FastAPI:
         return {**service.upload_basis(_covered(token, site), branch=branch, create=create),
                 "features": list(UPLOAD_FEATURES)}
 
-    @api.post("/sites/{site}/uploads", status_code=201, response_model=UploadStarted,
-              tags=["actions"], responses=_errors(413, 422))
+    lists = APIRouter(route_class=_GzipBodyRoute)  # a list may come gzipped
+
+    @lists.post("/sites/{site}/uploads", status_code=201, response_model=UploadStarted,
+                tags=["actions"], responses=_errors(413, 422))
     def start_upload(token: Caller, site: SiteName, body: UploadIn) -> dict[str, Any]:
-        """Send a deploy's file list; the answer names the blobs to upload (the rest the
-        server holds already). Its deployment (id: the upload's) is `receiving` until
-        `finish` queues it; a client gone for a lease has it failed."""
+        """Send a deploy's file list (it may be gzipped: `Content-Encoding: gzip`); the
+        answer names the blobs to upload (the rest the server holds already). Its deployment
+        (id: the upload's) is `receiving` until `finish` queues it; a client gone for a
+        lease has it failed."""
         if body.create and token.site is not None:
             raise Forbidden(f"token {token.name!r} is limited to site {token.site!r} and may "
                             "not create sites; use a token made for every site")
@@ -711,6 +715,8 @@ def create_api(service: Service) -> FastAPI:
             branch=body.branch, message=body.message, strip_top=body.strip_top,
             create=body.create)
         return {"upload": upload_id, "missing": missing}
+
+    api.include_router(lists)
 
     @api.put("/sites/{site}/uploads/{upload_id}/blobs", response_model=BlobsIn,
              tags=["actions"], responses=_errors(413, 422),
@@ -1041,6 +1047,55 @@ def _hash(secret: str) -> str:
     from pushsite.service.tokens import hash_token
 
     return hash_token(secret)
+
+
+class _GzipBody(Request):
+    """A request whose JSON body may come gzipped (Content-Encoding: gzip): a 1,000-file
+    list is ~160 KB of JSON, ~60 KB gzipped. Inflated up to a bound (a list of max_files
+    rows), so a small bomb cannot fill memory."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            raw = await super().body()
+            coding = self.headers.get("content-encoding", "identity").strip().lower()
+            if coding == "gzip":
+                raw = _gunzip(raw, _list_limit(self.app.state.service))
+            elif coding != "identity":
+                raise HTTPException(415, f"Content-Encoding {coding!r} is not taken here; "
+                                    "send the list as it is or gzipped")
+            self._body = raw
+        return self._body
+
+
+class _GzipBodyRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_gzip(request: Request) -> Response:
+            return await handler(_GzipBody(request.scope, request.receive))
+
+        return with_gzip
+
+
+def _list_limit(service: Service) -> int:
+    """The most bytes a file list may inflate to: max_files rows of a generous size."""
+    return service.config.max_files * 2048 + (1 << 20)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise HTTPException(400, f"the body is not valid gzip ({exc})") from None
+    if len(out) > limit:
+        raise HTTPException(413, f"the list inflates to more than {limit} bytes (a list of "
+                            "max_files rows)")
+    if not inflater.eof or inflater.unused_data:
+        raise HTTPException(400, "the gzipped body is cut off or has bytes after its end")
+    return out
 
 
 def _has_body(request: Request) -> bool:

@@ -374,6 +374,7 @@ class Service(Queueing):
         try:
             deployment.bundle_key = self._stage(deployment.id, counted)
         except BaseException as exc:
+            counted.close()  # no more renewals, even when the write below cannot be made
             deployment.status, deployment.finished = Status.FAILED, time.time()
             deployment.error = f"the upload did not arrive whole: {exc}"
             deployment.error_kind = type(exc).__name__

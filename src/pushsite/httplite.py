@@ -139,7 +139,9 @@ class Connection:
             self.close()
             sock = None
         if sock is None:
-            sock = socket.create_connection((self._host, self._port), self._connect_timeout)
+            # an ASCII name as bytes: a str goes through the idna codec, ~1.5 ms to import
+            host: Any = self._host.encode() if self._host.isascii() else self._host
+            sock = socket.create_connection((host, self._port), self._connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls:
                 sock = _tls_context().wrap_socket(sock, server_hostname=self._host)

@@ -215,16 +215,27 @@ class _Claim:
     """The first copy of a blob in a deploy: later copies wait for it and take what it stored,
     so they never ask the store about a blob that is still being written (a look-up there
     could see some variants and not others: a cold deploy of many identical files failed
-    with "object ... is not in the store"). `known` None: ask the store (it had the blob)."""
+    with "object ... is not in the store"). `known` None: ask the store (it had the blob).
+
+    Waiting is on a lock held until settled: every new blob makes one, and a lock costs a
+    tenth of a threading.Event (a Condition and its lock), under the GIL, on the pool."""
+
+    __slots__ = ("_unsettled", "known")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._unsettled = threading.Lock()
+        self._unsettled.acquire()
         self.known: Known | None = None
 
     def settle(self, known: Known | None) -> None:
-        if not self.done.is_set():
+        """Called once (the builder's _settle_claim takes the claim out of its table first)."""
+        if self._unsettled.locked():
             self.known = known
-            self.done.set()
+            self._unsettled.release()
+
+    def wait(self) -> None:
+        with self._unsettled:
+            pass
 
 
 @dataclass(slots=True)
@@ -525,7 +536,7 @@ class ManifestBuilder:
             claim = self._claimed.get(bytes.fromhex(sha))
         if claim is not None:  # a first copy in this deploy: what it stored, once stored
             if isinstance(claim, _Claim):
-                claim.done.wait()
+                claim.wait()
             if claim.known is not None:
                 encodings, refs = claim.known
                 return dict(encodings), refs

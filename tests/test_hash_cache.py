@@ -3,6 +3,7 @@ changed since their hash was taken, and never trusts a hash a change could hide 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -21,7 +22,7 @@ def _folder(root: Path, count: int = 20) -> Path:
 def _cache(tmp_path: Path, folder: Path, racy: float = 0.0) -> HashCache:
     # racy=0: files written before the cache opened count as settled (the 2 s default is
     # for files written by a build a moment before the deploy)
-    return HashCache(tmp_path / "cache.sqlite", str(folder), racy=racy)
+    return HashCache(tmp_path / "cache.json", str(folder), racy=racy)
 
 
 def _hashes(folder: Path, cache: HashCache | None) -> dict[str, str]:
@@ -54,7 +55,7 @@ def test_another_folder_and_a_broken_cache_file_only_cost_time(tmp_path: Path) -
     _hashes(one, _cache(tmp_path, one))
     other = _cache(tmp_path, two)
     assert _hashes(two, other) == _hashes(two, None) and other.hits == 0
-    (tmp_path / "cache.sqlite").write_bytes(b"not a database at all" * 100)
+    (tmp_path / "cache.json").write_bytes(b"not a cache at all" * 100)
     broken = _cache(tmp_path, one)
     assert _hashes(one, broken) == _hashes(one, None) and broken.hits == 0
 
@@ -74,4 +75,23 @@ def test_two_clients_listing_at_once_both_get_true_hashes(tmp_path: Path) -> Non
     for thread in threads:
         thread.join(60)
     assert len(results) == 6 and all(r == truth for r in results)
-    assert os.path.getsize(tmp_path / "cache.sqlite") > 0
+    assert os.path.getsize(tmp_path / "cache.json") > 0
+
+
+def test_a_cache_of_another_shape_is_ignored_and_a_deleted_file_s_row_goes(
+        tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "site", count=4)
+    prefix = str(folder) + os.sep
+    for doc in ([1, 2], {"folder": prefix, "files": [1]},
+                {"folder": prefix, "files": {prefix + "pages/0.html": [1, 2, "x"],
+                                             prefix + "pages/1.html": "row"}}):
+        (tmp_path / "cache.json").write_text(json.dumps(doc))
+        cache = _cache(tmp_path, folder)
+        assert _hashes(folder, cache) == _hashes(folder, None) and cache.hits == 0
+    (folder / "pages/2.html").unlink()
+    (folder / "pages/3.html").write_text("<p>page three, changed</p>")
+    _hashes(folder, _cache(tmp_path, folder))  # a new hash: the rows of the three left
+    rows = json.loads((tmp_path / "cache.json").read_text())["files"]
+    assert sorted(rows) == [prefix + f"pages/{i}.html" for i in (0, 1, 3)]
+    again = _cache(tmp_path, folder)
+    assert _hashes(folder, again) == _hashes(folder, None) and again.hits == 3

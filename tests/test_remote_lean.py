@@ -95,7 +95,7 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     data = json.loads(again.stdout)
     assert (data["status"], data["blobs_new"], data["blobs_reused"]) == ("live", 1, 30)
     assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
-    assert {"click", "httpx", "rich", "dataclasses", "encodings.idna"} & \
+    assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3"} & \
         _imported(again.stderr) == set()
     assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
     assert remote.get("lean.localhost", "/assets/7.txt").content == \

@@ -248,15 +248,18 @@ def _basis(remote: _Remote, site: str, branch: str | None,
 
 def _hash_cache(folder: str) -> HashCache | None:
     """The hashes this machine took of the folder's files before (deploy/hashcache.py), in
-    the user's cache folder (XDG): a remote deploy leaves PUSHSITE_HOME untouched. None
-    without a home folder (every file is hashed)."""
+    the user's cache folder (XDG), one file per folder: a remote deploy leaves
+    PUSHSITE_HOME untouched. None without a home folder (every file is hashed)."""
+    import hashlib
+
     from pushsite.deploy.hashcache import HashCache
 
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(root):  # no home folder to expand
         return None
-    return HashCache(os.path.join(root, "pushsite", "hashes.sqlite"), folder)
+    name = hashlib.sha256(os.fsencode(folder)).hexdigest()[:32]
+    return HashCache(os.path.join(root, "pushsite", "hashes", f"{name}.json"), folder)
 
 
 def _list_file(path: str) -> Listing:

@@ -7,18 +7,22 @@ be by `touch -d` or a checkout). As git does with its index, a file whose timest
 within RACY_SECONDS of when its hash was taken is not remembered: it could still change in
 the same clock tick without its timestamps moving.
 
-One SQLite file, written best effort: a cache that cannot be read or written is only slower.
-Two clients at once each keep what they wrote last; every row stands alone, so both are true.
+One JSON file per folder (the caller names it), written best effort: a cache that cannot be
+read or written is only slower. It was an SQLite file: importing sqlite3 (and datetime with
+it) and opening it was ~5 ms of a one-file redeploy meant to take well under 100 ms; JSON is
+imported already. A save writes the rows of the files seen this time (a deleted file's row
+goes) to a temporary file renamed over the old one, so a reader never sees half a file. Two
+clients at once each leave what they saw; every row stands alone, so either is true.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import sqlite3
+import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -37,54 +41,52 @@ class HashCache:
     remember (`remember`, written by `save`)."""
 
     def __init__(self, path: Path | str, folder: str, racy: float = RACY_SECONDS) -> None:
-        self._path = path
+        self._path = os.fspath(path)
         self._racy = racy
         self.hits = 0  # files answered from the cache (said on the terminal, and tested)
-        self._prefix = folder.rstrip(os.sep) + os.sep
-        self._known: dict[str, tuple[Stamp, Known]] = {}
-        self._new: list[tuple[str, Stamp, Known]] = []
+        self._folder = folder.rstrip(os.sep) + os.sep
+        self._known: dict[str, Any] = {}  # full path -> [*stamp, sha256, mode]
+        self._kept: dict[str, list[Any]] = {}  # rows to save: hits and new hashes
         self._taken = time.time()
-        with contextlib.suppress(sqlite3.Error, OSError), self._connect() as db:
-            for row in db.execute("SELECT path, dev, ino, size, mtime, ctime, sha256, mode "
-                                  "FROM hashes WHERE path >= ? AND path < ?",
-                                  (self._prefix, self._prefix[:-1] + chr(ord(os.sep) + 1))):
-                self._known[row[0]] = ((row[1], row[2], row[3], row[4], row[5]),
-                                       (row[6], row[7]))
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            with open(self._path, "rb") as handle:
+                doc = json.loads(handle.read())
+            if doc.get("folder") == self._folder and isinstance(doc.get("files"), dict):
+                self._known = doc["files"]
 
     def lookup(self, full: str, info: os.stat_result) -> Known | None:
         """The file's (sha256, mode) if it has not changed since it was hashed."""
-        known = self._known.get(full)
-        if known is None or known[0] != stamp(info):
+        row = self._known.get(full)
+        if not isinstance(row, list) or len(row) != 7 or tuple(row[:5]) != stamp(info) \
+                or not isinstance(row[5], str) or not isinstance(row[6], str):
             return None
         self.hits += 1
-        return known[1]
+        self._kept[full] = row
+        return row[5], row[6]
 
     def remember(self, full: str, info: os.stat_result, known: Known) -> None:
         """Keep a fresh hash, unless the file changed too recently to be sure of it."""
         newest = max(info.st_mtime_ns, info.st_ctime_ns) / 1e9
-        if self._taken - newest > self._racy and self._known.get(full) != (stamp(info),
-                                                                              known):
-            self._new.append((full, stamp(info), known))
+        if self._taken - newest > self._racy:
+            self._kept[full] = [*stamp(info), *known]
+            self._changed = True
+
+    _changed = False
 
     def save(self) -> None:
-        if not self._new:
+        """Write the rows seen this time, if any is new (a redeploy of unchanged files
+        writes nothing)."""
+        if not self._changed:
             return
-        with contextlib.suppress(sqlite3.Error, OSError), self._connect() as db:
-            db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(full, *s, *k) for full, s, k in self._new])
-        self._new = []
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        db = sqlite3.connect(self._path, timeout=5.0)
-        try:
-            # no fsync: a cache lost to a crash is only slower, and a stale page holds rows
-            # whose stamps no longer match their files (a commit's fsync was ~20 ms here)
-            db.execute("PRAGMA synchronous=OFF")
-            with db:
-                db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, dev INT, "
-                           "ino INT, size INT, mtime INT, ctime INT, sha256 TEXT, mode TEXT)")
-                yield db
-        finally:
-            db.close()
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+            part = f"{self._path}.{os.getpid()}.{threading.get_ident()}.part"
+            try:
+                with open(part, "w") as handle:
+                    json.dump({"folder": self._folder, "files": self._kept}, handle,
+                              separators=(",", ":"))
+                os.replace(part, self._path)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+        self._changed = False

@@ -7,11 +7,11 @@ lists `pending` variants and a marker (`pending_key`) is stored beside it. This 
 1. the blobs that want a later variant, each once: handed over by the deploy when it ran in
    this process (handover.py), else found in the manifest, those another deployment already
    made only looked up (their sizes go in the manifest);
-2. brotli (and zlib's gzip for JS and CSS) for the rest in a pool of threads (both release
-   the GIL), largest first and
-   with no barrier between blobs, asking `wanted()` every CHECK_EVERY s: a deployment
-   rolled back, superseded or pruned stops here, and its manifest stays as it was (served
-   as it is, resumable later);
+2. brotli (and zlib's gzip for JS and CSS) for the rest on worker threads (both release
+   the GIL) that each take the next blob, largest first, with no barrier between blobs,
+   while the calling thread asks `wanted()` every CHECK_EVERY s: a deployment rolled
+   back, superseded or pruned stops here, and its manifest stays as it was (served as it
+   is, resumable later);
 3. every new variant is stored and flushed, then the manifest is rewritten with them and
    without `pending` (a big one a row at a time, from its index), then the marker is
    deleted. A final gzip goes to its usual key, never over the quick one's

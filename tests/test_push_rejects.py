@@ -119,3 +119,27 @@ def test_a_deploy_that_outlives_the_wait_is_accepted_and_goes_on(
         assert time.monotonic() < deadline, "the deploy never went live"
         time.sleep(0.2)
     assert impatient.get("slow.localhost", "/").text == "<p>late</p>"
+
+
+def test_the_hook_call_back_refuses_what_is_not_updates(server: Server, token: str) -> None:
+    """The call-back takes the site's name, then `old new ref` lines, with the secret only
+    the server and its hooks know; anything else deploys nothing."""
+    import httpx
+
+    secret = (server.home / "hook-secret").read_text().strip()
+    url = f"{server.url}/internal/post-receive"
+    zero = "0" * 40
+    said = httpx.post(url, content=f"blog\n{zero} refs/heads/main\n".encode(),
+                      headers={"X-Pushsite-Hook-Secret": secret}, timeout=10)
+    assert said.status_code == 400 and "not `old new ref`" in said.text
+    said = httpx.post(url, content=b"", headers={"X-Pushsite-Hook-Secret": secret}, timeout=10)
+    assert said.status_code == 400
+    said = httpx.post(url, content=f"blog\n{zero} {zero} refs/heads/main\n".encode(),
+                      headers={"X-Pushsite-Hook-Secret": "wrong"}, timeout=10)
+    assert said.status_code == 403
+    # a whole update of a branch that never existed: nothing to deploy, every ref answered
+    said = httpx.post(url, content=f"blog\n{zero} {zero} refs/heads/main\n".encode(),
+                      headers={"X-Pushsite-Hook-Secret": secret}, timeout=10)
+    assert said.status_code == 200
+    assert said.text.endswith("\x00pushsite-verdicts \n")
+    assert server.get("blog.localhost", "/").status_code != 200

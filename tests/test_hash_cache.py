@@ -95,3 +95,19 @@ def test_a_cache_of_another_shape_is_ignored_and_a_deleted_file_s_row_goes(
     assert sorted(rows) == [prefix + f"pages/{i}.html" for i in (0, 1, 3)]
     again = _cache(tmp_path, folder)
     assert _hashes(folder, again) == _hashes(folder, None) and again.hits == 3
+
+
+def test_a_packed_first_deploy_remembers_its_hashes_for_the_caller_to_save(
+        tmp_path: Path) -> None:
+    """The packing hashes each file as it goes and remembers it; the save is left to the
+    caller (deploy --server writes it while the server deploys, not before the body ends)."""
+    from pushsite.deploy.filelist import scan_folder
+    from pushsite.deploy.packing import packed_folder
+
+    folder = _folder(tmp_path / "site", count=6)
+    cache = _cache(tmp_path, folder)
+    assert b"".join(packed_folder(scan_folder(str(folder), cache), cache))
+    assert not (tmp_path / "cache.json").exists()
+    cache.save()
+    again = _cache(tmp_path, folder)
+    assert _hashes(folder, again) == _hashes(folder, None) and again.hits == 6

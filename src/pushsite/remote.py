@@ -81,7 +81,8 @@ def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
 
 def _send_bundle(remote: _Remote, chunks: Iterator[bytes], size: int | None, *, site: str,
                  branch: str | None, message: str, create: bool, deadline: float,
-                 timeout: float, echo: Echo | None) -> dict[str, Any]:
+                 timeout: float, echo: Echo | None,
+                 cache: HashCache | None = None) -> dict[str, Any]:
     wait = min(BUNDLE_WAIT if echo is None else WAIT_SHOWN, timeout)  # log lines: 1 s late
     params = {"message": message, "wait": f"{wait:.3f}",
               **({"branch": branch} if branch else {}), **({"create": "true"} if create else {})}
@@ -90,8 +91,12 @@ def _send_bundle(remote: _Remote, chunks: Iterator[bytes], size: int | None, *, 
                           content=meter.counted(chunks),
                           headers={"Content-Type": "application/gzip"})
     meter.done()
-    with _ctrl_c_held() as pressed:  # the answer names the deployment a Ctrl-C cancels
-        status, deployment = answer()
+    saving = _saved_meanwhile(cache)  # what the packing hashed, while the server deploys
+    try:
+        with _ctrl_c_held() as pressed:  # the answer names the deployment a Ctrl-C cancels
+            status, deployment = answer()
+    finally:
+        saving()
     if pressed:
         raise _interrupted(remote, deployment["id"])
     return _ended(remote, status, deployment, deadline, timeout, echo)
@@ -165,7 +170,7 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
 
             return _send_bundle(remote, packed_folder(scan, cache), None, site=site,
                                 branch=branch, message=message, create=create,
-                                deadline=deadline, timeout=timeout, echo=echo)
+                                deadline=deadline, timeout=timeout, echo=echo, cache=cache)
         try:
             listing = hash_pending(scan, cache=cache) if scan else _list_file(source)
         except BundleRejected:  # the server reads it and records the failed deployment

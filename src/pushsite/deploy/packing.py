@@ -50,7 +50,8 @@ def packed_folder(scan: Scan, cache: HashCache | None = None, *,
                   clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
     """The scan's files and links as tar.gz chunks, made as they are asked for: each about
     a MiB of the tar as a gzip member of its own, stored or compressed as `_Choice` finds
-    faster to send (`clock` times the sends)."""
+    faster to send (`clock` times the sends). The files hashed are remembered in `cache`;
+    saving it is the caller's (while the server deploys, not before the body ends)."""
     pending = {full for _, full in scan.pending}
     choice = _Choice(clock)
     for number, piece in enumerate(_gathered(_tar(scan, cache, pending))):
@@ -59,8 +60,6 @@ def packed_folder(scan: Scan, cache: HashCache | None = None, *,
         began = clock()
         yield chunk
         choice.sent(len(chunk), clock() - began)
-    if cache is not None:
-        cache.save()
 
 
 class _Choice:

@@ -267,6 +267,8 @@ class BundleReader:
         self._count = 0
         self._total = 0
         self._links: set[str] = set()
+        # the folder of the last member checked against _links: its neighbours share it
+        self._clean_folder: str | None = None
         # earlier non-folder members a hard link may name: ~20 bytes a path, not ~110 (keyset.py)
         self._linkable = SeenPaths()
         self._folders: set[str] = set()  # earlier folder members (one may be listed twice)
@@ -475,9 +477,11 @@ class BundleReader:
         if member_kind is _SYMLINK:
             target = symlink_target(path, linkname)
             self._links.add(path)
+            self._clean_folder = None
         elif member_kind is _HARDLINK:
             self._hard_targets[path] = target
             self._links.add(path)
+            self._clean_folder = None
 
         if member_kind is _FILE:
             self._remaining, self._skip = size, -size % _BLOCK
@@ -518,6 +522,9 @@ class BundleReader:
         """A member under an earlier link's path would be written through that link: reject."""
         if not self._links:
             return
+        folder = path[:path.rfind("/") + 1]  # "" at the top
+        if folder == self._clean_folder:  # checked, and no link was added since
+            return
         slash = path.find("/")
         while slash >= 0:
             if path[:slash] in self._links:
@@ -526,6 +533,7 @@ class BundleReader:
                     "a member may not be written through a link"
                 )
             slash = path.find("/", slash + 1)
+        self._clean_folder = folder
 
     def _hardlink_target(self, linkname: bytes) -> str | None:
         """Hard-link targets are relative to the archive root and name an earlier member.

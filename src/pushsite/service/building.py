@@ -126,7 +126,7 @@ def is_builder(config: Any) -> bool:
 def needs_handing_over(service: Running, deployment: Deployment) -> BuildPlan | None:
     """The build of a queued deployment that this process must hand to the builders: only
     where a build queue is set and this process is not a builder, and only for a staged
-    bundle (a push builds where its repository and git's quarantine are: on the server)."""
+    bundle (a push builds where its repository is: on the server)."""
     config = service.config
     if not config.build_queue or is_builder(config):
         return None

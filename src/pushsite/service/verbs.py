@@ -461,7 +461,7 @@ class Service(Queueing):
         self.state.create_deployment(deployment)
         self._note(deployment, "info", "accept", f"push of {commit[:12]} to {branch} queued")
         self._announce(deployment)
-        if enqueue:  # else the caller runs it (a push waiting in its pre-receive hook)
+        if enqueue:  # else the caller runs it (a push waiting in its proc-receive hook)
             self.queue.send({"deployment": deployment.id})
         return deployment
 

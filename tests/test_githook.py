@@ -40,11 +40,13 @@ def _until_closed(conn: socket.socket, body: bytes) -> None:
 class _Server:
     """Answers each hook call with `answer`, and keeps what the hook sent."""
 
-    def __init__(self, answer: Answer, body: bytes) -> None:
+    def __init__(self, answer: Answer, body: bytes, host: str = "127.0.0.1") -> None:
         self.answer, self.body = answer, body
         self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/internal/post-receive"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=family)
+        literal = f"[{host}]" if ":" in host else host
+        self.url = f"http://{literal}:{self.sock.getsockname()[1]}/internal/post-receive"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -71,9 +73,10 @@ def pushing(tmp_path: Path, make_repo: Callable[..., Path]) -> Iterator[Callable
     bare = SiteRepos(tmp_path / "repos").create("blog")
     servers: list[_Server] = []
 
-    def push(answer: Answer | None, body: bytes = b"", url: str = "") -> tuple[
-            subprocess.CompletedProcess[str], str, _Server | None]:
-        server = _Server(answer, body) if answer else None
+    def push(answer: Answer | None, body: bytes = b"", url: str = "",
+             host: str = "127.0.0.1") -> tuple[subprocess.CompletedProcess[str], str,
+                                               _Server | None]:
+        server = _Server(answer, body, host) if answer else None
         if server:
             servers.append(server)
         env = {**os.environ, "PUSHSITE_HOOK_SECRET": "s3cret",
@@ -163,3 +166,19 @@ def test_the_hook_runs_without_site_packages(tmp_path: Path) -> None:
     done = subprocess.run([*first[2:].split(), "-c", "import sys; print(sys.flags.no_site, "
                            "sys.flags.isolated)"], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["1", "1"]
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_server_on_an_ipv6_address_is_reached(pushing: Callable[..., tuple]) -> None:
+    done, moved, server = pushing(_chunked, REFUSED, host="::1")
+    assert "! [remote rejected] HEAD -> main (deploy failed: two spaces)" in done.stderr
+    assert moved == ""
+    assert b"\r\nHost: [::1]:" in server.requests[0]

@@ -39,7 +39,16 @@ from pushsite.errors import (
     SiteNotFound,
 )
 from pushsite.limits import human_size
-from pushsite.model import PRODUCTION, Deployment, FileEntry, Manifest, Site, Token
+from pushsite.model import (
+    PRODUCTION,
+    Deployment,
+    FileEntry,
+    Manifest,
+    Site,
+    Status,
+    Token,
+    pending_key,
+)
 from pushsite.names import branch_label
 from pushsite.service import Service
 from pushsite.sources.webhooks import PROVIDERS
@@ -343,8 +352,13 @@ class Dashboard:
         page = _page_number(visit.request.query_params.get("files_page", ""))
         rollback = (deployment.branch == site.production_branch and production is not None
                     and deployment.id < production.deployment_id)
+        optimise = self._optimise(deployment)
+        ended = [line.time for line in logs if line.stage == "optimise"]
         return Page("deployment.html", {
             "d": deployment, "site": site, "logs": logs, "pointed": pointed,
+            "optimise": optimise,
+            "optimise_at": ended[-1] if ended and optimise not in ("", *ONGOING) else None,
+            "following": not deployment.status.finished or optimise in ONGOING,
             "last_seq": logs[-1].seq if logs else 0,
             "files": matching[(page - 1) * FILES_SHOWN:page * FILES_SHOWN],
             "files_total": len(files), "files_matching": len(matching),
@@ -474,9 +488,19 @@ class Dashboard:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
-    def _poll(self, deployment_id: str, after: int, logs: bool) -> tuple[list[Any], Deployment]:
+    def _poll(self, deployment_id: str, after: int, logs: bool
+              ) -> tuple[list[Any], Deployment, str]:
         lines = self.state.get_logs(deployment_id, after=after, limit=500) if logs else []
-        return lines, self.state.get_deployment(deployment_id)
+        deployment = self.state.get_deployment(deployment_id)
+        return lines, deployment, self._optimise(deployment) if logs else ""
+
+    def _optimise(self, d: Deployment) -> str:
+        """optimise_state; for a live one whose variants still wait for the worker that
+        makes them (the store holds its marker), QUEUED: its page keeps following it."""
+        state = optimise_state(d)
+        if state or d.status != Status.LIVE:
+            return state
+        return QUEUED if self.service.store.has([pending_key(d.id)]) else ""
 
     async def _stream(self, deployment_id: str, after: int, logs: bool) -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
@@ -484,11 +508,12 @@ class Dashboard:
         started = last_write = time.monotonic()
         quiet_since: float | None = None
         while time.monotonic() - started < STREAM_LIMIT:
-            lines, deployment = await run_in_threadpool(self._poll, deployment_id, after, logs)
+            lines, deployment, optimise = await run_in_threadpool(
+                self._poll, deployment_id, after, logs)
             for line in lines:
                 after = line.seq
                 yield _event("log", line.to_dict(), line.seq)
-            status = _status_event(deployment)
+            status = _status_event(deployment, optimise)
             now = time.monotonic()
             if status != sent:
                 sent = status
@@ -496,8 +521,10 @@ class Dashboard:
                 last_write = now
             elif lines:
                 last_write = now
-            if deployment.status.finished:
+            ended = deployment.status.finished and optimise not in ONGOING
+            if ended:
                 # the last lines are flushed just after the final status; wait for them
+                # (and a live one's stream goes on while it is optimised, until it says so)
                 quiet_since = None if lines else (quiet_since or now)
                 if not logs or (quiet_since is not None and now - quiet_since >= 1.0):
                     yield _event("end", {"status": str(deployment.status)})
@@ -513,7 +540,7 @@ def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> str:
     return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _status_event(d: Deployment) -> dict[str, Any]:
+def _status_event(d: Deployment, optimise: str = "") -> dict[str, Any]:
     """What the deployment page shows live: the status, and the counters a run writes at
     most every 0.5 s (service/progress.py)."""
     return {"status": str(d.status), "finished": d.status.finished, "error": d.error,
@@ -521,7 +548,25 @@ def _status_event(d: Deployment) -> dict[str, Any]:
             "files_read": d.files - d.carried, "carried": d.carried, "stage": d.stage,
             "duration": human_duration(d.seconds), "bytes": human_bytes(d.bytes_in),
             "bytes_stored": human_bytes(d.bytes_stored),
-            "blobs_new": d.blobs_new, "blobs_reused": d.blobs_reused}
+            "blobs_new": d.blobs_new, "blobs_reused": d.blobs_reused,
+            "optimise": optimise}
+
+
+OPTIMISING = "optimising"
+QUEUED = "optimising queued"
+ONGOING = (OPTIMISING, QUEUED)
+_CLOCK_AT = re.compile(r" at \d{1,2}:\d{2}:\d{2}$")
+
+
+def optimise_state(d: Deployment) -> str:
+    """Where a finished deployment's after-live optimisation is ("optimising", "optimised in
+    4.94s", "optimising stopped", ...; "" for none), from its record's progress line
+    (service/optimising.py), without the server's clock time: the page shows when it ended
+    in the browser's own time, from the log line that said so."""
+    if not d.status.finished:
+        return ""
+    tail = d.progress.rsplit("; ", 1)[-1]
+    return _CLOCK_AT.sub("", tail) if tail.startswith("optimis") else ""
 
 
 def _context(d: Deployment, site: Site) -> str:

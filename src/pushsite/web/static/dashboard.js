@@ -108,6 +108,23 @@
     if (node) { node.textContent = text; }
   }
 
+  // after live: "optimising", then how it ended and when (the last optimise line's time)
+  var ONGOING = ["optimising", "optimising queued"]; // dashboard.py ONGOING
+  var optimise = {text: null, at: null};
+  function showOptimise() {
+    var span = document.getElementById("optimising");
+    if (!span || optimise.text === null) { return; }
+    span.hidden = !optimise.text;
+    span.textContent = optimise.text;
+    if (optimise.text && optimise.at !== null && ONGOING.indexOf(optimise.text) === -1) {
+      var time = document.createElement("time");
+      time.dateTime = new Date(optimise.at * 1000).toISOString();
+      showLocal(time);
+      span.appendChild(document.createTextNode(" at "));
+      span.appendChild(time);
+    }
+  }
+
   function followDeployment(log) {
     var source = new EventSource(log.getAttribute("data-events"));
     var filter = document.getElementById("log-filter");
@@ -115,6 +132,7 @@
     var last = null;
     source.addEventListener("log", function (event) {
       var data = JSON.parse(event.data);
+      if (data.stage === "optimise") { optimise.at = data.time; showOptimise(); }
       if (document.getElementById("L" + data.seq)) { return; }
       var nearBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
       var li = logLine(data);
@@ -138,6 +156,8 @@
       setText("bytes-stored", data.bytes_stored);
       setText("blobs-new", String(data.blobs_new));
       setText("blobs-reused", String(data.blobs_reused));
+      optimise.text = data.optimise || "";
+      showOptimise();
       var error = document.getElementById("error");
       if (error && data.error) { error.textContent = data.error; error.hidden = false; }
       if (last !== null && last !== data.status) { announce("Deployment " + data.status.replace("_", " ")); }
@@ -169,6 +189,7 @@
         var line = fresh.querySelector(".status-line");
         var current = document.querySelector(".status-line");
         if (line && current) { current.replaceWith(document.importNode(line, true)); }
+        showOptimise(); // what the stream said since is newer than what was fetched
         var note = document.getElementById("finished-note");
         if (note) { note.hidden = false; }
         tickAges();

@@ -252,8 +252,15 @@ def _reference_spelling(text: str) -> str | None:
 @example("./")
 @example("C:/x")
 @example("x/C:")
+@example("a/.")
+@example("a/..")
+@example("../a")
+@example("a\\b")
+@example("a\x7fb/")
+@example("1:x")
 def test_the_plain_name_shortcut_spells_as_the_full_rules(name: str) -> None:
-    """Most names take one regex match (paths._PLAIN); every name gets the same answer."""
+    """Most names take the plain-name shortcut (paths._plain_spelling); every name gets
+    the same answer as by the full rules."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:

@@ -16,12 +16,6 @@ from pushsite.errors import BundleRejected
 # C0 controls, DEL and C1 controls: never part of a file name someone means to publish.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
-# a name normalise_member_path returns as it is (with at most one trailing "/" dropped): no
-# control character, backslash, drive, empty, "." or ".." component. One C match instead of a
-# search, a split and a join: most members of every bundle are such names (a tenth of the
-# reader's time per member)
-_PART = r"(?!\.\.?(?:/|\Z))[^/\\\x00-\x1f\x7f-\x9f]+"
-_PLAIN = re.compile(rf"(?![A-Za-z]:){_PART}(?:/{_PART})*/?")
 _WELL_KNOWN = ".well-known"
 
 
@@ -72,8 +66,9 @@ def normalise_member_path(name: bytes | str) -> str:
     Windows drive paths and any `..` component (even one that would stay inside the bundle).
     """
     text = _decode(name)
-    if _PLAIN.fullmatch(text):
-        return text[:-1] if text.endswith("/") else text
+    plain = _plain_spelling(text)
+    if plain is not None:
+        return plain
     _check(text)
     if text.startswith("/"):
         raise BundleRejected(
@@ -91,6 +86,23 @@ def normalise_member_path(name: bytes | str) -> str:
     if not parts:
         raise BundleRejected(f"the bundle holds an empty path ({text[:200]!r})")
     return "/".join(parts)
+
+
+def _plain_spelling(text: str) -> str | None:
+    """The spelling of a plain name, or None to apply the full rules: a printable ASCII name
+    with no backslash, drive, empty, "." or ".." component (at most one trailing "/") is
+    its own spelling. Most members of every bundle are such names; these checks are C
+    string methods, where the full rules (a regex search, a split, a join) were a tenth of
+    the reader's time per member, and a regex for the same was no faster."""
+    bare = text[:-1] if text.endswith("/") else text
+    if not (bare.isascii() and bare.isprintable()) or "\\" in bare:  # no C0, DEL, C1
+        return None
+    if bare[1:2] == ":" and bare[0].isalpha():  # a drive (ASCII letters only, here)
+        return None
+    walled = "/" + bare + "/"
+    if "//" in walled or "/./" in walled or "/../" in walled:
+        return None
+    return bare
 
 
 def symlink_target(link_path: str, target: bytes | str) -> str | None:

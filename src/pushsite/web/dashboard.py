@@ -319,6 +319,8 @@ class Dashboard:
             "hooks": [(p, f"{base}/hooks/{p}/{site}") for p in PROVIDERS],
             "domains": self.service.domains(site), "before": before,
             "can_approve": _global_admin(visit.token),
+            "variables": (self.service.variables(site)
+                          if manage.is_admin(visit.token, site) else []),
             "challenge": self.service.domain_token(site),
             "older": deployments[-1].id if more and deployments else None,
             "limit": "" if size == PAGE_SIZE else str(size),

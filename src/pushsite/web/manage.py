@@ -1,6 +1,7 @@
 """The dashboard's management pages and actions (admin tokens): sites created and deleted,
 tokens listed, created (the secret shown once) and revoked, a site's webhook secret rotated,
-production locked, rolled back.
+its build variables and secrets set and removed (a secret's value is never shown again), what
+a failed push does chosen, production locked, rolled back.
 
 Every action is a POSTed form with the session's CSRF value (Dashboard.checked_form), and each
 one calls one Service verb. A token limited to one site manages that site and its own tokens
@@ -38,6 +39,11 @@ def routes(board: Dashboard) -> list[Route]:
         Route("/sites/{site}/webhook-secret", manage.action(manage.rotate_secret),
               methods=["POST"]),
         Route("/sites/{site}/lock", manage.action(manage.lock), methods=["POST"]),
+        Route("/sites/{site}/variables", manage.action(manage.set_variable), methods=["POST"]),
+        Route("/sites/{site}/variables/{name}/unset", manage.action(manage.unset_variable),
+              methods=["POST"]),
+        Route("/sites/{site}/failed-pushes", manage.action(manage.failed_pushes),
+              methods=["POST"]),
         Route("/sites/{site}/rollback", manage.action(manage.rollback), methods=["POST"]),
     ]
 
@@ -143,6 +149,30 @@ class Manage:
         self._require(visit)  # a webhook secret is for admins of every site only
         site = self.service.rotate_webhook_secret(path["site"])
         return Page("secret.html", {"site": site, "secret": site.webhook_secret})
+
+    # build variables (the builds' environment), as `pushsite env` and the API's /env -----------
+    def set_variable(self, visit: Visit, form: dict[str, str], path: dict[str, Any]
+                     ) -> Response:
+        site = path["site"]
+        self._require(visit, site)
+        self.service.set_variable(site, form.get("name", "").strip(), form.get("value", ""),
+                                  secret=form.get("secret") == "1")
+        return RedirectResponse(f"/sites/{site}#variables-h", 303)
+
+    def unset_variable(self, visit: Visit, form: dict[str, str], path: dict[str, Any]
+                       ) -> Response:
+        site = path["site"]
+        self._require(visit, site)
+        self.service.unset_variable(site, path["name"])
+        return RedirectResponse(f"/sites/{site}#variables-h", 303)
+
+    def failed_pushes(self, visit: Visit, form: dict[str, str], path: dict[str, Any]
+                      ) -> Response:
+        """A git push whose deploy fails: refused (the branch stays), or its commits kept."""
+        site = path["site"]
+        self._require(visit, site)
+        self.service.update_site(site, reject_failed_pushes=form.get("reject") == "1")
+        return RedirectResponse(f"/sites/{site}#admin-h", 303)
 
     def lock(self, visit: Visit, form: dict[str, str], path: dict[str, Any]) -> Response:
         site = path["site"]

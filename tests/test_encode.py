@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import posixpath
 import zlib
 
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from isal import isal_zlib
 
 from pushsite.deploy import encode
@@ -60,3 +64,28 @@ def test_an_entry_with_a_quick_gzip_wants_its_final_one() -> None:
     assert not encode.wants_later({"gzip": 10, "br": 8}, packed)
     assert encode.wants_later({"gzip": 10, "br": 8}, quick)
     assert encode.pending_of({"gzip", "br"}) == ["br", "gzip"]
+
+
+@given(st.text(st.sampled_from(["a", "B", ".", "/", "é", "y"]), max_size=12))
+@example(".env")
+@example("a/..x")
+@example("a.b/c")
+@example("a/b.tar.gz")
+@example("x.")
+def test_a_paths_extension_is_posixpaths(path: str) -> None:
+    """The media type's extension is found by string methods (encode.extension), as
+    posixpath.splitext finds it."""
+    assert encode.extension(path) == posixpath.splitext(path)[1]
+
+
+@pytest.mark.parametrize(("encodings", "refs", "wanted"), [
+    ({}, None, False),
+    ({"gzip": 10}, None, True),
+    ({"gzip": 10, "br": 8}, None, False),
+    ({"gzip": 10, "br": 8}, {"gzip": fast_gzip_key("a" * 64)}, True),
+    ({"br": 8}, None, False),
+])
+def test_what_an_entry_still_wants(encodings: dict[str, int], refs: dict[str, str] | None,
+                                   wanted: bool) -> None:
+    assert encode.wants_later(encodings, refs) is wanted
+    assert bool(encode.wanted_later(encodings, refs)) is wanted

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import mimetypes
-import posixpath
 import zlib
 from typing import Protocol
 
@@ -111,7 +110,17 @@ _COMPRESSIBLE_APPLICATION = {
 
 def media_type(path: str) -> str:
     """The Content-Type for a path: with `charset=utf-8` for text, octet-stream if unknown."""
-    return _media_type_of_extension(posixpath.splitext(path)[1].lower())
+    return _media_type_of_extension(extension(path).lower())
+
+
+def extension(path: str) -> str:
+    """posixpath.splitext(path)[1] in string methods (asked once a file, by the pool):
+    from the basename's last dot, unless only dots come before it (".env", "..x")."""
+    dot = path.rfind(".")
+    start = path.rfind("/") + 1
+    if dot <= start or not path[start:dot].strip("."):
+        return ""
+    return path[dot:]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -215,8 +224,12 @@ def later_variants(data: bytes) -> dict[str, bytes]:
 def wants_later(encodings: dict[str, int], refs: dict[str, str] | None = None) -> bool:
     """Whether a manifest entry with these stored variants (and refs) still lacks one of
     LATER, or is served a quick gzip (model.fast_gzip_key) until its final one is made."""
-    return "gzip" in encodings and (any(enc not in encodings for enc in LATER)
-                                    or has_fast_gzip(refs))
+    if "gzip" not in encodings:
+        return False
+    for enc in LATER:  # a loop: asked for every file the pool records
+        if enc not in encodings:
+            return True
+    return has_fast_gzip(refs)
 
 
 def pending_of(wanted: set[str]) -> list[str]:

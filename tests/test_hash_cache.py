@@ -111,3 +111,19 @@ def test_a_packed_first_deploy_remembers_its_hashes_for_the_caller_to_save(
     cache.save()
     again = _cache(tmp_path, folder)
     assert _hashes(folder, again) == _hashes(folder, None) and again.hits == 6
+
+
+def test_a_cache_says_whether_it_has_anything_to_save(tmp_path: Path) -> None:
+    """deploy --server starts no thread (nor imports threading) to save nothing: a redeploy
+    whose only changed file is too new to remember."""
+    from pushsite.deploy.filelist import hash_pending, scan_folder
+
+    folder = _folder(tmp_path / "site", count=3)
+    racy = _cache(tmp_path, folder, racy=3600.0)  # every file is "just written"
+    hash_pending(scan_folder(str(folder), racy), cache=racy)
+    assert not racy.unsaved
+    settled = _cache(tmp_path, folder)
+    hash_pending(scan_folder(str(folder), settled), cache=settled)
+    assert settled.unsaved
+    settled.save()
+    assert not settled.unsaved and (tmp_path / "cache.json").exists()

@@ -224,8 +224,10 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
 
 
 def _saved_meanwhile(cache: HashCache | None) -> Callable[[], None]:
-    """Start writing the hash cache on a thread; the result waits for it to be written."""
-    if cache is None:
+    """Start writing the hash cache on a thread; the result waits for it to be written.
+    Nothing to write (a redeploy whose only changed file is too new to remember): no
+    thread, and no threading imported."""
+    if cache is None or not cache.unsaved:
         return lambda: None
     import threading
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +72,11 @@ class HashCache:
 
     _changed = False
 
+    @property
+    def unsaved(self) -> bool:
+        """Whether `save` has anything to write (a new hash was remembered)."""
+        return self._changed
+
     def save(self) -> None:
         """Write the rows seen this time, if any is new (a redeploy of unchanged files
         writes nothing)."""
@@ -80,7 +84,7 @@ class HashCache:
             return
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
-            part = f"{self._path}.{os.getpid()}.{threading.get_ident()}.part"
+            part = f"{self._path}.{os.getpid()}.{id(self):x}.part"
             try:
                 with open(part, "w") as handle:
                     json.dump({"folder": self._folder, "files": self._kept}, handle,

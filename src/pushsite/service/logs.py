@@ -2,7 +2,8 @@
 
 Lines are buffered and written to the state store in batches, because each state write is a
 round trip (and on DynamoDB, paid for): a batch goes when `flush_lines` lines are waiting, or
-`flush_every` seconds after the first of them (a timer thread), or when `flush()` is called
+`flush_every` seconds after the first of them (service/flushing.py's one thread per process),
+or when `flush()` is called
 (the deployer does so when the deployment ends). Every line also goes at once to each sink:
 JSON lines on stderr with PUSHSITE_LOG_JSON=1, a syslog collector with PUSHSITE_SYSLOG=URL.
 Nothing here raises into the deployer: when the state store fails, the lines stay buffered
@@ -25,6 +26,7 @@ from typing import Any, Protocol, TextIO
 
 from pushsite.errors import ConfigError, DiskFull
 from pushsite.model import LogLine
+from pushsite.service.flushing import FLUSHER
 from pushsite.state import StateStore
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -73,7 +75,7 @@ class DeployLog:
         self._max_buffered = max(max_buffered, 1)
         self._buffer_lock = threading.Lock()  # held briefly: append, swap
         self._flush_lock = threading.Lock()  # held while writing, so batches keep their order
-        self._timer: threading.Timer | None = None
+        self._armed: object | None = None  # the pending delayed flush's token, if any
         self._warned = False
 
     def __enter__(self) -> DeployLog:
@@ -129,15 +131,15 @@ class DeployLog:
         """Write buffered lines now (waiting for a write under way); never raises: a failure
         keeps the lines for a retry and sets `last_error`."""
         with self._buffer_lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._armed = None  # the armed flush finds itself stale and does nothing
         with self._flush_lock:
             self._write_quietly()
 
-    def _on_timer(self) -> None:
+    def _on_due(self, token: object) -> None:
         with self._buffer_lock:
-            self._timer = None
+            if token is not self._armed:
+                return  # flushed meanwhile; a later arming has its own token
+            self._armed = None
         with self._flush_lock:
             self._write_quietly()
 
@@ -169,10 +171,9 @@ class DeployLog:
 
     def _arm_timer(self, delay: float) -> None:
         """Make sure buffered lines get written within `delay`; the caller holds the buffer lock."""
-        if self._timer is None and self._buffer:
-            self._timer = threading.Timer(delay, self._on_timer)
-            self._timer.daemon = True
-            self._timer.start()
+        if self._armed is None and self._buffer:
+            token = self._armed = object()
+            FLUSHER.arm(delay, lambda: self._on_due(token))
 
     def _note_failure(self, exc: Exception) -> None:
         self.last_error = exc

@@ -834,8 +834,10 @@ def cancel(ctx: click.Context, deployment: str) -> None:
 def prune(ctx: click.Context, site: str, keep: int) -> None:
     """Delete old deployments of SITE and the blobs no kept deployment uses."""
     result = _service(ctx).prune(site, keep)
+    repo = (f", and freed {result['repo_freed']:,} bytes of its git repository"
+            if "repo_freed" in result else "")
     err.print(f"pruned {plural(result['deployments'], 'deployment')} and "
-              f"{plural(result['blobs'], 'blob')}")
+              f"{plural(result['blobs'], 'blob')}{repo}", highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -53,6 +53,8 @@ REPO_CONFIG = """[http]
 [gc]
 \tauto = 0
 """
+# held (flock) while a prune compacts the repository: a second prune skips it
+COMPACT_LOCK = "pushsite-compact.lock"
 # installed by older versions, removed on a repository's next push: post-receive a no-op since
 # the deploy moved to pre-receive, pre-receive since it moved to proc-receive (githook.py);
 # each was a Python start on every push's way
@@ -156,6 +158,43 @@ class SiteRepos:
     def commit_message(self, site: str, commit: str) -> str:
         return _git("log", "-1", "--format=%s", commit, cwd=self.path(site)).decode(
             errors="replace").strip()
+
+    def compact(self, site: str, expire: float) -> int | None:
+        """Repack the site's repository and drop the unreachable objects last written before
+        `expire` (a Unix time): what refused pushes left. The bytes freed under `objects/`
+        (negative if it grew); None when another compaction of it is running (git's
+        `gc.pid`, or a prune of ours holding COMPACT_LOCK), which does the same work.
+
+        `git gc --cruft`: reachable objects go into one pack, unreachable ones younger than
+        `expire` into a cruft pack that records each one's own mtime (so a refused push's
+        objects age out one day, and are never exploded into loose files as `repack -A`
+        would), older ones go, and `git prune` drops loose ones by the same rule. A push in
+        flight has its objects here, unreachable, from git moving them out of quarantine to
+        the hook's update-ref (githook.py), and its quarantine folder before that: they are
+        younger than `expire` as long as the caller's grace is longer than a push takes, so
+        `expire` must never be "now". A pack that arrives while gc runs is not among the
+        packs it replaces, and its loose objects are younger than `expire`. Refs are not
+        packed (gc.packRefs=false): nothing to gain with a few branches, and pack-refs would
+        take the ref locks a push's update-ref needs."""
+        repo = self.path(site)
+        if not self.exists(site):
+            return None
+        with open(repo / COMPACT_LOCK, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # another prune of this site compacts it now
+            before = objects_bytes(repo)
+            done = subprocess.run(
+                ["git", "-c", "gc.packRefs=false", "gc", "--quiet", "--cruft",
+                 f"--prune=@{int(expire)} +0000"],
+                cwd=repo, capture_output=True, env={**os.environ, "LC_ALL": "C"}, check=False)
+            if done.returncode != 0:
+                message = done.stderr.decode(errors="replace").strip()
+                if "gc is already running" in message:
+                    return None
+                raise DeploymentFailed(f"git gc of {repo} failed: {message}")
+            return before - objects_bytes(repo)
 
     def archive(self, site: str, commit: str, out: BinaryIO) -> None:
         """Write a `git archive --format=tar.gz` bundle of a commit."""
@@ -288,6 +327,16 @@ def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit:
         raise
     finally:
         blobs.close()
+
+
+def objects_bytes(repo: Path) -> int:
+    """The bytes of a repository's object store (loose objects, packs and their indexes)."""
+    total = 0
+    for folder, _, files in os.walk(repo / "objects"):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a gc or push moved it meanwhile
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 def _write_hooks(repo: Path) -> None:

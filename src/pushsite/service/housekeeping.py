@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import brotli
 
-from pushsite.errors import ConfigError, DeploymentNotFound, NotFound
+from pushsite.errors import ConfigError, DeploymentFailed, DeploymentNotFound, NotFound
 from pushsite.model import (
     Deployment,
     FileEntry,
@@ -133,8 +133,40 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     with SweepRecord(state, service.lease) as record:
         deleted = _sweep(service, watch, marks, batches, record, before_delete)
     manifests = sum(k.startswith(MANIFESTS) for k in orphans)
-    return {"deployments": len(dropped), "blobs": len(deleted), "manifests": manifests,
-            "recent": recent, "deliveries": prune_deliveries(service, site.name)}
+    result = {"deployments": len(dropped), "blobs": len(deleted), "manifests": manifests,
+              "recent": recent, "deliveries": prune_deliveries(service, site.name)}
+    freed = compact_repository(service, site.name, cutoff)
+    if freed is not None:
+        result["repo_freed"] = freed
+    return result
+
+
+def compact_repository(service: Service, site_name: str, cutoff: float) -> int | None:
+    """Compact the site's git repository, if it has one (a site pushed to with `git push`),
+    dropping the unreachable objects written before `cutoff`: a refused push's objects stay
+    in it (githook.py), and gc never runs there on its own (gc.auto=0). The bytes freed;
+    None without a repository.
+
+    It runs after the sweep, so every deployment running at the start, or started during
+    the sweep, has finished: its push's ref moved or was refused. A push arriving now has
+    its objects younger than the cutoff (deploy/gitcommit.py `SiteRepos.compact`). Another
+    prune compacting the same repository (or an admin's `git gc`) makes this one skip it
+    (0 freed); a failed gc is logged and does not undo or fail the prune done above."""
+    from pushsite.deploy.gitcommit import SiteRepos
+
+    repos = SiteRepos(service.config.repos)
+    if not repos.exists(site_name):
+        return None
+    try:
+        freed = repos.compact(site_name, cutoff)
+    except DeploymentFailed as exc:
+        _logger.warning("the git repository of site %s was not compacted: %s", site_name, exc)
+        return 0
+    if freed is None:
+        _logger.info("the git repository of site %s is being compacted by another prune "
+                     "or git gc: skipped", site_name)
+        return 0
+    return freed
 
 
 def prune_deliveries(service: Service, site_name: str, *, now: float | None = None) -> int:

@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(renewed every third of it; an expired one is taken over)"),
     Setting("upload_idle", float, 600.0, "seconds an upload's open connection may send "
             "nothing and keep its deployment (its lease is renewed meanwhile); past that "
-            "the lease runs out and recovery fails it"),
+            "the server drops the request (422) and the deployment fails"),
     Setting("notify_retry", float, 30.0, "seconds before a failed notification or commit "
             "status is tried again (doubling each time, at most an hour, with jitter)"),
     Setting("notify_window", float, 86400.0, "seconds a notification is retried for; an "

@@ -674,7 +674,8 @@ def create_api(service: Service) -> FastAPI:
                             "not create sites; use a token made for every site")
         if not create:  # before the body is read: a typo is refused at once
             await anyio.to_thread.run_sync(service.deploy_target, site)
-        reader = await _BodyReader.start(request.stream(), _upload_limit(service))
+        reader = await _BodyReader.start(request.stream(), _upload_limit(service),
+                                         service.config.upload_idle)
         if uploads[0] is None:
             uploads[0] = anyio.CapacityLimiter(_MAX_UPLOADS)
         deployment = await anyio.to_thread.run_sync(
@@ -1122,7 +1123,8 @@ def _has_body(request: Request) -> bool:
 def _blob_reader(request: Request, service: Service) -> BinaryIO:
     """A batch of blobs in a request's body, as a blocking file (service/uploads.receive)."""
     return cast(BinaryIO, io.BufferedReader(
-        _BodyReader(request.stream(), b"", _upload_limit(service)), 1 << 20))
+        _BodyReader(request.stream(), b"", _upload_limit(service),
+                    service.config.upload_idle), 1 << 20))
 
 
 def _upload_limit(service: Service) -> int:
@@ -1138,19 +1140,22 @@ class _BodyReader(io.RawIOBase):
     first bytes are checked to be gzip before anything is staged.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes], first: bytes, limit: int) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], first: bytes, limit: int,
+                 idle: float) -> None:
         super().__init__()
         self._chunks = chunks
         self._buffer = first
         self._total = len(first)
         self._limit = limit
+        self._idle = idle
         self._done = False
 
     @classmethod
-    async def start(cls, chunks: AsyncIterator[bytes], limit: int) -> _BodyReader:
+    async def start(cls, chunks: AsyncIterator[bytes], limit: int,
+                    idle: float) -> _BodyReader:
         first = b""
         while len(first) < len(_GZIP_MAGIC):
-            chunk = await cls._next(chunks)
+            chunk = await cls._next(chunks, idle)
             if chunk is None:
                 break
             first += chunk
@@ -1160,17 +1165,24 @@ class _BodyReader(io.RawIOBase):
         if not first.startswith(_GZIP_MAGIC):
             raise BundleRejected(f"the upload is not gzip (it starts with {first[:8]!r}); send "
                                  "a tar.gz bundle as the request body")
-        return cls(chunks, first, limit)
+        return cls(chunks, first, limit, idle)
 
     @staticmethod
-    async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
+    async def _next(chunks: AsyncIterator[bytes], idle: float) -> bytes | None:
+        """The next bytes; a client silent for `idle` seconds (upload_idle) is dropped, so a
+        vanished one does not hold an upload slot and a worker thread for ever."""
         try:
             while True:
-                chunk = await chunks.__anext__()
+                with anyio.fail_after(idle):
+                    chunk = await chunks.__anext__()
                 if chunk:
                     return chunk
         except StopAsyncIteration:
             return None
+        except TimeoutError:
+            raise BundleRejected(f"nothing arrived for {idle:g} s (the server's upload_idle): "
+                                 "the upload is dropped and nothing went live; send it "
+                                 "again") from None
         except ClientDisconnect:
             raise BundleRejected("the upload was cut off before its end; send the whole "
                                  "bundle again") from None
@@ -1180,7 +1192,7 @@ class _BodyReader(io.RawIOBase):
 
     def readinto(self, target: Any) -> int:
         while not self._buffer and not self._done:
-            chunk = anyio.from_thread.run(self._next, self._chunks)
+            chunk = anyio.from_thread.run(self._next, self._chunks, self._idle)
             if chunk is None:
                 self._done = True
                 break

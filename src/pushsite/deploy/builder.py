@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import os
-import posixpath
 import tempfile
 import threading
 import time
@@ -81,6 +80,7 @@ Known = tuple[dict[str, int], dict[str, str] | None]
 CHUNK = 1 << 20
 STREAM_COST = 4 << 20  # what a large file being compressed in the pool counts in flight
 CONFIG_FILES = ("_headers", "_redirects", "pushsite.toml")
+_CONFIG_ENDS = tuple("/" + name for name in CONFIG_FILES)  # in a folder: basename's test
 CONFIG_MAX = 1 << 20
 
 
@@ -315,7 +315,8 @@ class ManifestBuilder:
     def add_small(self, path: str, data: bytes, git: str = "") -> None:
         """A file read whole; hashed, compressed and stored by the pool."""
         self.deadline.check(self.counters)
-        if posixpath.basename(path) in CONFIG_FILES and len(data) <= CONFIG_MAX:
+        if ((path.endswith(_CONFIG_ENDS) or path in CONFIG_FILES)  # posixpath.basename's
+                and len(data) <= CONFIG_MAX):  # answer, without a Python call a file
             self.config_files[path] = data
         self._batch.append(_Pending(path, data, git))
         self._batch_bytes += len(data)

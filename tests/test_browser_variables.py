@@ -6,6 +6,7 @@ the site without the admin scope neither sees nor changes them."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,5 +127,35 @@ def test_a_deploy_token_for_the_site_neither_sees_nor_changes_them(
         names = [v["name"] for v in _api(board, admin, "/sites/guarded/env")["variables"]]
         assert names == ["TOKEN"]
         assert _api(board, admin, "/sites/guarded")["settings"]["reject_failed_pushes"] is True
+    finally:
+        tab.context.close()
+
+
+def test_an_admin_rotates_the_webhook_secret_after_confirming_and_sees_it_once(
+        browser: Browser, board: Server, admin: str) -> None:  # noqa: F811
+    board.create_site("rotated")
+
+    def secret() -> str:
+        shown = board.cli("hooks", "rotated").stdout.decode()
+        found = re.search(r"^secret\s+(\S+)", shown, re.M)
+        assert found, shown
+        return found.group(1)
+
+    old = secret()
+    tab = _signed_in(browser, board, admin)
+    try:
+        tab.goto("/sites/rotated")
+        tab.once("dialog", lambda dialog: dialog.dismiss())  # asked, and said no: kept
+        tab.locator("#rotate-secret").click()
+        expect(tab.get_by_role("heading", name="rotated")).to_be_visible()
+        assert secret() == old
+        asked: list[str] = []
+        tab.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+        tab.locator("#rotate-secret").click()
+        new = tab.locator("#webhook-secret").input_value()
+        assert new == secret() != old
+        assert asked == ["Make a new webhook secret? The old one stops working at once."]
+        tab.goto("/sites/rotated")
+        expect(tab.locator("#hook-secret")).to_have_value(new)  # an admin of every site
     finally:
         tab.context.close()

@@ -120,3 +120,11 @@ def test_a_deployment_no_longer_wanted_stops_every_worker(
     assert asked.is_set()
     assert store.has([pending_key("d1")])
     assert _no_workers_left()
+
+
+def test_the_optimised_line_counts_bytes_in_the_units_used_everywhere_else() -> None:
+    """IEC units, as the dashboard, the CLI and the read counter ("44.3 MiB read") show them:
+    "42.8 MB" beside "44.3 MiB" read as two different sizes (issue 17)."""
+    line = optimise_module.Optimised(blobs=2, bytes_in=3 << 20, bytes_out=1536 << 10,
+                                     seconds=0.5).describe()
+    assert "(3.0 MiB -> 1.5 MiB)" in line and " MB" not in line

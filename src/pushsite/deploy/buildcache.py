@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pushsite.deploy.detect import BuildPlan
 from pushsite.deploy.sandbox import folder_bytes
+from pushsite.limits import human_size
 
 MAX_BYTES = 2 << 30  # per site, all branches together
 DEFAULTS = {"hugo": ("resources/_gen",), "jekyll": (".jekyll-cache",),
@@ -75,7 +76,7 @@ class BuildCache:
             os.utime(saved)
             if restored:
                 return (f"restored the build cache of {label} ({', '.join(restored)}, "
-                        f"{folder_bytes(saved, 1 << 62) / 1e6:.1f} MB)")
+                        f"{human_size(folder_bytes(saved, 1 << 62))})")
         return "no build cache yet"
 
     def save(self, tree: Path, label: str, paths: tuple[str, ...]) -> str:
@@ -101,14 +102,14 @@ class BuildCache:
         final = self.site_root / label
         if size > self.max_bytes:
             shutil.rmtree(staging, ignore_errors=True)
-            return f"the build cache is over {self.max_bytes / 1e6:.0f} MB; not kept" + note
+            return f"the build cache is over {human_size(self.max_bytes)}; not kept" + note
         old = self.site_root / f".{label}.old.{os.getpid()}.{time.monotonic_ns()}"
         if final.exists():
             final.rename(old)
         staging.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         self._trim(keep=final)
-        return f"saved the build cache of {label} ({', '.join(kept)}, {size / 1e6:.1f} MB)" + note
+        return f"saved the build cache of {label} ({', '.join(kept)}, {human_size(size)})" + note
 
     def _trim(self, keep: Path) -> None:
         """Drop the least recently used branches' caches until the site's fit."""

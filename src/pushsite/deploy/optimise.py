@@ -42,6 +42,7 @@ from pushsite.deploy import encode
 from pushsite.deploy.builder import store_index, stream_manifest
 from pushsite.deploy.handover import Wanting
 from pushsite.errors import DeploymentCancelled, DeploymentFailed, NotFound
+from pushsite.limits import human_size
 from pushsite.model import FileEntry, Manifest, blob_key, manifest_key, pending_key
 from pushsite.pathindex import PathIndex
 from pushsite.stores import ObjectStore, SizedStore
@@ -63,8 +64,8 @@ class Optimised:
 
     def describe(self) -> str:
         gzips = f", {self.gzips} final gzip variants" if self.gzips else ""
-        return (f"{self.blobs} brotli variants made ({self.bytes_in / 1e6:.1f} MB -> "
-                f"{self.bytes_out / 1e6:.1f} MB){gzips}, {self.reused} already stored, in "
+        return (f"{self.blobs} brotli variants made ({human_size(self.bytes_in)} -> "
+                f"{human_size(self.bytes_out)}){gzips}, {self.reused} already stored, in "
                 f"{self.seconds:.2f}s")
 
 

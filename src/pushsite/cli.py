@@ -26,7 +26,7 @@ from pushsite.limits import human_size
 from pushsite.model import Deployment, Domain
 from pushsite.present import control_url as _control_url
 from pushsite.present import deployment_json as _deployment_json
-from pushsite.present import err, escape, out, report_error
+from pushsite.present import err, escape, locked_out, out, report_error
 from pushsite.words import plural
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
@@ -275,8 +275,9 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
         click.echo(json.dumps(data))
         return
     urls, context = data["urls"], data["context"]
+    held = locked_out(data)
     lines = []
-    if context == "production":
+    if context == "production" and not held:
         lines.append(("production", urls.get("production") or ""))
     elif context == "preview":
         lines.append(("preview", urls.get("branch") or ""))
@@ -293,6 +294,10 @@ def _report(deployment: Deployment | dict[str, Any], as_json: bool, service: Any
               f"deployment {data['id']}", highlight=False, soft_wrap=True)
     if context == "draft":
         err.print(f"promote it to production with: pushsite promote {data['id']}",
+                  highlight=False, soft_wrap=True)
+    elif held:
+        err.print(f"production of {data['site']} is locked: not published; promote it with "
+                  f"`pushsite promote {data['id']}`, or `pushsite unlock {data['site']}`",
                   highlight=False, soft_wrap=True)
 
 

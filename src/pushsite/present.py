@@ -70,8 +70,10 @@ def deployment_json(config: Config, deployment: Deployment, service: Any) -> dic
     production = deployment.branch == site.production_branch
     data["context"] = ("draft" if deployment.draft else
                        "production" if production else "preview")
-    urls = deployment_urls(config, deployment, production)
-    if deployment.draft:  # no alias moved: its own URL is the only one
+    # a locked production (`pushsite lock`) left it ready: no production URL serves it
+    held = production and site.settings.locked and deployment.status != "live"
+    urls = deployment_urls(config, deployment, production and not held)
+    if deployment.draft or held:  # no alias moved: its own URL is the only one
         urls = {"deployment": urls["deployment"]}
     urls["log"] = f"{control_url(config)}/deployments/{deployment.id}"
     data["urls"] = urls
@@ -84,3 +86,10 @@ def control_url(config: Config) -> str:
 
     served = running(config.home)
     return served.url if served else "http://127.0.0.1:8000"
+
+
+def locked_out(data: dict[str, Any]) -> bool:
+    """A production-branch deployment that a locked production left ready: deployment_json
+    and the API give it no production URL."""
+    return (data.get("context") == "production" and data.get("status") == "ready"
+            and not (data.get("urls") or {}).get("production"))

@@ -81,7 +81,8 @@ class ErrorBody(BaseModel):
 class Urls(BaseModel):
     deployment: str = Field(description="This deployment, forever.")
     branch: str = Field(description="The branch preview.")
-    production: str | None = Field(None, description="Set when the branch is the production one.")
+    production: str | None = Field(None, description="Set when the branch is the production one "
+                                   "(null while a locked production left it ready).")
 
 
 class DeploymentOut(BaseModel):
@@ -911,12 +912,14 @@ class _Views:
         data["production"] = live == deployment.id
         data["context"] = ("draft" if deployment.draft else
                            "production" if deployment.branch == production else "preview")
+        # a locked production left it ready: the production URL does not serve it
+        held = (site is not None and site.settings.locked and deployment.status != Status.LIVE)
         data["urls"] = {
             "deployment": config.site_url(f"{deployment.id}--{deployment.site}"),
             "branch": config.site_url(f"{names.branch_label(deployment.branch)}--"
                                       f"{deployment.site}"),
             "production": (config.site_url(deployment.site)
-                           if deployment.branch == production else None)}
+                           if deployment.branch == production and not held else None)}
         return data
 
     def settled(self, deployment: Deployment) -> bool:

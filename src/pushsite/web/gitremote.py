@@ -353,6 +353,14 @@ class GitBridge:
             # the words the CLI prints: production, preview or draft, never "live" for all
             if deployment.draft:
                 word, url = "draft", config.site_url(f"{deployment.id}--{deployment.site}")
+            elif deployment.branch == site.production_branch and deployment.status == \
+                    Status.READY and site.settings.locked:  # `pushsite lock`: not published
+                url = config.site_url(f"{deployment.id}--{deployment.site}")
+                return (f"pushsite: production of {site.name} is locked: not published; ready "
+                        f"at {url} ({plural(deployment.files, 'file')}, "
+                        f"{plural(deployment.blobs_new, 'new blob')}, "
+                        f"{deployment.seconds or 0:.2f}s); promote it with `pushsite promote "
+                        f"{deployment.id}`, or `pushsite unlock {site.name}`")
             elif deployment.branch == site.production_branch:
                 word, url = "production", config.site_url(deployment.site)
             else:

@@ -321,17 +321,18 @@ class GitBridge:
             ran = run.done()  # before the read: a run that ended has moved its aliases
             deployment = await asyncio.to_thread(self.service.state.get_deployment,
                                                  deployment_id)
-            counts = (deployment.files, deployment.bytes_in, deployment.blobs_new)
-            if (deployment.status == Status.RUNNING and any(counts) and counts != counted
-                    and time.monotonic() >= next_count):
-                counted, next_count = counts, time.monotonic() + COUNT_EVERY
-                yield counting_line(deployment) + "\n"
             logs = await asyncio.to_thread(self.service.state.get_logs, deployment_id, seen)
             for entry in logs:
                 seen = entry.seq
                 if (entry.stage in ("read", "build", "manifest", "activate")
                         or entry.level != "info"):
                     yield f"pushsite: {entry.message}\n"
+            # after the lines read in this pass: "reading the bundle" comes before its count
+            counts = (deployment.files, deployment.bytes_in, deployment.blobs_new)
+            if (deployment.status == Status.RUNNING and any(counts) and counts != counted
+                    and time.monotonic() >= next_count):
+                counted, next_count = counts, time.monotonic() + COUNT_EVERY
+                yield counting_line(deployment) + "\n"
             if deployment.status.finished and (ran or not deployment.status.servable):
                 yield self._outcome(deployment, verdicts, ref) + "\n"
                 return

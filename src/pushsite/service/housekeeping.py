@@ -92,6 +92,9 @@ def prune(service: Service, site_name: str, keep: int, *, grace: float | None = 
     A running deployment whose lease ran out (its runner died) is neither waited for nor a
     reason to refuse: its record is stale, and a takeover makes it a new start, seen above.
 
+    Last, the site's git repository is compacted (`compact_repository`): what refused
+    pushes left there goes once older than the grace.
+
     A live deployment's optimiser (deploy/optimise.py) runs after its deployment finished, so
     it is not waited for: it may find a pending variant stored by another deployment and list
     it in the manifest it rewrites after prune read the old one. So every variant a kept

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from support.api import Api
 from support.readme import block, shell_blocks
 from support.servers import Server
 from support.sites import git, write_files
@@ -35,6 +36,7 @@ OTHER_TESTS = {
 # (heading, first words of the block) -> the test here that runs every line of it
 RUN_HERE = {
     ("git push", "pushsite tokens"): "test_git_push_block",
+    ("git push", "pushsite lock"): "test_lock_and_failed_pushes_block",
     ("Webhooks (code on GitHub, GitLab, Bitbucket, Gitea or Forgejo)", "pushsite hooks"):
         "test_webhooks_block",
     ("Notifications, commit statuses and metrics", "pushsite notify"): "test_notify_block",
@@ -134,7 +136,7 @@ def test_git_push_block(newcomer: Newcomer, server: Server) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first")
     git(repo, "branch", "feature-x")
-    commands = block("git push").commands
+    commands = block("git push", "pushsite tokens").commands
     token = newcomer.run(commands[0]).strip().splitlines()[-1].strip()
     assert token.startswith("psk_"), token
     newcomer.run_block(commands[1:3], {"psk_...": token})
@@ -148,6 +150,25 @@ def test_git_push_block(newcomer: Newcomer, server: Server) -> None:
     newcomer.run_block(commands[4:], {})
     assert server.get(preview, "/public/").status_code == 404
     assert server.get(f"blog.localhost:{server.port}", "/public/").text == "<h1>blog</h1>"
+
+
+def test_lock_and_failed_pushes_block(newcomer: Newcomer, server: Server) -> None:
+    commands = block("git push", "pushsite lock").commands
+    reader = Api(server, server.new_token("--name", "reader"))
+
+    def settings() -> dict[str, object]:
+        return dict(reader.ok("GET", "/sites/blog")["settings"])
+
+    assert settings()["locked"] is False and settings()["reject_failed_pushes"] is True
+    newcomer.run_block(commands[:1], {})
+    assert settings()["locked"] is True
+    newcomer.run_block(commands[1:2], {})
+    assert settings()["locked"] is False
+    token = newcomer.run(commands[2]).strip().splitlines()[-1].strip()
+    assert token.startswith("psk_"), token
+    [answer] = newcomer.run_block(commands[3:], {"psk_...": token})
+    assert json.loads(answer)["settings"]["reject_failed_pushes"] is False
+    assert settings()["reject_failed_pushes"] is False
 
 
 def test_webhooks_block(newcomer: Newcomer) -> None:

@@ -214,6 +214,15 @@ class PathIndex(Mapping[str, FileEntry]):
         for start, end in self._ranges:
             yield from json.loads(self._read(start, end))
 
+    def rows_from(self, path: str) -> Iterator[tuple[str, list[Any]]]:
+        """Every (path, entry row) from `path` on (included), starting at the one block it
+        can be in: a page of the API's file list reads a block or two, not the whole."""
+        first = max(bisect.bisect_right(self._firsts, path) - 1, 0)
+        for start, end in self._ranges[first:]:
+            for row in json.loads(self._read(start, end)):
+                if row[0] >= path:
+                    yield row
+
     def __iter__(self) -> Iterator[str]:
         for start, end in self._ranges:
             for path, _ in json.loads(self._read(start, end)):

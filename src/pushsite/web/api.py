@@ -18,11 +18,13 @@ a Location) comes once it is queued. The server's worker runs it; follow it with
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from functools import partial
 from typing import Annotated, Any, BinaryIO, Literal, cast
 
 import anyio
@@ -36,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
-from pushsite import __version__, errors, ids, names
+from pushsite import __version__, errors, ids, names, pathindex
 from pushsite.errors import (
     BundleRejected,
     BundleTooLarge,
@@ -51,6 +53,7 @@ from pushsite.model import (
     ADMIN_SCOPE,
     PRODUCTION,
     Deployment,
+    FileEntry,
     LogLine,
     Manifest,
     Site,
@@ -64,6 +67,8 @@ from pushsite.web import auth
 from pushsite.web.errors import install_error_handlers, with_debug_flag
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# a deployment's (path, entry row) pairs in path order, from a given path on
+FilesFrom = Callable[[str], Iterator[tuple[str, list[Any]]]]
 _MAX_UPLOADS = 8
 # what uploads/basis says this server takes; a client uses the ones it knows
 UPLOAD_FEATURES = ("finish-blobs", "list-gzip")
@@ -778,13 +783,8 @@ def create_api(service: Service) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         """The files a deployment publishes, sorted by path; page with `after`."""
-        manifest = service.manifest(view.covered_deployment(token, deployment_id).id)
-        paths = sorted(p for p in manifest.files if p.startswith(prefix))
-        page = [p for p in paths if after is None or p > after][:limit]
-        files = [{"path": p, "size": e.size, "type": e.type, "hash": e.hash,
-                  "encodings": e.encodings} for p in page for e in [manifest.files[p]]]
-        more = bool(page) and page[-1] != paths[-1]
-        return {"files": files, "total": len(paths), "next_after": page[-1] if more else None}
+        deployment = view.covered_deployment(token, deployment_id)
+        return _file_page(_file_rows(service, deployment.id), prefix, after, limit)
 
     @api.get("/deployments/{deployment_id}/log", response_model=LogPage, tags=["logs"])
     def get_log(
@@ -957,6 +957,55 @@ class _Views:
                         for a in self.service.state.list_aliases(site.name)],
             "url": self.service.config.site_url(site.name),
         }
+
+
+def _file_rows(service: Service, deployment_id: str) -> tuple[int, FilesFrom]:
+    """A deployment's file count and its (path, entry row) pairs in path order from a given
+    path on. A big site's manifest is read through its index by path (pathindex.py), a
+    block at a time, never parsed whole (0.4 s for each page of a 70,000-file site)."""
+    try:
+        index = pathindex.PathIndex(partial(service.store.get,
+                                            pathindex.index_key(deployment_id)))
+    except NotFound:  # a small site's plain JSON manifest: parsed in a few ms
+        files = service.manifest(deployment_id).files
+        paths = sorted(files)
+
+        def rows_from(path: str) -> Iterator[tuple[str, list[Any]]]:
+            for p in paths[bisect.bisect_left(paths, path):]:
+                yield p, files[p].to_json()
+
+        return len(paths), rows_from
+    return len(index), index.rows_from
+
+
+def _file_page(listing: tuple[int, FilesFrom], prefix: str, after: str | None,
+               limit: int) -> dict[str, Any]:
+    """One page of list_files: the walk starts where the page does and stops one row past
+    it; with a prefix it walks the prefix's range (its total counts every match)."""
+    count, rows_from = listing
+    page: list[tuple[str, list[Any]]] = []
+    more = False
+    total = 0
+    for path, row in rows_from(prefix or after or ""):
+        if not path.startswith(prefix):
+            break
+        total += 1
+        if after is not None and path <= after:
+            continue
+        if len(page) < limit:
+            page.append((path, row))
+        else:
+            more = True
+            if not prefix:
+                break
+    if not prefix:
+        total = count
+    files = []
+    for path, row in page:
+        entry = FileEntry.from_json(row)
+        files.append({"path": path, "size": entry.size, "type": entry.type,
+                      "hash": entry.hash, "encodings": entry.encodings})
+    return {"files": files, "total": total, "next_after": page[-1][0] if more else None}
 
 
 _STATUS_KINDS: dict[Status, type[PushsiteError]] = {

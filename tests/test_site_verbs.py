@@ -13,6 +13,7 @@ import re
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -347,3 +348,25 @@ def test_the_git_remote_reports_what_deploy_ref_decided(server: Server,
         assert svc.state.get_alias("pushy", "production") is not None
     finally:
         svc.close()
+
+
+def test_hooks_prints_urls_of_the_server_running_on_this_home(server: Server,
+                                                              tmp_path: Path) -> None:
+    """The default --server-url is the running server's public URL (its port, not 8000);
+    with no server on the home, the configured public URL; --server-url still wins."""
+    assert server.port != 8000
+    server.cli("sites", "create", "hooked")
+    shown = server.cli("hooks", "hooked")
+    assert shown.returncode == 0, shown.stderr
+    assert f"github     http://localhost:{server.port}/hooks/github/hooked" in \
+        shown.stdout.decode()
+    given = server.cli("hooks", "hooked", "--server-url", "https://deploy.example.com/")
+    assert "github     https://deploy.example.com/hooks/github/hooked" in given.stdout.decode()
+    alone = {**server.env, "PUSHSITE_HOME": str(tmp_path / "other"),
+             "PUSHSITE_PUBLIC_URL": "https://sites.example.org"}
+    subprocess.run([sys.executable, "-m", "pushsite", "sites", "create", "own"], env=alone,
+                   check=True, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "pushsite", "hooks", "own"], env=alone,
+                          capture_output=True, timeout=120, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "gitlab     https://sites.example.org/hooks/gitlab/own" in done.stdout

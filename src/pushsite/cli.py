@@ -23,7 +23,7 @@ from pushsite import __version__
 from pushsite.config import Config, load_config
 from pushsite.errors import ConfigError, Interrupted, PushsiteError
 from pushsite.limits import human_size
-from pushsite.model import Deployment, Domain
+from pushsite.model import Deployment
 from pushsite.present import control_url as _control_url
 from pushsite.present import deployment_json as _deployment_json
 from pushsite.present import err, escape, locked_out, out, report_error
@@ -31,6 +31,7 @@ from pushsite.words import plural
 
 if TYPE_CHECKING:  # imported where a command needs it: `pushsite --help` stays quick
     from pushsite.deploy.builder import Counters
+    from pushsite.records import Domain
     from pushsite.service import Service
     from pushsite.service.worker import FollowUp
 
@@ -1120,12 +1121,14 @@ def env_unset(ctx: click.Context, site: str, key: str) -> None:
 @click.option("--tags/--no-tags", default=None, help="Deploy tag pushes too (as tag/<name>).")
 @click.option("--repo", default=None, help="Deploy pushes of this repository only (owner/name; "
               "default: the first valid push binds it; \"\" unbinds).")
-@click.option("--server-url", default="http://127.0.0.1:8000", show_default=True,
-              help="How git hosts reach this server, for the printed hook URLs.")
+@click.option("--server-url", default=None,
+              help="How git hosts reach this server, for the printed hook URLs (default: the "
+              "public URL of the server running on this home, else the configured one, "
+              "PUSHSITE_PUBLIC_URL or http://localhost:8000).")
 @click.pass_context
 @reports_errors
 def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str | None,
-          tags: bool | None, repo: str | None, server_url: str) -> None:
+          tags: bool | None, repo: str | None, server_url: str | None) -> None:
     """Show SITE's webhook URLs (GitHub, GitLab, Bitbucket, Gitea, Forgejo) and secret; set
     where its archives are fetched from.
 
@@ -1133,9 +1136,13 @@ def hooks(ctx: click.Context, site: str, base_url: str | None, access_token: str
     Example (GitHub: Settings > Webhooks > Add webhook, content type application/json):
       pushsite hooks blog --access-token ghp_... --server-url https://deploy.example.com
     """
-    record = _service(ctx).update_site(site, tags=tags, webhook_base_url=base_url,
-                                       webhook_access_token=access_token, webhook_repo=repo)
+    service = _service(ctx)
+    record = service.update_site(site, tags=tags, webhook_base_url=base_url,
+                                 webhook_access_token=access_token, webhook_repo=repo)
     from pushsite.sources.webhooks import PROVIDERS
+
+    # _config gave the running server's public URL (its port), else the configured one
+    server_url = server_url or service.config.public_url
 
     for provider in PROVIDERS:
         click.echo(f"{provider:<10} {server_url.rstrip('/')}/hooks/{provider}/{record.name}")

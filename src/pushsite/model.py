@@ -7,9 +7,27 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pushsite.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pushsite.records import Domain as Domain
+    from pushsite.records import HostedRepo as HostedRepo
+    from pushsite.records import RefOutcome as RefOutcome
+    from pushsite.records import Token as Token
+
+# records a plain deploy never builds, defined in records.py and loaded when first named here
+_IN_RECORDS = frozenset({"Domain", "HostedRepo", "RefOutcome", "Token"})
+
+
+def __getattr__(name: str) -> Any:
+    """`from pushsite.model import Token` as before the records moved (records.py)."""
+    if name in _IN_RECORDS:
+        from pushsite import records
+
+        return getattr(records, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Status(enum.StrEnum):
@@ -146,29 +164,6 @@ def site_scope(site: str) -> str:
     return f"site:{site}"
 
 
-@dataclass(frozen=True)
-class Domain:
-    """A custom host name claimed by one site; served only once approved.
-
-    `scope` is the authority of whoever claimed it: ADMIN_SCOPE, or site_scope(site) for a
-    claim in the site's own pushsite.toml (a deploy token speaks for that site alone).
-    """
-
-    host: str
-    site: str
-    status: DomainStatus = DomainStatus.PENDING
-    scope: str = ADMIN_SCOPE
-    claimed: float = field(default_factory=time.time)
-
-    @property
-    def approved(self) -> bool:
-        return self.status is DomainStatus.APPROVED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "site": self.site, "status": str(self.status),
-                "scope": self.scope, "claimed": self.claimed}
-
-
 @dataclass
 class Site:
     name: str
@@ -242,30 +237,6 @@ class Deployment:
         known["status"] = Status(known.get("status", "queued"))
         known["draft"] = bool(known.get("draft", False))  # SQLite keeps 0 or 1
         return cls(**known)
-
-
-@dataclass(frozen=True)
-class HostedRepo:
-    """A repository on a git host, whose commits' archives a worker fetches (webhooks)."""
-
-    provider: str  # github, gitlab, bitbucket, gitea, forgejo
-    repo: str  # "owner/name"; GitLab: path_with_namespace
-    project_id: str = ""  # GitLab's numeric project id
-
-
-@dataclass(frozen=True)
-class RefOutcome:
-    """What one pushed ref update did (Service.deploy_ref), for the pusher or the git host.
-
-    action: "deploy" (a deployment was queued), "remove" (a preview went with its branch or
-    tag), or "ignore" (`reason` says why).
-    """
-
-    ref: str
-    action: str
-    branch: str = ""  # the deployment's branch: the branch name, or tag/<name> for a tag
-    deployment: Deployment | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -398,21 +369,6 @@ class LogLine:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Token:
-    """A deploy token. Only its sha256 is stored; the secret is shown once at creation."""
-
-    id: str
-    name: str
-    hash: str
-    site: str | None = None  # None: every site, and may create sites
-    scopes: list[str] = field(default_factory=lambda: ["deploy"])  # deploy, admin
-    created: float = field(default_factory=time.time)
-
-    def covers(self, site: str) -> bool:
-        return self.site is None or self.site == site
 
 
 # outgoing notifications (service/notify.py) -------------------------------------------------

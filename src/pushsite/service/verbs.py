@@ -32,14 +32,10 @@ from pushsite.model import (
     PRODUCTION,
     Delivery,
     Deployment,
-    Domain,
     DomainStatus,
-    HostedRepo,
     NotifyEndpoint,
-    RefOutcome,
     Site,
     Status,
-    Token,
     Variable,
     branch_alias,
     check_variable_name,
@@ -59,6 +55,8 @@ from pushsite.state import every_site
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
+
+    from pushsite.records import Domain, HostedRepo, RefOutcome, Token
 
 __all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
 
@@ -503,6 +501,8 @@ class Service(Queueing):
         git push: an annotated tag is peeled to its commit), or, with `hosted`, on a git host
         whose archive a worker fetches (a webhook).
         """
+        from pushsite.records import RefOutcome
+
         site = self.site(site_name, create=hosted is None)  # a push may create its site
         binding = site.settings.webhook.repo
         if hosted is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pushsite.backends import open_backend
 from pushsite.errors import ConfigError
@@ -23,14 +23,15 @@ from pushsite.model import (
     Alias,
     Delivery,
     Deployment,
-    Domain,
     DomainStatus,
     LogLine,
     NotifyEndpoint,
     Site,
     Status,
-    Token,
 )
+
+if TYPE_CHECKING:  # records a deploy never builds (records.py)
+    from pushsite.records import Domain, Token
 
 # How long an endpoint's delivery log is kept. The log is for finding out why a receiver
 # missed an event: retries end after a day (Config.notify_window) and an endpoint failing

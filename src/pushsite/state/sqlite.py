@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from pushsite.diskspace import Reserve, is_full, opened_with_room
@@ -34,17 +34,18 @@ from pushsite.model import (
     Alias,
     Delivery,
     Deployment,
-    Domain,
     DomainStatus,
     LogLine,
     NotifyEndpoint,
     Site,
     SiteSettings,
     Status,
-    Token,
 )
 from pushsite.sqlite_setup import setting_up, write_transaction
 from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, SiteHeads, Sweep, site_page
+
+if TYPE_CHECKING:  # records a deploy never builds (records.py): imported where built
+    from pushsite.records import Domain, Token
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -130,6 +131,8 @@ _DOMAIN_COLUMNS = "host, site, status, scope, claimed"
 
 
 def _domain(row: sqlite3.Row) -> Domain:
+    from pushsite.records import Domain
+
     return Domain(row[0], row[1], DomainStatus(row[2]), row[3], row[4])
 
 
@@ -558,6 +561,8 @@ class SqliteState:
 
     @staticmethod
     def _token(row: sqlite3.Row) -> Token:
+        from pushsite.records import Token
+
         return Token(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
     def delete_token(self, token_id: str) -> None:

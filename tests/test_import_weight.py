@@ -39,7 +39,16 @@ NOT_FOR_A_DEPLOY = (
     "socket",  # the host name of a lease or a temporary file is os.uname()'s
     # the build machinery: a folder's "names a build command" warning reads deploy.detect
     "subprocess", "pushsite.deploy.build", "pushsite.deploy.sandbox",
+    # issue 20: the records no deploy builds (tokens, domains, pushes' outcomes: records.py)
+    "pushsite.records",
 )
+# a bundle's deploy, too: the parsers of _headers, _redirects and pushsite.toml load for a site
+# that has one (a folder's reads them before, for the CLI's "names a build command" warning)
+NOT_FOR_A_BUNDLE_DEPLOY = (*NOT_FOR_A_DEPLOY, "pushsite.deploy.siteconfig", "pushsite.rules",
+                           "tomllib")
+# and what the console script's quick deploy (launch.py, quickdeploy.py) never loads either:
+# click (which imports uuid itself), and a queue's receipt is a worker's (a deploy only sends)
+NOT_FOR_A_QUICK_DEPLOY = (*NOT_FOR_A_BUNDLE_DEPLOY, "click", "uuid", "platform")
 
 # runs one command in this process the way `pushsite` does, then writes the modules it loaded
 _DRIVER = """
@@ -75,7 +84,7 @@ def test_a_bundle_deploy_into_a_fresh_home_loads_only_the_deploy(
     loaded = imported_by(tmp_path, "deploy", str(source), "--site", "blog", "--create",
                          "--json")
     assert "pushsite.deploy.builder" in loaded  # it did deploy, here
-    assert sorted(loaded & set(NOT_FOR_A_DEPLOY)) == []
+    assert sorted(loaded & set(NOT_FOR_A_BUNDLE_DEPLOY)) == []
 
 
 def test_a_folder_deploy_to_an_existing_site_loads_only_the_deploy(tmp_path: Path) -> None:
@@ -86,6 +95,41 @@ def test_a_folder_deploy_to_an_existing_site_loads_only_the_deploy(tmp_path: Pat
     loaded = imported_by(tmp_path, "deploy", str(folder), "--site", "blog", "--json")
     assert "pushsite.deploy.folder" in loaded
     assert sorted(loaded & set(NOT_FOR_A_DEPLOY)) == []
+
+
+# `pushsite deploy ...` as the console script runs it (launch.py -> quickdeploy.py, which ends
+# the process with os._exit): the modules loaded when it exits
+_QUICK_DRIVER = """
+import json, os, sys
+sys.argv = ["pushsite", *sys.argv[1:]]
+_exit = os._exit
+def recording_exit(code):
+    with open(os.environ["IMPORTED_TO"], "w") as out:
+        json.dump({"code": code, "modules": sorted(sys.modules)}, out)
+    _exit(code)
+os._exit = recording_exit
+from pushsite.launch import main
+main()
+"""
+
+
+def test_the_console_script_s_quick_deploy_loads_only_the_deploy(tmp_path: Path) -> None:
+    """The quick path (issue 20) does not go through click: what it loads is checked here."""
+    source = tmp_path / "site.tar.gz"
+    source.write_bytes(bundle({"index.html": b"<h1>hello</h1>" * 50, "app.js": b"let a;" * 99,
+                               "_headers": b"/*\n  X-Frame-Options: DENY\n"}))
+    record = tmp_path / "imported.json"
+    env = {**os.environ, "PUSHSITE_HOME": str(tmp_path / "home"), "IMPORTED_TO": str(record)}
+    done = subprocess.run([sys.executable, "-c", _QUICK_DRIVER, "deploy", str(source), "--site",
+                           "blog", "--create", "--json"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["status"] == "live"
+    loaded = set(json.loads(record.read_text())["modules"])
+    assert "pushsite.quickdeploy" in loaded  # the quick path ran
+    # a site with _headers loads their parser, and only that site
+    assert sorted(loaded & set(NOT_FOR_A_QUICK_DEPLOY)) == ["pushsite.deploy.siteconfig",
+                                                      "pushsite.rules", "tomllib"]
 
 
 def test_the_verbs_that_need_them_load_them(tmp_path: Path) -> None:

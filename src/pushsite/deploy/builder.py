@@ -693,10 +693,11 @@ class ManifestBuilder:
                 self.dirs)
         if top is not None:
             config = {p[len(top) + 1:]: d for p, d in config.items() if p.startswith(top + "/")}
-        from pushsite.deploy.siteconfig import parse_pushsite_toml
+        settings = None
+        if "pushsite.toml" in config:  # siteconfig (tomllib, rules) only for a site that has one
+            from pushsite.deploy.siteconfig import parse_pushsite_toml
 
-        settings = parse_pushsite_toml(config["pushsite.toml"]) if "pushsite.toml" in config \
-            else None
+            settings = parse_pushsite_toml(config["pushsite.toml"])
         publish = publish or (settings.publish if settings else None)
         exclude = tuple(exclude) + (settings.exclude if settings else ())
         prefix = (top + "/" if top else "") + (publish.strip("/") + "/" if publish else "")
@@ -998,6 +999,8 @@ def _rename_refs(entries: Iterable[FileEntry], old: str, new: str) -> None:
 
 
 def _parse_rules(config: dict[str, bytes]) -> tuple[list[dict], list[dict]]:
+    if "_headers" not in config and "_redirects" not in config:
+        return [], []  # most sites: no need to import their parsers (issue 20)
     from pushsite.deploy.siteconfig import parse_headers, parse_redirects
 
     headers: list[dict] = []

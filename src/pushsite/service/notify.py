@@ -37,9 +37,7 @@ from pushsite.model import (
     NOTIFY_EVENTS,
     NOTIFY_FORMATS,
     PRODUCTION,
-    Delivery,
     Deployment,
-    NotifyEndpoint,
     Status,
 )
 from pushsite.names import branch_label
@@ -50,6 +48,7 @@ from pushsite.state.counters import key
 if TYPE_CHECKING:
     import httpx
 
+    from pushsite.records import Delivery, NotifyEndpoint
     from pushsite.service.running import Running as ServiceBase
 
 log = logging.getLogger("pushsite.notify")
@@ -264,6 +263,8 @@ def deliver(service: ServiceBase, message: dict[str, Any]) -> Delivery | None:
             outcome = "retrying"
         service.state.update_endpoint(endpoint)
     kept = {k: message[k] for k in _RESENT} if outcome == "gave_up" else None
+    from pushsite.records import Delivery  # a worker's: a deploy only queues messages
+
     delivery = Delivery(endpoint.id, message["id"], message["event"], attempt, outcome, status,
                         latency, error, now, kept)
     service.state.append_delivery(delivery)

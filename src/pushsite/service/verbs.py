@@ -30,10 +30,8 @@ from pushsite.model import (
     ADMIN_SCOPE,
     MAX_VARIABLES,
     PRODUCTION,
-    Delivery,
     Deployment,
     DomainStatus,
-    NotifyEndpoint,
     Site,
     Status,
     Variable,
@@ -56,7 +54,7 @@ from pushsite.state import every_site
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
 
-    from pushsite.records import Domain, HostedRepo, RefOutcome, Token
+    from pushsite.records import Delivery, Domain, HostedRepo, NotifyEndpoint, RefOutcome, Token
 
 __all__ = ["DEFAULT_TIMEOUT", "Service", "deadline_margin"]
 
@@ -802,6 +800,8 @@ class Service(Queueing):
                 endpoint.disabled, endpoint.failing_since = False, 0.0
                 self.state.put_endpoint(endpoint)
                 return endpoint
+        from pushsite.records import NotifyEndpoint
+
         endpoint = NotifyEndpoint(f"ep_{ids.new_id()}", site.name, url, notify.new_secret(),
                                   chosen, fmt)
         self.state.put_endpoint(endpoint)

@@ -21,17 +21,15 @@ from pushsite.errors import ConfigError
 from pushsite.model import (
     ADMIN_SCOPE,
     Alias,
-    Delivery,
     Deployment,
     DomainStatus,
     LogLine,
-    NotifyEndpoint,
     Site,
     Status,
 )
 
 if TYPE_CHECKING:  # records a deploy never builds (records.py)
-    from pushsite.records import Domain, Token
+    from pushsite.records import Delivery, Domain, NotifyEndpoint, Token
 
 # How long an endpoint's delivery log is kept. The log is for finding out why a receiver
 # missed an event: retries end after a day (Config.notify_window) and an endpoint failing

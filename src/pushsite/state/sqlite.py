@@ -32,11 +32,9 @@ from pushsite.model import (
     ADMIN_SCOPE,
     PRODUCTION,
     Alias,
-    Delivery,
     Deployment,
     DomainStatus,
     LogLine,
-    NotifyEndpoint,
     Site,
     SiteSettings,
     Status,
@@ -45,7 +43,7 @@ from pushsite.sqlite_setup import setting_up, write_transaction
 from pushsite.state import DELIVERIES_KEPT, DELIVERY_RETENTION, SiteHeads, Sweep, site_page
 
 if TYPE_CHECKING:  # records a deploy never builds (records.py): imported where built
-    from pushsite.records import Domain, Token
+    from pushsite.records import Delivery, Domain, NotifyEndpoint, Token
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sites (
@@ -583,6 +581,10 @@ class SqliteState:
 
     def list_endpoints(self, site: str) -> list[NotifyEndpoint]:
         rows = self._query("SELECT data FROM endpoints WHERE site = ?", (site,))
+        if not rows:
+            return []  # most sites: a deploy's announcement loads no records.py
+        from pushsite.records import NotifyEndpoint
+
         found = [NotifyEndpoint.from_dict(json.loads(row[0])) for row in rows]
         return sorted(found, key=lambda e: (e.created, e.id))
 
@@ -615,6 +617,8 @@ class SqliteState:
         rows = self._query("SELECT data FROM deliveries WHERE endpoint_id = ? "
                            "AND json_extract(data, '$.time') >= ? ORDER BY n DESC LIMIT ?",
                            (endpoint_id, time.time() - DELIVERY_RETENTION, limit))
+        from pushsite.records import Delivery
+
         return [Delivery.from_dict(json.loads(row[0])) for row in rows]
 
     def prune_deliveries(self, endpoint_id: str, before: float, keep: int) -> int:

@@ -66,6 +66,22 @@ def page(browser: Browser, board: Server, token: str) -> Iterator[Page]:
         context.close()
 
 
+def sign_in(tab: Page, token: str) -> Page:
+    """Sign `tab` in through the login form; returns it once the Sites page shows."""
+    tab.goto("/login")
+    tab.get_by_label("Token").fill(token)
+    tab.get_by_role("button", name="Sign in").click()
+    expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
+    return tab
+
+
+def signed_in(browser: Browser, board: Server, token: str) -> Page:
+    """A new browser context's tab, signed in with `token` (the caller's test ends it)."""
+    context = browser.new_context(base_url=board.url)
+    context.set_default_timeout(WAIT_MS)
+    return sign_in(context.new_page(), token)
+
+
 def push(board: Server, token: str, repo: Path, site: str) -> subprocess.Popen[str]:
     """Start `git push` (it returns when the deploy has finished)."""
     board.create_site(site)

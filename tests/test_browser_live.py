@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Route, expect, sync_playwright
-from test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, many_files_repo
+from test_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, many_files_repo, sign_in
 
 from support.servers import Server, serving
 from support.sites import git, write_files
@@ -61,10 +61,7 @@ def page(browser: Browser, board: Server, token: str) -> Iterator[Page]:
     context.route("**/*", only_here)
     tab = context.new_page()
     try:
-        tab.goto("/login")
-        tab.get_by_label("Token").fill(token)
-        tab.get_by_role("button", name="Sign in").click()
-        expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
+        sign_in(tab, token)
         yield tab
     finally:
         context.close()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from standardwebhooks.webhooks import Webhook
-from test_browser import WAIT_MS, browser, playwright  # noqa: F401 - fixtures
+from test_browser import WAIT_MS, browser, playwright, signed_in  # noqa: F401 - fixtures
 
 from pushsite.state import open_state_store
 from support.receivers import Receiver, receivers_fixture
@@ -35,15 +35,6 @@ def admin(board: Server) -> str:
     return board.new_token("--name", "boss", "--admin")
 
 
-def signed_in(browser: Browser, board: Server, token: str) -> Page:  # noqa: F811
-    context = browser.new_context(base_url=board.url)
-    context.set_default_timeout(WAIT_MS)
-    tab = context.new_page()
-    tab.goto("/login")
-    tab.get_by_label("Token").fill(token)
-    tab.get_by_role("button", name="Sign in").click()
-    expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
-    return tab
 
 
 @pytest.fixture

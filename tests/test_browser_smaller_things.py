@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from test_browser import WAIT_MS, browser, playwright  # noqa: F401 - fixtures
+from test_browser import WAIT_MS, browser, playwright, sign_in  # noqa: F401 - fixtures
 
 from pushsite.model import LogLine
 from pushsite.state import open_state_store
@@ -48,10 +48,7 @@ def page(browser: Browser, board: Server, admin: str) -> Iterator[Page]:  # noqa
     context.set_default_timeout(WAIT_MS)
     tab = context.new_page()
     try:
-        tab.goto("/login")
-        tab.get_by_label("Token").fill(admin)
-        tab.get_by_role("button", name="Sign in").click()
-        expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
+        sign_in(tab, admin)
         yield tab
     finally:
         context.close()

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
-from test_browser import WAIT_MS, browser, playwright  # noqa: F401 - fixtures
+from playwright.sync_api import Browser, expect
+from test_browser import WAIT_MS, browser, playwright, signed_in  # noqa: F401 - fixtures
 
 from support.servers import Server, serving
 
@@ -31,15 +31,6 @@ def admin(board: Server) -> str:
     return board.new_token("--name", "boss", "--admin")
 
 
-def _signed_in(browser: Browser, board: Server, token: str) -> Page:  # noqa: F811
-    context = browser.new_context(base_url=board.url)
-    context.set_default_timeout(WAIT_MS)
-    tab = context.new_page()
-    tab.goto("/login")
-    tab.get_by_label("Token").fill(token)
-    tab.get_by_role("button", name="Sign in").click()
-    expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
-    return tab
 
 
 def _api(board: Server, token: str, path: str) -> Any:
@@ -51,7 +42,7 @@ def _api(board: Server, token: str, path: str) -> Any:
 def test_variables_and_secrets_are_set_shown_hidden_and_removed(
         browser: Browser, board: Server, admin: str) -> None:  # noqa: F811
     board.create_site("built")
-    tab = _signed_in(browser, board, admin)
+    tab = signed_in(browser, board, admin)
     try:
         tab.goto("/sites/built")
         expect(tab.get_by_text("No build variables.")).to_be_visible()
@@ -91,7 +82,7 @@ def test_what_a_failed_push_does_is_chosen_on_the_site_page(
         browser: Browser, board: Server, admin: str) -> None:  # noqa: F811
     board.create_site("pushy")
     assert _api(board, admin, "/sites/pushy")["settings"]["reject_failed_pushes"] is True
-    tab = _signed_in(browser, board, admin)
+    tab = signed_in(browser, board, admin)
     try:
         tab.goto("/sites/pushy")
         expect(tab.locator("#failed-pushes-state")).to_contain_text("refused")
@@ -113,7 +104,7 @@ def test_a_deploy_token_for_the_site_neither_sees_nor_changes_them(
                        json={"value": "plain-but-private"})
     assert answer.status_code == 200, answer.text
     deployer = board.new_token("--name", "deployer", "--site", "guarded")
-    tab = _signed_in(browser, board, deployer)
+    tab = signed_in(browser, board, deployer)
     try:
         tab.goto("/sites/guarded")
         expect(tab.get_by_role("heading", name="guarded")).to_be_visible()
@@ -142,7 +133,7 @@ def test_an_admin_rotates_the_webhook_secret_after_confirming_and_sees_it_once(
         return found.group(1)
 
     old = secret()
-    tab = _signed_in(browser, board, admin)
+    tab = signed_in(browser, board, admin)
     try:
         tab.goto("/sites/rotated")
         tab.once("dialog", lambda dialog: dialog.dismiss())  # asked, and said no: kept

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 from test_browser import WAIT_MS, browser, playwright  # noqa: F401 - fixtures
+from test_browser import sign_in as sign_in_tab
 from test_dashboard import sign_in
 
 from pushsite.model import LogLine, Status
@@ -111,10 +112,7 @@ def test_the_open_page_shows_when_the_optimising_ended_in_local_time_without_a_r
     context.set_default_timeout(WAIT_MS)
     tab = context.new_page()
     try:
-        tab.goto("/login")
-        tab.get_by_label("Token").fill(admin)
-        tab.get_by_role("button", name="Sign in").click()
-        expect(tab.get_by_role("heading", name="Sites")).to_be_visible()
+        sign_in_tab(tab, admin)
         tab.goto(f"/deployments/{deployment}")
         expect(tab.locator("#optimising")).to_have_text("optimising")
         # 2027-01-15 08:00:00.5 UTC is 17:00:00.500 in Tokyo (UTC+9, no summer time)

@@ -99,12 +99,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def run_moto(folder: Path) -> Iterator[str]:
-    """moto's standalone server; yields its endpoint URL."""
+    """moto's standalone server, DynamoDB's writes atomic as in AWS (moto_serial.py); yields
+    its endpoint URL."""
     port = free_port()
     log = folder / "moto.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # -P: this folder (its dns.py) not first on moto's import path
+            [sys.executable, "-P", str(Path(__file__).with_name("moto_serial.py")),
+             "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -30,7 +30,7 @@ from pushsite.model import Status
 from pushsite.service import Service
 from pushsite.stores import tempfiles
 from pushsite.stores.local import LocalStore
-from support.disk import fill, tmpfs
+from support.disk import fill, open_under, tmpfs
 from support.servers import serving
 from support.service import bundle, log_text, split_bundle, wait_for
 from support.sites import git
@@ -220,9 +220,12 @@ def test_a_failure_the_state_cannot_record_is_taken_over_after_the_lease(
 
     def no_room_left() -> None:
         """Once the deploy is under way: the disk full, and every reserve on it a folder
-        now (an empty one borrows a sibling's: diskspace.py)."""
+        now (an empty one borrows a sibling's: diskspace.py). The store opens on a thread
+        of its own while the bundle is read (service/running.py, "store-open"), its reserve
+        the last thing it makes: it may not be open yet when the first part is read."""
+        wait_for("the store open", reserves[1].exists)
         for folder in reserves:
-            folder.unlink(missing_ok=True)  # the store's is made when the store opens
+            folder.unlink(missing_ok=True)
             folder.mkdir()
         filler.append(fill(disk))
 
@@ -235,6 +238,7 @@ def test_a_failure_the_state_cannot_record_is_taken_over_after_the_lease(
     for folder in reserves:
         folder.rmdir()
     service.close()  # its store writes the failed batch it kept, now that there is room
+    assert open_under(disk) == []  # metrics.db too: the tmpfs was busy at its unmount
     time.sleep(1.2)
     later = Service(load_config())
     try:

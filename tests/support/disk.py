@@ -4,6 +4,7 @@ here and in CI), and a file that fills it to the last byte."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -44,3 +45,14 @@ def fill(folder: Path) -> Path:
                 break
     assert free_bytes(folder) == 0
     return filler
+
+
+def open_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (what keeps a tmpfs busy)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{folder}/"):
+                held.append(target)
+    return sorted(held)

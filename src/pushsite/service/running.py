@@ -81,6 +81,14 @@ class Running(ServiceBase):
             self._counters = CounterFile(self.config.home / "metrics.db")
         return self._counters
 
+    def close(self, exiting: bool = False) -> None:
+        """The backends, and metrics.db unless the process ends right after (the exit
+        closes it without the checkpoint a close makes): a service closed and dropped left
+        its connection open in the home (a tmpfs could not be unmounted)."""
+        if self._counters is not None and not exiting:
+            self._counters.close()
+        super().close(exiting)
+
     def _announce(self, deployment: Deployment, event: str | None = None) -> None:
         """Queue what the site's notification endpoints and its git host are told (sent by a
         worker, service/notify.py and statuses.py); never fails what it reports."""

@@ -48,6 +48,7 @@ class CounterFile:
         self.path = path
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._closed = False
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -63,9 +64,11 @@ class CounterFile:
 
     def open(self) -> None:
         """Open the file now, making it in a fresh home (six fdatasyncs: the deploy that
-        counts first does this on a thread while it reads files, service/running.py)."""
+        counts first does this on a thread while it reads files, service/running.py). Not
+        after `close`: that thread may come after its service closed."""
         with self._lock:
-            self._open()
+            if not self._closed:
+                self._open()
 
     def add(self, deltas: dict[Key, float]) -> None:
         """Add every delta in one transaction (nothing to write: no transaction)."""
@@ -98,7 +101,9 @@ class CounterFile:
                 for name, labels, value in rows}
 
     def close(self) -> None:
+        """Close the connection (a later `add` or `read` opens it again; `open` does not)."""
         with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.close()
                 self._db = None

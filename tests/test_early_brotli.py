@@ -167,7 +167,6 @@ def _nice_of(tid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[16])
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux nices one thread")
 def test_the_early_thread_never_outranks_the_deploy(tmp_path: Path) -> None:
     """Started by a deploy already at nice 15 (a suite or a CI job run under `nice`), the
     thread stays at 15: at nice 10 it outranked the deploy and made every brotli before

@@ -168,15 +168,6 @@ def test_the_hook_runs_without_site_packages(tmp_path: Path) -> None:
     assert done.stdout.split() == ["1", "1"]
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_a_server_on_an_ipv6_address_is_reached(pushing: Callable[..., tuple]) -> None:
     done, moved, server = pushing(_chunked, REFUSED, host="::1")
     assert "! [remote rejected] HEAD -> main (deploy failed: two spaces)" in done.stderr

@@ -374,6 +374,66 @@ class LocalStore:
         except FileNotFoundError:
             return io.BytesIO(self.get(key))
 
+    # every span of a chunk of packed blob keys (levels.ID_OF per key: the newest level's id)
+    _SPANS_CHUNK = 500
+    _SPANS = ("WITH w(k) AS (VALUES {values}) SELECT w.k, d.file, d.offset, d.length FROM w "
+              "JOIN blob_data d ON d.id = " + levels.ID_OF.replace(":k", "w.k"))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """key -> whole bytes of each of these objects the store holds (a missing one is
+        left out). For a reader of many small blobs (the optimiser after live): get() costs
+        a span lookup, an open and a close per blob (50-75 µs, most of it in Python), here
+        one statement finds every span and each data file is opened once. What one call
+        holds is what the caller asks for: it bounds the batch by bytes."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        with self._lock:  # the buffers first, as in get()
+            for key in wanted:
+                data = self._pending.get(key)
+                if data is None:
+                    data = self._writing.get(key)
+                if data is not None:
+                    found[key] = data
+        packed = {p: k for k in wanted if k not in found and (p := levels.pack(k)) is not None}
+        by_file: dict[int, list[tuple[int, int, str]]] = {}
+        chunks = list(packed)
+        with self._read_lock:
+            for start in range(0, len(chunks), self._SPANS_CHUNK):
+                chunk = chunks[start:start + self._SPANS_CHUNK]
+                values = ",".join(["(?)"] * len(chunk))
+                rows = self._db.execute(self._SPANS.format(values=values), chunk)
+                for k, no, offset, length in rows:
+                    if no is not None:
+                        by_file.setdefault(int(no), []).append(
+                            (int(offset), int(length), packed[bytes(k)]))
+        for no, spans in by_file.items():
+            try:
+                fd = os.open(self._files.path(no), os.O_RDONLY)
+            except FileNotFoundError:  # compacted meanwhile: get() looks again
+                continue
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot read data file {no} of the local store: "
+                                         f"{exc}") from exc
+            try:
+                for offset, length, key in sorted(spans):
+                    data = os.pread(fd, length, offset)
+                    if len(data) != length:
+                        raise BackendUnavailable(f"cannot read {key} from the local store: "
+                                                 f"data file {no} ends before it")
+                    found[key] = data
+            except OSError as exc:
+                raise BackendUnavailable(f"cannot read from data file {no} of the local "
+                                         f"store: {exc}") from exc
+            finally:
+                os.close(fd)
+        for key in wanted:  # not in a data file (other objects, large ones, moved spans)
+            if key not in found:
+                try:
+                    found[key] = self.get(key)
+                except NotFound:  # left out
+                    continue
+        return found
+
     def _span(self, key: str) -> tuple[int, int, int] | None:
         """(data file, offset, length) of a blob kept in a data file; call with `_read_lock`."""
         packed = levels.pack(key)

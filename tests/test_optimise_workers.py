@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +32,7 @@ class _Counting(LocalStore):
         super().__init__(root)
         self.streams = 0
         self.most_streams = 0
+        self.reads: list[tuple[int, int]] = []  # each get_many: keys asked, bytes returned
         self._count_lock = threading.Lock()
 
     def open(self, key: str) -> BinaryIO:
@@ -48,6 +49,13 @@ class _Counting(LocalStore):
 
         source.close = closed  # type: ignore[method-assign]
         return source
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        asked = list(keys)
+        got = super().get_many(asked)
+        with self._count_lock:
+            self.reads.append((len(asked), sum(map(len, got.values()))))
+        return got
 
 
 @pytest.fixture
@@ -90,6 +98,30 @@ def test_every_blob_once_and_never_two_big_ones_at_once(store: _Counting) -> Non
         stored = store.get(blob_key(hashlib.sha256(data).hexdigest(), "br"))
         assert brotli.decompress(stored) == data
     assert not store.has([pending_key("d1")])
+    assert _no_workers_left()
+
+
+def test_small_blobs_are_read_together_within_the_byte_bound(store: _Counting) -> None:
+    """Small blobs go to the workers a batch at a time, one store call each, never more
+    than READ_BYTES (or READ_COUNT) a call; one pruned meanwhile is left out, the rest made."""
+    files = {f"p{i}.html": b"<p>" + words(i, 200 + 37 * i) for i in range(300)}
+    files.update({f"m{i}.html": b"<p>" + words(500 + i, 300_000) for i in range(8)})
+    manifest = _manifest(store, files)
+    pruned = manifest.files["p5.html"].hash
+    store.delete([blob_key(pruned)])
+    store.flush()
+    done = optimise(store, manifest, wanted=lambda: True, workers=2)
+    assert done.blobs == len(files) - 1
+    assert store.reads and max(asked for asked, _ in store.reads) > 1
+    assert all(got <= optimise_module.READ_BYTES and asked <= optimise_module.READ_COUNT
+               for asked, got in store.reads)
+    assert sum(asked for asked, _ in store.reads) == len(files)  # each asked once
+    assert max(got for _, got in store.reads) > 600_000  # two 300 KB ones together
+    for data in files.values():
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != pruned:
+            assert brotli.decompress(store.get(blob_key(sha, "br"))) == data
+    assert not store.has([blob_key(pruned, "br")])
     assert _no_workers_left()
 
 

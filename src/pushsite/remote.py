@@ -209,13 +209,16 @@ def deploy_source(server: str, token: str, source: str, *, site: str,
             if echo is not None:
                 _say(echo, "upload", f"uploaded {sent} of {plural(len(missing), 'blob')}")
         last = next(batches, None)  # it goes with finish: one request less
+        if last is None:
+            meter.done()
         saving = _saved_meanwhile(cache)  # for the next deploy, while the server deploys
         try:
             status, deployment = remote.answer(
                 "POST", f"/sites/{site}/uploads/{upload}/finish",
                 params={"wait": _wait(deadline, echo)},
-                **({} if last is None else {"content": meter.counted(last), "headers": {
-                    "Content-Type": "application/octet-stream"}}))
+                **({} if last is None else {
+                    "content": meter.counted(last, ending=True),
+                    "headers": {"Content-Type": "application/octet-stream"}}))
         except errors.Interrupted:
             raise _interrupted(remote, upload) from None
         finally:
@@ -364,7 +367,8 @@ class UploadMeter:
         self._next = self.started + self.EVERY
         self._said = False
 
-    def counted(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    def counted(self, chunks: Iterable[bytes], ending: bool = False) -> Iterator[bytes]:
+        """The chunks, counted; `ending`: the upload's last body, the last figure after it."""
         if self.echo is None:  # nothing to say: the chunks as they are
             yield from chunks
             return
@@ -374,6 +378,8 @@ class UploadMeter:
                 self._next = time.monotonic() + self.EVERY
                 self._say()
             yield chunk
+        if ending:
+            self.done()
 
     def done(self) -> None:
         """The last figure, once something was said (a short upload stays quiet)."""

@@ -1,6 +1,6 @@
 """The serverless shape's parts for tests: bundles, a staging bucket on moto whose events go to
-an SQS queue, the AWS backends in the environment, and a TCP proxy that misbehaves like a
-network."""
+an SQS queue, the AWS backends in the environment, and staged bundles read through a proxy that
+misbehaves like a network (support/proxy.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import contextlib
 import io
 import json
 import os
-import socket
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ import pytest
 from pushsite.config import load_config
 from pushsite.model import Deployment, Status
 from pushsite.service import Service
+from support.proxy import Proxy
 
 
 def make_bundle(files: dict[str, bytes], top: str = "site") -> bytes:
@@ -167,63 +166,6 @@ def live(service: Service, site: str) -> Deployment | None:
         return None
     deployment = service.state.get_deployment(alias.deployment_id)
     return deployment if deployment.status == Status.LIVE else None
-
-
-class Proxy:
-    """A TCP proxy to a local server that can misbehave like a network: relay at most `rate`
-    bytes a second back to each client, or cut the first connection once it has relayed
-    `cut_after` bytes back (a staging download that breaks mid-bundle)."""
-
-    def __init__(self, upstream_port: int, *, cut_after: int | None = None,
-                 rate: float | None = None) -> None:
-        self.cut_after = cut_after
-        self.rate = rate
-        self.cuts = 0
-        self._upstream = upstream_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closing:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True),
-                             daemon=True).start()
-
-    def _pipe(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
-        relayed = 0
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-                relayed += len(data)
-                if not downstream:
-                    continue
-                if self.rate:
-                    time.sleep(len(data) / self.rate)
-                if self.cut_after is not None and self.cuts == 0 and relayed > self.cut_after:
-                    self.cuts += 1
-                    break
-        except OSError:
-            pass
-        for sock in (source, target):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self._closing = True
-        self._listener.close()
 
 
 @contextlib.contextmanager

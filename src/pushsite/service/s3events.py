@@ -96,7 +96,7 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
     """The deployment of one staged object, created on its first event; None when the object
     is gone or was replaced since the event (its successor's own event deploys that)."""
     # botocore loads on the first S3 event, not in every process that runs a worker
-    from pushsite.sources.s3bundle import bundle_key, head_bundle, object_deployment_id
+    from pushsite.sources.s3bundle import bundle_key, head_bundle, id_after, object_deployment_id
 
     head = head_bundle(bucket, key, etag)
     if head is None:
@@ -115,6 +115,16 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
     if rejected:
         return _reject(service, key, site, branch, deployment_id, rejected,
                        bundle_key(bucket, key, etag))
+    replaced = _same_key(service, site, bucket, key)
+    for earlier in replaced:  # made by an earlier event, its id moved past an older object's
+        if earlier.bundle_key == bundle_key(bucket, key, etag):
+            return earlier
+    # The key holds this object, so each earlier deployment of the key is of an older one;
+    # within one Last-Modified second the hash would order them at random (the older could
+    # keep the alias: `move_alias` lets only a larger id replace it).
+    later = [earlier.id for earlier in replaced if earlier.id > deployment_id]
+    if later:
+        deployment_id = id_after(max(later), deployment_id)
     try:
         return service.accept(site, None, branch=branch, message=meta.get("message", ""),
                               commit=meta.get("commit", ""), source="s3", enqueue=False,
@@ -124,6 +134,19 @@ def stage_from_bucket(service: Service, bucket: str, key: str, site: str, branch
         with contextlib.suppress(DeploymentNotFound):  # another event created it first
             return service.state.get_deployment(deployment_id)
         raise
+
+
+def _same_key(service: Service, site: str, bucket: str, key: str) -> list[Deployment]:
+    """The site's recent deployments staged at this bucket and key (any ETag)."""
+    from pushsite.sources.s3bundle import parse_bundle_key
+
+    found = []
+    for deployment in service.state.list_deployments(site, limit=50):
+        if deployment.bundle_key.startswith("s3://"):
+            with contextlib.suppress(ConfigError):
+                if parse_bundle_key(deployment.bundle_key)[:2] == (bucket, key):
+                    found.append(deployment)
+    return found
 
 
 def _rejected(service: Service, site: str, branch: str | None) -> str:

@@ -8,8 +8,11 @@ of sha256("<bucket>/<key>@<etag>"). Every event about one upload (S3 delivers at
 and a multipart upload sends two, `Put` and `CompleteMultipartUpload`, with one ETag) names
 the same id, so the first event creates the deployment and the others find it: a worker that
 died mid-deploy is resumed, never doubled. Ids still sort by upload time, so a newer bundle
-wins the alias; two bundles uploaded within the same second to one branch under *different*
-keys are ordered by the hash instead (use one key per branch and the ETag check settles it).
+wins the alias. Within one second the hash would decide, so an object that replaced another at
+its key takes the millisecond after every deployment of that key whose id sorts later
+(`id_after`; service/s3events.py): the key now holds it, so it is the newer one. Two bundles
+uploaded within the same second to one branch under *different* keys are still ordered by the
+hash (use one key per branch).
 
 A deployment remembers its bundle as `s3://<bucket>/<key>#<etag>` (`bundle_key`). Every read
 sends If-Match with that ETag, so a bundle replaced at the same key is never mistaken for the
@@ -57,6 +60,15 @@ def object_deployment_id(modified: float, identity: str) -> str:
     ms = int(modified) * 1000
     tail = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:10], "big")
     return _encode(ms, 10) + _encode(tail, 16)
+
+
+def id_after(earlier: str, ours: str) -> str:
+    """`ours` (an object's id) moved to the millisecond after `earlier`, its tail kept: it then
+    sorts after `earlier` and before any id of a later millisecond."""
+    ms = 0
+    for char in earlier[:10]:
+        ms = (ms << 5) | _ALPHABET.index(char)
+    return _encode(ms + 1, 10) + ours[10:]
 
 
 def _encode(value: int, length: int) -> str:

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from test_git_push import push, remote, token  # noqa: F401 - token is a fixture
 
+from pushsite.deploy import early
+from pushsite.deploy.builder import ManifestBuilder, Target
+from pushsite.deploy.early import EarlyBrotli
+from pushsite.deploy.gitcommit import SiteRepos, deploy_commit
+from pushsite.deploy.later import Later
+from pushsite.stores.local import LocalStore
 from support.servers import Server
 
 
@@ -62,3 +70,54 @@ def test_push_is_answered_live_and_the_worker_optimises_once(
         time.sleep(0.05)
     else:
         raise AssertionError("br was never offered once optimised")
+
+
+class _Log:
+    def info(self, stage: str, message: str, **fields: object) -> None: ...
+    def warning(self, stage: str, message: str, **fields: object) -> None: ...
+
+
+def test_a_push_makes_no_brotli_while_reading(
+        tmp_path: Path, make_repo: Callable[..., Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A push's reading keeps both cores busy (git cat-file, the pool): its deploy offers no
+    blob to the early brotli thread (deploy/early.py), which a bundle of the same files
+    does; the brotli is made after live, the manifest otherwise the bundle's."""
+    offered: list[str] = []
+
+    class Counting(EarlyBrotli):
+        def offer(self, sha: str, data: bytes, content_type: str) -> bool:
+            offered.append(sha)
+            return super().offer(sha, data, content_type)
+
+    monkeypatch.setattr(early, "EarlyBrotli", Counting)
+    files = {f"p{i}.html": _text(i, 40_000) for i in range(40)}
+    repos = SiteRepos(tmp_path / "repos")
+    repos.create("blog")
+    repo = make_repo(files)
+    subprocess.run(["git", "push", "-q", str(repos.path("blog")), "main"], cwd=repo,
+                   check=True, capture_output=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    built = {}
+    for kind in ("bundle", "push"):
+        store = LocalStore(tmp_path / f"store-{kind}")
+        try:
+            builder = ManifestBuilder(Later.now(Target(store)), _Log(), later=True)
+            if kind == "push":
+                manifest = deploy_commit(builder, repos, "blog", commit, "d1", 0.0, None)
+            else:
+                for path, text in files.items():
+                    builder.add_small(path, text.encode())
+                manifest = builder.finish("d1", "blog", commit, 0.0, strip_top=False)
+            built[kind] = {path: (e.hash, e.size, e.type) for path, e in manifest.files.items()}
+            if kind == "bundle":
+                assert len(offered) == len(files)  # the bundle offered each blob
+                offered.clear()
+            else:
+                assert offered == []
+                assert manifest.pending == ["br"]
+                assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
+        finally:
+            store.close()
+    assert built["push"] == built["bundle"]

@@ -311,6 +311,13 @@ class ManifestBuilder:
                        if self.later else None)
         self._lock = threading.Lock()
 
+    def without_early(self) -> None:
+        """No brotli while reading (early.py), for a deploy whose reading leaves no core idle:
+        a git push, where `git cat-file` inflates on one core and the pool hashes and
+        compresses on the other. The early thread then took CPU from both, and `finish`
+        waited for the brotli of the blob in its hand. Called before the first file."""
+        self._early = None
+
     # feeding -------------------------------------------------------------------------------
     def add_small(self, path: str, data: bytes, git: str = "") -> None:
         """A file read whole; hashed, compressed and stored by the pool."""

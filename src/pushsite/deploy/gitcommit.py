@@ -290,7 +290,12 @@ class BlobStream:
 
 def deploy_commit(builder: ManifestBuilder, repos: SiteRepos, site: str, commit: str,
                   deployment_id: str, created: float, previous: Manifest | None) -> Manifest:
-    """Build a commit's manifest, carrying over every file whose blob id is unchanged."""
+    """Build a commit's manifest, carrying over every file whose blob id is unchanged.
+
+    Its brotli variants are all made after live: a push's reading keeps both cores busy
+    (`git cat-file` and the pool), so the early brotli thread only slowed it (a first push
+    of medium: ~0.06 s less CPU before live, and `finish` no longer waits for a brotli)."""
+    builder.without_early()
     known = {e.git: e for e in previous.files.values() if e.git} if previous else {}
     same_place = previous.files if previous else {}
     to_read: list[TreeEntry] = []

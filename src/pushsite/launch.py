@@ -12,9 +12,14 @@ pushsite.toml or netlify.toml) goes to the CLI, which keeps its help and its mes
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from typing import Any, NamedTuple, NoReturn
+from collections import namedtuple
+
+# importing typing and signal (its enums) is CPU at each start of a CI deploy: the names
+# below are for the type checker only, and _signal is signal without its enums
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple, NoReturn
 
 _VALUED = {"--site": "site", "--server": "server", "--token": "token", "--branch": "branch",
            "--message": "message", "-m": "message", "--timeout": "timeout"}
@@ -23,18 +28,22 @@ _FLAGS = {"--json": "as_json", "--create": "create"}
 _FOLDER_SETTINGS = ("pushsite.toml", "netlify.toml")
 
 
-class PlainDeploy(NamedTuple):
-    """The options of a plain `deploy SOURCE --site S --json` this module runs itself; no
-    server for one to this machine's home."""
+if TYPE_CHECKING:
+    class PlainDeploy(NamedTuple):
+        """The options of a plain `deploy SOURCE --site S --json` this module runs itself;
+        no server for one to this machine's home."""
 
-    source: str
-    site: str
-    server: str
-    token: str
-    branch: str | None = None
-    message: str = ""
-    timeout: float = 900.0
-    create: bool = False
+        source: str
+        site: str
+        server: str
+        token: str
+        branch: str | None = None
+        message: str = ""
+        timeout: float = 900.0
+        create: bool = False
+else:  # the same tuple, without importing typing
+    PlainDeploy = namedtuple("PlainDeploy", "source site server token branch message timeout "
+                             "create", defaults=(None, "", 900.0, False))
 
 
 def main() -> None:
@@ -129,7 +138,12 @@ def run(plain: PlainDeploy) -> NoReturn:
     def interrupted(signum: int, frame: object) -> None:
         raise Interrupted("interrupted (Ctrl-C)")
 
-    signal.signal(signal.SIGINT, interrupted)
+    if TYPE_CHECKING:
+        import signal as _signal
+    else:
+        import _signal  # signal's own functions, without its enums (and enum)
+
+    _signal.signal(_signal.SIGINT, interrupted)
     code = 0
     try:
         deployment = deploy_source(plain.server, plain.token, plain.source, site=plain.site,

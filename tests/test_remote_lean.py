@@ -23,6 +23,8 @@ from test_cli_remote import errors_of, run_cli
 from test_incremental_upload import _frame, _row
 
 from pushsite.config import load_config
+from pushsite.deploy.filelist import SMALL_HASH, hash_pending, scan_folder
+from pushsite.deploy.hashcache import RACY_SECONDS
 from pushsite.httplite import Connection
 from pushsite.launch import plain_remote_deploy
 from pushsite.service import Service
@@ -65,6 +67,13 @@ def _lean(home: Path, folder: Path, site: str, remote: Server, token: str,
     return done
 
 
+def _past_racy_window(folder: Path) -> None:
+    """Wait until the folder's files are older than the hash cache's racy window: a file
+    changed within it is hashed again at each deploy (deploy/hashcache.py)."""
+    newest = max(max(p.stat().st_mtime, p.stat().st_ctime) for p in folder.rglob("*"))
+    time.sleep(max(0.0, newest + RACY_SECONDS + 0.1 - time.time()))
+
+
 def _imported(stderr: str) -> set[str]:
     return {line.split("|")[-1].strip() for line in stderr.splitlines()
             if line.startswith("import time:")}
@@ -80,6 +89,7 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     api = Api(remote, token)
     remote.create_site("lean")
     folder = _site(tmp_path / "site", "one")
+    _past_racy_window(folder)  # so the first deploy's hashes are remembered, as a CI's are
     first = _lean(tmp_path / "ci", folder, "lean", remote, token)
     assert first.returncode == 0, first.stderr[-2000:]
     data = json.loads(first.stdout)
@@ -95,7 +105,9 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     data = json.loads(again.stdout)
     assert (data["status"], data["blobs_new"], data["blobs_reused"]) == ("live", 1, 30)
     assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
-    assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3"} & \
+    # nor typing, socket's or signal's enums, OpenSSL for one small changed file, threads
+    assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3", "typing",
+            "socket", "signal", "hashlib", "_hashlib"} & \
         _imported(again.stderr) == set()
     assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
     assert remote.get("lean.localhost", "/assets/7.txt").content == \
@@ -223,6 +235,19 @@ def test_a_gzipped_list_inflating_past_max_files_rows_is_refused(tmp_path: Path)
         refused = api.call("POST", "/sites/bombed/uploads", content=bomb, headers={
             "Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert refused.status_code == 413 and "inflates to more than" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("sizes", [[0], [SMALL_HASH], [SMALL_HASH + 1], [5, SMALL_HASH + 7]])
+def test_a_folder_s_files_hash_to_their_sha256_whichever_sha256_takes_them(
+        sizes: list[int], tmp_path: Path) -> None:
+    """One small changed file is hashed without OpenSSL (sha256_hasher), more by OpenSSL's:
+    both give sha256."""
+    files = {f"f{i}.bin": os.urandom(size) for i, size in enumerate(sizes)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    rows = hash_pending(scan_folder(tmp_path, None)).rows
+    assert {r.path: (r.sha256, r.size) for r in rows} == \
+        {name: (hashlib.sha256(data).hexdigest(), len(data)) for name, data in files.items()}
 
 
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:

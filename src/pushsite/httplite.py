@@ -2,8 +2,10 @@
 
 Why not httpx or http.client: a one-file redeploy from CI is meant to take about 80 ms,
 process start included, and importing httpx costs ~86 ms, http.client (through the email
-package) ~10 ms more than `socket`. What the deploy client needs is small: JSON requests, a
-streamed body (chunked), answers with a length or chunked, one keep-alive connection, TLS.
+package) ~10 ms more than `socket`; and `socket` itself (its enums, with enum) ~2 ms of CPU
+at each start, so this speaks `_socket`, which has every call used here. What the deploy
+client needs is small: JSON requests, a streamed body (chunked), answers with a length or
+chunked, one keep-alive connection, TLS.
 
 Proxies are not spoken here: with a proxy in the environment the client uses httpx, which
 honours it (remote.py chooses).
@@ -11,20 +13,24 @@ honours it (remote.py chooses).
 
 from __future__ import annotations
 
+import _socket
+import io
 import json
 import os
 import select
-import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
-from typing import Any
 from urllib.parse import quote, urlsplit
+
+TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 IDLE_SECONDS = 2.0  # a connection idle longer is replaced: servers close idle ones (uvicorn: 5 s)
 _LINE_MAX = 65536
 _SEND_WHOLE = 256 << 10  # a body chunk this big is sent as it is, its framing apart
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+_QUICKACK: int | None = getattr(_socket, "TCP_QUICKACK", None)  # Linux only
 _GATHER = 64 << 10  # smaller pieces of a chunked body are gathered into sends of this size
 
 
@@ -59,7 +65,7 @@ class Connection:
         self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": netloc, **headers}.items())
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._reader: Any = None
         self._used = 0.0
         self._cut_off: OSError | None = None
@@ -130,7 +136,7 @@ class Connection:
         self.close()
 
     # -------------------------------------------------------------------------------------
-    def _ready(self) -> socket.socket:
+    def _ready(self) -> _socket.socket:
         """The open connection, or a new one where it was idle long or closed by the server
         (an idle socket that reads as ready has been closed: its EOF is waiting)."""
         sock = self._sock
@@ -141,12 +147,15 @@ class Connection:
         if sock is None:
             # an ASCII name as bytes: a str goes through the idna codec, ~1.5 ms to import
             host: Any = self._host.encode() if self._host.isascii() else self._host
-            sock = socket.create_connection((host, self._port), self._connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = _connect(host, self._port, self._connect_timeout)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             if self._tls:
-                sock = _tls_context().wrap_socket(sock, server_hostname=self._host)
+                import socket  # ssl imports it anyway
+
+                sock = _tls_context().wrap_socket(socket.socket(fileno=sock.detach()),
+                                                  server_hostname=self._host)
             sock.settimeout(self._timeout)
-            self._sock, self._reader = sock, sock.makefile("rb")
+            self._sock, self._reader = sock, io.BufferedReader(_SocketReader(sock))
         return sock
 
     def _ack_at_once(self) -> None:
@@ -156,7 +165,7 @@ class Connection:
         on holds the body until the head is acknowledged, and a delayed ACK is ~40 ms."""
         if _QUICKACK is not None and self._sock is not None:
             with suppress(OSError):
-                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                self._sock.setsockopt(_socket.IPPROTO_TCP, _QUICKACK, 1)
 
     def _line(self) -> bytes:
         line: bytes = self._reader.readline(_LINE_MAX)
@@ -203,7 +212,40 @@ class Connection:
         return data
 
 
-def _send_chunked(sock: socket.socket, head: bytes, body: Iterable[bytes]) -> None:
+def _connect(host: Any, port: int, timeout: float) -> _socket.socket:
+    """A connected socket to the first address of HOST that answers (socket.create_connection,
+    on `_socket`); the last address's error when none does."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0,
+                                                               _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error or OSError(f"no address found for {host!r}")
+
+
+class _SocketReader(io.RawIOBase):
+    """A socket's incoming bytes as a raw file, under a BufferedReader (socket.makefile's
+    SocketIO, without importing socket); a timeout raises TimeoutError (an OSError)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+def _send_chunked(sock: _socket.socket, head: bytes, body: Iterable[bytes]) -> None:
     """The head, then the body in chunked framing, in as few sends as it takes: small
     pieces are gathered up to _GATHER bytes (a one-file PUT is one send), so no segment
     waits behind the one before for a delayed ACK on a relay that has Nagle's algorithm

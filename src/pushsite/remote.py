@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from pushsite import __version__, errors, names
@@ -44,8 +43,13 @@ from pushsite.errors import (
 )
 from pushsite.words import plural
 
+TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
 if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
     from pushsite.deploy.hashcache import HashCache
+
+    Echo = Callable[..., Any]
 
 POLL_SECONDS = 0.3  # the longest wait between two looks at a deployment's log
 FIRST_POLL = 0.02  # the first: a one-file redeploy is live within a few hundredths
@@ -57,7 +61,6 @@ _BY_STATUS: dict[int, type[PushsiteError]] = {
     409: errors.AliasConflict, 413: errors.BundleTooLarge, 422: errors.BundleRejected,
     503: BackendUnavailable,
 }
-Echo = Callable[..., Any]
 
 
 def deploy_remote(server: str, token: str, stream: BinaryIO, *, site: str,
@@ -260,15 +263,16 @@ def _hash_cache(folder: str) -> HashCache | None:
     """The hashes this machine took of the folder's files before (deploy/hashcache.py), in
     the user's cache folder (XDG), one file per folder: a remote deploy leaves
     PUSHSITE_HOME untouched. None without a home folder (every file is hashed)."""
-    import hashlib
-
+    from pushsite.deploy.filelist import sha256_hasher
     from pushsite.deploy.hashcache import HashCache
 
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(root):  # no home folder to expand
         return None
-    name = hashlib.sha256(os.fsencode(folder)).hexdigest()[:32]
+    hasher = sha256_hasher(0)
+    hasher.update(os.fsencode(folder))
+    name = hasher.hexdigest()[:32]
     return HashCache(os.path.join(root, "pushsite", "hashes", f"{name}.json"), folder)
 
 

@@ -8,18 +8,19 @@ the bundle reader's rules and limits (`check_rows`) before a single blob is acce
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from pushsite.deploy.paths import is_published, normalise_member_path, symlink_target
 from pushsite.errors import BundleRejected, BundleTooLarge, ConfigError
 
+TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
 if TYPE_CHECKING:  # the client's folder listing imports neither (deploy DIR --server's start)
     from pathlib import Path
+    from typing import Any, BinaryIO, NamedTuple
 
     from pushsite.deploy.bundle import BundleReader
     from pushsite.deploy.hashcache import HashCache
@@ -29,18 +30,42 @@ FILE, EXECUTABLE, LINK, DIR = "100644", "100755", "120000", "040000"
 MODES = (FILE, EXECUTABLE, LINK, DIR)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
+SMALL_HASH = 256 << 10  # up to this many bytes sha256 is Python's own (sha256_hasher)
 
 
-class Row(NamedTuple):
+def sha256_hasher(size: int) -> Any:
+    """A sha256 for `size` bytes. Python's own one for a few bytes: importing hashlib loads
+    OpenSSL, ~2 ms of CPU at each start of a client that hashes one changed file (or only a
+    folder's name); OpenSSL's for more (several times faster per byte, and it releases the
+    GIL, so the client's threads hash on every core)."""
+    if size <= SMALL_HASH:
+        if TYPE_CHECKING:
+            from hashlib import sha256
+        else:
+            from _sha256 import sha256
+        return sha256()
+    import hashlib
+
+    return hashlib.sha256()
+
+
+if TYPE_CHECKING:
+    class _RowFields(NamedTuple):
+        path: str
+        sha256: str = ""
+        size: int = 0
+        mode: str = FILE
+        target: str = ""
+else:  # the same tuple, without importing typing
+    _RowFields = namedtuple("Row", "path sha256 size mode target", defaults=("", 0, FILE, ""))
+
+
+class Row(_RowFields):
     """One entry of the list; a link has its target (a path from the site's root, as the
     bundle reader resolves it), a folder neither hash nor size. (Tuples, not dataclasses:
     importing dataclasses is ~10 ms of a `deploy --server` whose whole budget is ~80.)"""
 
-    path: str
-    sha256: str = ""
-    size: int = 0
-    mode: str = FILE
-    target: str = ""
+    __slots__ = ()
 
     def to_json(self) -> dict[str, Any]:
         row: dict[str, Any] = {"path": self.path, "mode": self.mode}
@@ -138,8 +163,11 @@ def hash_pending(scan: Scan, workers: int | None = None,
     """The scan's listing, its pending files hashed (on `workers` threads when many) and
     remembered in `cache` (written by its `save`, which the caller chooses when to make)."""
     rows = list(scan.rows)
-    if len(scan.pending) == 1 or workers == 1:
-        hashed: Any = map(_hash_file, [full for _, full in scan.pending])
+    if len(scan.pending) == 1:  # a redeploy's one changed file: no thread, maybe no OpenSSL
+        hashed: Any = [_hash_file(scan.pending[0][1], alone=True)]
+        rows += _hashed_rows(scan.pending, hashed, cache)
+    elif workers == 1:
+        hashed = map(_hash_file, [full for _, full in scan.pending])
         rows += _hashed_rows(scan.pending, hashed, cache)
     elif scan.pending:
         from concurrent.futures import ThreadPoolExecutor
@@ -169,13 +197,14 @@ def list_folder(folder: Path | str, workers: int | None = None,
     return listing
 
 
-def _hash_file(full: str) -> tuple[str, int, str, os.stat_result]:
+def _hash_file(full: str, alone: bool = False) -> tuple[str, int, str, os.stat_result]:
     """(sha256, size, mode, the file's stat when it was opened: what a cache keys it by; a
-    change while it is read moves its timestamps past that)."""
-    digest = hashlib.sha256()
+    change while it is read moves its timestamps past that). `alone`: the only file to
+    hash (a small one then needs no OpenSSL)."""
     size = 0
     with open(full, "rb", buffering=0) as handle:
         opened = os.fstat(handle.fileno())
+        digest = sha256_hasher(opened.st_size if alone else SMALL_HASH + 1)
         mode = EXECUTABLE if opened.st_mode & stat.S_IXUSR else FILE
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
@@ -194,7 +223,7 @@ def list_tarball(stream: BinaryIO, limits: Limits | None = None) -> Listing:
         if member.kind == MemberKind.DIR:
             rows.append(Row(member.path, mode=DIR))
         elif member.kind == MemberKind.FILE and _published_early(member.path):
-            digest = hashlib.sha256()
+            digest = sha256_hasher(SMALL_HASH + 1)  # many members, one after another
             size = 0
             while chunk := reader.read(_CHUNK):
                 digest.update(chunk)

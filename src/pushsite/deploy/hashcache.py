@@ -21,10 +21,11 @@ import contextlib
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 RACY_SECONDS = 2.0
 Stamp = tuple[int, int, int, int, int]  # dev, inode, size, mtime_ns, ctime_ns

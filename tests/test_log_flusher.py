@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pushsite.model import Deployment
 from pushsite.service.flushing import FLUSHER, Flusher
 from pushsite.service.logs import DeployLog
 from pushsite.state.sqlite import SqliteState
-
-
-def _wait(condition: Callable[[], bool], limit: float = 20.0) -> bool:
-    """Poll; the limit only guards against hanging."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+from support.service import wait_for
 
 
 def _state(tmp_path: Path, ids: list[str]) -> SqliteState:
@@ -41,7 +30,7 @@ def test_fifty_logs_armed_at_once_start_no_thread_each_and_all_get_written(
     for log in logs:
         log.info("read", "first line of a batch")
     assert threading.active_count() == before  # a Timer each would have made 50 threads
-    assert _wait(lambda: all(state.get_logs(i) for i in ids))
+    wait_for("every log written", lambda: all(state.get_logs(i) for i in ids))
     assert all(log.lines_written == 1 for log in logs)
 
 
@@ -53,7 +42,7 @@ def test_a_flush_before_the_delay_leaves_the_armed_one_nothing_to_do(tmp_path: P
     log.flush()
     log.info("read", "two")  # armed again: its own delay, not the stale one's
     assert [x.message for x in state.get_logs(ids[0])] == ["one"]
-    assert _wait(lambda: len(state.get_logs(ids[0])) == 2)
+    wait_for("both lines written", lambda: len(state.get_logs(ids[0])) == 2)
     assert log.lines_written == 2
 
 
@@ -68,7 +57,7 @@ def test_callbacks_run_in_time_order_and_a_failing_one_does_not_stop_the_rest() 
     flusher.arm(0.3, lambda: ran.append("late"))
     flusher.arm(0.0, boom)
     flusher.arm(0.1, lambda: ran.append("soon"))
-    assert _wait(lambda: len(ran) == 3)
+    wait_for("the three callbacks", lambda: len(ran) == 3)
     assert ran == ["boom", "soon", "late"]
     assert flusher.pending() == 0
 
@@ -78,7 +67,7 @@ def test_a_forked_child_gets_its_own_flusher_thread(tmp_path: Path) -> None:
     state = _state(tmp_path, ids)
     parent = DeployLog(state, ids[0], "blog", flush_every=0.05)
     parent.info("read", "in the parent")  # the parent's flusher thread is running now
-    assert _wait(lambda: bool(state.get_logs(ids[0])))
+    wait_for("the parent's line", lambda: bool(state.get_logs(ids[0])))
     pid = os.fork()
     if pid == 0:  # the child: no thread of the parent's survives a fork
         code = 1
@@ -86,7 +75,8 @@ def test_a_forked_child_gets_its_own_flusher_thread(tmp_path: Path) -> None:
             child_state = SqliteState(tmp_path / "state.db")
             log = DeployLog(child_state, ids[1], "blog", flush_every=0.05)
             log.info("read", "in the child")
-            code = 0 if _wait(lambda: bool(child_state.get_logs(ids[1])), 10) else 2
+            wait_for("the child's line", lambda: bool(child_state.get_logs(ids[1])))
+            code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

@@ -49,6 +49,9 @@ NOT_FOR_A_BUNDLE_DEPLOY = (*NOT_FOR_A_DEPLOY, "pushsite.deploy.siteconfig", "pus
 # and what the console script's quick deploy (launch.py, quickdeploy.py) never loads either:
 # click (which imports uuid itself), and a queue's receipt is a worker's (a deploy only sends)
 NOT_FOR_A_QUICK_DEPLOY = (*NOT_FOR_A_BUNDLE_DEPLOY, "click", "uuid", "platform")
+# nor, before it prints the live deployment, what only the after pass and a site's endpoints or
+# git host need: the notifications of a site nobody is told about are never loaded
+NOT_BEFORE_LIVE = ("pushsite.service.notify", "pushsite.service.statuses")
 
 # runs one command in this process the way `pushsite` does, then writes the modules it loaded
 _DRIVER = """
@@ -98,14 +101,22 @@ def test_a_folder_deploy_to_an_existing_site_loads_only_the_deploy(tmp_path: Pat
 
 
 # `pushsite deploy ...` as the console script runs it (launch.py -> quickdeploy.py, which ends
-# the process with os._exit): the modules loaded when it exits
+# the process with os._exit): the modules loaded when it printed the live deployment, and when
+# it exits
 _QUICK_DRIVER = """
 import json, os, sys
 sys.argv = ["pushsite", *sys.argv[1:]]
+import pushsite.quickdeploy as quick
+at_live = []
+_print_json = quick._print_json
+def recording_print(data):
+    at_live.append(sorted(sys.modules))
+    _print_json(data)
+quick._print_json = recording_print
 _exit = os._exit
 def recording_exit(code):
     with open(os.environ["IMPORTED_TO"], "w") as out:
-        json.dump({"code": code, "modules": sorted(sys.modules)}, out)
+        json.dump({"code": code, "modules": sorted(sys.modules), "at_live": at_live}, out)
     _exit(code)
 os._exit = recording_exit
 from pushsite.launch import main
@@ -128,13 +139,20 @@ def test_the_console_script_s_quick_deploy_loads_only_the_deploy(tmp_path: Path)
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[0])["status"] == "live"
-    loaded = set(json.loads(record.read_text())["modules"])
+    result = json.loads(record.read_text())
+    loaded = set(result["modules"])
     assert "pushsite.quickdeploy" in loaded  # the quick path ran
     assert "pushsite.queues.local" in loaded  # and sent the after pass its message
     # a site with _headers loads their parser, one with brotli left the optimiser (after live)
-    assert sorted(loaded & set(NOT_FOR_A_QUICK_DEPLOY)) == [
+    assert sorted(loaded & {*NOT_FOR_A_QUICK_DEPLOY, *NOT_BEFORE_LIVE}) == [
         "pushsite.deploy.optimise", "pushsite.deploy.siteconfig", "pushsite.rules",
         "pushsite.service.optimising", "tomllib"]
+    # and none of the optimiser, nor the notifications of a site without endpoints, before the
+    # live line: the optimising message is queued without them (issue 20)
+    [live] = result["at_live"]
+    assert "pushsite.queues.local" in live
+    assert sorted(set(live) & {*NOT_FOR_A_QUICK_DEPLOY, *NOT_BEFORE_LIVE}) == [
+        "pushsite.deploy.siteconfig", "pushsite.rules", "tomllib"]
 
 
 def test_the_verbs_that_need_them_load_them(tmp_path: Path) -> None:

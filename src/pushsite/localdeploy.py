@@ -35,9 +35,12 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
                 unbuilt: Callable[[Path], None] | None = None) -> Deployment:
     """Deploy SOURCE (a folder, a .tar.gz, or - for stdin) to `site` on this home.
 
-    `show` gets the live deployment the moment it is live (before the brotli pass, which
-    runs here unless a server runs on this home to take its queued message); `show_failed`
-    gets the deployment's record when the run failed, before the error is raised again.
+    `show` gets the live deployment the moment it is live: from inside the run (unless a
+    progress display is `showing`), once the alias moved and the optimising message is
+    queued, before the metrics, notifications and the run's threads are settled, and
+    before the brotli pass (which runs here unless a
+    server runs on this home to take its queued message); `show_failed` gets the
+    deployment's record when the run failed, before the error is raised again.
     `showing` is held open while the run goes (a progress bar), `progress` gets its
     counters, `unbuilt` is told of a folder deployed without `build`. The caller makes
     Ctrl-C raise Interrupted while this runs: it cancels the deployment, and the error
@@ -51,6 +54,13 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
     if folder is not None and not build and unbuilt is not None:
         unbuilt(folder)
     stream = None if folder else open_source(source)
+    shown: list[Deployment] = []
+
+    def said(live: Deployment) -> None:
+        show(live)
+        sys.stdout.flush()
+        shown.append(live)
+
     service.deploy_target(site, create)  # once the source is there: a typo makes no site
     deployment = service.accept(site, None, branch=branch, message=message, enqueue=False,
                                 draft=draft)
@@ -59,13 +69,16 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
             with showing or nullcontext():
                 deployment = service.run(deployment.id, timeout=timeout, progress=progress,
                                          bundle=stream, folder=folder, build=build,
-                                         optimise=False)
+                                         optimise=False,
+                                         live=said if showing is None else None)
         finally:
             if build:
                 from pushsite.deploy.build import finish_removals
 
                 finish_removals()  # the work folder goes before a quick exit
     except PushsiteError as exc:
+        if shown:  # it is live and was said so: what failed after (Ctrl-C too) is its own
+            raise
         if isinstance(exc, Interrupted):  # cancelled by the run, or here if it had not begun
             with suppress(ConfigError, Interrupted):  # already settled; or a second Ctrl-C
                 service.cancel(deployment.id)
@@ -75,8 +88,8 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
             raise Interrupted(f"deployment {deployment.id} cancelled: interrupted (Ctrl-C); "
                               "the live site is unchanged") from None
         raise
-    show(deployment)  # live: said at once
-    sys.stdout.flush()
+    if not shown:  # a run that found it already settled (another runner's)
+        said(deployment)
     if running(service.config.home) is None:  # else that server takes the queued message
         service.optimise_now(deployment.id)
     return deployment

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -73,6 +74,7 @@ class Running(ServiceBase):
     """Running one deployment to its end, and moving the aliases it earns."""
 
     _counters: CounterFile | None = None
+    _queue_opening: Later[None] | None = None
 
     @property
     def counters(self) -> CounterFile:
@@ -87,14 +89,45 @@ class Running(ServiceBase):
         its connection open in the home (a tmpfs could not be unmounted)."""
         if self._counters is not None and not exiting:
             self._counters.close()
+        if self._queue_opening is not None:
+            self._queue_opening.get()  # so the queue it opens is closed below
         super().close(exiting)
+
+    def _opening_queue(self, progress: Callable[[Counters], None] | None,
+                       ) -> Callable[[Counters], None]:
+        """`progress`, which also starts opening the queue (a new home's queue.db, or an SQS
+        client: 20-50 ms) on a thread once the files read outgrow what deploy.early makes
+        brotli for while reading: the optimising message is then likely, and it is sent
+        before the deployment is said live. A site that leaves nothing to optimise (small,
+        or incompressible) opens no queue and makes no queue.db."""
+        from pushsite.deploy import early
+
+        def update(counters: Counters) -> None:
+            if progress is not None:
+                progress(counters)
+            if counters.bytes_in > early.CAPACITY and self._queue_opening is None \
+                    and self._queue is None:
+                self._queue_opening = Later.start(self._open_queue_quietly, name="queue-open")
+
+        return update
+
+    def _open_queue_quietly(self) -> None:
+        """Open the queue ahead of its first use; an error is raised again, and logged, by
+        that use (`self.queue` opens it then)."""
+        with suppress(Exception):  # the next reader raises it again
+            self.queue  # noqa: B018 - opened for the property's next reader
 
     def _announce(self, deployment: Deployment, event: str | None = None) -> None:
         """Queue what the site's notification endpoints and its git host are told (sent by a
-        worker, service/notify.py and statuses.py); never fails what it reports."""
-        from pushsite.service import notify, statuses
-
+        worker, service/notify.py and statuses.py); never fails what it reports. A site with
+        no endpoints whose deployment no webhook started tells nobody: notify and statuses
+        (with their imports) are not loaded for it (issue 20: a one-shot deploy's start)."""
         try:
+            if not deployment.source.startswith("webhook:") \
+                    and not self.state.list_endpoints(deployment.site):
+                return
+            from pushsite.service import notify, statuses
+
             event = event or notify.event_for(deployment.status)
             notify.announce(self, deployment.site, event,
                             notify.deployment_data(self, deployment))
@@ -148,12 +181,16 @@ class Running(ServiceBase):
         folder: Path | None = None,
         build: bool = False,
         optimise: bool = True,
+        live: Callable[[Deployment], None] | None = None,
     ) -> Deployment:
         """Run a queued deployment to its end; raises DeploymentFailed (or a subclass).
 
         Live first: it goes live with identity and gzip; brotli is made after the alias
         moved, here before returning when `optimise`, else by whoever takes the queued
         "optimise" message (or `optimise_now`, as the CLI does once it printed the URL).
+        `live` is called with the deployment the moment its alias moved and the optimising
+        message is queued, before its metrics, its notifications and the run's threads end
+        (the CLI prints it there: time to live is what a deploy waits for).
 
         The files come from `bundle` (a tar.gz stream), `folder` (read in place, no tar), a
         git commit, or the staged bundle, in that order. A commit whose files ask for a build
@@ -189,7 +226,7 @@ class Running(ServiceBase):
                                         writer.update)
                 with trimmed_heap():
                     done = self._run_pipeline(deployment, builder, log, bundle, folder,
-                                              build, seen=seen)
+                                              build, seen=seen, live=live)
         except BaseException as caught:
             exc = self._disk_full(caught)
             if builder is not None:
@@ -235,6 +272,8 @@ class Running(ServiceBase):
         cap_arenas()  # this process deploys: before the deploy's threads start
         if self.config.metrics and self._counters is None:  # the first count of a process:
             Later.start(self.counters.open, name="metrics-open")  # made while files are read
+        if self._queue is None and _live_first():
+            progress = self._opening_queue(progress)
         if from_git:
             target = Later.now(self._deploy_setup(deployment, ran_before, from_git))
         else:  # the store opens, and the previous blobs are read, while files are read
@@ -298,7 +337,8 @@ class Running(ServiceBase):
     def _run_pipeline(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                       bundle: BinaryIO | None, folder: Path | None = None,
                       build: bool = False, *, seen: sweeps.Seen | None = None,
-                      again: bool = False) -> Deployment:
+                      again: bool = False,
+                      live: Callable[[Deployment], None] | None = None) -> Deployment:
         # building and uploads are imported where they are used: a CLI deploy of a bundle or
         # a folder needs neither, and importing them is ~15 ms of its start (issue 12's bench)
         log.info("read", "reading the bundle", workers=self.config.workers)
@@ -336,8 +376,8 @@ class Running(ServiceBase):
         lost = set() if seen is None else self._lost_to_prune(outcome.manifest, seen)
         if lost:
             return self._store_again(deployment, builder, log, bundle, folder, build, lost,
-                                     again)
-        return self._complete(deployment, log)
+                                     again, live)
+        return self._complete(deployment, log, live)
 
     def _lost_to_prune(self, manifest: Manifest, seen: sweeps.Seen) -> set[str]:
         """The objects the manifest references that a prune's batch deleted while this
@@ -352,7 +392,8 @@ class Running(ServiceBase):
 
     def _store_again(self, deployment: Deployment, builder: ManifestBuilder, log: DeployLog,
                      bundle: BinaryIO | None, folder: Path | None, build: bool,
-                     lost: set[str], again: bool) -> Deployment:
+                     lost: set[str], again: bool,
+                     live: Callable[[Deployment], None] | None = None) -> Deployment:
         """Read the files once more into a builder that asks the store about every blob, so
         what a prune deleted is written again; a bundle read from a stream cannot be."""
         what = (f"a prune running beside it deleted {len(lost)} stored objects it reused "
@@ -369,7 +410,7 @@ class Running(ServiceBase):
                                 builder.deadline, workers=self.config.workers,
                                 progress=builder.progress)
         return self._run_pipeline(deployment, fresh, log, None, folder, build, seen=seen,
-                                  again=True)
+                                  again=True, live=live)
 
     def _staged_file(self, deployment: Deployment) -> Path | None:
         """A bundle waiting in the local staging folder (one that may be built first)."""
@@ -552,7 +593,8 @@ class Running(ServiceBase):
                             f"{claims.how_to_approve(site.name, host, token)}",
                             host=host, status=str(claim.status))
 
-    def _complete(self, deployment: Deployment, log: DeployLog) -> Deployment:
+    def _complete(self, deployment: Deployment, log: DeployLog,
+                  live: Callable[[Deployment], None] | None = None) -> Deployment:
         deployment.status = Status.READY
         deployment.finished = time.time()
         if not self.state.update_deployment(deployment, expect_status=Status.RUNNING,
@@ -580,7 +622,9 @@ class Running(ServiceBase):
                  f"{plural(deployment.files, 'file')}, "
                  f"{plural(deployment.blobs_new, 'new blob')}, "
                  f"{deployment.blobs_reused} reused", seconds=deployment.seconds)
-        self._queue_optimising(deployment, log)
+        self._queue_optimising(deployment, log)  # before it is said: the record a crash leaves
+        if live is not None:
+            live(deployment)
         self._count_outcome(deployment)
         self._announce(deployment)
         return deployment
@@ -596,9 +640,7 @@ class Running(ServiceBase):
         try:
             if not deployment.status.servable or not self._pending(deployment.id):
                 return
-            from pushsite.service.optimising import queue_message
-
-            self.queue.send(queue_message(deployment.id))
+            self.queue.send(optimise_message(deployment.id))
         except Exception as exc:  # noqa: BLE001 - the marker stays; a later activation resends
             log.warning("optimise", f"could not queue the optimising of brotli variants: {exc}")
             return
@@ -720,6 +762,13 @@ class Running(ServiceBase):
             # compare-and-set: a prune may have dropped it since the read above (it became
             # servable again with no manifest when this was a plain write)
             self.state.update_deployment(old, expect_status=Status.LIVE)
+
+
+def optimise_message(deployment_id: str) -> dict[str, str]:
+    """The queued message that has a live deployment's brotli variants made: the form
+    service/optimising.py reads (`queue_message` there), built here without loading the
+    optimiser and brotli before the deployment is live (tests/test_live_first.py pins both)."""
+    return {"optimise": deployment_id}
 
 
 def _ranged(store: ObjectStore, key: str, start: int, end: int) -> bytes:

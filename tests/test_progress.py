@@ -102,3 +102,36 @@ def test_an_upload_is_receiving_from_its_first_bytes(server: Server, api: Api,
         sender.join(30)
     assert answer["id"] == rows[0]["id"]
     assert api.finished(str(answer["id"]))["status"] == "live"
+
+
+def test_a_webhook_deploy_puts_its_counters_in_the_state_while_it_runs(
+        server: Server, api: Api, tmp_path: Path) -> None:
+    """A git host's push reaches /hooks/github/SITE; the archive it fetches deploys under the
+    same ProgressWriter as a push: files read, bytes and stage reach the state while it runs."""
+    from test_webhook_deploy import ArchiveHost, configure, github_push, send_hook
+
+    repo = many_files_repo(tmp_path / "hosted", 20000)
+    host = ArchiveHost(repo)
+    try:
+        secret = configure(server, "hooked", host.url)
+        answer = send_hook(server, "hooked", secret,
+                           github_push(git(repo, "rev-parse", "HEAD")), "progress-1")
+        assert answer.status_code == 200, answer.text
+        [event] = answer.json()["events"]
+        running: list[dict[str, object]] = []
+        data: dict[str, object] = {}
+        for _ in range(6000):  # a guard against hanging, not a time limit
+            data = api.ok("GET", f"/deployments/{event['deployment']}")
+            if data["exit_code"] is not None:
+                break
+            if data["status"] == "running" and data["files"]:
+                running.append(data)
+            time.sleep(0.05)
+    finally:
+        host.close()
+    assert data["status"] == "live" and data["source"] == "webhook:github", data
+    files = [int(str(row["files"])) for row in running]
+    assert len(set(files)) >= 2 and files == sorted(files), files  # rising while it ran
+    assert all(row["stage"] and row["progress"] and int(str(row["bytes_in"])) > 0
+               for row in running), running
+    assert data["files"] == 20000 and data["stage"] == "done"

@@ -123,26 +123,31 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     found = wanting if wanting is not None else (
         (e.hash, e.size, e.type) for e in manifest.files.values()
         if encode.wants_later(e.encodings, e.refs))
+    assets: list[str] = []  # JS and CSS (encode.is_asset, asked once per media type)
+    is_asset: dict[str, bool] = {}
     for item in found:
         if item[0] not in seen:
             seen.add(item[0])
             work.append(item)
+            kind = item[2]
+            if is_asset.get(kind) is None:
+                is_asset[kind] = encode.is_asset(kind)
+            if is_asset[kind]:
+                assets.append(item[0])
     del seen
     # brotli stored already: looked up unless the deploy here just handed the list over
     # (then only a JS or CSS file's, which may have had it made before live); a final gzip
     # stored already (another deployment's optimiser made it): looked up for JS and CSS
-    asked = work if wanting is None else [item for item in work if encode.is_asset(item[2])]
-    sizes = _stored_sizes(store, [sha for sha, _, _ in asked], "br")
-    gzips = _stored_sizes(store, [sha for sha, _, kind in work if encode.is_asset(kind)],
-                          "gzip")
+    sizes = _stored_sizes(store, assets if wanting is not None else [w[0] for w in work], "br")
+    gzips = _stored_sizes(store, assets, "gzip")
     done.reused = len(sizes) + len(gzips)
     todo: list[_Work] = []
     for sha, size, kind in work:
         make_br = sha not in sizes
-        make_gzip = encode.is_asset(kind) and sha not in gzips
+        make_gzip = is_asset[kind] and sha not in gzips
         if make_br or make_gzip:
             todo.append((sha, size, kind, make_br, make_gzip))
-    del work, asked
+    del work, assets
     todo.sort(key=lambda item: -item[1])
     _compress_all(store, todo, sizes, gzips, done, wanted, workers, wanting is not None,
                   manifest.deployment_id)

@@ -17,7 +17,9 @@ import pytest
 from test_cli_remote import run_cli
 
 from bench.wire import counting_proxy
-from pushsite.deploy.filelist import frame_header, list_folder
+from pushsite.deploy.filelist import check_rows, frame_header, list_folder
+from pushsite.errors import ConfigError
+from pushsite.limits import DEFAULT_LIMITS
 from support.api import Api
 from support.servers import Server, serving
 
@@ -157,6 +159,23 @@ def test_a_bad_list_is_refused_before_any_blob(remote: Server, token: str,
     answer = Api(remote, token).call("POST", "/sites/badlist/uploads", json={"files": files})
     assert answer.status_code == status, answer.text
     assert words in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("digest", "good"), [
+    ("0123456789abcdef" * 4, True),
+    ("0123456789ABCDEF" * 4, False),  # lowercase only
+    ("a" * 63, False), ("a" * 65, False), ("a" * 63 + "\n", False), ("\n" + "a" * 63, False),
+    ("a" * 63 + "g", False), ("g" + "a" * 63, False), ("a" * 31 + "-" + "a" * 32, False),
+    ("\uff10" * 64, False),  # fullwidth digits are not hex digits here
+    (64, False),
+])
+def test_a_row_s_sha256_is_64_lowercase_hex_digits(digest: object, good: bool) -> None:
+    files = [{"path": "a.html", "sha256": digest, "size": 1}]
+    if good:
+        assert check_rows(files, DEFAULT_LIMITS)[0].sha256 == digest
+    else:
+        with pytest.raises(ConfigError, match="sha256 must be 64 lowercase hex digits"):
+            check_rows(files, DEFAULT_LIMITS)
 
 
 def test_finish_needs_every_asked_for_blob_and_a_site_token_cannot_reach_others(

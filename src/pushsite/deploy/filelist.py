@@ -9,7 +9,6 @@ the bundle reader's rules and limits (`check_rows`) before a single blob is acce
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections import namedtuple
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ if TYPE_CHECKING:  # the client's folder listing imports neither (deploy DIR --s
 
 FILE, EXECUTABLE, LINK, DIR = "100644", "100755", "120000", "040000"
 MODES = (FILE, EXECUTABLE, LINK, DIR)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX = "0123456789abcdef"
 _CHUNK = 1 << 20
 SMALL_HASH = 256 << 10  # up to this many bytes sha256 is Python's own (sha256_hasher)
 
@@ -284,7 +283,8 @@ def check_rows(raw: list[Any], limits: Limits) -> list[Row]:
             rows.append(Row(path, mode=LINK, target=normalise_member_path(target)))
         else:
             digest, size = item.get("sha256"), item.get("size")
-            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            # 64 lowercase hex digits (str methods: a third of a regex's time, per row)
+            if not isinstance(digest, str) or len(digest) != 64 or digest.strip(_HEX):
                 raise ConfigError(f"files[{index}] ({path!r}): sha256 must be 64 lowercase "
                                   "hex digits")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -150,6 +150,24 @@ def test_an_unknown_site_without_create_fails_the_same(tmp_path: Path) -> None:
     assert quick.stderr.startswith("error: ") and "pushsite sites create nosuch" in quick.stderr
 
 
+@pytest.mark.parametrize("state", ["file", "scheme"])
+def test_a_state_that_cannot_open_fails_the_same(tmp_path: Path, state: str) -> None:
+    """The quick path opens the state on a thread while it imports (issue 20): its error is
+    still the CLI's one line and exit code, raised where the deploy first reads the state."""
+    bundle = _bundle(tmp_path / "site.tar.gz", SITE)
+    (tmp_path / "a-file").write_text("not a folder")
+    url = (f"sqlite://{tmp_path}/a-file/state.db" if state == "file" else "nosuch:///x")
+    args = ["deploy", str(bundle), "--site", "blog", "--create", "--json"]
+    runs = [_run(tmp_path / name, args, quick=quick, env={"PUSHSITE_STATE": url})
+            for name, quick in (("quick", True), ("cli", False))]
+    quick, cli = runs
+    assert "pushsite.quickdeploy" in quick.imported
+    assert quick.code == cli.code != 0
+    assert quick.stdout == cli.stdout == ""
+    assert quick.stderr == cli.stderr
+    assert quick.stderr.startswith("error: ") and quick.stderr.count("\n") == 1
+
+
 def test_two_at_once_on_one_home(tmp_path: Path) -> None:
     """Two quick deploys of one site on one home: both succeed, the alias names a live one."""
     home = tmp_path / "home"

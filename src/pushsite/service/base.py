@@ -39,11 +39,15 @@ DEFAULT_TIMEOUT = 900.0
 class ServiceBase:
     """The backends the Config names, opened on first use, and a deployment's log."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config,
+                 state: Callable[[], StateStore] | None = None) -> None:
+        """`state`, when given, makes the state store on its first use instead of opening
+        the one the Config names: the quick deploy's, opened while the service imports."""
         self.config = config
         self._store: ObjectStore | None = None
         self._opening = threading.Lock()
         self._state: StateStore | None = None
+        self._make_state = state or (lambda: open_state_store(config.state))
         self._queue: Queue | None = None
         self._queue_lock = threading.Lock()  # a deploy may open it from a thread (running.py)
         self._sinks = sinks_from_env()
@@ -69,7 +73,7 @@ class ServiceBase:
     @property
     def state(self) -> StateStore:
         if self._state is None:
-            self._state = open_state_store(self.config.state)
+            self._state = self._make_state()
         return self._state
 
     @property

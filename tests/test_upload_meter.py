@@ -4,7 +4,7 @@ last figure. Both ways a folder goes: packed and streamed whole to a site that h
 yet (no total: the tar is made as it is sent), and the blobs the server lacks, in batches.
 
 The real CLI runs in a pseudo-terminal against a real `pushsite serve`, through a relay that
-lets the upload through at 2 MiB/s: 16 MiB of new files then take several seconds to send
+lets the upload through at 4 MiB/s: 16 MiB of new files then take four seconds to send
 whatever the machine, so the meter must draw more than once before the upload ends.
 """
 
@@ -25,7 +25,7 @@ import pytest
 from support.proxy import Proxy
 from support.servers import Server, serving
 
-RATE = 2 << 20  # bytes a second from the client to the server
+RATE = 4 << 20  # bytes a second from the client to the server
 FILES, FILE_SIZE = 8, 2 << 20
 _UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _METER = re.compile(r"upload\s+sent (\S+ \S+)(?: of (\S+ \S+))? \((\S+ \S+)/s\)")

@@ -50,7 +50,7 @@ run: setup bytecode
 	$(BIN)/python -m pushsite.devrun --port $(PORT)
 
 test: setup-test bytecode
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
 
 # The AWS backends against the oldest boto3/botocore pyproject.toml allows.
 test-floor: setup-test

@@ -9,7 +9,6 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from pushsite.model import LogLine
 from pushsite.service.logs import DeployLog, JsonStderrSink, sinks_from_env
 from pushsite.service.syslog import SD_ID, SyslogSink
 from pushsite.state.sqlite import SqliteState
+from support.service import wait_for
 
 DEPLOYMENT = "01jd5m7k8q0000000000000000"
 
@@ -67,15 +67,6 @@ class BrokenSink:
     def close(self) -> None:
         pass
 
-
-def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> bool:
-    """Poll until the condition holds; a generous limit only guards against hanging."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_lines_carry_level_stage_message_and_fields() -> None:
@@ -128,7 +119,7 @@ def test_waiting_lines_are_written_after_flush_every_without_more_logging() -> N
     state = InMemoryLogState()
     log = DeployLog(state, DEPLOYMENT, "blog", flush_every=0.05, flush_lines=1000)
     log.info("read", "a lone line")
-    assert wait_until(lambda: state.batches == [1])
+    wait_for("state.batches == [1]", lambda: state.batches == [1])
     assert log.lines_written == 1
 
 
@@ -195,7 +186,7 @@ def test_a_timer_retries_a_failed_write_without_more_logging() -> None:
     log.info("done", "written on the second try")
     log.flush()  # fails; the deployment is over and nobody will log or flush again
     assert state.fail_times == 0
-    assert wait_until(lambda: state.batches == [1])
+    wait_for("state.batches == [1]", lambda: state.batches == [1])
     assert log.lines_written == 1
 
 

@@ -9,8 +9,7 @@ import re
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pushsite.errors import ConfigError
 from pushsite.model import LogLine
 from pushsite.service.syslog import SD_ID, SyslogSink, format_rfc5424
+from support.service import wait_for
 
 BOM = b"\xef\xbb\xbf"
 DEPLOYMENT = "01jd5m7k8q0000000000000000"
@@ -92,15 +92,6 @@ def _parse_element(data: bytes, pos: int, sd: dict[str, list[tuple[str, str]]]) 
 
 # receivers ------------------------------------------------------------------------------------
 
-
-def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> bool:
-    """Poll until the condition holds; a generous limit only guards against hanging."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class UdpReceiver:
@@ -428,7 +419,7 @@ def test_udp_delivers_every_line_as_one_datagram() -> None:
         for n in range(20):
             sink.emit(make_line(f"line {n}", stage="store", n=n), "blog")
         assert sink.flush()
-        assert wait_until(lambda: len(receiver.messages) == 20)
+        wait_for("len(receiver.messages) == 20", lambda: len(receiver.messages) == 20)
     finally:
         sink.close()
         receiver.stop()
@@ -448,7 +439,7 @@ def test_tcp_frames_by_octet_count_so_newlines_survive() -> None:
         for text in messages:
             sink.emit(make_line(text), "blog")
         sink.close()
-        assert wait_until(lambda: len(receiver.messages) == len(messages))
+        wait_for("every message", lambda: len(receiver.messages) == len(messages))
     finally:
         receiver.stop()
 
@@ -463,7 +454,7 @@ def test_tls_with_a_private_ca(tls_receiver: TcpReceiver, pki: dict[str, Path]) 
         sink.emit(make_line("over TLS", stage="activate", url="http://blog.localhost/"), "blog")
         sink.emit(make_line("second"), "blog")
         assert sink.flush()
-        assert wait_until(lambda: len(tls_receiver.messages) == 2)
+        wait_for("len(tls_receiver.messages) == 2", lambda: len(tls_receiver.messages) == 2)
     finally:
         sink.close()
 
@@ -483,7 +474,7 @@ def test_untrusted_collector_is_counted_and_warned_once_never_raised(
     try:
         for n in range(3):
             sink.emit(make_line(f"line {n}"), "blog")
-        assert wait_until(lambda: sink.errors >= 3)
+        wait_for("sink.errors >= 3", lambda: sink.errors >= 3)
     finally:
         sink.close()
 
@@ -502,14 +493,14 @@ def test_reconnects_when_the_collector_comes_back(capsys: pytest.CaptureFixture[
     second: TcpReceiver | None = None
     try:
         sink.emit(make_line("before"), "blog")
-        assert wait_until(lambda: len(first.messages) == 1)
+        wait_for("len(first.messages) == 1", lambda: len(first.messages) == 1)
         first.stop()  # the collector restarts: connection and listener gone
 
         sink.emit(make_line("while down"), "blog")
-        assert wait_until(lambda: sink.errors >= 2)
+        wait_for("sink.errors >= 2", lambda: sink.errors >= 2)
         second = TcpReceiver(port=port)
         sink.emit(make_line("after"), "blog")
-        assert wait_until(lambda: len(second.messages) == 2)
+        wait_for("len(second.messages) == 2", lambda: len(second.messages) == 2)
     finally:
         sink.close()
         if second is not None:
@@ -528,14 +519,14 @@ def test_full_queue_drops_the_oldest_lines_and_counts_them() -> None:
     receiver: TcpReceiver | None = None
     try:
         sink.emit(make_line("line 0"), "blog")
-        assert wait_until(lambda: sink.errors == 1)  # now waiting an hour to retry
+        wait_for("sink.errors == 1", lambda: sink.errors == 1)  # now waiting an hour to retry
         for n in range(1, 11):
             sink.emit(make_line(f"line {n}"), "blog")
         assert sink.dropped == 6
 
         receiver = TcpReceiver(sock=reserved)
         sink.close()  # wakes the sender for a last try
-        assert wait_until(lambda: len(receiver.messages) == 5)
+        wait_for("len(receiver.messages) == 5", lambda: len(receiver.messages) == 5)
     finally:
         sink.close()
         if receiver is not None:
@@ -561,7 +552,7 @@ def test_insecure_tls_skips_the_certificate_check_for_tests(tls_receiver: TcpRec
     try:
         sink.emit(make_line("unchecked"), "blog")
         assert sink.flush()
-        assert wait_until(lambda: len(tls_receiver.messages) == 1)
+        wait_for("len(tls_receiver.messages) == 1", lambda: len(tls_receiver.messages) == 1)
     finally:
         sink.close()
     assert parse(tls_receiver.messages[0])["msg"] == BOM + b"unchecked"
@@ -574,7 +565,7 @@ def test_a_line_that_cannot_be_formatted_is_dropped_and_the_rest_still_go() -> N
         sink.emit(LogLine(DEPLOYMENT, float("nan"), "info", "read", "bad time"), "blog")
         sink.emit(make_line("good"), "blog")
         assert sink.flush()
-        assert wait_until(lambda: len(receiver.messages) == 1)
+        wait_for("len(receiver.messages) == 1", lambda: len(receiver.messages) == 1)
     finally:
         sink.close()
         receiver.stop()

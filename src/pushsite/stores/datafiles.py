@@ -8,9 +8,12 @@ SQLite keeps only where each blob is: (file, offset, length) in its `blob_data` 
 What keeps readers right:
 - A batch's bytes are appended and made durable (fdatasync) before the rows naming them
   commit, so a committed row never points at bytes a crash could still lose.
-- A writer holds an exclusive flock on its file only while it appends and commits. Compaction
-  takes that lock without waiting, so it never moves a file someone is writing, and a writer
-  whose file was compacted away meanwhile (its inode has no name left) starts a new one.
+- A writer holds an exclusive flock on its file from its first append not yet committed until
+  the rows of every such append committed (`held`, `release`: a writer appends several
+  batches, then makes them durable with one fdatasync and commits their rows at once).
+  Compaction takes that lock without waiting, so it never moves a file someone is writing,
+  and a writer whose file was compacted away meanwhile (its inode has no name left) starts a
+  new one.
 - Compaction copies a file's live spans into the compacting process's own file, repoints
   their rows in one transaction, then unlinks the old file. A reader that looked a span up
   just before finds the file gone and looks again (`LocalStore.get`).
@@ -43,6 +46,7 @@ class Appender:
     def __init__(self, no: int, handle: BinaryIO, size: int) -> None:
         self.no = no
         self._handle = handle
+        self.start = size  # where this holder's appends begin
         self.size = size
 
     def add(self, data: bytes) -> tuple[int, int, int]:
@@ -51,6 +55,10 @@ class Appender:
         self._handle.write(data)
         self.size += len(data)
         return self.no, offset, len(data)
+
+    def flush(self) -> None:
+        """Hand what is buffered to the file, so a pread finds it (not durable yet)."""
+        self._handle.flush()
 
     def sync(self) -> None:
         self._handle.flush()
@@ -64,6 +72,7 @@ class DataFiles:
         self.folder = folder
         self._handle: BinaryIO | None = None
         self._no: int | None = None
+        self._held: Appender | None = None  # locked across batches until `release`
 
     def path(self, no: int) -> Path:
         return self.folder / f"{no}.dat"
@@ -79,9 +88,36 @@ class DataFiles:
             raise OSError(f"data file {no} ends before the {length} bytes at {offset}")
         return data
 
+    def held(self, db: sqlite3.Connection) -> Appender:
+        """This process's file, locked until `release` (the caller appends batches, syncs
+        once and commits their rows, then releases)."""
+        if self._held is None:
+            handle = self._locked_own_file(db)
+            assert self._no is not None
+            self._held = Appender(self._no, handle, os.fstat(handle.fileno()).st_size)
+        return self._held
+
+    def release(self) -> None:
+        """Unlock the held file (its rows committed); after an error, `drop` it instead."""
+        held, self._held = self._held, None
+        if held is not None and self._handle is not None and not self._handle.closed:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+
+    def drop(self) -> None:
+        """Give up the held file after an error: what was appended since `held` is cut off
+        (no committed row names it; on a full disk that is the room the retry needs), and the
+        next batch starts a new file, so its offsets never follow what a failed write left
+        in the buffer (closing unlocks)."""
+        held, self._held = self._held, None
+        if held is not None and self._handle is not None and not self._handle.closed:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._handle.fileno(), held.start)
+        self._drop_own_file()
+
     @contextmanager
     def appending(self, db: sqlite3.Connection) -> Iterator[Appender]:
         """This process's file, locked for one batch (the caller commits its rows inside)."""
+        assert self._held is None, "release the held file first: this unlocks it"
         handle = self._locked_own_file(db)
         assert self._no is not None
         try:
@@ -121,6 +157,7 @@ class DataFiles:
         self._no = None
 
     def close(self) -> None:
+        self._held = None
         self._drop_own_file()
 
     # compaction --------------------------------------------------------------------------

@@ -150,22 +150,32 @@ def test_an_unknown_site_without_create_fails_the_same(tmp_path: Path) -> None:
     assert quick.stderr.startswith("error: ") and "pushsite sites create nosuch" in quick.stderr
 
 
-@pytest.mark.parametrize("state", ["file", "scheme"])
-def test_a_state_that_cannot_open_fails_the_same(tmp_path: Path, state: str) -> None:
-    """The quick path opens the state on a thread while it imports (issue 20): its error is
-    still the CLI's one line and exit code, raised where the deploy first reads the state."""
+@pytest.mark.parametrize("backend", ["state file", "state scheme", "store file",
+                                     "store scheme"])
+def test_a_backend_that_cannot_open_fails_the_same(tmp_path: Path, backend: str) -> None:
+    """The quick path opens the state and the store on threads while it imports (issue 20):
+    an error opening one is still the CLI's one line and exit code, raised where the deploy
+    first uses it."""
     bundle = _bundle(tmp_path / "site.tar.gz", SITE)
     (tmp_path / "a-file").write_text("not a folder")
-    url = (f"sqlite://{tmp_path}/a-file/state.db" if state == "file" else "nosuch:///x")
+    which, how = backend.split()
+    url = {("state", "file"): f"sqlite://{tmp_path}/a-file/state.db",
+           ("store", "file"): f"file://{tmp_path}/a-file/store"}.get((which, how), "nosuch:///x")
     args = ["deploy", str(bundle), "--site", "blog", "--create", "--json"]
-    runs = [_run(tmp_path / name, args, quick=quick, env={"PUSHSITE_STATE": url})
+    env = {f"PUSHSITE_{which.upper()}": url}
+    runs = [_run(tmp_path / name, args, quick=quick, env=env)
             for name, quick in (("quick", True), ("cli", False))]
     quick, cli = runs
     assert "pushsite.quickdeploy" in quick.imported
     assert quick.code == cli.code != 0
-    assert quick.stdout == cli.stdout == ""
-    assert quick.stderr == cli.stderr
-    assert quick.stderr.startswith("error: ") and quick.stderr.count("\n") == 1
+    stderr = [ran.stderr for ran in runs]
+    if which == "store":  # the deployment was accepted, and failed: printed as the CLI does
+        assert _same_doc(quick, cli)["status"] == "failed"
+        stderr = [ran.stderr.replace(ran.doc()["id"], "ID") for ran in runs]
+    else:  # nothing was accepted
+        assert quick.stdout == cli.stdout == ""
+    assert stderr[0] == stderr[1]
+    assert stderr[0].startswith("error: ") and stderr[0].count("\n") == 1
 
 
 def test_two_at_once_on_one_home(tmp_path: Path) -> None:

@@ -39,6 +39,13 @@ def test_get_many_matches_get_wherever_each_object_is(tmp_path: Path) -> None:
         assert store.get_many([]) == {}
         store.flush()
         assert store.get_many(held) == held
+        # past a write batch, not flushed: appended to the data file, rows not committed yet
+        unsynced = {blob_key(_sha(f"u{n}")): bytes([n]) * 100_000 for n in range(60)}
+        for key, data in unsynced.items():
+            store.put(key, data)
+        assert store.get_many([*unsynced, *held]) == unsynced | held
+        store.flush()
+        assert store.get_many(unsynced) == unsynced
     finally:
         store.close()
 

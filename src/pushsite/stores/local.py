@@ -441,15 +441,20 @@ class LocalStore:
         holds is what the caller asks for: it bounds the batch by bytes."""
         wanted = list(dict.fromkeys(keys))
         found: dict[str, bytes] = {}
-        with self._lock:  # the buffers first, as in get()
+        by_file: dict[int, list[tuple[int, int, str]]] = {}
+        appended: set[str] = set()
+        with self._lock:  # the buffers first, as in get(), and spans not committed yet
             for key in wanted:
                 data = self._pending.get(key)
                 if data is None:
                     data = self._writing.get(key)
                 if data is not None:
                     found[key] = data
-        packed = {p: k for k in wanted if k not in found and (p := levels.pack(k)) is not None}
-        by_file: dict[int, list[tuple[int, int, str]]] = {}
+                elif (span := self._appended.get(key)) is not None:
+                    by_file.setdefault(span[1], []).append((span[2], span[3], key))
+                    appended.add(key)
+        packed = {p: k for k in wanted if k not in found and k not in appended
+                  and (p := levels.pack(k)) is not None}
         chunks = list(packed)
         with self._read_lock:
             for start in range(0, len(chunks), self._SPANS_CHUNK):

@@ -317,6 +317,19 @@ class LocalStore:
             self._appended = {}
         self._appended_bytes = 0
 
+    def _commit_appended(self) -> None:
+        """Sync and commit what writer threads appended since the flush before (call with
+        `_write_lock`): a deletion's compaction appends to this process's file and unlocks
+        it, and deleting a key must not leave its appended row to commit after."""
+        with self._lock:
+            if not self._appended:
+                return
+        try:
+            self._write_batch({}, final=True)
+        except DiskFull:  # pending again; the deletion goes on, as in _flush_unless_full
+            _logger.info("a batch of writes to %s waits for space; deleting goes on "
+                         "without it", self.root)
+
     def _take_back_appended(self) -> dict[str, bytes]:
         """After a failed write: the bytes of the blobs appended and not committed, read
         back from the data file (a failed write left nothing after them that they need),
@@ -579,6 +592,7 @@ class LocalStore:
         self._flush_unless_full()
         packed = [p for k in doomed if (p := levels.pack(k)) is not None]
         with self._write_lock:
+            self._commit_appended()
             # a prune's deletions commit on a full disk with the reserve's room (diskspace.py)
             with self._reserve.room(), translating(self.root), \
                     write_transaction(self._wdb) as db:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,25 @@ def test_a_small_site_opens_no_queue(service: Service) -> None:
     service.run(accepted.id, optimise=False)
     assert service._queue is None
     assert not (service.config.home / "queue.db").exists()
+
+
+def test_a_live_line_that_cannot_be_printed_leaves_the_deployment_live(
+        service: Service, tmp_path: Path) -> None:
+    """show() failing (a closed stdout) is raised after the run, and the deployment it could
+    not print stays live: inside the run, the error was recorded on it as a failure."""
+    from pushsite.localdeploy import deploy_here
+
+    source = tmp_path / "site.tar.gz"
+    source.write_bytes(bundle({"index.html": b"<h1>hi</h1>"}))
+    said: list[Deployment] = []
+
+    def show(deployment: Deployment) -> None:
+        said.append(deployment)
+        raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError):
+        deploy_here(service, str(source), "blog", branch=None, message="", timeout=60.0,
+                    create=False, show=show)
+    [deployment] = said
+    assert service.state.get_deployment(deployment.id).status == Status.LIVE
+    assert alias_of(service, "blog") == deployment.id

@@ -55,11 +55,15 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
         unbuilt(folder)
     stream = None if folder else open_source(source)
     shown: list[Deployment] = []
+    unsaid: list[BaseException] = []  # show's own error (a closed stdout), raised after the run
 
     def said(live: Deployment) -> None:
-        show(live)
-        sys.stdout.flush()
         shown.append(live)
+        try:
+            show(live)
+            sys.stdout.flush()
+        except BaseException as exc:  # noqa: BLE001 - raised below; inside the run it would
+            unsaid.append(exc)  # fail a deployment that is live
 
     service.deploy_target(site, create)  # once the source is there: a typo makes no site
     deployment = service.accept(site, None, branch=branch, message=message, enqueue=False,
@@ -88,8 +92,11 @@ def deploy_here(service: Service, source: str, site: str, *, branch: str | None,
             raise Interrupted(f"deployment {deployment.id} cancelled: interrupted (Ctrl-C); "
                               "the live site is unchanged") from None
         raise
+    if unsaid:
+        raise unsaid[0]
     if not shown:  # a run that found it already settled (another runner's)
-        said(deployment)
+        show(deployment)
+        sys.stdout.flush()
     if running(service.config.home) is None:  # else that server takes the queued message
         service.optimise_now(deployment.id)
     return deployment

@@ -190,7 +190,8 @@ class Running(ServiceBase):
         "optimise" message (or `optimise_now`, as the CLI does once it printed the URL).
         `live` is called with the deployment the moment its alias moved and the optimising
         message is queued, before its metrics, its notifications and the run's threads end
-        (the CLI prints it there: time to live is what a deploy waits for).
+        (the CLI prints it there: time to live is what a deploy waits for). It must not
+        raise: its error would be recorded on a deployment that is live.
 
         The files come from `bundle` (a tar.gz stream), `folder` (read in place, no tar), a
         git commit, or the staged bundle, in that order. A commit whose files ask for a build

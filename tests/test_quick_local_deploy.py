@@ -153,9 +153,8 @@ def test_an_unknown_site_without_create_fails_the_same(tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["state file", "state scheme", "store file",
                                      "store scheme"])
 def test_a_backend_that_cannot_open_fails_the_same(tmp_path: Path, backend: str) -> None:
-    """The quick path opens the state and the store on threads while it imports (issue 20):
-    an error opening one is still the CLI's one line and exit code, raised where the deploy
-    first uses it."""
+    """An error opening the state or the store is the CLI's one line and exit code (the
+    failed deployment printed as the CLI prints it once the state was open)."""
     bundle = _bundle(tmp_path / "site.tar.gz", SITE)
     (tmp_path / "a-file").write_text("not a folder")
     which, how = backend.split()

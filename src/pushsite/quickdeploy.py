@@ -16,7 +16,6 @@ import signal
 import sys
 from contextlib import suppress
 from dataclasses import replace
-from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pushsite.config import load_config
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from pushsite.launch import PlainDeploy
     from pushsite.model import Deployment
     from pushsite.service import Service
-    from pushsite.state import StateStore
-    from pushsite.stores import ObjectStore
 
 
 def run_local(plain: PlainDeploy) -> NoReturn:
@@ -70,35 +67,15 @@ def run_local(plain: PlainDeploy) -> NoReturn:
 
 
 def _service() -> Service:
-    """cli._service: the settings, with the public URL of a server running on this home.
-    The state and the store open on threads while the service's modules import (~60 ms): a
-    new home's state.db and objects.db are 20-50 ms each of pragmas, schema and fsyncs that
-    otherwise come after them; an error opening either is raised where the deploy first
-    uses it, as before."""
+    """cli._service: the settings, with the public URL of a server running on this home."""
     config = load_config()
     if not os.environ.get("PUSHSITE_PUBLIC_URL"):
         served = running(config.home)
         if served is not None:
             config = replace(config, public_url=served.public_url)
-    from pushsite.deploy.later import Later
-
-    state = Later.start(partial(_open_state, config.state), name="state-open")
-    store = Later.start(partial(_open_store, config.store), name="store-open")
     from pushsite.service import Service
 
-    return Service(config, state=state.get, store=store.get)
-
-
-def _open_state(url: str) -> StateStore:
-    from pushsite.state import open_state_store
-
-    return open_state_store(url)
-
-
-def _open_store(url: str) -> ObjectStore:
-    from pushsite.stores import open_object_store
-
-    return open_object_store(url)
+    return Service(config)
 
 
 def _deploy(service: Service, plain: PlainDeploy) -> None:

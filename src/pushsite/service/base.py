@@ -39,17 +39,11 @@ DEFAULT_TIMEOUT = 900.0
 class ServiceBase:
     """The backends the Config names, opened on first use, and a deployment's log."""
 
-    def __init__(self, config: Config, state: Callable[[], StateStore] | None = None,
-                 store: Callable[[], ObjectStore] | None = None) -> None:
-        """`state` and `store`, when given, make those backends on their first use instead
-        of opening the ones the Config names: the quick deploy's, opened while the service
-        imports."""
+    def __init__(self, config: Config) -> None:
         self.config = config
         self._store: ObjectStore | None = None
-        self._make_store = store or (lambda: open_object_store(config.store))
         self._opening = threading.Lock()
         self._state: StateStore | None = None
-        self._make_state = state or (lambda: open_state_store(config.state))
         self._queue: Queue | None = None
         self._queue_lock = threading.Lock()  # a deploy may open it from a thread (running.py)
         self._sinks = sinks_from_env()
@@ -69,13 +63,13 @@ class ServiceBase:
         if self._store is None:
             with self._opening:  # a deploy may open it from a thread (see run)
                 if self._store is None:
-                    self._store = self._make_store()
+                    self._store = open_object_store(self.config.store)
         return self._store
 
     @property
     def state(self) -> StateStore:
         if self._state is None:
-            self._state = self._make_state()
+            self._state = open_state_store(self.config.state)
         return self._state
 
     @property

@@ -1,6 +1,6 @@
 """The live line (issue 20): `Service.run(live=...)` says a deployment is live the moment its
 alias moved and its optimising message is queued, and only then counts it and queues its
-notifications; the queue it sends that message on opened while the files were read.
+notifications.
 
 Real SQLite state, queue and local store in the test's home; the queue is read back.
 """
@@ -17,7 +17,6 @@ from pushsite.model import Deployment, Status
 from pushsite.service import Service
 from pushsite.service.optimising import is_optimise_message, queue_message
 from pushsite.service.running import optimise_message
-from support.disk import open_under
 from support.service import alias_of, big_files, bundle, open_service
 
 
@@ -94,27 +93,9 @@ def test_a_site_without_endpoints_queues_no_notification(service: Service) -> No
     assert [m for m in _queued(service) if "notify" in m or "status" in m] == []
 
 
-@pytest.mark.usefixtures("after_only")
-def test_the_queue_opened_for_the_run_is_closed_with_the_service(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The queue opens on a thread while the files are read; close() waits for it and closes
-    it: nothing of the home stays open (a tmpfs home could not be unmounted)."""
-    from pushsite.deploy import early
-
-    monkeypatch.setattr(early, "CAPACITY", 0)  # opened at the first file read
-    with open_service() as svc:
-        svc.create_site("blog")
-        accepted = svc.accept("blog", io.BytesIO(bundle({"index.html": b"\x00" * 9})),
-                              enqueue=False)
-        svc.run(accepted.id, optimise=False)
-        home = svc.config.home
-    assert svc._queue is not None  # opened for the run (close waited), though unused
-    assert [p for p in open_under(home) if "queue.db" in p] == []
-
-
 def test_a_small_site_opens_no_queue(service: Service) -> None:
-    """Nothing left to optimise is likely: no queue.db is made for it (a full disk's
-    reserves are the state's and the store's, tests/test_full_disk.py)."""
+    """Nothing is left to optimise: no message, no queue.db (a full disk's reserves are the
+    state's and the store's, tests/test_full_disk.py)."""
     accepted = service.accept("blog", io.BytesIO(bundle({"index.html": b"<h1>hi</h1>"})),
                               enqueue=False)
     service.run(accepted.id, optimise=False)

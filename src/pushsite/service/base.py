@@ -45,7 +45,6 @@ class ServiceBase:
         self._opening = threading.Lock()
         self._state: StateStore | None = None
         self._queue: Queue | None = None
-        self._queue_lock = threading.Lock()  # a deploy may open it from a thread (running.py)
         self._sinks = sinks_from_env()
         # called with each manifest built here before its alias moves (the edge caches it)
         self.manifest_listeners: list[Callable[[Manifest], None]] = []
@@ -75,9 +74,7 @@ class ServiceBase:
     @property
     def queue(self) -> Queue:
         if self._queue is None:
-            with self._queue_lock:
-                if self._queue is None:
-                    self._queue = open_queue(self.config.queue)
+            self._queue = open_queue(self.config.queue)
         return self._queue
 
     def close(self, exiting: bool = False) -> None:

@@ -9,7 +9,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -74,7 +73,6 @@ class Running(ServiceBase):
     """Running one deployment to its end, and moving the aliases it earns."""
 
     _counters: CounterFile | None = None
-    _queue_opening: Later[None] | None = None
 
     @property
     def counters(self) -> CounterFile:
@@ -89,33 +87,7 @@ class Running(ServiceBase):
         its connection open in the home (a tmpfs could not be unmounted)."""
         if self._counters is not None and not exiting:
             self._counters.close()
-        if self._queue_opening is not None:
-            self._queue_opening.get()  # so the queue it opens is closed below
         super().close(exiting)
-
-    def _opening_queue(self, progress: Callable[[Counters], None] | None,
-                       ) -> Callable[[Counters], None]:
-        """`progress`, which also starts opening the queue (a new home's queue.db, or an SQS
-        client: 20-50 ms) on a thread once the files read outgrow what deploy.early makes
-        brotli for while reading: the optimising message is then likely, and it is sent
-        before the deployment is said live. A site that leaves nothing to optimise (small,
-        or incompressible) opens no queue and makes no queue.db."""
-        from pushsite.deploy import early
-
-        def update(counters: Counters) -> None:
-            if progress is not None:
-                progress(counters)
-            if counters.bytes_in > early.CAPACITY and self._queue_opening is None \
-                    and self._queue is None:
-                self._queue_opening = Later.start(self._open_queue_quietly, name="queue-open")
-
-        return update
-
-    def _open_queue_quietly(self) -> None:
-        """Open the queue ahead of its first use; an error is raised again, and logged, by
-        that use (`self.queue` opens it then)."""
-        with suppress(Exception):  # the next reader raises it again
-            self.queue  # noqa: B018 - opened for the property's next reader
 
     def _announce(self, deployment: Deployment, event: str | None = None) -> None:
         """Queue what the site's notification endpoints and its git host are told (sent by a
@@ -273,8 +245,6 @@ class Running(ServiceBase):
         cap_arenas()  # this process deploys: before the deploy's threads start
         if self.config.metrics and self._counters is None:  # the first count of a process:
             Later.start(self.counters.open, name="metrics-open")  # made while files are read
-        if self._queue is None and _live_first():
-            progress = self._opening_queue(progress)
         if from_git:
             target = Later.now(self._deploy_setup(deployment, ran_before, from_git))
         else:  # the store opens, and the previous blobs are read, while files are read

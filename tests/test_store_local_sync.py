@@ -8,11 +8,13 @@ tmpfs; the fdatasyncs are counted by wrapping the real one."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,5 +132,96 @@ def test_a_failed_write_puts_the_appended_batches_back_to_pending(disk: Path) ->
     again = LocalStore(disk / "store")
     try:
         assert all(again.get(k) == data for k, data in (first | second).items())
+    finally:
+        again.close()
+
+
+def _large_rows(root: Path) -> set[str]:
+    with sqlite3.connect(root / "objects.db") as db:
+        return {row[0] for row in db.execute("SELECT key FROM large")}
+
+
+def test_a_large_file_is_synced_before_its_row_commits_and_read_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object over PACK_LIMIT is renamed into large/ at once, with no sync on the
+    putting thread; the next group sync fdatasyncs it, and fsyncs its folder, before its
+    `large` row commits: another actor never sees a row naming a file a power cut could
+    leave empty. This process reads it meanwhile."""
+    root = tmp_path / "store"
+    synced: dict[str, int] = {}  # path -> fdatasync or fsync calls
+    seen_at_sync: dict[str, set[str]] = {}  # path -> `large` rows committed at its sync
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def counting(real: Any) -> Any:
+        def sync(fd: int) -> None:
+            real(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            synced[path] = synced.get(path, 0) + 1
+            seen_at_sync.setdefault(path, _large_rows(root))
+        return sync
+
+    store = LocalStore(root)
+    other = LocalStore(root)  # a second actor on the same store
+    monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", counting(real_fsync))
+    try:
+        large = _blobs("large", 3, local.PACK_LIMIT + 1000)
+        small = _blobs("small", 3, 1000)
+        manifest = "sites/s/manifest.json"
+        store.put(manifest, b"{}")
+        store.flush()  # a small copy committed before: the large one must be read next
+        synced.clear()
+        seen_at_sync.clear()
+        keys = list(large)
+        store.put(keys[0], large[keys[0]])  # put writes a temporary file and adopts it
+        store.put_stream(keys[1], io.BytesIO(large[keys[1]]), len(large[keys[1]]))
+        handle, tmp = store.temp_file()  # as a deploy's pool thread does
+        with handle:
+            handle.write(large[keys[2]])
+        store.adopt_file(keys[2], tmp)
+        grown = random.Random("m").randbytes(local.PACK_LIMIT + 1)
+        store.put(manifest, grown)
+        for key, data in small.items():
+            store.put(key, data)
+        assert synced == {}  # no sync on the putting thread
+        everything = {**large, **small, manifest: grown}
+        assert store.has(everything) == set(everything)
+        assert all(store.get(k) == data for k, data in everything.items())
+        assert store.get(manifest, 5, 50) == grown[5:50]
+        assert store.size(manifest) == len(grown)
+        assert store.get_many(everything) == everything
+        assert other.has(large) == set()  # no row yet names a file not yet durable
+        assert other.get(manifest) == b"{}"
+        store.flush()
+        files = {str(store._large_path(k)) for k in [*large, manifest]}
+        assert {p: synced.get(p) for p in files} == dict.fromkeys(files, 1)
+        assert all(seen_at_sync[p].isdisjoint([*large, manifest]) for p in files)
+        assert {str(store._large_path(k).parent) for k in large} <= set(synced)  # folders
+        assert other.has(everything) == set(everything)
+        assert all(other.get(k) == data for k, data in everything.items())
+        assert store._adopted == {}
+        store.flush()
+        assert {p: synced.get(p) for p in files} == dict.fromkeys(files, 1)  # once
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_deletion_commits_the_adopted_files_before_it_deletes(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    try:
+        large = _blobs("del", 2, local.PACK_LIMIT + 1)
+        for key, data in large.items():
+            store.put(key, data)
+        doomed, kept = list(large)
+        store.delete([doomed])
+        assert store.has(large) == {kept}
+        assert not store._large_path(doomed).exists()
+    finally:
+        store.close()
+    again = LocalStore(tmp_path / "store")
+    try:
+        assert again.has(large) == {kept}
+        assert again.get(kept) == large[kept]
     finally:
         again.close()

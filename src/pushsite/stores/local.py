@@ -7,7 +7,10 @@ are appended, a batch at a time, to the writing process's data file (datafiles.p
 SQLite database (WAL mode, large transactions) records where each is: 40,000 files become a
 few dozen appends and commits, and the edge reads a blob with one indexed query and a pread.
 Objects above the limit (images, video, archives) are files under `large/`, written to a
-temporary name and renamed, so a reader never sees half an object.
+temporary name and renamed, so a reader never sees half an object. The rename comes at once
+(this process reads the file from there); the file is fdatasync-ed, and its folder fsync-ed,
+by the next group sync, before the `large` row naming it commits (`_write`), so that after a
+power cut no row names a file left empty or missing.
 
 Blob keys (`blobs/<2 hex>/<sha256>[.gz|.br]`) live in the leveled index of `levels.py`, so a
 put costs the same in a store of 10,000 blobs as in one of millions (figure 7). Other keys
@@ -89,6 +92,10 @@ class LocalStore:
         # (_write): key -> (packed key, file, offset, length); read from the file meanwhile
         self._appended: dict[str, tuple[bytes, int, int, int]] = {}
         self._appended_bytes = 0
+        # large files renamed into place whose `large` rows wait for the next group sync:
+        # key -> (path, adoption number: a key adopted again while a sync runs stays)
+        self._adopted: dict[str, tuple[Path, int]] = {}
+        self._adoptions = 0
         self._pending_bytes = 0
         self._failed: BaseException | None = None  # a writer thread's error, raised once
         self._files = datafiles.DataFiles(root / "data")
@@ -163,17 +170,17 @@ class LocalStore:
             self._write_file(key, source)
 
     def adopt_file(self, key: str, path: Path) -> None:
-        """Move a finished temporary file (made by `temp_file`) into place under `key`."""
+        """Move a finished temporary file (made by `temp_file`) into place under `key`.
+        No sync here (a deploy's pool threads call it): the next group sync makes the file
+        durable before its row commits; until then this process finds it in `_adopted`."""
         target = self._large_path(key)
         with translating(self.root):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
-            with self._lock:  # a small copy written before would be read first: it goes
-                self._pending.pop(key, None)
-            with self._write_lock:
-                self._wdb.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
-                if levels.pack(key) is None:  # a manifest that grew past PACK_LIMIT
-                    self._wdb.execute("DELETE FROM objects WHERE key = ?", (key,))
+        with self._lock:  # a small copy written before would be read first: it goes
+            self._pending.pop(key, None)
+            self._adoptions += 1
+            self._adopted[key] = (target, self._adoptions)
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""
@@ -198,7 +205,7 @@ class LocalStore:
         with self._write_lock:
             with self._lock:
                 self._raise_failed()
-                if not self._pending and not self._appended:
+                if not self._pending and not self._appended and not self._adopted:
                     return
                 batch = self._take_pending()
             self._write_batch(batch, final=True)
@@ -310,11 +317,17 @@ class LocalStore:
             return
         if appended:
             self._files.held(self._wdb).sync()
+        with self._lock:
+            adopted = dict(self._adopted)
+        large = _sync_files(adopted)
         self._commit([(p, (b"", no, offset, n)) for p, no, offset, n in appended.values()],
-                     texts)
+                     texts, large)
         self._files.release()
         with self._lock:
             self._appended = {}
+            for key, (_, number) in adopted.items():
+                if self._adopted.get(key, (None, 0))[1] == number:  # not adopted again
+                    del self._adopted[key]
         self._appended_bytes = 0
 
     def _commit_appended(self) -> None:
@@ -322,7 +335,7 @@ class LocalStore:
         `_write_lock`): a deletion's compaction appends to this process's file and unlocks
         it, and deleting a key must not leave its appended row to commit after."""
         with self._lock:
-            if not self._appended:
+            if not self._appended and not self._adopted:
                 return
         try:
             self._write_batch({}, final=True)
@@ -345,11 +358,15 @@ class LocalStore:
         self._appended_bytes = 0
         return found
 
-    def _commit(self, blobs: list[tuple[bytes, levels.Row]],
-                texts: list[tuple[str, bytes]]) -> None:
+    def _commit(self, blobs: list[tuple[bytes, levels.Row]], texts: list[tuple[str, bytes]],
+                large: list[str]) -> None:
         with write_transaction(self._wdb) as db:
             levels.insert(db, blobs)
             db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
+            db.executemany("INSERT OR IGNORE INTO large VALUES (?)", [(k,) for k in large])
+            # a manifest that grew past PACK_LIMIT: its small copy goes
+            db.executemany("DELETE FROM objects WHERE key = ?",
+                           [(k,) for k in large if levels.pack(k) is None])
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
@@ -359,8 +376,8 @@ class LocalStore:
         # committed, so checking these first and the database after never misses a key
         # put before this call
         with self._lock:
-            found.update(k for k in wanted
-                         if k in self._pending or k in self._writing or k in self._appended)
+            found.update(k for k in wanted if k in self._pending or k in self._writing
+                         or k in self._appended or k in self._adopted)
         packed = {k: p for k in wanted if k not in found and (p := levels.pack(k)) is not None}
         with self._read_lock:
             held = levels.present(self._db, list(packed.values()))
@@ -396,8 +413,11 @@ class LocalStore:
             if data is None:
                 data = self._writing.get(key)
             appended = self._appended.get(key)  # its span, until its row commits
+            adopted = key in self._adopted  # under large/, before its row (and an old copy's)
         if data is not None:
             return data[start:end]
+        if adopted:
+            return self._read_large(key, start, end)
         for _ in range(3):  # a span can move (compaction) between its lookup and its read
             if appended is not None:  # committed and moved meanwhile: looked up next time
                 span: tuple[int, int, int] | None = appended[1:]
@@ -428,6 +448,9 @@ class LocalStore:
                                   n=max(end - start, 0))
         if row is not None:
             return bytes(row[0])
+        return self._read_large(key, start, end)
+
+    def _read_large(self, key: str, start: int, end: int | None) -> bytes:
         try:
             with open(self._large_path(key), "rb") as handle:
                 handle.seek(start)
@@ -458,6 +481,8 @@ class LocalStore:
         appended: set[str] = set()
         with self._lock:  # the buffers first, as in get(), and spans not committed yet
             for key in wanted:
+                if key in self._adopted:  # get() reads it under large/
+                    continue
                 data = self._pending.get(key)
                 if data is None:
                     data = self._writing.get(key)
@@ -526,10 +551,13 @@ class LocalStore:
             if data is None:
                 data = self._writing.get(key)
             appended = self._appended.get(key)
+            adopted = key in self._adopted
         if data is not None:
             return len(data)
         if appended is not None:
             return appended[3]
+        if adopted:
+            return self._large_size(key)
         with self._read_lock:
             span = self._span(key)
             if span is not None:
@@ -537,6 +565,9 @@ class LocalStore:
             row = self._small("length(data)", key)
         if row is not None:
             return int(row[0])
+        return self._large_size(key)
+
+    def _large_size(self, key: str) -> int:
         try:
             return self._large_path(key).stat().st_size
         except FileNotFoundError:
@@ -636,6 +667,34 @@ class LocalStore:
         if ".." in key.split("/") or key.startswith("/"):
             raise ConfigError(f"invalid object key {key!r}")
         return self._large / key
+
+
+def _sync_files(adopted: dict[str, tuple[Path, int]]) -> list[str]:
+    """fdatasync each adopted file (a read-only fd is enough on Linux), then fsync each
+    folder they were renamed into, so that their renames are durable too (on ext4 the
+    files' syncs commit the journal holding the renames already, and the folders' syncs
+    find little to do; on other file systems they are what makes a rename durable). The
+    keys whose files are there; one deleted meanwhile gets no row."""
+    synced: list[str] = []
+    folders: set[Path] = set()
+    for key, (path, _) in adopted.items():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        synced.append(key)
+        folders.add(path.parent)
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return synced
 
 
 def _older_layout(db: sqlite3.Connection) -> str | None:

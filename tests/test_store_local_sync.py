@@ -196,7 +196,8 @@ def test_a_large_file_is_synced_before_its_row_commits_and_read_meanwhile(
         files = {str(store._large_path(k)) for k in [*large, manifest]}
         assert {p: synced.get(p) for p in files} == dict.fromkeys(files, 1)
         assert all(seen_at_sync[p].isdisjoint([*large, manifest]) for p in files)
-        assert {str(store._large_path(k).parent) for k in large} <= set(synced)  # folders
+        folders = {str(store._large_path(k).parent) for k in large}
+        assert {*folders, str(store._large_path("blobs")), str(root / "large")} <= set(synced)
         assert other.has(everything) == set(everything)
         assert all(other.get(k) == data for k, data in everything.items())
         assert store._adopted == {}

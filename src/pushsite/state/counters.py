@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from pushsite.diskspace import is_full
 from pushsite.sqlite_setup import setting_up
 
 Labels = tuple[tuple[str, str], ...]
@@ -84,15 +85,18 @@ class CounterFile:
                                " DO UPDATE SET value = value + excluded.value", rows)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # a failed COMMIT (the disk full) rolled back already
+                    db.execute("ROLLBACK")
                 raise
 
     def add_quietly(self, deltas: dict[Key, float]) -> None:
-        """`add` where counting must never fail what it counts (a deploy, a delivery)."""
+        """`add` where counting must never fail what it counts (a deploy, a delivery). A full
+        disk is not said again here: what failed for it says so in its own one line."""
         try:
             self.add(deltas)
         except Exception as exc:  # noqa: BLE001 - logged: metrics are never worth a failure
-            _log.warning("could not record metrics in %s: %s", self.path, exc)
+            level = logging.DEBUG if is_full(exc, self.path.parent) else logging.WARNING
+            _log.log(level, "could not record metrics in %s: %s", self.path, exc)
 
     def read(self) -> dict[Key, float]:
         with self._lock:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.aws_servers import dummy_credentials, reset_moto, run_moto, run_seaweed, unique_bucket
+from support.disk import tmpfs
 from support.servers import Server, serving
 from support.sites import GIT_ENV, git, write_files
 
@@ -122,3 +123,10 @@ def dynamodb_url(moto: str) -> str:
 @pytest.fixture
 def sqs_url(moto: str) -> str:
     return f"sqs://deploys-{uuid.uuid4().hex[:8]}?endpoint={moto}&create=1"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs, to be filled (support/disk.py)."""
+    with tmpfs(tmp_path / "disk", "8m") as mount:
+        yield mount

@@ -7,44 +7,25 @@ On a real small tmpfs (we run as root in CI and here), filled for real."""
 
 from __future__ import annotations
 
-import hashlib
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pushsite.diskspace import free_bytes, settling
 from pushsite.errors import DiskFull
-from pushsite.model import blob_key
 from pushsite.stores.local import LocalStore
-from support.disk import fill, tmpfs
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "disk", "8m") as mount:
-        yield mount
-
-
-def _blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
-    """Incompressible blobs under their keys: they take their whole size on the disk."""
-    found = {}
-    for n in range(count):
-        data = random.Random(f"{tag}{n}").randbytes(size)
-        found[blob_key(hashlib.sha256(data).hexdigest())] = data
-    return found
+from support.disk import fill, incompressible_blobs
 
 
 def test_a_failed_batch_does_not_hold_a_prunes_listing_and_deletions(disk: Path) -> None:
     store = LocalStore(disk / "store")
     try:
-        old = _blobs("old", 12, 250_000)
+        old = incompressible_blobs("old", 12, 250_000)
         for key, data in old.items():
             store.put(key, data)
         store.flush()
         filler = fill(disk)
-        new = _blobs("new", 2, 200_000)
+        new = incompressible_blobs("new", 2, 200_000)
         for key, data in new.items():
             store.put(key, data)
         with pytest.raises(DiskFull):

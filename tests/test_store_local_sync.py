@@ -7,37 +7,25 @@ tmpfs; the fdatasyncs are counted by wrapping the real one."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pushsite.errors import DiskFull
-from pushsite.model import blob_key
 from pushsite.stores import local
 from pushsite.stores.local import LocalStore
-from support.disk import fill, tmpfs
-
-
-def _blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
-    """Incompressible blobs under their keys."""
-    found = {}
-    for n in range(count):
-        data = random.Random(f"{tag}{n}").randbytes(size)
-        found[blob_key(hashlib.sha256(data).hexdigest())] = data
-    return found
+from support.disk import fill, incompressible_blobs
 
 
 def _batches(tag: str, count: int) -> dict[str, bytes]:
     """Blobs that fill `count` batches exactly: each last put hands one to a writer thread."""
     size = 250_000
-    return _blobs(tag, count * -(-local._BATCH_BYTES // size), size)
+    return incompressible_blobs(tag, count * -(-local._BATCH_BYTES // size), size)
 
 
 def _rows(root: Path) -> int:
@@ -101,12 +89,6 @@ def test_a_sync_comes_once_sync_bytes_are_appended(
         store.close()
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "disk", "8m") as mount:
-        yield mount
-
-
 def test_a_failed_write_puts_the_appended_batches_back_to_pending(disk: Path) -> None:
     store = LocalStore(disk / "store")
     try:
@@ -165,8 +147,8 @@ def test_a_large_file_is_synced_before_its_row_commits_and_read_meanwhile(
     monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync))
     monkeypatch.setattr(os, "fsync", counting(real_fsync))
     try:
-        large = _blobs("large", 3, local.PACK_LIMIT + 1000)
-        small = _blobs("small", 3, 1000)
+        large = incompressible_blobs("large", 3, local.PACK_LIMIT + 1000)
+        small = incompressible_blobs("small", 3, 1000)
         manifest = "sites/s/manifest.json"
         store.put(manifest, b"{}")
         store.flush()  # a small copy committed before: the large one must be read next
@@ -211,7 +193,7 @@ def test_a_large_file_is_synced_before_its_row_commits_and_read_meanwhile(
 def test_a_deletion_commits_the_adopted_files_before_it_deletes(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     try:
-        large = _blobs("del", 2, local.PACK_LIMIT + 1)
+        large = incompressible_blobs("del", 2, local.PACK_LIMIT + 1)
         for key, data in large.items():
             store.put(key, data)
         doomed, kept = list(large)

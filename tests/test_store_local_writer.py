@@ -6,39 +6,26 @@ and the batch stays pending. A real store, a real flock, a real full tmpfs."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pushsite.errors import DiskFull
-from pushsite.model import blob_key
 from pushsite.stores import local
 from pushsite.stores.local import LocalStore
-from support.disk import fill, tmpfs
-
-
-def _blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
-    """Incompressible blobs under their keys."""
-    found = {}
-    for n in range(count):
-        data = random.Random(f"{tag}{n}").randbytes(size)
-        found[blob_key(hashlib.sha256(data).hexdigest())] = data
-    return found
+from support.disk import fill, incompressible_blobs
 
 
 def _one_batch(tag: str) -> dict[str, bytes]:
     """Blobs that fill exactly one batch: the last put hands it to a writer thread."""
     size = 250_000
-    return _blobs(tag, -(-local._BATCH_BYTES // size), size)
+    return incompressible_blobs(tag, -(-local._BATCH_BYTES // size), size)
 
 
 def test_a_full_batch_is_written_while_the_putting_thread_goes_on(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
-    first = _blobs("first", 1, 1000)
+    first = incompressible_blobs("first", 1, 1000)
     store.put(*next(iter(first.items())))
     store.flush()  # the store's own data file now exists
     (data_file,) = (tmp_path / "store" / "data").glob("*.dat")
@@ -67,12 +54,6 @@ def test_a_full_batch_is_written_while_the_putting_thread_goes_on(tmp_path: Path
         assert all(again.get(key) == data for key, data in batch.items())
     finally:
         again.close()
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[Path]:
-    with tmpfs(tmp_path / "disk", "8m") as mount:
-        yield mount
 
 
 def test_a_writer_threads_error_reaches_the_next_flush_and_nothing_is_lost(disk: Path) -> None:

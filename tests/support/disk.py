@@ -4,13 +4,16 @@ here and in CI), and a file that fills it to the last byte."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import random
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pushsite.diskspace import free_bytes
+from pushsite.model import blob_key
 
 
 @contextlib.contextmanager
@@ -56,3 +59,13 @@ def open_under(folder: Path) -> list[str]:
             if target.startswith(f"{folder}/"):
                 held.append(target)
     return sorted(held)
+
+
+def incompressible_blobs(tag: str, count: int, size: int) -> dict[str, bytes]:
+    """`count` random blobs of `size` bytes under their keys, the same for the same `tag`:
+    they take their whole size on a disk, compressed or not."""
+    found = {}
+    for n in range(count):
+        data = random.Random(f"{tag}{n}").randbytes(size)
+        found[blob_key(hashlib.sha256(data).hexdigest())] = data
+    return found

@@ -130,3 +130,14 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs, to be filled (support/disk.py)."""
     with tmpfs(tmp_path / "disk", "8m") as mount:
         yield mount
+
+
+@pytest.fixture
+def after_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every brotli left to the after pass, so a deployment queues its optimising message:
+    none made while the deploy reads (deploy/early.py) nor at its end
+    (builder.LATER_NOW_BYTES); tests/test_early_brotli.py covers those two."""
+    from pushsite.deploy import builder, early
+
+    monkeypatch.setattr(early, "CAPACITY", 0)
+    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)

@@ -44,16 +44,6 @@ def service() -> Iterator[Service]:
         yield svc
 
 
-@pytest.fixture
-def after_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every brotli left to the after pass: none made while the deploy reads (early.py)
-    nor at its end (builder.LATER_NOW_BYTES); tests/test_early_brotli.py covers those."""
-    from pushsite.deploy import builder, early
-
-    monkeypatch.setattr(early, "CAPACITY", 0)
-    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)
-
-
 def _site(tag: str, pages: int = 4, size: int = 8000) -> dict[str, bytes]:
     files = {f"p{i}.html": b"<p>" + tag.encode() + _words(i, size) for i in range(pages)}
     files["index.html"] = b"<h1>" + tag.encode() + b"</h1>" + _words(99, 2000)

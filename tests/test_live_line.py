@@ -27,15 +27,6 @@ def service() -> Iterator[Service]:
         yield svc
 
 
-@pytest.fixture
-def after_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every brotli left to the after pass, so an optimising message is queued."""
-    from pushsite.deploy import builder, early
-
-    monkeypatch.setattr(early, "CAPACITY", 0)
-    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)
-
-
 def _queued(service: Service) -> list[dict[str, object]]:
     """Every message on the queue (each received, then released for whoever comes next)."""
     items = []

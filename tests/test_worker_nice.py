@@ -99,11 +99,7 @@ def test_niced_raises_the_works_exception() -> None:
 
 
 def test_the_workers_optimise_message_runs_niced_and_ends_optimised(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pushsite.deploy import builder, early
-
-    monkeypatch.setattr(early, "CAPACITY", 0)  # every brotli left to the after pass
-    monkeypatch.setattr(builder, "LATER_NOW_BYTES", -1)
+        service: Service, monkeypatch: pytest.MonkeyPatch, after_only: None) -> None:
     nices: list[int] = []
     real = optimising.optimise
 

@@ -16,8 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote as urllib_quote
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -27,7 +25,7 @@ from test_incremental_upload import _frame, _row
 from pushsite.config import load_config
 from pushsite.deploy.filelist import SMALL_HASH, hash_pending, scan_folder
 from pushsite.deploy.hashcache import RACY_SECONDS
-from pushsite.httplite import Connection, host_and_port, quote, split_url
+from pushsite.httplite import Connection
 from pushsite.launch import plain_remote_deploy
 from pushsite.service import Service
 from support.api import Api
@@ -107,9 +105,9 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     data = json.loads(again.stdout)
     assert (data["status"], data["blobs_new"], data["blobs_reused"]) == ("live", 1, 30)
     assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
-    # nor typing, socket's or signal's enums, OpenSSL for one small changed file, urllib
+    # nor typing, socket's or signal's enums, OpenSSL for one small changed file, threads
     assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3", "typing",
-            "socket", "signal", "hashlib", "_hashlib", "urllib.parse", "ipaddress"} & \
+            "socket", "signal", "hashlib", "_hashlib"} & \
         _imported(again.stderr) == set()
     assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
     assert remote.get("lean.localhost", "/assets/7.txt").content == \
@@ -250,46 +248,6 @@ def test_a_folder_s_files_hash_to_their_sha256_whichever_sha256_takes_them(
     rows = hash_pending(scan_folder(tmp_path, None)).rows
     assert {r.path: (r.sha256, r.size) for r in rows} == \
         {name: (hashlib.sha256(data).hexdigest(), len(data)) for name, data in files.items()}
-
-
-_URLS = ["http://127.0.0.1:8000", "https://deploy.example.com/", "HTTP://Example.COM:443/api",
-         "http://user:pw@Host:1/p/q?x=1#f", "http://[::1]:8080/x", "http://[FE80::1%eth0]/a",
-         " \x00http://x/ ", "http://a\tb/c\nd", "ftp://x", "127.0.0.1:8000", "localhost:8000/x",
-         "//host/p", "http:///p", "http://h:/p", "http://h:99999", "http://h:x1", "http://h:-1",
-         "http://h:\u0661", "http://[::1", "http://::1]/", "http://\u00e9.example:80/\u00fc",
-         "http://h?q/x", "http://h#f/x", "3http://h", "h+t.t-p://h/p", "http:h", "", "/only/a/path",
-         "http://h/p;params", "http://@h", "http://u@[::1]:5/"]
-
-
-def _urllib_split(url: str) -> tuple[object, ...]:
-    try:
-        parts = urlsplit(url)
-        return parts.scheme, parts.netloc, parts.path, parts.hostname or "", parts.port
-    except ValueError:
-        return ("ValueError",)
-
-
-def _ours_split(url: str) -> tuple[object, ...]:
-    try:
-        scheme, netloc, path = split_url(url)
-        return (scheme, netloc, path, *host_and_port(netloc))
-    except ValueError:
-        return ("ValueError",)
-
-
-@pytest.mark.parametrize("url", _URLS)
-def test_the_client_splits_a_url_as_urllib_does(url: str) -> None:
-    """httplite's split_url and host_and_port (urllib.parse is not imported on the quick
-    path) against urlsplit's scheme, netloc, path, hostname and port."""
-    assert _ours_split(url) == _urllib_split(url)
-
-
-@pytest.mark.parametrize("safe", ["", "/", "/:@-._~!$&'()*+,;="])
-def test_the_client_quotes_as_urllib_does(safe: str) -> None:
-    texts = ["", "plain", "a b/c?d#e%f", "sites/\u00e9t\u00e9/\U0001f600", "~_.-", "\x00\x7f",
-             "".join(map(chr, range(128))), "k=v&w=x", "\ud7ff\ue000"]
-    for text in texts:
-        assert quote(text, safe=safe) == urllib_quote(text, safe=safe), text
 
 
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:

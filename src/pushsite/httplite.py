@@ -21,6 +21,7 @@ import select
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
+from urllib.parse import quote, urlsplit
 
 TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
 if TYPE_CHECKING:
@@ -31,58 +32,6 @@ _LINE_MAX = 65536
 _SEND_WHOLE = 256 << 10  # a body chunk this big is sent as it is, its framing apart
 _QUICKACK: int | None = getattr(_socket, "TCP_QUICKACK", None)  # Linux only
 _GATHER = 64 << 10  # smaller pieces of a chunked body are gathered into sends of this size
-_C0_OR_SPACE = "".join(map(chr, range(33)))  # stripped from a URL's start, as urlsplit does
-_SCHEME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
-_ALWAYS_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~")
-
-
-# urllib.parse's few parts the client uses, as they behave there: importing it (with
-# ipaddress, which it loads) is ~2 ms of CPU at each start of a CI deploy
-def split_url(url: str) -> tuple[str, str, str]:
-    """(scheme, netloc, path) as urllib.parse.urlsplit gives them (its query and fragment
-    left out); ValueError for a netloc whose brackets do not pair."""
-    url = url.lstrip(_C0_OR_SPACE).replace("\t", "").replace("\r", "").replace("\n", "")
-    scheme = ""
-    colon = url.find(":")
-    if colon > 0 and url[0].isascii() and url[0].isalpha() \
-            and not url[:colon].strip(_SCHEME_CHARS):
-        scheme, url = url[:colon].lower(), url[colon + 1:]
-    netloc = ""
-    if url[:2] == "//":
-        ends = [i for i in (url.find(c, 2) for c in "/?#") if i >= 0]
-        end = min(ends) if ends else len(url)
-        netloc, url = url[2:end], url[end:]
-        if ("[" in netloc) != ("]" in netloc):
-            raise ValueError("Invalid IPv6 URL")
-    return scheme, netloc, url.partition("#")[0].partition("?")[0]
-
-
-def host_and_port(netloc: str) -> tuple[str, int | None]:
-    """urlsplit's `hostname` (lower case, without brackets; "" for none) and `port` (None
-    for none; ValueError for one that is no number from 0 to 65535)."""
-    hostinfo = netloc.rpartition("@")[2]
-    _, bracket, bracketed = hostinfo.partition("[")
-    if bracket:
-        host, _, port = bracketed.partition("]")
-        port = port.partition(":")[2]
-    else:
-        host, _, port = hostinfo.partition(":")
-    name, percent, zone = host.partition("%")
-    host = name.lower() + percent + zone
-    if not port:
-        return host, None
-    if not (port.isdigit() and port.isascii()):
-        raise ValueError(f"Port could not be cast to integer value as {port!r}")
-    if not 0 <= int(port) <= 65535:
-        raise ValueError("Port out of range 0-65535")
-    return host, int(port)
-
-
-def quote(text: str, safe: str = "/") -> str:
-    """urllib.parse.quote of a str: UTF-8 bytes, each percent-encoded unless a letter, a
-    digit, one of "_.-~" or in `safe`."""
-    keep = _ALWAYS_SAFE.union(safe.encode("ascii", "ignore"))
-    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
 
 
 class Answer:
@@ -107,12 +56,12 @@ class Connection:
 
     def __init__(self, base: str, headers: Mapping[str, str], timeout: float = 60.0,
                  connect_timeout: float = 10.0) -> None:
-        scheme, netloc, path = split_url(base)
-        self._tls = scheme == "https"
-        self._host, port = host_and_port(netloc)
-        self._port = port or (443 if self._tls else 80)
-        self._prefix = path.rstrip("/")
-        netloc = netloc.rpartition("@")[2]
+        parts = urlsplit(base)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._tls else 80)
+        self._prefix = parts.path.rstrip("/")
+        netloc = parts.netloc.rpartition("@")[2]
         self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": netloc, **headers}.items())
         self._timeout = timeout
         self._connect_timeout = connect_timeout

@@ -28,6 +28,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from urllib.parse import urlsplit
 
 from pushsite import __version__, errors, names
 from pushsite.deploy.filelist import Listing, frame_header, hash_pending, scan_folder
@@ -433,10 +434,8 @@ def report_data(deployment: dict[str, Any], control: str) -> dict[str, Any]:
 def api_base(server: str) -> str:
     """The API root for a --server value (`https://deploy.example.com` -> `.../api`)."""
     url = server.strip().rstrip("/")
-    from pushsite.httplite import split_url  # not urllib.parse: see there
-
-    scheme, netloc, _ = split_url(url)
-    if scheme not in ("http", "https") or not netloc:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"invalid --server {server!r}: give the server's URL, e.g. "
                           "https://deploy.example.com or http://127.0.0.1:8000")
     return url if url.endswith("/api") else url + "/api"

@@ -250,6 +250,20 @@ def test_a_folder_s_files_hash_to_their_sha256_whichever_sha256_takes_them(
         {name: (hashlib.sha256(data).hexdigest(), len(data)) for name, data in files.items()}
 
 
+@pytest.mark.parametrize("missing", [["_sha256"], ["_sha2"], ["_sha2", "_sha256"]])
+def test_a_small_file_hashes_on_a_python_without_the_builtin_sha256_it_looks_for(
+        missing: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython's own sha256 is `_sha256` up to 3.11 and `_sha2` from 3.12 (pyproject allows
+    both); where one is missing the other, or hashlib's, is used."""
+    from pushsite.deploy.filelist import sha256_hasher
+
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
+    hasher = sha256_hasher(3)
+    hasher.update(b"abc")
+    assert hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:
     from pushsite import remote as lean
 

@@ -38,12 +38,12 @@ def sha256_hasher(size: int) -> Any:
     folder's name); OpenSSL's for more (several times faster per byte, and it releases the
     GIL, so the client's threads hash on every core)."""
     if size <= SMALL_HASH:
-        if TYPE_CHECKING:
-            from hashlib import sha256
-        else:
-            from _sha256 import sha256
-        return sha256()
-    import hashlib
+        for builtin in ("_sha2", "_sha256"):  # CPython's own: _sha2 from 3.12, _sha256 before
+            try:
+                return __import__(builtin).sha256()
+            except (ImportError, AttributeError):
+                continue
+    import hashlib  # OpenSSL's, or any Python without either module
 
     return hashlib.sha256()
 

@@ -115,10 +115,11 @@ class DataFiles:
         self._drop_own_file()
 
     @contextmanager
-    def appending(self, db: sqlite3.Connection) -> Iterator[Appender]:
-        """This process's file, locked for one batch (the caller commits its rows inside)."""
+    def appending(self, db: sqlite3.Connection, wait: bool = True) -> Iterator[Appender]:
+        """This process's file, locked for one batch (the caller commits its rows inside).
+        Without `wait`, BlockingIOError when another holds it (`_compact_one`)."""
         assert self._held is None, "release the held file first: this unlocks it"
-        handle = self._locked_own_file(db)
+        handle = self._locked_own_file(db, wait)
         assert self._no is not None
         try:
             yield Appender(self._no, handle, os.fstat(handle.fileno()).st_size)
@@ -130,14 +131,15 @@ class DataFiles:
             if not handle.closed:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
-    def _locked_own_file(self, db: sqlite3.Connection) -> BinaryIO:
+    def _locked_own_file(self, db: sqlite3.Connection, wait: bool = True) -> BinaryIO:
+        how = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
         handle = self._own_file(db)
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(handle.fileno(), how)
         stat = os.fstat(handle.fileno())
         if stat.st_nlink == 0 or stat.st_size >= ROLL_BYTES:  # compacted away, or full
             self._drop_own_file()  # closing it releases its lock
             handle = self._own_file(db)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(handle.fileno(), how)
         return handle
 
     def _own_file(self, db: sqlite3.Connection) -> BinaryIO:
@@ -193,9 +195,15 @@ class DataFiles:
             if used and used * 2 >= size:
                 return 0
             if used:
-                with self.appending(db) as out:  # rows commit while the copies are locked
-                    moved = self._copy_spans(db, no, fd, out)
-                    self._forget(db, no, moved)
+                # this process's own file without waiting: another compaction holding it
+                # may be waiting for this one's (it holds `no`), and flock never breaks the
+                # cycle; a later prune compacts `no`
+                try:
+                    with self.appending(db, wait=False) as out:  # rows commit while locked
+                        moved = self._copy_spans(db, no, fd, out)
+                        self._forget(db, no, moved)
+                except BlockingIOError:
+                    return 0
             else:
                 self._forget(db, no, [])
             path.unlink(missing_ok=True)

@@ -266,6 +266,9 @@ class LocalStore:
                 self._appended = {}
                 self._pending_bytes = sum(map(len, self._pending.values()))
                 self._writing = {}
+            # cut back only now: a get() that found their spans in _appended read past the
+            # file's new end ("ends before"), while the bytes waited to go back to pending
+            self._files.drop()
             if is_full(exc, self.root):
                 raise DiskFull.holding(self.root) from exc
             raise BackendUnavailable(f"cannot write to the local store: {exc}") from exc
@@ -346,7 +349,8 @@ class LocalStore:
     def _take_back_appended(self) -> dict[str, bytes]:
         """After a failed write: the bytes of the blobs appended and not committed, read
         back from the data file (a failed write left nothing after them that they need),
-        which is then given up (the next batch starts a new one). Call with `_write_lock`."""
+        which the caller then gives up (`drop`: the next batch starts a new one), once they
+        are back in pending. Call with `_write_lock`."""
         found: dict[str, bytes] = {}
         try:
             for key, (_, no, offset, length) in self._appended.items():
@@ -354,7 +358,6 @@ class LocalStore:
         except OSError as exc:  # their bytes are lost: a deploy that put them fails
             _logger.warning("%d blobs appended to %s and not yet committed are lost: %s",
                             len(self._appended) - len(found), self.root, exc)
-        self._files.drop()
         self._appended_bytes = 0
         return found
 

@@ -6,7 +6,7 @@ the store verifies clean. Real SQLite state, the real local store, the real queu
 from __future__ import annotations
 
 import pytest
-from test_live_first import _run, _site, after_only, service  # noqa: F401 - fixtures
+from test_live_first import _run, _site, service  # noqa: F401 - fixtures
 
 from pushsite.deploy.optimise import is_pending
 from pushsite.model import Status, blob_key

@@ -57,6 +57,8 @@ def counting_proxy(target_port: int) -> Iterator[tuple[int, Counts]]:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", target_port))
+            for sock in (client, upstream):  # relay each piece at once, as a proxy does
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=pipe, args=(upstream, client, False), daemon=True).start()
 

@@ -1,4 +1,5 @@
-"""One thread per process that calls back whatever is due: the deployment logs' delayed flushes.
+"""One thread per process that calls back whatever is due: the deployment logs' delayed flushes
+and the open uploads' lease renewals (service/receiving.py), each one state write.
 
 Each log used to start a `threading.Timer` for the first line of every batch. Starting a
 thread waits until the new thread has run (`Thread.start`), which on a busy two-core machine
@@ -23,8 +24,9 @@ _logger = logging.getLogger("pushsite.flushing")
 class Flusher:
     """Calls each armed callback once, at or after its time, on the one thread it keeps.
 
-    A callback runs on that thread, so it should be short (a log's batch write); a slow one
-    delays the others, never loses them. `arm` returns at once.
+    A callback runs on that thread, so it should be short (a log's batch write, a lease's
+    renewal); a slow one delays the others, never loses them. `arm` returns at once. There
+    is no cancel: a callback whose work ended meanwhile finds so and does nothing.
     """
 
     def __init__(self) -> None:
@@ -62,7 +64,7 @@ class Flusher:
             try:
                 callback()
             except Exception:  # noqa: BLE001 - one callback's failure must not stop the rest
-                _logger.exception("a delayed flush failed")
+                _logger.exception("a delayed callback failed")
 
 
 FLUSHER = Flusher()

@@ -21,15 +21,16 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import os
 import threading
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite.limits import human_size
 from pushsite.model import Deployment, Status
+from pushsite.service.flushing import FLUSHER
 from pushsite.service.progress import PROGRESS_EVERY
 from pushsite.state import StateStore
 
@@ -58,7 +59,7 @@ class Received(io.RawIOBase):
         self._ended = False  # the request's body ended: read whole, broken, or closed
         self.received = already  # an incremental upload's earlier batches (uploads.py)
         self.lost = False  # set when the record stopped being ours (failed by a recovery)
-        _keeper.add(self, time.monotonic() + lease / 3)
+        _keep_renewing(self)
 
     def readable(self) -> bool:
         return True
@@ -91,11 +92,10 @@ class Received(io.RawIOBase):
         super().close()
 
     def _end(self) -> None:
-        self._ended = True
-        _keeper.remove(self)
+        self._ended = True  # the renewal armed next finds it so, and arms no other
 
     def keep(self) -> bool:
-        """The keeper's renewal (every third of the lease); False when no more are due: the
+        """The timer's renewal (every third of the lease); False when no more are due: the
         body ended, the record is not ours, or nothing came for `idle` seconds."""
         if self._ended or self.lost:
             return False
@@ -149,54 +149,17 @@ def expire(state: StateStore, staging: Path, deployment: Deployment, now: float)
     return True
 
 
-class _Keeper:
-    """One thread renews the leases of every open upload in this process, each every third
-    of its lease (a thread per upload cost ~0.1 ms of CPU per request; a request's
-    registration here is a dict entry). Renewals run one after another."""
+def _keep_renewing(upload: Received) -> None:
+    """Arm the upload's next renewal (`keep`), a third of its lease from now, on the process's
+    one timer thread (service/flushing.py, which the logs' flushes share: each is one state
+    write). That thread has no cancel: a renewal due after the upload ended finds `keep`
+    False and arms no other, and it holds the upload weakly, so a finished request is not
+    kept alive until then."""
+    ref = weakref.ref(upload)
 
-    def __init__(self) -> None:
-        self._due: dict[Received, float] = {}  # monotonic time of its next renewal
-        self._changed = threading.Condition()
-        self._sleeping_until = float("inf")
-        self._started = False
+    def due() -> None:
+        upload = ref()
+        if upload is not None and upload.keep():
+            _keep_renewing(upload)
 
-    def add(self, upload: Received, due: float) -> None:
-        with self._changed:
-            self._due[upload] = due
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._run, daemon=True,
-                                 name="pushsite-receiving").start()
-            if due < self._sleeping_until:
-                self._changed.notify()
-
-    def remove(self, upload: Received) -> None:
-        with self._changed:
-            self._due.pop(upload, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                now = time.monotonic()
-                ready = [u for u, at in self._due.items() if at <= now]
-                for upload in ready:
-                    del self._due[upload]
-                if not ready:
-                    self._sleeping_until = min(self._due.values(), default=float("inf"))
-                    self._changed.wait(None if not self._due else self._sleeping_until - now)
-                    self._sleeping_until = float("inf")
-                    continue
-            for upload in ready:
-                if upload.keep():
-                    self.add(upload, time.monotonic() + upload.lease / 3)
-
-    def forked(self) -> None:
-        """In a forked child: its parent's thread is not there."""
-        self._due.clear()
-        self._changed = threading.Condition()
-        self._sleeping_until = float("inf")
-        self._started = False
-
-
-_keeper = _Keeper()
-os.register_at_fork(after_in_child=_keeper.forked)
+    FLUSHER.arm(upload.lease / 3, due)

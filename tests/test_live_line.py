@@ -15,8 +15,7 @@ import pytest
 
 from pushsite.model import Deployment, Status
 from pushsite.service import Service
-from pushsite.service.optimising import is_optimise_message, queue_message
-from pushsite.service.running import optimise_message
+from pushsite.service.optimisemessage import optimise_message
 from support.service import alias_of, big_files, bundle, open_service
 
 
@@ -47,11 +46,6 @@ def _run(service: Service, live: list[tuple[Deployment, str | None, list[dict[st
         live.append((deployment, alias_of(service, "blog"), _queued(service)))
 
     return service.run(accepted.id, optimise=False, live=said)
-
-
-def test_the_optimising_message_is_the_optimiser_s_own() -> None:
-    assert optimise_message("d1") == queue_message("d1")
-    assert is_optimise_message(optimise_message("d1"))
 
 
 @pytest.mark.usefixtures("after_only")

@@ -1,10 +1,11 @@
 """Optimising a live deployment: the service's side of deploy/optimise.py.
 
 When a deployment goes live with variants pending, `Running._complete` logs "optimising"
-and sends `{"optimise": <id>}` to the queue: that message is the record a crash leaves, and
-whoever takes it (`serve`'s worker, a `pushsite worker`) finishes the work; the runner that
-made the deployment usually finishes it first (`run(optimise=True)`, or the CLI after it
-printed the URL), and the message then finds nothing pending.
+and sends `{"optimise": <id>}` to the queue (service/optimisemessage.py): that message is
+the record a crash leaves, and whoever takes it (`serve`'s worker, a `pushsite worker`)
+finishes the work; the runner that made the deployment usually finishes it first
+(`run(optimise=True)`, or the CLI after it printed the URL), and the message then finds
+nothing pending.
 
 The work goes on only while the deployment is served by an alias (live, or a draft still
 ready at its own URL): a rollback, a newer deployment of the branch, a prune or a deletion
@@ -38,16 +39,7 @@ if TYPE_CHECKING:
     from pushsite.stores import ObjectStore
 
 _log = logging.getLogger("pushsite.service")
-MESSAGE = "optimise"
 CHECK_EVERY = 0.5  # seconds between two looks at whether the deployment is still served
-
-
-def queue_message(deployment_id: str) -> dict[str, str]:
-    return {MESSAGE: deployment_id}
-
-
-def is_optimise_message(body: dict) -> bool:
-    return MESSAGE in body and "deployment" not in body
 
 
 def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:

@@ -19,6 +19,7 @@ from pushsite.queues import QueueItem
 from pushsite.service import receiving
 from pushsite.service.base import DEFAULT_TIMEOUT
 from pushsite.service.lease import Runner, lease_end, who_stopped
+from pushsite.service.optimisemessage import is_optimise_message, to_optimise
 from pushsite.service.running import Running
 
 RESEND_EVERY = 10  # leases between two re-sends of a queued deployment's message
@@ -39,10 +40,10 @@ class Queueing(Running):
         when the message must stay on the queue: a backend outage, or a failure that could
         not be recorded; returns when the outcome is on the deployment's record.
         """
-        from pushsite.service.optimising import MESSAGE, is_optimise_message, optimise_deployment
-
         if is_optimise_message(item.body):  # live first: its brotli variants (raises: retried)
-            optimise_deployment(self, str(item.body[MESSAGE]))
+            from pushsite.service.optimising import optimise_deployment
+
+            optimise_deployment(self, to_optimise(item.body))
             return
         deployment_id = str(item.body.get("deployment") or "")
         if not deployment_id:

@@ -27,7 +27,7 @@ from pushsite.deploy.early import nice_this_thread
 from pushsite.errors import DeploymentNotFound
 from pushsite.model import Status
 from pushsite.queues import QueueItem
-from pushsite.service.optimising import is_optimise_message
+from pushsite.service.optimisemessage import is_optimise_message
 from pushsite.service.s3events import handle_s3_event, is_s3_event
 from pushsite.service.verbs import DEFAULT_TIMEOUT, Service
 

@@ -53,6 +53,7 @@ from pushsite.service import sweeps
 from pushsite.service.base import DEFAULT_TIMEOUT, ServiceBase
 from pushsite.service.lease import Heartbeat, Runner
 from pushsite.service.logs import DeployLog
+from pushsite.service.optimisemessage import optimise_message
 from pushsite.service.progress import ProgressWriter, copy_counters
 from pushsite.state.counters import CounterFile, histogram
 from pushsite.state.counters import key as counter_key
@@ -733,13 +734,6 @@ class Running(ServiceBase):
             # compare-and-set: a prune may have dropped it since the read above (it became
             # servable again with no manifest when this was a plain write)
             self.state.update_deployment(old, expect_status=Status.LIVE)
-
-
-def optimise_message(deployment_id: str) -> dict[str, str]:
-    """The queued message that has a live deployment's brotli variants made: the form
-    service/optimising.py reads (`queue_message` there), built here without loading the
-    optimiser and brotli before the deployment is live (tests/test_live_first.py pins both)."""
-    return {"optimise": deployment_id}
 
 
 def _ranged(store: ObjectStore, key: str, start: int, end: int) -> bytes:

@@ -132,15 +132,29 @@ class DataFiles:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _locked_own_file(self, db: sqlite3.Connection, wait: bool = True) -> BinaryIO:
+        """This process's file, locked, and checked after the lock, each time: another's
+        compaction may have taken it (a file no row uses goes first) between its making and
+        this lock; it unlinks the file (its inode has no name left) or, when the file was
+        not there yet, drops its `data_files` row (the file made after is not one any
+        compaction will find). Either way a new file is made, and checked again: a second
+        compaction in quick succession did the same to the first new one."""
         how = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
-        handle = self._own_file(db)
-        fcntl.flock(handle.fileno(), how)
-        stat = os.fstat(handle.fileno())
-        if stat.st_nlink == 0 or stat.st_size >= ROLL_BYTES:  # compacted away, or full
-            self._drop_own_file()  # closing it releases its lock
+        while True:
             handle = self._own_file(db)
             fcntl.flock(handle.fileno(), how)
-        return handle
+            stat = os.fstat(handle.fileno())
+            if stat.st_nlink == 0:  # compacted away
+                pass
+            elif not self._listed(db):  # its row is gone: only this process knows it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(self._no or 0))
+            elif stat.st_size < ROLL_BYTES:
+                return handle
+            self._drop_own_file()  # closing it releases its lock
+
+    def _listed(self, db: sqlite3.Connection) -> bool:
+        return db.execute("SELECT 1 FROM data_files WHERE no = ?",
+                          (self._no,)).fetchone() is not None
 
     def _own_file(self, db: sqlite3.Connection) -> BinaryIO:
         if self._handle is None:

@@ -53,7 +53,7 @@ from pushsite.model import (
     branch_alias,
     manifest_key,
 )
-from pushsite.service import sweeps
+from pushsite.service import splicing, sweeps
 from pushsite.service.receiving import Received
 from pushsite.stores.packs import parse_ref
 from pushsite.words import plural
@@ -112,16 +112,21 @@ def start(service: Service, site_name: str, files: Any, *, branch: str | None = 
     service.state.create_deployment(deployment)  # before the first look-up (housekeeping.py)
     try:
         seen = sweeps.snapshot(service.state)
-        held = _held_blobs(service, site.name, branch)
+        held, base = _held_blobs(service, site.name, branch)
         sizes = {r.sha256: r.size for r in rows if r.is_file}
         missing = sorted({r.sha256 for r in rows if r.is_file
                           and not reusable(held.get(r.sha256), r.path)})
+        splice = splicing.plan(rows, held, base, set(missing), strip_top)
         used = {h: held[h] for h in sizes.keys() - set(missing)}
         folder = service.config.staging / (upload_id + UPLOADING)
         (folder / "blobs").mkdir(parents=True)
         record = {"site": site.name, "branch": branch, "message": message,
                   "strip_top": bool(strip_top), "created": time.time(),
                   "missing": {h: sizes[h] for h in missing}, "seen": seen}
+        if isinstance(splice, dict):  # finish with `wait` may splice it (splicing.py)
+            record["splice"] = splice
+        else:
+            record["normal"] = splice  # why not: kept for whoever reads the folder
         (folder / LISTED).write_text(json.dumps({"rows": rows, "held": used}))
         (folder / RECORD).write_text(json.dumps(record))  # last: an upload has both
         _Lists.keep(upload_id, rows, used)
@@ -195,12 +200,24 @@ def finish(service: Service, site_name: str, upload_id: str, *,
     if absent:
         raise BundleRejected(f"{len(absent)} asked-for blobs were not uploaded (e.g. "
                              f"{absent[0]}); upload them, then finish again")
+    prepared: splicing.Prepared | str = "no `wait`"
+    if run_now and "splice" in record:  # a small change: live in this request
+        prepared = splicing.prepare(service, deployment, record["splice"], present)
+        if isinstance(prepared, str):
+            _logger.debug("deployment %s takes the normal path: %s", upload_id, prepared)
     staged = folder.with_name(upload_id + STAGED)
     try:
         folder.rename(staged)
     except FileNotFoundError:  # cancelled meanwhile
         raise _ended(service, upload_id) from None
     received = deployment.bytes_in
+    if not isinstance(prepared, str):
+        deployment.bundle_key = staged.name  # what a recovery runs again, the normal way
+        try:
+            return splicing.run(service, deployment, prepared, record, received)
+        except NotFound:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise _ended(service, upload_id) from None
     deployment.status, deployment.lease_until = Status.QUEUED, 0.0
     deployment.bundle_key, deployment.progress, deployment.bytes_in = staged.name, "", 0
     if not service.state.update_deployment(deployment, expect_status=Status.RECEIVING):
@@ -322,9 +339,13 @@ def is_staged_upload(bundle_key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-def _held_blobs(service: Service, site: str, branch: str) -> dict[str, Held]:
-    """The blobs of the manifests a deploy of `branch` most likely shares files with."""
+def _held_blobs(service: Service, site: str, branch: str
+                ) -> tuple[dict[str, Held], splicing.Base | None]:
+    """The blobs of the manifests a deploy of `branch` most likely shares files with, and
+    the first of them (the branch's, else production's): what a small change is spliced
+    into (service/splicing.py)."""
     held: dict[str, Held] = {}
+    base: splicing.Base | None = None
     read: set[str] = set()
     for alias in (branch_alias(branch), PRODUCTION):
         current = service.state.get_alias(site, alias)
@@ -335,38 +356,44 @@ def _held_blobs(service: Service, site: str, branch: str) -> dict[str, Held]:
             raw = service.store.get(manifest_key(current.deployment_id))
         except NotFound:
             continue
-        for digest, found in _manifest_blobs(current.deployment_id, raw).items():
+        blobs, files = _manifest_blobs(current.deployment_id, raw)
+        if base is None:
+            base = (current.deployment_id, raw, files)
+        for digest, found in blobs.items():
             held.setdefault(digest, found)
-    return held
+    return held, base
 
 
-_PARSED: dict[str, tuple[bytes, dict[str, Held]]] = {}  # deployment id -> (manifest, blobs)
+# deployment id -> (manifest, blobs, path -> row)
+_PARSED: dict[str, tuple[bytes, dict[str, Held], dict[str, list[Any]]]] = {}
 _PARSED_MAX, _PARSED_BYTES = 4, 8 << 20
 _PARSED_LOCK = threading.Lock()
 
 
-def _manifest_blobs(deployment_id: str, raw: bytes) -> dict[str, Held]:
-    """A manifest's blobs, parsed once while its bytes stay the same: each redeploy of a
-    site reads the same live manifest (parsing a 1,000-file one was ~8 ms of a ~100 ms
-    redeploy). Keyed by the bytes themselves, so a manifest the optimiser rewrote with
-    new variants is parsed again. Callers do not change what they get."""
+def _manifest_blobs(deployment_id: str, raw: bytes
+                    ) -> tuple[dict[str, Held], dict[str, list[Any]]]:
+    """A manifest's blobs and rows by path, parsed once while its bytes stay the same: each
+    redeploy of a site reads the same live manifest (parsing a 1,000-file one was ~8 ms of
+    a ~100 ms redeploy). Keyed by the bytes themselves, so a manifest the optimiser rewrote
+    with new variants is parsed again. Callers do not change what they get."""
     with _PARSED_LOCK:
         kept = _PARSED.get(deployment_id)
     if kept is not None and kept[0] == raw:
-        return kept[1]
+        return kept[1], kept[2]
     blobs: dict[str, Held] = {}
     # the rows as they are (model.FileEntry.from_json's order), not a Manifest of FileEntry
     # objects: 1.2 against 1.9 ms for medium's 1,062 files; each parse's dicts are its own
-    for row in json.loads(raw)["files"].values():
+    files: dict[str, list[Any]] = json.loads(raw)["files"]
+    for row in files.values():
         if row[0] not in blobs:
             blobs[row[0]] = (row[2], row[3], row[5] if len(row) > 5 else None)
     if len(raw) <= _PARSED_BYTES:
         with _PARSED_LOCK:
             _PARSED.pop(deployment_id, None)
-            _PARSED[deployment_id] = (raw, blobs)
+            _PARSED[deployment_id] = (raw, blobs, files)
             while len(_PARSED) > _PARSED_MAX:
                 del _PARSED[next(iter(_PARSED))]
-    return blobs
+    return blobs, files
 
 
 def _open(service: Service, site: str, upload_id: str, suffix: str) -> tuple[Path, Any]:

@@ -660,11 +660,16 @@ class LocalStore:
         self.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._files.close()
-        with self._read_lock:
-            self._db.close()
-        self._wdb.close()
+        """Write what is pending, then let go of every file and connection, also when that
+        write fails (DiskFull): what it could not write is lost as at the process's end,
+        and the disk is not held busy until then."""
+        try:
+            self.flush()
+        finally:
+            self._files.close()
+            with self._read_lock:
+                self._db.close()
+            self._wdb.close()
 
     def _large_path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):

@@ -162,6 +162,44 @@ def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(
         store.close()
 
 
+def test_the_thread_takes_the_largest_first_and_a_larger_offer_displaces_the_smallest(
+        tmp_path: Path) -> None:
+    """Getting the GIL back after each blob is what limits the thread, so it makes the
+    largest it holds first, and a full queue drops its smallest for a larger offer; a blob
+    above EARLY_MAX, or one no smaller blob can make room for, is dropped. The thread is
+    held in its first put (the store it asks for) while the queue is filled."""
+    store = LocalStore(tmp_path)
+    asked, gate = threading.Event(), threading.Event()
+
+    def held_store() -> LocalStore:
+        asked.set()
+        gate.wait()
+        return store
+
+    blobs = {name: _words(n, size) for n, (name, size) in enumerate(
+        [("first", 3_000), ("small", 20_000), ("smaller", 15_000), ("mid", 40_000),
+         ("big", 45_000), ("late", 20_000), ("huge", early.EARLY_MAX + 1)])}
+    sha = {name: _sha(data) for name, data in blobs.items()}
+    try:
+        queue = EarlyBrotli(held_store, capacity=100_000)
+        assert queue.offer(sha["first"], blobs["first"], "text/html")
+        assert asked.wait(30)  # the thread holds "first": the queue is empty
+        for name in ("small", "smaller", "mid"):  # 75,000 bytes: all fit
+            assert queue.offer(sha[name], blobs[name], "text/html")
+        assert queue.offer(sha["big"], blobs["big"], "text/html")  # smaller, then small go
+        assert not queue.offer(sha["late"], blobs["late"], "text/html")  # mid, big stay
+        assert not queue.offer(sha["huge"], blobs["huge"], "text/html")
+        gate.set()
+        while not store.has([blob_key(sha["mid"], "br")]):  # made last
+            time.sleep(0.01)
+        made, left = queue.stop()
+        assert list(made) == [sha["first"], sha["big"], sha["mid"]] and left == {}
+        assert not store.has(blob_key(sha[name], "br") for name in ("small", "smaller"))
+    finally:
+        gate.set()
+        store.close()
+
+
 def _nice_of(tid: int) -> int:
     stat = Path(f"/proc/self/task/{tid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[16])

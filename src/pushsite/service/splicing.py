@@ -41,7 +41,15 @@ from pushsite.deploy.listed import Held
 from pushsite.deploy.paths import common_top_folder, is_published
 from pushsite.errors import DeploymentFailed, NotFound
 from pushsite.limits import human_size
-from pushsite.model import Deployment, FileEntry, Manifest, Status, blob_key, manifest_key
+from pushsite.model import (
+    Deployment,
+    FileEntry,
+    Manifest,
+    Status,
+    blob_key,
+    manifest_key,
+    pending_key,
+)
 from pushsite.pathindex import INDEX_MIN_FILES, encode_string
 from pushsite.service import sweeps
 from pushsite.service.progress import copy_counters
@@ -61,11 +69,11 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     """What `finish` splices into the base manifest (a JSON-able dict kept in the upload's
     record), or why the upload takes the normal path (a str). Falls back when:
     - there is no base (no live manifest of the branch or production), or it has
-      INDEX_MIN_FILES or more files (it has an index by path to write too), or variants
-      pending (the optimiser still rewrites it);
-    - the list has a config file (`_headers`, `_redirects`, `pushsite.toml`, at any depth:
-      a manifest keeps their parsed rules, not their bytes, so a change cannot be told and
-      is parsed by the builder), or a common top folder to strip;
+      INDEX_MIN_FILES or more files (it has an index by path to write too);
+    - the list has a site config file (`_headers`, `_redirects`, `pushsite.toml`: a
+      manifest keeps their parsed rules, not their bytes, so a change cannot be told; the
+      builder parses them), or a common top folder to strip; a file of that name in a
+      folder is sent again by every upload (listed.reusable), so it falls back too;
     - a link is new, changed, or points at a changed path;
     - an unchanged path's row in the base is not the row the builder would write for it
       (another media type, a git id from a push, other variants than the held blob's), or
@@ -77,45 +85,52 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     base_id, raw, files = base
     if len(files) >= INDEX_MIN_FILES:
         return f"the live manifest has {len(files)} files (it has an index by path)"
-    if b'"pending":' in raw[raw.rfind(b'"not_found":'):]:
-        return "the live manifest still has variants pending"
     if strip_top and common_top_folder(
             (r.path for r in rows if r.mode != DIR), {r.path for r in rows if r.mode == DIR}):
         return "the list has a top folder to strip"
     put: dict[str, list[Any] | str] = {}  # path -> its row, or an uploaded blob's sha256
     links: list[Row] = []
-    seen: set[str] = set()
+    listed: set[str] = set()
+    wanted: set[str] = set()  # variants the base's optimiser still makes for carried rows
     new_bytes = 0
-    for row in rows:
+    media_type = encode.media_type
+    for row in rows:  # every unchanged row is looked at: kept to a few look-ups each
+        path = row.path
+        listed.add(path)
+        old = files.get(path)
+        if (old is not None and old[0] == row.sha256 and old[1] == row.size
+                and row.mode != LINK):
+            if row.sha256 in missing:
+                return f"{path}: its blob comes again"
+            found = held[row.sha256]
+            # the row the builder writes for it (_held_row), without making it
+            if (old[2] != media_type(path) or old[4] != "" or old[3] is not found[1]
+                    and not _as_held(old, found)):
+                return f"{path}: its live row is not the one a deploy writes"
+            encodings = old[3]
+            if "gzip" in encodings and ("br" not in encodings or len(old) > 5):
+                wanted |= encode.wanted_later(encodings, old[5] if len(old) > 5 else None)
+            continue
         if row.mode == DIR:
             continue
-        path = row.path
-        if path.rpartition("/")[2] in CONFIG_FILES:
+        if path in CONFIG_FILES:  # a base never publishes them: never unchanged
             return f"the list has a site config file ({path})"
         if not is_published(path):
             continue
-        seen.add(path)
         if row.mode == LINK:
             links.append(row)
-            continue
-        old = files.get(path)
-        if old is not None and old[0] == row.sha256 and old[1] == row.size:
-            if row.sha256 in missing:
-                return f"{path}: its blob comes again"
-            if old != _held_row(row, held[row.sha256]):
-                return f"{path}: its live row is not the one a deploy writes"
-            continue
-        if row.sha256 in missing:
+        elif row.sha256 in missing:
             put[path] = row.sha256
             new_bytes += row.size
         else:
             put[path] = _held_row(row, held[row.sha256])
+            wanted |= encode.wanted_later(held[row.sha256][1], held[row.sha256][2])
     for link in links:
         target = files.get(link.target)
-        if (link.target in put or link.target not in seen or target is None
+        if (link.target in put or link.target not in listed or target is None
                 or files.get(link.path) != target):
             return f"the link {link.path} is new or changed"
-    drop = [path for path in files if path not in seen]
+    drop = [path for path in files if path not in listed]
     if len(put) + len(drop) > MAX_ROWS:
         return f"{len(put) + len(drop)} paths changed (the fast path takes {MAX_ROWS})"
     if new_bytes > LATER_NOW_BYTES:
@@ -133,7 +148,15 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
                                    order[-1], *(a for a in around.values() if a))}
     return {"base": base_id, "length": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
             "put": put, "drop": drop, "known": known, "first": order[0], "last": order[-1],
-            "around": around, "count": len(files), "has404": "404.html" in files}
+            "around": around, "count": len(files), "has404": "404.html" in files,
+            "pending": encode.pending_of(wanted) if wanted else []}
+
+
+def _as_held(old: list[Any], held: Held) -> bool:
+    """Whether a base row has the held blob's variants and refs, as `_held_row` makes it."""
+    refs = held[2]
+    return old[3] == held[1] and (old[5] == refs if len(old) == 6
+                                  else len(old) == 5 and not refs)
 
 
 def _held_row(row: Row, held: Held) -> list[Any]:
@@ -260,6 +283,8 @@ def splice_manifest(raw: bytes, rows: dict[str, list[Any]], splice: dict[str, An
             "created": deployment.created, "commit": ""}
     tail: dict[str, Any] = {"headers": [], "redirects": [],
                             "not_found": "404.html" if found else None}
+    if splice["pending"]:  # carried rows whose variants the optimiser makes after live
+        tail["pending"] = splice["pending"]
     return (_ENCODER.encode(head)[:-1].encode() + b',"files":{' + b",".join(pieces) + b"},"
             + _ENCODER.encode(tail)[1:].encode(), count)
 
@@ -318,6 +343,8 @@ def run(service: Service, deployment: Deployment, prepared: Prepared, record: di
             for enc, data in made.items():
                 store.put(blob_key(sha, enc), data, meta | {"content-encoding": enc} if enc
                           else meta)
+        if record["splice"]["pending"]:  # as the builder marks it: the optimiser's record
+            store.put(pending_key(deployment.id), deployment.id.encode())
         store.put(manifest_key(deployment.id), prepared.manifest,
                   {"content-type": "application/json"})
         store.flush()
@@ -333,9 +360,13 @@ def run(service: Service, deployment: Deployment, prepared: Prepared, record: di
         deployment.files = counters.files
         log.info("manifest", f"wrote the manifest: {counters.describe()}",
                  files=deployment.files, bytes_stored=deployment.bytes_stored)
-        if len(prepared.blobs) and any("br" in m for m in prepared.blobs.values()):
-            log.info("optimise", f"optimised: {len(prepared.blobs)} brotli variants made "
-                     "before live", blobs=len(prepared.blobs))
+        made = sum(1 for m in prepared.blobs.values() if "br" in m)
+        if made and not record["splice"]["pending"]:  # the after pass says it otherwise
+            log.info("optimise", f"optimised: {plural(made, 'brotli variant')} made before "
+                     "live", blobs=made)
+        elif made:
+            log.info("optimise", f"{plural(made, 'brotli variant')} of the changed files made "
+                     "before live; the carried files' are left for after", blobs=made)
         return service._complete(deployment, log)
     except BaseException as exc:
         caught = service._disk_full(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,3 +121,190 @@ def test_the_spliced_manifest_is_the_one_the_normal_path_writes(
     assert {**head, "deployment": "", "created": 0} == {**other, "deployment": "",
                                                         "created": 0}
     assert sorted(json.loads(fast)["files"]) == sorted(p for p in files)
+
+
+def _page(text: str) -> bytes:
+    return f"<html>{text} {_TEXT}</html>".encode()
+
+
+def _live_base(service: Service, site: str = "site", optimise: bool = True,
+               files: dict[str, bytes] = BASE) -> str:
+    first = _upload(service, site, files)
+    service.finish_upload(site, first)
+    service.run(first, optimise=optimise)
+    _messages(service)
+    return first
+
+
+def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live manifest's brotli variants are still to be made: the spliced one carries
+    its pending list and marker, and queues the optimising message after live, as a run
+    of the builder does; the optimiser then finishes it."""
+    from pushsite.model import pending_key
+
+    big = {**BASE, "big.html": _page("big") * 600}  # past LATER_NOW_BYTES: br after live
+    with _home(monkeypatch, tmp_path) as service:
+        base = _live_base(service, optimise=False, files=big)
+        pending = json.loads(service.store.get(manifest_key(base)))["pending"]
+        assert pending
+        upload = _upload(service, "site", {**big, "index.html": _page("pending")})
+        assert service.finish_upload("site", upload, run_now=True).status == Status.LIVE
+        spliced = json.loads(service.store.get(manifest_key(upload)))
+        assert spliced["pending"] == pending
+        assert service.store.has([pending_key(upload)])
+        assert {"optimise": upload} in _messages(service)
+        assert "br" in spliced["files"]["index.html"][3]  # the changed page: made before
+        carried = json.loads(service.store.get(manifest_key(base)))["files"]
+        assert all(spliced["files"][p] == carried[p] for p in big if p != "index.html")
+        assert service.optimise_now(upload)
+        assert "pending" not in json.loads(service.store.get(manifest_key(upload)))
+
+
+@pytest.mark.parametrize("files", [
+    {**BASE, "_headers": b"/*\n  X-Test: 1\n"},  # a site config file
+    {**BASE, **{f"new/{n}.html": _page(str(n)) for n in range(65)}},  # past MAX_ROWS
+    {**BASE, "big.html": b"<p>" + bytes(range(97, 123)) * 50_000},  # past LATER_NOW_BYTES
+], ids=["config file", "many paths", "many bytes"])
+def test_unusual_uploads_take_the_normal_path(
+        files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _home(monkeypatch, tmp_path) as service:
+        _live_base(service)
+        upload = _upload(service, "site", files)
+        record = json.loads((service.config.staging / f"{upload}.upload/upload.json")
+                            .read_text())
+        assert "splice" not in record and record["normal"]
+        done = service.finish_upload("site", upload, run_now=True)
+        assert done.status == Status.QUEUED  # the normal path: its message, its run
+        assert {"deployment": upload} in _messages(service)
+        for _ in range(6000):  # run by finish's own thread (uploads._run_now): bounded
+            if any(x.stage in ("done", "failed") for x in service.state.get_logs(upload)):
+                break
+            time.sleep(0.01)
+        assert service.state.get_deployment(upload).status == Status.LIVE
+
+
+def test_the_later_of_two_fast_redeploys_wins_production_whatever_finishes_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _home(monkeypatch, tmp_path) as service:
+        _live_base(service)
+        older = _upload(service, "site", {**BASE, "index.html": _page("older")})
+        newer = _upload(service, "site", {**BASE, "index.html": _page("newer")})
+        assert service.finish_upload("site", newer, run_now=True).status == Status.LIVE
+        assert service.finish_upload("site", older, run_now=True).status == Status.READY
+        assert alias_of(service, "site") == newer
+        served = json.loads(service.store.get(manifest_key(newer)))["files"]["index.html"]
+        assert served[0] == hashlib.sha256(_page("newer")).hexdigest()
+
+
+def test_a_fast_redeploy_and_a_normal_run_beside_it_the_later_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older deployment the worker runs the normal way after a newer fast one went live
+    moves no alias; a newer normal one run after an older fast one takes production."""
+    with _home(monkeypatch, tmp_path) as service:
+        _live_base(service)
+        normal = _upload(service, "site", {**BASE, "index.html": _page("normal, older")})
+        fast = _upload(service, "site", {**BASE, "index.html": _page("fast, newer")})
+        service.finish_upload("site", normal)
+        assert service.finish_upload("site", fast, run_now=True).status == Status.LIVE
+        assert service.run(normal).status == Status.READY
+        assert alias_of(service, "site") == fast
+        fast = _upload(service, "site", {**BASE, "index.html": _page("fast, older")})
+        normal = _upload(service, "site", {**BASE, "index.html": _page("normal, newer")})
+        assert service.finish_upload("site", fast, run_now=True).status == Status.LIVE
+        service.finish_upload("site", normal)
+        assert service.run(normal).status == Status.LIVE
+        assert alias_of(service, "site") == normal
+
+
+def test_two_fast_redeploys_at_once_leave_the_newer_live_and_both_manifests_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two finishes on two threads released together (each in its own service, as two
+    request threads of two server processes would be)."""
+    import threading
+
+    with _home(monkeypatch, tmp_path) as service, open_service() as other:
+        _live_base(service)
+        ids = [_upload(service, "site", {**BASE, "index.html": _page(f"at once {n}")})
+               for n in range(2)]
+        gate = threading.Barrier(2)
+        ended: dict[str, Any] = {}
+
+        def finish(svc: Service, upload: str) -> None:
+            gate.wait()
+            ended[upload] = svc.finish_upload("site", upload, run_now=True).status
+
+        threads = [threading.Thread(target=finish, args=pair)
+                   for pair in zip((service, other), ids, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert alias_of(service, "site") == ids[1]
+        assert ended[ids[1]] == Status.LIVE
+        assert ended[ids[0]] in (Status.LIVE, Status.READY)
+        for n, upload in enumerate(ids):
+            files = json.loads(service.store.get(manifest_key(upload)))["files"]
+            assert sorted(files) == sorted(BASE)
+            assert files["index.html"][0] == hashlib.sha256(_page(f"at once {n}")).hexdigest()
+        assert service.state.get_deployment(ids[0]).status == Status.READY
+
+
+_CHILD = """
+import sys
+from pushsite.config import load_config
+from pushsite.service import splicing
+from pushsite.service.running import Running
+from pushsite.service.verbs import Service
+from pathlib import Path
+
+marker = Path(sys.argv[2])
+def held(*args, **kwargs):
+    marker.write_text("there")
+    sys.stdin.read()  # until killed
+Running._complete = held
+Service(load_config()).finish_upload("site", sys.argv[1], run_now=True)
+"""
+
+
+def test_a_server_killed_in_the_fast_path_leaves_the_alias_and_a_deployment_recovery_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real child runs the fast path up to its manifest, written and flushed, and is
+    SIGKILLed there (before any alias moved): the live site is the old one, and once the
+    child's lease ran out a recovery queues the deployment and a run finishes it the
+    normal way, with the same manifest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PUSHSITE_LEASE", "1")
+    with _home(monkeypatch, tmp_path) as service:
+        base = _live_base(service)
+        files = {**BASE, "index.html": _page("killed")}
+        upload = _upload(service, "site", files)
+        marker = tmp_path / "marker"
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, upload, str(marker)],
+                                 stdin=subprocess.PIPE)
+        try:
+            for _ in range(6000):  # until the child is there (bounded in count)
+                if marker.exists() or child.poll() is not None:
+                    break
+                time.sleep(0.01)
+            assert marker.exists(), child.returncode
+            spliced = service.store.get(manifest_key(upload))
+            assert service.state.get_deployment(upload).status == Status.RUNNING
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        assert alias_of(service, "site") == base  # never a broken or half-moved alias
+        for _ in range(6000):  # until its lease ran out and a recovery took it over
+            if upload in service.recover():
+                break
+            time.sleep(0.01)
+        assert service.state.get_deployment(upload).status == Status.QUEUED
+        assert {"deployment": upload} in _messages(service)
+        assert service.run(upload).status == Status.LIVE
+        assert alias_of(service, "site") == upload
+        again = service.store.get(manifest_key(upload))
+        assert again[again.index(b',"files":'):] == spliced[spliced.index(b',"files":'):]

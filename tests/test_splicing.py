@@ -308,3 +308,41 @@ def test_a_server_killed_in_the_fast_path_leaves_the_alias_and_a_deployment_reco
         assert alias_of(service, "site") == upload
         again = service.store.get(manifest_key(upload))
         assert again[again.index(b',"files":'):] == spliced[spliced.index(b',"files":'):]
+
+
+def test_finish_with_wait_answers_the_live_deployment_and_a_lie_puts_nothing_live(
+        tmp_path: Path) -> None:
+    """Over HTTP, as `deploy --server` sends it: the last blob as finish's body, `wait`.
+    The answer is the live deployment (the client exits at once); a body whose blob does
+    not hash to its claim is 422 and the old page stays."""
+    from support.api import Api
+    from support.servers import serving
+
+    with serving(tmp_path / "home") as srv:
+        srv.create_site("web")
+        api = Api(srv, srv.new_token("--name", "ci"))
+
+        def redeploy(page: bytes, sent: bytes) -> Any:
+            files = {**BASE, "index.html": page}
+            started = api.ok("POST", "/sites/web/uploads", 201,
+                             json={"files": [_row(p, d) for p, d in files.items()]})
+            body = (_frames({"index.html": sent}, started["missing"]) if sent == page
+                    else frame_header(started["missing"][0], len(sent)) + sent)  # a lie
+            return started["upload"], api.call(
+                "POST", f"/sites/web/uploads/{started['upload']}/finish?wait=30",
+                content=body)
+
+        first = api.ok("POST", "/sites/web/uploads", 201,
+                       json={"files": [_row(p, d) for p, d in BASE.items()]})
+        api.ok("POST", f"/sites/web/uploads/{first['upload']}/finish?wait=30",
+               content=_frames(BASE, first["missing"]))
+        upload, answer = redeploy(_page("over http"), _page("over http"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "live" and answer.json()["id"] == upload
+        lines = [x["message"] for x in api.ok("GET", f"/deployments/{upload}/log")["lines"]]
+        assert any("deploying it now" in line for line in lines), lines
+        assert srv.get("web.localhost", "/").content == _page("over http")
+        liar, answer = redeploy(_page("claimed"), _page("sent inst"))  # same length
+        assert answer.status_code == 422, answer.text
+        assert api.ok("GET", f"/deployments/{liar}")["status"] == "failed"
+        assert srv.get("web.localhost", "/").content == _page("over http")

@@ -141,6 +141,78 @@ def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_re
     assert verify(service) == []
 
 
+class _Gated(EarlyBrotli):
+    """The early thread, held in its first put (the store it asks for) until `gate` opens,
+    or until it is stopped (then it finishes the blob in hand, as ever)."""
+
+    gate = threading.Event()
+
+    def __init__(self, store: Any, capacity: int = early.CAPACITY) -> None:
+        def held_store() -> Any:
+            _Gated.gate.wait()
+            return store()
+
+        super().__init__(held_store, capacity)
+
+    def stop(self) -> tuple[dict[str, int], dict[str, bytes]]:
+        _Gated.gate.set()
+        return super().stop()
+
+
+def _early_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "early-brotli"]
+
+
+def test_the_early_thread_goes_on_after_live_and_the_after_pass_takes_what_it_made_and_held(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With brotli left for after, the deploy does not stop its early thread before live: it
+    goes on with its queue and is handed to the after pass with the list, which stops it,
+    counts what it made as made after live and compresses what it still held. Here the
+    thread is held in its first blob's put until after live, so every br is made after."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
+    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
+    _Gated.gate.clear()
+    files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(20)}
+    try:
+        deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
+        assert _early_threads()  # live, and still going
+        manifest = service.manifest(deployment_id)
+        assert manifest.pending == ["br"]
+        assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
+        left = handover.take(deployment_id)
+        assert left is not None and left.early is not None and len(left) == len(files)
+        handover.leave(deployment_id, left)
+    finally:
+        _Gated.gate.set()
+    assert service.optimise_now(deployment_id)
+    assert not _early_threads()
+    assert f"optimised: {len(files)} brotli variants made (" in log_text(service, deployment_id)
+    optimised = service.manifest(deployment_id)
+    assert all(set(e.encodings) == {"gzip", "br"} for e in optimised.files.values())
+    _every_br_whole(service, optimised, files)
+    assert verify(service) == []
+
+
+def test_an_early_thread_nobody_takes_ends_once_its_queue_is_made(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy whose after pass runs elsewhere (a server takes the queued message): the
+    thread handed over makes what it holds and ends; the manifest is untouched."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
+    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
+    _Gated.gate.clear()
+    files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(6)}
+    try:
+        deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
+        (thread,) = _early_threads()  # live, and still going
+    finally:
+        _Gated.gate.set()
+    thread.join()
+    assert service.manifest(deployment_id).pending == ["br"]
+    service.store.flush()
+    assert service.store.has(blob_key(_sha(data), "br") for data in files.values()) == {
+        blob_key(_sha(data), "br") for data in files.values()}
+
+
 def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(
         tmp_path: Path) -> None:
     store = LocalStore(tmp_path)

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +309,7 @@ class ManifestBuilder:
         # their brotli made meanwhile from the bytes the pool holds, when a core is idle
         self._early = (early.EarlyBrotli(lambda: self._open().store, early.CAPACITY)
                        if self.later else None)
+        self._early_after: early.EarlyBrotli | None = None  # going on, for the after pass
         self._lock = threading.Lock()
 
     def without_early(self) -> None:
@@ -762,7 +763,9 @@ class ManifestBuilder:
         if manifest.pending:  # a JS or CSS file given br before live may still want its gzip
             done = {sha for sha, _, content_type in self.wanting if sha in made_now
                     and (not encode.is_asset(content_type) or "gzip" in made_now[sha])}
-            handover.leave(deployment_id, self.wanting.without(done))
+            rest = self.wanting.without(done)
+            rest.early = self._early_after
+            handover.leave(deployment_id, rest)
         return manifest
 
     def _later_now(self, target: Target) -> dict[str, dict[str, int]]:
@@ -772,22 +775,24 @@ class ManifestBuilder:
         one-file change, the tail of a small site), a few ms of brotli where making them
         after costs a pending marker, a queue message and a rewrite of the manifest (and
         of a big site's index: ~0.5 s on 35,000 files). Returns hash -> the blob's
-        variants with them; every one is stored and flushed."""
-        made_early, held = self._early.stop() if self._early is not None else ({}, {})
+        variants with them; every one is stored and flushed. When the rest is left for
+        after, the early thread goes on with its queue (early.close_offers) and is handed
+        to the after pass with the list (handover.py), which stops it."""
+        thread = self._early
+        made_early = thread.close_offers() if thread is not None else {}
         if not self._deferring(target) or not self.wanting:
+            if thread is not None:
+                thread.stop()
             return {}
-        made = {sha: {"br": size} for sha, size in made_early.items()}
-        todo: dict[str, str] = {}  # wanting brotli
-        finals: dict[str, str] = {}  # JS and CSS: wanting their final gzip (encode.is_fast)
-        total = 0
-        for sha, size, content_type in self.wanting:
-            if encode.is_asset(content_type) and sha not in finals:
-                finals[sha] = content_type
-                total += size
-            if sha not in made and sha not in todo:
-                todo[sha] = content_type
-                total += size
+        todo, finals, total = self._later_todo(made_early)
         now = total <= LATER_NOW_BYTES
+        held: dict[str, bytes] = {}
+        if now and thread is not None:  # made here, with the bytes it still holds
+            made_early, held = thread.stop()
+            todo, finals, _ = self._later_todo(made_early)
+        elif not now:
+            self._early_after = thread
+        made = {sha: {"br": size} for sha, size in made_early.items()}
         if now:
             for sha, content_type in (todo | finals).items():
                 data = held.get(sha)
@@ -815,6 +820,21 @@ class ManifestBuilder:
                           f"({early_note}), {left} left for after", early=len(made_early),
                           blobs=len(made), left=left)
         return made
+
+    def _later_todo(self, made: Container[str]) -> tuple[dict[str, str], dict[str, str], int]:
+        """(hash -> media type) of the blobs still wanting brotli (not in `made`), of the
+        JS and CSS files wanting their final gzip, and the bytes of both."""
+        todo: dict[str, str] = {}  # wanting brotli
+        finals: dict[str, str] = {}  # JS and CSS: wanting their final gzip (encode.is_fast)
+        total = 0
+        for sha, size, content_type in self.wanting:
+            if encode.is_asset(content_type) and sha not in finals:
+                finals[sha] = content_type
+                total += size
+            if sha not in made and sha not in todo:
+                todo[sha] = content_type
+                total += size
+        return todo, finals, total
 
     def _store_manifest(self, target: Target, manifest: Manifest,
                         files: dict[str, FileEntry]) -> None:

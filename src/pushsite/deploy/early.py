@@ -68,6 +68,7 @@ class EarlyBrotli:
         self._queued = 0
         self._made: dict[str, int] = {}  # hash -> size of the br variant stored
         self._stopping = False
+        self._closed = False  # no more offers: the thread makes what is queued, then ends
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -78,7 +79,8 @@ class EarlyBrotli:
         after pass as a dropped one is."""
         size = len(data)
         with self._cond:
-            if self._stopping or size > EARLY_MAX or not self._room(size):
+            if (self._stopping or self._closed or size > EARLY_MAX
+                    or not self._room(size)):
                 return False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="early-brotli",
@@ -105,6 +107,16 @@ class EarlyBrotli:
         self._queued -= freed
         return True
 
+    def close_offers(self) -> dict[str, int]:
+        """Take no more blobs; the thread goes on with those queued (live first hands it to
+        the after pass, handover.py, which `stop()`s it: a core is idle between the deploy's
+        last store and the after pass's start) and ends once none is left. Returns hash ->
+        br size of each variant stored so far (those its manifest may name)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            return dict(self._made)
+
     def stop(self) -> tuple[dict[str, int], dict[str, bytes]]:
         """Stop taking blobs; the one in hand is finished. Returns (hash -> br size of each
         variant stored, the bytes of the blobs still queued), the latter not made here."""
@@ -124,6 +136,8 @@ class EarlyBrotli:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
+                    if self._closed:
+                        return
                     self._cond.wait()
                 if self._stopping:
                     return

@@ -15,6 +15,10 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Container, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pushsite.deploy.early import EarlyBrotli
 
 KEPT = 4  # lists left by deploys nobody optimised here (a server running hands it over)
 
@@ -30,6 +34,9 @@ class Wanting:
         self._type_index: dict[str, int] = {}
         self._lock = threading.Lock()
         self.broken = False  # set when a type did not fit: the optimiser then reads the manifest
+        # the deploy's early thread, still making the brotli of the blobs it holds: the
+        # optimiser stops it and takes what it made and what it still held (early.py)
+        self.early: EarlyBrotli | None = None
 
     def add(self, sha: str, size: int, content_type: str) -> None:
         """Record a blob (call once per blob: the deployer's first copy of it)."""

@@ -141,17 +141,29 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     sizes = _stored_sizes(store, assets if wanting is not None else [w[0] for w in work], "br")
     gzips = _stored_sizes(store, assets, "gzip")
     done.reused = len(sizes) + len(gzips)
+    # the deploy's early thread, which went on after live: what it made is stored (it is
+    # joined here, before the flush below), what it still held is compressed from memory
+    made_early: dict[str, int] = {}
+    held: dict[str, bytes] = {}
+    if wanting is not None and wanting.early is not None:
+        made_early, held = wanting.early.stop()
+        wanting.early = None
     todo: list[_Work] = []
     for sha, size, kind in work:
+        if sha in made_early and sha not in sizes:
+            sizes[sha] = made_early[sha]
+            done.blobs += 1
+            done.bytes_in += size
+            done.bytes_out += made_early[sha]
         make_br = sha not in sizes
         make_gzip = is_asset[kind] and sha not in gzips
         if make_br or make_gzip:
             todo.append((sha, size, kind, make_br, make_gzip))
-    del work, assets
+    del work, assets, made_early
     todo.sort(key=lambda item: -item[1])
     _compress_all(store, todo, sizes, gzips, done, wanted, workers, wanting is not None,
-                  manifest.deployment_id)
-    del todo
+                  manifest.deployment_id, held)
+    del todo, held
     store.flush()
     if not wanted():
         raise DeploymentCancelled(f"optimising {manifest.deployment_id} stopped: it is no "
@@ -166,7 +178,8 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
 
 def _compress_all(store: ObjectStore, work: list[_Work], sizes: dict[str, int],
                   gzips: dict[str, int], done: Optimised, wanted: Callable[[], bool],
-                  workers: int, trusted: bool, deployment_id: str) -> None:
+                  workers: int, trusted: bool, deployment_id: str,
+                  held: dict[str, bytes] | None = None) -> None:
     """Brotli (and a final gzip) for every blob of `work`, largest first (the long ones
     start early, small ones fill the gaps), on `workers` threads that each take the next
     blob themselves as soon as they are free: no future, no hand-off through this thread
@@ -175,13 +188,14 @@ def _compress_all(store: ObjectStore, work: list[_Work], sizes: dict[str, int],
     holds ~12.6 MB (quality 4, a 4 MiB window), and two at once were the large corpus's
     peak (110 MB); the other workers take small ones meanwhile. This thread asks
     `wanted()` every CHECK_EVERY s; when it turns false the workers finish the blob in
-    hand and stop."""
+    hand and stop. `held`: hash -> bytes of blobs already in memory (not read again),
+    each dropped once taken."""
     # brotli is all CPU: more threads than cores only hold more buffers (8 workers on 2
     # cores peaked at 181 MB on large, against 111 with 2)
     workers = max(min(workers, os.cpu_count() or 1, len(work)), 1)
     todo = _Todo(work)
     results = _Results(sizes, gzips, done)
-    threads = [threading.Thread(target=todo.run, args=(store, trusted, results),
+    threads = [threading.Thread(target=todo.run, args=(store, trusted, results, held or {}),
                                 name=f"optimise_{n}", daemon=True) for n in range(workers)]
     for thread in threads:
         thread.start()
@@ -236,13 +250,14 @@ class _Todo:
             self._stopped = True
             self._cond.notify_all()
 
-    def run(self, store: ObjectStore, trusted: bool, results: _Results) -> None:
+    def run(self, store: ObjectStore, trusted: bool, results: _Results,
+            held: dict[str, bytes]) -> None:
         with self._cond:
             self._running += 1
         try:
             while items := self._take():
                 if len(items) > 1 or items[0][1] <= LARGE:
-                    _small_variants(store, items, trusted, results)
+                    _small_variants(store, items, trusted, results, held)
                     continue
                 try:
                     results.add(_variants(store, *items[0], trusted))
@@ -387,9 +402,24 @@ def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_b
 
 
 def _small_variants(store: ObjectStore, items: list[_Work], trusted: bool,
-                    results: _Results) -> None:
-    """`_variants` for small blobs taken together: read with one call where the store can
-    (ManyReader), each dropped once its variants are stored."""
+                    results: _Results, held: dict[str, bytes]) -> None:
+    """`_variants` for small blobs taken together: from `held` when there (popped: one
+    worker takes each), else read with one call where the store can (ManyReader), each
+    dropped once its variants are stored."""
+    if held:
+        unread = []
+        for item in items:
+            data = held.pop(item[0], None)
+            if data is None:
+                unread.append(item)
+                continue
+            sha, _, content_type, make_br, make_gzip = item
+            results.add(_from_bytes(store, _Made(sha), data, content_type, make_br,
+                                    make_gzip, trusted))
+            del data
+        items = unread
+        if not items:
+            return
     if len(items) == 1 or not isinstance(store, ManyReader):
         for item in items:
             results.add(_variants(store, *item, trusted))

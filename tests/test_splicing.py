@@ -346,3 +346,18 @@ def test_finish_with_wait_answers_the_live_deployment_and_a_lie_puts_nothing_liv
         assert answer.status_code == 422, answer.text
         assert api.ok("GET", f"/deployments/{liar}")["status"] == "failed"
         assert srv.get("web.localhost", "/").content == _page("over http")
+
+
+def test_a_locked_production_keeps_its_deployment_through_a_fast_redeploy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path moves aliases through the run's own activation: a locked site's
+    redeploy becomes ready, says why, and production stays."""
+    with _home(monkeypatch, tmp_path) as service:
+        base = _live_base(service)
+        service.lock("site")
+        upload = _upload(service, "site", {**BASE, "index.html": _page("while locked")})
+        assert service.finish_upload("site", upload, run_now=True).status == Status.READY
+        assert alias_of(service, "site") == base
+        lines = [x.message for x in service.state.get_logs(upload)]
+        assert any("deploying it now" in x for x in lines)
+        assert any("locked" in x for x in lines), lines

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import itertools
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -65,11 +64,6 @@ def _every_br_whole(service: Service, manifest: Manifest, files: dict[str, bytes
             assert brotli.decompress(stored) == files[path], path
 
 
-def _early_count(log: str) -> int:
-    found = re.search(r"(\d+) while reading", log)
-    return int(found.group(1)) if found else 0
-
-
 def test_a_small_site_goes_live_with_every_brotli_and_nothing_left_after(
         service: Service) -> None:
     files = {f"p{i}.html": b"<p>" + _words(i, 6000) for i in range(40)}
@@ -103,16 +97,17 @@ class _EveryOther(EarlyBrotli):
         return next(self._offers) % 2 == 0 and super().offer(sha, data, content_type)
 
 
-def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_rest(
+def test_what_the_deploy_made_early_is_listed_by_the_after_pass_with_the_rest(
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A big site (spilled table, index by path) with nothing made at the end: whatever the
-    early thread made is in the manifest, the list handed over is exactly the rest, and
-    the after pass makes each of those once.
+    """A big site (spilled table, index by path) with the rest left for after: nothing the
+    early thread made is listed at live (that cost a flush of the store before live), the
+    whole list and the thread are handed over, and the after pass lists every br, counting
+    what the thread made as made after live.
 
     The thread is offered only every other blob, so the after pass has work however fast
     the thread runs (on an idle core it could keep up with the whole deploy, and under
-    `nice -n 19` it once outranked it); how many of those it makes before live is the
-    machine's business."""
+    `nice -n 19` it once outranked it); how many of those it makes is the machine's
+    business."""
     monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # nothing made at the end
     monkeypatch.setattr(early, "EarlyBrotli", _EveryOther)
     monkeypatch.setattr(entries, "SPILL_FILES", 500)
@@ -122,18 +117,15 @@ def test_what_the_deploy_made_early_is_kept_and_the_after_pass_takes_only_the_re
     deployment_id = service.run(deployment.id, optimise=False).id
     manifest = service.manifest(deployment_id)
     assert manifest.pending == ["br"] and is_pending(service.store, deployment_id)
-    _every_br_whole(service, manifest, files)
-    before = {e.hash for e in manifest.files.values() if "br" in e.encodings}
-    assert _early_count(log_text(service, deployment_id)) == len(before)
+    assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
     left = handover.take(deployment_id)
-    assert left is not None
+    assert left is not None and left.early is not None
     handover.leave(deployment_id, left)  # put back for the optimiser
-    assert {sha for sha, _, _ in left} == {_sha(data) for data in files.values()} - before
-    assert len(left) >= len(files) // 2  # the blobs never offered at least
+    assert {sha for sha, _, _ in left} == {_sha(data) for data in files.values()}
 
     assert service.optimise_now(deployment_id)
     log = log_text(service, deployment_id)
-    assert f"optimised: {len(files) - len(before)} brotli variants made (" in log
+    assert f"optimised: {len(files)} brotli variants made (" in log
     optimised = service.manifest(deployment_id)
     assert optimised.pending == [] and not is_pending(service.store, deployment_id)
     assert all(set(e.encodings) == {"gzip", "br"} for e in optimised.files.values())

@@ -205,6 +205,24 @@ def test_an_early_thread_nobody_takes_ends_once_its_queue_is_made(
         blob_key(_sha(data), "br") for data in files.values()}
 
 
+def test_closing_the_service_stops_an_early_thread_left_for_an_after_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI deploy whose after pass a running server takes closes its service with the
+    thread still going: it is stopped first, so nothing writes into a closed store."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
+    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
+    _Gated.gate.clear()
+    files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(6)}
+    try:
+        with open_service() as svc:
+            svc.create_site("blog")
+            svc.run(accept(svc, "blog", files).id, optimise=False)
+            assert _early_threads()  # live, and still going
+        assert not _early_threads()
+    finally:
+        _Gated.gate.set()
+
+
 def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(
         tmp_path: Path) -> None:
     store = LocalStore(tmp_path)

@@ -76,15 +76,37 @@ _lock = threading.Lock()
 
 
 def leave(deployment_id: str, wanting: Wanting) -> None:
-    """Leave a deployment's list for the optimiser; the oldest go past KEPT."""
+    """Leave a deployment's list for the optimiser; the oldest go past KEPT (their early
+    thread stopped)."""
+    gone = []
     with _lock:
         _left[deployment_id] = wanting
         while len(_left) > KEPT:
-            _left.popitem(last=False)
+            gone.append(_left.popitem(last=False)[1])
+    _stop(gone)
 
 
 def take(deployment_id: str) -> Wanting | None:
-    """The list a deploy in this process left for this deployment, once; else None."""
+    """The list a deploy in this process left for this deployment, once; else None (and a
+    broken list's early thread stopped: the optimiser reads the manifest)."""
     with _lock:
         wanting = _left.pop(deployment_id, None)
-    return None if wanting is None or wanting.broken else wanting
+    if wanting is not None and wanting.broken:
+        _stop([wanting])
+        return None
+    return wanting
+
+
+def stop_threads() -> None:
+    """Stop the early threads of the lists left here (each finishes the blob in hand): a
+    store is about to close under them. The optimiser taking a list later still gets what
+    its thread made; what it held is read back from the store."""
+    with _lock:
+        left = list(_left.values())
+    _stop(left)
+
+
+def _stop(lists: list[Wanting]) -> None:
+    for wanting in lists:
+        if wanting.early is not None:
+            wanting.early.stop()

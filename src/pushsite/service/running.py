@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pushsite import names
+from pushsite.deploy import handover
 from pushsite.deploy.builder import (
     BundleOutcome,
     Counters,
@@ -88,6 +89,7 @@ class Running(ServiceBase):
         its connection open in the home (a tmpfs could not be unmounted)."""
         if self._counters is not None and not exiting:
             self._counters.close()
+        handover.stop_threads()  # a deploy's early brotli left for an after pass not run here
         super().close(exiting)
 
     def _announce(self, deployment: Deployment, event: str | None = None) -> None:

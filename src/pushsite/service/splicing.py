@@ -53,6 +53,7 @@ from pushsite.model import (
 from pushsite.pathindex import INDEX_MIN_FILES, encode_string
 from pushsite.service import sweeps
 from pushsite.service.progress import copy_counters
+from pushsite.stores import PackingStore
 from pushsite.words import plural
 
 if TYPE_CHECKING:
@@ -181,7 +182,10 @@ def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
             stored: dict[str, tuple[Path, int, int]]) -> Prepared | str:
     """The blobs and the manifest bytes, before anything is written (a str: why not, and
     the upload takes the normal path): the base must still be the same bytes, and no
-    uploaded blob stored already (the builder would reuse its stored variants)."""
+    uploaded blob stored already (the builder would reuse its stored variants), and the store
+    one that keeps blobs loose (a packing store's deploys put them in a pack)."""
+    if isinstance(service.store, PackingStore):  # its deploys write packs and refs
+        return "the store packs small blobs"
     try:
         raw = service.store.get(manifest_key(splice["base"]))
     except NotFound:

@@ -364,13 +364,13 @@ def run(service: Service, deployment: Deployment, prepared: Prepared, record: di
         deployment.files = counters.files
         log.info("manifest", f"wrote the manifest: {counters.describe()}",
                  files=deployment.files, bytes_stored=deployment.bytes_stored)
-        made = sum(1 for m in prepared.blobs.values() if "br" in m)
-        if made and not record["splice"]["pending"]:  # the after pass says it otherwise
-            log.info("optimise", f"optimised: {plural(made, 'brotli variant')} made before "
-                     "live", blobs=made)
-        elif made:
-            log.info("optimise", f"{plural(made, 'brotli variant')} of the changed files made "
-                     "before live; the carried files' are left for after", blobs=made)
+        brotlis = sum(1 for m in prepared.blobs.values() if "br" in m)
+        if brotlis and not record["splice"]["pending"]:  # the after pass says it otherwise
+            log.info("optimise", f"optimised: {plural(brotlis, 'brotli variant')} made "
+                     "before live", blobs=brotlis)
+        elif brotlis:
+            log.info("optimise", f"{plural(brotlis, 'brotli variant')} of the changed files "
+                     "made before live; the carried files' are left for after", blobs=brotlis)
         return service._complete(deployment, log)
     except BaseException as exc:
         caught = service._disk_full(exc)

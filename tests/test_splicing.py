@@ -104,6 +104,9 @@ CHANGES = {
         "zzz.html": b"<html>a new last " + _TEXT.encode(),
         "404.html": b"<html>not here " + _TEXT.encode(),
         "copy.txt": BASE["tiny.txt"]},  # a held blob at a new path
+    "one new blob at two text paths": {**BASE, "x.html": b"<p>" + _TEXT.encode(),
+                                       "x.txt": b"<p>" + _TEXT.encode(),
+                                       "e.html": b"", "e.css": b""},
 }
 
 
@@ -165,7 +168,8 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
     {**BASE, "_headers": b"/*\n  X-Test: 1\n"},  # a site config file
     {**BASE, **{f"new/{n}.html": _page(str(n)) for n in range(65)}},  # past MAX_ROWS
     {**BASE, "big.html": b"<p>" + bytes(range(97, 123)) * 50_000},  # past LATER_NOW_BYTES
-], ids=["config file", "many paths", "many bytes"])
+    {**BASE, "same.html": _page("same"), "same.png": _page("same")},  # kinds differ
+], ids=["config file", "many paths", "many bytes", "one new blob, two kinds"])
 def test_unusual_uploads_take_the_normal_path(
         files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with _home(monkeypatch, tmp_path) as service:

@@ -79,6 +79,9 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     - an unchanged path's row in the base is not the row the builder would write for it
       (another media type, a git id from a push, other variants than the held blob's), or
       its blob must come again (held with another compressibility);
+    - one new blob is at paths whose types get different variants (compressible or not, a
+      JS or CSS file's or not: the builder's variants of it then depend on which copy its
+      pool met first);
     - more than MAX_ROWS paths change, or the changed files hold more than LATER_NOW_BYTES
       (their variants are made before live here: the builder's own bound for that)."""
     if base is None:
@@ -93,6 +96,7 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     links: list[Row] = []
     listed: set[str] = set()
     wanted: set[str] = set()  # variants the base's optimiser still makes for carried rows
+    uploaded: dict[str, Any] = {}  # a new blob's sha256 -> the kind of its paths' types
     new_bytes = 0
     media_type = encode.media_type
     for row in rows:  # every unchanged row is looked at: kept to a few look-ups each
@@ -121,6 +125,11 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
         if row.mode == LINK:
             links.append(row)
         elif row.sha256 in missing:
+            kind = media_type(path)  # what decides the variants the builder makes of it
+            sort = ((encode.is_compressible(kind), encode.is_asset(kind))
+                    if row.size >= encode.MIN_COMPRESS_SIZE else None)
+            if uploaded.setdefault(row.sha256, sort) != sort:
+                return f"{path}: its new content is at a path of another kind too"
             put[path] = row.sha256
             new_bytes += row.size
         else:

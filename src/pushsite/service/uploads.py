@@ -192,7 +192,12 @@ def finish(service: Service, site_name: str, upload_id: str, *,
     seconds (another deploy, the brotli pass after a live one), and a one-file redeploy
     takes a few hundredths. The message stays queued all the same: a run that dies is
     retried from it (or taken over by recovery once its lease ran out), and a run that
-    ended leaves it nothing to do."""
+    ended leaves it nothing to do.
+
+    Smaller still (`start` planned a splice: service/splicing.py), `run_now` takes it from
+    receiving to running and live here, in the caller's thread, with no message: its
+    manifest is the live one's bytes with the changed rows put in. Anything `prepare` finds
+    changed since `start` leaves it to the path above."""
     folder, record = _open(service, site_name, upload_id, UPLOADING)
     deployment = _receiving(service, upload_id)
     present = _stored(folder / "blobs")
@@ -213,6 +218,7 @@ def finish(service: Service, site_name: str, upload_id: str, *,
     received = deployment.bytes_in
     if not isinstance(prepared, str):
         deployment.bundle_key = staged.name  # what a recovery runs again, the normal way
+        _Lists.take(upload_id)  # no run here needs it; one elsewhere reads list.json
         try:
             return splicing.run(service, deployment, prepared, record, received)
         except NotFound:

@@ -765,8 +765,16 @@ def create_api(service: Service) -> FastAPI:
             await anyio.to_thread.run_sync(
                 lambda: service.receive_blobs(name, upload_id, _blob_reader(request, service)),
                 limiter=uploads[0])
-        deployment = await anyio.to_thread.run_sync(  # with `wait`, a small one starts now
-            lambda: service.finish_upload(name, upload_id, run_now=wait > 0))
+        def finish() -> tuple[Deployment, dict[str, Any] | None]:
+            """With `wait`, a small one starts now, and a smaller one ends here (spliced:
+            service/splicing.py), answered in the same thread hop, with no wait loop."""
+            deployment = service.finish_upload(name, upload_id, run_now=wait > 0)
+            ended = wait > 0 and view.settled(deployment)
+            return deployment, view.deployment(deployment) if ended else None
+
+        deployment, data = await anyio.to_thread.run_sync(finish)
+        if data is not None:
+            return _created(request, data, 200)
         return await _answer_when_ended(request, view, deployment, wait)
 
     @api.get("/deployments/{deployment_id}", response_model=DeploymentOut, tags=["deployments"])

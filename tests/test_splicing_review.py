@@ -1,0 +1,211 @@
+"""An adversary's review of the small redeploy's fast path (service/splicing.py): uploads a
+user or a second actor could send, each compared with what the normal path (queue message,
+run, builder) does for the same list. Where the fast path declines, the normal path runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pushsite.deploy.filelist import frame_header
+from pushsite.model import Status, manifest_key
+from pushsite.service.verbs import Service
+from support.service import alias_of, open_service
+
+_TEXT = "<p>the same paragraph again, and again, so that it compresses</p>\n" * 30
+BASE = {  # as tests/test_splicing.py's: pages, an asset of each kind, a first and a last
+    "a-first.html": f"<html>first {_TEXT}</html>".encode(),
+    "about/index.html": f"<html>about {_TEXT}</html>".encode(),
+    "app.js": ("function f(x) { return x + 1; }\n" * 60).encode(),
+    "docs/guide.html": f"<html>guide {_TEXT}</html>".encode(),
+    "index.html": f"<html>home {_TEXT}</html>".encode(),
+    "logo.png": bytes(range(256)) * 8,
+    "style.css": ("body { margin: 0; padding: 0 }\n" * 50).encode(),
+    "tiny.txt": b"tiny",
+    "zz-last.html": f"<html>last {_TEXT}</html>".encode(),
+}
+
+
+def _page(text: str) -> bytes:
+    return f"<html>{text} {_TEXT}</html>".encode()
+
+
+def _row(path: str, data: bytes) -> dict[str, object]:
+    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "mode": "100644"}
+
+
+def _frames(files: dict[str, bytes], missing: list[str]) -> bytes:
+    by_hash = {hashlib.sha256(d).hexdigest(): d for d in files.values()}
+    return b"".join(frame_header(h, len(by_hash[h])) + by_hash[h] for h in missing)
+
+
+def _messages(service: Service) -> list[dict[str, Any]]:
+    """Every message waiting in the home's queue (taken)."""
+    out = []
+    while (item := service.queue.receive()) is not None:
+        out.append(item.body)
+        service.queue.ack(item)
+    return out
+
+
+@contextmanager
+def _home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Service]:
+    monkeypatch.setenv("PUSHSITE_HOME", str(home))
+    with open_service() as service:
+        yield service
+
+
+def _upload_rows(service: Service, site: str, rows: list[dict[str, Any]],
+                 files: dict[str, bytes]) -> str:
+    upload, missing = service.start_upload(site, rows, create=True)
+    if missing:
+        service.receive_blobs(site, upload, io.BytesIO(_frames(files, missing)))
+    return upload
+
+
+def _rows(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    return [_row(p, d) for p, d in files.items()]
+
+
+def _redeploy(service: Service, base_rows: list[dict[str, Any]], base: dict[str, bytes],
+              rows: list[dict[str, Any]], files: dict[str, bytes], fast: bool
+              ) -> tuple[str, bool]:
+    """`base` live the normal way, then `rows`: by finish with `wait` (fast when planned) or
+    the normal run. Returns the second deployment's id and whether it was spliced."""
+    first = _upload_rows(service, "site", base_rows, base)
+    service.finish_upload("site", first)
+    assert service.run(first).status == Status.LIVE
+    _messages(service)
+    upload = _upload_rows(service, "site", rows, files)
+    record = json.loads((service.config.staging / f"{upload}.upload/upload.json").read_text())
+    spliced = "splice" in record
+    if fast and spliced:
+        done = service.finish_upload("site", upload, run_now=True)
+        assert done.status == Status.LIVE, done.error
+        assert _messages(service) == []
+    else:
+        service.finish_upload("site", upload)
+        _messages(service)
+        assert service.run(upload).status == Status.LIVE
+    assert alias_of(service, "site") == upload
+    return upload, spliced and fast
+
+
+def _both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: dict[str, bytes],
+          rows: list[dict[str, Any]], files: dict[str, bytes],
+          base_rows: list[dict[str, Any]] | None = None) -> tuple[bytes, bytes, bool]:
+    """(the fast path's manifest from its files on, the normal path's, whether spliced)."""
+    out = []
+    spliced = False
+    for fast in (True, False):
+        with _home(monkeypatch, tmp_path / ("fast" if fast else "normal")) as service:
+            upload, took = _redeploy(service, base_rows or _rows(base), base, rows, files,
+                                     fast)
+            spliced = spliced or took
+            raw = service.store.get(manifest_key(upload))
+            out.append(raw[raw.index(b',"files":'):])
+    return out[0], out[1], spliced
+
+
+_UNICODE = {
+    "café.html": _page("café"), "日本/index.html": _page("japan"),
+    "😀.html": _page("emoji"), "\uff5e.html": _page("fullwidth"),
+    'quote"d.html': _page("quote"), "Zed.html": _page("capital"), "a b.html": _page("space"),
+    "tab\u2028line.html": _page("line separator"),
+}
+CHANGES: dict[str, dict[str, bytes]] = {
+    "unicode and escaped paths added": {**BASE, **_UNICODE},
+    "first and last removed": {p: d for p, d in BASE.items()
+                               if p not in ("a-first.html", "zz-last.html")},
+    "all but one removed": {"index.html": _page("only")},
+    "all but one kept unchanged": {"tiny.txt": BASE["tiny.txt"]},
+    "an empty file added": {**BASE, "empty.html": b"", "empty.css": b""},
+    "one new blob at two paths": {**BASE, "same.html": _page("same"),
+                                  "same.txt": _page("same")},
+    "a new path that prefixes another": {**BASE, "index.htm": _page("prefix"),
+                                          "about/index.htm": _page("prefix2")},
+    "inserted before the first path": {**BASE, "0.html": _page("zero"), "-.html": b"-"},
+    "404 page added, last replaced": {**BASE, "404.html": _page("nf"), "zz-last.html": b"x"},
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_spliced_manifest_is_the_normal_one_for_unusual_changes(
+        change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = CHANGES[change]
+    fast, normal, spliced = _both(tmp_path, monkeypatch, BASE, _rows(files), files)
+    assert fast == normal
+    assert spliced, "the fast path was not taken: this case guards nothing"
+
+
+def test_a_base_with_unicode_paths_and_404_is_spliced_as_the_normal_path_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {**BASE, **_UNICODE, "404.html": _page("nf")}
+    files = {p: d for p, d in base.items() if p not in ("404.html", "café.html")}
+    files |= {"caff.html": _page("between"), "日本/a.html": _page("ja"), "😀.html": b"e"}
+    fast, normal, spliced = _both(tmp_path, monkeypatch, base, _rows(files), files)
+    assert spliced
+    assert fast == normal
+
+
+
+def _settle(service: Service, upload: str) -> Status:
+    """The deployment's status once finish's own thread (uploads._run_now) ended it."""
+    import time
+
+    for _ in range(6000):  # bounded in count, not in time
+        if any(x.stage in ("done", "failed") for x in service.state.get_logs(upload)):
+            break
+        time.sleep(0.01)
+    return service.state.get_deployment(upload).status
+
+
+def test_a_prune_that_deleted_the_base_before_finish_puts_nothing_broken_live(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload's base went out of every alias (another deploy) and a prune deleted it
+    and the blob a carried row needs, between start and finish: nothing broken goes live."""
+    with _home(monkeypatch, tmp_path) as service:
+        first = _upload_rows(service, "site", _rows(BASE), BASE)
+        service.finish_upload("site", first)
+        service.run(first)
+        upload = _upload_rows(service, "site", _rows({**BASE, "index.html": _page("late")}),
+                              {**BASE, "index.html": _page("late")})
+        other = {"index.html": _page("other")}
+        beside = _upload_rows(service, "site", _rows(other), other)
+        service.finish_upload("site", beside)
+        assert service.run(beside).status == Status.LIVE
+        service.prune("site", keep=1, grace=0)
+        assert not service.store.has([manifest_key(first)])
+        done = service.finish_upload("site", upload, run_now=True)
+        status = done.status if done.status != Status.QUEUED else _settle(service, upload)
+        if status == Status.QUEUED:  # no thread took it: run its message
+            status = service.run(upload).status
+        assert status == Status.FAILED
+        assert alias_of(service, "site") == beside
+
+
+def test_a_base_the_optimiser_rewrote_after_start_takes_the_normal_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = {**BASE, "big.html": _page("big") * 600}  # past LATER_NOW_BYTES: br after live
+    files = {**big, "index.html": _page("after the optimiser")}
+    with _home(monkeypatch, tmp_path) as service:
+        first = _upload_rows(service, "site", _rows(big), big)
+        service.finish_upload("site", first)
+        service.run(first, optimise=False)
+        _messages(service)
+        upload = _upload_rows(service, "site", _rows(files), files)
+        assert service.optimise_now(first)
+        done = service.finish_upload("site", upload, run_now=True)
+        assert done.status == Status.QUEUED  # the bytes it was planned on changed
+        assert _settle(service, upload) == Status.LIVE, [
+            (x.stage, x.message) for x in service.state.get_logs(upload)]
+        written = json.loads(service.store.get(manifest_key(upload)))
+        assert sorted(written["files"]) == sorted(files)

@@ -209,3 +209,84 @@ def test_a_base_the_optimiser_rewrote_after_start_takes_the_normal_path(
             (x.stage, x.message) for x in service.state.get_logs(upload)]
         written = json.loads(service.store.get(manifest_key(upload)))
         assert sorted(written["files"]) == sorted(files)
+
+
+def test_lying_clients_over_http_put_nothing_live_in_the_fast_path(tmp_path: Path) -> None:
+    """Each lie as finish's body with `wait` (what reaches the fast path) or in the list:
+    a blob not asked for, a size other than the list's, a cut-off blob, a path out of the
+    site, a folder's path named as a file too. Each is refused (4xx) and the page stays."""
+    from support.api import Api
+    from support.servers import serving
+
+    with serving(tmp_path / "home") as srv:
+        srv.create_site("web")
+        api = Api(srv, srv.new_token("--name", "ci"))
+        first = api.ok("POST", "/sites/web/uploads", 201, json={"files": _rows(BASE)})
+        api.ok("POST", f"/sites/web/uploads/{first['upload']}/finish?wait=30",
+               content=_frames(BASE, first["missing"]))
+        page = _page("a lie")
+
+        def finish(body: Any) -> tuple[str, Any]:
+            started = api.ok("POST", "/sites/web/uploads", 201,
+                             json={"files": _rows({**BASE, "index.html": page})})
+            sha = started["missing"][0]
+            return started["upload"], api.call(
+                "POST", f"/sites/web/uploads/{started['upload']}/finish?wait=30",
+                content=body(sha))
+
+        other = _page("not asked for")
+        lies = {
+            "not asked for": lambda sha: (_frames({"i": page}, [sha]) + _frames(
+                {"o": other}, [hashlib.sha256(other).hexdigest()])),
+            "another size": lambda sha: frame_header(sha, len(page) + 1) + page + b"x",
+            "cut off": lambda sha: frame_header(sha, len(page)) + page[:-10],
+        }
+        for lie, body in lies.items():
+            upload, answer = finish(body)
+            assert answer.status_code == 422, (lie, answer.text)
+            assert api.ok("GET", f"/deployments/{upload}")["status"] == "failed", lie
+            assert srv.get("web.localhost", "/").content == BASE["index.html"], lie
+        for rows in ([*_rows(BASE), _row("../out.html", page)],
+                     [*_rows(BASE), _row("about", page)] + [{"path": "about",
+                                                              "mode": "040000"}]):
+            answer = api.call("POST", "/sites/web/uploads", json={"files": rows})
+            assert 400 <= answer.status_code < 500, answer.text
+        assert srv.get("web.localhost", "/").content == BASE["index.html"]
+
+
+@pytest.mark.parametrize("between", ["rollback", "promote", "lock", "unlock"])
+def test_an_alias_move_between_start_and_finish_ends_as_on_the_normal_path(
+        between: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback, a promote or a lock lands after the upload's list (the live manifest it
+    was planned on is no longer production's, or production is locked): the deployment's
+    status, production's alias and the manifest end as the normal path's do."""
+    older = {**BASE, "index.html": _page("older")}
+    files = {**BASE, "index.html": _page("after"), "new.html": _page("new")}
+    ends = []
+    for fast in (True, False):
+        with _home(monkeypatch, tmp_path / str(fast)) as service:
+            ids = []
+            for live in (older, BASE):
+                ids.append(_upload_rows(service, "site", _rows(live), live))
+                service.finish_upload("site", ids[-1])
+                assert service.run(ids[-1]).status == Status.LIVE
+            if between == "unlock":
+                service.lock("site")
+            upload = _upload_rows(service, "site", _rows(files), files)
+            if between == "rollback":
+                service.rollback("site", ids[0])
+            elif between == "promote":
+                service.promote(ids[0])
+            else:
+                service.lock("site", between == "lock")
+            _messages(service)
+            if fast:
+                status = service.finish_upload("site", upload, run_now=True).status
+                assert _messages(service) == []  # spliced all the same
+            else:
+                service.finish_upload("site", upload)
+                status = service.run(upload).status
+            raw = service.store.get(manifest_key(upload))
+            on = ["older", "base", "upload"][[*ids, upload].index(alias_of(service, "site"))]
+            ends.append((status, on, raw[raw.index(b',"files":'):]))
+    assert ends[0] == ends[1]

@@ -45,8 +45,8 @@ from support.service import (
     site_files,
     split_bundle,
     status,
+    stores_blobs,
     wait_for,
-    wrote_large_files,
 )
 from support.sites import git
 
@@ -143,8 +143,7 @@ def test_a_state_outage_mid_run_leaves_the_message_and_recovery_finishes_it(
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
         try:
-            wait_for("the first part's blobs",
-                     wrote_large_files(other, all_but_last(stored_first)))
+            wait_for("the first part's blobs", stores_blobs(other, all_but_last(stored_first)))
             worker.state.close()  # the state is unreachable from the worker from now on
         finally:
             feeder.go.set()
@@ -208,7 +207,7 @@ def test_a_killed_cli_deploy_is_taken_over_only_after_its_lease_runs_out() -> No
         deploy(service, "blog", site_files("before"))
         cli = cli_deploy(first, lease)
         try:
-            wait_for("the CLI's blobs", wrote_large_files(service, all_but_last(stored_first)))
+            wait_for("the CLI's blobs", stores_blobs(service, all_but_last(stored_first)))
             held = running(service)
             assert held.runner.startswith("cli@")
         finally:
@@ -238,7 +237,7 @@ def test_a_serve_starting_beside_a_live_cli_deploy_leaves_it_running() -> None:
         deploy(service, "blog", site_files("before"))
         cli = cli_deploy(first, lease)
         try:
-            wait_for("the CLI's blobs", wrote_large_files(service, all_but_last(stored_first)))
+            wait_for("the CLI's blobs", stores_blobs(service, all_but_last(stored_first)))
             held = running(service)
             server = start_server(service.config.home,
                                   extra_env={"PUSHSITE_LEASE": str(lease)})

@@ -123,74 +123,100 @@ def _large_rows(root: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT key FROM large")}
 
 
-def test_a_large_file_is_synced_before_its_row_commits_and_read_meanwhile(
+def test_a_large_file_is_synced_before_its_rename_and_its_row_commits_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An object over PACK_LIMIT is renamed into large/ at once, with no sync on the
-    putting thread; the next group sync fdatasyncs it, and fsyncs its folder, before its
-    `large` row commits: another actor never sees a row naming a file a power cut could
-    leave empty. This process reads it meanwhile."""
+    """An object over PACK_LIMIT is fdatasync-ed under its temporary name on the thread
+    that wrote it, renamed into large/, its folder fsync-ed, and only then its `large` row
+    commits, before the call returns: another actor sees it at once (a deploy killed after
+    it reuses it), and no row ever names a file a power cut could leave empty or missing."""
     root = tmp_path / "store"
-    synced: dict[str, int] = {}  # path -> fdatasync or fsync calls
-    seen_at_sync: dict[str, set[str]] = {}  # path -> `large` rows committed at its sync
+    # (call, path synced, whether that path existed, `large` rows committed at the sync)
+    events: list[tuple[str, str, set[str]]] = []
     real_fdatasync, real_fsync = os.fdatasync, os.fsync
 
-    def counting(real: Any) -> Any:
+    def counting(real: Any, name: str) -> Any:
         def sync(fd: int) -> None:
             real(fd)
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            synced[path] = synced.get(path, 0) + 1
-            seen_at_sync.setdefault(path, _large_rows(root))
+            events.append((name, os.readlink(f"/proc/self/fd/{fd}"), _large_rows(root)))
         return sync
 
     store = LocalStore(root)
     other = LocalStore(root)  # a second actor on the same store
-    monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync))
-    monkeypatch.setattr(os, "fsync", counting(real_fsync))
+    monkeypatch.setattr(os, "fdatasync", counting(real_fdatasync, "fdatasync"))
+    monkeypatch.setattr(os, "fsync", counting(real_fsync, "fsync"))
     try:
         large = incompressible_blobs("large", 3, local.PACK_LIMIT + 1000)
-        small = incompressible_blobs("small", 3, 1000)
         manifest = "sites/s/manifest.json"
         store.put(manifest, b"{}")
-        store.flush()  # a small copy committed before: the large one must be read next
-        synced.clear()
-        seen_at_sync.clear()
-        keys = list(large)
-        store.put(keys[0], large[keys[0]])  # put writes a temporary file and adopts it
-        store.put_stream(keys[1], io.BytesIO(large[keys[1]]), len(large[keys[1]]))
-        handle, tmp = store.temp_file()  # as a deploy's pool thread does
-        with handle:
-            handle.write(large[keys[2]])
-        store.adopt_file(keys[2], tmp)
+        store.flush()  # a small copy committed before: the large one must replace it
         grown = random.Random("m").randbytes(local.PACK_LIMIT + 1)
-        store.put(manifest, grown)
-        for key, data in small.items():
-            store.put(key, data)
-        assert synced == {}  # no sync on the putting thread
-        everything = {**large, **small, manifest: grown}
-        assert store.has(everything) == set(everything)
-        assert all(store.get(k) == data for k, data in everything.items())
-        assert store.get(manifest, 5, 50) == grown[5:50]
-        assert store.size(manifest) == len(grown)
+        keys = list(large)
+
+        def by_temp_file() -> None:
+            handle, tmp = store.temp_file()  # as a deploy's pool thread does
+            with handle:
+                handle.write(large[keys[2]])
+            store.adopt_file(keys[2], tmp)
+
+        for key, data, call in [
+            (keys[0], large[keys[0]], lambda: store.put(keys[0], large[keys[0]])),
+            (keys[1], large[keys[1]], lambda: store.put_stream(
+                keys[1], io.BytesIO(large[keys[1]]), len(large[keys[1]]))),
+            (keys[2], large[keys[2]], by_temp_file),
+            (manifest, grown, lambda: store.put(manifest, grown)),
+        ]:
+            events.clear()
+            call()
+            target = str(store._large_path(key))
+            (data_sync,) = [e for e in events if e[0] == "fdatasync"]
+            assert data_sync[1].startswith(f"{root / 'tmp'}/")  # before the rename
+            assert key not in data_sync[2]
+            folder = [e for e in events if e[1] == str(Path(target).parent)]
+            assert folder and all(key not in rows for _, _, rows in folder)
+            assert events.index(data_sync) < events.index(folder[0])
+            assert key in _large_rows(root)  # committed before the call returned
+            assert other.has([key]) == {key}
+            assert other.get(key) == data and other.size(key) == len(data)
+        events.clear()
+        store.flush()  # nothing of theirs left to sync
+        assert [e for e in events if e[1].startswith((f"{root}/large", f"{root}/tmp"))] == []
+        everything = {**large, manifest: grown}
         assert store.get_many(everything) == everything
-        assert other.has(large) == set()  # no row yet names a file not yet durable
-        assert other.get(manifest) == b"{}"
-        store.flush()
-        files = {str(store._large_path(k)) for k in [*large, manifest]}
-        assert {p: synced.get(p) for p in files} == dict.fromkeys(files, 1)
-        assert all(seen_at_sync[p].isdisjoint([*large, manifest]) for p in files)
-        folders = {str(store._large_path(k).parent) for k in large}
-        assert {*folders, str(store._large_path("blobs")), str(root / "large")} <= set(synced)
-        assert other.has(everything) == set(everything)
-        assert all(other.get(k) == data for k, data in everything.items())
-        assert store._adopted == {}
-        store.flush()
-        assert {p: synced.get(p) for p in files} == dict.fromkeys(files, 1)  # once
+        assert other.get_many(everything) == everything
     finally:
         other.close()
         store.close()
 
 
-def test_a_deletion_commits_the_adopted_files_before_it_deletes(tmp_path: Path) -> None:
+def test_the_folders_above_a_large_file_are_synced_once_each(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folders adopt_file makes (large/blobs/<2 hex>) have their entries made durable,
+    their parent fsync-ed, once per process: the next file into the same folder syncs only
+    its own folder."""
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    synced: list[str] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        real(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", counting)
+    try:
+        data = random.Random("f").randbytes(local.PACK_LIMIT + 1)
+        first, second = "blobs/ab/" + "a" * 64, "blobs/ab/" + "b" * 64
+        store.put(first, data)
+        assert synced == [str(root / "large/blobs/ab"), str(root / "large/blobs"),
+                          str(root / "large")]
+        synced.clear()
+        store.put(second, data)
+        assert synced == [str(root / "large/blobs/ab")]
+    finally:
+        store.close()
+
+
+def test_a_deleted_large_file_stays_deleted_for_the_next_actor(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     try:
         large = incompressible_blobs("del", 2, local.PACK_LIMIT + 1)

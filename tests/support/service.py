@@ -148,13 +148,12 @@ def deploy(service: Service, site: str, files: dict[str, bytes],
     return service.run(accept(service, site, files, branch).id)
 
 
-def wrote_large_files(service: Service, files: dict[str, bytes]) -> Callable[[], bool]:
-    """Whether each of these files (above the local store's pack limit) is in place under
-    `large/`, renamed in once whole, whoever wrote it: another actor sees their rows only
-    after the writer's next group sync (stores/local.py), so `has` cannot tell."""
-    root = service.store.root / "large"  # type: ignore[attr-defined]
+def stores_blobs(service: Service, files: dict[str, bytes]) -> Callable[[], bool]:
+    """Whether this actor's store has each of these files' blobs, whoever wrote them: a
+    large file's row commits once it is durable in place (stores/local.py adopt_file), so
+    another actor sees it as soon as the writer stored it."""
     keys = [blob_key(hashlib.sha256(data).hexdigest()) for data in files.values()]
-    return lambda: all((root / key).is_file() for key in keys)
+    return lambda: len(service.store.has(keys)) == len(keys)
 
 
 def run_in_thread(service: Service, deployment_id: str, **kwargs: object,

@@ -7,10 +7,11 @@ are appended, a batch at a time, to the writing process's data file (datafiles.p
 SQLite database (WAL mode, large transactions) records where each is: 40,000 files become a
 few dozen appends and commits, and the edge reads a blob with one indexed query and a pread.
 Objects above the limit (images, video, archives) are files under `large/`, written to a
-temporary name and renamed, so a reader never sees half an object. The rename comes at once
-(this process reads the file from there); the file is fdatasync-ed, and its folder fsync-ed,
-by the next group sync, before the `large` row naming it commits (`_write`), so that after a
-power cut no row names a file left empty or missing.
+temporary name, fdatasync-ed there by the thread that wrote it, renamed, and its folder
+fsync-ed; then the `large` row naming it commits at once, on a connection of its own
+(`adopt_file`). So a reader never sees half an object, after a power cut no row (and no
+manifest) names a file left empty or missing, and a deploy killed mid-way finds the big files
+it stored when it resumes.
 
 Blob keys (`blobs/<2 hex>/<sha256>[.gz|.br]`) live in the leveled index of `levels.py`, so a
 put costs the same in a store of 10,000 blobs as in one of millions (figure 7). Other keys
@@ -92,10 +93,12 @@ class LocalStore:
         # (_write): key -> (packed key, file, offset, length); read from the file meanwhile
         self._appended: dict[str, tuple[bytes, int, int, int]] = {}
         self._appended_bytes = 0
-        # large files renamed into place whose `large` rows wait for the next group sync:
-        # key -> (path, adoption number: a key adopted again while a sync runs stays)
-        self._adopted: dict[str, tuple[Path, int]] = {}
-        self._adoptions = 0
+        # the connection that commits `large` rows (adopt_file): a pool thread never waits
+        # for the writer's batch in hand and its group fdatasync, only for its short commit
+        self._ldb: sqlite3.Connection | None = None
+        self._large_lock = threading.Lock()  # guards _ldb
+        # folders under large/ whose own entry is known durable (fsynced once after made)
+        self._durable_folders: set[Path] = set()
         self._pending_bytes = 0
         self._failed: BaseException | None = None  # a writer thread's error, raised once
         self._files = datafiles.DataFiles(root / "data")
@@ -170,17 +173,54 @@ class LocalStore:
             self._write_file(key, source)
 
     def adopt_file(self, key: str, path: Path) -> None:
-        """Move a finished temporary file (made by `temp_file`) into place under `key`.
-        No sync here (a deploy's pool threads call it): the next group sync makes the file
-        durable before its row commits; until then this process finds it in `_adopted`."""
+        """Move a finished temporary file (made by `temp_file`) into place under `key`, and
+        commit its row. The file is fdatasync-ed first, on the calling thread (a deploy's
+        pool thread, which wrote it: ~1.5 ms a file), and its folder fsync-ed after the
+        rename, so the row commits only once the bytes and the name are durable; then every
+        actor sees it (`has`), and a deploy killed after this reuses it."""
         target = self._large_path(key)
-        with translating(self.root):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+        try:
+            with translating(self.root):
+                _sync_path(path, os.O_RDONLY, os.fdatasync)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                self._sync_folders(target.parent)
+                if levels.pack(key) is None:  # a manifest: after any small copy in hand
+                    with self._write_lock:
+                        self._commit_large(key)
+                else:  # a blob: the same bytes whoever writes it, in whatever order
+                    self._commit_large(key)
+        except sqlite3.Error as exc:  # the file stays, with no row: written again next time
+            raise BackendUnavailable(f"cannot record {key} in the local store: {exc}") from exc
+
+    def _sync_folders(self, folder: Path) -> None:
+        """fsync the folder a file was renamed into, and once each folder above it up to
+        `large/` this process has not yet seen durable (adopt_file may have made them): on
+        ext4 the file's fdatasync already committed the journal holding them (a folder's
+        fsync after it cost 0.09 ms), on other file systems this is what makes them
+        durable. A folder is marked only after its parent's fsync returned, so a thread that
+        finds it unmarked syncs it too."""
+        _sync_path(folder, os.O_RDONLY | os.O_DIRECTORY, os.fsync)
+        while folder != self._large and self._large in folder.parents:
+            if folder in self._durable_folders:
+                return
+            _sync_path(folder.parent, os.O_RDONLY | os.O_DIRECTORY, os.fsync)
+            self._durable_folders.add(folder)
+            folder = folder.parent
+
+    def _commit_large(self, key: str) -> None:
+        """The `large` row of a file just made durable in place; a manifest that grew past
+        PACK_LIMIT loses its small copy, in memory and in `objects` (the caller holds
+        `_write_lock` then, so no batch in hand commits the small copy after this)."""
+        with self._large_lock:
+            if self._ldb is None:
+                self._ldb = self._connect(self.root / "objects.db")
+            with write_transaction(self._ldb) as db:
+                db.execute("INSERT OR IGNORE INTO large VALUES (?)", (key,))
+                if levels.pack(key) is None:
+                    db.execute("DELETE FROM objects WHERE key = ?", (key,))
         with self._lock:  # a small copy written before would be read first: it goes
             self._pending.pop(key, None)
-            self._adoptions += 1
-            self._adopted[key] = (target, self._adoptions)
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
         """A temporary file on the store's own file system, for streaming large blobs."""
@@ -205,7 +245,7 @@ class LocalStore:
         with self._write_lock:
             with self._lock:
                 self._raise_failed()
-                if not self._pending and not self._appended and not self._adopted:
+                if not self._pending and not self._appended:
                     return
                 batch = self._take_pending()
             self._write_batch(batch, final=True)
@@ -320,17 +360,11 @@ class LocalStore:
             return
         if appended:
             self._files.held(self._wdb).sync()
-        with self._lock:
-            adopted = dict(self._adopted)
-        large = _sync_files(adopted, self._large)
         self._commit([(p, (b"", no, offset, n)) for p, no, offset, n in appended.values()],
-                     texts, large)
+                     texts)
         self._files.release()
         with self._lock:
             self._appended = {}
-            for key, (_, number) in adopted.items():
-                if self._adopted.get(key, (None, 0))[1] == number:  # not adopted again
-                    del self._adopted[key]
         self._appended_bytes = 0
 
     def _commit_appended(self) -> None:
@@ -338,7 +372,7 @@ class LocalStore:
         `_write_lock`): a deletion's compaction appends to this process's file and unlocks
         it, and deleting a key must not leave its appended row to commit after."""
         with self._lock:
-            if not self._appended and not self._adopted:
+            if not self._appended:
                 return
         try:
             self._write_batch({}, final=True)
@@ -361,15 +395,11 @@ class LocalStore:
         self._appended_bytes = 0
         return found
 
-    def _commit(self, blobs: list[tuple[bytes, levels.Row]], texts: list[tuple[str, bytes]],
-                large: list[str]) -> None:
+    def _commit(self, blobs: list[tuple[bytes, levels.Row]],
+                texts: list[tuple[str, bytes]]) -> None:
         with write_transaction(self._wdb) as db:
             levels.insert(db, blobs)
             db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", texts)
-            db.executemany("INSERT OR IGNORE INTO large VALUES (?)", [(k,) for k in large])
-            # a manifest that grew past PACK_LIMIT: its small copy goes
-            db.executemany("DELETE FROM objects WHERE key = ?",
-                           [(k,) for k in large if levels.pack(k) is None])
 
     # reading -------------------------------------------------------------------------------
     def has(self, keys: Iterable[str]) -> set[str]:
@@ -380,7 +410,7 @@ class LocalStore:
         # put before this call
         with self._lock:
             found.update(k for k in wanted if k in self._pending or k in self._writing
-                         or k in self._appended or k in self._adopted)
+                         or k in self._appended)
         packed = {k: p for k in wanted if k not in found and (p := levels.pack(k)) is not None}
         with self._read_lock:
             held = levels.present(self._db, list(packed.values()))
@@ -416,11 +446,8 @@ class LocalStore:
             if data is None:
                 data = self._writing.get(key)
             appended = self._appended.get(key)  # its span, until its row commits
-            adopted = key in self._adopted  # under large/, before its row (and an old copy's)
         if data is not None:
             return data[start:end]
-        if adopted:
-            return self._read_large(key, start, end)
         for _ in range(3):  # a span can move (compaction) between its lookup and its read
             if appended is not None:  # committed and moved meanwhile: looked up next time
                 span: tuple[int, int, int] | None = appended[1:]
@@ -484,8 +511,6 @@ class LocalStore:
         appended: set[str] = set()
         with self._lock:  # the buffers first, as in get(), and spans not committed yet
             for key in wanted:
-                if key in self._adopted:  # get() reads it under large/
-                    continue
                 data = self._pending.get(key)
                 if data is None:
                     data = self._writing.get(key)
@@ -554,13 +579,10 @@ class LocalStore:
             if data is None:
                 data = self._writing.get(key)
             appended = self._appended.get(key)
-            adopted = key in self._adopted
         if data is not None:
             return len(data)
         if appended is not None:
             return appended[3]
-        if adopted:
-            return self._large_size(key)
         with self._read_lock:
             span = self._span(key)
             if span is not None:
@@ -669,6 +691,9 @@ class LocalStore:
             self._files.close()
             with self._read_lock:
                 self._db.close()
+            with self._large_lock:
+                if self._ldb is not None:
+                    self._ldb.close()
             self._wdb.close()
 
     def _large_path(self, key: str) -> Path:
@@ -677,38 +702,14 @@ class LocalStore:
         return self._large / key
 
 
-def _sync_files(adopted: dict[str, tuple[Path, int]], top: Path) -> list[str]:
-    """fdatasync each adopted file (a read-only fd is enough on Linux), then fsync each
-    folder from the one it was renamed into up to `top` (adopt_file may have made them),
-    so that the renames are durable too: on ext4 the files' syncs commit the journal that
-    holds the renames already, and a folder's fsync after them cost 0.09 ms (1.45 ms a
-    file's, 20 files x 5, load 2.7); on other file systems they are what makes a rename
-    durable. The keys whose files are there; one deleted meanwhile gets no row."""
-    synced: list[str] = []
-    folders: set[Path] = set()
-    for key, (path, _) in adopted.items():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        synced.append(key)
-        folder = path.parent
-        while folder not in folders:
-            folders.add(folder)
-            if folder == top or top not in folder.parents:
-                break
-            folder = folder.parent
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return synced
+def _sync_path(path: Path, flags: int, sync: Any) -> None:
+    """Open `path` with `flags` and `sync` it (os.fdatasync or os.fsync; a read-only fd is
+    enough on Linux)."""
+    fd = os.open(path, flags)
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)
 
 
 def _older_layout(db: sqlite3.Connection) -> str | None:

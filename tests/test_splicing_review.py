@@ -290,3 +290,17 @@ def test_an_alias_move_between_start_and_finish_ends_as_on_the_normal_path(
             on = ["older", "base", "upload"][[*ids, upload].index(alias_of(service, "site"))]
             ends.append((status, on, raw[raw.index(b',"files":'):]))
     assert ends[0] == ends[1]
+
+
+def test_a_changed_script_of_600_kb_is_spliced_as_the_normal_path_writes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundled app.js of 600 KB changed (a CI redeploy's usual change): the builder counts
+    a JS or CSS file twice against LATER_NOW_BYTES (its brotli and its final gzip), so it
+    leaves both for after live; the spliced manifest must be what it writes."""
+    script = b"".join(b"function f%d(x) { return x + %d; }\n" % (n, n * 7919 % 100003)
+                      for n in range(18_000))
+    assert 500_000 < len(script) < 1 << 20
+    files = {**BASE, "app.js": script}
+    fast, normal, spliced = _both(tmp_path, monkeypatch, BASE, _rows(files), files)
+    assert spliced
+    assert fast == normal

@@ -304,3 +304,17 @@ def test_a_changed_script_of_600_kb_is_spliced_as_the_normal_path_writes_it(
     fast, normal, spliced = _both(tmp_path, monkeypatch, BASE, _rows(files), files)
     assert spliced
     assert fast == normal
+
+
+def test_a_base_with_links_is_spliced_as_the_normal_path_writes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links kept (to a page kept, one before and one after it in order) and one removed,
+    beside a changed page and an added one."""
+    links = [{"path": p, "mode": "120000", "target": "about/index.html"}
+             for p in ("0-link.html", "about/alias.html", "zzz-link.html")]
+    files = {**BASE, "index.html": _page("linked"), "b-new.html": _page("b")}
+    fast, normal, spliced = _both(tmp_path, monkeypatch, BASE, [*_rows(files), *links[:2]],
+                                  files, base_rows=[*_rows(BASE), *links])
+    assert spliced
+    assert b'"zzz-link.html"' not in fast and b'"0-link.html"' in fast
+    assert fast == normal

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pushsite.deploy.filelist import frame_header
-from pushsite.model import Status, manifest_key
+from pushsite.model import FileEntry, Status, blob_key, manifest_key
 from pushsite.service.verbs import Service
 from support.service import alias_of, open_service
 
@@ -318,3 +318,78 @@ def test_a_base_with_links_is_spliced_as_the_normal_path_writes_it(
     assert spliced
     assert b'"zzz-link.html"' not in fast and b'"0-link.html"' in fast
     assert fast == normal
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+
+from pushsite.config import load_config
+from pushsite.service import splicing
+from pushsite.service.verbs import Service
+
+upload, marker = sys.argv[1], Path(sys.argv[2])
+key = splicing.manifest_key
+
+
+def held(deployment_id):  # its blobs are stored: stop before its manifest
+    if deployment_id == upload:
+        marker.write_text("there")
+        sys.stdin.read()  # until killed
+    return key(deployment_id)
+
+
+splicing.manifest_key = held
+Service(load_config()).finish_upload("site", upload, run_now=True)
+"""
+
+
+def test_a_server_killed_between_the_blobs_and_the_manifest_leaves_a_whole_site(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real child stores the changed blobs and is SIGKILLed before the spliced manifest:
+    production stays, nothing of the upload is served, and once the lease ran out recovery
+    runs it the normal way to a whole live site."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("PUSHSITE_LEASE", "1")
+    files = {**BASE, "index.html": _page("killed early"), "app.js": b"var a = 1;\n" * 300}
+    with _home(monkeypatch, tmp_path) as service:
+        first = _upload_rows(service, "site", _rows(BASE), BASE)
+        service.finish_upload("site", first)
+        service.run(first)
+        _messages(service)
+        upload = _upload_rows(service, "site", _rows(files), files)
+        marker = tmp_path / "marker"
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, upload, str(marker)],
+                                 stdin=subprocess.PIPE)
+        try:
+            for _ in range(6000):  # until the child is there (bounded in count)
+                if marker.exists() or child.poll() is not None:
+                    break
+                time.sleep(0.01)
+            assert marker.exists(), child.returncode
+            assert not service.store.has([manifest_key(upload)])
+            page = blob_key(hashlib.sha256(files["index.html"]).hexdigest())
+            assert service.store.has([page]) == {page}  # its blobs went first
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        assert alias_of(service, "site") == first
+        for _ in range(6000):  # until its lease ran out and a recovery took it over
+            if upload in service.recover():
+                break
+            time.sleep(0.01)
+        assert {"deployment": upload} in _messages(service)
+        assert service.run(upload).status == Status.LIVE
+        assert alias_of(service, "site") == upload
+        written = json.loads(service.store.get(manifest_key(upload)))["files"]
+        assert sorted(written) == sorted(files)
+        for path, data in files.items():  # each variant it names is stored
+            entry = FileEntry.from_json(written[path])
+            assert entry.hash == hashlib.sha256(data).hexdigest()
+            keys = [entry.key(enc) for enc in ("", *entry.encodings)]
+            assert service.store.has(keys) == set(keys), path

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from pushsite.stores import pieces
-
 _HOST = os.uname().nodename.replace("~", "-")
 ORPHAN_AGE = 86_400.0  # seconds after which any temporary file is abandoned
 UNOWNED_AGE = 3_600.0  # for a file whose name does not say its writer (older versions)
@@ -28,7 +26,7 @@ UNOWNED_AGE = 3_600.0  # for a file whose name does not say its writer (older ve
 def create(folder: Path) -> tuple[BinaryIO, Path]:
     """An open temporary file in `folder`, named after this process."""
     fd, name = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}@{_HOST}~")
-    return pieces.from_fd(fd), Path(name)  # 64 KiB writes (pieces.py)
+    return os.fdopen(fd, "w+b"), Path(name)
 
 
 def _owner(name: str) -> tuple[int, str] | None:

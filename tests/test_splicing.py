@@ -23,6 +23,7 @@ from support.service import alias_of, open_service
 
 _TEXT = "<p>the same paragraph again, and again, so that it compresses</p>\n" * 30
 BASE = {
+    ".buildinfo": b"config 1",  # unpublished: stored and counted, never in a manifest
     "a-first.html": f"<html>first {_TEXT}</html>".encode(),
     "about/index.html": f"<html>about {_TEXT}</html>".encode(),
     "app.js": ("function f(x) { return x + 1; }\n" * 60).encode(),
@@ -69,9 +70,13 @@ def _home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Service]:
         yield service
 
 
-def _deployed(service: Service, site: str, files: dict[str, bytes], fast: bool) -> bytes:
+_COUNTED = ("files", "bytes_in", "blobs_new", "blobs_reused", "carried", "status")
+
+
+def _deployed(service: Service, site: str, files: dict[str, bytes], fast: bool,
+              counted: list[dict[str, Any]] | None = None) -> bytes:
     """Deploy BASE to `site` the normal way, then `files` by the fast path or the normal
-    one; the second deployment's manifest."""
+    one; the second deployment's manifest (and its counters into `counted`)."""
     first = _upload(service, site, BASE)
     service.finish_upload(site, first)
     service.run(first)
@@ -87,11 +92,15 @@ def _deployed(service: Service, site: str, files: dict[str, bytes], fast: bool) 
         service.finish_upload(site, upload)
         assert service.run(upload).status == Status.LIVE
     assert alias_of(service, site) == upload
+    if counted is not None:
+        record = service.state.get_deployment(upload).to_dict()
+        counted.append({k: record[k] for k in _COUNTED})
     return service.store.get(manifest_key(upload))
 
 
 CHANGES = {
-    "one page": {**BASE, "index.html": b"<html>changed " + _TEXT.encode() + b"</html>"},
+    "one page": {**BASE, "index.html": b"<html>changed " + _TEXT.encode() + b"</html>",
+                 ".buildinfo": b"config 2"},
     "assets, first and last": {
         **BASE, "app.js": b"function g(y) { return y * 2; }\n" * 70,
         "style.css": b"p { color: red }\n" * 80, "a-first.html": b"<html>x" + _TEXT.encode(),
@@ -114,16 +123,18 @@ CHANGES = {
 def test_the_spliced_manifest_is_the_one_the_normal_path_writes(
         change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = CHANGES[change]
+    counted: list[dict[str, Any]] = []
     with _home(monkeypatch, tmp_path / "fast") as service:
-        fast = _deployed(service, "site", files, fast=True)
+        fast = _deployed(service, "site", files, fast=True, counted=counted)
     with _home(monkeypatch, tmp_path / "normal") as service:
-        normal = _deployed(service, "site", files, fast=False)
+        normal = _deployed(service, "site", files, fast=False, counted=counted)
+    assert counted[0] == counted[1]  # the deployment's counters, as the builder counts
     cut, other_cut = fast.index(b',"files":'), normal.index(b',"files":')
     assert fast[cut:] == normal[other_cut:]
     head, other = json.loads(fast[:cut] + b"}"), json.loads(normal[:other_cut] + b"}")
     assert {**head, "deployment": "", "created": 0} == {**other, "deployment": "",
                                                         "created": 0}
-    assert sorted(json.loads(fast)["files"]) == sorted(p for p in files)
+    assert sorted(json.loads(fast)["files"]) == sorted(p for p in files if p[0] != ".")
 
 
 def _page(text: str) -> bytes:
@@ -159,7 +170,8 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
         assert {"optimise": upload} in _messages(service)
         assert "br" in spliced["files"]["index.html"][3]  # the changed page: made before
         carried = json.loads(service.store.get(manifest_key(base)))["files"]
-        assert all(spliced["files"][p] == carried[p] for p in big if p != "index.html")
+        assert all(spliced["files"][p] == carried[p] for p in big
+                   if p not in ("index.html", ".buildinfo"))
         assert service.optimise_now(upload)
         assert "pending" not in json.loads(service.store.get(manifest_key(upload)))
 
@@ -249,7 +261,7 @@ def test_two_fast_redeploys_at_once_leave_the_newer_live_and_both_manifests_whol
         assert ended[ids[0]] in (Status.LIVE, Status.READY)
         for n, upload in enumerate(ids):
             files = json.loads(service.store.get(manifest_key(upload)))["files"]
-            assert sorted(files) == sorted(BASE)
+            assert sorted(files) == sorted(p for p in BASE if p != ".buildinfo")
             assert files["index.html"][0] == hashlib.sha256(_page(f"at once {n}")).hexdigest()
         assert service.state.get_deployment(ids[0]).status == Status.READY
 
@@ -330,8 +342,9 @@ def test_finish_with_wait_answers_the_live_deployment_and_a_lie_puts_nothing_liv
             files = {**BASE, "index.html": page}
             started = api.ok("POST", "/sites/web/uploads", 201,
                              json={"files": [_row(p, d) for p, d in files.items()]})
-            body = (_frames({"index.html": sent}, started["missing"]) if sent == page
-                    else frame_header(started["missing"][0], len(sent)) + sent)  # a lie
+            claimed = hashlib.sha256(page).hexdigest()
+            others = [h for h in started["missing"] if h != claimed]
+            body = _frames(files, others) + (frame_header(claimed, len(sent)) + sent)
             return started["upload"], api.call(
                 "POST", f"/sites/web/uploads/{started['upload']}/finish?wait=30",
                 content=body)
@@ -365,3 +378,18 @@ def test_a_locked_production_keeps_its_deployment_through_a_fast_redeploy(
         lines = [x.message for x in service.state.get_logs(upload)]
         assert any("deploying it now" in x for x in lines)
         assert any("locked" in x for x in lines), lines
+
+
+def test_a_file_that_became_a_folder_leaves_the_spliced_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list with a folder row (a tarball's members) where the live site had a file."""
+    with _home(monkeypatch, tmp_path) as service:
+        _live_base(service, files={**BASE, "notes": b"a file"})
+        files = {**BASE, "notes/today.html": _page("today")}
+        rows = [*(_row(p, d) for p, d in files.items()), {"path": "notes", "mode": "040000"}]
+        upload, missing = service.start_upload("site", rows)
+        service.receive_blobs("site", upload, io.BytesIO(_frames(files, missing)))
+        assert service.finish_upload("site", upload, run_now=True).status == Status.LIVE
+        assert _messages(service) == []
+        spliced = json.loads(service.store.get(manifest_key(upload)))["files"]
+        assert "notes" not in spliced and "notes/today.html" in spliced

@@ -93,13 +93,17 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
             (r.path for r in rows if r.mode != DIR), {r.path for r in rows if r.mode == DIR}):
         return "the list has a top folder to strip"
     put: dict[str, list[Any] | str] = {}  # path -> its row, or an uploaded blob's sha256
+    unlisted: dict[str, str] = {}  # an uploaded blob no published path has -> its path
     links: list[Row] = []
     listed: set[str] = set()
     wanted: set[str] = set()  # variants the base's optimiser still makes for carried rows
     uploaded: dict[str, Any] = {}  # a new blob's sha256 -> the kind of its paths' types
-    new_bytes = 0
+    # the builder's counters: a held blob's file is carried, an uploaded one's read
+    carried = fed = new_bytes = 0
     media_type = encode.media_type
     for row in rows:  # every unchanged row is looked at: kept to a few look-ups each
+        if row.mode == DIR:
+            continue
         path = row.path
         listed.add(path)
         old = files.get(path)
@@ -115,26 +119,31 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
             encodings = old[3]
             if "gzip" in encodings and ("br" not in encodings or len(old) > 5):
                 wanted |= encode.wanted_later(encodings, old[5] if len(old) > 5 else None)
-            continue
-        if row.mode == DIR:
+            carried += 1
             continue
         if path in CONFIG_FILES:  # a base never publishes them: never unchanged
             return f"the list has a site config file ({path})"
-        if not is_published(path):
-            continue
+        published = is_published(path)
         if row.mode == LINK:
-            links.append(row)
-        elif row.sha256 in missing:
+            if published:
+                links.append(row)
+        elif row.sha256 in missing:  # stored even when unpublished, as the builder does
             kind = media_type(path)  # what decides the variants the builder makes of it
             sort = ((encode.is_compressible(kind), encode.is_asset(kind))
                     if row.size >= encode.MIN_COMPRESS_SIZE else None)
             if uploaded.setdefault(row.sha256, sort) != sort:
                 return f"{path}: its new content is at a path of another kind too"
-            put[path] = row.sha256
+            if published:
+                put[path] = row.sha256
+            else:
+                unlisted.setdefault(row.sha256, path)
             new_bytes += row.size
+            fed += 1
         else:
-            put[path] = _held_row(row, held[row.sha256])
-            wanted |= encode.wanted_later(held[row.sha256][1], held[row.sha256][2])
+            carried += 1
+            if published:
+                put[path] = _held_row(row, held[row.sha256])
+                wanted |= encode.wanted_later(held[row.sha256][1], held[row.sha256][2])
     for link in links:
         target = files.get(link.target)
         if (link.target in put or link.target not in listed or target is None
@@ -159,7 +168,10 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     return {"base": base_id, "length": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
             "put": put, "drop": drop, "known": known, "first": order[0], "last": order[-1],
             "around": around, "count": len(files), "has404": "404.html" in files,
-            "pending": encode.pending_of(wanted) if wanted else []}
+            "pending": encode.pending_of(wanted) if wanted else [],
+            "unlisted": {sha: p for sha, p in unlisted.items() if sha not in put.values()},
+            "counts": {"files": carried + fed, "carried": carried, "bytes_in": new_bytes,
+                       "reused": carried + fed - len(uploaded), "new": len(uploaded)}}
 
 
 def _as_held(old: list[Any], held: Held) -> bool:
@@ -185,6 +197,7 @@ class Prepared:
     manifest: bytes
     counters: Counters
     base: str
+    files: int  # the manifest's
 
 
 def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
@@ -205,6 +218,12 @@ def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
     uploaded = {sha: path for path, sha in reversed(put.items()) if isinstance(sha, str)}
     if service.store.has(blob_key(sha) for sha in uploaded):
         return "an uploaded blob is stored already"
+    # an unpublished file's blob is never held (no manifest names it: `.buildinfo` comes
+    # with every upload); stored already, the builder reuses it, as here
+    unlisted: dict[str, str] = splice["unlisted"]
+    kept = {key.rpartition("/")[2] for key in
+            service.store.has(blob_key(sha) for sha in unlisted)}
+    uploaded |= {sha: path for sha, path in unlisted.items() if sha not in kept}
     counters = Counters()
     blobs: dict[str, dict[str, bytes]] = {}
     types: dict[str, str] = {}
@@ -218,7 +237,6 @@ def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
         if made is None:
             return f"{path}: its variants would leave one pending"
         blobs[sha], types[sha] = made, kind
-        counters.blobs_new += 1
         counters.bytes_stored += sum(map(len, made.values()))
     rows: dict[str, list[Any]] = {}
     for path, row in put.items():
@@ -226,15 +244,16 @@ def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
             made = blobs[row]
             row = FileEntry(row, len(made[""]), encode.media_type(path),
                             {e: len(b) for e, b in made.items() if e}, "").to_json()
-            counters.bytes_in += len(made[""])
         rows[path] = row
     try:
         manifest, files = splice_manifest(raw, rows, splice, deployment)
     except ValueError as exc:
         return str(exc)
-    counters.files = files
-    counters.blobs_reused = files - len(uploaded)
-    return Prepared(blobs, types, manifest, counters, splice["base"])
+    counts = splice["counts"]  # as the builder counts the same list (plan)
+    counters.files, counters.carried = counts["files"], counts["carried"]
+    counters.bytes_in, counters.blobs_new = counts["bytes_in"], counts["new"] - len(kept)
+    counters.blobs_reused = counts["reused"] + len(kept)
+    return Prepared(blobs, types, manifest, counters, splice["base"], files)
 
 
 def _variants(data: bytes, kind: str) -> dict[str, bytes] | None:
@@ -347,6 +366,7 @@ def run(service: Service, deployment: Deployment, prepared: Prepared, record: di
     service._announce(deployment, "deployment.started")
     try:
         counters = prepared.counters
+        reading = time.monotonic()
         log.info("read", f"{len(record['missing'])} uploaded blobs to store, "
                  f"{counters.blobs_reused} held already", uploaded=len(record["missing"]),
                  held=counters.blobs_reused)
@@ -370,9 +390,10 @@ def run(service: Service, deployment: Deployment, prepared: Prepared, record: di
                                    f"references (e.g. {min(lost)}); nothing went live: "
                                    "deploy again")
         copy_counters(counters, deployment)
-        deployment.files = counters.files
+        service._time_stage("read", time.monotonic() - reading)  # as a run times its read
         log.info("manifest", f"wrote the manifest: {counters.describe()}",
-                 files=deployment.files, bytes_stored=deployment.bytes_stored)
+                 files=prepared.files, bytes_stored=deployment.bytes_stored)
+        deployment.files = prepared.files
         brotlis = sum(1 for m in prepared.blobs.values() if "br" in m)
         if brotlis and not record["splice"]["pending"]:  # the after pass says it otherwise
             log.info("optimise", f"optimised: {plural(brotlis, 'brotli variant')} made "

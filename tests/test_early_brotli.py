@@ -151,31 +151,37 @@ class _Gated(EarlyBrotli):
         return super().stop()
 
 
+@pytest.fixture
+def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Brotli left for after, and the deploy's early thread held in its first put (_Gated)
+    until the test opens the gate; opened at the end whatever happened, so none waits on."""
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
+    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
+    _Gated.gate.clear()
+    yield _Gated.gate
+    _Gated.gate.set()
+
+
 def _early_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "early-brotli"]
 
 
 def test_the_early_thread_goes_on_after_live_and_the_after_pass_takes_what_it_made_and_held(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: Service, gated: threading.Event) -> None:
     """With brotli left for after, the deploy does not stop its early thread before live: it
     goes on with its queue and is handed to the after pass with the list, which stops it,
     counts what it made as made after live and compresses what it still held. Here the
     thread is held in its first blob's put until after live, so every br is made after."""
-    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
-    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
-    _Gated.gate.clear()
     files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(20)}
-    try:
-        deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
-        assert _early_threads()  # live, and still going
-        manifest = service.manifest(deployment_id)
-        assert manifest.pending == ["br"]
-        assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
-        left = handover.take(deployment_id)
-        assert left is not None and left.early is not None and len(left) == len(files)
-        handover.leave(deployment_id, left)
-    finally:
-        _Gated.gate.set()
+    deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
+    assert _early_threads()  # live, and still going
+    manifest = service.manifest(deployment_id)
+    assert manifest.pending == ["br"]
+    assert all(set(e.encodings) == {"gzip"} for e in manifest.files.values())
+    left = handover.take(deployment_id)
+    assert left is not None and left.early is not None and len(left) == len(files)
+    handover.leave(deployment_id, left)
+    gated.set()
     assert service.optimise_now(deployment_id)
     assert not _early_threads()
     assert f"optimised: {len(files)} brotli variants made (" in log_text(service, deployment_id)
@@ -186,18 +192,13 @@ def test_the_early_thread_goes_on_after_live_and_the_after_pass_takes_what_it_ma
 
 
 def test_an_early_thread_nobody_takes_ends_once_its_queue_is_made(
-        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+        service: Service, gated: threading.Event) -> None:
     """A deploy whose after pass runs elsewhere (a server takes the queued message): the
     thread handed over makes what it holds and ends; the manifest is untouched."""
-    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
-    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
-    _Gated.gate.clear()
     files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(6)}
-    try:
-        deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
-        (thread,) = _early_threads()  # live, and still going
-    finally:
-        _Gated.gate.set()
+    deployment_id = service.run(accept(service, "blog", files).id, optimise=False).id
+    (thread,) = _early_threads()  # live, and still going
+    gated.set()
     thread.join()
     assert service.manifest(deployment_id).pending == ["br"]
     service.store.flush()
@@ -205,22 +206,16 @@ def test_an_early_thread_nobody_takes_ends_once_its_queue_is_made(
         blob_key(_sha(data), "br") for data in files.values()}
 
 
-def test_closing_the_service_stops_an_early_thread_left_for_an_after_pass(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("gated")
+def test_closing_the_service_stops_an_early_thread_left_for_an_after_pass() -> None:
     """A CLI deploy whose after pass a running server takes closes its service with the
     thread still going: it is stopped first, so nothing writes into a closed store."""
-    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)
-    monkeypatch.setattr(early, "EarlyBrotli", _Gated)
-    _Gated.gate.clear()
     files = {f"p{i}.html": b"<p>" + _words(i, 8000 + i) for i in range(6)}
-    try:
-        with open_service() as svc:
-            svc.create_site("blog")
-            svc.run(accept(svc, "blog", files).id, optimise=False)
-            assert _early_threads()  # live, and still going
-        assert not _early_threads()
-    finally:
-        _Gated.gate.set()
+    with open_service() as svc:
+        svc.create_site("blog")
+        svc.run(accept(svc, "blog", files).id, optimise=False)
+        assert _early_threads()  # live, and still going
+    assert not _early_threads()
 
 
 def test_the_queue_drops_rather_than_waits_and_hands_back_what_it_did_not_make(

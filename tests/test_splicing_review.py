@@ -211,6 +211,81 @@ def test_a_base_the_optimiser_rewrote_after_start_takes_the_normal_path(
         assert sorted(written["files"]) == sorted(files)
 
 
+def test_a_file_that_became_a_folder_is_gone_from_the_spliced_manifest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list with folders (mode 040000: `deploy site.tar.gz --server` lists a tarball's
+    folder members, remote.py): the file `notes` of the live site is a folder now. The
+    normal path publishes no `notes`; a spliced manifest must not keep it."""
+    base = {**BASE, "notes": b"a file without an extension"}
+    files = {**BASE, "notes/today.html": _page("today")}
+    rows = [*_rows(files), {"path": "notes", "mode": "040000"}]
+    fast, normal, spliced = _both(tmp_path, monkeypatch, base, rows, files)
+    assert b'"notes":' not in normal
+    assert fast == normal
+
+
+def _record(service: Service, upload: str) -> dict[str, Any]:
+    done = service.state.get_deployment(upload).to_dict()
+    # bytes_stored is left out: the normal path counts a changed file's quick gzip, not the
+    # brotli and final gzip its builder makes before live (_later_now); the fast path counts
+    # what it stored
+    return {k: done[k] for k in ("status", "files", "bytes_in", "blobs_new", "blobs_reused",
+                                 "carried", "error", "stage")}
+
+
+def test_the_fast_path_records_what_the_normal_path_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same change both ways: the deployment's counters and the stages of its log."""
+    files = {**BASE, "index.html": _page("counted"), "new.css": b"p { color: blue }\n" * 40,
+             "same.html": _page("twice"), "same.txt": _page("twice")}
+    del files["tiny.txt"]
+    records, stages = [], []
+    for fast in (True, False):
+        with _home(monkeypatch, tmp_path / str(fast)) as service:
+            link = {"path": "home.html", "mode": "120000", "target": "about/index.html"}
+            upload, took = _redeploy(service, [*_rows(BASE), link], BASE,
+                                     [*_rows(files), link], files, fast)
+            assert took == fast
+            records.append(_record(service, upload))
+            stages.append(sorted({x.stage for x in service.state.get_logs(upload)}))
+    assert stages[0] == stages[1]
+    assert records[0] == records[1]
+
+
+def test_the_fast_path_counts_the_metrics_and_tells_the_endpoints_the_normal_path_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same change both ways, on a site with a notification endpoint for every event:
+    the events its endpoint is told, and the metrics counted (stage timings by count)."""
+    from pushsite.state.counters import CounterFile
+
+    files = {**BASE, "index.html": _page("told")}
+    events, metrics = [], []
+    for fast in (True, False):
+        home = tmp_path / str(fast)
+        with _home(monkeypatch, home) as service:
+            first = _upload_rows(service, "site", _rows(BASE), BASE)
+            service.finish_upload("site", first)
+            service.run(first)
+            service.add_endpoint("site", "https://hooks.example.com/deploys")
+            _messages(service)
+            upload = _upload_rows(service, "site", _rows(files), files)
+            if fast:
+                assert service.finish_upload("site", upload, run_now=True).status == \
+                    Status.LIVE
+            else:
+                service.finish_upload("site", upload)
+                assert service.run(upload).status == Status.LIVE
+            events.append([m["notify"]["event"] for m in _messages(service) if "notify" in m])
+        counts = CounterFile(home / "metrics.db").read()
+        metrics.append({k: v for k, v in counts.items()  # bytes stored: see _record
+                        if ("_seconds_" not in str(k) or "_count" in str(k))
+                        and "bytes_stored" not in str(k)})
+    # it never waited in the queue: `started` is its first event, as a redeploy's (verbs.py)
+    assert events == [["deployment.started", "deployment.succeeded"],
+                      ["deployment.queued", "deployment.started", "deployment.succeeded"]]
+    assert metrics[0] == metrics[1]
+
+
 def test_lying_clients_over_http_put_nothing_live_in_the_fast_path(tmp_path: Path) -> None:
     """Each lie as finish's body with `wait` (what reaches the fast path) or in the list:
     a blob not asked for, a size other than the list's, a cut-off blob, a path out of the

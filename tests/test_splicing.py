@@ -9,8 +9,6 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from pushsite.deploy.filelist import frame_header
 from pushsite.model import Status, manifest_key
 from pushsite.service.verbs import Service
 from support.service import alias_of, open_service
+from support.uploads import blob_frames, file_row, service_in, taken_messages
 
 _TEXT = "<p>the same paragraph again, and again, so that it compresses</p>\n" * 30
 BASE = {
@@ -36,38 +35,12 @@ BASE = {
 }
 
 
-def _row(path: str, data: bytes) -> dict[str, object]:
-    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-            "mode": "100644"}
-
-
-def _frames(files: dict[str, bytes], missing: list[str]) -> bytes:
-    by_hash = {hashlib.sha256(d).hexdigest(): d for d in files.values()}
-    return b"".join(frame_header(h, len(by_hash[h])) + by_hash[h] for h in missing)
-
-
 def _upload(service: Service, site: str, files: dict[str, bytes]) -> str:
-    upload, missing = service.start_upload(site, [_row(p, d) for p, d in files.items()],
+    upload, missing = service.start_upload(site, [file_row(p, d) for p, d in files.items()],
                                            create=True)
     if missing:
-        service.receive_blobs(site, upload, io.BytesIO(_frames(files, missing)))
+        service.receive_blobs(site, upload, io.BytesIO(blob_frames(files, missing)))
     return upload
-
-
-def _messages(service: Service) -> list[dict[str, Any]]:
-    """Every message waiting in the home's queue (taken: the test ends after)."""
-    out = []
-    while (item := service.queue.receive()) is not None:
-        out.append(item.body)
-        service.queue.ack(item)
-    return out
-
-
-@contextmanager
-def _home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Service]:
-    monkeypatch.setenv("PUSHSITE_HOME", str(home))
-    with open_service() as service:
-        yield service
 
 
 _COUNTED = ("files", "bytes_in", "blobs_new", "blobs_reused", "carried", "status")
@@ -80,12 +53,12 @@ def _deployed(service: Service, site: str, files: dict[str, bytes], fast: bool,
     first = _upload(service, site, BASE)
     service.finish_upload(site, first)
     service.run(first)
-    _messages(service)
+    taken_messages(service)
     upload = _upload(service, site, files)
     if fast:
         done = service.finish_upload(site, upload, run_now=True)
         assert done.status == Status.LIVE, done.error
-        assert _messages(service) == []  # no queue message: it went live in the request
+        assert taken_messages(service) == []  # no queue message: it went live in the request
         lines = [x.message for x in service.state.get_logs(upload)]
         assert any("deploying it now" in line for line in lines), lines
     else:
@@ -124,9 +97,9 @@ def test_the_spliced_manifest_is_the_one_the_normal_path_writes(
         change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = CHANGES[change]
     counted: list[dict[str, Any]] = []
-    with _home(monkeypatch, tmp_path / "fast") as service:
+    with service_in(monkeypatch, tmp_path / "fast") as service:
         fast = _deployed(service, "site", files, fast=True, counted=counted)
-    with _home(monkeypatch, tmp_path / "normal") as service:
+    with service_in(monkeypatch, tmp_path / "normal") as service:
         normal = _deployed(service, "site", files, fast=False, counted=counted)
     assert counted[0] == counted[1]  # the deployment's counters, as the builder counts
     cut, other_cut = fast.index(b',"files":'), normal.index(b',"files":')
@@ -146,7 +119,7 @@ def _live_base(service: Service, site: str = "site", optimise: bool = True,
     first = _upload(service, site, files)
     service.finish_upload(site, first)
     service.run(first, optimise=optimise)
-    _messages(service)
+    taken_messages(service)
     return first
 
 
@@ -158,7 +131,7 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
     from pushsite.model import pending_key
 
     big = {**BASE, "big.html": _page("big") * 600}  # past LATER_NOW_BYTES: br after live
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         base = _live_base(service, optimise=False, files=big)
         pending = json.loads(service.store.get(manifest_key(base)))["pending"]
         assert pending
@@ -167,7 +140,7 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
         spliced = json.loads(service.store.get(manifest_key(upload)))
         assert spliced["pending"] == pending
         assert service.store.has([pending_key(upload)])
-        assert {"optimise": upload} in _messages(service)
+        assert {"optimise": upload} in taken_messages(service)
         assert "br" in spliced["files"]["index.html"][3]  # the changed page: made before
         carried = json.loads(service.store.get(manifest_key(base)))["files"]
         assert all(spliced["files"][p] == carried[p] for p in big
@@ -184,7 +157,7 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
 ], ids=["config file", "many paths", "many bytes", "one new blob, two kinds"])
 def test_unusual_uploads_take_the_normal_path(
         files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         _live_base(service)
         upload = _upload(service, "site", files)
         record = json.loads((service.config.staging / f"{upload}.upload/upload.json")
@@ -192,7 +165,7 @@ def test_unusual_uploads_take_the_normal_path(
         assert "splice" not in record and record["normal"]
         done = service.finish_upload("site", upload, run_now=True)
         assert done.status == Status.QUEUED  # the normal path: its message, its run
-        assert {"deployment": upload} in _messages(service)
+        assert {"deployment": upload} in taken_messages(service)
         for _ in range(6000):  # run by finish's own thread (uploads._run_now): bounded
             if any(x.stage in ("done", "failed") for x in service.state.get_logs(upload)):
                 break
@@ -202,7 +175,7 @@ def test_unusual_uploads_take_the_normal_path(
 
 def test_the_later_of_two_fast_redeploys_wins_production_whatever_finishes_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         _live_base(service)
         older = _upload(service, "site", {**BASE, "index.html": _page("older")})
         newer = _upload(service, "site", {**BASE, "index.html": _page("newer")})
@@ -217,7 +190,7 @@ def test_a_fast_redeploy_and_a_normal_run_beside_it_the_later_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An older deployment the worker runs the normal way after a newer fast one went live
     moves no alias; a newer normal one run after an older fast one takes production."""
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         _live_base(service)
         normal = _upload(service, "site", {**BASE, "index.html": _page("normal, older")})
         fast = _upload(service, "site", {**BASE, "index.html": _page("fast, newer")})
@@ -239,7 +212,7 @@ def test_two_fast_redeploys_at_once_leave_the_newer_live_and_both_manifests_whol
     request threads of two server processes would be)."""
     import threading
 
-    with _home(monkeypatch, tmp_path) as service, open_service() as other:
+    with service_in(monkeypatch, tmp_path) as service, open_service() as other:
         _live_base(service)
         ids = [_upload(service, "site", {**BASE, "index.html": _page(f"at once {n}")})
                for n in range(2)]
@@ -295,7 +268,7 @@ def test_a_server_killed_in_the_fast_path_leaves_the_alias_and_a_deployment_reco
     import sys
 
     monkeypatch.setenv("PUSHSITE_LEASE", "1")
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         base = _live_base(service)
         files = {**BASE, "index.html": _page("killed")}
         upload = _upload(service, "site", files)
@@ -319,7 +292,7 @@ def test_a_server_killed_in_the_fast_path_leaves_the_alias_and_a_deployment_reco
                 break
             time.sleep(0.01)
         assert service.state.get_deployment(upload).status == Status.QUEUED
-        assert {"deployment": upload} in _messages(service)
+        assert {"deployment": upload} in taken_messages(service)
         assert service.run(upload).status == Status.LIVE
         assert alias_of(service, "site") == upload
         again = service.store.get(manifest_key(upload))
@@ -341,18 +314,18 @@ def test_finish_with_wait_answers_the_live_deployment_and_a_lie_puts_nothing_liv
         def redeploy(page: bytes, sent: bytes) -> Any:
             files = {**BASE, "index.html": page}
             started = api.ok("POST", "/sites/web/uploads", 201,
-                             json={"files": [_row(p, d) for p, d in files.items()]})
+                             json={"files": [file_row(p, d) for p, d in files.items()]})
             claimed = hashlib.sha256(page).hexdigest()
             others = [h for h in started["missing"] if h != claimed]
-            body = _frames(files, others) + (frame_header(claimed, len(sent)) + sent)
+            body = blob_frames(files, others) + (frame_header(claimed, len(sent)) + sent)
             return started["upload"], api.call(
                 "POST", f"/sites/web/uploads/{started['upload']}/finish?wait=30",
                 content=body)
 
         first = api.ok("POST", "/sites/web/uploads", 201,
-                       json={"files": [_row(p, d) for p, d in BASE.items()]})
+                       json={"files": [file_row(p, d) for p, d in BASE.items()]})
         api.ok("POST", f"/sites/web/uploads/{first['upload']}/finish?wait=30",
-               content=_frames(BASE, first["missing"]))
+               content=blob_frames(BASE, first["missing"]))
         upload, answer = redeploy(_page("over http"), _page("over http"))
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "live" and answer.json()["id"] == upload
@@ -369,7 +342,7 @@ def test_a_locked_production_keeps_its_deployment_through_a_fast_redeploy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fast path moves aliases through the run's own activation: a locked site's
     redeploy becomes ready, says why, and production stays."""
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         base = _live_base(service)
         service.lock("site")
         upload = _upload(service, "site", {**BASE, "index.html": _page("while locked")})
@@ -383,13 +356,13 @@ def test_a_locked_production_keeps_its_deployment_through_a_fast_redeploy(
 def test_a_file_that_became_a_folder_leaves_the_spliced_manifest(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A list with a folder row (a tarball's members) where the live site had a file."""
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         _live_base(service, files={**BASE, "notes": b"a file"})
         files = {**BASE, "notes/today.html": _page("today")}
-        rows = [*(_row(p, d) for p, d in files.items()), {"path": "notes", "mode": "040000"}]
+        rows = [*(file_row(p, d) for p, d in files.items()), {"path": "notes", "mode": "040000"}]
         upload, missing = service.start_upload("site", rows)
-        service.receive_blobs("site", upload, io.BytesIO(_frames(files, missing)))
+        service.receive_blobs("site", upload, io.BytesIO(blob_frames(files, missing)))
         assert service.finish_upload("site", upload, run_now=True).status == Status.LIVE
-        assert _messages(service) == []
+        assert taken_messages(service) == []
         spliced = json.loads(service.store.get(manifest_key(upload)))["files"]
         assert "notes" not in spliced and "notes/today.html" in spliced

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,8 @@ import pytest
 from pushsite.deploy.filelist import frame_header
 from pushsite.model import FileEntry, Status, manifest_key
 from pushsite.service.verbs import Service
-from support.service import alias_of, open_service
+from support.service import alias_of
+from support.uploads import blob_frames, file_row, service_in, taken_messages
 
 _TEXT = "<p>the same paragraph again, and again, so that it compresses</p>\n" * 30
 BASE = {  # as tests/test_splicing.py's: pages, an asset of each kind, a first and a last
@@ -37,42 +36,16 @@ def _page(text: str) -> bytes:
     return f"<html>{text} {_TEXT}</html>".encode()
 
 
-def _row(path: str, data: bytes) -> dict[str, object]:
-    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-            "mode": "100644"}
-
-
-def _frames(files: dict[str, bytes], missing: list[str]) -> bytes:
-    by_hash = {hashlib.sha256(d).hexdigest(): d for d in files.values()}
-    return b"".join(frame_header(h, len(by_hash[h])) + by_hash[h] for h in missing)
-
-
-def _messages(service: Service) -> list[dict[str, Any]]:
-    """Every message waiting in the home's queue (taken)."""
-    out = []
-    while (item := service.queue.receive()) is not None:
-        out.append(item.body)
-        service.queue.ack(item)
-    return out
-
-
-@contextmanager
-def _home(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Service]:
-    monkeypatch.setenv("PUSHSITE_HOME", str(home))
-    with open_service() as service:
-        yield service
-
-
 def _upload_rows(service: Service, site: str, rows: list[dict[str, Any]],
                  files: dict[str, bytes]) -> str:
     upload, missing = service.start_upload(site, rows, create=True)
     if missing:
-        service.receive_blobs(site, upload, io.BytesIO(_frames(files, missing)))
+        service.receive_blobs(site, upload, io.BytesIO(blob_frames(files, missing)))
     return upload
 
 
 def _rows(files: dict[str, bytes]) -> list[dict[str, Any]]:
-    return [_row(p, d) for p, d in files.items()]
+    return [file_row(p, d) for p, d in files.items()]
 
 
 def _redeploy(service: Service, base_rows: list[dict[str, Any]], base: dict[str, bytes],
@@ -83,17 +56,17 @@ def _redeploy(service: Service, base_rows: list[dict[str, Any]], base: dict[str,
     first = _upload_rows(service, "site", base_rows, base)
     service.finish_upload("site", first)
     assert service.run(first).status == Status.LIVE
-    _messages(service)
+    taken_messages(service)
     upload = _upload_rows(service, "site", rows, files)
     record = json.loads((service.config.staging / f"{upload}.upload/upload.json").read_text())
     spliced = "splice" in record
     if fast and spliced:
         done = service.finish_upload("site", upload, run_now=True)
         assert done.status == Status.LIVE, done.error
-        assert _messages(service) == []
+        assert taken_messages(service) == []
     else:
         service.finish_upload("site", upload)
-        _messages(service)
+        taken_messages(service)
         assert service.run(upload).status == Status.LIVE
     assert alias_of(service, "site") == upload
     return upload, spliced and fast
@@ -106,7 +79,7 @@ def _both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: dict[str, bytes
     out = []
     spliced = False
     for fast in (True, False):
-        with _home(monkeypatch, tmp_path / ("fast" if fast else "normal")) as service:
+        with service_in(monkeypatch, tmp_path / ("fast" if fast else "normal")) as service:
             upload, took = _redeploy(service, base_rows or _rows(base), base, rows, files,
                                      fast)
             spliced = spliced or took
@@ -156,7 +129,6 @@ def test_a_base_with_unicode_paths_and_404_is_spliced_as_the_normal_path_writes(
     assert fast == normal
 
 
-
 def _settle(service: Service, upload: str) -> Status:
     """The deployment's status once finish's own thread (uploads._run_now) ended it, or,
     when no thread took it (two run already in this process), once its message ran it."""
@@ -174,7 +146,7 @@ def test_a_prune_that_deleted_the_base_before_finish_puts_nothing_broken_live(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The upload's base went out of every alias (another deploy) and a prune deleted it
     and the blob a carried row needs, between start and finish: nothing broken goes live."""
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         first = _upload_rows(service, "site", _rows(BASE), BASE)
         service.finish_upload("site", first)
         service.run(first)
@@ -196,11 +168,11 @@ def test_a_base_the_optimiser_rewrote_after_start_takes_the_normal_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     big = {**BASE, "big.html": _page("big") * 600}  # past LATER_NOW_BYTES: br after live
     files = {**big, "index.html": _page("after the optimiser")}
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         first = _upload_rows(service, "site", _rows(big), big)
         service.finish_upload("site", first)
         service.run(first, optimise=False)
-        _messages(service)
+        taken_messages(service)
         upload = _upload_rows(service, "site", _rows(files), files)
         assert service.optimise_now(first)
         done = service.finish_upload("site", upload, run_now=True)
@@ -241,7 +213,7 @@ def test_the_fast_path_records_what_the_normal_path_records(
     del files["tiny.txt"]
     records, stages = [], []
     for fast in (True, False):
-        with _home(monkeypatch, tmp_path / str(fast)) as service:
+        with service_in(monkeypatch, tmp_path / str(fast)) as service:
             link = {"path": "home.html", "mode": "120000", "target": "about/index.html"}
             upload, took = _redeploy(service, [*_rows(BASE), link], BASE,
                                      [*_rows(files), link], files, fast)
@@ -262,12 +234,12 @@ def test_the_fast_path_counts_the_metrics_and_tells_the_endpoints_the_normal_pat
     events, metrics = [], []
     for fast in (True, False):
         home = tmp_path / str(fast)
-        with _home(monkeypatch, home) as service:
+        with service_in(monkeypatch, home) as service:
             first = _upload_rows(service, "site", _rows(BASE), BASE)
             service.finish_upload("site", first)
             service.run(first)
             service.add_endpoint("site", "https://hooks.example.com/deploys")
-            _messages(service)
+            taken_messages(service)
             upload = _upload_rows(service, "site", _rows(files), files)
             if fast:
                 assert service.finish_upload("site", upload, run_now=True).status == \
@@ -275,7 +247,7 @@ def test_the_fast_path_counts_the_metrics_and_tells_the_endpoints_the_normal_pat
             else:
                 service.finish_upload("site", upload)
                 assert service.run(upload).status == Status.LIVE
-            events.append([m["notify"]["event"] for m in _messages(service) if "notify" in m])
+            events.append([m["notify"]["event"] for m in taken_messages(service) if "notify" in m])
         counts = CounterFile(home / "metrics.db").read()
         metrics.append({k: v for k, v in counts.items()  # bytes stored: see _record
                         if ("_seconds_" not in str(k) or "_count" in str(k))
@@ -298,7 +270,7 @@ def test_lying_clients_over_http_put_nothing_live_in_the_fast_path(tmp_path: Pat
         api = Api(srv, srv.new_token("--name", "ci"))
         first = api.ok("POST", "/sites/web/uploads", 201, json={"files": _rows(BASE)})
         api.ok("POST", f"/sites/web/uploads/{first['upload']}/finish?wait=30",
-               content=_frames(BASE, first["missing"]))
+               content=blob_frames(BASE, first["missing"]))
         page = _page("a lie")
 
         def finish(body: Any) -> tuple[str, Any]:
@@ -311,7 +283,7 @@ def test_lying_clients_over_http_put_nothing_live_in_the_fast_path(tmp_path: Pat
 
         other = _page("not asked for")
         lies = {
-            "not asked for": lambda sha: (_frames({"i": page}, [sha]) + _frames(
+            "not asked for": lambda sha: (blob_frames({"i": page}, [sha]) + blob_frames(
                 {"o": other}, [hashlib.sha256(other).hexdigest()])),
             "another size": lambda sha: frame_header(sha, len(page) + 1) + page + b"x",
             "cut off": lambda sha: frame_header(sha, len(page)) + page[:-10],
@@ -321,8 +293,8 @@ def test_lying_clients_over_http_put_nothing_live_in_the_fast_path(tmp_path: Pat
             assert answer.status_code == 422, (lie, answer.text)
             assert api.ok("GET", f"/deployments/{upload}")["status"] == "failed", lie
             assert srv.get("web.localhost", "/").content == BASE["index.html"], lie
-        for rows in ([*_rows(BASE), _row("../out.html", page)],
-                     [*_rows(BASE), _row("about", page)] + [{"path": "about",
+        for rows in ([*_rows(BASE), file_row("../out.html", page)],
+                     [*_rows(BASE), file_row("about", page)] + [{"path": "about",
                                                               "mode": "040000"}]):
             answer = api.call("POST", "/sites/web/uploads", json={"files": rows})
             assert 400 <= answer.status_code < 500, answer.text
@@ -339,7 +311,7 @@ def test_an_alias_move_between_start_and_finish_ends_as_on_the_normal_path(
     files = {**BASE, "index.html": _page("after"), "new.html": _page("new")}
     ends = []
     for fast in (True, False):
-        with _home(monkeypatch, tmp_path / str(fast)) as service:
+        with service_in(monkeypatch, tmp_path / str(fast)) as service:
             ids = []
             for live in (older, BASE):
                 ids.append(_upload_rows(service, "site", _rows(live), live))
@@ -354,10 +326,10 @@ def test_an_alias_move_between_start_and_finish_ends_as_on_the_normal_path(
                 service.promote(ids[0])
             else:
                 service.lock("site", between == "lock")
-            _messages(service)
+            taken_messages(service)
             if fast:
                 status = service.finish_upload("site", upload, run_now=True).status
-                assert _messages(service) == []  # spliced all the same
+                assert taken_messages(service) == []  # spliced all the same
             else:
                 service.finish_upload("site", upload)
                 status = service.run(upload).status
@@ -432,11 +404,11 @@ def test_a_server_killed_between_the_blobs_and_the_manifest_leaves_a_whole_site(
 
     monkeypatch.setenv("PUSHSITE_LEASE", "1")
     files = {**BASE, "index.html": _page("killed early"), "app.js": b"var a = 1;\n" * 300}
-    with _home(monkeypatch, tmp_path) as service:
+    with service_in(monkeypatch, tmp_path) as service:
         first = _upload_rows(service, "site", _rows(BASE), BASE)
         service.finish_upload("site", first)
         service.run(first)
-        _messages(service)
+        taken_messages(service)
         upload = _upload_rows(service, "site", _rows(files), files)
         marker = tmp_path / "marker"
         child = subprocess.Popen([sys.executable, "-c", _CHILD, upload, str(marker)],
@@ -456,7 +428,7 @@ def test_a_server_killed_between_the_blobs_and_the_manifest_leaves_a_whole_site(
             if upload in service.recover():
                 break
             time.sleep(0.01)
-        assert {"deployment": upload} in _messages(service)
+        assert {"deployment": upload} in taken_messages(service)
         assert service.run(upload).status == Status.LIVE
         assert alias_of(service, "site") == upload
         written = json.loads(service.store.get(manifest_key(upload)))["files"]

@@ -438,3 +438,29 @@ def test_a_server_killed_between_the_blobs_and_the_manifest_leaves_a_whole_site(
             assert entry.hash == hashlib.sha256(data).hexdigest()
             keys = [entry.key(enc) for enc in ("", *entry.encodings)]
             assert service.store.has(keys) == set(keys), path
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "normal"])
+def test_a_held_blob_listed_with_another_size_is_refused(
+        fast: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list naming a blob the server holds, with a size other than its own: no blob is
+    sent, so only the list can be checked. Nothing with that size may go live (the edge
+    would send a Content-Length its bytes do not have)."""
+    from pushsite.errors import PushsiteError
+
+    with service_in(monkeypatch, tmp_path) as service:
+        first = _upload_rows(service, "site", _rows(BASE), BASE)
+        service.finish_upload("site", first)
+        service.run(first)
+        taken_messages(service)
+        rows = _rows({**BASE, "about/index.html": _page("changed")})
+        lie = next(r for r in rows if r["path"] == "index.html")
+        lie["size"] = int(str(lie["size"])) + 1000
+        try:
+            upload = _upload_rows(service, "site", rows, {"about/index.html": _page("changed")})
+            done = service.finish_upload("site", upload, run_now=fast)
+            status = done.status if fast else service.run(upload).status
+        except PushsiteError:
+            status = Status.FAILED
+        assert status == Status.FAILED
+        assert alias_of(service, "site") == first

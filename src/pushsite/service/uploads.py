@@ -112,7 +112,8 @@ def start(service: Service, site_name: str, files: Any, *, branch: str | None = 
     service.state.create_deployment(deployment)  # before the first look-up (housekeeping.py)
     try:
         seen = sweeps.snapshot(service.state)
-        held, base = _held_blobs(service, site.name, branch)
+        held, base, held_sizes = _held_blobs(service, site.name, branch)
+        _check_sizes(rows, held_sizes)
         sizes = {r.sha256: r.size for r in rows if r.is_file}
         missing = sorted({r.sha256 for r in rows if r.is_file
                           and not reusable(held.get(r.sha256), r.path)})
@@ -346,11 +347,12 @@ def is_staged_upload(bundle_key: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 def _held_blobs(service: Service, site: str, branch: str
-                ) -> tuple[dict[str, Held], splicing.Base | None]:
+                ) -> tuple[dict[str, Held], splicing.Base | None, dict[str, int]]:
     """The blobs of the manifests a deploy of `branch` most likely shares files with, and
     the first of them (the branch's, else production's): what a small change is spliced
-    into (service/splicing.py)."""
+    into (service/splicing.py); and each held blob's size."""
     held: dict[str, Held] = {}
+    sizes: dict[str, int] = {}
     base: splicing.Base | None = None
     read: set[str] = set()
     for alias in (branch_alias(branch), PRODUCTION):
@@ -367,7 +369,17 @@ def _held_blobs(service: Service, site: str, branch: str
             base = (current.deployment_id, raw, files)
         for digest, found in blobs.items():
             held.setdefault(digest, found)
-    return held, base
+        sizes |= {row[0]: row[1] for row in files.values()}
+    return held, base, sizes
+
+
+def _check_sizes(rows: list[Row], sizes: dict[str, int]) -> None:
+    """A held blob is never sent, so its listed size is all the server is told of it: a size
+    other than its own would be served as the file's Content-Length (the edge's)."""
+    for row in rows:  # a folder's or a link's row has no hash: never held
+        if sizes.get(row.sha256, row.size) != row.size:
+            raise BundleRejected(f"{row.path}: the list says {row.size} bytes; the server holds "
+                                 f"its content ({row.sha256[:12]}...) as {sizes[row.sha256]}")
 
 
 # deployment id -> (manifest, blobs, path -> row)

@@ -366,3 +366,21 @@ def test_a_file_that_became_a_folder_leaves_the_spliced_manifest(
         assert taken_messages(service) == []
         spliced = json.loads(service.store.get(manifest_key(upload)))["files"]
         assert "notes" not in spliced and "notes/today.html" in spliced
+
+
+def test_a_finish_whose_blobs_another_finish_took_meanwhile_takes_the_normal_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two finishes of one upload: the one that renamed the folder first has its blobs; the
+    other, between reading where they were and opening them, gets a reason (and then the
+    normal path's answer for an ended upload), not a FileNotFoundError (a 500)."""
+    from pushsite.service import splicing, uploads
+
+    with service_in(monkeypatch, tmp_path) as service:
+        _live_base(service)
+        upload = _upload(service, "site", CHANGES["one page"])
+        folder, record = uploads._open(service, "site", upload, uploads.UPLOADING)
+        present = uploads._stored(folder / "blobs")
+        deployment = uploads._receiving(service, upload)
+        folder.rename(folder.with_name(upload + uploads.STAGED))  # the other finish's rename
+        reason = splicing.prepare(service, deployment, record["splice"], present)
+        assert reason == "the upload's blobs are gone (finished by another request)"

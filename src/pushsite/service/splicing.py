@@ -12,8 +12,11 @@ move the aliases through the run's own `_complete` (same states, lock, log lines
 notifications).
 
 The spliced manifest is byte for byte what the normal path writes for the same list
-(tests/test_splicing.py compares them). Where it could not be, the plan says why and the
-upload takes the normal path: see `plan`. The changed files' brotli (and a JS or CSS file's
+(tests/test_splicing.py compares them), with one known difference: on a base whose carried
+variants are still pending beyond LATER_NOW_BYTES, the builder leaves the changed files'
+brotli for after live too, and this path makes it before (the manifest the normal path ends
+with once its optimiser ran). Where it could not be, the plan says why and the upload takes
+the normal path: see `plan`. The changed files' brotli (and a JS or CSS file's
 final gzip) are made before live, as the builder makes them for a change of up to
 LATER_NOW_BYTES (a few ms here, against a pending marker, a queue message and a second
 manifest write after): the manifest is final, and the edge offers br at once.
@@ -229,9 +232,12 @@ def prepare(service: Service, deployment: Deployment, splice: dict[str, Any],
     types: dict[str, str] = {}
     for sha, path in uploaded.items():
         pack, offset, size = stored[sha]
-        with open(pack, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(size)
+        try:
+            with open(pack, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size)
+        except FileNotFoundError:  # a second finish of this upload took its blobs first
+            return "the upload's blobs are gone (finished by another request)"
         kind = encode.media_type(path)
         made = _variants(data, kind)
         if made is None:

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pushsite.deploy import encode
-from pushsite.deploy.builder import CONFIG_FILES, LATER_NOW_BYTES, Counters
+from pushsite.deploy import builder, encode
+from pushsite.deploy.builder import CONFIG_FILES, Counters
 from pushsite.deploy.filelist import DIR, LINK, Row
 from pushsite.deploy.listed import Held
 from pushsite.deploy.paths import common_top_folder, is_published
@@ -155,8 +155,9 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
     drop = [path for path in files if path not in listed]
     if len(put) + len(drop) > MAX_ROWS:
         return f"{len(put) + len(drop)} paths changed (the fast path takes {MAX_ROWS})"
-    if new_bytes > LATER_NOW_BYTES:
-        return f"{new_bytes} changed bytes (the fast path takes {LATER_NOW_BYTES})"
+    limit = builder.LATER_NOW_BYTES  # read now: the builder's bound, whatever it is set to
+    if new_bytes > limit:
+        return f"{new_bytes} changed bytes (the fast path takes {limit})"
     if not put and not drop:
         return "nothing changed"
     order = list(files)

@@ -688,13 +688,18 @@ class LocalStore:
         try:
             self.flush()
         finally:
-            self._files.close()
+            # under the write lock: a flush or writer thread of another thread (a deploy
+            # the service's close did not wait for) still on the writing connection would
+            # crash the interpreter when it closes under it (sqlite3 with
+            # check_same_thread=False); after, its next write fails with a clean error
+            with self._write_lock:
+                self._files.close()
+                self._wdb.close()
             with self._read_lock:
                 self._db.close()
             with self._large_lock:
                 if self._ldb is not None:
                     self._ldb.close()
-            self._wdb.close()
 
     def _large_path(self, key: str) -> Path:
         if ".." in key.split("/") or key.startswith("/"):

@@ -73,5 +73,11 @@ def test_an_ended_upload_is_renewed_no_more_and_not_kept_alive(state: SqliteStat
     del counted
     gc.collect()
     assert ref() is None  # the renewal armed for it holds it weakly
-    wait_for("the armed renewal due", lambda: FLUSHER.pending() == 0)
+    # the timer runs its callbacks one at a time in the order they are due: once a marker due
+    # after the renewal (armed for LEASE / 3 from the upload's start) ran, the renewal ran
+    # too. (Not `pending() == 0`: in a whole suite other tests' log flushes and uploads
+    # keep the process's one timer busy.)
+    marker = threading.Event()
+    FLUSHER.arm(LEASE, marker.set)
+    wait_for("the armed renewal due", marker.is_set)
     assert state.get_deployment(deployment.id).lease_until == ended

@@ -16,9 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_cli_remote import errors_of, run_cli
 from test_incremental_upload import _frame, _row
 
@@ -107,7 +110,7 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
     # nor typing, socket's or signal's enums, OpenSSL for one small changed file, threads
     assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3", "typing",
-            "socket", "signal", "hashlib", "_hashlib"} & \
+            "socket", "signal", "hashlib", "_hashlib", "urllib.parse", "ipaddress"} & \
         _imported(again.stderr) == set()
     assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
     assert remote.get("lean.localhost", "/assets/7.txt").content == \
@@ -262,6 +265,38 @@ def test_a_small_file_hashes_on_a_python_without_the_builtin_sha256_it_looks_for
     hasher = sha256_hasher(3)
     hasher.update(b"abc")
     assert hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000", "https://deploy.example.com/api/", "http://u:p@[::1]:99/x?q=1#f",
+    "HTTP://Host.Example:80/a", "https://h", "http://h?x", "http://h#f", "ftp://x", "d.example",
+    "http://", "http:///x", "http://h:/p", "http://h.com/a%20b", "http://h:99999",
+    "http://h:abc", "http://h:-1", "http://[::1]"])
+def test_the_client_splits_a_url_as_urlsplit_does(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from pushsite.httplite import split_url
+
+    def port(parts: Any) -> int | str | None:
+        try:
+            return cast(int | None, parts.port)
+        except ValueError:
+            return "refused"
+
+    theirs, ours = urlsplit(url), split_url(url)
+    assert (ours.scheme, ours.netloc, ours.path, ours.hostname, port(ours)) == \
+        (theirs.scheme, theirs.netloc, theirs.path, theirs.hostname or "", port(theirs))
+
+
+@given(st.text(), st.sampled_from(["", "/:@-._~!$&'()*+,;="]))
+def test_the_client_quotes_as_urllib_does(text: str, safe: str) -> None:
+    from urllib.parse import quote as theirs
+
+    from pushsite.httplite import _PATH_SAFE, _UNRESERVED, quote
+
+    with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: both refuse it
+        expected = theirs(text, safe=safe)
+        assert quote(text, _PATH_SAFE if safe else _UNRESERVED) == expected
 
 
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:

@@ -28,7 +28,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from urllib.parse import urlsplit
 
 from pushsite import __version__, errors, names
 from pushsite.deploy.filelist import Listing, frame_header, hash_pending, scan_folder
@@ -41,6 +40,7 @@ from pushsite.errors import (
     NotAuthorized,
     PushsiteError,
 )
+from pushsite.httplite import split_url
 from pushsite.words import plural
 
 TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
@@ -434,7 +434,7 @@ def report_data(deployment: dict[str, Any], control: str) -> dict[str, Any]:
 def api_base(server: str) -> str:
     """The API root for a --server value (`https://deploy.example.com` -> `.../api`)."""
     url = server.strip().rstrip("/")
-    parts = urlsplit(url)
+    parts = split_url(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"invalid --server {server!r}: give the server's URL, e.g. "
                           "https://deploy.example.com or http://127.0.0.1:8000")

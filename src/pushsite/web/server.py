@@ -59,7 +59,9 @@ def _run(config: Config, *, host: str, port: int, workers: int, debug: bool,
     if workers == 1:
         import uvicorn
 
-        uvicorn.run(build_app(config, debug=debug), host=host, port=port, log_level="warning",
+        app = build_app(config, debug=debug)
+        _freeze_heap()
+        uvicorn.run(app, host=host, port=port, log_level="warning",
                     access_log=False, timeout_graceful_shutdown=3, http=_HTTP,
                     **_uvicorn_options(certificate))
         return
@@ -72,6 +74,18 @@ def _run(config: Config, *, host: str, port: int, workers: int, debug: bool,
 
     serve_processes(host, port, workers, functools.partial(_serve_uvicorn, tls=tls),
                     forward_hangup=tls is not None)
+
+
+def _freeze_heap() -> None:
+    """Move what the start built (modules, the app, the service: ~80,000 objects) out of
+    the collector's reach: a 1,000-file upload builds some 10,000 containers, and the
+    collections they set off walked those objects too. Over 20 one-file redeploys of the
+    bench's medium site (gc.callbacks timing each collection): 101 ms collecting, 60 of it
+    in one full collection, against 36 ms with this."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _serve_uvicorn(sock: socket.socket, tls: tuple[str, str] | None = None) -> None:

@@ -110,7 +110,8 @@ def test_a_plain_json_deploy_runs_without_the_cli_first_as_a_bundle_then_increme
     assert "receiving an upload of 31 paths" in _accept_line(api, data["id"])
     # nor typing, socket's or signal's enums, OpenSSL for one small changed file, threads
     assert {"click", "httpx", "rich", "dataclasses", "encodings.idna", "sqlite3", "typing",
-            "socket", "signal", "hashlib", "_hashlib", "urllib.parse", "ipaddress"} & \
+            "socket", "signal", "hashlib", "_hashlib", "urllib.parse", "ipaddress", "re",
+            "enum", "json"} & \
         _imported(again.stderr) == set()
     assert remote.get("lean.localhost", "/").text == "<h1>two</h1>"
     assert remote.get("lean.localhost", "/assets/7.txt").content == \

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _socket
 import io
-import json
 import os
 import select
 import time
@@ -46,7 +45,9 @@ class Answer:
         return 200 <= self.status_code < 300
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        from pushsite import jsonlite
+
+        return jsonlite.loads(self.content)
 
 
 class Connection:

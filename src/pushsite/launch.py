@@ -162,6 +162,6 @@ def run(plain: PlainDeploy) -> NoReturn:
 
 
 def _json(data: Any) -> str:
-    import json
+    from pushsite import jsonlite
 
-    return json.dumps(data)
+    return jsonlite.dumps(data)

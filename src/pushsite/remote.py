@@ -488,9 +488,9 @@ class _Remote:
         so it fits one segment of a loopback relay that holds a second for an ACK)."""
         body: bytes | Iterable[bytes] | None = content
         if json is not None:
-            import json as json_module
+            from pushsite import jsonlite
 
-            body = json_module.dumps(json).encode()
+            body = jsonlite.dumps(json).encode()
             headers = {**(headers or {}), "Content-Type": "application/json"}
             if gzip:
                 import zlib
@@ -537,10 +537,10 @@ class _Remote:
                                   "runs there")
 
     def _checked(self, path: str, status: int, content: bytes) -> tuple[int, dict[str, Any]]:
-        import json
+        from pushsite import jsonlite
 
         try:
-            data = json.loads(content)
+            data = jsonlite.loads(content)
         except ValueError:
             data = None
         if not isinstance(data, dict):

@@ -18,9 +18,10 @@ clients at once each leave what they saw; every row stands alone, so either is t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
+
+from pushsite import jsonlite
 
 TYPE_CHECKING = False  # typing is not imported at run time (the client's start, launch.py)
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class HashCache:
         self._taken = time.time()
         with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
             with open(self._path, "rb") as handle:
-                doc = json.loads(handle.read())
+                doc = jsonlite.loads(handle.read())
             if doc.get("folder") == self._folder and isinstance(doc.get("files"), dict):
                 self._known = doc["files"]
 
@@ -88,8 +89,8 @@ class HashCache:
             part = f"{self._path}.{os.getpid()}.{id(self):x}.part"
             try:
                 with open(part, "w") as handle:
-                    json.dump({"folder": self._folder, "files": self._kept}, handle,
-                              separators=(",", ":"))
+                    handle.write(jsonlite.dumps({"folder": self._folder, "files": self._kept},
+                                                separators=(",", ":")))
                 os.replace(part, self._path)
             finally:
                 with contextlib.suppress(OSError):

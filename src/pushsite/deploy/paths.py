@@ -8,14 +8,20 @@ can never point outside the bundle, on any operating system.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from pushsite.errors import BundleRejected
 
 # C0 controls, DEL and C1 controls: never part of a file name someone means to publish.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_DRIVE = re.compile(r"^[A-Za-z]:")
+# (No regex: `re`, with enum, is ~4 ms of CPU at each start of the deploy client, which
+# lists folders with these rules and otherwise never imports it.)
+_CONTROL = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+_ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _is_drive(text: str) -> bool:
+    """Whether the text starts with a Windows drive (`C:`)."""
+    return text[1:2] == ":" and text[0] in _ASCII_LETTERS
 _WELL_KNOWN = ".well-known"
 
 
@@ -40,11 +46,11 @@ def _decode(name: bytes | str) -> str:
 
 def _check(text: str) -> None:
     """Raise BundleRejected if the text may never appear in a member or link path."""
-    bad = _CONTROL.search(text)
-    if bad:
+    if not _CONTROL.isdisjoint(text):
+        bad = next(char for char in text if char in _CONTROL)
         raise BundleRejected(
             f"the bundle holds a path with a control character ({text[:200]!r}, "
-            f"character {ord(bad.group()):#04x}); rename the file and push again"
+            f"character {ord(bad):#04x}); rename the file and push again"
         )
     if "\\" in text:
         raise BundleRejected(
@@ -75,7 +81,7 @@ def normalise_member_path(name: bytes | str) -> str:
             f"the bundle holds an absolute path ({text[:200]!r}); "
             "make the archive with relative paths (git archive does)"
         )
-    if _DRIVE.match(text):
+    if _is_drive(text):
         raise BundleRejected(f"the bundle holds a Windows drive path ({text[:200]!r})")
     parts = [p for p in text.split("/") if p and p != "."]
     if ".." in parts:
@@ -117,7 +123,7 @@ def symlink_target(link_path: str, target: bytes | str) -> str | None:
         _check(text)
     except BundleRejected:
         return None
-    if not text or text.startswith("/") or _DRIVE.match(text):
+    if not text or text.startswith("/") or _is_drive(text):
         return None
     parts = link_path.split("/")[:-1]
     for part in text.split("/"):
@@ -131,7 +137,7 @@ def symlink_target(link_path: str, target: bytes | str) -> str | None:
             parts.append(part)
     resolved = "/".join(parts)
     # `x/l -> ../C:/f` spells a drive path no member can have: outside, like an absolute one
-    return resolved if parts and not _DRIVE.match(resolved) else None
+    return resolved if parts and not _is_drive(resolved) else None
 
 
 def is_published(path: str) -> bool:

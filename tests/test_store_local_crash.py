@@ -1,10 +1,10 @@
 """A writer SIGKILLed between its appends and their commit (LocalStore._write holds its data
 file locked across batches and commits their rows at the group sync): while it lives another
 actor sees none of those rows and its compaction leaves the held file alone; after the kill
-the next actor reads every committed blob byte-exact (and a large object, whose row commits
-as soon as it is durable in place), writes the lost ones again into a file of its own, and its
-compaction reclaims the dead tail without losing a committed byte. A real
-child process, a real SIGKILL at a point read off the disk (the data file's size), no sleeps
+the next actor reads every committed blob byte-exact (and a large object, whose row the
+adopting thread commits as soon as it is durable in place), writes the lost ones again into a
+file of its own, and its compaction reclaims the dead tail without losing a committed byte. A
+real child process, a real SIGKILL at a point read off the disk (the data file's size), no sleeps
 that must be long enough."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from support.disk import incompressible_blobs
 _SIZE = 250_000
 _COMMITTED = 8  # 2,000,000 bytes: under one batch, written by the flush
 _TAIL = -(-local._BATCH_BYTES // _SIZE)  # the last put fills a batch: appended, not committed
-_BIG = 3 * local.PACK_LIMIT // 2  # a large object: renamed into large/ at once
+_BIG = 3 * local.PACK_LIMIT // 2  # a large object: a file under large/
 
 # the child: commits a batch and a large object, says so, then stores another large object
-# (committed at once) and appends a full batch whose rows wait for a sync that never comes,
-# and waits to be killed
+# (its row committed by the store's adopting thread, no flush) and appends a full batch whose
+# rows wait for a sync that never comes, and waits to be killed
 _CHILD = """
 import sys
 from pathlib import Path
@@ -89,6 +89,8 @@ def test_a_writer_killed_between_append_and_commit_loses_nothing_committed(
         # the large object put before them, and its compaction (a deletion that leaves the
         # file under half used) skips the file
         other = LocalStore(root)
+        # the large object's row commits once the child's adopting thread made it durable
+        _wait_until(lambda: other is not None and late_key in other.has([late_key]), child)
         assert other.has([*tail, late_key]) == {late_key}
         assert other.get(late_key) == late_big[late_key]
         doomed = list(committed)[:2]

@@ -11,12 +11,13 @@ import io
 import os
 import random
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pushsite.errors import DiskFull
+from pushsite.errors import BackendUnavailable, DiskFull
 from pushsite.stores import local
 from pushsite.stores.local import LocalStore
 from support.disk import fill, incompressible_blobs
@@ -123,12 +124,13 @@ def _large_rows(root: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT key FROM large")}
 
 
-def test_a_large_file_is_synced_before_its_rename_and_its_row_commits_at_once(
+def test_a_large_file_is_synced_before_its_rename_and_its_row_commits_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An object over PACK_LIMIT is fdatasync-ed under its temporary name on the thread
-    that wrote it, renamed into large/, its folder fsync-ed, and only then its `large` row
-    commits, before the call returns: another actor sees it at once (a deploy killed after
-    it reuses it), and no row ever names a file a power cut could leave empty or missing."""
+    """An object over PACK_LIMIT is fdatasync-ed under its temporary name, renamed into
+    large/, its folder fsync-ed, and only then its `large` row commits, by the time a flush
+    returns (a manifest's before the call returns): another actor sees it then (a deploy
+    killed after it reuses it), and no row ever names a file a power cut could leave empty
+    or missing."""
     root = tmp_path / "store"
     # (call, path synced, whether that path existed, `large` rows committed at the sync)
     events: list[tuple[str, str, set[str]]] = []
@@ -167,6 +169,8 @@ def test_a_large_file_is_synced_before_its_rename_and_its_row_commits_at_once(
         ]:
             events.clear()
             call()
+            assert store.has([key]) == {key} and store.get(key) == data  # this process
+            store.flush()  # a deploy's drain, before its manifest
             target = str(store._large_path(key))
             (data_sync,) = [e for e in events if e[0] == "fdatasync"]
             assert data_sync[1].startswith(f"{root / 'tmp'}/")  # before the rename
@@ -174,7 +178,7 @@ def test_a_large_file_is_synced_before_its_rename_and_its_row_commits_at_once(
             folder = [e for e in events if e[1] == str(Path(target).parent)]
             assert folder and all(key not in rows for _, _, rows in folder)
             assert events.index(data_sync) < events.index(folder[0])
-            assert key in _large_rows(root)  # committed before the call returned
+            assert key in _large_rows(root)  # committed before the flush returned
             assert other.has([key]) == {key}
             assert other.get(key) == data and other.size(key) == len(data)
         events.clear()
@@ -207,10 +211,12 @@ def test_the_folders_above_a_large_file_are_synced_once_each(
         data = random.Random("f").randbytes(local.PACK_LIMIT + 1)
         first, second = "blobs/ab/" + "a" * 64, "blobs/ab/" + "b" * 64
         store.put(first, data)
+        store.flush()  # the adopting thread's syncs done
         assert synced == [str(root / "large/blobs/ab"), str(root / "large/blobs"),
                           str(root / "large")]
         synced.clear()
         store.put(second, data)
+        store.flush()
         assert synced == [str(root / "large/blobs/ab")]
     finally:
         store.close()
@@ -234,3 +240,91 @@ def test_a_deleted_large_file_stays_deleted_for_the_next_actor(tmp_path: Path) -
         assert again.get(kept) == large[kept]
     finally:
         again.close()
+
+
+def test_a_large_blob_is_adopted_off_the_calling_thread_and_read_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy's pool thread hands a large blob over: adopt_file returns before the blob's
+    syncs, which the store's adopting thread does (on large the pool spent ~0.9 s in them).
+    While that thread is held in its fdatasync this process reads the blob whole, the caller
+    may remove the name it gave (as the builder does), and another actor does not see it;
+    a flush waits for its row, after which the other actor reads it."""
+    root = tmp_path / "store"
+    caller = threading.current_thread()
+    synced_on: list[threading.Thread] = []
+    gate = threading.Event()
+    real = os.fdatasync
+
+    def held(fd: int) -> None:
+        synced_on.append(threading.current_thread())
+        if threading.current_thread() is not caller:
+            gate.wait()
+        real(fd)
+
+    store = LocalStore(root)
+    other = LocalStore(root)
+    monkeypatch.setattr(os, "fdatasync", held)
+    try:
+        ((key, data),) = incompressible_blobs("held", 1, local.PACK_LIMIT + 1000).items()
+        handle, tmp = store.temp_file()
+        with handle:
+            handle.write(data)
+        store.adopt_file(key, tmp)
+        tmp.unlink(missing_ok=True)  # the builder's _drop_stream
+        assert other.has([key]) == set()
+        assert key not in _large_rows(root)
+        assert store.has([key]) == {key}
+        assert store.get(key) == data and store.get(key, 5, 10) == data[5:10]
+        assert store.size(key) == len(data)
+        with store.open(key) as opened:
+            assert opened.read() == data
+        assert store.get_many([key]) == {key: data}
+        gate.set()
+        store.flush()
+        assert synced_on and caller not in synced_on
+        assert key in _large_rows(root)
+        assert other.has([key]) == {key} and other.get(key) == data
+        assert list((root / "tmp").iterdir()) == []
+    finally:
+        gate.set()
+        other.close()
+        store.close()
+
+
+def test_a_failed_adoption_is_raised_by_the_next_flush_and_tried_again_by_the_one_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adopting thread's error reaches the deploy at its drain (the flush before its
+    manifest), so no manifest names a blob not durable; the blob is kept (read here, seen by
+    no other actor) and the next flush hands it over again, as a failed batch's blobs go
+    back to pending."""
+    root = tmp_path / "store"
+    caller = threading.current_thread()
+    real = os.fdatasync
+    failing = True
+
+    def sync(fd: int) -> None:
+        if failing and threading.current_thread() is not caller:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    store = LocalStore(root)
+    other = LocalStore(root)
+    monkeypatch.setattr(os, "fdatasync", sync)
+    try:
+        ((key, data),) = incompressible_blobs("eio", 1, local.PACK_LIMIT + 1).items()
+        store.put(key, data)
+        with pytest.raises(BackendUnavailable, match="Input/output error"):
+            store.flush()
+        assert key not in _large_rows(root) and other.has([key]) == set()
+        assert store.has([key]) == {key} and store.get(key) == data
+        with pytest.raises(BackendUnavailable, match="Input/output error"):
+            store.put("sites/s/manifest.json", b"{}")  # it would name the blob
+        failing = False
+        store.flush()
+        assert key in _large_rows(root)
+        assert other.has([key]) == {key} and other.get(key) == data
+        assert list((root / "tmp").iterdir()) == []
+    finally:
+        monkeypatch.setattr(os, "fdatasync", real)
+        other.close()
+        store.close()

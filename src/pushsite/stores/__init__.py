@@ -108,7 +108,8 @@ class SpoolingStore(Protocol):
         """An open temporary file on the store's file system, and its path."""
 
     def adopt_file(self, key: str, path: Path) -> None:
-        """Move a finished temporary file (from temp_file) into place under `key`."""
+        """Move a finished temporary file (from temp_file) into place under `key`: durable
+        and seen by other actors by the time the next flush returns, as a put."""
 
 
 _BACKENDS = {

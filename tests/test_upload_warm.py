@@ -1,0 +1,49 @@
+"""`uploads/basis` parses the manifests the upload's `start` will read, on a thread, while
+the client walks its folder (service/uploads.py `_warm`): `start` then finds them parsed."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pytest
+
+from pushsite.model import PRODUCTION, manifest_key
+from pushsite.service import uploads
+from support.uploads import blob_frames, file_row, service_in
+
+FILES = {"index.html": b"<p>home</p>", "about.html": b"<p>about</p>", "a.css": b"p{}"}
+
+
+def _parsed(deployment_id: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with uploads._PARSED_LOCK:
+            if deployment_id in uploads._PARSED:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+def test_basis_parses_the_live_manifest_before_the_list_comes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with service_in(monkeypatch, tmp_path) as service:
+        rows = [file_row(p, d) for p, d in FILES.items()]
+        upload, missing = service.start_upload("warm", rows, create=True)
+        service.receive_blobs("warm", upload, io.BytesIO(blob_frames(FILES, missing)))
+        service.finish_upload("warm", upload)
+        service.run(upload)
+        live = service.state.get_alias("warm", PRODUCTION)
+        assert live is not None and live.deployment_id == upload
+        with uploads._PARSED_LOCK:
+            uploads._PARSED.clear()
+
+        assert service.upload_basis("warm") == {"exists": True, "held": True}
+        assert _parsed(upload)
+        raw = service.store.get(manifest_key(upload))
+        assert uploads._PARSED[upload][0] == raw  # what `start` compares before it reuses
+
+        # a site with nothing live warms nothing, and answers as before
+        assert service.upload_basis("empty", create=True) == {"exists": False,
+                                                              "held": False}

@@ -300,6 +300,22 @@ def test_the_client_quotes_as_urllib_does(text: str, safe: str) -> None:
         assert quote(text, _PATH_SAFE if safe else _UNRESERVED) == expected
 
 
+@pytest.mark.parametrize("branch", [None, "feature/ü"])
+def test_a_start_s_body_is_the_json_of_its_rows_dicts(branch: str | None) -> None:
+    from pushsite.deploy.filelist import DIR, EXECUTABLE, LINK, Listing, Row
+    from pushsite.remote import start_body
+
+    rows = [Row("a \"quoted\" é/\u2603.html", "ab" * 32, 12), Row("bin/run", "cd" * 32, 0,
+                                                                      EXECUTABLE),
+            Row("docs", mode=DIR), Row("latest", mode=LINK, target="docs/ü \\x")]
+    for strip_top, create in ((False, False), (True, True)):
+        listing = Listing(rows, strip_top)
+        expected = {"files": [r.to_json() for r in rows], "branch": branch,
+                    "message": "m \"1\"\n", "strip_top": strip_top, "create": create}
+        body = start_body(listing, branch, "m \"1\"\n", create)
+        assert body == json.dumps(expected, separators=(",", ":"))
+
+
 def test_the_batches_are_planned_from_the_sizes_so_the_last_is_known() -> None:
     from pushsite import remote as lean
 

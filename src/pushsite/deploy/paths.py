@@ -71,7 +71,8 @@ def normalise_member_path(name: bytes | str) -> str:
     Rejected: invalid UTF-8, control characters (NUL included), backslashes, absolute paths,
     Windows drive paths and any `..` component (even one that would stay inside the bundle).
     """
-    text = _decode(name)
+    # an ASCII str is valid UTF-8 as it is: no encoding to try (a list's 1,000 rows, each)
+    text = name if isinstance(name, str) and name.isascii() else _decode(name)
     plain = _plain_spelling(text)
     if plain is not None:
         return plain

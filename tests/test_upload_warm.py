@@ -47,3 +47,31 @@ def test_basis_parses_the_live_manifest_before_the_list_comes(
         # a site with nothing live warms nothing, and answers as before
         assert service.upload_basis("empty", create=True) == {"exists": False,
                                                               "held": False}
+
+
+def test_a_run_elsewhere_reads_the_kept_list_or_an_older_version_s_list_json(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`start` keeps its list in LISTED (marshal) for a runner in another process; an upload
+    an older version started has list.json instead, and runs the same."""
+    import json
+
+    from pushsite.model import Status
+
+    with service_in(monkeypatch, tmp_path) as service:
+        for round_, older in enumerate((False, True)):
+            files = {**FILES, "index.html": f"<p>round {round_}</p>".encode()}
+            upload, missing = service.start_upload("elsewhere", [file_row(p, d) for p, d in
+                                                                 files.items()], create=True)
+            assert uploads._Lists.take(upload) is not None  # as another process finds it
+            folder = service.config.staging / (upload + uploads.UPLOADING)
+            if older:
+                rows, held = uploads._read_list(folder)
+                (folder / uploads.LISTED).unlink()
+                (folder / uploads.LISTED_JSON).write_text(json.dumps({"rows": rows,
+                                                                      "held": held}))
+            service.receive_blobs("elsewhere", upload, io.BytesIO(blob_frames(files,
+                                                                              missing)))
+            service.finish_upload("elsewhere", upload)
+            assert service.run(upload).status == Status.LIVE
+            manifest = service.manifest(upload).files
+            assert sorted(manifest) == sorted(files)

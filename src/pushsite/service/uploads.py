@@ -7,7 +7,7 @@ bytes (service/receiving.py), and `finish` makes it `queued`. A client that dies
 batches stops renewing the lease, and recovery fails the deployment (receiving.expire);
 cancelling it, or any lie, fails it at once. Either way its folder goes with it.
 
-An upload waits in staging as `<id>.upload/` (its list in `list.json`, what the batches and
+An upload waits in staging as `<id>.upload/` (its list in `list.marshal`, what the batches and
 `finish` check in `upload.json`, blobs in `blobs/`) and becomes `<id>.files/`, the
 deployment's staged bundle, only when `finish` finds every asked-for blob there. A client
 that lies (a blob it was not asked for, a size or a content that does not match its list)
@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import marshal
 import shutil
 import threading
 import time
@@ -67,8 +68,11 @@ _logger = logging.getLogger("pushsite.uploads")
 UPLOADING, STAGED = ".upload", ".files"
 # an upload's folder: what receiving and finishing read (small: the asked-for blobs), and
 # the list with the held blobs' records, read once by the run (a 1,000-file list was parsed
-# by every batch and by finish too)
-RECORD, LISTED = "upload.json", "list.json"
+# by every batch and by finish too). The list is marshal's, of plain tuples, dicts and
+# strings this server wrote into its own staging: 1.1 ms to write for medium's 1,062 rows
+# where JSON took 2.9, the largest part of a start; a folder an older version started has
+# list.json (_read_list reads either)
+RECORD, LISTED, LISTED_JSON = "upload.json", "list.marshal", "list.json"
 STALE_SECONDS = 86_400.0
 _HEADER_MAX = 100  # "<64 hex> <size>\n"
 _CHUNK = 1 << 20
@@ -152,7 +156,7 @@ def start(service: Service, site_name: str, files: Any, *, branch: str | None = 
             record["splice"] = splice
         else:
             record["normal"] = splice  # why not: kept for whoever reads the folder
-        (folder / LISTED).write_text(json.dumps({"rows": rows, "held": used}))
+        (folder / LISTED).write_bytes(marshal.dumps(([tuple(r) for r in rows], used)))
         (folder / RECORD).write_text(json.dumps(record))  # last: an upload has both
         _Lists.keep(upload_id, rows, used)
     except BaseException as exc:
@@ -243,7 +247,7 @@ def finish(service: Service, site_name: str, upload_id: str, *,
     received = deployment.bytes_in
     if not isinstance(prepared, str):
         deployment.bundle_key = staged.name  # what a recovery runs again, the normal way
-        _Lists.take(upload_id)  # no run here needs it; one elsewhere reads list.json
+        _Lists.take(upload_id)  # no run here needs it; one elsewhere reads LISTED
         try:
             return splicing.run(service, deployment, prepared, record, received)
         except NotFound:
@@ -291,7 +295,7 @@ def deploy_uploaded(service: Running, deployment: Deployment,
     folder = service.config.staging / deployment.bundle_key
     try:
         record = json.loads((folder / RECORD).read_text())
-        rows, held = _Lists.take(deployment.id) or _read_list(folder / LISTED)
+        rows, held = _Lists.take(deployment.id) or _read_list(folder)
     except FileNotFoundError:
         raise DeploymentNotFound(f"the upload of deployment {deployment.id} is no longer in "
                                  "staging; deploy again") from None
@@ -311,9 +315,16 @@ def deploy_uploaded(service: Running, deployment: Deployment,
                          deployment.site, deployment.created, record["strip_top"])
 
 
-def _read_list(path: Path) -> tuple[list[Row], dict[str, Held]]:
-    """The list `start` kept: rows as arrays (a list written before them had objects)."""
-    listed = json.loads(path.read_text())
+def _read_list(folder: Path) -> tuple[list[Row], dict[str, Held]]:
+    """The list `start` kept (LISTED), or an older version's list.json: rows as arrays (a
+    list written before them had objects)."""
+    try:
+        rows, held = marshal.loads((folder / LISTED).read_bytes())
+        return [Row(*f) for f in rows], held
+    except FileNotFoundError:
+        if not (folder / LISTED_JSON).exists():
+            raise
+    listed = json.loads((folder / LISTED_JSON).read_text())
     if "rows" in listed:
         rows = [Row(*f) for f in listed["rows"]]
     else:
@@ -324,7 +335,7 @@ def _read_list(path: Path) -> tuple[list[Row], dict[str, Held]]:
 
 class _Lists:
     """The lists `start` checked and kept, for a run in this process (its finish most
-    often starts it here): the run takes its own, and reads list.json only when another
+    often starts it here): the run takes its own, and reads LISTED only when another
     process started the upload, or this one restarted. Writing the file stays: any runner
     may take the deployment. Bounded: a list whose upload is never finished is dropped."""
 

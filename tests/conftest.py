@@ -16,6 +16,14 @@ from support.aws_servers import dummy_credentials, reset_moto, run_moto, run_sea
 from support.disk import tmpfs
 from support.servers import Server, serving
 from support.sites import GIT_ENV, git, write_files
+from support.sslcontext import shared_default_context
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_ssl_context() -> Iterator[None]:
+    """httpx.get and its kind load no CA bundle per call (support/sslcontext.py)."""
+    with shared_default_context():
+        yield
 
 
 @pytest.fixture(autouse=True)

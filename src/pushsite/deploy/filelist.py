@@ -105,6 +105,7 @@ def frame_header(sha256: str, size: int) -> bytes:
 
 
 # the client: listing a folder or a tar.gz --------------------------------------------------
+_tuple = tuple.__new__  # a Row from its five fields, without namedtuple's __new__
 class Scan:
     """A folder walked: the rows known without reading (links, files the cache knows), and
     the files still to hash as (path, full path). One lstat per entry, no read."""
@@ -137,24 +138,30 @@ def scan_folder(folder: Path | str, cache: HashCache | None = None) -> Scan:
 def _walk(scan: Scan, current: str, prefix: str, cache: HashCache | None) -> None:
     with os.scandir(current) as listing:
         entries = sorted(listing, key=lambda e: e.name)
+    # per entry, a few look-ups (a redeploy's whole walk of 1,000 files is ~7 ms of CPU)
+    rows, pending = scan.rows, scan.pending
+    lookup = cache.lookup if cache is not None else None
     for entry in entries:
-        path = prefix + entry.name
+        name = entry.name
+        path = prefix + name
         info = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
-            if (prefix or entry.name != ".git") and _published_early(path + "/x"):
+            if (prefix or name != ".git") and _published_early(path + "/x"):
                 _walk(scan, entry.path, path + "/", cache)
-        elif not _published_early(path):
+        # in a folder walked, only a dot name can be a path left out (_published_early
+        # passed its folders)
+        elif name.startswith(".") and not _published_early(path):
             continue
         elif stat.S_ISLNK(info.st_mode):
             target = symlink_target(path, os.readlink(entry.path))
             if target:  # a link out of the site is skipped, as a local deploy does
-                scan.rows.append(Row(path, mode=LINK, target=target))
+                rows.append(Row(path, mode=LINK, target=target))
         elif stat.S_ISREG(info.st_mode):
-            known = cache.lookup(entry.path, info) if cache is not None else None
+            known = lookup(entry.path, info) if lookup is not None else None
             if known is None:
-                scan.pending.append((path, entry.path))
+                pending.append((path, entry.path))
             else:
-                scan.rows.append(Row(path, known[0], info.st_size, known[1]))
+                rows.append(_tuple(Row, (path, known[0], info.st_size, known[1], "")))
 
 
 def hash_pending(scan: Scan, workers: int | None = None,
@@ -245,7 +252,6 @@ def tarball_files(stream: BinaryIO) -> Iterator[tuple[str, int, BundleReader]]:
 
 
 # the server: checking a list it was sent ---------------------------------------------------
-_tuple = tuple.__new__  # a Row from its five fields, without namedtuple's __new__
 
 
 def check_rows(raw: list[Any], limits: Limits) -> list[Row]:

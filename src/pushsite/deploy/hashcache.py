@@ -58,8 +58,12 @@ class HashCache:
     def lookup(self, full: str, info: os.stat_result) -> Known | None:
         """The file's (sha256, mode) if it has not changed since it was hashed."""
         row = self._known.get(full)
-        if not isinstance(row, list) or len(row) != 7 or tuple(row[:5]) != stamp(info) \
-                or not isinstance(row[5], str) or not isinstance(row[6], str):
+        # stamp(info) compared field by field, the likeliest to differ first (no tuples made:
+        # asked for every file of every redeploy)
+        if (not isinstance(row, list) or len(row) != 7 or row[3] != info.st_mtime_ns
+                or row[4] != info.st_ctime_ns or row[2] != info.st_size
+                or row[1] != info.st_ino or row[0] != info.st_dev
+                or not isinstance(row[5], str) or not isinstance(row[6], str)):
             return None
         self.hits += 1
         self._kept[full] = row

@@ -93,8 +93,8 @@ class _EveryOther(EarlyBrotli):
         super().__init__(*args, **kwargs)
         self._offers = itertools.count()
 
-    def offer(self, sha: str, data: bytes, content_type: str) -> bool:
-        return next(self._offers) % 2 == 0 and super().offer(sha, data, content_type)
+    def offer(self, sha: str, data: bytes, content_type: str, fresh: bool = False) -> bool:
+        return next(self._offers) % 2 == 0 and super().offer(sha, data, content_type, fresh)
 
 
 def test_what_the_deploy_made_early_is_listed_by_the_after_pass_with_the_rest(
@@ -109,6 +109,7 @@ def test_what_the_deploy_made_early_is_listed_by_the_after_pass_with_the_rest(
     `nice -n 19` it once outranked it); how many of those it makes is the machine's
     business."""
     monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # nothing made at the end
+    monkeypatch.setattr(builder_module, "GZIP_NOW_BYTES", 1 << 30)  # every gzip before live
     monkeypatch.setattr(early, "EarlyBrotli", _EveryOther)
     monkeypatch.setattr(entries, "SPILL_FILES", 500)
     monkeypatch.setattr(respond_module, "PENDING_RECHECK", 0.0)
@@ -121,7 +122,7 @@ def test_what_the_deploy_made_early_is_listed_by_the_after_pass_with_the_rest(
     left = handover.take(deployment_id)
     assert left is not None and left.early is not None
     handover.leave(deployment_id, left)  # put back for the optimiser
-    assert {sha for sha, _, _ in left} == {_sha(data) for data in files.values()}
+    assert {sha for sha, _, _, _ in left} == {_sha(data) for data in files.values()}
 
     assert service.optimise_now(deployment_id)
     log = log_text(service, deployment_id)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from test_git_push import push, remote, token  # noqa: F401 - token is a fixture
 
+from pushsite.deploy import builder as builder_module
 from pushsite.deploy import early
 from pushsite.deploy.builder import ManifestBuilder, Target
 from pushsite.deploy.early import EarlyBrotli
@@ -86,11 +87,12 @@ def test_a_push_makes_no_brotli_while_reading(
     offered: list[str] = []
 
     class Counting(EarlyBrotli):
-        def offer(self, sha: str, data: bytes, content_type: str) -> bool:
+        def offer(self, sha: str, data: bytes, content_type: str, fresh: bool = False) -> bool:
             offered.append(sha)
-            return super().offer(sha, data, content_type)
+            return super().offer(sha, data, content_type, fresh)
 
     monkeypatch.setattr(early, "EarlyBrotli", Counting)
+    monkeypatch.setattr(builder_module, "GZIP_NOW_BYTES", 1 << 30)  # offered: gzip first
     files = {f"p{i}.html": _text(i, 40_000) for i in range(40)}
     repos = SiteRepos(tmp_path / "repos")
     repos.create("blog")

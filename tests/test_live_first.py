@@ -175,7 +175,8 @@ def test_a_rollback_while_optimising_stops_it_between_batches(service: Service) 
     thread.join(timeout=120)
     assert outcome == [False]
     assert "stopped: it is no longer served" in log_text(service, second)
-    assert service.manifest(second).pending == ["br"]  # the manifest stands as it was
+    # the manifest stands as it was (120 MB of text: gzip past GZIP_NOW_BYTES after too)
+    assert service.manifest(second).pending == ["br", "gzip"]
     assert verify(service) == []
 
 
@@ -209,13 +210,14 @@ def test_a_kill_while_optimising_resumes_from_the_queue(service: Service, tmp_pa
             process.wait()
     assert service.state.get_deployment(deployment_id).status == Status.LIVE
     assert is_pending(service.store, deployment_id)  # killed before the end
-    assert service.manifest(deployment_id).pending == ["br"]
+    # 40 MB of text: past builder.GZIP_NOW_BYTES its gzip is left for after too
+    assert service.manifest(deployment_id).pending == ["br", "gzip"]
     assert verify(service) == []  # what was live stays whole
 
     assert run_worker(service, once=True, wait=0.1) >= 1  # the queued message resumes it
     manifest = service.manifest(deployment_id)
     assert manifest.pending == [] and not service.store.has([pending_key(deployment_id)])
-    assert all("br" in entry.encodings for entry in manifest.files.values())
+    assert all({"gzip", "br"} <= set(entry.encodings) for entry in manifest.files.values())
     assert verify(service) == []
 
 
@@ -234,11 +236,16 @@ def test_a_big_site_is_optimised_through_its_index(service: Service, handed_over
     files = {f"d{i % 9}/p{i}.html": b"<p>" + _words(i, 700 + i % 300) for i in range(2100)}
     files["same.html"] = files["d0/p0.html"]  # a duplicate shares its first copy's variants
     deployment_id = _run(service, files, optimise=False)
-    assert service.manifest(deployment_id).pending == ["br"]
+    live = service.manifest(deployment_id)
+    # 2 MB of text: past builder.GZIP_NOW_BYTES the rest went live identity only
+    assert live.pending == ["br", "gzip"]
+    assert {"gzip"} in [set(e.encodings) for e in live.files.values()]
+    assert {} in [e.encodings for e in live.files.values()]
     if not handed_over:
         assert handover.take(deployment_id) is not None  # as if another process resumed it
     edge = Edge(service.state, service.store)
-    assert _get(edge, "/d5/p5.html")[1]["content-encoding"] == "gzip"
+    coding = _get(edge, "/d5/p5.html")[1].get("content-encoding")
+    assert coding == ("gzip" if live.files["d5/p5.html"].encodings else None)
 
     assert service.optimise_now(deployment_id)
     assert "0 already stored" in log_text(service, deployment_id)
@@ -280,8 +287,8 @@ def test_a_one_file_change_to_a_big_site_goes_live_with_its_brotli(service: Serv
 def test_files_above_the_stream_limit_get_their_brotli_beside_the_small_ones(
         service: Service) -> None:
     """Blobs above optimise.LARGE are streamed through brotli, one at a time, while the
-    small ones go on in the other workers: every one ends up whole. (Their gzip was made by
-    the deploy's pool from the spooled file while the reader went on.)"""
+    small ones go on in the other workers: every one ends up whole. (Past
+    builder.GZIP_NOW_BYTES their gzip is made after live too, in the same stream.)"""
     from pushsite.deploy import optimise as optimise_module
 
     big = optimise_module.LARGE + 300_000
@@ -289,7 +296,9 @@ def test_files_above_the_stream_limit_get_their_brotli_beside_the_small_ones(
     files.update({f"p{i}.html": b"<p>" + _words(i, 5000) for i in range(20)})
     files["big-copy.html"] = files["big1.html"]  # waits for its first copy, in the pool
     deployment_id = _run(service, files, optimise=False)
-    assert service.manifest(deployment_id).pending == ["br"]
+    live = service.manifest(deployment_id)
+    assert live.pending == ["br", "gzip"]
+    assert all(live.files[f"big{i}.html"].encodings == {} for i in range(3))
     assert service.optimise_now(deployment_id)
     manifest = service.manifest(deployment_id)
     assert manifest.pending == [] and "23 brotli variants made" in log_text(service,

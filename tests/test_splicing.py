@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pushsite.deploy import builder as builder_module
 from pushsite.deploy.filelist import frame_header
 from pushsite.model import Status, manifest_key
 from pushsite.service.verbs import Service
@@ -131,6 +132,7 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
     from pushsite.model import pending_key
 
     big = {**BASE, "big.html": _page("big") * 600}  # past LATER_NOW_BYTES: br after live
+    monkeypatch.setattr(builder_module, "GZIP_NOW_BYTES", 1 << 30)  # its gzip made first
     with service_in(monkeypatch, tmp_path) as service:
         base = _live_base(service, optimise=False, files=big)
         pending = json.loads(service.store.get(manifest_key(base)))["pending"]
@@ -147,6 +149,35 @@ def test_a_base_with_variants_pending_is_spliced_and_its_optimising_queued(
                    if p not in ("index.html", ".buildinfo"))
         assert service.optimise_now(upload)
         assert "pending" not in json.loads(service.store.get(manifest_key(upload)))
+
+
+def test_a_base_whose_gzip_is_left_for_after_is_spliced_with_it_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base that went live with text identity only (past builder.GZIP_NOW_BYTES, its
+    after pass not run) lists "gzip" pending: its rows without one are carried still
+    wanting it (the spliced manifest keeps "gzip" pending and the marker), and the
+    optimiser, reading the manifest (nothing handed over), makes them."""
+    from pushsite.model import pending_key
+
+    later_now = builder_module.LATER_NOW_BYTES
+    monkeypatch.setattr(builder_module, "GZIP_NOW_BYTES", 2000)
+    monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", -1)  # the base: all after
+    with service_in(monkeypatch, tmp_path) as service:
+        base = _live_base(service, optimise=False)
+        rows = json.loads(service.store.get(manifest_key(base)))["files"]
+        assert rows["zz-last.html"][3] == {}  # past the bound, live identity only
+        monkeypatch.setattr(builder_module, "LATER_NOW_BYTES", later_now)
+        upload = _upload(service, "site", {**BASE, "index.html": _page("changed")})
+        assert service.finish_upload("site", upload, run_now=True).status == Status.LIVE
+        spliced = json.loads(service.store.get(manifest_key(upload)))
+        assert spliced["pending"] == ["br", "gzip"] and service.store.has([pending_key(upload)])
+        assert spliced["files"]["zz-last.html"] == rows["zz-last.html"]
+        assert {"optimise": upload} in taken_messages(service)
+        assert service.optimise_now(upload)
+        done = json.loads(service.store.get(manifest_key(upload)))
+        assert "pending" not in done
+        assert set(done["files"]["zz-last.html"][3]) == {"gzip", "br"}
+        assert done["files"]["tiny.txt"][3] == {}  # under MIN_COMPRESS_SIZE: never tried
 
 
 @pytest.mark.parametrize("files", [

@@ -75,6 +75,11 @@ IN_FLIGHT_BYTES = 12 << 20
 FILE_OVERHEAD = 512
 # at most this much text wanting later variants is compressed before live instead (~10 ms)
 LATER_NOW_BYTES = 1 << 20
+# live first, a deploy's new text gets its gzip in the pool while the new compressible bytes
+# so far are at most this (isal: ~3 ms a MiB); past it a blob is stored identity only and its
+# gzip and brotli are made after live (encode.gzip_undecided): medium's 69 MB of text cost
+# ~177 ms of isal before live, and a deploy that big is served identity for a few seconds
+GZIP_NOW_BYTES = 1 << 20
 # what a deploy knows of a stored blob: its variants' sizes, and where they live when packed
 Known = tuple[dict[str, int], dict[str, str] | None]
 CHUNK = 1 << 20
@@ -310,6 +315,8 @@ class ManifestBuilder:
         self._early = (early.EarlyBrotli(lambda: self._open().store, early.CAPACITY)
                        if self.later else None)
         self._early_after: early.EarlyBrotli | None = None  # going on, for the after pass
+        self._text_new = 0  # new compressible bytes met so far (GZIP_NOW_BYTES)
+        self._gzip_left = False  # some blob's gzip is left for the after pass (_later_now)
         self._lock = threading.Lock()
 
     def without_early(self) -> None:
@@ -387,7 +394,10 @@ class ManifestBuilder:
         try:
             deferring = self._deferring(self._open())
             fast = encode.is_fast(content_type, deferring)
-            if total >= encode.MIN_COMPRESS_SIZE and encode.is_compressible(content_type):
+            compress = (total >= encode.MIN_COMPRESS_SIZE
+                        and encode.is_compressible(content_type))
+            later = compress and deferring and not self._gzip_now(total)
+            if compress and not later:
                 outputs["gzip"] = self._temp()  # discarded in _drop_stream
                 if not deferring:
                     outputs["br"] = self._temp()
@@ -403,7 +413,7 @@ class ManifestBuilder:
             if fast and "gzip" in keys:
                 adopted["gzip"] = keys["gzip"]  # the entry names it (a loose store's key)
             self._record(path, self._new_entry(sha, total, content_type, encodings, git, adopted),
-                         True, stored=sum(sizes[e] for e in ("", *encodings)))
+                         True, stored=sum(sizes[e] for e in ("", *encodings)), gzip_later=later)
         finally:
             self._drop_stream(sha, outputs)
 
@@ -437,8 +447,7 @@ class ManifestBuilder:
     def add_existing(self, path: str, entry: FileEntry) -> None:
         """A file whose blob is known to be stored already (an unchanged git blob)."""
         self._open()  # whether the table may spill (a pack's refs are renamed in place)
-        if self.later and encode.wants_later(entry.encodings, entry.refs):
-            self.wanting.add(entry.hash, entry.size, entry.type)
+        self._want(entry, False, False)
         with self._lock:
             self.entries[path] = entry
             self.counters.files += 1
@@ -485,8 +494,11 @@ class ManifestBuilder:
                 continue
             try:
                 deferring = self._deferring(target)
-                variants = {"": item.data, **encode.variants(
-                    item.data, content_type, later=deferring)}
+                size = len(item.data)
+                later = (deferring and size >= encode.MIN_COMPRESS_SIZE
+                         and encode.is_compressible(content_type) and not self._gzip_now(size))
+                variants = {"": item.data, **({} if later else encode.variants(
+                    item.data, content_type, later=deferring))}
                 meta = {"content-type": content_type, "sha256": sha}
                 added: dict[str, str | None] = {}
                 for enc, blob in variants.items():
@@ -501,12 +513,14 @@ class ManifestBuilder:
                 encodings = {enc: len(blob) for enc, blob in variants.items() if enc}
                 entry = self._new_entry(sha, len(item.data), content_type, encodings, item.git,
                                         added)
-                if (self._early is not None and packer is None
-                        and "br" not in encodings and "gzip" in encodings):
-                    self._early.offer(sha, item.data, content_type)
+                if self._early is not None and packer is None:
+                    if later:  # its gzip and brotli, when a core is idle (early.py)
+                        self._early.offer(sha, item.data, content_type, fresh=True)
+                    elif "br" not in encodings and "gzip" in encodings:
+                        self._early.offer(sha, item.data, content_type)
             finally:
                 self._settle_claim(sha, None)  # no-op once _new_entry settled it
-            self._record(item.path, entry, True, sum(map(len, variants.values())))
+            self._record(item.path, entry, True, sum(map(len, variants.values())), later)
 
     def _open(self) -> Target:
         """The target, waiting while it is still opening; raises what opening it raised."""
@@ -515,6 +529,15 @@ class ManifestBuilder:
             opened = self._opened = self.target.get()
             self.entries.spill = opened.packer is None
         return opened
+
+    def _gzip_now(self, size: int) -> bool:
+        """Whether a new compressible blob of `size` bytes gets its gzip in the pool: while
+        the deploy's new compressible bytes, this one's with them, are at most
+        GZIP_NOW_BYTES; else it is stored identity only, its gzip left for after (a small
+        deploy never gets there: its variants are all made before live, as before)."""
+        with self._lock:
+            self._text_new += size
+            return self._text_new <= GZIP_NOW_BYTES
 
     def _deferring(self, target: Target) -> bool:
         """Whether the later variants wait until after the alias moved (see `later`)."""
@@ -602,9 +625,23 @@ class ManifestBuilder:
         if isinstance(claim, _Claim):
             claim.settle(known)
 
-    def _record(self, path: str, entry: FileEntry, new: bool, stored: int) -> None:
-        if self.later and encode.wants_later(entry.encodings, entry.refs):  # (reused: rare)
+    def _want(self, entry: FileEntry, new: bool, gzip_later: bool) -> None:
+        """Put a blob on the list of those wanting a later variant (handover.py) when it
+        does: one whose gzip was left for after (`gzip_later`), one met again without gzip
+        that may never have been tried (encode.gzip_undecided: a base still pending, a
+        deployment rolled back before its after pass), one lacking brotli or served a quick
+        gzip (encode.wants_later)."""
+        if not self.later:
+            return
+        if gzip_later or (not new and encode.gzip_undecided(entry.encodings, entry.size,
+                                                            entry.type)):
+            self.wanting.add(entry.hash, entry.size, entry.type, gzip=True)
+        elif encode.wants_later(entry.encodings, entry.refs):  # (reused: rare)
             self.wanting.add(entry.hash, entry.size, entry.type)
+
+    def _record(self, path: str, entry: FileEntry, new: bool, stored: int,
+                gzip_later: bool = False) -> None:
+        self._want(entry, new, gzip_later)
         with self._lock:
             self.entries[path] = entry
             self.counters.files += 1
@@ -761,7 +798,8 @@ class ManifestBuilder:
         self.entries.close()
         self.settings = settings
         if manifest.pending:  # a JS or CSS file given br before live may still want its gzip
-            done = {sha for sha, _, content_type in self.wanting if sha in made_now
+            done = {sha for sha, _, content_type, fresh in self.wanting
+                    if fresh and not self._gzip_left or sha in made_now
                     and (not encode.is_asset(content_type) or "gzip" in made_now[sha])}
             rest = self.wanting.without(done)
             rest.early = self._early_after
@@ -786,9 +824,10 @@ class ManifestBuilder:
             if thread is not None:
                 thread.stop()
             return {}
-        todo, finals, total = self._later_todo(made_early)
+        todo, finals, fresh, total = self._later_todo(made_early)
         if total > LATER_NOW_BYTES:  # left for after, the thread still going
             self._early_after = thread
+            self._gzip_left = bool(fresh)
             if made_early:
                 self.log.info("optimise", f"{len(made_early)} brotli variants made while "
                               "reading; listed after live with the rest",
@@ -797,13 +836,16 @@ class ManifestBuilder:
         held: dict[str, bytes] = {}
         if thread is not None:  # made here, with the bytes it still holds
             made_early, held = thread.stop()
-            todo, finals, _ = self._later_todo(made_early)
+            todo, finals, fresh, _ = self._later_todo(made_early)
         made = {sha: {"br": size} for sha, size in made_early.items()}
-        for sha, content_type in (todo | finals).items():
+        for sha, content_type in (todo | finals | fresh).items():
             data = held.get(sha)
             if data is None:
                 data = target.store.get(blob_key(sha))
-            variants = encode.later_variants(data) if sha in todo else {}
+            if sha in fresh:  # its final gzip, and brotli when that was worth keeping
+                variants = encode.variants(data, content_type)
+            else:
+                variants = encode.later_variants(data) if sha in todo else {}
             if sha in finals:
                 final = encode.gzip_bytes(data, content_type)
                 if encode.worth_keeping(len(final), len(data)):
@@ -826,20 +868,31 @@ class ManifestBuilder:
                           blobs=len(made), left=left)
         return made
 
-    def _later_todo(self, made: Container[str]) -> tuple[dict[str, str], dict[str, str], int]:
+    def _later_todo(self, made: Container[str]
+                    ) -> tuple[dict[str, str], dict[str, str], dict[str, str], int]:
         """(hash -> media type) of the blobs still wanting brotli (not in `made`), of the
-        JS and CSS files wanting their final gzip, and the bytes of both."""
+        JS and CSS files wanting their final gzip, of those stored identity only (their
+        gzip to try: GZIP_NOW_BYTES, encode.gzip_undecided), and the bytes of all three."""
         todo: dict[str, str] = {}  # wanting brotli
         finals: dict[str, str] = {}  # JS and CSS: wanting their final gzip (encode.is_fast)
+        fresh: dict[str, str] = {}  # wanting gzip, then brotli
         total = 0
-        for sha, size, content_type in self.wanting:
+        for sha, size, content_type, gzip in self.wanting:
+            if gzip or sha in fresh:
+                if sha not in fresh:
+                    fresh[sha] = content_type
+                    total += size
+                continue
             if encode.is_asset(content_type) and sha not in finals:
                 finals[sha] = content_type
                 total += size
             if sha not in made and sha not in todo:
                 todo[sha] = content_type
                 total += size
-        return todo, finals, total
+        for sha in fresh:  # another copy met with a gzip (rare): made whole, as a fresh one
+            todo.pop(sha, None)
+            finals.pop(sha, None)
+        return todo, finals, fresh, total
 
     def _store_manifest(self, target: Target, manifest: Manifest,
                         files: dict[str, FileEntry]) -> None:
@@ -850,7 +903,7 @@ class ManifestBuilder:
         if target.packer is not None:
             _rename_refs(files.values(), target.packer.pending, target.packer.key)
         deployment_id = manifest.deployment_id
-        wanted: set[str] = set()
+        wanted = self._left_fresh()
         if self._deferring(target):
             for entry in files.values():
                 wanted |= encode.wanted_later(entry.encodings, entry.refs)
@@ -872,7 +925,13 @@ class ManifestBuilder:
     def _stream_manifest(self, target: Target, manifest: Manifest,
                          files: Iterator[tuple[str, str]]) -> Manifest:
         """A big site's manifest, streamed (see stream_manifest)."""
-        return stream_manifest(target.store, manifest, files, self._deferring(target))
+        return stream_manifest(target.store, manifest, files, self._deferring(target),
+                               self._left_fresh())
+
+    def _left_fresh(self) -> set[str]:
+        """What a manifest's `pending` lists for the blobs whose gzip is left for after (see
+        encode.gzip_undecided): its rows cannot say it, the list can."""
+        return {"gzip", *encode.LATER} if self._gzip_left else set()
 
     def _fill_late_refs(self) -> None:
         """A duplicate met while its first copy was still going into the pack got no ref:
@@ -929,18 +988,20 @@ _LATER_QUOTED = tuple((enc, f'"{enc}"') for enc in encode.LATER)
 
 
 def stream_manifest(store: ObjectStore, manifest: Manifest,
-                    files: Iterator[tuple[str, str]], deferring: bool) -> Manifest:
+                    files: Iterator[tuple[str, str]], deferring: bool,
+                    pending: Iterable[str] = ()) -> Manifest:
     """Write the manifest and its index by path from sorted rows (path, the entry's row as
     compact JSON: FileEntry.to_json), a row at a time, into
     temporary files streamed to the store; the Manifest returned reads its files from
     that index (pathindex.PathIndex), so memory stays flat in the number of files.
 
     `deferring`: a row wanting a later variant (encode.LATER) sets `pending` and stores the
-    marker; the optimiser passes False when it rewrites the manifest with them."""
+    marker; the optimiser passes False when it rewrites the manifest with them. `pending`:
+    listed whatever the rows (gzip left for after: encode.gzip_undecided)."""
     deployment_id = manifest.deployment_id
     head = pathindex.head_of(manifest)  # pathindex.write writes it after the rows
-    head["pending"] = []
-    wanted: set[str] = set()
+    wanted: set[str] = set(pending)
+    head["pending"] = encode.pending_of(wanted)
     everything = set(encode.PENDING)
     count = 0
     index = tempfile.TemporaryFile()  # noqa: SIM115 - the returned manifest reads it

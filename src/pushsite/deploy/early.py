@@ -23,6 +23,11 @@ builder stops it and makes the rest before live.
 A variant is stored the way the after pass stores it (same key, metadata, and
 worth-keeping rule); whoever stopped the thread flushes the store and only then writes a
 manifest naming it, so nothing is offered before it is whole.
+
+A blob a big deploy stored identity only (`fresh`: past builder.GZIP_NOW_BYTES) gets its
+gzip and brotli here (encode.variants); they are not in `stop()`'s answer, which lists
+brotli beside a gzip already served: the after pass finds them stored, as it finds those
+another deployment made.
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ class EarlyBrotli:
     def __init__(self, store: Callable[[], ObjectStore], capacity: int = CAPACITY) -> None:
         self._store = store  # asked on the thread: the deploy's store, opened by then
         self._capacity = capacity
-        # (size, order, hash, bytes, media type), smallest first: the thread pops the end
-        self._queue: list[tuple[int, int, str, bytes, str]] = []
+        # (size, order, hash, bytes, media type, fresh), smallest first: the thread pops the end
+        self._queue: list[tuple[int, int, str, bytes, str, bool]] = []
         self._order = itertools.count()
         self._queued = 0
         self._made: dict[str, int] = {}  # hash -> size of the br variant stored
@@ -78,8 +83,9 @@ class EarlyBrotli:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def offer(self, sha: str, data: bytes, content_type: str) -> bool:
-        """Queue a blob whose gzip was worth keeping; False (dropped) when stopped, above
+    def offer(self, sha: str, data: bytes, content_type: str, fresh: bool = False) -> bool:
+        """Queue a blob whose gzip was worth keeping (`fresh`: stored without one, both are
+        made here, see above); False (dropped) when stopped, above
         EARLY_MAX, or when the queue is full of blobs as large. A queued blob may later make
         room for a larger one: then it is in neither of `stop()`'s answers, and left to the
         after pass as a dropped one is."""
@@ -92,7 +98,7 @@ class EarlyBrotli:
                 self._thread = threading.Thread(target=self._run, name="early-brotli",
                                                 daemon=True)
                 self._thread.start()
-            bisect.insort(self._queue, (size, next(self._order), sha, data, content_type))
+            bisect.insort(self._queue, (size, next(self._order), sha, data, content_type, fresh))
             self._queued += size
             self._cond.notify()
         return True
@@ -128,7 +134,7 @@ class EarlyBrotli:
         variant stored, the bytes of the blobs still queued), the latter not made here."""
         with self._cond:
             self._stopping = True
-            left = {sha: data for _, _, sha, data, _ in self._queue}
+            left = {item[2]: item[3] for item in self._queue}
             self._queue.clear()
             self._queued = 0
             self._cond.notify()
@@ -147,10 +153,11 @@ class EarlyBrotli:
                     self._cond.wait()
                 if self._stopping:
                     return
-                size, _, sha, data, content_type = self._queue.pop()  # the largest
+                size, _, sha, data, content_type, fresh = self._queue.pop()  # the largest
                 self._queued -= size
             try:
-                made = encode.later_variants(data)
+                made = (encode.variants(data, content_type) if fresh
+                        else encode.later_variants(data))
                 for enc, blob in made.items():
                     self._store().put(blob_key(sha, enc), blob, {
                         "content-type": content_type, "sha256": sha, "content-encoding": enc})
@@ -158,6 +165,6 @@ class EarlyBrotli:
                 with self._cond:
                     self._stopping = True
                 return
-            if "br" in made:
+            if "br" in made and not fresh:
                 with self._cond:
                     self._made[sha] = len(made["br"])

@@ -174,6 +174,13 @@ def final_gzip_stream() -> GzipStream:
     return zlib.compressobj(ASSET_GZIP_LEVEL, zlib.DEFLATED, 31)
 
 
+def gzip_stream(content_type: str) -> GzipStream:
+    """The streaming form of gzip_bytes (zlib's for JS and CSS, isal's for other text)."""
+    if is_asset(content_type):
+        return final_gzip_stream()
+    return isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+
+
 def brotli_bytes(data: bytes) -> bytes:
     compressed: bytes = brotli.compress(data, quality=BROTLI_QUALITY,  # brotli has no types
                                         lgwin=brotli_window(len(data)))
@@ -211,7 +218,7 @@ def variants(data: bytes, content_type: str, *, later: bool = False) -> dict[str
 # moved. A file gets them when its gzip was worth keeping (as `variants` decides).
 LATER = ("br",)
 # what a manifest may list as `pending`: LATER, and "gzip" while a JS or CSS file is served
-# a quick one
+# a quick one or text is stored without one (a big deploy: gzip_undecided)
 PENDING = ("br", "gzip")
 
 
@@ -246,6 +253,22 @@ def wanted_later(encodings: dict[str, int], refs: dict[str, str] | None) -> set[
     if has_fast_gzip(refs):
         wanted.add("gzip")
     return wanted
+
+
+def gzip_undecided(encodings: dict[str, int], size: int, content_type: str) -> bool:
+    """Whether a blob's gzip may not have been tried yet: a compressible one with none.
+
+    A big live-first deploy stores text past builder.GZIP_NOW_BYTES identity only, and its
+    manifest lists "gzip" in `pending` until the after pass made every such gzip (and
+    brotli: `variants`). A row cannot tell "not tried yet" from "tried, not worth keeping"
+    (MIN_SAVING), so: in a manifest whose `pending` lists "gzip" every such row is tried
+    (again) by the after pass; one whose `pending` does not has had them all tried; and a
+    deploy meeting such a blob again (carried, held, or stored by a deployment that may
+    never have been optimised: rolled back, pruned) tries it again too, before live when
+    little (builder.LATER_NOW_BYTES), else after. Not worth keeping is rare for text, and
+    the same bytes give the same answer: only some CPU is spent again."""
+    return "gzip" not in encodings and size >= MIN_COMPRESS_SIZE and is_compressible(
+        content_type)
 
 
 def has_fast_gzip(refs: dict[str, str] | None) -> bool:

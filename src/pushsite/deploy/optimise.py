@@ -1,14 +1,19 @@
-"""Optimise after: the variants a live deployment still lacks (brotli, encode.LATER), and
-the final gzip of a JS or CSS file served a quick one meanwhile (encode.has_fast_gzip).
+"""Optimise after: the variants a live deployment still lacks (brotli, encode.LATER), the
+final gzip of a JS or CSS file served a quick one meanwhile (encode.has_fast_gzip), and on
+a big deploy the gzip (then brotli) of the text stored identity only past
+builder.GZIP_NOW_BYTES (encode.gzip_undecided: while `pending` lists "gzip", a text row
+with no gzip is tried; one not worth keeping stays identity, as before live).
 
-A deployment goes live with identity and gzip (builder.py with `later`); its manifest then
-lists `pending` variants and a marker (`pending_key`) is stored beside it. This makes them:
+A deployment goes live with identity and gzip (builder.py with `later`; a big one with
+identity only for most of its text); its manifest then lists `pending` variants and a
+marker (`pending_key`) is stored beside it. This makes them:
 
 1. the blobs that want a later variant, each once: handed over by the deploy when it ran in
    this process (handover.py), else found in the manifest, those another deployment already
    made only looked up (their sizes go in the manifest);
-2. brotli (and zlib's gzip for JS and CSS) for the rest on worker threads (both release
-   the GIL) that each take the next blob, largest first, with no barrier between blobs,
+2. brotli (and zlib's gzip for JS and CSS, isal's for other text without one) for the
+   rest, from one read of each blob, on worker threads (all release the GIL) that each
+   take the next blob, largest first, with no barrier between blobs,
    while the calling thread asks `wanted()` every CHECK_EVERY s: a deployment rolled
    back, superseded or pruned stops here, and its manifest stays as it was (served as it
    is, resumable later);
@@ -33,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -85,7 +90,9 @@ class _Made:
     gzip: int = 0
 
 
-_Work = tuple[str, int, str, bool, bool]  # hash, size, media type, make br, make gzip
+# hash, size, media type, make br, make gzip, fresh (no gzip served yet: brotli is kept
+# only with a gzip worth keeping, as encode.variants decides)
+_Work = tuple[str, int, str, bool, bool, bool]
 
 
 @runtime_checkable
@@ -117,13 +124,12 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     if not manifest.pending:
         store.delete([pending_key(manifest.deployment_id)])
         return done
-    # (hash, size, media type) of each blob once; the hash strs are shared by `sizes`
+    # (hash, size, media type, fresh) of each blob once; the hash strs are shared by `sizes`
     seen: set[str] = set()
-    work: list[tuple[str, int, str]] = []
-    found = wanting if wanting is not None else (
-        (e.hash, e.size, e.type) for e in manifest.files.values()
-        if encode.wants_later(e.encodings, e.refs))
+    work: list[tuple[str, int, str, bool]] = []
+    found = wanting if wanting is not None else _found(manifest)
     assets: list[str] = []  # JS and CSS (encode.is_asset, asked once per media type)
+    fresh: list[str] = []  # stored identity only: gzip to try (encode.gzip_undecided)
     is_asset: dict[str, bool] = {}
     for item in found:
         if item[0] not in seen:
@@ -132,24 +138,34 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
             kind = item[2]
             if is_asset.get(kind) is None:
                 is_asset[kind] = encode.is_asset(kind)
-            if is_asset[kind]:
+            if item[3]:
+                fresh.append(item[0])
+            elif is_asset[kind]:
                 assets.append(item[0])
     del seen
-    # brotli stored already: looked up unless the deploy here just handed the list over
-    # (then only a JS or CSS file's, which may have had it made before live); a final gzip
-    # stored already (another deployment's optimiser made it): looked up for JS and CSS
-    sizes = _stored_sizes(store, assets if wanting is not None else [w[0] for w in work], "br")
-    gzips = _stored_sizes(store, assets, "gzip")
-    done.reused = len(sizes) + len(gzips)
     # the deploy's early thread, which went on after live: what it made is stored (it is
-    # joined here, before the flush below), what it still held is compressed from memory
+    # joined here, before the look-ups below: a fresh blob's gzip and brotli it made are
+    # found stored, and before the flush), what it still held is compressed from memory
     made_early: dict[str, int] = {}
     held: dict[str, bytes] = {}
     if wanting is not None and wanting.early is not None:
         made_early, held = wanting.early.stop()
         wanting.early = None
+    # brotli stored already: looked up unless the deploy here just handed the list over
+    # (then only a JS or CSS file's, which may have had it made before live); a final gzip
+    # stored already (another deployment's optimiser made it): looked up for JS and CSS;
+    # both for a blob stored identity only (another deployment's after pass made them)
+    sizes = _stored_sizes(store, [*(assets if wanting is not None else (
+        w[0] for w in work if not w[3])), *fresh], "br")
+    gzips = _stored_sizes(store, [*assets, *fresh], "gzip")
+    done.reused = len(sizes) + len(gzips)
     todo: list[_Work] = []
-    for sha, size, kind in work:
+    for sha, size, kind, is_fresh in work:
+        if is_fresh:  # gzip, then brotli, unless another deployment made them
+            make_gzip, make_br = sha not in gzips, sha not in sizes
+            if make_gzip or make_br:
+                todo.append((sha, size, kind, make_br, make_gzip, True))
+            continue
         if sha in made_early and sha not in sizes:
             sizes[sha] = made_early[sha]
             done.blobs += 1
@@ -158,8 +174,8 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
         make_br = sha not in sizes
         make_gzip = is_asset[kind] and sha not in gzips
         if make_br or make_gzip:
-            todo.append((sha, size, kind, make_br, make_gzip))
-    del work, assets, made_early
+            todo.append((sha, size, kind, make_br, make_gzip, False))
+    del work, assets, fresh, made_early
     todo.sort(key=lambda item: -item[1])
     _compress_all(store, todo, sizes, gzips, done, wanted, workers, wanting is not None,
                   manifest.deployment_id, held)
@@ -174,6 +190,19 @@ def optimise(store: ObjectStore, manifest: Manifest, *, wanted: Callable[[], boo
     store.flush()
     done.seconds = time.monotonic() - started
     return done
+
+
+def _found(manifest: Manifest) -> Iterator[tuple[str, int, str, bool]]:
+    """(hash, size, media type, fresh) of the entries wanting a later variant, when no
+    deploy in this process handed them over: those lacking brotli or served a quick gzip,
+    and, while `pending` lists "gzip", those with none that may never have been tried
+    (encode.gzip_undecided: a deploy past builder.GZIP_NOW_BYTES, resumed after a crash)."""
+    undecided = "gzip" in manifest.pending
+    for e in manifest.files.values():
+        if encode.wants_later(e.encodings, e.refs):
+            yield e.hash, e.size, e.type, False
+        elif undecided and encode.gzip_undecided(e.encodings, e.size, e.type):
+            yield e.hash, e.size, e.type, True
 
 
 def _compress_all(store: ObjectStore, work: list[_Work], sizes: dict[str, int],
@@ -311,9 +340,12 @@ def _rewrite(store: ObjectStore, manifest: Manifest, sizes: dict[str, int],
         None if isinstance(manifest.files, PathIndex) else {})
 
     def with_br(entry: FileEntry) -> FileEntry:
-        size = sizes.get(entry.hash)
-        add_br = size is not None and "br" not in entry.encodings
-        gzip = gzips.get(entry.hash) if encode.has_fast_gzip(entry.refs) else None
+        had_gzip = "gzip" in entry.encodings
+        gzip = (gzips.get(entry.hash) if not had_gzip or encode.has_fast_gzip(entry.refs)
+                else None)
+        size = sizes.get(entry.hash)  # brotli only beside a gzip (encode.variants)
+        add_br = (size is not None and "br" not in entry.encodings
+                  and (had_gzip or gzip is not None))
         if not add_br and gzip is None:
             return entry
         refs = entry.refs
@@ -358,9 +390,10 @@ def _stored_sizes(store: ObjectStore, hashes: list[str], encoding: str) -> dict[
 
 
 def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_br: bool,
-              make_gzip: bool, trusted: bool) -> _Made:
+              make_gzip: bool, fresh: bool, trusted: bool) -> _Made:
     """Make and store one blob's brotli and/or final gzip variant (a size of 0: not worth
     keeping, or the blob was pruned meanwhile and the next `wanted()` stops the rest).
+    `fresh`: the blob has no gzip yet, and its brotli is kept only with one worth keeping.
     `trusted`: stored by this process moments ago, not hashed."""
     made = _Made(sha)
     if size <= LARGE:
@@ -368,12 +401,13 @@ def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_b
             data = store.get(blob_key(sha))
         except NotFound:
             return made
-        return _from_bytes(store, made, data, content_type, make_br, make_gzip, trusted)
+        return _from_bytes(store, made, data, content_type, make_br, make_gzip, fresh,
+                           trusted)
     compressors: dict[str, brotli.Compressor | encode.GzipStream] = {}
     if make_br:
         compressors["br"] = brotli.Compressor(quality=encode.BROTLI_QUALITY)
     if make_gzip:
-        compressors["gzip"] = encode.final_gzip_stream()
+        compressors["gzip"] = encode.gzip_stream(content_type)
     with contextlib.ExitStack() as stack:
         spools = {enc: stack.enter_context(tempfile.TemporaryFile()) for enc in compressors}
         try:
@@ -392,6 +426,8 @@ def _variants(store: ObjectStore, sha: str, size: int, content_type: str, make_b
         if not trusted and digest.hexdigest() != sha:
             raise DeploymentFailed(f"blob {sha} does not hash to its name; not compressed")
         made.read = size
+        if fresh and "gzip" in spools and not encode.worth_keeping(spools["gzip"].tell(), size):
+            return made  # no gzip, so no brotli either (encode.variants)
         for enc, spool in spools.items():
             stored = spool.tell()
             if encode.worth_keeping(stored, size):
@@ -413,9 +449,9 @@ def _small_variants(store: ObjectStore, items: list[_Work], trusted: bool,
             if data is None:
                 unread.append(item)
                 continue
-            sha, _, content_type, make_br, make_gzip = item
+            sha, _, content_type, make_br, make_gzip, fresh = item
             results.add(_from_bytes(store, _Made(sha), data, content_type, make_br,
-                                    make_gzip, trusted))
+                                    make_gzip, fresh, trusted))
             del data
         items = unread
         if not items:
@@ -425,27 +461,29 @@ def _small_variants(store: ObjectStore, items: list[_Work], trusted: bool,
             results.add(_variants(store, *item, trusted))
         return
     held = store.get_many([blob_key(item[0]) for item in items])
-    for sha, _, content_type, make_br, make_gzip in items:
+    for sha, _, content_type, make_br, make_gzip, fresh in items:
         data = held.pop(blob_key(sha), None)
         if data is None:  # pruned meanwhile: the next `wanted()` stops the rest
             results.add(_Made(sha))
             continue
         results.add(_from_bytes(store, _Made(sha), data, content_type, make_br, make_gzip,
-                                trusted))
+                                fresh, trusted))
         del data
 
 
 def _from_bytes(store: ObjectStore, made: _Made, data: bytes, content_type: str,
-                make_br: bool, make_gzip: bool, trusted: bool) -> _Made:
-    """Make and store a small blob's variants from its bytes."""
+                make_br: bool, make_gzip: bool, fresh: bool, trusted: bool) -> _Made:
+    """Make and store a small blob's variants from its bytes (`fresh`: see _variants)."""
     if not trusted:
         _check(made.sha, data)
     made.read = len(data)
     outputs = {}
-    if make_br:
-        outputs["br"] = encode.brotli_bytes(data)
     if make_gzip:
         outputs["gzip"] = encode.gzip_bytes(data, content_type)
+        if fresh and not encode.worth_keeping(len(outputs["gzip"]), len(data)):
+            return made  # no gzip, so no brotli either (encode.variants)
+    if make_br:
+        outputs["br"] = encode.brotli_bytes(data)
     for enc, blob in outputs.items():
         if encode.worth_keeping(len(blob), len(data)):
             store.put(blob_key(made.sha, enc), blob, _meta(made.sha, content_type, enc))

@@ -63,7 +63,9 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
         store.delete([pending_key(deployment_id)])
         return True
     service._note(deployment, "info", "optimise", "optimising: making brotli variants "
-                  "(and JS/CSS's final gzip)", pending=manifest.pending)
+                  "(and JS/CSS's final gzip" + (", the gzip of text stored identity only)"
+                                                if "gzip" in manifest.pending else ")"),
+                  pending=manifest.pending)
     _progress(service, deployment_id, "optimising")
     checked = [0.0, True]
 
@@ -90,7 +92,8 @@ def optimise_deployment(service: ServiceBase, deployment_id: str) -> bool:
         return False
     except Exception as exc:
         service._note(deployment, "warning", "optimise", f"optimising failed: {exc}; the "
-                      "deployment is served with identity and gzip, and a retry resumes",
+                      "deployment is served with the variants its manifest lists (identity, "
+                      "and gzip where made), and a retry resumes",
                       error=type(exc).__name__)
         raise
     service._note(deployment, "info", "optimise", f"optimised: {done.describe()}",

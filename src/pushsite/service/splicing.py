@@ -86,10 +86,18 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
       JS or CSS file's or not: the builder's variants of it then depend on which copy its
       pool met first);
     - more than MAX_ROWS paths change, or the changed files hold more than LATER_NOW_BYTES
-      (their variants are made before live here: the builder's own bound for that)."""
+      (their variants are made before live here: the builder's own bound for that);
+    - a new path takes a held text blob with no gzip while the base lists no "gzip" pending
+      (encode.gzip_undecided: its row cannot say whether it was tried; the builder tries).
+    A carried text row with no gzip in a base whose `pending` lists "gzip" (a big deploy
+    left it for after: builder.GZIP_NOW_BYTES) keeps "br" and "gzip" pending and the
+    marker: the after pass tries it from the manifest, as the builder's would with more
+    than LATER_NOW_BYTES of them (with less, the builder makes them before live: another
+    case of the difference named at the top)."""
     if base is None:
         return "no live manifest to build on"
     base_id, raw, files = base
+    undecided = "gzip" in _pending_of(raw)  # its text rows without gzip: still to try
     if len(files) >= INDEX_MIN_FILES:
         return f"the live manifest has {len(files)} files (it has an index by path)"
     if strip_top and common_top_folder(
@@ -120,7 +128,10 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
                     and not _as_held(old, found)):
                 return f"{path}: its live row is not the one a deploy writes"
             encodings = old[3]
-            if "gzip" in encodings and ("br" not in encodings or len(old) > 5):
+            if "gzip" not in encodings:  # still to try while the base lists it pending, else
+                if undecided and encode.gzip_undecided(encodings, old[1], old[2]):  # tried
+                    wanted |= _GZIP_LATER
+            elif "br" not in encodings or len(old) > 5:
                 wanted |= encode.wanted_later(encodings, old[5] if len(old) > 5 else None)
             carried += 1
             continue
@@ -144,6 +155,10 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
             fed += 1
         else:
             carried += 1
+            if encode.gzip_undecided(held[row.sha256][1], row.size, media_type(path)):
+                if not undecided:  # held from another manifest: it may not be tried yet
+                    return f"{path}: its gzip may be still to make (the builder tries it)"
+                wanted |= _GZIP_LATER
             if published:
                 put[path] = _held_row(row, held[row.sha256])
                 wanted |= encode.wanted_later(held[row.sha256][1], held[row.sha256][2])
@@ -176,6 +191,18 @@ def plan(rows: list[Row], held: dict[str, Held], base: Base | None, missing: set
             "unlisted": {sha: p for sha, p in unlisted.items() if sha not in put.values()},
             "counts": {"files": carried + fed, "carried": carried, "bytes_in": new_bytes,
                        "reused": carried + fed - len(uploaded), "new": len(uploaded)}}
+
+
+_GZIP_LATER = frozenset(("gzip", *encode.LATER))
+
+
+def _pending_of(raw: bytes) -> list[str]:
+    """A manifest's `pending` from its bytes' tail (Manifest.to_bytes writes `not_found`
+    and then `pending` last), without parsing its files again."""
+    at = raw.rfind(b'"not_found":')
+    if at < 0:
+        return []
+    return list(json.loads(b"{" + raw[at:]).get("pending") or ())
 
 
 def _as_held(old: list[Any], held: Held) -> bool:

@@ -7,7 +7,6 @@ module one concern, so that `Service` stays the one gate without one file holdin
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from pushsite.model import (
     manifest_key,
 )
 from pushsite.queues import Queue, open_queue
+from pushsite.service.discarding import discard_folder
 from pushsite.service.logs import DeployLog, sinks_from_env
 from pushsite.state import StateStore, open_state_store
 from pushsite.stores import ObjectStore, open_object_store
@@ -112,7 +112,7 @@ class ServiceBase:
         if deployment.bundle_key and not in_bucket(deployment.bundle_key):
             staged = self.config.staging / deployment.bundle_key
             if staged.is_dir():  # an incremental upload's list and blobs (uploads.py)
-                shutil.rmtree(staged, ignore_errors=True)
+                discard_folder(staged)  # moved aside now, removed on a thread
             else:
                 staged.unlink(missing_ok=True)
 

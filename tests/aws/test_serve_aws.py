@@ -95,18 +95,24 @@ def test_serve_on_seaweedfs_and_dynamodb_serves_deploys_and_rollbacks_of_other_p
 
 def test_a_busy_host_costs_at_most_one_alias_read_a_second(
         server: Server, calls: DynamoCalls, tmp_path: Path) -> None:
-    """50 page views of each of two sites: each site's production alias is read at most once
-    per started second of the run, not once per request (moto answers every read: the count
-    is of requests that reached DynamoDB)."""
+    """50 page views or more of each of two sites: each site's production alias is read at
+    most once per started second of the run, not once per request (moto answers every read:
+    the count is of requests that reached DynamoDB)."""
     for name in ("blog", "shop"):
         _cli_ok(server, "sites", "create", name)
         _cli_ok(server, "deploy", str(_site_folder(tmp_path / name, name)), "--site", name)
         wait_for(_shows(server, f"{name}.localhost", f"<h1>{name}</h1>"), f"{name} served")
     calls.reset()
     started = time.monotonic()
-    for _ in range(50):
+    views = 0
+    # 50 views of each at least, and on until each alias was read since the reset: the wait
+    # above left both cached, and 100 quick views can all fall within that second (0 reads)
+    while views < 50 or not all(calls.count("GetItem", f"site#{name}", "alias#production")
+                                for name in ("blog", "shop")):
+        assert views < 5_000, "no alias read in 5,000 page views of each site"
         for name in ("blog", "shop"):
             assert server.get(f"{name}.localhost").status_code == 200
+        views += 1
     elapsed = time.monotonic() - started
 
     bound = int(elapsed) + 2  # reads at most one second apart, plus the first

@@ -52,7 +52,11 @@ run: setup bytecode
 test: setup-test bytecode
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
 
-# The AWS backends against the oldest boto3/botocore pyproject.toml allows.
+# The AWS backends against the oldest boto3/botocore pyproject.toml allows. All of tests/aws and
+# tests/contracts, on purpose: nearly every test there reaches botocore through pushsite's
+# clients (awssdk/), test_package's runtime check imports the installed boto3 as Lambda's
+# runtime does, and the few that reach neither (the 43 local-backend contract cases, ~5 s; the
+# zip's reproducibility; cfn-lint) cost under a minute: not worth a second list kept in step.
 test-floor: setup-test
 	test -x .venv-floor/bin/python || $(PYTHON) -m venv .venv-floor
 	.venv-floor/bin/pip install --quiet -c $(FLOOR_LOCK) -e '.[test]'

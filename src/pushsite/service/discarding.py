@@ -12,10 +12,10 @@ first leaves it there; the next discard's thread, in any process, removes it the
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import threading
-import uuid
 from pathlib import Path
 
 TRASH = ".discarded"  # in staging: a dot name, which no upload's or bundle's key has
@@ -31,7 +31,7 @@ def discard_folder(folder: Path) -> None:
     trash = folder.parent / TRASH
     try:
         trash.mkdir(exist_ok=True)
-        moved = trash / uuid.uuid4().hex
+        moved = trash / os.urandom(16).hex()  # not uuid: it imports platform (test_import_weight)
         folder.rename(moved)
     except FileNotFoundError:
         return

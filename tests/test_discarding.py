@@ -5,25 +5,16 @@ staging/.discarded) and removed on a thread, leftovers of an earlier process wit
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
 
 from pushsite.model import Status
 from pushsite.service import discarding, uploads
+from support.service import wait_for
 from support.uploads import blob_frames, file_row, service_in
 
 FILES = {"index.html": b"<p>home</p>", "a.css": b"p{}"}
-
-
-def _empty(trash: Path, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(trash.iterdir()):
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_run_s_staged_folder_goes_at_once_and_is_removed_after(
@@ -43,7 +34,8 @@ def test_a_run_s_staged_folder_goes_at_once_and_is_removed_after(
         assert staged.is_dir()
         assert service.run(upload).status == Status.LIVE
         assert not staged.exists()  # at once, as before
-        assert _empty(trash)  # and on the thread: this one's and the leftover
+        # and on the thread: this one's and the leftover
+        wait_for("the trash to be emptied", lambda: not any(trash.iterdir()))
         assert sorted(p.name for p in service.config.staging.iterdir()) == [discarding.TRASH]
 
 

@@ -4,26 +4,21 @@ the client walks its folder (service/uploads.py `_warm`): `start` then finds the
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
 
 from pushsite.model import PRODUCTION, manifest_key
 from pushsite.service import uploads
+from support.service import wait_for
 from support.uploads import blob_frames, file_row, service_in
 
 FILES = {"index.html": b"<p>home</p>", "about.html": b"<p>about</p>", "a.css": b"p{}"}
 
 
-def _parsed(deployment_id: str, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with uploads._PARSED_LOCK:
-            if deployment_id in uploads._PARSED:
-                return True
-        time.sleep(0.01)
-    return False
+def _parsed(deployment_id: str) -> bool:
+    with uploads._PARSED_LOCK:
+        return deployment_id in uploads._PARSED
 
 
 def test_basis_parses_the_live_manifest_before_the_list_comes(
@@ -40,7 +35,7 @@ def test_basis_parses_the_live_manifest_before_the_list_comes(
             uploads._PARSED.clear()
 
         assert service.upload_basis("warm") == {"exists": True, "held": True}
-        assert _parsed(upload)
+        wait_for("the live manifest parsed ahead of the list", lambda: _parsed(upload))
         raw = service.store.get(manifest_key(upload))
         assert uploads._PARSED[upload][0] == raw  # what `start` compares before it reuses
 

@@ -17,12 +17,12 @@ from pushsite.errors import BundleRejected
 # lists folders with these rules and otherwise never imports it.)
 _CONTROL = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
 _ASCII_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_WELL_KNOWN = ".well-known"
 
 
 def _is_drive(text: str) -> bool:
     """Whether the text starts with a Windows drive (`C:`)."""
     return text[1:2] == ":" and text[0] in _ASCII_LETTERS
-_WELL_KNOWN = ".well-known"
 
 
 def _decode(name: bytes | str) -> str:
